@@ -1,0 +1,108 @@
+# blockctl - live and offline block operations on VM disk images
+# SPDX-License-Identifier: GPL-2.0-or-later
+
+VERSION = 0.1.0
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+MANDIR ?= $(PREFIX)/share/man
+DESTDIR ?=
+
+BUILD ?= build
+CC ?= cc
+PKGS = zlib libzstd libnbd json-c
+CFLAGS ?= -O2 -g
+WARN = -Wall -Wextra -Wshadow -Wvla -Wformat=2 -Wstrict-prototypes \
+       -Wmissing-prototypes -Wold-style-definition -Wpointer-arith -Wundef \
+       -Wno-missing-field-initializers -Wno-format-nonliteral -Wframe-larger-than=16384
+ifeq ($(WERROR),1)
+WARN += -Werror
+endif
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lz -lzstd -lnbd -ljson-c)
+ALL_CPPFLAGS = -I. -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -DBLOCKCTL_VERSION=\"$(VERSION)\" $(CPPFLAGS)
+ALL_CFLAGS = -std=gnu11 -pthread $(WARN) $(PKG_CFLAGS) $(CFLAGS)
+ALL_LDFLAGS = -pthread $(LDFLAGS)
+LIBS = $(PKG_LIBS)
+
+LIB_SRCS = $(wildcard lib/*.c) $(wildcard formats/*.c) $(wildcard formats/qcow2/*.c)
+CMD_SRCS = $(wildcard cmd/*.c)
+LIB_OBJS = $(LIB_SRCS:%.c=$(BUILD)/%.o)
+CMD_OBJS = $(CMD_SRCS:%.c=$(BUILD)/%.o)
+UNIT_SRCS = $(wildcard tests/unit/test-*.c)
+UNIT_BINS = $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/unit/%)
+PODS = $(wildcard man/*.pod)
+MANS = $(PODS:man/%.pod=$(BUILD)/man/%)
+BIN = $(BUILD)/blockctl
+
+.PHONY: all deps test-deps check unit demo install uninstall asan fuzz bench clean man
+
+all: blockctl man
+
+# The binary lives at the root; $(BUILD) keeps the objects.
+blockctl: $(BIN)
+	@if [ "$(BUILD)" = build ]; then cp -f $(BIN) blockctl; fi
+
+$(BIN): $(LIB_OBJS) $(CMD_OBJS)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CPPFLAGS) $(ALL_CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/tests/unit/%: tests/unit/%.c $(LIB_OBJS) tests/unit/tap.h
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CPPFLAGS) $(ALL_CFLAGS) -o $@ $< $(LIB_OBJS) $(ALL_LDFLAGS) $(LIBS)
+
+man: $(MANS)
+$(BUILD)/man/%: man/%.pod
+	@mkdir -p $(dir $@)
+	pod2man --utf8 --section=$(subst .,,$(suffix $*)) --center="blockctl" \
+	    --release="blockctl $(VERSION)" --name=$(basename $*) $< $@
+
+-include $(LIB_OBJS:.o=.d) $(CMD_OBJS:.o=.d)
+
+deps:
+	@scripts/deps.sh build
+
+test-deps:
+	@scripts/deps.sh test
+
+unit: $(UNIT_BINS)
+
+check: deps test-deps
+	@$(MAKE) --no-print-directory all unit
+	@PROG=$(CURDIR)/$(if $(filter build,$(BUILD)),blockctl,$(BIN)) BUILD=$(BUILD) tests/run.sh
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/demo.sh $(CURDIR)/blockctl
+
+install: all
+	install -Dm755 blockctl $(DESTDIR)$(BINDIR)/blockctl
+	for p in $(MANS); do \
+	    n=$$(basename $$p); s=$${n##*.}; \
+	    install -Dm644 $$p $(DESTDIR)$(MANDIR)/man$$s/$$n; \
+	done
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/blockctl
+	for p in $(MANS); do n=$$(basename $$p); s=$${n##*.}; rm -f $(DESTDIR)$(MANDIR)/man$$s/$$n; done
+
+ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+asan: deps test-deps
+	@$(MAKE) --no-print-directory BUILD=build-asan CFLAGS="$(ASAN_FLAGS)" \
+	    LDFLAGS="-fsanitize=address,undefined" build-asan/blockctl unit man
+	@ASAN_OPTIONS=abort_on_error=1:detect_leaks=1 \
+	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	    PROG=$(CURDIR)/build-asan/blockctl BUILD=build-asan tests/run.sh
+
+FUZZ_FLAGS = -O1 -g -fsanitize=fuzzer,address,undefined
+fuzz: deps
+	@scripts/fuzz.sh
+
+bench: deps test-deps
+	@$(MAKE) --no-print-directory all
+	@tests/bench/run.sh $(CURDIR)/blockctl
+
+clean:
+	rm -rf build build-asan build-fuzz blockctl

@@ -1,0 +1,44 @@
+/*
+ * blockctl - subcommands
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * Adding a subcommand:
+ *  1. write cmd/<name>.c with one struct argp and int cmd_<name>(int, char **);
+ *  2. declare it below;
+ *  3. add a row to the table in cmd/main.c (keep it sorted);
+ *  4. add cmd/<name>.o to the Makefile;
+ *  5. write man/blockctl-<name>.1.pod and tests/cli/<name>*.bats (the help
+ *     test checks the usage line against the page's synopsis).
+ *
+ * A subcommand parses, calls lib/, prints, and returns the exit status.
+ * It holds no block logic.
+ */
+#ifndef BLOCKCTL_CMD_CMD_H
+#define BLOCKCTL_CMD_CMD_H
+
+#include "lib/compiler.h"
+#include "lib/block.h"
+#include "lib/error.h"
+
+/* Exit status for usage errors: argp's EX_USAGE */
+#define EXIT_USAGE 64
+
+int cmd_check(int argc, char **argv);
+int cmd_compare(int argc, char **argv);
+int cmd_create(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+int cmd_map(int argc, char **argv);
+
+/* cmd/common.c */
+enum output_format { OUTPUT_HUMAN, OUTPUT_JSON };
+/* Parse --output's argument; exits with EXIT_USAGE on a bad value. */
+enum output_format parse_output_format(const char *arg, struct argp_state *state);
+/* Parse a size argument for an option; exits with EXIT_USAGE when bad. */
+uint64_t parse_size_arg(const char *arg, const char *what, struct argp_state *state);
+/* Print an error (and free it) */
+void report(struct error *err);
+/* qemu-img style progress line on stdout: "    (12.34/100%)\r" */
+void progress_print(double percent);
+void progress_done(void);
+
+#endif

@@ -1,0 +1,294 @@
+/*
+ * blockctl create - create a new image
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include "lib/compiler.h"
+#include "lib/io.h"
+#include "lib/size.h"
+
+#include <argp.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cmd/cmd.h"
+
+struct create_args {
+    const char *format;
+    const char *backing;
+    const char *backing_fmt;
+    const char *file;
+    const char *size;
+    char *opts;            /* joined -o arguments */
+    bool unsafe;
+    bool quiet;
+    bool force;
+};
+
+enum { OPT_FORCE = 0x100 };
+
+static const struct argp_option options[] = {
+    { "format", 'f', "FMT", 0, "Image format: raw (default) or qcow2", 0 },
+    { "backing", 'b', "FILE", 0, "Backing file (its size is the default size)", 0 },
+    { "backing-format", 'F', "FMT", 0, "Format of the backing file (required with -b)", 0 },
+    { NULL, 'B', "FMT", OPTION_HIDDEN, "Same as -F", 0 },
+    { "unsafe", 'u', NULL, 0, "Do not open the backing file", 0 },
+    { "options", 'o', "OPTS", 0, "Format options key=val[,...]; '-o help' lists them", 0 },
+    { "quiet", 'q', NULL, 0, "Do not print the 'Formatting' line", 0 },
+    { "force", OPT_FORCE, NULL, 0, "Replace FILE if it exists", 0 },
+    { 0 }
+};
+
+static error_t parse_opt(int key, char *arg, struct argp_state *state)
+{
+    struct create_args *a = state->input;
+
+    switch (key) {
+    case 'f':
+        a->format = arg;
+        break;
+    case 'b':
+        a->backing = arg;
+        break;
+    case 'F':
+    case 'B':
+        a->backing_fmt = arg;
+        break;
+    case 'u':
+        a->unsafe = true;
+        break;
+    case 'q':
+        a->quiet = true;
+        break;
+    case OPT_FORCE:
+        a->force = true;
+        break;
+    case 'o':
+        if (a->opts) {
+            char *j = xasprintf("%s,%s", a->opts, arg);
+            free(a->opts);
+            a->opts = j;
+        } else {
+            a->opts = xstrdup(arg);
+        }
+        break;
+    case ARGP_KEY_ARG:
+        if (!a->file) {
+            a->file = arg;
+        } else if (!a->size) {
+            a->size = arg;
+        } else {
+            argp_error(state, "unexpected argument '%s'", arg);
+        }
+        break;
+    case ARGP_KEY_END:
+        if (!a->file && !(a->opts && strstr(a->opts, "help"))) {
+            argp_error(state, "missing image file name");
+        }
+        break;
+    default:
+        return ARGP_ERR_UNKNOWN;
+    }
+    return 0;
+}
+
+static const struct argp create_argp = {
+    options, parse_opt, "FILE [SIZE]",
+    "Create a new disk image of SIZE bytes (suffixes k, M, G, T, P, E).\v"
+    "Exit status: 0 on success, 1 on error, 64 for usage errors.",
+    NULL, NULL, NULL,
+};
+
+/* The "Formatting" line, in qemu-img's option order. */
+static void print_formatting(const char *file, const char *fmt, const struct optlist *o,
+                             uint64_t size)
+{
+    static const char *const qcow2_order[] = {
+        "cluster_size", "extended_l2", "preallocation", "compression_type", "size", "compat",
+        "backing_file", "backing_fmt", "lazy_refcounts", "refcount_bits", NULL,
+    };
+    static const char *const raw_order[] = { "size", "preallocation", NULL };
+    const char *const *order = strcmp(fmt, "qcow2") ? raw_order : qcow2_order;
+
+    printf("Formatting '%s', fmt=%s", file, fmt);
+    for (size_t i = 0; order[i]; i++) {
+        const char *v = opts_get(o, order[i]);
+        uint64_t n;
+        if (!strcmp(order[i], "size")) {
+            printf(" size=%" PRIu64, size);
+            continue;
+        }
+        if (!strcmp(fmt, "qcow2") && !v) {
+            if (!strcmp(order[i], "cluster_size")) {
+                v = "65536";
+            } else if (!strcmp(order[i], "extended_l2") || !strcmp(order[i], "lazy_refcounts")) {
+                v = "off";
+            } else if (!strcmp(order[i], "compression_type")) {
+                v = "zlib";
+            } else if (!strcmp(order[i], "refcount_bits")) {
+                v = "16";
+            }
+        }
+        if (!v) {
+            continue;
+        }
+        if (!strcmp(order[i], "cluster_size") && size_parse(v, &n, 0) == 0) {
+            printf(" %s=%" PRIu64, order[i], n);
+        } else {
+            printf(" %s=%s", order[i], v);
+        }
+    }
+    printf("\n");
+    fflush(stdout);
+}
+
+int cmd_create(int argc, char **argv)
+{
+    struct create_args a = { 0 };
+    struct optlist o = { 0 };
+    struct error *err = NULL;
+    const struct format_driver *drv;
+    uint64_t size = 0;
+    bool have_size = false;
+    char sizebuf[32];
+    int ret = 1;
+
+    argp_parse(&create_argp, argc, argv, 0, NULL, &a);
+    if (!a.format) {
+        a.format = "raw";
+    }
+    drv = bdev_find_driver(a.format);
+    if (!drv || !drv->create) {
+        error_report("unknown image format '%s' (use raw or qcow2)", a.format);
+        goto out;
+    }
+    if (a.opts) {
+        if (opts_parse(&o, a.opts, drv->create_opts, &err) < 0) {
+            if (a.file) {
+                error_prefix(&err, "'%s': ", a.file);
+            }
+            report(err);
+            goto out;
+        }
+        if (opts_get(&o, "help") || opts_get(&o, "?")) {
+            opts_print_help(drv->name, drv->create_opts);
+            ret = 0;
+            goto out;
+        }
+    }
+    if (!a.file) {
+        error_report("missing image file name");
+        ret = EXIT_USAGE;
+        goto out;
+    }
+    if (a.backing) {
+        if (!drv->supports_backing) {
+            error_report("'%s': format '%s' does not support backing files", a.file, a.format);
+            goto out;
+        }
+        opts_set(&o, "backing_file", a.backing);
+    }
+    if (a.backing_fmt) {
+        opts_set(&o, "backing_fmt", a.backing_fmt);
+    }
+    if (a.size) {
+        int r = size_parse(a.size, &size, 0);
+        if (r < 0 || size > INT64_MAX) {
+            error_report("invalid image size '%s': use a number of bytes with an optional "
+                         "suffix k, M, G, T, P or E (at most 8E-1)", a.size);
+            goto out;
+        }
+        if (opts_get(&o, "size")) {
+            error_report("'%s': the image size must be specified only once", a.file);
+            goto out;
+        }
+        have_size = true;
+    } else if (opts_get(&o, "size")) {
+        if (opts_get_size(&o, "size", &size, &err) < 0) {
+            report(err);
+            goto out;
+        }
+        have_size = true;
+    }
+
+    if (opts_get(&o, "backing_file")) {
+        const char *bf = opts_get(&o, "backing_file");
+        const char *bfmt = opts_get(&o, "backing_fmt");
+        char *full = bdev_path_combine(a.file, bf);
+        struct stat st1, st2;
+
+        if (!strcmp(full, a.file) ||
+            (stat(full, &st1) == 0 && stat(a.file, &st2) == 0 && st1.st_dev == st2.st_dev &&
+             st1.st_ino == st2.st_ino)) {
+            error_report("'%s': trying to create an image with the same file name as its "
+                         "backing file", a.file);
+            free(full);
+            goto out;
+        }
+        if (!bfmt) {
+            struct bdev *probe = NULL;
+            error_report("'%s': backing file specified without backing format", a.file);
+            if (!a.unsafe) {
+                probe = bdev_open(full, NULL, BDEV_O_NO_BACKING | BDEV_O_FORCE_SHARE, NULL);
+            }
+            if (probe) {
+                fprintf(stderr, "Detected format of %s; add -F %s.\n", probe->drv->name,
+                        probe->drv->name);
+                bdev_unref(probe);
+            }
+            free(full);
+            goto out;
+        }
+        if (!bdev_find_driver(bfmt)) {
+            error_report("'%s': unknown backing file format '%s'", a.file, bfmt);
+            free(full);
+            goto out;
+        }
+        if (!a.unsafe) {
+            struct bdev *bk = bdev_open(full, bfmt, BDEV_O_FORCE_SHARE, &err);
+            if (!bk) {
+                error_prefix(&err, "'%s': cannot open the backing image: ", a.file);
+                report(err);
+                free(full);
+                goto out;
+            }
+            if (!have_size) {
+                size = bk->size;
+                have_size = true;
+            }
+            bdev_unref(bk);
+        }
+        free(full);
+    }
+    if (!have_size) {
+        error_report("'%s': image creation needs a size", a.file);
+        goto out;
+    }
+    if (!strcmp(drv->name, "raw")) {
+        size = ALIGN_UP(size, 512);
+    }
+    snprintf(sizebuf, sizeof(sizebuf), "%" PRIu64, size);
+    opts_set(&o, "size", sizebuf);
+    if (!a.quiet) {
+        print_formatting(a.file, drv->name, &o, size);
+    }
+    {
+        struct stat st;
+        bool existed = stat(a.file, &st) == 0;
+        if (bdev_create(drv->name, a.file, &o, a.force ? BDEV_CREATE_FORCE : 0, &err) < 0) {
+            report(err);
+            /* Leave nothing half-written behind. */
+            if (!existed && stat(a.file, &st) == 0 && S_ISREG(st.st_mode)) {
+                unlink(a.file);
+            }
+            goto out;
+        }
+    }
+    ret = 0;
+out:
+    opts_free(&o);
+    free(a.opts);
+    return ret;
+}

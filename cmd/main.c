@@ -1,0 +1,163 @@
+/*
+ * blockctl - command table and multicall dispatch
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include "lib/compiler.h"
+#include "lib/error.h"
+#include "lib/file.h"
+
+#include <argp.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cmd/cmd.h"
+
+#ifndef BLOCKCTL_VERSION
+#define BLOCKCTL_VERSION "0.1.0"
+#endif
+
+const char *argp_program_version = "blockctl " BLOCKCTL_VERSION;
+const char *argp_program_bug_address = "<https://github.com/blockctl/blockctl/issues>";
+
+struct command {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *summary;
+};
+
+/* Keep sorted. */
+static const struct command commands[] = {
+    { "check", cmd_check, "Check an image's consistency, and repair it (-r)" },
+    { "compare", cmd_compare, "Compare the guest-visible contents of two images" },
+    { "create", cmd_create, "Create a new image (raw or qcow2, with a backing file)" },
+    { "info", cmd_info, "Show an image's format, size, backing chain and features" },
+    { "map", cmd_map, "Show where an image's data lives, extent by extent" },
+};
+
+static const struct command *find_command(const char *name)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(commands); i++) {
+        if (!strcmp(commands[i].name, name)) {
+            return &commands[i];
+        }
+    }
+    return NULL;
+}
+
+struct top_args {
+    int cmd_index;
+    bool list;
+};
+
+enum { OPT_LIST_COMMANDS = 0x100 };
+
+static const struct argp_option top_options[] = {
+    { "list-commands", OPT_LIST_COMMANDS, NULL, OPTION_HIDDEN, "List the subcommands", 0 },
+    { 0 }
+};
+
+static error_t top_parse(int key, char *arg, struct argp_state *state)
+{
+    struct top_args *a = state->input;
+
+    (void)arg;
+    switch (key) {
+    case OPT_LIST_COMMANDS:
+        a->list = true;
+        break;
+    case ARGP_KEY_ARG:
+        a->cmd_index = state->next - 1;
+        state->next = state->argc;
+        break;
+    case ARGP_KEY_END:
+        if (!a->cmd_index && !a->list) {
+            argp_usage(state);
+        }
+        break;
+    default:
+        return ARGP_ERR_UNKNOWN;
+    }
+    return 0;
+}
+
+static char *top_doc(void)
+{
+    size_t cap = 4096, len = 0;
+    char *doc = xmalloc(cap);
+
+    len += snprintf(doc + len, cap - len,
+                    "blockctl -- live and offline block operations on VM disk images"
+                    "\vCommands:\n");
+    for (size_t i = 0; i < ARRAY_SIZE(commands); i++) {
+        len += snprintf(doc + len, cap - len, "  %-10s %s\n", commands[i].name,
+                        commands[i].summary);
+    }
+    snprintf(doc + len, cap - len,
+             "\nRun 'blockctl COMMAND --help' for a command's options, and see "
+             "blockctl(1).\nExit status: 0 on success, 1 on error, 64 for usage errors "
+             "(check and compare have their own codes).");
+    return doc;
+}
+
+static int run(const struct command *c, int argc, char **argv)
+{
+    char *name = xasprintf("blockctl %s", c->name);
+    int ret;
+
+    argv[0] = name;
+    ret = c->fn(argc, argv);
+    /* stdout carries results: a failed write is an error (git's rule). */
+    if (fflush(stdout) != 0 || ferror(stdout) || fclose(stdout) != 0) {
+        error_report("write failure on standard output: %s", strerror(errno));
+        if (ret == 0) {
+            ret = 1;
+        }
+    }
+    free(name);
+    return ret;
+}
+
+int main(int argc, char **argv)
+{
+    const char *base = strrchr(argv[0], '/');
+    struct top_args a = { 0 };
+    struct argp top = { top_options, top_parse, "COMMAND [ARG...]", NULL, NULL, NULL, NULL };
+    const struct command *c;
+    char *doc;
+
+    base = base ? base + 1 : argv[0];
+    signal(SIGPIPE, SIG_IGN);
+    if (getenv("BLOCKCTL_LOCKING") && !strcmp(getenv("BLOCKCTL_LOCKING"), "off")) {
+        bfile_set_locking(false);
+    }
+
+    /* Multicall: "blockctl-info" runs "blockctl info". */
+    if (!strncmp(base, "blockctl-", 9)) {
+        c = find_command(base + 9);
+        if (!c) {
+            error_report("unknown command '%s'", base + 9);
+            return EXIT_USAGE;
+        }
+        return run(c, argc, argv);
+    }
+
+    doc = top_doc();
+    top.doc = doc;
+    argp_parse(&top, argc, argv, ARGP_IN_ORDER, NULL, &a);
+    free(doc);
+    if (a.list) {
+        for (size_t i = 0; i < ARRAY_SIZE(commands); i++) {
+            printf("%s\n", commands[i].name);
+        }
+        return 0;
+    }
+    c = find_command(argv[a.cmd_index]);
+    if (!c) {
+        error_report("unknown command '%s'", argv[a.cmd_index]);
+        fprintf(stderr, "Try 'blockctl --help' for the list of commands.\n");
+        return EXIT_USAGE;
+    }
+    return run(c, argc - a.cmd_index, argv + a.cmd_index);
+}

@@ -1,0 +1,1267 @@
+/*
+ * blockctl - qcow2: guest cluster mapping, reads, writes, zeroes, discards
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * A cluster without extended L2 entries is treated as one subcluster, so
+ * the same code serves both layouts.
+ */
+#include "lib/compiler.h"
+#include "lib/io.h"
+#include "formats/qcow2/qcow2.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <string.h>
+
+uint64_t qcow2_l2_get(struct qcow2 *s, const uint8_t *l2, unsigned i, uint64_t *bitmap)
+{
+    const uint8_t *p = l2 + (size_t)i * s->l2_entry_size;
+
+    *bitmap = s->ext_l2 ? get_be64(p + 8) : 0;
+    return get_be64(p);
+}
+
+void qcow2_l2_set(struct qcow2 *s, uint8_t *l2, unsigned i, uint64_t entry, uint64_t bitmap)
+{
+    uint8_t *p = l2 + (size_t)i * s->l2_entry_size;
+
+    put_be64(p, entry);
+    if (s->ext_l2) {
+        put_be64(p + 8, bitmap);
+    }
+}
+
+enum qcow2_sc_type qcow2_sc_type(struct qcow2 *s, uint64_t l2e, uint64_t bitmap, unsigned sc)
+{
+    uint64_t host = l2e & QCOW2_L2E_OFFSET_MASK;
+    bool alloc, zero;
+
+    if (l2e & QCOW2_OFLAG_COMPRESSED) {
+        return QCOW2_SC_COMPRESSED;
+    }
+    if (!s->ext_l2) {
+        if (l2e & QCOW2_OFLAG_ZERO) {
+            return host ? QCOW2_SC_ZERO_ALLOC : QCOW2_SC_ZERO_PLAIN;
+        }
+        return host ? QCOW2_SC_NORMAL : QCOW2_SC_UNALLOC_PLAIN;
+    }
+    alloc = (bitmap >> sc) & 1;
+    zero = (bitmap >> (32 + sc)) & 1;
+    if (!host) {
+        if (alloc) {
+            return QCOW2_SC_INVALID;
+        }
+        return zero ? QCOW2_SC_ZERO_PLAIN : QCOW2_SC_UNALLOC_PLAIN;
+    }
+    if (alloc && zero) {
+        return QCOW2_SC_INVALID;
+    }
+    return alloc ? QCOW2_SC_NORMAL : zero ? QCOW2_SC_ZERO_ALLOC : QCOW2_SC_UNALLOC_ALLOC;
+}
+
+static bool has_host(enum qcow2_sc_type t)
+{
+    return t == QCOW2_SC_NORMAL || t == QCOW2_SC_ZERO_ALLOC || t == QCOW2_SC_UNALLOC_ALLOC;
+}
+
+void qcow2_compressed_range(struct qcow2 *s, uint64_t l2e, uint64_t *off, uint64_t *bytes)
+{
+    uint64_t nsec = ((l2e >> s->csize_shift) & s->csize_mask) + 1;
+
+    *off = l2e & s->coffset_mask;
+    *bytes = nsec * 512 - (*off & 511);
+}
+
+int qcow2_write_l1_entry(struct qcow2 *s, uint32_t index)
+{
+    uint8_t be[8];
+
+    put_be64(be, s->l1[index]);
+    return io_pwrite(s->fd, be, 8, s->l1_offset + (uint64_t)index * 8);
+}
+
+/* --- range locks (guest cluster indexes) --- */
+
+static struct qcow2_range *range_lock(struct qcow2 *s, uint64_t start, uint64_t end)
+{
+    struct qcow2_range *r;
+
+again:
+    for (r = s->ranges; r; r = r->next) {
+        if (r->start < end && start < r->end) {
+            pthread_cond_wait(&s->range_cond, &s->lock);
+            goto again;
+        }
+    }
+    r = xmalloc(sizeof(*r));
+    r->start = start;
+    r->end = end;
+    r->next = s->ranges;
+    s->ranges = r;
+    return r;
+}
+
+static void range_unlock(struct qcow2 *s, struct qcow2_range *r)
+{
+    struct qcow2_range **pp;
+
+    for (pp = &s->ranges; *pp; pp = &(*pp)->next) {
+        if (*pp == r) {
+            *pp = r->next;
+            break;
+        }
+    }
+    free(r);
+    pthread_cond_broadcast(&s->range_cond);
+}
+
+/* --- L2 tables --- */
+
+static int check_l2_offset(struct qcow2 *s, uint64_t l1i, uint64_t l2off)
+{
+    if (!IS_ALIGNED(l2off, s->cluster_size)) {
+        qcow2_signal_corruption(s, "L2 table offset 0x%" PRIx64 " (L1 index %" PRIu64 ") is not "
+                                "cluster aligned", l2off, l1i);
+        return -EIO;
+    }
+    if (l2off + s->cluster_size > s->file_size) {
+        qcow2_signal_corruption(s, "L2 table offset 0x%" PRIx64 " (L1 index %" PRIu64 ") is "
+                                "past the end of the file", l2off, l1i);
+        return -EIO;
+    }
+    return 0;
+}
+
+/* The L2 table covering @off, or *l2 = NULL if there is none.  Pinned. */
+static int get_l2(struct qcow2 *s, uint64_t off, uint8_t **l2, unsigned *idx)
+{
+    uint64_t l1i = off >> (s->cluster_bits + s->l2_bits);
+    uint64_t l2off;
+    int ret;
+
+    *idx = (off >> s->cluster_bits) & (s->l2_entries - 1);
+    *l2 = NULL;
+    if (l1i >= s->l1_size) {
+        return 0;
+    }
+    l2off = s->l1[l1i] & QCOW2_L1E_OFFSET_MASK;
+    if (!l2off) {
+        return 0;
+    }
+    ret = check_l2_offset(s, l1i, l2off);
+    if (ret < 0) {
+        return ret;
+    }
+    return qcow2_cache_get(s, &s->l2_cache, l2off, false, l2);
+}
+
+/* The L2 table covering @off, allocated (or copied, if shared) as needed. */
+static int get_l2_for_write(struct qcow2 *s, uint64_t off, uint8_t **l2, unsigned *idx)
+{
+    uint64_t l1i = off >> (s->cluster_bits + s->l2_bits);
+    uint64_t l1e, l2off, rc;
+    uint8_t *old, *tbl;
+    int64_t new;
+    int ret;
+
+    *idx = (off >> s->cluster_bits) & (s->l2_entries - 1);
+    if (l1i >= s->l1_size) {
+        qcow2_signal_corruption(s, "guest offset 0x%" PRIx64 " beyond the L1 table", off);
+        return -EIO;
+    }
+    l1e = s->l1[l1i];
+    l2off = l1e & QCOW2_L1E_OFFSET_MASK;
+    if (l2off) {
+        ret = check_l2_offset(s, l1i, l2off);
+        if (ret < 0) {
+            return ret;
+        }
+        if (l1e & QCOW2_OFLAG_COPIED) {
+            return qcow2_cache_get(s, &s->l2_cache, l2off, false, l2);
+        }
+        ret = qcow2_get_refcount(s, l2off >> s->cluster_bits, &rc);
+        if (ret < 0) {
+            return ret;
+        }
+        if (rc == 1) {
+            s->l1[l1i] = l2off | QCOW2_OFLAG_COPIED;
+            ret = qcow2_write_l1_entry(s, l1i);
+            if (ret < 0) {
+                s->l1[l1i] = l1e;
+                return ret;
+            }
+            return qcow2_cache_get(s, &s->l2_cache, l2off, false, l2);
+        }
+    }
+
+    /* A new table, empty or a copy of the shared one. */
+    new = qcow2_alloc_clusters(s, 1);
+    if (new < 0) {
+        return (int)new;
+    }
+    ret = qcow2_cache_get(s, &s->l2_cache, new, true, &tbl);
+    if (ret < 0) {
+        qcow2_update_refcount(s, new, 1, -1);
+        return ret;
+    }
+    if (l2off) {
+        ret = qcow2_cache_get(s, &s->l2_cache, l2off, false, &old);
+        if (ret < 0) {
+            goto fail;
+        }
+        memcpy(tbl, old, s->cluster_size);
+        qcow2_cache_put(&s->l2_cache, old);
+    }
+    qcow2_cache_mark_dirty(&s->l2_cache, tbl);
+    ret = qcow2_cache_write_entry(s, &s->l2_cache, tbl);
+    if (ret == 0) {
+        ret = qcow2_flush_refblocks(s);
+    }
+    if (ret < 0) {
+        goto fail;
+    }
+    s->l1[l1i] = (uint64_t)new | QCOW2_OFLAG_COPIED;
+    ret = qcow2_write_l1_entry(s, l1i);
+    if (ret < 0) {
+        s->l1[l1i] = l1e;
+        goto fail;
+    }
+    if (l2off) {
+        qcow2_queue_decref(s, l2off, 1);
+    }
+    *l2 = tbl;
+    return 0;
+
+fail:
+    qcow2_cache_put(&s->l2_cache, tbl);
+    qcow2_cache_discard(&s->l2_cache, new);
+    qcow2_update_refcount(s, new, 1, -1);
+    return ret;
+}
+
+/* --- mapping --- */
+
+struct qmap {
+    enum qcow2_sc_type type;
+    uint64_t host;       /* host offset of the first byte (types with a host) */
+    uint64_t bytes;
+    uint64_t l2e;        /* the L2 entry (compressed clusters) */
+};
+
+static int check_entry(struct qcow2 *s, uint64_t guest, uint64_t l2e, enum qcow2_sc_type t)
+{
+    uint64_t host = l2e & QCOW2_L2E_OFFSET_MASK;
+
+    if (t == QCOW2_SC_INVALID) {
+        qcow2_signal_corruption(s, "invalid L2 entry 0x%" PRIx64 " for guest offset 0x%" PRIx64,
+                                l2e, guest);
+        return -EIO;
+    }
+    if (t == QCOW2_SC_COMPRESSED) {
+        uint64_t coff, cbytes;
+        qcow2_compressed_range(s, l2e, &coff, &cbytes);
+        if (coff >= s->file_size || coff < s->cluster_size) {
+            qcow2_signal_corruption(s, "compressed cluster for guest offset 0x%" PRIx64
+                                    " at 0x%" PRIx64 " lies outside the file", guest, coff);
+            return -EIO;
+        }
+        return 0;
+    }
+    if (has_host(t)) {
+        if (!IS_ALIGNED(host, s->cluster_size)) {
+            qcow2_signal_corruption(s, "cluster offset 0x%" PRIx64 " for guest offset 0x%" PRIx64
+                                    " is not cluster aligned", host, guest);
+            return -EIO;
+        }
+        if (t == QCOW2_SC_NORMAL && host >= s->file_size) {
+            qcow2_signal_corruption(s, "L2 entry for guest offset 0x%" PRIx64 " points past the "
+                                    "end of the file (0x%" PRIx64 ")", guest, host);
+            return -EIO;
+        }
+    }
+    return 0;
+}
+
+/* Under s->lock: the run of equally mapped bytes starting at @off. */
+static int get_mapping(struct qcow2 *s, uint64_t off, uint64_t len, struct qmap *m)
+{
+    uint64_t cs = s->cluster_size, scsz = s->sc_size;
+    uint64_t l2_span = cs << s->l2_bits;
+    unsigned nsc = 1u << s->sc_bits, idx, sc;
+    uint64_t e, bm, host0, covered, expect;
+    uint8_t *l2;
+    int ret;
+
+    len = MIN(len, l2_span - (off & (l2_span - 1)));
+    ret = get_l2(s, off, &l2, &idx);
+    if (ret < 0) {
+        return ret;
+    }
+    if (!l2) {
+        m->type = QCOW2_SC_UNALLOC_PLAIN;
+        m->host = 0;
+        m->bytes = len;
+        m->l2e = 0;
+        return 0;
+    }
+    sc = (off & (cs - 1)) / scsz;
+    e = qcow2_l2_get(s, l2, idx, &bm);
+    m->type = qcow2_sc_type(s, e, bm, sc);
+    m->l2e = e;
+    ret = check_entry(s, off, e, m->type);
+    if (ret < 0) {
+        qcow2_cache_put(&s->l2_cache, l2);
+        return ret;
+    }
+    host0 = e & QCOW2_L2E_OFFSET_MASK;
+    m->host = has_host(m->type) ? host0 + (off & (cs - 1)) : 0;
+    if (m->type == QCOW2_SC_COMPRESSED) {
+        m->bytes = MIN(len, cs - (off & (cs - 1)));
+        qcow2_cache_put(&s->l2_cache, l2);
+        return 0;
+    }
+    covered = scsz - (off & (scsz - 1));
+    expect = host0 + (uint64_t)(sc + 1) * scsz;
+    sc++;
+    while (covered < len) {
+        enum qcow2_sc_type t;
+        if (sc == nsc) {
+            sc = 0;
+            if (++idx == s->l2_entries) {
+                break;
+            }
+            e = qcow2_l2_get(s, l2, idx, &bm);
+            t = qcow2_sc_type(s, e, bm, 0);
+            if (t != m->type || check_entry(s, off + covered, e, t) < 0) {
+                break;
+            }
+            if (has_host(t) && (e & QCOW2_L2E_OFFSET_MASK) != expect) {
+                break;
+            }
+        } else {
+            t = qcow2_sc_type(s, e, bm, sc);
+            if (t != m->type) {
+                break;
+            }
+        }
+        covered += scsz;
+        expect += scsz;
+        sc++;
+    }
+    m->bytes = MIN(len, covered);
+    qcow2_cache_put(&s->l2_cache, l2);
+    return 0;
+}
+
+int qcow2_read_compressed(struct qcow2 *s, uint64_t l2e, uint8_t *out)
+{
+    uint64_t coff, cbytes;
+    uint8_t *in;
+    ssize_t n;
+    int ret;
+
+    qcow2_compressed_range(s, l2e, &coff, &cbytes);
+    in = xmalloc(cbytes);
+    n = io_pread(s->fd, in, cbytes, coff);
+    if (n < 0) {
+        free(in);
+        return (int)n;
+    }
+    ret = qcow2_decompress(s->compression_type, out, s->cluster_size, in, n);
+    free(in);
+    if (ret < 0) {
+        bdev_set_error(s->bd, "'%s': compressed cluster at 0x%" PRIx64 " does not decompress",
+                       s->bd->filename, coff);
+    }
+    return ret;
+}
+
+int qcow2_pread(struct bdev *bd, void *buf, size_t len, uint64_t off)
+{
+    struct qcow2 *s = bd->opaque;
+    uint8_t *cbuf = NULL;
+    uint64_t cbuf_e = 0;
+    int ret = 0;
+
+    while (len) {
+        struct qmap m;
+        ssize_t n;
+
+        pthread_mutex_lock(&s->lock);
+        ret = get_mapping(s, off, len, &m);
+        pthread_mutex_unlock(&s->lock);
+        if (ret < 0) {
+            break;
+        }
+        switch (m.type) {
+        case QCOW2_SC_UNALLOC_PLAIN:
+        case QCOW2_SC_UNALLOC_ALLOC:
+            ret = bdev_read_backing(bd, buf, m.bytes, off);
+            break;
+        case QCOW2_SC_ZERO_PLAIN:
+        case QCOW2_SC_ZERO_ALLOC:
+            memset(buf, 0, m.bytes);
+            break;
+        case QCOW2_SC_NORMAL:
+            n = io_pread(s->fd, buf, m.bytes, m.host);
+            if (n < 0) {
+                ret = (int)n;
+            } else if ((uint64_t)n < m.bytes) {
+                memset((uint8_t *)buf + n, 0, m.bytes - n);
+            }
+            break;
+        case QCOW2_SC_COMPRESSED:
+            if (!cbuf) {
+                cbuf = xmalloc(s->cluster_size);
+            }
+            if (!cbuf_e || cbuf_e != m.l2e) {
+                ret = qcow2_read_compressed(s, m.l2e, cbuf);
+                cbuf_e = ret < 0 ? 0 : m.l2e;
+            }
+            if (ret == 0) {
+                memcpy(buf, cbuf + (off & (s->cluster_size - 1)), m.bytes);
+            }
+            break;
+        default:
+            ret = -EIO;
+        }
+        if (ret < 0) {
+            break;
+        }
+        buf = (uint8_t *)buf + m.bytes;
+        off += m.bytes;
+        len -= m.bytes;
+    }
+    free(cbuf);
+    return ret;
+}
+
+int qcow2_block_status(struct bdev *bd, uint64_t off, uint64_t len, uint64_t *pnum,
+                       uint64_t *map, unsigned *status)
+{
+    struct qcow2 *s = bd->opaque;
+    struct qmap m;
+    int ret;
+
+    pthread_mutex_lock(&s->lock);
+    ret = get_mapping(s, off, len, &m);
+    pthread_mutex_unlock(&s->lock);
+    if (ret < 0) {
+        return ret;
+    }
+    *pnum = m.bytes;
+    *map = m.host;
+    switch (m.type) {
+    case QCOW2_SC_NORMAL:
+        *status = BDEV_BLOCK_DATA | BDEV_BLOCK_ALLOCATED | BDEV_BLOCK_OFFSET_VALID;
+        break;
+    case QCOW2_SC_ZERO_PLAIN:
+        *status = BDEV_BLOCK_ZERO | BDEV_BLOCK_ALLOCATED;
+        break;
+    case QCOW2_SC_ZERO_ALLOC:
+        *status = BDEV_BLOCK_ZERO | BDEV_BLOCK_ALLOCATED | BDEV_BLOCK_OFFSET_VALID;
+        break;
+    case QCOW2_SC_COMPRESSED:
+        *status = BDEV_BLOCK_DATA | BDEV_BLOCK_ALLOCATED | BDEV_BLOCK_COMPRESSED;
+        *map = 0;
+        break;
+    case QCOW2_SC_UNALLOC_ALLOC:
+        *status = BDEV_BLOCK_OFFSET_VALID;
+        break;
+    default:
+        *status = 0;
+        *map = 0;
+        break;
+    }
+    return 0;
+}
+
+/* --- writes --- */
+
+enum fill_src { FILL_ZERO, FILL_BACKING, FILL_OLDHOST, FILL_DECOMP };
+
+struct fill {
+    uint64_t start, len;        /* relative to the cluster */
+    enum fill_src src;
+};
+
+struct cplan {
+    uint64_t old_e, old_bm;
+    bool in_place;
+    uint64_t host;              /* cluster-aligned host offset to write */
+    struct fill fills[2 * QCOW2_EXTL2_SUBCLUSTERS + 2];
+    int nfills;
+};
+
+static void add_fill(struct cplan *p, uint64_t start, uint64_t len, enum fill_src src)
+{
+    if (!len) {
+        return;
+    }
+    if (p->nfills && p->fills[p->nfills - 1].src == src &&
+        p->fills[p->nfills - 1].start + p->fills[p->nfills - 1].len == start) {
+        p->fills[p->nfills - 1].len += len;
+        return;
+    }
+    assert(p->nfills < (int)ARRAY_SIZE(p->fills));
+    p->fills[p->nfills].start = start;
+    p->fills[p->nfills].len = len;
+    p->fills[p->nfills].src = src;
+    p->nfills++;
+}
+
+static enum fill_src view_src(enum qcow2_sc_type t, bool in_place)
+{
+    switch (t) {
+    case QCOW2_SC_ZERO_PLAIN:
+    case QCOW2_SC_ZERO_ALLOC:
+        return FILL_ZERO;
+    case QCOW2_SC_UNALLOC_PLAIN:
+    case QCOW2_SC_UNALLOC_ALLOC:
+        return FILL_BACKING;
+    case QCOW2_SC_COMPRESSED:
+        return FILL_DECOMP;
+    default:
+        return in_place ? FILL_ZERO /* unused */ : FILL_OLDHOST;
+    }
+}
+
+/* Work out what must be copied around the written part [ws, we) of a cluster. */
+static void plan_fills(struct qcow2 *s, struct cplan *p, uint64_t ws, uint64_t we)
+{
+    uint64_t cs = s->cluster_size, scsz = s->sc_size;
+    unsigned nsc = 1u << s->sc_bits;
+
+    p->nfills = 0;
+    if (ws == 0 && we == cs) {
+        return;
+    }
+    if (p->old_e & QCOW2_OFLAG_COMPRESSED) {
+        add_fill(p, 0, ws, FILL_DECOMP);
+        add_fill(p, we, cs - we, FILL_DECOMP);
+        return;
+    }
+    for (unsigned sc = 0; sc < nsc; sc++) {
+        uint64_t scs = sc * scsz, sce = scs + scsz;
+        enum qcow2_sc_type t = qcow2_sc_type(s, p->old_e, p->old_bm, sc);
+        bool touched = scs < we && ws < sce;
+
+        if (touched) {
+            if (t == QCOW2_SC_NORMAL && p->in_place) {
+                continue;
+            }
+            if (ws > scs) {
+                add_fill(p, scs, ws - scs, view_src(t, p->in_place));
+            }
+            if (we < sce) {
+                add_fill(p, we, sce - we, view_src(t, p->in_place));
+            }
+        } else if (!s->ext_l2) {
+            /* whole-cluster granularity: handled through "touched" above */
+        } else if (t == QCOW2_SC_NORMAL && !p->in_place) {
+            add_fill(p, scs, scsz, FILL_OLDHOST);
+        }
+    }
+}
+
+static uint64_t new_bitmap(struct qcow2 *s, struct cplan *p, uint64_t ws, uint64_t we)
+{
+    uint64_t bm;
+    unsigned first, last;
+
+    if (!s->ext_l2) {
+        return 0;
+    }
+    if (p->old_e & QCOW2_OFLAG_COMPRESSED) {
+        return QCOW2_BITMAP_ALL_ALLOC;
+    }
+    bm = p->old_bm;
+    first = ws / s->sc_size;
+    last = (we - 1) / s->sc_size;
+    for (unsigned sc = first; sc <= last; sc++) {
+        bm |= 1ULL << sc;
+        bm &= ~(1ULL << (32 + sc));
+    }
+    return bm;
+}
+
+/* Release the host storage an old L2 entry referenced (after the write-back). */
+static void drop_old(struct qcow2 *s, uint64_t old_e)
+{
+    if (old_e & QCOW2_OFLAG_COMPRESSED) {
+        uint64_t coff, cbytes, first, last;
+        qcow2_compressed_range(s, old_e, &coff, &cbytes);
+        first = coff >> s->cluster_bits;
+        last = (coff + cbytes - 1) >> s->cluster_bits;
+        for (uint64_t c = first; c <= last; c++) {
+            qcow2_queue_decref(s, c << s->cluster_bits, 1);
+        }
+    } else if (old_e & QCOW2_L2E_OFFSET_MASK) {
+        qcow2_queue_decref(s, old_e & QCOW2_L2E_OFFSET_MASK, 1);
+    }
+}
+
+static int do_fill(struct qcow2 *s, struct cplan *p, uint64_t guest_cluster, uint8_t **decomp)
+{
+    for (int i = 0; i < p->nfills; i++) {
+        struct fill *f = &p->fills[i];
+        uint8_t *tmp = xmalloc(f->len);
+        int ret = 0;
+
+        switch (f->src) {
+        case FILL_ZERO:
+            memset(tmp, 0, f->len);
+            break;
+        case FILL_BACKING:
+            ret = bdev_read_backing(s->bd, tmp, f->len, guest_cluster + f->start);
+            break;
+        case FILL_OLDHOST: {
+            ssize_t n = io_pread(s->fd, tmp, f->len,
+                                 (p->old_e & QCOW2_L2E_OFFSET_MASK) + f->start);
+            if (n < 0) {
+                ret = (int)n;
+            } else if ((uint64_t)n < f->len) {
+                memset(tmp + n, 0, f->len - n);
+            }
+            break;
+        }
+        case FILL_DECOMP:
+            if (!*decomp) {
+                *decomp = xmalloc(s->cluster_size);
+                ret = qcow2_read_compressed(s, p->old_e, *decomp);
+                if (ret < 0) {
+                    free(*decomp);
+                    *decomp = NULL;
+                    break;
+                }
+            }
+            memcpy(tmp, *decomp + f->start, f->len);
+            break;
+        }
+        if (ret == 0) {
+            ret = io_pwrite(s->fd, tmp, f->len, p->host + f->start);
+        }
+        free(tmp);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return 0;
+}
+
+/* Write [off, off+len), which lies within one L2 table. */
+static int write_chunk(struct qcow2 *s, const uint8_t *buf, uint64_t off, uint64_t len)
+{
+    uint64_t cs = s->cluster_size;
+    uint64_t first = off >> s->cluster_bits;
+    uint64_t last = (off + len - 1) >> s->cluster_bits;
+    uint64_t n = last - first + 1;
+    struct cplan *plan = xcalloc(n, sizeof(*plan));
+    struct qcow2_range *rl;
+    uint8_t *l2;
+    unsigned idx0;
+    uint64_t end = off + len, max_end = 0;
+    int ret;
+
+    pthread_mutex_lock(&s->lock);
+    rl = range_lock(s, first, last + 1);
+    if (s->corrupt) {
+        ret = -EIO;
+        goto out_locked;
+    }
+    ret = get_l2_for_write(s, off, &l2, &idx0);
+    if (ret < 0) {
+        goto out_locked;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        struct cplan *p = &plan[i];
+        uint64_t host;
+        enum qcow2_sc_type t;
+
+        p->old_e = qcow2_l2_get(s, l2, idx0 + i, &p->old_bm);
+        host = p->old_e & QCOW2_L2E_OFFSET_MASK;
+        t = qcow2_sc_type(s, p->old_e, p->old_bm, 0);
+        for (unsigned sc = 0; sc < (1u << s->sc_bits) && t != QCOW2_SC_INVALID; sc++) {
+            t = qcow2_sc_type(s, p->old_e, p->old_bm, sc);
+        }
+        if (t == QCOW2_SC_INVALID ||
+            (!(p->old_e & QCOW2_OFLAG_COMPRESSED) && host && !IS_ALIGNED(host, cs))) {
+            qcow2_cache_put(&s->l2_cache, l2);
+            check_entry(s, (first + i) << s->cluster_bits, p->old_e,
+                        t == QCOW2_SC_INVALID ? t : QCOW2_SC_NORMAL);
+            ret = -EIO;
+            goto out_free;
+        }
+        p->in_place = !(p->old_e & QCOW2_OFLAG_COMPRESSED) && host &&
+                      (p->old_e & QCOW2_OFLAG_COPIED);
+        if (p->in_place && host >= s->file_size) {
+            qcow2_cache_put(&s->l2_cache, l2);
+            check_entry(s, (first + i) << s->cluster_bits, p->old_e, QCOW2_SC_NORMAL);
+            ret = -EIO;
+            goto out_free;
+        }
+        p->host = p->in_place ? host : 0;
+    }
+    qcow2_cache_put(&s->l2_cache, l2);
+
+    /* Allocate runs of new clusters contiguously. */
+    for (uint64_t i = 0; i < n;) {
+        uint64_t j = i;
+        int64_t h;
+        if (plan[i].in_place) {
+            i++;
+            continue;
+        }
+        while (j < n && !plan[j].in_place) {
+            j++;
+        }
+        h = qcow2_alloc_clusters(s, j - i);
+        if (h < 0) {
+            ret = (int)h;
+            goto out_free;
+        }
+        for (uint64_t k = i; k < j; k++) {
+            plan[k].host = h + (k - i) * cs;
+        }
+        i = j;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t cstart = (first + i) << s->cluster_bits;
+        uint64_t ws = MAX(off, cstart) - cstart;
+        uint64_t we = MIN(end, cstart + cs) - cstart;
+        plan_fills(s, &plan[i], ws, we);
+        max_end = MAX(max_end, plan[i].host + cs);
+    }
+    pthread_mutex_unlock(&s->lock);
+
+    /* Data: fills around the edges, then the guest data in host-contiguous runs. */
+    for (uint64_t i = 0; i < n && ret == 0; i++) {
+        uint8_t *decomp = NULL;
+        if (plan[i].nfills) {
+            ret = do_fill(s, &plan[i], (first + i) << s->cluster_bits, &decomp);
+        }
+        free(decomp);
+    }
+    for (uint64_t i = 0; i < n && ret == 0;) {
+        uint64_t j = i + 1;
+        uint64_t gstart = MAX(off, (first + i) << s->cluster_bits);
+        uint64_t gend;
+
+        while (j < n && plan[j].host == plan[j - 1].host + cs) {
+            j++;
+        }
+        gend = MIN(end, (first + j) << s->cluster_bits);
+        ret = io_pwrite(s->fd, buf + (gstart - off), gend - gstart,
+                        plan[i].host + (gstart - ((first + i) << s->cluster_bits)));
+        i = j;
+    }
+
+    pthread_mutex_lock(&s->lock);
+    if (ret < 0) {
+        goto out_free;
+    }
+    qcow2_note_file_end(s, max_end);
+    ret = get_l2_for_write(s, off, &l2, &idx0);
+    if (ret < 0) {
+        goto out_free;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t cstart = (first + i) << s->cluster_bits;
+        uint64_t ws = MAX(off, cstart) - cstart;
+        uint64_t we = MIN(end, cstart + cs) - cstart;
+        qcow2_l2_set(s, l2, idx0 + i, plan[i].host | QCOW2_OFLAG_COPIED,
+                     new_bitmap(s, &plan[i], ws, we));
+        if (!plan[i].in_place) {
+            drop_old(s, plan[i].old_e);
+        }
+    }
+    qcow2_cache_mark_dirty(&s->l2_cache, l2);
+    qcow2_cache_put(&s->l2_cache, l2);
+    ret = 0;
+    goto out_locked;
+
+out_free:
+    /* Clusters allocated for this write are referenced by nothing yet. */
+    for (uint64_t i = 0; i < n; i++) {
+        if (!plan[i].in_place && plan[i].host) {
+            qcow2_update_refcount(s, plan[i].host, cs, -1);
+        }
+    }
+out_locked:
+    range_unlock(s, rl);
+    pthread_mutex_unlock(&s->lock);
+    free(plan);
+    return ret;
+}
+
+int qcow2_pwrite(struct bdev *bd, const void *buf, size_t len, uint64_t off, unsigned flags)
+{
+    struct qcow2 *s = bd->opaque;
+    uint64_t l2_span = s->cluster_size << s->l2_bits;
+    const uint8_t *p = buf;
+    int ret = 0;
+
+    if (s->corrupt) {
+        return -EIO;
+    }
+    qcow2_bitmaps_mark_dirty(s, off, len);
+    while (len) {
+        uint64_t n = MIN((uint64_t)len, l2_span - (off & (l2_span - 1)));
+        ret = write_chunk(s, p, off, n);
+        if (ret < 0) {
+            return ret;
+        }
+        p += n;
+        off += n;
+        len -= n;
+    }
+    if (flags & BDEV_REQ_FUA) {
+        ret = bd->drv->flush(bd);
+    }
+    return ret;
+}
+
+/* --- zeroes and discards --- */
+
+enum zop { ZOP_ZERO, ZOP_DISCARD };
+
+/*
+ * Zero (or discard) the subcluster-aligned range [off, off+len) inside one
+ * L2 table by changing L2 entries.  Returns -ENOTSUP for pieces that need
+ * data to be written instead (*done tells how far it got).
+ */
+static int modify_chunk(struct qcow2 *s, uint64_t off, uint64_t len, enum zop op,
+                        unsigned flags, uint64_t *done)
+{
+    uint64_t cs = s->cluster_size, scsz = s->sc_size;
+    uint64_t first = off >> s->cluster_bits;
+    uint64_t last = (off + len - 1) >> s->cluster_bits;
+    bool unmap = (flags & BDEV_REQ_MAY_UNMAP) || op == ZOP_DISCARD;
+    bool has_backing = s->bd->backing_file != NULL;
+    struct qcow2_range *rl;
+    uint8_t *l2 = NULL;
+    unsigned idx0;
+    bool dirty = false;
+    int ret = 0;
+
+    *done = 0;
+    pthread_mutex_lock(&s->lock);
+    rl = range_lock(s, first, last + 1);
+    if (s->corrupt) {
+        ret = -EIO;
+        goto out;
+    }
+    if (op == ZOP_DISCARD) {
+        ret = get_l2(s, off, &l2, &idx0);
+        if (ret < 0 || !l2) {
+            /* nothing allocated: a discard has nothing to drop */
+            if (ret == 0 && (has_backing && s->version >= 3)) {
+                ret = get_l2_for_write(s, off, &l2, &idx0);
+            }
+            if (ret < 0 || !l2) {
+                *done = ret < 0 ? 0 : len;
+                goto out;
+            }
+        } else {
+            qcow2_cache_put(&s->l2_cache, l2);
+            ret = get_l2_for_write(s, off, &l2, &idx0);
+        }
+    } else {
+        ret = get_l2_for_write(s, off, &l2, &idx0);
+    }
+    if (ret < 0) {
+        goto out;
+    }
+    for (uint64_t c = first; c <= last; c++) {
+        uint64_t cstart = c << s->cluster_bits;
+        uint64_t ws = MAX(off, cstart) - cstart;
+        uint64_t we = MIN(off + len, cstart + cs) - cstart;
+        bool whole = ws == 0 && we == cs;
+        unsigned i = idx0 + (unsigned)(c - first);
+        uint64_t e, bm, host, ne, nbm;
+        bool compressed, copied;
+
+        e = qcow2_l2_get(s, l2, i, &bm);
+        host = e & QCOW2_L2E_OFFSET_MASK;
+        compressed = e & QCOW2_OFLAG_COMPRESSED;
+        copied = e & QCOW2_OFLAG_COPIED;
+
+        if (!whole) {
+            /* Only with subclusters, and only for zeroing. */
+            unsigned a = ws / scsz, b = we / scsz;
+            uint64_t mask = 0;
+            assert(s->ext_l2 && op == ZOP_ZERO);
+            if (compressed || (host && !copied)) {
+                ret = -ENOTSUP;
+                break;
+            }
+            for (unsigned sc = a; sc < b; sc++) {
+                mask |= 1ULL << sc;
+            }
+            nbm = (bm & ~mask) | (mask << 32);
+            qcow2_l2_set(s, l2, i, e, nbm);
+            dirty = true;
+            *done += we - ws;
+            continue;
+        }
+        if (op == ZOP_DISCARD) {
+            bool allocated = compressed || host ||
+                             (!s->ext_l2 && (e & QCOW2_OFLAG_ZERO));
+            if (s->ext_l2) {
+                ne = 0;
+                nbm = (has_backing || allocated) ? QCOW2_BITMAP_ALL_ZERO : 0;
+            } else {
+                ne = (has_backing || allocated) && s->version >= 3 ? QCOW2_OFLAG_ZERO : 0;
+                nbm = 0;
+            }
+        } else if (s->version < 3) {
+            /* v2 has no zero clusters: only "unallocated" without a backing file. */
+            if (has_backing || !unmap) {
+                ret = -ENOTSUP;
+                break;
+            }
+            ne = 0;
+            nbm = 0;
+        } else if (host && copied && !compressed && !unmap) {
+            /* keep the allocation (a later write needs no new cluster) */
+            ne = s->ext_l2 ? host | QCOW2_OFLAG_COPIED : host | QCOW2_OFLAG_COPIED | QCOW2_OFLAG_ZERO;
+            nbm = QCOW2_BITMAP_ALL_ZERO;
+        } else {
+            ne = s->ext_l2 ? 0 : QCOW2_OFLAG_ZERO;
+            nbm = QCOW2_BITMAP_ALL_ZERO;
+        }
+        if (!s->ext_l2) {
+            nbm = 0;
+        }
+        if (ne != e || nbm != bm) {
+            qcow2_l2_set(s, l2, i, ne, nbm);
+            dirty = true;
+            if ((e & QCOW2_L2E_OFFSET_MASK) != (ne & QCOW2_L2E_OFFSET_MASK) || compressed) {
+                drop_old(s, e);
+            }
+        }
+        *done += cs;
+    }
+    if (dirty) {
+        qcow2_cache_mark_dirty(&s->l2_cache, l2);
+    }
+    qcow2_cache_put(&s->l2_cache, l2);
+out:
+    range_unlock(s, rl);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/* Does the image (this layer with its backing) read zero in [off, off+len)? */
+static int reads_zero(struct qcow2 *s, uint64_t off, uint64_t len, bool *zero)
+{
+    uint8_t *tmp = xmalloc(len);
+    int ret = qcow2_pread(s->bd, tmp, len, off);
+
+    *zero = ret == 0 && buffer_is_zero(tmp, len);
+    free(tmp);
+    return ret;
+}
+
+static int zero_data(struct qcow2 *s, uint64_t off, uint64_t len)
+{
+    size_t bufsz = MIN(len, (uint64_t)1 << 20);
+    uint8_t *zero = xzalloc(bufsz);
+    uint64_t l2_span = s->cluster_size << s->l2_bits;
+    int ret = 0;
+
+    while (len) {
+        uint64_t n = MIN(len, (uint64_t)bufsz);
+        n = MIN(n, l2_span - (off & (l2_span - 1)));
+        ret = write_chunk(s, zero, off, n);
+        if (ret < 0) {
+            break;
+        }
+        off += n;
+        len -= n;
+    }
+    free(zero);
+    return ret;
+}
+
+/* Zero an aligned range through the L2 entries, falling back to data. */
+static int zero_aligned(struct qcow2 *s, uint64_t off, uint64_t len, unsigned flags)
+{
+    uint64_t l2_span = s->cluster_size << s->l2_bits;
+
+    while (len) {
+        uint64_t n = MIN(len, l2_span - (off & (l2_span - 1)));
+        uint64_t done;
+        int ret = modify_chunk(s, off, n, ZOP_ZERO, flags, &done);
+
+        if (ret == -ENOTSUP) {
+            /* Zero the piece that could not be zeroed cheaply as data. */
+            uint64_t p = off + done;
+            uint64_t pe = MIN(off + n, ALIGN_UP(p + 1, s->cluster_size));
+            if (flags & BDEV_REQ_NO_FALLBACK) {
+                return -ENOTSUP;
+            }
+            ret = zero_data(s, p, pe - p);
+            if (ret < 0) {
+                return ret;
+            }
+            n = pe - off;
+        } else if (ret < 0) {
+            return ret;
+        }
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
+/* Zero a piece smaller than one subcluster at [off, off+len). */
+static int zero_partial(struct qcow2 *s, uint64_t off, uint64_t len, unsigned flags)
+{
+    uint64_t scs = ALIGN_DOWN(off, s->sc_size);
+    uint64_t sce = MIN(scs + s->sc_size, s->bd->size);
+    bool head_zero = true, tail_zero = true;
+    int ret;
+
+    if (s->version >= 3 && sce == scs + s->sc_size) {
+        if (off > scs) {
+            ret = reads_zero(s, scs, off - scs, &head_zero);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        if (head_zero && off + len < sce) {
+            ret = reads_zero(s, off + len, sce - off - len, &tail_zero);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        if (head_zero && tail_zero) {
+            return zero_aligned(s, scs, s->sc_size, flags);
+        }
+    }
+    if (flags & BDEV_REQ_NO_FALLBACK) {
+        return -ENOTSUP;
+    }
+    return zero_data(s, off, len);
+}
+
+int qcow2_pwrite_zeroes(struct bdev *bd, uint64_t off, uint64_t len, unsigned flags)
+{
+    struct qcow2 *s = bd->opaque;
+    uint64_t scsz = s->sc_size;
+    uint64_t end = off + len, aend, a, b;
+    int ret = 0;
+
+    if (s->corrupt) {
+        return -EIO;
+    }
+    if (!len) {
+        return 0;
+    }
+    qcow2_bitmaps_mark_dirty(s, off, len);
+    /* The image's last partial subcluster counts as whole. */
+    aend = (end == bd->size) ? ALIGN_UP(end, scsz) : end;
+    a = ALIGN_UP(off, scsz);
+    b = ALIGN_DOWN(aend, scsz);
+    if (a >= b) {
+        if (ALIGN_DOWN(off, scsz) == ALIGN_DOWN(end - 1, scsz)) {
+            ret = zero_partial(s, off, len, flags);
+        } else {
+            ret = zero_partial(s, off, a - off, flags);
+            if (ret == 0) {
+                ret = zero_partial(s, a, end - a, flags);
+            }
+        }
+    } else {
+        if (off < a) {
+            ret = zero_partial(s, off, a - off, flags);
+        }
+        if (ret == 0) {
+            ret = zero_aligned(s, a, b - a, flags);
+        }
+        if (ret == 0 && b < end) {
+            ret = zero_partial(s, b, end - b, flags);
+        }
+    }
+    if (ret == 0 && (flags & BDEV_REQ_FUA)) {
+        ret = bd->drv->flush(bd);
+    }
+    return ret;
+}
+
+int qcow2_discard(struct bdev *bd, uint64_t off, uint64_t len)
+{
+    struct qcow2 *s = bd->opaque;
+    uint64_t cs = s->cluster_size;
+    uint64_t l2_span = cs << s->l2_bits;
+    uint64_t start = ALIGN_UP(off, cs);
+    uint64_t end = off + len;
+
+    if (s->corrupt) {
+        return -EIO;
+    }
+    /* The image's last partial cluster may be discarded whole. */
+    end = (end == bd->size) ? ALIGN_UP(end, cs) : ALIGN_DOWN(end, cs);
+    if (end <= start) {
+        return 0;
+    }
+    qcow2_bitmaps_mark_dirty(s, start, MIN(end, bd->size) - start);
+    while (start < end) {
+        uint64_t n = MIN(end - start, l2_span - (start & (l2_span - 1)));
+        uint64_t done;
+        int ret = modify_chunk(s, start, n, ZOP_DISCARD, 0, &done);
+        if (ret < 0) {
+            return ret;
+        }
+        start += n;
+    }
+    return 0;
+}
+
+int qcow2_pwrite_compressed(struct bdev *bd, const void *buf, size_t len, uint64_t off)
+{
+    struct qcow2 *s = bd->opaque;
+    uint64_t cs = s->cluster_size;
+    struct qcow2_range *rl;
+    uint8_t *in, *out, *l2;
+    unsigned idx;
+    uint64_t old_e, old_bm, nsec;
+    ssize_t clen;
+    int64_t coff;
+    int ret;
+
+    if (!IS_ALIGNED(off, cs) || len > cs || (len < cs && off + len != bd->size)) {
+        return -EINVAL;
+    }
+    if (s->corrupt) {
+        return -EIO;
+    }
+    in = (uint8_t *)buf;
+    if (len < cs) {
+        in = xzalloc(cs);
+        memcpy(in, buf, len);
+    }
+    out = xmalloc(cs);
+    clen = qcow2_compress(s->compression_type, out, cs - 1, in, cs);
+    if (in != buf) {
+        free(in);
+    }
+    if (clen < 0) {
+        /* Does not shrink: store it plainly, as qemu-img does. */
+        free(out);
+        return clen == -ENOSPC ? qcow2_pwrite(bd, buf, len, off, 0) : (int)clen;
+    }
+    qcow2_bitmaps_mark_dirty(s, off, len);
+
+    pthread_mutex_lock(&s->lock);
+    rl = range_lock(s, off >> s->cluster_bits, (off >> s->cluster_bits) + 1);
+    ret = get_l2_for_write(s, off, &l2, &idx);
+    if (ret < 0) {
+        goto out;
+    }
+    qcow2_cache_put(&s->l2_cache, l2);
+    coff = qcow2_alloc_bytes(s, clen);
+    if (coff < 0) {
+        ret = (int)coff;
+        goto out;
+    }
+    pthread_mutex_unlock(&s->lock);
+    ret = io_pwrite(s->fd, out, clen, coff);
+    pthread_mutex_lock(&s->lock);
+    if (ret < 0) {
+        /* Give back the bytes' cluster references. */
+        uint64_t first = coff >> s->cluster_bits, last = (coff + clen - 1) >> s->cluster_bits;
+        for (uint64_t c = first; c <= last; c++) {
+            qcow2_update_refcount(s, c << s->cluster_bits, 1, -1);
+        }
+        goto out;
+    }
+    qcow2_note_file_end(s, coff + clen);
+    ret = get_l2_for_write(s, off, &l2, &idx);
+    if (ret < 0) {
+        goto out;
+    }
+    old_e = qcow2_l2_get(s, l2, idx, &old_bm);
+    nsec = ((coff + clen - 1) >> 9) - (coff >> 9);
+    qcow2_l2_set(s, l2, idx, QCOW2_OFLAG_COMPRESSED | (uint64_t)coff | (nsec << s->csize_shift),
+                 0);
+    qcow2_cache_mark_dirty(&s->l2_cache, l2);
+    qcow2_cache_put(&s->l2_cache, l2);
+    drop_old(s, old_e);
+out:
+    range_unlock(s, rl);
+    pthread_mutex_unlock(&s->lock);
+    free(out);
+    return ret;
+}
+
+int qcow2_preallocate(struct qcow2 *s, uint64_t size, bool write_zeroes, bool falloc,
+                      struct error **errp)
+{
+    uint64_t cs = s->cluster_size;
+    uint64_t l2_span = cs << s->l2_bits;
+    uint64_t data_start = UINT64_MAX, data_end = 0;
+    int ret = 0;
+
+    pthread_mutex_lock(&s->lock);
+    for (uint64_t off = 0; off < size; off += l2_span) {
+        uint64_t n = DIV_ROUND_UP(MIN(l2_span, size - off), cs);
+        uint8_t *l2;
+        unsigned idx;
+        int64_t h;
+
+        ret = get_l2_for_write(s, off, &l2, &idx);
+        if (ret < 0) {
+            break;
+        }
+        h = qcow2_alloc_clusters(s, n);
+        if (h < 0) {
+            qcow2_cache_put(&s->l2_cache, l2);
+            ret = (int)h;
+            break;
+        }
+        for (uint64_t i = 0; i < n; i++) {
+            qcow2_l2_set(s, l2, idx + i, (h + i * cs) | QCOW2_OFLAG_COPIED,
+                         s->ext_l2 ? QCOW2_BITMAP_ALL_ALLOC : 0);
+        }
+        qcow2_cache_mark_dirty(&s->l2_cache, l2);
+        qcow2_cache_put(&s->l2_cache, l2);
+        data_start = MIN(data_start, (uint64_t)h);
+        data_end = MAX(data_end, (uint64_t)h + n * cs);
+        /* Extend the file so the data clusters lie inside it (sparse). */
+        if (!write_zeroes && !falloc && data_end > s->file_size) {
+            ret = io_ftruncate(s->fd, data_end);
+            if (ret < 0) {
+                break;
+            }
+            qcow2_note_file_end(s, data_end);
+        }
+        if (falloc) {
+            ret = io_fallocate(s->fd, 0, h, n * cs);
+            if (ret < 0) {
+                break;
+            }
+            qcow2_note_file_end(s, h + n * cs);
+        }
+        if (write_zeroes) {
+            uint8_t *z = xzalloc(MIN(n * cs, (uint64_t)1 << 20));
+            for (uint64_t p = 0; p < n * cs && ret == 0; p += 1u << 20) {
+                ret = io_pwrite(s->fd, z, MIN(n * cs - p, (uint64_t)1 << 20), h + p);
+            }
+            free(z);
+            if (ret < 0) {
+                break;
+            }
+            qcow2_note_file_end(s, h + n * cs);
+        }
+    }
+    if (ret == 0) {
+        ret = qcow2_flush_metadata(s);
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "'%s': cannot preallocate", s->bd->filename);
+    }
+    return ret;
+}

@@ -1,0 +1,347 @@
+/*
+ * blockctl - qcow2 driver, private header
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * On-disk format: QEMU's docs/interop/qcow2.txt.  All on-disk integers are
+ * big-endian; tables are kept in memory in host order.
+ *
+ * Locking: one mutex (s->lock) guards all metadata: header fields, L1,
+ * refcount table, the caches, the allocator.  It is held while mapping or
+ * allocating, never across guest data I/O.  Writers additionally take a
+ * range lock on the guest clusters they change (s->ranges), so two
+ * requests never allocate or rewrite the same cluster at once.
+ *
+ * Crash ordering (no lazy refcounts): a refcount increment reaches the
+ * disk before any table that references the cluster; a reference is
+ * removed on disk before the refcount decrement (decrements are queued in
+ * s->decref and applied after the tables are written back).  Killing the
+ * process at any instant therefore leaves at worst leaked clusters.
+ */
+#ifndef BLOCKCTL_FORMATS_QCOW2_H
+#define BLOCKCTL_FORMATS_QCOW2_H
+
+#include "lib/compiler.h"
+#include "lib/block.h"
+
+#include <pthread.h>
+
+#define QCOW2_MAGIC 0x514649fbu          /* "QFI\xfb" */
+#define QCOW2_V2_HEADER_SIZE 72
+#define QCOW2_V3_HEADER_SIZE 104
+#define QCOW2_HEADER_SIZE 112            /* with compression_type, padded */
+
+/* qcow2.txt "Header": incompatible feature bits */
+#define QCOW2_INCOMPAT_DIRTY (1ULL << 0)
+#define QCOW2_INCOMPAT_CORRUPT (1ULL << 1)
+#define QCOW2_INCOMPAT_DATA_FILE (1ULL << 2)
+#define QCOW2_INCOMPAT_COMPRESSION (1ULL << 3)
+#define QCOW2_INCOMPAT_EXTL2 (1ULL << 4)
+#define QCOW2_INCOMPAT_KNOWN 0x1fULL
+#define QCOW2_COMPAT_LAZY_REFCOUNTS (1ULL << 0)
+#define QCOW2_AUTOCLEAR_BITMAPS (1ULL << 0)
+#define QCOW2_AUTOCLEAR_DATA_FILE_RAW (1ULL << 1)
+#define QCOW2_AUTOCLEAR_KNOWN 0x3ULL
+
+#define QCOW2_COMPRESSION_ZLIB 0
+#define QCOW2_COMPRESSION_ZSTD 1
+
+/* Header extension types */
+#define QCOW2_EXT_END 0x00000000u
+#define QCOW2_EXT_BACKING_FORMAT 0xe2792acau
+#define QCOW2_EXT_FEATURE_TABLE 0x6803f857u
+#define QCOW2_EXT_BITMAPS 0x23852875u
+#define QCOW2_EXT_CRYPTO 0x0537be77u
+#define QCOW2_EXT_DATA_FILE 0x44415441u
+
+/* L1 / L2 entry bits */
+#define QCOW2_OFLAG_COPIED (1ULL << 63)
+#define QCOW2_OFLAG_COMPRESSED (1ULL << 62)
+#define QCOW2_OFLAG_ZERO (1ULL << 0)
+#define QCOW2_L1E_OFFSET_MASK 0x00fffffffffffe00ULL
+#define QCOW2_L2E_OFFSET_MASK 0x00fffffffffffe00ULL
+#define QCOW2_REFT_OFFSET_MASK 0xfffffffffffffe00ULL
+#define QCOW2_L1E_RESERVED 0x7f000000000001ffULL
+#define QCOW2_L2E_STD_RESERVED 0x3f000000000001feULL
+
+/* Extended L2: 32 subclusters; bitmap bits 0-31 allocated, 32-63 zero */
+#define QCOW2_EXTL2_SUBCLUSTERS 32
+#define QCOW2_BITMAP_ALL_ALLOC 0x00000000ffffffffULL
+#define QCOW2_BITMAP_ALL_ZERO 0xffffffff00000000ULL
+
+/* Limits (as QEMU bounds them) */
+#define QCOW2_MIN_CLUSTER_BITS 9
+#define QCOW2_MAX_CLUSTER_BITS 21
+#define QCOW2_MAX_L1_BYTES (32u << 20)
+#define QCOW2_MAX_REFTABLE_BYTES (8u << 20)
+#define QCOW2_MAX_SNAPSHOTS 65536
+#define QCOW2_MAX_SNAPSHOTS_BYTES (1024u * QCOW2_MAX_SNAPSHOTS)
+#define QCOW2_MAX_SNAPSHOT_EXTRA 1024
+#define QCOW2_MAX_BACKING_NAME 1023
+#define QCOW2_MAX_BITMAPS 65535
+#define QCOW2_MAX_BITMAP_DIR_BYTES (64u << 20)
+#define QCOW2_MAX_BITMAP_NAME 1023
+
+/* What a guest (sub)cluster is, from its L2 entry */
+enum qcow2_sc_type {
+    QCOW2_SC_UNALLOC_PLAIN,   /* reads from backing, no host cluster */
+    QCOW2_SC_UNALLOC_ALLOC,   /* reads from backing, host cluster exists (ext L2) */
+    QCOW2_SC_ZERO_PLAIN,      /* reads zero, no host cluster */
+    QCOW2_SC_ZERO_ALLOC,      /* reads zero, host cluster kept */
+    QCOW2_SC_NORMAL,          /* data at host offset */
+    QCOW2_SC_COMPRESSED,      /* whole cluster compressed */
+    QCOW2_SC_INVALID,         /* contradictory bits */
+};
+
+struct qcow2_cache_entry {
+    uint64_t offset;          /* host offset of the table, 0: free slot */
+    uint8_t *data;            /* one cluster, on-disk byte order */
+    uint64_t lru;
+    unsigned ref;             /* pinned while > 0 */
+    bool dirty;
+    int hnext;                /* hash chain */
+};
+
+struct qcow2_cache {
+    const char *name;         /* "L2" or "refcount block" */
+    size_t n;
+    struct qcow2_cache_entry *e;
+    int *hash;                /* nbuckets heads */
+    size_t nbuckets;
+    uint64_t lru_clock;
+    size_t nr_dirty;
+};
+
+struct qcow2_ext {
+    uint32_t type;
+    uint32_t len;
+    uint8_t *data;
+};
+
+struct qcow2_snapshot {
+    uint64_t l1_offset;
+    uint32_t l1_size;
+    char *id;
+    char *name;
+    uint32_t date_sec;
+    uint32_t date_nsec;
+    uint64_t vm_clock_nsec;
+    uint32_t vm_state_size;
+    uint32_t extra_size;
+    uint8_t *extra;           /* extra data as stored */
+};
+
+struct dirty_bitmap;
+
+struct qcow2_bitmap {
+    uint64_t table_offset;
+    uint32_t table_size;      /* entries */
+    uint32_t flags;
+    uint8_t type;
+    uint8_t granularity_bits;
+    char *name;
+    uint32_t extra_size;
+    uint8_t *extra;
+    /* in-memory state for enabled bitmaps tracked while open read-write */
+    struct dirty_bitmap *bm;
+};
+
+struct qcow2_decref {
+    uint64_t offset;          /* cluster-aligned host offset */
+    uint64_t count;           /* clusters */
+};
+
+struct qcow2_range {
+    uint64_t start, end;      /* guest cluster indexes [start, end) */
+    struct qcow2_range *next;
+};
+
+struct qcow2 {
+    struct bdev *bd;
+    int fd;
+    pthread_mutex_t lock;
+    pthread_cond_t range_cond;
+    struct qcow2_range *ranges;
+
+    /* header as read (host order) */
+    uint32_t version;
+    uint32_t cluster_bits;
+    uint64_t cluster_size;
+    uint64_t size;
+    uint64_t backing_file_offset;
+    uint32_t backing_file_size;
+    uint32_t crypt_method;
+    uint32_t l1_size;
+    uint64_t l1_offset;
+    uint64_t reftable_offset;
+    uint32_t reftable_clusters;
+    uint32_t nb_snapshots;
+    uint64_t snapshots_offset;
+    uint64_t incompat;
+    uint64_t compat;
+    uint64_t autoclear;
+    uint32_t refcount_order;
+    uint32_t header_length;
+    uint8_t compression_type;
+    uint8_t *unknown_header;  /* bytes 112..header_length-1, preserved */
+    uint32_t unknown_header_len;
+
+    /* derived */
+    uint32_t refcount_bits;
+    uint64_t refcount_max;
+    uint32_t refblock_bits;   /* log2(refcount entries per block) */
+    uint32_t l2_bits;         /* log2(entries per L2 table) */
+    uint32_t l2_entries;
+    uint32_t l2_entry_size;   /* 8, or 16 with extended L2 */
+    bool ext_l2;
+    uint32_t sc_bits;         /* log2(subclusters per cluster): 0 or 5 */
+    uint64_t sc_size;
+    uint32_t csize_shift;
+    uint64_t csize_mask;
+    uint64_t coffset_mask;
+
+    /* tables */
+    uint64_t *l1;
+    uint64_t *reftable;
+    uint64_t reftable_size;   /* entries */
+    struct qcow2_cache l2_cache;
+    struct qcow2_cache rb_cache;
+
+    /* extensions */
+    char *backing_fmt;        /* from the extension, or NULL */
+    struct qcow2_ext *unknown_ext;
+    size_t nr_unknown_ext;
+    bool has_bitmaps_ext;
+    uint32_t nb_bitmaps;
+    uint64_t bitmap_dir_size;
+    uint64_t bitmap_dir_offset;
+    struct qcow2_bitmap *bitmaps;
+    bool bitmaps_loaded_rw;   /* we set in_use on disk and track writes */
+
+    struct qcow2_snapshot *snapshots;
+
+    /* allocation */
+    uint64_t free_cluster_index;
+    uint64_t free_byte_offset; /* for packing compressed clusters */
+    uint64_t file_size;        /* current end of file */
+    struct qcow2_decref *decref;
+    size_t nr_decref, cap_decref;
+
+    bool read_only;
+    bool dirty_on_disk;        /* we set the dirty bit */
+    bool corrupt;              /* corruption seen: no further writes */
+    bool check_mode;
+};
+
+static inline uint64_t qcow2_offset_into_cluster(struct qcow2 *s, uint64_t off)
+{
+    return off & (s->cluster_size - 1);
+}
+
+static inline uint64_t qcow2_size_to_clusters(struct qcow2 *s, uint64_t size)
+{
+    return (size + s->cluster_size - 1) >> s->cluster_bits;
+}
+
+static inline bool qcow2_lazy(struct qcow2 *s)
+{
+    return s->compat & QCOW2_COMPAT_LAZY_REFCOUNTS;
+}
+
+/* header.c */
+int qcow2_write_header(struct qcow2 *s, struct error **errp);
+int qcow2_mark_dirty(struct qcow2 *s);
+void qcow2_signal_corruption(struct qcow2 *s, const char *fmt, ...) ATTRIBUTE_PRINTF(2, 3);
+int qcow2_header_fits(struct qcow2 *s, const char *backing, const char *backing_fmt);
+
+/* cache.c */
+void qcow2_cache_init(struct qcow2_cache *c, const char *name, size_t n, uint64_t cluster_size);
+void qcow2_cache_destroy(struct qcow2_cache *c);
+/* Get the table at @offset (reading it unless @fresh: then zeroed); pins it. */
+int qcow2_cache_get(struct qcow2 *s, struct qcow2_cache *c, uint64_t offset, bool fresh,
+                    uint8_t **table);
+void qcow2_cache_put(struct qcow2_cache *c, uint8_t *table);
+void qcow2_cache_mark_dirty(struct qcow2_cache *c, uint8_t *table);
+/* Write back both caches in the crash-safe order, then apply decrefs. */
+int qcow2_flush_metadata(struct qcow2 *s);
+/* Write dirty refcount blocks and sync (before pointing tables at new clusters). */
+int qcow2_flush_refblocks(struct qcow2 *s);
+/* Drop a cached table (the cluster was freed). */
+void qcow2_cache_discard(struct qcow2_cache *c, uint64_t offset);
+/* Write one dirty table now. */
+int qcow2_cache_write_entry(struct qcow2 *s, struct qcow2_cache *c, uint8_t *table);
+
+/* refcount.c */
+int qcow2_refcount_init(struct qcow2 *s, struct error **errp);
+int qcow2_get_refcount(struct qcow2 *s, uint64_t cluster, uint64_t *refcount);
+/* Allocate @n contiguous clusters (refcount 1); returns the host offset or -errno. */
+int64_t qcow2_alloc_clusters(struct qcow2 *s, uint64_t n);
+/* Allocate @bytes inside (possibly shared) clusters for compressed data. */
+int64_t qcow2_alloc_bytes(struct qcow2 *s, uint64_t bytes);
+/* Change refcounts now (increments; or decrements of unreferenced clusters). */
+int qcow2_update_refcount(struct qcow2 *s, uint64_t offset, uint64_t length, int64_t addend);
+/* Queue a decrement to apply after the referencing tables are on disk. */
+void qcow2_queue_decref(struct qcow2 *s, uint64_t offset, uint64_t count);
+int qcow2_apply_decrefs(struct qcow2 *s);
+/* Write refcount entry @index of a refblock (host order value). */
+uint64_t qcow2_refblock_get(struct qcow2 *s, const uint8_t *rb, uint64_t index);
+void qcow2_refblock_set(struct qcow2 *s, uint8_t *rb, uint64_t index, uint64_t value);
+/* Make sure the file is at least @end bytes long in our accounting. */
+void qcow2_note_file_end(struct qcow2 *s, uint64_t end);
+
+/* cluster.c */
+enum qcow2_sc_type qcow2_sc_type(struct qcow2 *s, uint64_t l2e, uint64_t bitmap, unsigned sc);
+uint64_t qcow2_l2_get(struct qcow2 *s, const uint8_t *l2, unsigned i, uint64_t *bitmap);
+void qcow2_l2_set(struct qcow2 *s, uint8_t *l2, unsigned i, uint64_t entry, uint64_t bitmap);
+int qcow2_write_l1_entry(struct qcow2 *s, uint32_t index);
+int qcow2_pread(struct bdev *bd, void *buf, size_t len, uint64_t off);
+int qcow2_pwrite(struct bdev *bd, const void *buf, size_t len, uint64_t off, unsigned flags);
+int qcow2_pwrite_zeroes(struct bdev *bd, uint64_t off, uint64_t len, unsigned flags);
+int qcow2_discard(struct bdev *bd, uint64_t off, uint64_t len);
+int qcow2_pwrite_compressed(struct bdev *bd, const void *buf, size_t len, uint64_t off);
+int qcow2_block_status(struct bdev *bd, uint64_t off, uint64_t len, uint64_t *pnum,
+                       uint64_t *map, unsigned *status);
+/* Allocate L2 tables and data clusters for [0, size) (preallocation). */
+int qcow2_preallocate(struct qcow2 *s, uint64_t size, bool write_zeroes, bool falloc,
+                      struct error **errp);
+/* Decompressed-read of the compressed cluster described by @l2e into @out. */
+int qcow2_read_compressed(struct qcow2 *s, uint64_t l2e, uint8_t *out);
+void qcow2_compressed_range(struct qcow2 *s, uint64_t l2e, uint64_t *off, uint64_t *bytes);
+
+/* compress.c */
+/* Returns the compressed size, or -ENOSPC when it does not fit in @dst_len. */
+ssize_t qcow2_compress(int type, void *dst, size_t dst_len, const void *src, size_t src_len);
+/* Returns 0 when @dst_len bytes were produced, -EIO otherwise. */
+int qcow2_decompress(int type, void *dst, size_t dst_len, const void *src, size_t src_len);
+
+/* snapshot.c */
+int qcow2_read_snapshots(struct qcow2 *s, struct error **errp);
+void qcow2_free_snapshots(struct qcow2 *s);
+
+/* bitmap.c */
+int qcow2_read_bitmap_dir(struct qcow2 *s, struct error **errp);
+void qcow2_free_bitmaps(struct qcow2 *s);
+/* Serialise the bitmaps extension header into @buf (24 bytes). */
+void qcow2_bitmap_ext_encode(struct qcow2 *s, uint8_t *buf);
+/* Bitmap table entries needed for granularity 2^@gb on this image. */
+uint64_t qcow2_bitmap_table_entries(struct qcow2 *s, unsigned gb);
+/* Read bitmap @b's data into a new in-memory bitmap. */
+int qcow2_bitmap_load(struct qcow2 *s, struct qcow2_bitmap *b, struct dirty_bitmap **out);
+/* Write the directory for s->bitmaps to new clusters and switch the header to it
+ * (under s->lock). */
+int qcow2_bitmap_write_dir(struct qcow2 *s);
+/* Read-write open: load enabled bitmaps and mark them in use on disk. */
+int qcow2_bitmaps_load_rw(struct qcow2 *s, struct error **errp);
+/* Record a guest write in the tracked bitmaps. */
+int qcow2_bitmaps_mark_dirty(struct qcow2 *s, uint64_t off, uint64_t len);
+/* Clean close: store the tracked bitmaps and clear in_use. */
+int qcow2_bitmaps_store(struct qcow2 *s, struct error **errp);
+
+/* check.c */
+int qcow2_check(struct bdev *bd, struct check_result *res, unsigned fix, struct error **errp);
+
+/* create (header.c) */
+int qcow2_create(const char *filename, const struct optlist *o, unsigned flags,
+                 struct error **errp);
+extern const struct opt_desc qcow2_create_opts[];
+
+#endif

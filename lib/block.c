@@ -1,0 +1,770 @@
+/*
+ * blockctl - images, chains and the checked request wrappers
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include "lib/compiler.h"
+#include "lib/block.h"
+#include "lib/io.h"
+#include "formats/format.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static const struct format_driver *const drivers[] = {
+    &raw_driver,
+    &qcow2_driver,
+    NULL,
+};
+
+const struct format_driver *const *bdev_drivers(void)
+{
+    return drivers;
+}
+
+const struct format_driver *bdev_find_driver(const char *name)
+{
+    for (size_t i = 0; drivers[i]; i++) {
+        if (!strcmp(drivers[i]->name, name)) {
+            return drivers[i];
+        }
+    }
+    return NULL;
+}
+
+const struct format_driver *bdev_probe(const uint8_t *buf, size_t len)
+{
+    const struct format_driver *best = &raw_driver;
+    int best_score = 0;
+
+    for (size_t i = 0; drivers[i]; i++) {
+        if (drivers[i]->probe) {
+            int s = drivers[i]->probe(buf, len);
+            if (s > best_score) {
+                best = drivers[i];
+                best_score = s;
+            }
+        }
+    }
+    return best;
+}
+
+void image_info_free(struct image_info *info)
+{
+    for (size_t i = 0; i < info->nr_snapshots; i++) {
+        free(info->snapshots[i].id);
+        free(info->snapshots[i].name);
+    }
+    free(info->snapshots);
+    for (size_t i = 0; i < info->nr_bitmaps; i++) {
+        free(info->bitmaps[i].name);
+    }
+    free(info->bitmaps);
+    memset(info, 0, sizeof(*info));
+}
+
+/*
+ * Protocol prefixes QEMU would interpret instead of opening a file.  A
+ * filename starting with one of these followed by ':' is refused rather
+ * than silently read as a plain file (or, worse, handed to a protocol).
+ */
+static const char *const pseudo_protocols[] = {
+    "json", "file", "host_device", "host_cdrom", "nbd", "nbd+unix", "nbd+tcp", "nbds",
+    "nbds+unix", "nbds+tcp", "http", "https", "ftp", "ftps", "ssh", "iscsi", "iser",
+    "gluster", "gluster+tcp", "gluster+unix", "gluster+rdma", "rbd", "sheepdog", "vvfat",
+    "fat", "blkdebug", "blkverify", "null-co", "null-aio", "nvme", "vxhs", "quorum",
+    "throttle", "replication", "nfs", "curl", "vhdx", "luks", "raw", "qcow2", "qcow",
+    "vmdk", "vdi", "vpc", "parallels", "bochs", "cloop", "dmg", "qed", "io_uring",
+    NULL,
+};
+
+static int check_filename(const char *name, const char *what, struct error **errp)
+{
+    const char *colon = strchr(name, ':');
+    const char *slash = strchr(name, '/');
+
+    if (!*name) {
+        error_setg(errp, "empty %s name", what);
+        return -EINVAL;
+    }
+    if (!colon || (slash && slash < colon)) {
+        return 0;
+    }
+    for (size_t i = 0; pseudo_protocols[i]; i++) {
+        size_t n = strlen(pseudo_protocols[i]);
+        if ((size_t)(colon - name) == n && !strncasecmp(name, pseudo_protocols[i], n)) {
+            error_setg(errp, "'%s': %s names with a '%.*s:' prefix are not supported", name,
+                       what, (int)n, name);
+            error_append_hint(errp, "blockctl opens plain files only; write './%s' for a "
+                              "file of that name", name);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+char *bdev_path_combine(const char *overlay_name, const char *backing)
+{
+    const char *slash;
+
+    if (backing[0] == '/') {
+        return xstrdup(backing);
+    }
+    slash = strrchr(overlay_name, '/');
+    if (!slash) {
+        return xstrdup(backing);
+    }
+    return xasprintf("%.*s%s", (int)(slash - overlay_name + 1), overlay_name, backing);
+}
+
+/* Read the first bytes of @path for probing; returns bytes read or -errno. */
+static ssize_t read_head(const char *path, uint8_t *buf, size_t len)
+{
+    int fd = io_open(path, O_RDONLY, 0);
+    ssize_t n;
+
+    if (fd < 0) {
+        return fd;
+    }
+    n = io_pread(fd, buf, len, 0);
+    io_close(fd);
+    return n;
+}
+
+struct chain_seen {
+    dev_t dev[BDEV_MAX_CHAIN + 1];
+    ino_t ino[BDEV_MAX_CHAIN + 1];
+    int n;
+};
+
+static struct bdev *open_one(const char *filename, const struct format_driver *drv,
+                             unsigned flags, struct error **errp)
+{
+    struct bdev *bd = xzalloc(sizeof(*bd));
+    int ret;
+
+    bd->drv = drv;
+    bd->filename = xstrdup(filename);
+    bd->flags = flags;
+    bd->read_only = !(flags & BDEV_O_RDWR);
+    pthread_mutex_init(&bd->gate_lock, NULL);
+    pthread_cond_init(&bd->gate_cond, NULL);
+    if (bd->read_only) {
+        bd->perm = PERM_CONSISTENT_READ;
+        bd->shared = (flags & BDEV_O_FORCE_SHARE) ? PERM_ALL
+                                                  : PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED;
+    } else {
+        bd->perm = PERM_CONSISTENT_READ | PERM_WRITE | PERM_RESIZE;
+        bd->shared = PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED;
+    }
+    if (drv->priv_size) {
+        bd->opaque = xzalloc(drv->priv_size);
+    }
+    if (!drv->is_protocol) {
+        bd->file = bfile_open(filename, bd->perm, bd->shared, errp);
+        if (!bd->file) {
+            goto fail;
+        }
+    }
+    ret = drv->open(bd, flags, errp);
+    if (ret < 0) {
+        if (bd->file) {
+            bfile_close(bd->file, bd->perm, bd->shared);
+        }
+        goto fail;
+    }
+    return bd;
+
+fail:
+    pthread_mutex_destroy(&bd->gate_lock);
+    pthread_cond_destroy(&bd->gate_cond);
+    free(bd->opaque);
+    free(bd->filename);
+    free(bd->backing_file);
+    free(bd->backing_format);
+    free(bd);
+    return NULL;
+}
+
+static void close_one(struct bdev *bd, struct error **errp)
+{
+    if (bd->drv->close) {
+        bd->drv->close(bd, errp);
+    }
+    if (bd->file) {
+        bfile_close(bd->file, bd->perm, bd->shared);
+    }
+    pthread_mutex_destroy(&bd->gate_lock);
+    pthread_cond_destroy(&bd->gate_cond);
+    free(bd->opaque);
+    free(bd->filename);
+    free(bd->backing_file);
+    free(bd->backing_format);
+    free(bd->full_backing_file);
+    free(bd->last_error);
+    free(bd);
+}
+
+/*
+ * Choose the driver for a backing file whose format the overlay does not
+ * record, as libvirt does: raw, or a qcow2 that has no backing file of its
+ * own; anything else could be a raw image crafted to look like a qcow2
+ * pointing at a host file, so it is refused.
+ */
+static const struct format_driver *probe_backing(const char *overlay, const char *path,
+                                                 struct error **errp)
+{
+    uint8_t head[512];
+    ssize_t n = read_head(path, head, sizeof(head));
+    const struct format_driver *drv;
+
+    if (n < 0) {
+        error_setg_errno(errp, -n, "cannot open backing file '%s' of '%s'", path, overlay);
+        return NULL;
+    }
+    drv = bdev_probe(head, n);
+    if (drv == &qcow2_driver) {
+        /* qcow2 header: backing_file_offset at bytes 8..15 */
+        if (n >= 16 && get_be64(head + 8) != 0) {
+            error_setg(errp, "'%s': backing file '%s' has no recorded format and is a qcow2 "
+                       "image with a backing file of its own", overlay, path);
+            error_append_hint(errp, "Record the backing format, e.g. with "
+                              "'qemu-img rebase -u -F qcow2 -b %s %s'", path, overlay);
+            return NULL;
+        }
+    }
+    return drv;
+}
+
+static struct bdev *open_chain(const char *filename, const struct format_driver *drv,
+                               unsigned flags, struct chain_seen *seen, struct error **errp);
+
+/* Open the backing chain recorded in @bd. */
+static int open_backing(struct bdev *bd, unsigned flags, struct chain_seen *seen,
+                        struct error **errp)
+{
+    const struct format_driver *bdrv;
+    unsigned bflags = flags & (BDEV_O_FORCE_SHARE | BDEV_O_NO_BITMAPS);
+
+    if (check_filename(bd->backing_file, "backing file", errp) < 0) {
+        error_prefix(errp, "'%s': ", bd->filename);
+        return -EINVAL;
+    }
+    if (bd->backing_format) {
+        bdrv = bdev_find_driver(bd->backing_format);
+        if (!bdrv || bdrv->is_protocol) {
+            error_setg(errp, "'%s': unknown backing file format '%s'", bd->filename,
+                       bd->backing_format);
+            return -EINVAL;
+        }
+    } else {
+        bdrv = probe_backing(bd->filename, bd->full_backing_file, errp);
+        if (!bdrv) {
+            return -EINVAL;
+        }
+    }
+    if (access(bd->full_backing_file, F_OK) < 0) {
+        error_setg_errno(errp, errno, "cannot open backing file '%s' of '%s'",
+                         bd->full_backing_file, bd->filename);
+        return -ENOENT;
+    }
+    bd->backing = open_chain(bd->full_backing_file, bdrv, bflags, seen, errp);
+    return bd->backing ? 0 : -EIO;
+}
+
+static struct bdev *open_chain(const char *filename, const struct format_driver *drv,
+                               unsigned flags, struct chain_seen *seen, struct error **errp)
+{
+    struct bdev *bd;
+    struct stat st;
+
+    if (stat(filename, &st) == 0) {
+        for (int i = 0; i < seen->n; i++) {
+            if (seen->dev[i] == st.st_dev && seen->ino[i] == st.st_ino) {
+                error_setg(errp, "'%s': backing chain loops back to this image", filename);
+                return NULL;
+            }
+        }
+        if (seen->n > BDEV_MAX_CHAIN) {
+            error_setg(errp, "'%s': backing chain deeper than %d images", filename,
+                       BDEV_MAX_CHAIN);
+            return NULL;
+        }
+        seen->dev[seen->n] = st.st_dev;
+        seen->ino[seen->n] = st.st_ino;
+        seen->n++;
+    }
+
+    bd = open_one(filename, drv, flags, errp);
+    if (!bd) {
+        return NULL;
+    }
+    if (bd->backing_file) {
+        bd->full_backing_file = bdev_path_combine(filename, bd->backing_file);
+        if (!(flags & BDEV_O_NO_BACKING) && open_backing(bd, flags, seen, errp) < 0) {
+            close_one(bd, NULL);
+            return NULL;
+        }
+    }
+    return bd;
+}
+
+struct bdev *bdev_open(const char *filename, const char *format, unsigned flags,
+                       struct error **errp)
+{
+    const struct format_driver *drv;
+    struct chain_seen *seen;
+    struct bdev *bd;
+
+    if ((flags & BDEV_O_FORCE_SHARE) && (flags & BDEV_O_RDWR)) {
+        error_setg(errp, "force-share (-U) is only allowed for read-only opens");
+        return NULL;
+    }
+    if (check_filename(filename, "image", errp) < 0) {
+        return NULL;
+    }
+    if (format) {
+        drv = bdev_find_driver(format);
+        if (!drv) {
+            error_setg(errp, "unknown format '%s'", format);
+            return NULL;
+        }
+    } else {
+        uint8_t head[512];
+        ssize_t n = read_head(filename, head, sizeof(head));
+        if (n < 0) {
+            error_setg_errno(errp, -n, "cannot open '%s'", filename);
+            return NULL;
+        }
+        drv = bdev_probe(head, n);
+    }
+    seen = xzalloc(sizeof(*seen));
+    bd = open_chain(filename, drv, flags, seen, errp);
+    free(seen);
+    return bd;
+}
+
+int bdev_close(struct bdev *bd, struct error **errp)
+{
+    struct error *err = NULL;
+
+    while (bd) {
+        struct bdev *next = bd->backing;
+        close_one(bd, err ? NULL : &err);
+        bd = next;
+    }
+    if (err) {
+        error_propagate(errp, err);
+        return -EIO;
+    }
+    return 0;
+}
+
+void bdev_unref(struct bdev *bd)
+{
+    bdev_close(bd, NULL);
+}
+
+void bdev_set_error(struct bdev *bd, const char *fmt, ...)
+{
+    va_list ap;
+    char *msg;
+
+    va_start(ap, fmt);
+    if (vasprintf(&msg, fmt, ap) < 0) {
+        abort();
+    }
+    va_end(ap);
+    pthread_mutex_lock(&bd->gate_lock);
+    if (!bd->last_error) {
+        bd->last_error = msg;
+        msg = NULL;
+    }
+    pthread_mutex_unlock(&bd->gate_lock);
+    free(msg);
+}
+
+const char *bdev_last_error(struct bdev *bd)
+{
+    for (; bd; bd = bd->backing) {
+        const char *m;
+        pthread_mutex_lock(&bd->gate_lock);
+        m = bd->last_error;
+        pthread_mutex_unlock(&bd->gate_lock);
+        if (m) {
+            return m;
+        }
+    }
+    return NULL;
+}
+
+void bdev_report_io_error(struct bdev *bd, const char *what, int ret)
+{
+    const char *detail = bdev_last_error(bd);
+
+    if (detail) {
+        error_report("%s: %s", what, detail);
+    } else {
+        error_report("%s: '%s': %s", what, bd->filename, strerror(ret < 0 ? -ret : ret));
+    }
+}
+
+int bdev_chain_length(struct bdev *bd)
+{
+    int n = 0;
+
+    for (; bd; bd = bd->backing) {
+        n++;
+    }
+    return n;
+}
+
+/* --- in-flight gate --- */
+
+static __thread struct bdev *draining_self;
+
+static void gate_enter(struct bdev *bd)
+{
+    pthread_mutex_lock(&bd->gate_lock);
+    while (bd->gate_closed && draining_self != bd) {
+        pthread_cond_wait(&bd->gate_cond, &bd->gate_lock);
+    }
+    bd->in_flight++;
+    pthread_mutex_unlock(&bd->gate_lock);
+}
+
+static void gate_exit(struct bdev *bd)
+{
+    pthread_mutex_lock(&bd->gate_lock);
+    if (--bd->in_flight == 0) {
+        pthread_cond_broadcast(&bd->gate_cond);
+    }
+    pthread_mutex_unlock(&bd->gate_lock);
+}
+
+void bdev_drain_begin(struct bdev *bd)
+{
+    pthread_mutex_lock(&bd->gate_lock);
+    while (bd->gate_closed) {
+        pthread_cond_wait(&bd->gate_cond, &bd->gate_lock);
+    }
+    bd->gate_closed = true;
+    while (bd->in_flight) {
+        pthread_cond_wait(&bd->gate_cond, &bd->gate_lock);
+    }
+    draining_self = bd;
+    pthread_mutex_unlock(&bd->gate_lock);
+}
+
+void bdev_drain_end(struct bdev *bd)
+{
+    pthread_mutex_lock(&bd->gate_lock);
+    bd->gate_closed = false;
+    if (draining_self == bd) {
+        draining_self = NULL;
+    }
+    pthread_cond_broadcast(&bd->gate_cond);
+    pthread_mutex_unlock(&bd->gate_lock);
+}
+
+/* --- data path --- */
+
+static int check_range(struct bdev *bd, uint64_t off, uint64_t len)
+{
+    if (off > bd->size || len > bd->size - off) {
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int check_write(struct bdev *bd, uint64_t off, uint64_t len)
+{
+    if (bd->read_only) {
+        return -EPERM;
+    }
+    return check_range(bd, off, len);
+}
+
+int bdev_pread(struct bdev *bd, void *buf, size_t len, uint64_t off)
+{
+    int ret = check_range(bd, off, len);
+
+    if (ret < 0) {
+        return ret;
+    }
+    gate_enter(bd);
+    while (len) {
+        size_t n = MIN(len, (size_t)BDEV_MAX_REQUEST);
+        ret = bd->drv->pread(bd, buf, n, off);
+        if (ret < 0) {
+            break;
+        }
+        buf = (char *)buf + n;
+        off += n;
+        len -= n;
+    }
+    gate_exit(bd);
+    return ret;
+}
+
+int bdev_pwrite(struct bdev *bd, const void *buf, size_t len, uint64_t off, unsigned flags)
+{
+    int ret = check_write(bd, off, len);
+
+    if (ret < 0) {
+        return ret;
+    }
+    gate_enter(bd);
+    while (len) {
+        size_t n = MIN(len, (size_t)BDEV_MAX_REQUEST);
+        ret = bd->drv->pwrite(bd, buf, n, off, flags);
+        if (ret < 0) {
+            break;
+        }
+        buf = (const char *)buf + n;
+        off += n;
+        len -= n;
+    }
+    gate_exit(bd);
+    return ret;
+}
+
+static int write_zero_buffers(struct bdev *bd, uint64_t off, uint64_t len, unsigned flags)
+{
+    size_t bufsz = MIN(len, (uint64_t)1 << 20);
+    void *zero = xzalloc(bufsz);
+    int ret = 0;
+
+    while (len) {
+        size_t n = MIN(len, (uint64_t)bufsz);
+        ret = bd->drv->pwrite(bd, zero, n, off, flags & BDEV_REQ_FUA);
+        if (ret < 0) {
+            break;
+        }
+        off += n;
+        len -= n;
+    }
+    free(zero);
+    return ret;
+}
+
+int bdev_pwrite_zeroes(struct bdev *bd, uint64_t off, uint64_t len, unsigned flags)
+{
+    int ret = check_write(bd, off, len);
+
+    if (ret < 0) {
+        return ret;
+    }
+    gate_enter(bd);
+    ret = -ENOTSUP;
+    if (bd->drv->pwrite_zeroes) {
+        ret = bd->drv->pwrite_zeroes(bd, off, len, flags);
+    }
+    if (ret == -ENOTSUP && !(flags & BDEV_REQ_NO_FALLBACK)) {
+        ret = write_zero_buffers(bd, off, len, flags);
+    }
+    gate_exit(bd);
+    return ret;
+}
+
+int bdev_discard(struct bdev *bd, uint64_t off, uint64_t len)
+{
+    int ret = check_write(bd, off, len);
+
+    if (ret < 0) {
+        return ret;
+    }
+    if (!bd->drv->discard) {
+        return 0;
+    }
+    gate_enter(bd);
+    ret = bd->drv->discard(bd, off, len);
+    gate_exit(bd);
+    return ret == -ENOTSUP ? 0 : ret;
+}
+
+int bdev_flush(struct bdev *bd)
+{
+    int ret = 0;
+
+    if (bd->read_only || !bd->drv->flush) {
+        return 0;
+    }
+    gate_enter(bd);
+    ret = bd->drv->flush(bd);
+    gate_exit(bd);
+    return ret;
+}
+
+int bdev_pwrite_compressed(struct bdev *bd, const void *buf, size_t len, uint64_t off)
+{
+    int ret = check_write(bd, off, len);
+
+    if (ret < 0) {
+        return ret;
+    }
+    if (!bd->drv->pwrite_compressed) {
+        return -ENOTSUP;
+    }
+    gate_enter(bd);
+    ret = bd->drv->pwrite_compressed(bd, buf, len, off);
+    gate_exit(bd);
+    return ret;
+}
+
+int bdev_read_backing(struct bdev *bd, void *buf, size_t len, uint64_t off)
+{
+    struct bdev *bk = bd->backing;
+    size_t n = 0;
+    int ret;
+
+    if (bk && off < bk->size) {
+        n = MIN((uint64_t)len, bk->size - off);
+        ret = bdev_pread(bk, buf, n, off);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    if (n < len) {
+        memset((char *)buf + n, 0, len - n);
+    }
+    return 0;
+}
+
+int bdev_block_status(struct bdev *bd, uint64_t off, uint64_t len, uint64_t *pnum,
+                      uint64_t *map, unsigned *status)
+{
+    int ret;
+
+    if (off >= bd->size || len == 0) {
+        return -EINVAL;
+    }
+    len = MIN(len, bd->size - off);
+    *map = 0;
+    if (!bd->drv->block_status) {
+        *pnum = len;
+        *status = BDEV_BLOCK_DATA | BDEV_BLOCK_ALLOCATED;
+        return 0;
+    }
+    gate_enter(bd);
+    ret = bd->drv->block_status(bd, off, len, pnum, map, status);
+    gate_exit(bd);
+    if (ret == 0) {
+        assert(*pnum > 0 && *pnum <= len);
+    }
+    return ret;
+}
+
+int bdev_block_status_above(struct bdev *bd, struct bdev *base, uint64_t off, uint64_t len,
+                            struct bdev_map *out)
+{
+    struct bdev *cur = bd;
+    int depth = 0;
+
+    if (off >= bd->size || len == 0) {
+        return -EINVAL;
+    }
+    len = MIN(len, bd->size - off);
+    for (;;) {
+        uint64_t pnum, map;
+        unsigned st;
+        int ret;
+
+        ret = bdev_block_status(cur, off, len, &pnum, &map, &st);
+        if (ret < 0) {
+            return ret;
+        }
+        len = pnum;
+        out->len = len;
+        out->status = st;
+        out->offset = map;
+        out->depth = depth;
+        out->layer = cur;
+        if (st & BDEV_BLOCK_ALLOCATED) {
+            return 0;
+        }
+        if (!cur->backing) {
+            /* unallocated at the bottom: reads as zeroes */
+            out->status |= BDEV_BLOCK_ZERO;
+            return 0;
+        }
+        if (cur->backing == base) {
+            return 0;
+        }
+        if (off >= cur->backing->size) {
+            /* past the end of a shorter backing image: zeroes */
+            out->status |= BDEV_BLOCK_ZERO;
+            return 0;
+        }
+        len = MIN(len, cur->backing->size - off);
+        cur = cur->backing;
+        depth++;
+    }
+}
+
+int bdev_get_info(struct bdev *bd, struct image_info *out, struct error **errp)
+{
+    memset(out, 0, sizeof(*out));
+    if (!bd->drv->get_info) {
+        return 0;
+    }
+    return bd->drv->get_info(bd, out, errp);
+}
+
+struct bfile *bdev_create_file(const char *filename, unsigned flags, struct error **errp)
+{
+    struct bfile *f;
+    struct stat st;
+    int fd, ret;
+
+    if (stat(filename, &st) < 0) {
+        if (errno != ENOENT) {
+            error_setg_errno(errp, errno, "cannot create '%s'", filename);
+            return NULL;
+        }
+        fd = io_open(filename, O_RDWR | O_CREAT | O_EXCL, 0644);
+        if (fd < 0) {
+            error_setg_errno(errp, -fd, "cannot create '%s'", filename);
+            return NULL;
+        }
+        io_close(fd);
+    } else if (!(flags & BDEV_CREATE_FORCE)) {
+        error_setg(errp, "'%s' already exists", filename);
+        error_append_hint(errp, "Use --force to replace it");
+        return NULL;
+    } else if (S_ISDIR(st.st_mode)) {
+        error_setg(errp, "cannot create '%s': Is a directory", filename);
+        return NULL;
+    }
+    f = bfile_open(filename, BDEV_CREATE_PERM, 0, errp);
+    if (!f) {
+        return NULL;
+    }
+    if (!f->is_blockdev) {
+        ret = io_ftruncate(f->fd, 0);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "cannot truncate '%s'", filename);
+            bfile_close(f, BDEV_CREATE_PERM, 0);
+            return NULL;
+        }
+    }
+    return f;
+}
+
+int bdev_create(const char *fmt, const char *filename, const struct optlist *o,
+                unsigned flags, struct error **errp)
+{
+    const struct format_driver *drv = bdev_find_driver(fmt);
+
+    if (!drv || !drv->create) {
+        error_setg(errp, "format '%s' does not support image creation", fmt);
+        return -ENOTSUP;
+    }
+    if (check_filename(filename, "image", errp) < 0) {
+        return -EINVAL;
+    }
+    return drv->create(filename, o, flags, errp);
+}

@@ -1,0 +1,301 @@
+/*
+ * blockctl - the block layer: drivers, images and backing chains
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * A driver (struct format_driver) is a table of functions; an image
+ * (struct bdev) is an open driver instance; a chain is an image with its
+ * backing images opened below it.  The data path returns 0 or -errno and
+ * takes no error object; the control path takes struct error **errp.
+ * Everything here is safe for concurrent requests: drivers guard their
+ * metadata themselves, and every request passes the image's in-flight gate
+ * so that bdev_drain() can quiesce it.
+ */
+#ifndef BLOCKCTL_LIB_BLOCK_H
+#define BLOCKCTL_LIB_BLOCK_H
+
+#include "lib/compiler.h"
+#include "lib/error.h"
+#include "lib/file.h"
+#include "lib/opts.h"
+
+#include <pthread.h>
+#include <sys/types.h>
+
+/* bdev_open() flags */
+enum {
+    BDEV_O_RDWR = 1u << 0,          /* open the top image read-write */
+    BDEV_O_NO_BACKING = 1u << 1,    /* do not open the backing chain (-u) */
+    BDEV_O_FORCE_SHARE = 1u << 2,   /* -U: share everything, read-only only */
+    BDEV_O_CHECK = 1u << 3,         /* opened by check: no automatic repair,
+                                       tolerate what check reports */
+    BDEV_O_NO_BITMAPS = 1u << 4,    /* do not load/track persistent bitmaps */
+};
+
+/* Request flags (QEMU's BDRV_REQ_* meaning) */
+enum {
+    BDEV_REQ_FUA = 1u << 0,         /* durable before completion */
+    BDEV_REQ_MAY_UNMAP = 1u << 1,   /* zeroing may deallocate */
+    BDEV_REQ_NO_FALLBACK = 1u << 2, /* zeroing must be cheap or fail -ENOTSUP */
+};
+
+/* Block status bits: the values of QEMU's BDRV_BLOCK_* */
+enum {
+    BDEV_BLOCK_DATA = 0x01,         /* reads from stored data */
+    BDEV_BLOCK_ZERO = 0x02,         /* reads as zeroes */
+    BDEV_BLOCK_OFFSET_VALID = 0x04, /* *map is the host offset */
+    BDEV_BLOCK_ALLOCATED = 0x10,    /* this layer decides the contents */
+    BDEV_BLOCK_EOF = 0x20,
+    BDEV_BLOCK_COMPRESSED = 0x80,
+};
+
+/* Largest request passed to a driver in one call */
+#define BDEV_MAX_REQUEST (1u << 30)
+/* Deepest backing chain opened */
+#define BDEV_MAX_CHAIN 256
+
+struct bdev;
+
+struct snapshot_info {
+    char *id;
+    char *name;
+    uint64_t vm_state_size;
+    uint32_t date_sec;
+    uint32_t date_nsec;
+    uint64_t vm_clock_nsec;
+    bool has_icount;
+    uint64_t icount;
+};
+
+/* Bitmap flags as listed by info (qcow2.txt "Bitmap directory") */
+enum { BITMAP_FLAG_IN_USE = 1u << 0, BITMAP_FLAG_AUTO = 1u << 1 };
+
+struct bitmap_info {
+    char *name;
+    uint64_t granularity;
+    uint32_t flags;          /* BITMAP_FLAG_* */
+};
+
+/* What `info` prints; filled by a driver's get_info. */
+struct image_info {
+    uint64_t cluster_size;   /* 0: the format has none */
+    bool has_dirty_flag;
+    bool dirty_flag;
+    bool encrypted;
+    struct snapshot_info *snapshots;
+    size_t nr_snapshots;
+    /* format-specific: qcow2 */
+    bool is_qcow2;
+    const char *compat;      /* "0.10" or "1.1" */
+    const char *compression_type;
+    bool lazy_refcounts;
+    unsigned refcount_bits;
+    bool corrupt;
+    bool extended_l2;
+    bool has_bitmaps;        /* the extension is present */
+    struct bitmap_info *bitmaps;
+    size_t nr_bitmaps;
+};
+
+void image_info_free(struct image_info *info);
+
+/* `check` results: the fields of QEMU's ImageCheck */
+struct check_result {
+    int64_t corruptions;
+    int64_t leaks;
+    int64_t check_errors;
+    int64_t corruptions_fixed;
+    int64_t leaks_fixed;
+    uint64_t image_end_offset;
+    uint64_t total_clusters;
+    uint64_t allocated_clusters;
+    uint64_t fragmented_clusters;
+    uint64_t compressed_clusters;
+    bool has_cluster_stats;
+};
+
+enum { CHECK_FIX_LEAKS = 1u << 0, CHECK_FIX_ERRORS = 1u << 1 };
+
+struct format_driver {
+    const char *name;                /* "raw", "qcow2", "nbd" */
+    size_t priv_size;                /* bytes lib/block.c allocates for bd->opaque */
+    bool supports_backing;
+    bool is_protocol;                /* opened from a URI, not a file */
+    const struct opt_desc *create_opts;
+
+    /* Score 0..100 for the first bytes of a file (up to 512). */
+    int (*probe)(const uint8_t *buf, size_t len);
+
+    /*
+     * Control path.  Each returns 0 or -errno and sets *errp on failure.
+     * create: make a new image at @filename (which must not exist, unless
+     * the caller removed it) from the validated option list @o; the keys
+     * "size", "backing_file", "backing_fmt" are always available.
+     */
+    int (*create)(const char *filename, const struct optlist *o, unsigned flags,
+                  struct error **errp);
+    /* open: bd->filename and bd->perm/bd->shared are set; must set
+     * bd->size and, if any, bd->backing_file / bd->backing_format. */
+    int (*open)(struct bdev *bd, unsigned flags, struct error **errp);
+    /* close: write back everything; returns 0 or -errno (an error is
+     * reported through errp but the image is closed anyway). */
+    int (*close)(struct bdev *bd, struct error **errp);
+    int (*get_info)(struct bdev *bd, struct image_info *out, struct error **errp);
+    /* check (and repair with CHECK_FIX_*); messages go to stderr. */
+    int (*check)(struct bdev *bd, struct check_result *res, unsigned fix,
+                 struct error **errp);
+    int (*truncate)(struct bdev *bd, uint64_t size, struct error **errp);
+    /* Record a new backing file name and format (NULL: none). */
+    int (*change_backing)(struct bdev *bd, const char *file, const char *fmt,
+                          struct error **errp);
+
+    /*
+     * Data path: 0 or -errno; lib/block.c has already checked that the
+     * request lies within the image and that the image is writable.
+     */
+    int (*pread)(struct bdev *bd, void *buf, size_t len, uint64_t off);
+    int (*pwrite)(struct bdev *bd, const void *buf, size_t len, uint64_t off,
+                  unsigned flags);
+    int (*pwrite_zeroes)(struct bdev *bd, uint64_t off, uint64_t len, unsigned flags);
+    int (*discard)(struct bdev *bd, uint64_t off, uint64_t len);
+    int (*flush)(struct bdev *bd);
+    /*
+     * This layer only: status of [off, off+len) as BDEV_BLOCK_* bits in
+     * *status, for *pnum bytes (> 0); without BDEV_BLOCK_ALLOCATED the
+     * range is defined by the backing image.  *map is the host offset when
+     * BDEV_BLOCK_OFFSET_VALID is set.
+     */
+    int (*block_status)(struct bdev *bd, uint64_t off, uint64_t len, uint64_t *pnum,
+                        uint64_t *map, unsigned *status);
+    /* Write one whole cluster compressed (off cluster aligned, len one
+     * cluster or the image's tail). */
+    int (*pwrite_compressed)(struct bdev *bd, const void *buf, size_t len, uint64_t off);
+    /* Granularity of compressed writes, or 0 when unsupported. */
+    uint64_t (*compress_granularity)(struct bdev *bd);
+};
+
+struct bdev {
+    const struct format_driver *drv;
+    void *opaque;                /* driver's private state (priv_size bytes) */
+    char *filename;              /* path as given, or as resolved for a backing file */
+    struct bfile *file;          /* the image file (NULL for protocols) */
+    unsigned perm;               /* PERM_* this image needs on its file */
+    unsigned shared;             /* PERM_* it shares with others */
+    unsigned flags;              /* BDEV_O_* it was opened with */
+    uint64_t size;               /* virtual size in bytes */
+    bool read_only;
+    struct bdev *backing;        /* opened backing image, or NULL */
+    char *backing_file;          /* backing name as recorded, or NULL */
+    char *backing_format;        /* backing format as recorded, or NULL */
+    char *full_backing_file;     /* backing name resolved against our folder */
+
+    /* Detail of the last data-path failure (corruption found, ...), for
+     * the command to print; guarded by gate_lock. */
+    char *last_error;
+
+    /* in-flight gate: see bdev_drain() */
+    pthread_mutex_t gate_lock;
+    pthread_cond_t gate_cond;
+    unsigned in_flight;
+    bool gate_closed;
+};
+
+/* Look up a driver by name, or NULL. */
+const struct format_driver *bdev_find_driver(const char *name);
+/* Names of all drivers, NULL-terminated. */
+const struct format_driver *const *bdev_drivers(void);
+
+/*
+ * Open @filename with format @format (NULL: probe: the qcow2 magic,
+ * otherwise raw) and, unless BDEV_O_NO_BACKING, its backing chain,
+ * read-only below the top.  Refuses json: and other pseudo-protocol names.
+ * Returns NULL and sets *errp on failure.
+ */
+struct bdev *bdev_open(const char *filename, const char *format, unsigned flags,
+                       struct error **errp);
+/* Close an image and its backing chain.  Returns 0 or -errno (errp set
+ * if writing back failed; the images are closed anyway). */
+int bdev_close(struct bdev *bd, struct error **errp);
+/* Close, ignoring errors. */
+void bdev_unref(struct bdev *bd);
+
+/* Guest-visible read of the whole chain. */
+int bdev_pread(struct bdev *bd, void *buf, size_t len, uint64_t off);
+int bdev_pwrite(struct bdev *bd, const void *buf, size_t len, uint64_t off, unsigned flags);
+/* Write zeroes; falls back to writing zero buffers unless NO_FALLBACK. */
+int bdev_pwrite_zeroes(struct bdev *bd, uint64_t off, uint64_t len, unsigned flags);
+int bdev_discard(struct bdev *bd, uint64_t off, uint64_t len);
+int bdev_flush(struct bdev *bd);
+/* Compressed write of whole clusters; -ENOTSUP where the format has none. */
+int bdev_pwrite_compressed(struct bdev *bd, const void *buf, size_t len, uint64_t off);
+
+/*
+ * Read from @bd's backing image for a driver: zeroes where there is no
+ * backing image or it ends before @off + @len.
+ */
+int bdev_read_backing(struct bdev *bd, void *buf, size_t len, uint64_t off);
+
+/* Status of this layer only (drivers' block_status, with a fallback). */
+int bdev_block_status(struct bdev *bd, uint64_t off, uint64_t len, uint64_t *pnum,
+                      uint64_t *map, unsigned *status);
+
+/* Status through a chain, as qemu-img map reports it. */
+struct bdev_map {
+    uint64_t len;        /* bytes this answer covers */
+    unsigned status;     /* BDEV_BLOCK_* of the deciding layer */
+    uint64_t offset;     /* host offset when BDEV_BLOCK_OFFSET_VALID */
+    int depth;           /* 0 = top; for unallocated: the bottom's depth */
+    struct bdev *layer;  /* the layer that decided (or the bottom) */
+};
+/*
+ * Status of [off, off+len) through the chain from @bd down to (but not
+ * including) @base (NULL: the whole chain).  Unallocated everywhere means
+ * status without BDEV_BLOCK_ALLOCATED; ZERO is set when it reads as zero.
+ */
+int bdev_block_status_above(struct bdev *bd, struct bdev *base, uint64_t off, uint64_t len,
+                            struct bdev_map *out);
+
+/* Quiesce: close the gate and wait until no request is in flight. */
+void bdev_drain_begin(struct bdev *bd);
+void bdev_drain_end(struct bdev *bd);
+
+/* Fill @out; the caller frees it with image_info_free(). */
+int bdev_get_info(struct bdev *bd, struct image_info *out, struct error **errp);
+
+/*
+ * Resolve a backing file name recorded in @overlay_name's image: absolute
+ * names stay, relative ones are relative to the overlay's folder.
+ */
+char *bdev_path_combine(const char *overlay_name, const char *backing);
+
+/* bdev_create() flags */
+enum { BDEV_CREATE_FORCE = 1u << 0 };  /* replace an existing file */
+
+/* Create an image of format @fmt; @o holds every option (size included). */
+int bdev_create(const char *fmt, const char *filename, const struct optlist *o,
+                unsigned flags, struct error **errp);
+/*
+ * For drivers' create: open @filename for writing, creating it; an
+ * existing file is refused unless BDEV_CREATE_FORCE, and then truncated
+ * (unless it is a block device) once its locks show nobody uses it.
+ * Release with bfile_close(f, PERM_ALL & ~PERM_WRITE_UNCHANGED, 0).
+ */
+struct bfile *bdev_create_file(const char *filename, unsigned flags, struct error **errp);
+#define BDEV_CREATE_PERM (PERM_CONSISTENT_READ | PERM_WRITE | PERM_RESIZE)
+
+/* Probe the format of a file's first bytes (for -f omitted). */
+const struct format_driver *bdev_probe(const uint8_t *buf, size_t len);
+
+/*
+ * Record why a data-path request failed (drivers call this; the data path
+ * itself only returns -errno).  Keeps the first message.
+ */
+void bdev_set_error(struct bdev *bd, const char *fmt, ...) ATTRIBUTE_PRINTF(2, 3);
+/* The recorded message of @bd or any image below it, or NULL. */
+const char *bdev_last_error(struct bdev *bd);
+/* Print a data-path failure: "what: 'file': detail" or strerror. */
+void bdev_report_io_error(struct bdev *bd, const char *what, int ret);
+
+/* Chain helpers */
+int bdev_chain_length(struct bdev *bd);
+
+#endif

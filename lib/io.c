@@ -1,0 +1,426 @@
+/*
+ * blockctl - I/O layer with fault injection
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include "lib/compiler.h"
+#include "lib/io.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <fnmatch.h>
+#include <libgen.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+enum io_op {
+    OP_PREAD, OP_PWRITE, OP_FSYNC, OP_FDATASYNC, OP_FTRUNCATE, OP_FALLOCATE,
+    OP_RENAME, OP_DIRSYNC, OP_OPEN, OP__MAX
+};
+
+enum fault_action { FA_EIO, FA_ENOSPC, FA_SHORT, FA_TORN, FA_KILL };
+
+struct fault_rule {
+    unsigned ops;           /* bit mask of enum io_op */
+    unsigned long nth;      /* 0: every call */
+    bool and_later;
+    enum fault_action action;
+    char *glob;             /* NULL: any file */
+    unsigned long count;    /* matching calls so far */
+};
+
+static pthread_mutex_t io_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t io_once = PTHREAD_ONCE_INIT;
+static struct fault_rule *rules;
+static size_t nr_rules;
+static char **fd_names;
+static size_t nr_fd_names;
+
+static void parse_rules(void)
+{
+    const char *env = getenv("BLOCKCTL_FAULT");
+    char *copy, *save = NULL, *tok;
+
+    for (size_t i = 0; i < nr_rules; i++) {
+        free(rules[i].glob);
+    }
+    free(rules);
+    rules = NULL;
+    nr_rules = 0;
+    if (!env || !*env) {
+        return;
+    }
+    copy = xstrdup(env);
+    for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        char *f[4] = { NULL };
+        char *p = tok;
+        int n = 0;
+        struct fault_rule r = { 0 };
+
+        while (n < 4 && p) {
+            f[n++] = p;
+            p = (n < 4) ? strchr(p, ':') : NULL;
+            if (p) {
+                *p++ = '\0';
+            }
+        }
+        if (n < 3) {
+            fprintf(stderr, "blockctl: BLOCKCTL_FAULT: ignoring malformed rule '%s'\n", tok);
+            continue;
+        }
+        if (!strcmp(f[0], "pread")) {
+            r.ops = 1u << OP_PREAD;
+        } else if (!strcmp(f[0], "pwrite")) {
+            r.ops = 1u << OP_PWRITE;
+        } else if (!strcmp(f[0], "fsync")) {
+            r.ops = 1u << OP_FSYNC;
+        } else if (!strcmp(f[0], "fdatasync")) {
+            r.ops = 1u << OP_FDATASYNC;
+        } else if (!strcmp(f[0], "sync")) {
+            r.ops = (1u << OP_FSYNC) | (1u << OP_FDATASYNC);
+        } else if (!strcmp(f[0], "ftruncate")) {
+            r.ops = 1u << OP_FTRUNCATE;
+        } else if (!strcmp(f[0], "fallocate")) {
+            r.ops = 1u << OP_FALLOCATE;
+        } else if (!strcmp(f[0], "rename")) {
+            r.ops = 1u << OP_RENAME;
+        } else if (!strcmp(f[0], "dirsync")) {
+            r.ops = 1u << OP_DIRSYNC;
+        } else if (!strcmp(f[0], "open")) {
+            r.ops = 1u << OP_OPEN;
+        } else if (!strcmp(f[0], "any")) {
+            r.ops = (1u << OP__MAX) - 1;
+        } else {
+            fprintf(stderr, "blockctl: BLOCKCTL_FAULT: unknown operation '%s'\n", f[0]);
+            continue;
+        }
+        if (!strcmp(f[1], "*")) {
+            r.nth = 0;
+        } else {
+            char *end;
+            r.nth = strtoul(f[1], &end, 10);
+            if (*end == '+') {
+                r.and_later = true;
+                end++;
+            }
+            if (*end || r.nth == 0) {
+                fprintf(stderr, "blockctl: BLOCKCTL_FAULT: bad count '%s'\n", f[1]);
+                continue;
+            }
+        }
+        if (!strcmp(f[2], "eio")) {
+            r.action = FA_EIO;
+        } else if (!strcmp(f[2], "enospc")) {
+            r.action = FA_ENOSPC;
+        } else if (!strcmp(f[2], "short")) {
+            r.action = FA_SHORT;
+        } else if (!strcmp(f[2], "torn")) {
+            r.action = FA_TORN;
+        } else if (!strcmp(f[2], "kill")) {
+            r.action = FA_KILL;
+        } else {
+            fprintf(stderr, "blockctl: BLOCKCTL_FAULT: unknown action '%s'\n", f[2]);
+            continue;
+        }
+        r.glob = (n == 4 && *f[3]) ? xstrdup(f[3]) : NULL;
+        rules = xrealloc(rules, (nr_rules + 1) * sizeof(*rules));
+        rules[nr_rules++] = r;
+    }
+    free(copy);
+}
+
+static void io_init(void)
+{
+    parse_rules();
+}
+
+void io_fault_reload(void)
+{
+    pthread_once(&io_once, io_init);
+    pthread_mutex_lock(&io_lock);
+    parse_rules();
+    pthread_mutex_unlock(&io_lock);
+}
+
+static bool name_matches(const char *glob, const char *path)
+{
+    const char *base;
+
+    if (!path) {
+        return false;
+    }
+    if (fnmatch(glob, path, 0) == 0) {
+        return true;
+    }
+    base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    return fnmatch(glob, base, 0) == 0;
+}
+
+/*
+ * Decide whether this call fails.  Returns -1 for no fault, otherwise the
+ * action to take.
+ */
+static int fault_check(enum io_op op, const char *path)
+{
+    int act = -1;
+
+    pthread_once(&io_once, io_init);
+    if (!nr_rules) {
+        return -1;
+    }
+    pthread_mutex_lock(&io_lock);
+    for (size_t i = 0; i < nr_rules; i++) {
+        struct fault_rule *r = &rules[i];
+
+        if (!(r->ops & (1u << op))) {
+            continue;
+        }
+        if (r->glob && !name_matches(r->glob, path)) {
+            continue;
+        }
+        r->count++;
+        if (r->nth == 0 || r->count == r->nth || (r->and_later && r->count > r->nth)) {
+            act = r->action;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&io_lock);
+    if (act == FA_KILL) {
+        raise(SIGKILL);
+    }
+    return act;
+}
+
+static int action_errno(int act)
+{
+    return act == FA_EIO ? EIO : ENOSPC;
+}
+
+static void set_name(int fd, const char *path)
+{
+    pthread_mutex_lock(&io_lock);
+    if ((size_t)fd >= nr_fd_names) {
+        size_t n = MAX((size_t)fd + 1, nr_fd_names * 2);
+        fd_names = xrealloc(fd_names, n * sizeof(*fd_names));
+        memset(fd_names + nr_fd_names, 0, (n - nr_fd_names) * sizeof(*fd_names));
+        nr_fd_names = n;
+    }
+    free(fd_names[fd]);
+    fd_names[fd] = path ? xstrdup(path) : NULL;
+    pthread_mutex_unlock(&io_lock);
+}
+
+const char *io_name(int fd)
+{
+    const char *n = NULL;
+
+    pthread_mutex_lock(&io_lock);
+    if (fd >= 0 && (size_t)fd < nr_fd_names) {
+        n = fd_names[fd];
+    }
+    pthread_mutex_unlock(&io_lock);
+    return n ? n : "(unnamed)";
+}
+
+/* Path for fault matching; the string stays valid while the fd is open. */
+static const char *fd_path(int fd)
+{
+    return io_name(fd);
+}
+
+int io_open(const char *path, int flags, mode_t mode)
+{
+    int act = fault_check(OP_OPEN, path);
+    int fd;
+
+    if (act >= 0) {
+        return -action_errno(act);
+    }
+    do {
+        fd = open(path, flags | O_CLOEXEC, mode);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0) {
+        return -errno;
+    }
+    set_name(fd, path);
+    return fd;
+}
+
+int io_close(int fd)
+{
+    set_name(fd, NULL);
+    if (close(fd) < 0 && errno != EINTR) {
+        return -errno;
+    }
+    return 0;
+}
+
+ssize_t io_pread(int fd, void *buf, size_t len, uint64_t off)
+{
+    int act = fault_check(OP_PREAD, fd_path(fd));
+    size_t done = 0;
+
+    if (act == FA_EIO || act == FA_ENOSPC) {
+        return -EIO;
+    }
+    if (act == FA_SHORT || act == FA_TORN) {
+        len /= 2;
+    }
+    while (done < len) {
+        ssize_t r = pread(fd, (char *)buf + done, len - done, off + done);
+        if (r < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -errno;
+        }
+        if (r == 0) {
+            break;
+        }
+        done += r;
+    }
+    if (act == FA_TORN) {
+        raise(SIGKILL);
+    }
+    if (act == FA_SHORT) {
+        return -EIO;
+    }
+    return done;
+}
+
+int io_pwrite(int fd, const void *buf, size_t len, uint64_t off)
+{
+    int act = fault_check(OP_PWRITE, fd_path(fd));
+    size_t done = 0;
+    size_t want = len;
+
+    if (act == FA_EIO || act == FA_ENOSPC) {
+        return -action_errno(act);
+    }
+    if (act == FA_SHORT || act == FA_TORN) {
+        /* Tear at a sector boundary when the write spans several. */
+        want = len / 2;
+        if (want >= 512) {
+            want &= ~(size_t)511;
+        }
+    }
+    while (done < want) {
+        ssize_t r = pwrite(fd, (const char *)buf + done, want - done, off + done);
+        if (r < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -errno;
+        }
+        if (r == 0) {
+            return -ENOSPC;
+        }
+        done += r;
+    }
+    if (act == FA_TORN) {
+        raise(SIGKILL);
+    }
+    if (act == FA_SHORT) {
+        return -ENOSPC;
+    }
+    return 0;
+}
+
+int io_fsync(int fd)
+{
+    int act = fault_check(OP_FSYNC, fd_path(fd));
+
+    if (act >= 0) {
+        return -action_errno(act == FA_ENOSPC ? act : FA_EIO);
+    }
+    if (fsync(fd) < 0) {
+        return -errno;
+    }
+    return 0;
+}
+
+int io_fdatasync(int fd)
+{
+    int act = fault_check(OP_FDATASYNC, fd_path(fd));
+
+    if (act >= 0) {
+        return -action_errno(act == FA_ENOSPC ? act : FA_EIO);
+    }
+    if (fdatasync(fd) < 0) {
+        return -errno;
+    }
+    return 0;
+}
+
+int io_ftruncate(int fd, uint64_t len)
+{
+    int act = fault_check(OP_FTRUNCATE, fd_path(fd));
+
+    if (act >= 0) {
+        return -action_errno(act);
+    }
+    if (len > INT64_MAX) {
+        return -EFBIG;
+    }
+    while (ftruncate(fd, (off_t)len) < 0) {
+        if (errno != EINTR) {
+            return -errno;
+        }
+    }
+    return 0;
+}
+
+int io_fallocate(int fd, int mode, uint64_t off, uint64_t len)
+{
+    int act = fault_check(OP_FALLOCATE, fd_path(fd));
+
+    if (act >= 0) {
+        return -action_errno(act);
+    }
+    while (fallocate(fd, mode, (off_t)off, (off_t)len) < 0) {
+        if (errno != EINTR) {
+            return -errno;
+        }
+    }
+    return 0;
+}
+
+int io_rename(const char *from, const char *to)
+{
+    int act = fault_check(OP_RENAME, to);
+
+    if (act >= 0) {
+        return -action_errno(act);
+    }
+    if (rename(from, to) < 0) {
+        return -errno;
+    }
+    return 0;
+}
+
+int io_dirsync(const char *path)
+{
+    char *copy = xstrdup(path);
+    const char *dir = dirname(copy);
+    int act = fault_check(OP_DIRSYNC, path);
+    int fd, ret = 0;
+
+    if (act >= 0) {
+        free(copy);
+        return -action_errno(act);
+    }
+    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        ret = -errno;
+    } else {
+        if (fsync(fd) < 0 && errno != EINVAL) {
+            ret = -errno;
+        }
+        close(fd);
+    }
+    free(copy);
+    return ret;
+}

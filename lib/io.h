@@ -1,0 +1,52 @@
+/*
+ * blockctl - the one small I/O layer every image file access goes through
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * Besides retrying short transfers and EINTR, it is where faults are
+ * injected for tests.  BLOCKCTL_FAULT holds comma-separated rules
+ *
+ *     OP:WHEN:ACTION[:GLOB]
+ *
+ * OP      pread pwrite fsync fdatasync sync (either) ftruncate fallocate
+ *         rename dirsync open any
+ * WHEN    N (the Nth matching call, counted from 1), N+ (the Nth and every
+ *         later one) or * (every matching call)
+ * ACTION  eio, enospc (fail with that errno), short (transfer half, then
+ *         fail with ENOSPC), torn (transfer half, then SIGKILL), kill
+ *         (SIGKILL before the call)
+ * GLOB    only calls on files whose path or base name matches (fnmatch)
+ *
+ * e.g. BLOCKCTL_FAULT=pwrite:3:eio or BLOCKCTL_FAULT=fsync:*:eio:*.qcow2
+ */
+#ifndef BLOCKCTL_LIB_IO_H
+#define BLOCKCTL_LIB_IO_H
+
+#include "lib/compiler.h"
+
+#include <sys/types.h>
+
+/* open(2); returns an fd or -errno.  O_CLOEXEC is always added. */
+int io_open(const char *path, int flags, mode_t mode);
+/* close(2) of an fd opened with io_open; returns 0 or -errno. */
+int io_close(int fd);
+/* Read up to @len bytes at @off, retrying short reads; returns the number
+ * of bytes read (less than @len only at end of file) or -errno. */
+ssize_t io_pread(int fd, void *buf, size_t len, uint64_t off);
+/* Write exactly @len bytes at @off; returns 0 or -errno. */
+int io_pwrite(int fd, const void *buf, size_t len, uint64_t off);
+int io_fsync(int fd);
+int io_fdatasync(int fd);
+int io_ftruncate(int fd, uint64_t len);
+/* fallocate(2); returns 0 or -errno (-EOPNOTSUPP where unsupported). */
+int io_fallocate(int fd, int mode, uint64_t off, uint64_t len);
+/* rename(2) of @from to @to; returns 0 or -errno. */
+int io_rename(const char *from, const char *to);
+/* fsync the directory that contains @path; returns 0 or -errno. */
+int io_dirsync(const char *path);
+/* Name registered for @fd by io_open (never NULL). */
+const char *io_name(int fd);
+
+/* Re-read BLOCKCTL_FAULT (tests and the unit harness call this). */
+void io_fault_reload(void);
+
+#endif

@@ -1,0 +1,32 @@
+#!/bin/sh
+# Install what blockctl needs on Debian/Ubuntu, if it is missing.
+#   scripts/deps.sh build   compiler and libraries
+#   scripts/deps.sh test    the peers the tests run against (qemu, nbd tools, bats)
+# SPDX-License-Identifier: GPL-2.0-or-later
+set -e
+
+case "$1" in
+build) pkgs="gcc make pkg-config perl zlib1g-dev libzstd-dev libnbd-dev libjson-c-dev" ;;
+test) pkgs="bats jq qemu-utils qemu-system-common libnbd-bin python3 python3-libnbd nbdkit" ;;
+fuzz) pkgs="clang libclang-rt-dev" ;;
+*) echo "usage: $0 build|test|fuzz" >&2; exit 64 ;;
+esac
+
+missing=
+for p in $pkgs; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+
+echo "blockctl: installing:$missing" >&2
+if [ "$(id -u)" -eq 0 ]; then
+    sudo=
+elif command -v sudo >/dev/null; then
+    sudo=sudo
+else
+    echo "blockctl: please install:$missing" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq >/dev/null || true
+$sudo apt-get install -y -qq $missing >/dev/null

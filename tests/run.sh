@@ -1,0 +1,69 @@
+#!/bin/bash
+# Run every test: C unit tests and bats files, all producing TAP.
+# Prints each suite's TAP, then one summary line: "N passed, N failed".
+#   PROG   the blockctl binary to test (default: ./blockctl)
+#   BUILD  where the unit test binaries are (default: build)
+#   JOBS   suites run in parallel (default: number of CPUs)
+#   ONLY   run only suites whose path matches this regular expression
+# SPDX-License-Identifier: GPL-2.0-or-later
+set -u
+cd "$(dirname "$0")/.."
+export PROG=${PROG:-$PWD/blockctl}
+BUILD=${BUILD:-build}
+JOBS=${JOBS:-$(nproc 2>/dev/null || echo 2)}
+out=$(mktemp -d "${TMPDIR:-/tmp}/blockctl-tests.XXXXXX")
+trap 'rm -rf "$out"' EXIT
+
+suites=()
+for t in "$BUILD"/tests/unit/test-*; do
+    [ -x "$t" ] && suites+=("$t")
+done
+for t in tests/cli/*.bats tests/interop/*.bats tests/crash/*.bats; do
+    [ -f "$t" ] && suites+=("$t")
+done
+if [ -n "${ONLY:-}" ]; then
+    sel=()
+    for t in "${suites[@]}"; do [[ $t =~ $ONLY ]] && sel+=("$t"); done
+    suites=("${sel[@]}")
+fi
+
+run_suite() {
+    local t=$1 log=$2 start=$SECONDS
+    case $t in
+    *.bats) bats --tap "$t" >"$log" 2>&1 ;;
+    *) "$t" >"$log" 2>&1 ;;
+    esac
+    echo "# exit status $? after $((SECONDS - start))s" >>"$log"
+}
+
+i=0
+for t in "${suites[@]}"; do
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+    run_suite "$t" "$out/$i.log" &
+    i=$((i + 1))
+done
+wait
+
+pass=0 fail=0 skip=0
+i=0
+for t in "${suites[@]}"; do
+    log=$out/$i.log
+    echo "# --- $t"
+    cat "$log"
+    p=$(grep -cE '^ok ' "$log")
+    f=$(grep -cE '^not ok ' "$log")
+    s=$(grep -cE '^ok .*# [sS][kK][iI][pP]' "$log")
+    planned=$(grep -oE '^1\.\.[0-9]+' "$log" | head -1 | cut -d. -f3)
+    # a suite that died before finishing its plan counts as one failure
+    if [ -z "$planned" ] || [ $((p + f)) -lt "$planned" ]; then
+        if [ "$planned" != 0 ]; then
+            echo "not ok - $t did not complete its plan"
+            f=$((f + 1))
+        fi
+    fi
+    pass=$((pass + p - s)) fail=$((fail + f)) skip=$((skip + s))
+    i=$((i + 1))
+done
+echo "# skipped: $skip"
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
