@@ -20,14 +20,21 @@
 #include "lib/block.h"
 #include "lib/error.h"
 
+#include <argp.h>
+#include <signal.h>
+
 /* Exit status for usage errors: argp's EX_USAGE */
 #define EXIT_USAGE 64
 
 int cmd_check(int argc, char **argv);
+int cmd_commit(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
 int cmd_create(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_map(int argc, char **argv);
+int cmd_mirror(int argc, char **argv);
+int cmd_snapshot(int argc, char **argv);
+int cmd_stream(int argc, char **argv);
 
 /* cmd/common.c */
 enum output_format { OUTPUT_HUMAN, OUTPUT_JSON };
@@ -40,5 +47,37 @@ void report(struct error *err);
 /* qemu-img style progress line on stdout: "    (12.34/100%)\r" */
 void progress_print(double percent);
 void progress_done(void);
+
+/*
+ * Options shared by the copying commands (stream, commit, mirror): an argp
+ * child; the parent sets state->child_inputs[0] to a struct copy_opts.
+ */
+struct copy_opts {
+    bool progress;          /* -p: percentage on stderr */
+    bool progress_json;     /* --progress=json: {"done":N,"total":M} lines on stdout */
+    uint64_t bandwidth;     /* --bandwidth, bytes/s */
+    uint64_t buf_size;      /* --buf-size */
+};
+extern const struct argp copy_opts_argp;
+struct copy_params;
+/* Fill the engine's parameters from the options (progress, limits, cancel flag). */
+void copy_opts_apply(const struct copy_opts *o, struct copy_params *p);
+/* End a progress display (newline after the percentage). */
+void copy_opts_finish(const struct copy_opts *o);
+
+/*
+ * The backing file name to record for @base (an image of @chain) in the
+ * image @top: absolute if the chain names it absolutely, otherwise
+ * relative to @top's folder.
+ */
+char *backing_name_for(struct bdev *top, struct bdev *chain, struct bdev *base);
+/* The same for an image (to be) created in folder @dir. */
+char *backing_name_for_dir(const char *dir, struct bdev *chain, struct bdev *base);
+
+/* Set by SIGINT/SIGTERM once cancel_install() ran. */
+extern volatile sig_atomic_t cmd_cancel;
+void cancel_install(void);
+/* Exit status for an interrupted operation: 128 + the signal (130, 143). */
+int cancel_exit_status(void);
 
 #endif

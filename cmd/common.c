@@ -3,6 +3,7 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #include "lib/compiler.h"
+#include "lib/copy.h"
 #include "lib/size.h"
 
 #include <argp.h>
@@ -50,3 +51,123 @@ void progress_done(void)
     printf("    (100.00/100%%)\r\n");
     fflush(stdout);
 }
+
+volatile sig_atomic_t cmd_cancel;
+static volatile sig_atomic_t cancel_signal;
+
+static void on_signal(int sig)
+{
+    cmd_cancel = 1;
+    cancel_signal = sig;
+}
+
+void cancel_install(void)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+int cancel_exit_status(void)
+{
+    return 128 + (cancel_signal ? cancel_signal : SIGINT);
+}
+
+enum { OPT_PROGRESS = 0x200, OPT_BANDWIDTH, OPT_BUF_SIZE };
+
+static const struct argp_option copy_options[] = {
+    { "progress", 'p', "json", OPTION_ARG_OPTIONAL,
+      "Show progress (-p: percentage on stderr; --progress=json: JSON lines on stdout)", 0 },
+    { "bandwidth", OPT_BANDWIDTH, "RATE", 0, "Copy at most RATE bytes per second (k, M, G)", 0 },
+    { "buf-size", OPT_BUF_SIZE, "SIZE", 0, "Copy buffer for all requests in flight (16M)", 0 },
+    { 0 }
+};
+
+static error_t copy_parse(int key, char *arg, struct argp_state *state)
+{
+    struct copy_opts *o = state->input;
+
+    switch (key) {
+    case 'p':
+        if (!arg || !strcmp(arg, "human")) {
+            o->progress = true;
+        } else if (!strcmp(arg, "json")) {
+            o->progress_json = true;
+        } else {
+            argp_error(state, "--progress takes 'json' (or nothing), not '%s'", arg);
+        }
+        break;
+    case OPT_BANDWIDTH:
+        o->bandwidth = parse_size_arg(arg, "bandwidth", state);
+        break;
+    case OPT_BUF_SIZE:
+        o->buf_size = parse_size_arg(arg, "buffer size", state);
+        if (o->buf_size < (64u << 10) || o->buf_size > (1ULL << 30)) {
+            argp_error(state, "--buf-size must be between 64k and 1G");
+        }
+        break;
+    default:
+        return ARGP_ERR_UNKNOWN;
+    }
+    return 0;
+}
+
+const struct argp copy_opts_argp = { copy_options, copy_parse, NULL, NULL, NULL, NULL, NULL };
+
+static void progress_cb(void *opaque, uint64_t done, uint64_t total)
+{
+    const struct copy_opts *o = opaque;
+
+    if (o->progress) {
+        fprintf(stderr, "    (%3.2f/100%%)\r", total ? done * 100.0 / total : 100.0);
+        fflush(stderr);
+    }
+    if (o->progress_json) {
+        printf("{\"done\": %" PRIu64 ", \"total\": %" PRIu64 "}\n", done, total);
+        fflush(stdout);
+    }
+}
+
+void copy_opts_apply(const struct copy_opts *o, struct copy_params *p)
+{
+    if (o->progress || o->progress_json) {
+        p->progress = progress_cb;
+        p->opaque = (void *)o;
+    }
+    p->bandwidth = o->bandwidth;
+    p->buf_size = o->buf_size;
+    p->cancel = &cmd_cancel;
+}
+
+void copy_opts_finish(const struct copy_opts *o)
+{
+    if (o->progress) {
+        fprintf(stderr, "\n");
+    }
+}
+
+/* The name to record for @base in an image living next to @top. */
+char *backing_name_for_dir(const char *dir, struct bdev *chain, struct bdev *base)
+{
+    struct bdev *parent = bdev_chain_parent(chain, base);
+
+    if (base->drv->is_protocol || (parent && parent->backing_file &&
+                                   parent->backing_file[0] == '/')) {
+        return xstrdup(parent && parent->backing_file ? parent->backing_file : base->filename);
+    }
+    return bdev_relative_path(base->filename, dir);
+}
+
+char *backing_name_for(struct bdev *top, struct bdev *chain, struct bdev *base)
+{
+    char *dir = bdev_dirname(top->filename);
+    char *name = backing_name_for_dir(dir, chain, base);
+
+    free(dir);
+    return name;
+}
+

@@ -30,10 +30,14 @@ struct command {
 /* Keep sorted. */
 static const struct command commands[] = {
     { "check", cmd_check, "Check an image's consistency, and repair it (-r)" },
+    { "commit", cmd_commit, "Merge an overlay (or part of the chain) into its base" },
     { "compare", cmd_compare, "Compare the guest-visible contents of two images" },
     { "create", cmd_create, "Create a new image (raw or qcow2, with a backing file)" },
     { "info", cmd_info, "Show an image's format, size, backing chain and features" },
     { "map", cmd_map, "Show where an image's data lives, extent by extent" },
+    { "mirror", cmd_mirror, "Copy a disk to a new file or an NBD export" },
+    { "snapshot", cmd_snapshot, "Create external snapshots of several disks at once" },
+    { "stream", cmd_stream, "Pull backing data into an overlay (copy-on-read)" },
 };
 
 static const struct command *find_command(const char *name)

@@ -12,5 +12,16 @@
 
 extern const struct format_driver raw_driver;
 extern const struct format_driver qcow2_driver;
+extern const struct format_driver nbd_driver;
+
+/* formats/nbd.c */
+/* True if @name is an NBD URI (nbd://, nbd+unix://, nbds://...). */
+bool nbd_is_uri(const char *name);
+/*
+ * The server's qemu:dirty-bitmap:NAME context (for an image opened with
+ * BDEV_O_NBD_BITMAP and bdev_open_opts.nbd_bitmap): *dirty tells whether
+ * [off, off + *pnum) is dirty.  -ENOTSUP when the server has no such bitmap.
+ */
+int nbd_bitmap_status(struct bdev *bd, uint64_t off, uint64_t len, uint64_t *pnum, bool *dirty);
 
 #endif

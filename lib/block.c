@@ -17,6 +17,7 @@
 static const struct format_driver *const drivers[] = {
     &raw_driver,
     &qcow2_driver,
+    &nbd_driver,
     NULL,
 };
 
@@ -90,6 +91,9 @@ static int check_filename(const char *name, const char *what, struct error **err
         error_setg(errp, "empty %s name", what);
         return -EINVAL;
     }
+    if (nbd_is_uri(name)) {
+        return 0;
+    }
     if (!colon || (slash && slash < colon)) {
         return 0;
     }
@@ -110,7 +114,7 @@ char *bdev_path_combine(const char *overlay_name, const char *backing)
 {
     const char *slash;
 
-    if (backing[0] == '/') {
+    if (backing[0] == '/' || nbd_is_uri(backing)) {
         return xstrdup(backing);
     }
     slash = strrchr(overlay_name, '/');
@@ -191,7 +195,7 @@ fail:
 
 static void close_one(struct bdev *bd, struct error **errp)
 {
-    if (bd->drv->close) {
+    if (bd->drv->close && !bd->drv_closed) {
         bd->drv->close(bd, errp);
     }
     if (bd->file) {
@@ -252,6 +256,15 @@ static int open_backing(struct bdev *bd, unsigned flags, struct chain_seen *seen
     if (check_filename(bd->backing_file, "backing file", errp) < 0) {
         error_prefix(errp, "'%s': ", bd->filename);
         return -EINVAL;
+    }
+    if (nbd_is_uri(bd->full_backing_file)) {
+        if (bd->backing_format && strcmp(bd->backing_format, "raw")) {
+            error_setg(errp, "'%s': backing file '%s' is an NBD export; its format must be "
+                       "raw, not '%s'", bd->filename, bd->backing_file, bd->backing_format);
+            return -EINVAL;
+        }
+        bd->backing = open_chain(bd->full_backing_file, &nbd_driver, bflags, seen, errp);
+        return bd->backing ? 0 : -EIO;
     }
     if (bd->backing_format) {
         bdrv = bdev_find_driver(bd->backing_format);
@@ -326,9 +339,17 @@ struct bdev *bdev_open(const char *filename, const char *format, unsigned flags,
     if (check_filename(filename, "image", errp) < 0) {
         return NULL;
     }
-    if (format) {
+    if (nbd_is_uri(filename)) {
+        /* An NBD export is the guest's disk itself: raw data. */
+        if (format && strcmp(format, "raw") && strcmp(format, "nbd")) {
+            error_setg(errp, "'%s': an NBD export is read as raw data, not as '%s'", filename,
+                       format);
+            return NULL;
+        }
+        drv = &nbd_driver;
+    } else if (format) {
         drv = bdev_find_driver(format);
-        if (!drv) {
+        if (!drv || drv->is_protocol) {
             error_setg(errp, "unknown format '%s'", format);
             return NULL;
         }
@@ -410,6 +431,196 @@ void bdev_report_io_error(struct bdev *bd, const char *what, int ret)
     } else {
         error_report("%s: '%s': %s", what, bd->filename, strerror(ret < 0 ? -ret : ret));
     }
+}
+
+struct bdev *bdev_chain_find(struct bdev *bd, const char *name)
+{
+    struct stat want, st;
+
+    if (stat(name, &want) < 0) {
+        return NULL;
+    }
+    for (; bd; bd = bd->backing) {
+        if (bd->file && fstat(bd->file->fd, &st) == 0 && st.st_dev == want.st_dev &&
+            st.st_ino == want.st_ino) {
+            return bd;
+        }
+    }
+    return NULL;
+}
+
+struct bdev *bdev_chain_parent(struct bdev *bd, struct bdev *child)
+{
+    for (; bd; bd = bd->backing) {
+        if (bd->backing == child) {
+            return bd;
+        }
+    }
+    return NULL;
+}
+
+char *bdev_dirname(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+
+    if (!slash) {
+        return xstrdup(".");
+    }
+    if (slash == path) {
+        return xstrdup("/");
+    }
+    return xstrndup(path, slash - path);
+}
+
+/* Make @p absolute and lexically normal (no ".", "..", "//"). */
+static char *abs_normal(const char *p)
+{
+    char *joined, *out, *save = NULL, *tok;
+    size_t n = 0;
+    char **parts;
+    size_t np = 0;
+
+    if (p[0] == '/') {
+        joined = xstrdup(p);
+    } else {
+        char cwd[4096];
+        if (!getcwd(cwd, sizeof(cwd))) {
+            strcpy(cwd, ".");
+        }
+        joined = xasprintf("%s/%s", cwd, p);
+    }
+    parts = xcalloc(strlen(joined) + 1, sizeof(char *));
+    for (tok = strtok_r(joined, "/", &save); tok; tok = strtok_r(NULL, "/", &save)) {
+        if (!strcmp(tok, ".")) {
+            continue;
+        }
+        if (!strcmp(tok, "..")) {
+            if (np) {
+                np--;
+            }
+            continue;
+        }
+        parts[np++] = tok;
+    }
+    for (size_t i = 0; i < np; i++) {
+        n += strlen(parts[i]) + 1;
+    }
+    out = xmalloc(n + 2);
+    out[0] = '\0';
+    for (size_t i = 0; i < np; i++) {
+        strcat(out, "/");
+        strcat(out, parts[i]);
+    }
+    if (!np) {
+        strcpy(out, "/");
+    }
+    free(parts);
+    free(joined);
+    return out;
+}
+
+char *bdev_relative_path(const char *target, const char *dir)
+{
+    char *t, *d, *res;
+    size_t common = 0, i;
+    int ups = 0;
+
+    if (target[0] == '/') {
+        return xstrdup(target);
+    }
+    t = abs_normal(target);
+    d = abs_normal(dir);
+    /* longest common prefix ending at a component boundary */
+    for (i = 0; t[i] && d[i] && t[i] == d[i]; i++) {
+        if (t[i] == '/') {
+            common = i;
+        }
+    }
+    if (!d[i] && (t[i] == '/' || !t[i])) {
+        common = i;
+    } else if (!strcmp(d, "/")) {
+        common = 0;
+    }
+    for (const char *p = d + common; *p; p++) {
+        if (*p == '/') {
+            ups++;
+        }
+    }
+    res = xstrdup("");
+    for (int k = 0; k < ups; k++) {
+        char *r = xasprintf("%s../", res);
+        free(res);
+        res = r;
+    }
+    {
+        const char *rest = t + common;
+        if (*rest == '/') {
+            rest++;
+        }
+        char *r = xasprintf("%s%s", res, rest);
+        free(res);
+        res = r;
+    }
+    free(t);
+    free(d);
+    return res;
+}
+
+int bdev_reopen(struct bdev *bd, unsigned flags, struct error **errp)
+{
+    bool rw = flags & BDEV_O_RDWR;
+    unsigned perm, shared;
+    struct error *err = NULL;
+    int ret;
+
+    if (rw == !bd->read_only) {
+        return 0;
+    }
+    if (rw) {
+        perm = PERM_CONSISTENT_READ | PERM_WRITE | PERM_RESIZE;
+        shared = PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED;
+    } else {
+        perm = PERM_CONSISTENT_READ;
+        shared = PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED;
+    }
+    bdev_drain_begin(bd);
+    if (bd->file) {
+        ret = bfile_set_perm(bd->file, bd->perm, bd->shared, perm, shared, errp);
+        if (ret < 0) {
+            bdev_drain_end(bd);
+            return ret;
+        }
+    }
+    if (bd->drv->close) {
+        bd->drv->close(bd, &err);
+    }
+    if (err) {
+        error_propagate(errp, err);
+        err = NULL;
+        ret = -EIO;
+    } else {
+        ret = 0;
+    }
+    free(bd->backing_file);
+    free(bd->backing_format);
+    bd->backing_file = bd->backing_format = NULL;
+    if (bd->opaque) {
+        memset(bd->opaque, 0, bd->drv->priv_size);
+    }
+    bd->perm = perm;
+    bd->shared = shared;
+    bd->read_only = !rw;
+    bd->flags = (bd->flags & ~BDEV_O_RDWR) | (flags & BDEV_O_RDWR);
+    if (ret == 0) {
+        ret = bd->drv->open(bd, bd->flags | BDEV_O_NO_BACKING, errp);
+    }
+    if (ret < 0) {
+        /* The driver state is gone: make every request fail. */
+        bd->size = 0;
+        bd->drv_closed = true;
+    }
+    bdev_drain_end(bd);
+    return ret;
 }
 
 int bdev_chain_length(struct bdev *bd)
@@ -611,6 +822,22 @@ int bdev_pwrite_compressed(struct bdev *bd, const void *buf, size_t len, uint64_
     }
     gate_enter(bd);
     ret = bd->drv->pwrite_compressed(bd, buf, len, off);
+    gate_exit(bd);
+    return ret;
+}
+
+int bdev_make_empty(struct bdev *bd)
+{
+    int ret;
+
+    if (bd->read_only) {
+        return -EPERM;
+    }
+    if (!bd->drv->make_empty) {
+        return -ENOTSUP;
+    }
+    gate_enter(bd);
+    ret = bd->drv->make_empty(bd);
     gate_exit(bd);
     return ret;
 }

@@ -171,6 +171,9 @@ struct format_driver {
     int (*pwrite_compressed)(struct bdev *bd, const void *buf, size_t len, uint64_t off);
     /* Granularity of compressed writes, or 0 when unsupported. */
     uint64_t (*compress_granularity)(struct bdev *bd);
+    /* Drop every allocation of this layer, so that it reads its backing
+     * image everywhere (qemu-img commit's emptying). */
+    int (*make_empty)(struct bdev *bd);
 };
 
 struct bdev {
@@ -187,6 +190,7 @@ struct bdev {
     char *backing_file;          /* backing name as recorded, or NULL */
     char *backing_format;        /* backing format as recorded, or NULL */
     char *full_backing_file;     /* backing name resolved against our folder */
+    bool drv_closed;             /* a failed reopen left no driver state */
 
     /* Detail of the last data-path failure (corruption found, ...), for
      * the command to print; guarded by gate_lock. */
@@ -225,6 +229,9 @@ int bdev_pwrite(struct bdev *bd, const void *buf, size_t len, uint64_t off, unsi
 int bdev_pwrite_zeroes(struct bdev *bd, uint64_t off, uint64_t len, unsigned flags);
 int bdev_discard(struct bdev *bd, uint64_t off, uint64_t len);
 int bdev_flush(struct bdev *bd);
+/* Make @bd's own layer empty (reads fall through to its backing); -ENOTSUP
+ * where the format cannot. */
+int bdev_make_empty(struct bdev *bd);
 /* Compressed write of whole clusters; -ENOTSUP where the format has none. */
 int bdev_pwrite_compressed(struct bdev *bd, const void *buf, size_t len, uint64_t off);
 
@@ -297,5 +304,28 @@ void bdev_report_io_error(struct bdev *bd, const char *what, int ret);
 
 /* Chain helpers */
 int bdev_chain_length(struct bdev *bd);
+/*
+ * Find the image of @bd's chain (@bd included) that is the file @name
+ * (compared by device and inode), or NULL.
+ */
+struct bdev *bdev_chain_find(struct bdev *bd, const char *name);
+/* The image whose backing image is @child in @bd's chain, or NULL. */
+struct bdev *bdev_chain_parent(struct bdev *bd, struct bdev *child);
+
+/*
+ * Reopen @bd read-write (BDEV_O_RDWR in @flags) or read-only in place,
+ * keeping its backing chain: takes or drops the write locks, writes back
+ * and reloads the driver's state.  On failure @bd is left as it was when
+ * possible, or closed to I/O (every request fails) when not.
+ */
+int bdev_reopen(struct bdev *bd, unsigned flags, struct error **errp);
+
+/*
+ * A name for @target to record as the backing file of an image in folder
+ * @dir: absolute stays absolute; a relative path is made relative to @dir.
+ */
+char *bdev_relative_path(const char *target, const char *dir);
+/* The folder of @path ("." for a bare name). */
+char *bdev_dirname(const char *path);
 
 #endif

@@ -823,7 +823,7 @@ int qcow2_pwrite(struct bdev *bd, const void *buf, size_t len, uint64_t off, uns
 
 /* --- zeroes and discards --- */
 
-enum zop { ZOP_ZERO, ZOP_DISCARD };
+enum zop { ZOP_ZERO, ZOP_DISCARD, ZOP_UNMAP };
 
 /*
  * Zero (or discard) the subcluster-aligned range [off, off+len) inside one
@@ -836,7 +836,7 @@ static int modify_chunk(struct qcow2 *s, uint64_t off, uint64_t len, enum zop op
     uint64_t cs = s->cluster_size, scsz = s->sc_size;
     uint64_t first = off >> s->cluster_bits;
     uint64_t last = (off + len - 1) >> s->cluster_bits;
-    bool unmap = (flags & BDEV_REQ_MAY_UNMAP) || op == ZOP_DISCARD;
+    bool unmap = (flags & BDEV_REQ_MAY_UNMAP) || op != ZOP_ZERO;
     bool has_backing = s->bd->backing_file != NULL;
     struct qcow2_range *rl;
     uint8_t *l2 = NULL;
@@ -851,11 +851,11 @@ static int modify_chunk(struct qcow2 *s, uint64_t off, uint64_t len, enum zop op
         ret = -EIO;
         goto out;
     }
-    if (op == ZOP_DISCARD) {
+    if (op != ZOP_ZERO) {
         ret = get_l2(s, off, &l2, &idx0);
         if (ret < 0 || !l2) {
             /* nothing allocated: a discard has nothing to drop */
-            if (ret == 0 && (has_backing && s->version >= 3)) {
+            if (ret == 0 && op == ZOP_DISCARD && has_backing && s->version >= 3) {
                 ret = get_l2_for_write(s, off, &l2, &idx0);
             }
             if (ret < 0 || !l2) {
@@ -904,7 +904,10 @@ static int modify_chunk(struct qcow2 *s, uint64_t off, uint64_t len, enum zop op
             *done += we - ws;
             continue;
         }
-        if (op == ZOP_DISCARD) {
+        if (op == ZOP_UNMAP) {
+            ne = 0;
+            nbm = 0;
+        } else if (op == ZOP_DISCARD) {
             bool allocated = compressed || host ||
                              (!s->ext_l2 && (e & QCOW2_OFLAG_ZERO));
             if (s->ext_l2) {
@@ -1117,6 +1120,28 @@ int qcow2_discard(struct bdev *bd, uint64_t off, uint64_t len)
         start += n;
     }
     return 0;
+}
+
+int qcow2_make_empty(struct bdev *bd)
+{
+    struct qcow2 *s = bd->opaque;
+    uint64_t cs = s->cluster_size;
+    uint64_t l2_span = cs << s->l2_bits;
+    uint64_t end = ALIGN_UP(bd->size, cs);
+    int ret = 0;
+
+    if (s->corrupt) {
+        return -EIO;
+    }
+    for (uint64_t off = 0; off < end && ret == 0; off += l2_span) {
+        uint64_t n = MIN(end - off, l2_span);
+        uint64_t done;
+        ret = modify_chunk(s, off, n, ZOP_UNMAP, 0, &done);
+    }
+    if (ret == 0) {
+        ret = bd->drv->flush(bd);
+    }
+    return ret;
 }
 
 int qcow2_pwrite_compressed(struct bdev *bd, const void *buf, size_t len, uint64_t off)

@@ -1183,4 +1183,5 @@ const struct format_driver qcow2_driver = {
     .block_status = qcow2_block_status,
     .pwrite_compressed = qcow2_pwrite_compressed,
     .compress_granularity = qcow2_compress_granularity,
+    .make_empty = qcow2_make_empty,
 };

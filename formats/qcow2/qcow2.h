@@ -298,6 +298,7 @@ int qcow2_pwrite(struct bdev *bd, const void *buf, size_t len, uint64_t off, uns
 int qcow2_pwrite_zeroes(struct bdev *bd, uint64_t off, uint64_t len, unsigned flags);
 int qcow2_discard(struct bdev *bd, uint64_t off, uint64_t len);
 int qcow2_pwrite_compressed(struct bdev *bd, const void *buf, size_t len, uint64_t off);
+int qcow2_make_empty(struct bdev *bd);
 int qcow2_block_status(struct bdev *bd, uint64_t off, uint64_t len, uint64_t *pnum,
                        uint64_t *map, unsigned *status);
 /* Allocate L2 tables and data clusters for [0, size) (preallocation). */

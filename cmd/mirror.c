@@ -1,0 +1,321 @@
+/*
+ * blockctl mirror - copy a disk to new storage (a file or an NBD export)
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include "lib/compiler.h"
+#include "lib/copy.h"
+#include "lib/io.h"
+#include "formats/format.h"
+
+#include <argp.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cmd/cmd.h"
+
+enum sync_mode { SYNC_FULL, SYNC_TOP, SYNC_NONE };
+
+struct mirror_args {
+    const char *format;
+    const char *out_format;
+    const char *backing;
+    const char *backing_fmt;
+    const char *source;
+    const char *target;
+    char *opts;
+    enum sync_mode sync;
+    bool reuse;
+    bool compress;
+    struct copy_opts copy;
+};
+
+enum { OPT_SYNC = 0x100, OPT_SHALLOW };
+
+static const struct argp_option options[] = {
+    { "format", 'f', "FMT", 0, "Format of SOURCE; probed when omitted", 0 },
+    { "target-format", 'O', "FMT", 0, "Format of TARGET (default: SOURCE's format)", 0 },
+    { "sync", OPT_SYNC, "MODE", 0, "full (default): the whole chain; top: the top image "
+      "only; none: nothing (an empty overlay)", 0 },
+    { "shallow", OPT_SHALLOW, NULL, 0, "Same as --sync=top", 0 },
+    { "reuse-external", 'n', NULL, 0, "Copy into an existing TARGET (same size)", 0 },
+    { "compress", 'c', NULL, 0, "Write compressed clusters (qcow2 target)", 0 },
+    { "options", 'o', "OPTS", 0, "Options for creating TARGET, as create -o", 0 },
+    { "backing", 'B', "FILE", 0, "Backing file of the new TARGET", 0 },
+    { "backing-format", 'F', "FMT", 0, "Format of that backing file", 0 },
+    { 0 }
+};
+
+static error_t parse_opt(int key, char *arg, struct argp_state *state)
+{
+    struct mirror_args *a = state->input;
+
+    switch (key) {
+    case ARGP_KEY_INIT:
+        state->child_inputs[0] = &a->copy;
+        break;
+    case 'f':
+        a->format = arg;
+        break;
+    case 'O':
+        a->out_format = arg;
+        break;
+    case OPT_SYNC:
+        if (!strcmp(arg, "full")) {
+            a->sync = SYNC_FULL;
+        } else if (!strcmp(arg, "top")) {
+            a->sync = SYNC_TOP;
+        } else if (!strcmp(arg, "none")) {
+            a->sync = SYNC_NONE;
+        } else {
+            argp_error(state, "--sync must be full, top or none, not '%s'", arg);
+        }
+        break;
+    case OPT_SHALLOW:
+        a->sync = SYNC_TOP;
+        break;
+    case 'n':
+        a->reuse = true;
+        break;
+    case 'c':
+        a->compress = true;
+        break;
+    case 'B':
+        a->backing = arg;
+        break;
+    case 'F':
+        a->backing_fmt = arg;
+        break;
+    case 'o':
+        if (a->opts) {
+            char *j = xasprintf("%s,%s", a->opts, arg);
+            free(a->opts);
+            a->opts = j;
+        } else {
+            a->opts = xstrdup(arg);
+        }
+        break;
+    case ARGP_KEY_ARG:
+        if (!a->source) {
+            a->source = arg;
+        } else if (!a->target) {
+            a->target = arg;
+        } else {
+            argp_error(state, "unexpected argument '%s'", arg);
+        }
+        break;
+    case ARGP_KEY_END:
+        if (!a->target) {
+            argp_error(state, "SOURCE and TARGET are needed");
+        }
+        if (a->reuse && (a->backing || a->opts)) {
+            argp_error(state, "-n copies into an existing TARGET: -B and -o do not apply");
+        }
+        break;
+    default:
+        return ARGP_ERR_UNKNOWN;
+    }
+    return 0;
+}
+
+static const struct argp_child children[] = { { &copy_opts_argp, 0, NULL, 0 }, { 0 } };
+
+static const struct argp mirror_argp = {
+    options, parse_opt, "SOURCE TARGET",
+    "Copy the disk SOURCE shows a guest to TARGET: a new file, an existing image (-n) or an "
+    "NBD URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH).\v"
+    "A new TARGET is written as TARGET.part and renamed when complete, so TARGET exists "
+    "only once the copy is whole.  Exit status: 0 on success, 1 on error, 64 for usage "
+    "errors, 130/143 when interrupted.",
+    children, NULL, NULL,
+};
+
+/* Format of a backing file given without -F: raw, or a qcow2 without a backing file. */
+static const char *detect_backing_format(const char *path, struct error **errp)
+{
+    struct bdev *bd = bdev_open(path, NULL, BDEV_O_NO_BACKING | BDEV_O_FORCE_SHARE, errp);
+    const char *fmt;
+
+    if (!bd) {
+        return NULL;
+    }
+    fmt = bd->drv->name;
+    if (bd->backing_file) {
+        error_setg(errp, "'%s' has a backing file of its own: give its format with -F", path);
+        fmt = NULL;
+    }
+    bdev_unref(bd);
+    return fmt;
+}
+
+int cmd_mirror(int argc, char **argv)
+{
+    struct mirror_args a = { 0 };
+    struct error *err = NULL;
+    struct copy_params cp;
+    struct optlist o = { 0 };
+    struct bdev *src = NULL, *dst = NULL;
+    char *part = NULL, *bname = NULL;
+    const char *fmt, *bfmt = NULL;
+    bool nbd_target, created = false;
+    struct stat st;
+    int ret = 1, r;
+
+    argp_parse(&mirror_argp, argc, argv, 0, NULL, &a);
+    cancel_install();
+    src = bdev_open(a.source, a.format, 0, &err);
+    if (!src) {
+        report(err);
+        goto out;
+    }
+    if (a.sync == SYNC_TOP && !src->backing) {
+        a.sync = SYNC_FULL;
+    }
+    nbd_target = nbd_is_uri(a.target);
+    fmt = a.out_format ? a.out_format : (src->drv->is_protocol ? "raw" : src->drv->name);
+
+    if (nbd_target || a.reuse) {
+        if (a.sync == SYNC_NONE && !a.reuse) {
+            error_report("--sync=none makes a new overlay: it cannot go to an NBD export");
+            goto out;
+        }
+        /* With its chain: whether the target already reads zero depends on it. */
+        dst = bdev_open(a.target, nbd_target ? NULL : a.out_format, BDEV_O_RDWR, &err);
+        if (!dst) {
+            report(err);
+            goto out;
+        }
+        if (dst->size != src->size) {
+            error_report("'%s' is %" PRIu64 " bytes but '%s' is %" PRIu64 " bytes: sizes must "
+                         "match", a.target, dst->size, a.source, src->size);
+            goto out;
+        }
+    } else {
+        const struct format_driver *drv = bdev_find_driver(fmt);
+        char *dir;
+
+        if (!drv || !drv->create) {
+            error_report("cannot create a target of format '%s'", fmt);
+            goto out;
+        }
+        if (stat(a.target, &st) == 0) {
+            error_report("'%s' already exists; use -n to copy into it", a.target);
+            goto out;
+        }
+        if (a.opts && opts_parse(&o, a.opts, drv->create_opts, &err) < 0) {
+            error_prefix(&err, "'%s': ", a.target);
+            report(err);
+            goto out;
+        }
+        /* The target's backing file, if it gets one. */
+        dir = bdev_dirname(a.target);
+        if (a.backing) {
+            bfmt = a.backing_fmt;
+            if (!bfmt) {
+                char *full = bdev_path_combine(a.target, a.backing);
+                bfmt = detect_backing_format(full, &err);
+                free(full);
+                if (!bfmt) {
+                    report(err);
+                    free(dir);
+                    goto out;
+                }
+            }
+            bname = xstrdup(a.backing);
+        } else if (a.sync == SYNC_TOP) {
+            bname = backing_name_for_dir(dir, src, src->backing);
+            bfmt = src->backing->drv->name;
+        } else if (a.sync == SYNC_NONE) {
+            bname = src->drv->is_protocol ? xstrdup(a.source) : bdev_relative_path(a.source, dir);
+            bfmt = src->drv->is_protocol ? "raw" : src->drv->name;
+        }
+        free(dir);
+        if (bname && !drv->supports_backing) {
+            error_report("'%s': format '%s' cannot have a backing file", a.target, fmt);
+            goto out;
+        }
+        if (bname) {
+            opts_set(&o, "backing_file", bname);
+            opts_set(&o, "backing_fmt", bfmt);
+        }
+        {
+            char sz[32];
+            snprintf(sz, sizeof(sz), "%" PRIu64, src->size);
+            opts_set(&o, "size", sz);
+        }
+        part = xasprintf("%s.part", a.target);
+        if (bdev_create(fmt, part, &o, BDEV_CREATE_FORCE, &err) < 0) {
+            report(err);
+            goto out;
+        }
+        created = true;
+        dst = bdev_open(part, fmt, BDEV_O_RDWR, &err);
+        if (!dst) {
+            report(err);
+            goto out;
+        }
+    }
+    if (a.compress && !dst->drv->pwrite_compressed) {
+        error_report("'%s': format '%s' has no compressed clusters", a.target, dst->drv->name);
+        goto out;
+    }
+
+    if (a.sync != SYNC_NONE) {
+        memset(&cp, 0, sizeof(cp));
+        cp.src = src;
+        cp.dst = dst;
+        cp.mode = a.sync == SYNC_TOP ? COPY_ABOVE : COPY_ALL;
+        cp.base = a.sync == SYNC_TOP ? src->backing : NULL;
+        cp.dst_is_zero = created && !dst->backing_file;
+        cp.check_dst_zero = !cp.dst_is_zero;
+        cp.compress = a.compress;
+        copy_opts_apply(&a.copy, &cp);
+        r = copy_run(&cp, &err);
+        copy_opts_finish(&a.copy);
+        if (r == -ECANCELED) {
+            error_report("interrupted: '%s' is incomplete%s", a.target,
+                         created ? " and was removed" : "; do not use it");
+            ret = cancel_exit_status();
+            goto out;
+        }
+        if (r < 0) {
+            report(err);
+            if (!created) {
+                error_report("'%s' is incomplete; do not use it", a.target);
+            }
+            goto out;
+        }
+    }
+    if (bdev_close(dst, &err) < 0) {
+        dst = NULL;
+        report(err);
+        goto out;
+    }
+    dst = NULL;
+    if (created) {
+        r = io_rename(part, a.target);
+        if (r == 0) {
+            r = io_dirsync(a.target);
+        }
+        if (r < 0) {
+            error_report("cannot rename '%s' to '%s': %s", part, a.target, strerror(-r));
+            goto out;
+        }
+        created = false;
+    }
+    ret = 0;
+out:
+    if (dst) {
+        bdev_unref(dst);
+    }
+    if (created && part) {
+        unlink(part);
+    }
+    bdev_unref(src);
+    opts_free(&o);
+    free(part);
+    free(bname);
+    free(a.opts);
+    return ret;
+}

@@ -1,0 +1,456 @@
+/*
+ * blockctl - the copy engine
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include "lib/compiler.h"
+#include "lib/copy.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <string.h>
+#include <time.h>
+
+struct engine {
+    struct copy_params *p;
+    uint64_t start, end;
+    uint64_t window;        /* bytes per window */
+    uint64_t gran;          /* zero detection / compression granularity */
+
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    uint64_t cursor;        /* next window start */
+    uint64_t done;          /* bytes of finished windows */
+    unsigned running;
+    int ret;                /* first error */
+    struct bdev *err_bd;    /* image that failed */
+    const char *err_what;
+
+    /* token bucket */
+    pthread_mutex_t rl_lock;
+    double tokens;
+    struct timespec rl_last;
+};
+
+static bool cancelled(struct engine *e)
+{
+    return (e->p->cancel && *e->p->cancel) || e->ret;
+}
+
+static void fail(struct engine *e, int ret, struct bdev *bd, const char *what)
+{
+    pthread_mutex_lock(&e->lock);
+    if (!e->ret) {
+        e->ret = ret;
+        e->err_bd = bd;
+        e->err_what = what;
+    }
+    pthread_mutex_unlock(&e->lock);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Wait until @n bytes may be written under the bandwidth limit. */
+static void rate_limit(struct engine *e, uint64_t n)
+{
+    double rate = (double)e->p->bandwidth, wait;
+
+    if (!e->p->bandwidth) {
+        return;
+    }
+    pthread_mutex_lock(&e->rl_lock);
+    {
+        double t = now_s();
+        double last = e->rl_last.tv_sec + e->rl_last.tv_nsec / 1e9;
+        e->tokens = MIN(e->tokens + (t - last) * rate, rate);   /* burst: one second */
+        e->rl_last.tv_sec = (time_t)t;
+        e->rl_last.tv_nsec = (long)((t - (double)(time_t)t) * 1e9);
+        e->tokens -= (double)n;
+        wait = e->tokens < 0 ? -e->tokens / rate : 0;
+    }
+    pthread_mutex_unlock(&e->rl_lock);
+    while (wait > 0 && !(e->p->cancel && *e->p->cancel)) {
+        double step = MIN(wait, 0.1);
+        struct timespec ts = { (time_t)step, (long)((step - (double)(time_t)step) * 1e9) };
+        nanosleep(&ts, NULL);
+        wait -= step;
+    }
+}
+
+enum ext_class { EXT_SKIP, EXT_ZERO, EXT_DATA };
+
+/* Classify the source extent at @off (at most @len bytes). */
+static int classify(struct engine *e, uint64_t off, uint64_t len, enum ext_class *cls,
+                    uint64_t *n)
+{
+    struct copy_params *p = e->p;
+    struct bdev_map m;
+    int ret;
+
+    ret = bdev_block_status_above(p->src, p->mode == COPY_ABOVE ? p->base : NULL, off, len, &m);
+    if (ret < 0) {
+        return ret;
+    }
+    *n = m.len;
+    if (p->skip_top && m.depth == 0 && (m.status & BDEV_BLOCK_ALLOCATED)) {
+        *cls = EXT_SKIP;
+    } else if (p->mode == COPY_ABOVE && !(m.status & BDEV_BLOCK_ALLOCATED) &&
+               !(p->base == NULL && (m.status & BDEV_BLOCK_ZERO))) {
+        /* not above the base: the base (or nothing) provides it */
+        *cls = EXT_SKIP;
+    } else if (m.status & BDEV_BLOCK_ZERO) {
+        *cls = EXT_ZERO;
+    } else {
+        *cls = EXT_DATA;
+    }
+    if (p->mode == COPY_ABOVE && p->base == NULL && !(m.status & BDEV_BLOCK_ALLOCATED)) {
+        /* unallocated in the whole chain: reads zero, nothing to do */
+        *cls = p->skip_top ? EXT_SKIP : EXT_ZERO;
+    }
+    return 0;
+}
+
+/* The target already reads zero in [off, off+len)? */
+static bool dst_reads_zero(struct engine *e, uint64_t off, uint64_t len)
+{
+    while (len) {
+        struct bdev_map m;
+        if (bdev_block_status_above(e->p->dst, NULL, off, len, &m) < 0 ||
+            !(m.status & BDEV_BLOCK_ZERO)) {
+            return false;
+        }
+        off += m.len;
+        len -= m.len;
+    }
+    return true;
+}
+
+static int write_zero(struct engine *e, uint64_t off, uint64_t len)
+{
+    struct copy_params *p = e->p;
+    int ret;
+
+    if (p->dst_is_zero) {
+        return 0;
+    }
+    if (p->check_dst_zero && dst_reads_zero(e, off, len)) {
+        return 0;
+    }
+    ret = bdev_pwrite_zeroes(p->dst, off, len, BDEV_REQ_MAY_UNMAP);
+    if (ret < 0) {
+        fail(e, ret, p->dst, "cannot write zeroes to");
+        return ret;
+    }
+    __atomic_add_fetch(&p->bytes_zeroed, len, __ATOMIC_RELAXED);
+    return 0;
+}
+
+static int write_data(struct engine *e, const uint8_t *buf, uint64_t off, uint64_t len)
+{
+    struct copy_params *p = e->p;
+    int ret;
+
+    rate_limit(e, len);
+    if (p->compress) {
+        uint64_t cs = e->gran;
+        for (uint64_t o = 0; o < len; o += cs) {
+            uint64_t n = MIN(cs, len - o);
+            ret = bdev_pwrite_compressed(p->dst, buf + o, n, off + o);
+            if (ret < 0) {
+                fail(e, ret, p->dst, "cannot write to");
+                return ret;
+            }
+        }
+    } else {
+        ret = bdev_pwrite(p->dst, buf, len, off, 0);
+        if (ret < 0) {
+            fail(e, ret, p->dst, "cannot write to");
+            return ret;
+        }
+    }
+    __atomic_add_fetch(&p->bytes_written, len, __ATOMIC_RELAXED);
+    return 0;
+}
+
+/*
+ * Copy [off, off+len) which the source has as data: read it, then write
+ * the non-zero granules and treat runs of zero granules as zeroes.
+ */
+static int copy_data(struct engine *e, uint8_t *buf, uint64_t off, uint64_t len)
+{
+    struct copy_params *p = e->p;
+    uint64_t g = e->gran, pos, run_start;
+    bool run_zero;
+    int ret;
+
+    ret = bdev_pread(p->src, buf, len, off);
+    if (ret < 0) {
+        fail(e, ret, p->src, "cannot read from");
+        return ret;
+    }
+    /* granules aligned to absolute offsets */
+    pos = off;
+    run_start = off;
+    run_zero = false;
+    while (pos < off + len) {
+        uint64_t gend = MIN(ALIGN_DOWN(pos, g) + g, off + len);
+        bool z = buffer_is_zero(buf + (pos - off), gend - pos);
+        if (pos == run_start) {
+            run_zero = z;
+        } else if (z != run_zero) {
+            ret = run_zero ? write_zero(e, run_start, pos - run_start)
+                           : write_data(e, buf + (run_start - off), run_start, pos - run_start);
+            if (ret < 0) {
+                return ret;
+            }
+            run_start = pos;
+            run_zero = z;
+        }
+        pos = gend;
+    }
+    if (pos > run_start) {
+        ret = run_zero ? write_zero(e, run_start, pos - run_start)
+                       : write_data(e, buf + (run_start - off), run_start, pos - run_start);
+    }
+    return ret;
+}
+
+static int do_window_status(struct engine *e, uint8_t *buf, uint64_t ws, uint64_t we)
+{
+    uint64_t pos = ws;
+    int ret;
+
+    while (pos < we) {
+        enum ext_class cls, c2;
+        uint64_t n, n2;
+
+        if (cancelled(e)) {
+            return -ECANCELED;
+        }
+        ret = classify(e, pos, we - pos, &cls, &n);
+        if (ret < 0) {
+            fail(e, ret, e->p->src, "cannot get the block status of");
+            return ret;
+        }
+        /* coalesce following extents of the same class (data from several layers) */
+        while (pos + n < we) {
+            ret = classify(e, pos + n, we - pos - n, &c2, &n2);
+            if (ret < 0) {
+                fail(e, ret, e->p->src, "cannot get the block status of");
+                return ret;
+            }
+            if (c2 != cls) {
+                break;
+            }
+            n += n2;
+        }
+        if (e->p->compress && cls != EXT_SKIP) {
+            /* compression works on whole clusters: widen to the cluster grid */
+            uint64_t a = ALIGN_DOWN(pos, e->gran);
+            uint64_t b = MIN(ALIGN_UP(pos + n, e->gran), we);
+            if (cls == EXT_ZERO && a == pos && (b == pos + n)) {
+                ret = write_zero(e, pos, n);
+            } else {
+                ret = copy_data(e, buf, a, b - a);
+            }
+            n = b - pos;
+        } else if (cls == EXT_ZERO) {
+            ret = write_zero(e, pos, n);
+        } else if (cls == EXT_DATA) {
+            ret = copy_data(e, buf, pos, n);
+        } else {
+            ret = 0;
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        pos += n;
+    }
+    return 0;
+}
+
+static int do_window_bitmap(struct engine *e, uint8_t *buf, uint64_t ws, uint64_t we)
+{
+    uint64_t pos = ws, off, len;
+    int ret;
+
+    while (pos < we && bitmap_next_dirty(e->p->bitmap, pos, we - pos, &off, &len)) {
+        if (off >= we) {
+            break;
+        }
+        len = MIN(len, we - off);
+        if (cancelled(e)) {
+            return -ECANCELED;
+        }
+        if (e->p->compress) {
+            uint64_t a = ALIGN_DOWN(off, e->gran), b = MIN(ALIGN_UP(off + len, e->gran), we);
+            off = MAX(a, pos);
+            len = b - off;
+        }
+        ret = copy_data(e, buf, off, len);
+        if (ret < 0) {
+            return ret;
+        }
+        pos = off + len;
+    }
+    return 0;
+}
+
+/* Next window to work on, or false when there is none. */
+static bool next_window(struct engine *e, uint64_t *ws, uint64_t *we)
+{
+    bool got = false;
+
+    pthread_mutex_lock(&e->lock);
+    while (!got && e->cursor < e->end && !cancelled(e)) {
+        uint64_t s = e->cursor, end;
+        if (e->p->mode == COPY_BITMAP) {
+            uint64_t off, len;
+            if (!bitmap_next_dirty(e->p->bitmap, s, 0, &off, &len) || off >= e->end) {
+                e->done += e->end - e->cursor;
+                e->cursor = e->end;
+                break;
+            }
+            s = MAX(s, ALIGN_DOWN(off, e->window));
+            e->done += s - e->cursor;
+        }
+        end = MIN(ALIGN_DOWN(s, e->window) + e->window, e->end);
+        e->cursor = end;
+        *ws = s;
+        *we = end;
+        got = true;
+    }
+    pthread_mutex_unlock(&e->lock);
+    return got;
+}
+
+static void *worker(void *opaque)
+{
+    struct engine *e = opaque;
+    uint8_t *buf = xmemalign(4096, e->window);
+    uint64_t ws, we;
+
+    while (next_window(e, &ws, &we)) {
+        int ret = e->p->mode == COPY_BITMAP ? do_window_bitmap(e, buf, ws, we)
+                                             : do_window_status(e, buf, ws, we);
+        if (ret < 0) {
+            break;
+        }
+        pthread_mutex_lock(&e->lock);
+        e->done += we - ws;
+        pthread_mutex_unlock(&e->lock);
+    }
+    free(buf);
+    pthread_mutex_lock(&e->lock);
+    e->running--;
+    pthread_cond_broadcast(&e->cond);
+    pthread_mutex_unlock(&e->lock);
+    return NULL;
+}
+
+int copy_run(struct copy_params *p, struct error **errp)
+{
+    struct engine e;
+    unsigned nw = p->workers ? p->workers : 4;
+    uint64_t buf = p->buf_size ? p->buf_size : (16u << 20);
+    uint64_t cg = p->dst->drv->compress_granularity ? p->dst->drv->compress_granularity(p->dst)
+                                                     : 0;
+    pthread_t *th;
+    int ret;
+
+    memset(&e, 0, sizeof(e));
+    e.p = p;
+    e.start = 0;
+    e.end = MIN(p->src->size, p->dst->size);
+    if (p->compress && !cg) {
+        error_setg(errp, "'%s': format '%s' does not support compression", p->dst->filename,
+                   p->dst->drv->name);
+        return -ENOTSUP;
+    }
+    /* granularity: the target's cluster where it has one, else 4 KiB */
+    e.gran = cg ? cg : 4096;
+    if (p->mode == COPY_BITMAP) {
+        e.gran = MAX(e.gran, MIN(bitmap_granularity(p->bitmap), cg ? cg : 4096));
+    }
+    e.window = MAX(ALIGN_DOWN(buf / nw, e.gran), e.gran);
+    e.window = MAX(e.window, (uint64_t)1 << 20);
+    e.window = ALIGN_UP(e.window, e.gran);
+    if (e.window > buf && buf >= e.gran) {
+        nw = MAX(1u, (unsigned)(buf / e.window));
+    }
+    e.cursor = e.start;
+    pthread_mutex_init(&e.lock, NULL);
+    pthread_cond_init(&e.cond, NULL);
+    pthread_mutex_init(&e.rl_lock, NULL);
+    clock_gettime(CLOCK_MONOTONIC, &e.rl_last);
+    e.tokens = 0;
+
+    th = xcalloc(nw, sizeof(*th));
+    pthread_mutex_lock(&e.lock);
+    for (unsigned i = 0; i < nw; i++) {
+        if (pthread_create(&th[i], NULL, worker, &e) == 0) {
+            e.running++;
+        }
+    }
+    if (!e.running) {
+        pthread_mutex_unlock(&e.lock);
+        free(th);
+        error_setg(errp, "cannot start copy threads");
+        return -EAGAIN;
+    }
+    while (e.running) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 200 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&e.cond, &e.lock, &ts);
+        if (p->progress && e.running) {
+            uint64_t done = e.done;
+            pthread_mutex_unlock(&e.lock);
+            p->progress(p->opaque, done, e.end - e.start);
+            pthread_mutex_lock(&e.lock);
+        }
+    }
+    pthread_mutex_unlock(&e.lock);
+    for (unsigned i = 0; i < nw; i++) {
+        if (th[i]) {
+            pthread_join(th[i], NULL);
+        }
+    }
+    free(th);
+    ret = e.ret;
+    if (!ret && p->cancel && *p->cancel) {
+        ret = -ECANCELED;
+    }
+    if (ret == 0) {
+        ret = bdev_flush(p->dst);
+        if (ret < 0) {
+            e.err_bd = p->dst;
+            e.err_what = "cannot flush";
+        }
+    }
+    if (ret == 0 && p->progress) {
+        p->progress(p->opaque, e.end - e.start, e.end - e.start);
+    }
+    if (ret < 0 && ret != -ECANCELED) {
+        const char *detail = e.err_bd ? bdev_last_error(e.err_bd) : NULL;
+        if (detail) {
+            error_setg(errp, "%s", detail);
+        } else {
+            error_setg_errno(errp, -ret, "%s '%s'", e.err_what ? e.err_what : "copy failed on",
+                             e.err_bd ? e.err_bd->filename : "?");
+        }
+    }
+    pthread_mutex_destroy(&e.lock);
+    pthread_cond_destroy(&e.cond);
+    pthread_mutex_destroy(&e.rl_lock);
+    return ret;
+}

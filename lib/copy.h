@@ -1,0 +1,59 @@
+/*
+ * blockctl - the copy engine behind stream, commit, mirror and incremental
+ * copies
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * The range to copy is cut into aligned windows handed to a few worker
+ * threads.  In its window a worker walks the source by extents (block
+ * status through the chain, or the dirty bitmap), skips what the
+ * operation does not need, writes zeroes as zeroes (or not at all when the
+ * target already reads zero), and copies data in large requests.  A
+ * token bucket enforces the bandwidth limit; a cancel flag stops the
+ * workers between requests.
+ */
+#ifndef BLOCKCTL_LIB_COPY_H
+#define BLOCKCTL_LIB_COPY_H
+
+#include "lib/compiler.h"
+#include "lib/bitmap.h"
+#include "lib/block.h"
+
+#include <signal.h>
+
+enum copy_mode {
+    COPY_ALL,    /* everything the source chain shows (mirror --sync full) */
+    COPY_ABOVE,  /* what is allocated in the source chain above @base */
+    COPY_BITMAP, /* the dirty extents of @bitmap */
+};
+
+struct copy_params {
+    struct bdev *src;            /* read through its backing chain */
+    struct bdev *dst;
+    enum copy_mode mode;
+    struct bdev *base;           /* COPY_ABOVE: stop the status walk here (NULL: bottom) */
+    struct dirty_bitmap *bitmap; /* COPY_BITMAP */
+    bool skip_top;               /* stream: what the source's top layer has is skipped */
+    bool dst_is_zero;            /* the target reads zero wherever it is not written */
+    bool check_dst_zero;         /* skip zero extents where the target already reads zero */
+    bool compress;               /* compressed writes (whole target clusters) */
+    uint64_t buf_size;           /* total buffer for all workers (default 16 MiB) */
+    unsigned workers;            /* default 4 */
+    uint64_t bandwidth;          /* bytes per second, 0: unlimited */
+    /* Called from the calling thread about 5 times a second and at the end. */
+    void (*progress)(void *opaque, uint64_t done, uint64_t total);
+    void *opaque;
+    volatile sig_atomic_t *cancel; /* set to stop (between requests) */
+
+    /* results */
+    uint64_t bytes_written;      /* data bytes written to the target */
+    uint64_t bytes_zeroed;       /* bytes written as zeroes */
+};
+
+/*
+ * Run the copy; flushes the target at the end.  Returns 0, -ECANCELED when
+ * *cancel was set, or another -errno with *errp naming the image and
+ * reason.
+ */
+int copy_run(struct copy_params *p, struct error **errp);
+
+#endif
