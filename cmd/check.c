@@ -192,6 +192,16 @@ int cmd_check(int argc, char **argv)
         bdev_unref(bd);
         return CHECK_UNSUPPORTED;
     }
+    if (a.fix == CHECK_FIX_LEAKS) {
+        struct image_info in;
+        if (bdev_get_info(bd, &in, NULL) == 0 && in.corrupt) {
+            image_info_free(&in);
+            error_report("'%s' is marked corrupt: only -r all may repair it", a.file);
+            bdev_unref(bd);
+            return CHECK_NOT_COMPLETED;
+        }
+        image_info_free(&in);
+    }
     memset(&r, 0, sizeof(r));
     ret = bd->drv->check(bd, &r, a.fix, &err);
     if (ret < 0) {
@@ -221,9 +231,11 @@ int cmd_check(int argc, char **argv)
         report(err);
         return CHECK_NOT_COMPLETED;
     }
-    if (a.output == OUTPUT_JSON) {
+    if (a.quiet) {
+        /* as qemu-img: -q prints nothing, whatever the format */
+    } else if (a.output == OUTPUT_JSON) {
         print_json(&r, a.file, fmt);
-    } else if (!a.quiet) {
+    } else {
         print_human(&r);
     }
     if (r.check_errors) {

@@ -26,6 +26,7 @@
 /* Exit status for usage errors: argp's EX_USAGE */
 #define EXIT_USAGE 64
 
+int cmd_bitmap(int argc, char **argv);
 int cmd_check(int argc, char **argv);
 int cmd_commit(int argc, char **argv);
 int cmd_compare(int argc, char **argv);

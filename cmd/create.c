@@ -84,7 +84,8 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         }
         break;
     case ARGP_KEY_END:
-        if (!a->file && !(a->opts && strstr(a->opts, "help"))) {
+        if (!a->file && !(a->opts && (!strcmp(a->opts, "help") || !strcmp(a->opts, "?") ||
+                                      strstr(a->opts, ",help") || strstr(a->opts, "help,")))) {
             argp_error(state, "missing image file name");
         }
         break;
@@ -277,7 +278,43 @@ int cmd_create(int argc, char **argv)
     {
         struct stat st;
         bool existed = stat(a.file, &st) == 0;
-        if (bdev_create(drv->name, a.file, &o, a.force ? BDEV_CREATE_FORCE : 0, &err) < 0) {
+
+        if (existed && a.force && S_ISREG(st.st_mode)) {
+            /*
+             * Replace atomically: build the new image beside the old one and
+             * rename it over it, so a failure leaves the old file intact.
+             * Its locks are held meanwhile so nobody is using it.
+             */
+            struct bfile *old = bfile_open(a.file, BDEV_CREATE_PERM, 0, &err);
+            char *tmp;
+            int r;
+
+            if (!old) {
+                report(err);
+                goto out;
+            }
+            tmp = xasprintf("%s.blockctl-new", a.file);
+            r = bdev_create(drv->name, tmp, &o, BDEV_CREATE_FORCE, &err);
+            if (r == 0) {
+                r = io_rename(tmp, a.file);
+                if (r == 0) {
+                    r = io_dirsync(a.file);
+                }
+                if (r < 0) {
+                    error_setg_errno(&err, -r, "cannot rename '%s' to '%s'", tmp, a.file);
+                }
+            }
+            if (r < 0) {
+                report(err);
+                unlink(tmp);
+            }
+            free(tmp);
+            bfile_close(old, BDEV_CREATE_PERM, 0);
+            if (r < 0) {
+                goto out;
+            }
+        } else if (bdev_create(drv->name, a.file, &o, a.force ? BDEV_CREATE_FORCE : 0,
+                               &err) < 0) {
             report(err);
             /* Leave nothing half-written behind. */
             if (!existed && stat(a.file, &st) == 0 && S_ISREG(st.st_mode)) {

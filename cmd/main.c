@@ -29,6 +29,7 @@ struct command {
 
 /* Keep sorted. */
 static const struct command commands[] = {
+    { "bitmap", cmd_bitmap, "Manage persistent dirty bitmaps (add, remove, merge, dump)" },
     { "check", cmd_check, "Check an image's consistency, and repair it (-r)" },
     { "commit", cmd_commit, "Merge an overlay (or part of the chain) into its base" },
     { "compare", cmd_compare, "Compare the guest-visible contents of two images" },
@@ -105,11 +106,27 @@ static char *top_doc(void)
     return doc;
 }
 
+/* "-h" is argp's "-?": qemu-img and most tools answer it with help. */
+static void map_dash_h(int argc, char **argv)
+{
+    static char help[] = "--help";
+
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--")) {
+            break;
+        }
+        if (!strcmp(argv[i], "-h")) {
+            argv[i] = help;
+        }
+    }
+}
+
 static int run(const struct command *c, int argc, char **argv)
 {
     char *name = xasprintf("blockctl %s", c->name);
     int ret;
 
+    map_dash_h(argc, argv);
     argv[0] = name;
     ret = c->fn(argc, argv);
     /* stdout carries results: a failed write is an error (git's rule). */
@@ -147,6 +164,9 @@ int main(int argc, char **argv)
         return run(c, argc, argv);
     }
 
+    if (argc > 1 && !strcmp(argv[1], "-h")) {
+        map_dash_h(2, argv);
+    }
     doc = top_doc();
     top.doc = doc;
     argp_parse(&top, argc, argv, ARGP_IN_ORDER, NULL, &a);

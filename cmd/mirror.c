@@ -3,6 +3,7 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #include "lib/compiler.h"
+#include "lib/bitmap.h"
 #include "lib/copy.h"
 #include "lib/io.h"
 #include "formats/format.h"
@@ -15,7 +16,7 @@
 
 #include "cmd/cmd.h"
 
-enum sync_mode { SYNC_FULL, SYNC_TOP, SYNC_NONE };
+enum sync_mode { SYNC_FULL, SYNC_TOP, SYNC_NONE, SYNC_BITMAP };
 
 struct mirror_args {
     const char *format;
@@ -26,18 +27,22 @@ struct mirror_args {
     const char *target;
     char *opts;
     enum sync_mode sync;
+    const char *bitmap;
+    bool clear_bitmap;
     bool reuse;
     bool compress;
     struct copy_opts copy;
 };
 
-enum { OPT_SYNC = 0x100, OPT_SHALLOW };
+enum { OPT_SYNC = 0x100, OPT_SHALLOW, OPT_BITMAP, OPT_CLEAR_BITMAP };
 
 static const struct argp_option options[] = {
     { "format", 'f', "FMT", 0, "Format of SOURCE; probed when omitted", 0 },
     { "target-format", 'O', "FMT", 0, "Format of TARGET (default: SOURCE's format)", 0 },
     { "sync", OPT_SYNC, "MODE", 0, "full (default): the whole chain; top: the top image "
-      "only; none: nothing (an empty overlay)", 0 },
+      "only; none: nothing (an empty overlay); bitmap: the dirty clusters of --bitmap", 0 },
+    { "bitmap", OPT_BITMAP, "NAME", 0, "The dirty bitmap for --sync=bitmap", 0 },
+    { "clear-bitmap", OPT_CLEAR_BITMAP, NULL, 0, "Clear that bitmap once TARGET is safe", 0 },
     { "shallow", OPT_SHALLOW, NULL, 0, "Same as --sync=top", 0 },
     { "reuse-external", 'n', NULL, 0, "Copy into an existing TARGET (same size)", 0 },
     { "compress", 'c', NULL, 0, "Write compressed clusters (qcow2 target)", 0 },
@@ -68,9 +73,17 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
             a->sync = SYNC_TOP;
         } else if (!strcmp(arg, "none")) {
             a->sync = SYNC_NONE;
+        } else if (!strcmp(arg, "bitmap") || !strcmp(arg, "incremental")) {
+            a->sync = SYNC_BITMAP;
         } else {
-            argp_error(state, "--sync must be full, top or none, not '%s'", arg);
+            argp_error(state, "--sync must be full, top, none or bitmap, not '%s'", arg);
         }
+        break;
+    case OPT_BITMAP:
+        a->bitmap = arg;
+        break;
+    case OPT_CLEAR_BITMAP:
+        a->clear_bitmap = true;
         break;
     case OPT_SHALLOW:
         a->sync = SYNC_TOP;
@@ -112,6 +125,12 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         if (a->reuse && (a->backing || a->opts)) {
             argp_error(state, "-n copies into an existing TARGET: -B and -o do not apply");
         }
+        if ((a->sync == SYNC_BITMAP) != (a->bitmap != NULL)) {
+            argp_error(state, "--sync=bitmap and --bitmap NAME go together");
+        }
+        if (a->clear_bitmap && a->sync != SYNC_BITMAP) {
+            argp_error(state, "--clear-bitmap needs --sync=bitmap");
+        }
         break;
     default:
         return ARGP_ERR_UNKNOWN;
@@ -130,6 +149,47 @@ static const struct argp mirror_argp = {
     "errors, 130/143 when interrupted.",
     children, NULL, NULL,
 };
+
+/*
+ * The dirty extents an NBD server reports in qemu:dirty-bitmap:NAME, as an
+ * in-memory bitmap (granularity: the finest boundary seen, 512 B to 64 KiB;
+ * coarser rounding only adds clean bytes, never loses dirty ones).
+ */
+static struct dirty_bitmap *nbd_dirty_bitmap(struct bdev *src, struct error **errp)
+{
+    uint64_t *ext = NULL, next = 0, cap = 0, off = 0, align = 65536;
+    struct dirty_bitmap *bm;
+
+    while (off < src->size) {
+        uint64_t pnum;
+        bool d;
+        int ret = nbd_bitmap_status(src, off, src->size - off, &pnum, &d);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "'%s': cannot read the dirty bitmap", src->filename);
+            free(ext);
+            return NULL;
+        }
+        if (d) {
+            if (next + 2 > cap) {
+                cap = cap ? cap * 2 : 256;
+                ext = xrealloc(ext, cap * sizeof(*ext));
+            }
+            ext[next++] = off;
+            ext[next++] = pnum;
+            while (align > 512 && ((off | (off + pnum)) & (align - 1)) &&
+                   off + pnum != src->size) {
+                align >>= 1;
+            }
+        }
+        off += pnum;
+    }
+    bm = bitmap_new(src->size, align);
+    for (uint64_t i = 0; i < next; i += 2) {
+        bitmap_set(bm, ext[i], ext[i + 1]);
+    }
+    free(ext);
+    return bm;
+}
 
 /* Format of a backing file given without -F: raw, or a qcow2 without a backing file. */
 static const char *detect_backing_format(const char *path, struct error **errp)
@@ -156,6 +216,7 @@ int cmd_mirror(int argc, char **argv)
     struct copy_params cp;
     struct optlist o = { 0 };
     struct bdev *src = NULL, *dst = NULL;
+    struct dirty_bitmap *dirty = NULL;
     char *part = NULL, *bname = NULL;
     const char *fmt, *bfmt = NULL;
     bool nbd_target, created = false;
@@ -164,10 +225,29 @@ int cmd_mirror(int argc, char **argv)
 
     argp_parse(&mirror_argp, argc, argv, 0, NULL, &a);
     cancel_install();
-    src = bdev_open(a.source, a.format, 0, &err);
+    if (a.clear_bitmap && nbd_is_uri(a.source)) {
+        error_report("--clear-bitmap cannot clear a bitmap over NBD: clear it where it lives "
+                     "(QMP block-dirty-bitmap-clear)");
+        goto out;
+    }
+    {
+        struct bdev_open_opts oo = { .nbd_bitmap = a.sync == SYNC_BITMAP ? a.bitmap : NULL };
+        src = bdev_open_ext(a.source, a.format, 0, &oo, &err);
+    }
     if (!src) {
         report(err);
         goto out;
+    }
+    if (a.sync == SYNC_BITMAP) {
+        if (src->drv->is_protocol) {
+            dirty = nbd_dirty_bitmap(src, &err);
+        } else if (bdev_bitmap_get(src, a.bitmap, &dirty, &err) < 0) {
+            dirty = NULL;
+        }
+        if (!dirty) {
+            report(err);
+            goto out;
+        }
     }
     if (a.sync == SYNC_TOP && !src->backing) {
         a.sync = SYNC_FULL;
@@ -265,8 +345,9 @@ int cmd_mirror(int argc, char **argv)
         memset(&cp, 0, sizeof(cp));
         cp.src = src;
         cp.dst = dst;
-        cp.mode = a.sync == SYNC_TOP ? COPY_ABOVE : COPY_ALL;
+        cp.mode = a.sync == SYNC_TOP ? COPY_ABOVE : a.sync == SYNC_BITMAP ? COPY_BITMAP : COPY_ALL;
         cp.base = a.sync == SYNC_TOP ? src->backing : NULL;
+        cp.bitmap = dirty;
         cp.dst_is_zero = created && !dst->backing_file;
         cp.check_dst_zero = !cp.dst_is_zero;
         cp.compress = a.compress;
@@ -304,8 +385,27 @@ int cmd_mirror(int argc, char **argv)
         }
         created = false;
     }
+    if (a.clear_bitmap) {
+        /* TARGET is durable: only now may the record of what changed go. */
+        struct bdev *w = bdev_open(src->filename, src->drv->name,
+                                   BDEV_O_RDWR | BDEV_O_NO_BACKING | BDEV_O_NO_BITMAPS, &err);
+        struct bitmap_op op = { .type = BITMAP_OP_CLEAR, .name = a.bitmap };
+        if (!w || bdev_bitmap_apply(w, &op, 1, &err) < 0) {
+            report(err);
+            error_report("'%s' is complete, but bitmap '%s' was not cleared", a.target, a.bitmap);
+            if (w) {
+                bdev_unref(w);
+            }
+            goto out;
+        }
+        if (bdev_close(w, &err) < 0) {
+            report(err);
+            goto out;
+        }
+    }
     ret = 0;
 out:
+    bitmap_free(dirty);
     if (dst) {
         bdev_unref(dst);
     }

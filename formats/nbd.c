@@ -266,6 +266,9 @@ static int nbdc_open(struct bdev *bd, unsigned flags, struct error **errp)
         return -ENOMEM;
     }
     nbd_add_meta_context(c->h, "base:allocation");
+    if (bd->nbd_bitmap) {
+        c->bitmap_ctx = xasprintf("qemu:dirty-bitmap:%s", bd->nbd_bitmap);
+    }
     if (c->bitmap_ctx) {
         nbd_add_meta_context(c->h, c->bitmap_ctx);
     }
@@ -290,6 +293,11 @@ static int nbdc_open(struct bdev *bd, unsigned flags, struct error **errp)
     c->has_alloc = nbd_can_meta_context(c->h, "base:allocation") > 0;
     if (c->bitmap_ctx) {
         c->has_bitmap_ctx = nbd_can_meta_context(c->h, c->bitmap_ctx) > 0;
+        if (!c->has_bitmap_ctx) {
+            error_setg(errp, "'%s': the server offers no bitmap '%s' (meta context '%s')",
+                       bd->filename, bd->nbd_bitmap, c->bitmap_ctx);
+            goto fail;
+        }
     }
     c->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (c->efd < 0) {

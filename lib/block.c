@@ -144,11 +144,16 @@ struct chain_seen {
     int n;
 };
 
+static const char *pending_nbd_bitmap;
+
 static struct bdev *open_one(const char *filename, const struct format_driver *drv,
                              unsigned flags, struct error **errp)
 {
     struct bdev *bd = xzalloc(sizeof(*bd));
     int ret;
+
+    bd->nbd_bitmap = pending_nbd_bitmap;
+    pending_nbd_bitmap = NULL;
 
     bd->drv = drv;
     bd->filename = xstrdup(filename);
@@ -322,6 +327,20 @@ static struct bdev *open_chain(const char *filename, const struct format_driver 
             return NULL;
         }
     }
+    return bd;
+}
+
+struct bdev *bdev_open_ext(const char *filename, const char *format, unsigned flags,
+                           const struct bdev_open_opts *opts, struct error **errp)
+{
+    struct bdev *bd;
+    static pthread_mutex_t open_lock = PTHREAD_MUTEX_INITIALIZER;
+
+    pthread_mutex_lock(&open_lock);
+    pending_nbd_bitmap = opts ? opts->nbd_bitmap : NULL;
+    bd = bdev_open(filename, format, flags, errp);
+    pending_nbd_bitmap = NULL;
+    pthread_mutex_unlock(&open_lock);
     return bd;
 }
 
@@ -822,6 +841,42 @@ int bdev_pwrite_compressed(struct bdev *bd, const void *buf, size_t len, uint64_
     }
     gate_enter(bd);
     ret = bd->drv->pwrite_compressed(bd, buf, len, off);
+    gate_exit(bd);
+    return ret;
+}
+
+int bdev_bitmap_apply(struct bdev *bd, const struct bitmap_op *ops, size_t n,
+                      struct error **errp)
+{
+    int ret;
+
+    if (!bd->drv->bitmap_apply) {
+        error_setg(errp, "'%s': format '%s' does not support persistent bitmaps", bd->filename,
+                   bd->drv->name);
+        return -ENOTSUP;
+    }
+    if (bd->read_only) {
+        error_setg(errp, "'%s': opened read-only", bd->filename);
+        return -EPERM;
+    }
+    gate_enter(bd);
+    ret = bd->drv->bitmap_apply(bd, ops, n, errp);
+    gate_exit(bd);
+    return ret;
+}
+
+int bdev_bitmap_get(struct bdev *bd, const char *name, struct dirty_bitmap **out,
+                    struct error **errp)
+{
+    int ret;
+
+    if (!bd->drv->bitmap_get) {
+        error_setg(errp, "'%s': format '%s' does not support persistent bitmaps", bd->filename,
+                   bd->drv->name);
+        return -ENOTSUP;
+    }
+    gate_enter(bd);
+    ret = bd->drv->bitmap_get(bd, name, out, errp);
     gate_exit(bd);
     return ret;
 }

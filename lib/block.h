@@ -54,6 +54,26 @@ enum {
 #define BDEV_MAX_CHAIN 256
 
 struct bdev;
+struct dirty_bitmap;
+
+/* One step of a `bitmap` command; a list of them is applied atomically. */
+enum bitmap_op_type {
+    BITMAP_OP_ADD,
+    BITMAP_OP_REMOVE,
+    BITMAP_OP_CLEAR,
+    BITMAP_OP_ENABLE,
+    BITMAP_OP_DISABLE,
+    BITMAP_OP_MERGE,
+};
+
+struct bitmap_op {
+    enum bitmap_op_type type;
+    const char *name;
+    uint64_t granularity;          /* ADD: 0 = the default (cluster size in 4k..64k) */
+    bool disabled;                 /* ADD: do not record writes */
+    const char *src_name;          /* MERGE: a bitmap of the same image, or */
+    struct dirty_bitmap *src;      /* MERGE: bitmap contents from elsewhere */
+};
 
 struct snapshot_info {
     char *id;
@@ -73,6 +93,7 @@ struct bitmap_info {
     char *name;
     uint64_t granularity;
     uint32_t flags;          /* BITMAP_FLAG_* */
+    bool inconsistent;       /* left in use by a crash: never trusted */
 };
 
 /* What `info` prints; filled by a driver's get_info. */
@@ -174,6 +195,14 @@ struct format_driver {
     /* Drop every allocation of this layer, so that it reads its backing
      * image everywhere (qemu-img commit's emptying). */
     int (*make_empty)(struct bdev *bd);
+
+    /* persistent dirty bitmaps (optional) */
+    /* Apply @n operations in order, all or none, and make them durable. */
+    int (*bitmap_apply)(struct bdev *bd, const struct bitmap_op *ops, size_t n,
+                        struct error **errp);
+    /* A copy of bitmap @name's current contents (refused if inconsistent). */
+    int (*bitmap_get)(struct bdev *bd, const char *name, struct dirty_bitmap **out,
+                      struct error **errp);
 };
 
 struct bdev {
@@ -191,6 +220,7 @@ struct bdev {
     char *backing_format;        /* backing format as recorded, or NULL */
     char *full_backing_file;     /* backing name resolved against our folder */
     bool drv_closed;             /* a failed reopen left no driver state */
+    const char *nbd_bitmap;      /* top image only: NBD meta context bitmap to request */
 
     /* Detail of the last data-path failure (corruption found, ...), for
      * the command to print; guarded by gate_lock. */
@@ -216,6 +246,14 @@ const struct format_driver *const *bdev_drivers(void);
  */
 struct bdev *bdev_open(const char *filename, const char *format, unsigned flags,
                        struct error **errp);
+/* Extra open options */
+struct bdev_open_opts {
+    /* An NBD export's qemu:dirty-bitmap:NAME to request (see nbd_bitmap_status). */
+    const char *nbd_bitmap;
+};
+struct bdev *bdev_open_ext(const char *filename, const char *format, unsigned flags,
+                           const struct bdev_open_opts *opts, struct error **errp);
+
 /* Close an image and its backing chain.  Returns 0 or -errno (errp set
  * if writing back failed; the images are closed anyway). */
 int bdev_close(struct bdev *bd, struct error **errp);
@@ -301,6 +339,12 @@ void bdev_set_error(struct bdev *bd, const char *fmt, ...) ATTRIBUTE_PRINTF(2, 3
 const char *bdev_last_error(struct bdev *bd);
 /* Print a data-path failure: "what: 'file': detail" or strerror. */
 void bdev_report_io_error(struct bdev *bd, const char *what, int ret);
+
+/* Bitmaps: -ENOTSUP (with a message) where the format has none. */
+int bdev_bitmap_apply(struct bdev *bd, const struct bitmap_op *ops, size_t n,
+                      struct error **errp);
+int bdev_bitmap_get(struct bdev *bd, const char *name, struct dirty_bitmap **out,
+                    struct error **errp);
 
 /* Chain helpers */
 int bdev_chain_length(struct bdev *bd);

@@ -199,6 +199,15 @@ static int action_errno(int act)
     return act == FA_EIO ? EIO : ENOSPC;
 }
 
+/* For calls that transfer nothing: torn = killed, short = ENOSPC. */
+static int simple_fault(int act)
+{
+    if (act == FA_TORN) {
+        raise(SIGKILL);
+    }
+    return -action_errno(act);
+}
+
 static void set_name(int fd, const char *path)
 {
     pthread_mutex_lock(&io_lock);
@@ -237,7 +246,7 @@ int io_open(const char *path, int flags, mode_t mode)
     int fd;
 
     if (act >= 0) {
-        return -action_errno(act);
+        return simple_fault(act);
     }
     do {
         fd = open(path, flags | O_CLOEXEC, mode);
@@ -264,7 +273,7 @@ ssize_t io_pread(int fd, void *buf, size_t len, uint64_t off)
     size_t done = 0;
 
     if (act == FA_EIO || act == FA_ENOSPC) {
-        return -EIO;
+        return -action_errno(act);
     }
     if (act == FA_SHORT || act == FA_TORN) {
         len /= 2;
@@ -288,7 +297,7 @@ ssize_t io_pread(int fd, void *buf, size_t len, uint64_t off)
     if (act == FA_SHORT) {
         return -EIO;
     }
-    return done;
+    return (ssize_t)done;
 }
 
 int io_pwrite(int fd, const void *buf, size_t len, uint64_t off)
@@ -334,7 +343,7 @@ int io_fsync(int fd)
     int act = fault_check(OP_FSYNC, fd_path(fd));
 
     if (act >= 0) {
-        return -action_errno(act == FA_ENOSPC ? act : FA_EIO);
+        return simple_fault(act);
     }
     if (fsync(fd) < 0) {
         return -errno;
@@ -347,7 +356,7 @@ int io_fdatasync(int fd)
     int act = fault_check(OP_FDATASYNC, fd_path(fd));
 
     if (act >= 0) {
-        return -action_errno(act == FA_ENOSPC ? act : FA_EIO);
+        return simple_fault(act);
     }
     if (fdatasync(fd) < 0) {
         return -errno;
@@ -360,7 +369,7 @@ int io_ftruncate(int fd, uint64_t len)
     int act = fault_check(OP_FTRUNCATE, fd_path(fd));
 
     if (act >= 0) {
-        return -action_errno(act);
+        return simple_fault(act);
     }
     if (len > INT64_MAX) {
         return -EFBIG;
@@ -378,7 +387,7 @@ int io_fallocate(int fd, int mode, uint64_t off, uint64_t len)
     int act = fault_check(OP_FALLOCATE, fd_path(fd));
 
     if (act >= 0) {
-        return -action_errno(act);
+        return simple_fault(act);
     }
     while (fallocate(fd, mode, (off_t)off, (off_t)len) < 0) {
         if (errno != EINTR) {
@@ -393,7 +402,7 @@ int io_rename(const char *from, const char *to)
     int act = fault_check(OP_RENAME, to);
 
     if (act >= 0) {
-        return -action_errno(act);
+        return simple_fault(act);
     }
     if (rename(from, to) < 0) {
         return -errno;
@@ -410,7 +419,7 @@ int io_dirsync(const char *path)
 
     if (act >= 0) {
         free(copy);
-        return -action_errno(act);
+        return simple_fault(act);
     }
     fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) {

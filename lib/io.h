@@ -11,10 +11,14 @@
  *         rename dirsync open any
  * WHEN    N (the Nth matching call, counted from 1), N+ (the Nth and every
  *         later one) or * (every matching call)
- * ACTION  eio, enospc (fail with that errno), short (transfer half, then
- *         fail with ENOSPC), torn (transfer half, then SIGKILL), kill
- *         (SIGKILL before the call)
- * GLOB    only calls on files whose path or base name matches (fnmatch)
+ * ACTION  eio, enospc (fail with that errno); short (transfer half, then
+ *         fail: ENOSPC for writes, EIO for reads; calls that transfer
+ *         nothing fail with ENOSPC); torn (transfer half, then SIGKILL;
+ *         calls that transfer nothing: SIGKILL); kill (SIGKILL before the call)
+ * GLOB    only calls on files whose path or base name matches (fnmatch);
+ *         for rename the new name, for dirsync the file whose folder is synced
+ *
+ * Each rule counts the matching calls that no earlier rule failed.
  *
  * e.g. BLOCKCTL_FAULT=pwrite:3:eio or BLOCKCTL_FAULT=fsync:*:eio:*.qcow2
  */

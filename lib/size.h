@@ -10,7 +10,8 @@
 /*
  * Parse a size: decimal with optional suffix b/B (bytes), k/K, m/M, g/G,
  * t/T, p/P, e/E (powers of 1024); a decimal fraction only with a suffix
- * ("1.5G"); hexadecimal "0x..." without a suffix.  @default_suffix applies
+ * ("1.5G"); hexadecimal "0x..." (qemu-img 7.2 still accepts a suffix on
+ * it, deprecated, and so does blockctl).  @default_suffix applies
  * when none is given (0 means bytes).  Returns 0, -EINVAL (malformed) or
  * -ERANGE (too large).
  */

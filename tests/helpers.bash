@@ -126,10 +126,9 @@ text_diff() {
 # qemu_map_equal ARGS... IMG: `map --output=json` agrees with qemu-img's,
 # extent for extent
 qemu_map_equal() {
-    local ours theirs rc
+    local ours theirs rc=0
     theirs=$(qemu-img map --output=json "$@") || { fail "qemu-img map failed"; return 1; }
-    ours=$(timeout 60 "$PROG" map --output=json "$@")
-    rc=$?
+    ours=$(timeout 60 "$PROG" map --output=json "$@") || rc=$?
     [ "$rc" -eq 0 ] || { fail "blockctl map exited $rc"; return 1; }
     json_diff "$ours" "$theirs" "map $*"
 }
@@ -137,52 +136,45 @@ qemu_map_equal() {
 # qemu_map_human_equal ARGS... IMG: human `map` equals qemu-img's, with the
 # same exit status
 qemu_map_human_equal() {
-    local ours theirs rc1 rc2
-    theirs=$(qemu-img map "$@" 2>/dev/null)
-    rc2=$?
-    ours=$(timeout 60 "$PROG" map "$@" 2>/dev/null)
-    rc1=$?
+    local ours theirs rc1=0 rc2=0
+    theirs=$(qemu-img map "$@" 2>/dev/null) || rc2=$?
+    ours=$(timeout 60 "$PROG" map "$@" 2>/dev/null) || rc1=$?
     [ "$rc1" -eq "$rc2" ] || { fail "map $*: blockctl exited $rc1, qemu-img $rc2"; return 1; }
     text_diff "$ours" "$theirs" "map $*"
 }
 
 # qemu_info_equal ARGS... IMG: `info --output=json` field for field
 qemu_info_equal() {
-    local ours theirs rc
+    local ours theirs rc=0
     theirs=$(qemu-img info --output=json "$@") || { fail "qemu-img info failed"; return 1; }
-    ours=$(timeout 60 "$PROG" info --output=json "$@")
-    rc=$?
+    ours=$(timeout 60 "$PROG" info --output=json "$@") || rc=$?
     [ "$rc" -eq 0 ] || { fail "blockctl info exited $rc"; return 1; }
     json_diff "$ours" "$theirs" "info $*"
 }
 
 # qemu_info_human_equal ARGS... IMG: human `info`, line for line
 qemu_info_human_equal() {
-    local ours theirs rc
+    local ours theirs rc=0
     theirs=$(qemu-img info "$@") || { fail "qemu-img info failed"; return 1; }
-    ours=$(timeout 60 "$PROG" info "$@")
-    rc=$?
+    ours=$(timeout 60 "$PROG" info "$@") || rc=$?
     [ "$rc" -eq 0 ] || { fail "blockctl info exited $rc"; return 1; }
     text_diff "$ours" "$theirs" "info $*"
 }
 
-# qemu_check_equal IMG: read-only `check --output=json` gives qemu-img's
-# JSON and exit status
+# qemu_check_equal ARGS... IMG: read-only `check --output=json` gives
+# qemu-img's JSON and exit status
 qemu_check_equal() {
-    local ours theirs rc1 rc2
-    theirs=$(qemu-img check --output=json "$@" 2>/dev/null)
-    rc2=$?
-    ours=$(timeout 60 "$PROG" check --output=json "$@" 2>/dev/null)
-    rc1=$?
+    local ours theirs rc1=0 rc2=0
+    theirs=$(qemu-img check --output=json "$@" 2>/dev/null) || rc2=$?
+    ours=$(timeout 60 "$PROG" check --output=json "$@" 2>/dev/null) || rc1=$?
     [ "$rc1" -eq "$rc2" ] || { fail "check $*: blockctl exited $rc1, qemu-img $rc2"; return 1; }
     json_diff "$ours" "$theirs" "check $*"
 }
 
 # qemu_clean IMG: qemu-img check finds nothing
 qemu_clean() {
-    local out rc
-    out=$(qemu-img check "$@" 2>&1)
-    rc=$?
+    local out rc=0
+    out=$(qemu-img check "$@" 2>&1) || rc=$?
     [ "$rc" -eq 0 ] || { printf 'qemu-img check %s exited %d:\n%s\n' "$*" "$rc" "$out" >&2; return 1; }
 }
 
@@ -199,10 +191,9 @@ json_get() {
 
 # expect_exit N CMD...: run CMD and require exit status N
 expect_exit() {
-    local want=$1 rc
+    local want=$1 rc=0
     shift
-    "$@"
-    rc=$?
+    "$@" || rc=$?
     [ "$rc" -eq "$want" ] || { fail "'$*' exited $rc, expected $want"; return 1; }
 }
 

@@ -278,13 +278,12 @@ out:
     return 0;
 }
 
-/* Release the table and data clusters of stored bitmap @b (unreferenced on disk). */
+/* Release the table and data clusters of a stored bitmap (unreferenced on disk). */
 static int free_bitmap_clusters(struct qcow2 *s, uint64_t table_offset, uint32_t table_size)
 {
     uint64_t cs = s->cluster_size;
     uint8_t *tbl;
     ssize_t n;
-    int ret;
 
     if (!table_offset) {
         return 0;
@@ -300,8 +299,7 @@ static int free_bitmap_clusters(struct qcow2 *s, uint64_t table_offset, uint32_t
         }
     }
     free(tbl);
-    ret = qcow2_update_refcount(s, table_offset, ALIGN_UP((uint64_t)table_size * 8, cs), -1);
-    return ret;
+    return qcow2_update_refcount(s, table_offset, ALIGN_UP((uint64_t)table_size * 8, cs), -1);
 }
 
 /* Write @bm's data and table; returns the table offset or -errno. */
@@ -341,6 +339,9 @@ static int64_t store_bitmap_data(struct qcow2 *s, struct dirty_bitmap *bm, uint3
         } else {
             ret = io_pwrite(s->fd, tbl, tbytes, toff);
             qcow2_note_file_end(s, toff + tbytes);
+            if (ret < 0) {
+                qcow2_update_refcount(s, toff, tbytes, -1);
+            }
         }
     }
     if (ret < 0) {
@@ -437,9 +438,15 @@ static int write_dir_in_place(struct qcow2 *s)
     return ret;
 }
 
+static bool usable(const struct qcow2_bitmap *b)
+{
+    return !(b->flags & BME_FLAG_IN_USE) &&
+           (!b->extra_size || (b->flags & BME_FLAG_EXTRA_DATA_COMPAT));
+}
+
 /*
- * Open read-write: load the enabled, consistent bitmaps and mark them in
- * use on disk, so that a crash leaves them recognisably stale.
+ * Open read-write: load every consistent bitmap and mark them in use on
+ * disk (as QEMU does), so that a crash leaves them recognisably stale.
  */
 int qcow2_bitmaps_load_rw(struct qcow2 *s, struct error **errp)
 {
@@ -452,10 +459,7 @@ int qcow2_bitmaps_load_rw(struct qcow2 *s, struct error **errp)
     for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
         struct qcow2_bitmap *b = &s->bitmaps[i];
 
-        if (!(b->flags & BME_FLAG_AUTO) || (b->flags & BME_FLAG_IN_USE)) {
-            continue;
-        }
-        if (b->extra_size && !(b->flags & BME_FLAG_EXTRA_DATA_COMPAT)) {
+        if (!usable(b)) {
             continue;
         }
         ret = qcow2_bitmap_load(s, b, &b->bm);
@@ -464,6 +468,7 @@ int qcow2_bitmaps_load_rw(struct qcow2 *s, struct error **errp)
                              b->name);
             return ret;
         }
+        b->modified = false;
         b->flags |= BME_FLAG_IN_USE;
         any = true;
     }
@@ -484,58 +489,459 @@ int qcow2_bitmaps_mark_dirty(struct qcow2 *s, uint64_t off, uint64_t len)
     if (!s->bitmaps_loaded_rw) {
         return 0;
     }
+    pthread_mutex_lock(&s->lock);
     for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
-        if (s->bitmaps[i].bm) {
-            bitmap_set(s->bitmaps[i].bm, off, len);
+        struct qcow2_bitmap *b = &s->bitmaps[i];
+        if (b->bm && (b->flags & BME_FLAG_AUTO)) {
+            bitmap_set(b->bm, off, len);
+            b->modified = true;
         }
     }
+    pthread_mutex_unlock(&s->lock);
     return 0;
 }
 
-/* Clean close: store every tracked bitmap and clear in_use. */
+/*
+ * Store the loaded bitmaps that changed (new tables), write the directory
+ * with @in_use for the loaded ones, then free the replaced tables and
+ * those listed in @dropped (removed bitmaps).  Under s->lock.
+ */
+static int store_locked(struct qcow2 *s, bool in_use, uint64_t *dropped_off,
+                        uint32_t *dropped_size, size_t ndropped)
+{
+    uint64_t *old_tables = xcalloc(s->nb_bitmaps + 1, sizeof(*old_tables));
+    uint64_t *new_tables = xcalloc(s->nb_bitmaps + 1, sizeof(*new_tables));
+    uint32_t *saved_flags = xcalloc(s->nb_bitmaps + 1, sizeof(*saved_flags));
+    int ret = 0;
+
+    for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
+        struct qcow2_bitmap *b = &s->bitmaps[i];
+        int64_t toff;
+
+        saved_flags[i] = b->flags;
+        if (!b->bm) {
+            continue;
+        }
+        if (b->modified || !b->table_offset) {
+            toff = store_bitmap_data(s, b->bm, b->table_size);
+            if (toff < 0) {
+                ret = (int)toff;
+                break;
+            }
+            old_tables[i] = b->table_offset;
+            new_tables[i] = toff;
+            b->table_offset = toff;
+        }
+        if (in_use) {
+            b->flags |= BME_FLAG_IN_USE;
+        } else {
+            b->flags &= ~BME_FLAG_IN_USE;
+        }
+    }
+    if (ret == 0) {
+        ret = qcow2_bitmap_write_dir(s);
+    }
+    if (ret < 0) {
+        /* Nothing changed on disk: undo, and give back the new tables. */
+        for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
+            s->bitmaps[i].flags = saved_flags[i];
+            if (new_tables[i]) {
+                free_bitmap_clusters(s, new_tables[i], s->bitmaps[i].table_size);
+                s->bitmaps[i].table_offset = old_tables[i];
+            }
+        }
+    } else {
+        for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
+            if (new_tables[i]) {
+                s->bitmaps[i].modified = false;
+                if (old_tables[i]) {
+                    free_bitmap_clusters(s, old_tables[i], s->bitmaps[i].table_size);
+                }
+            }
+        }
+        for (size_t k = 0; k < ndropped; k++) {
+            free_bitmap_clusters(s, dropped_off[k], dropped_size[k]);
+        }
+    }
+    free(old_tables);
+    free(new_tables);
+    free(saved_flags);
+    return ret;
+}
+
+/* Clean close: store the loaded bitmaps and clear in_use. */
 int qcow2_bitmaps_store(struct qcow2 *s, struct error **errp)
 {
-    uint64_t *old_tables;
-    int ret = 0;
+    int ret;
 
     if (!s->bitmaps_loaded_rw) {
         return 0;
     }
     pthread_mutex_lock(&s->lock);
-    old_tables = xcalloc(s->nb_bitmaps, sizeof(*old_tables));
-    for (uint32_t i = 0; i < s->nb_bitmaps && ret == 0; i++) {
-        struct qcow2_bitmap *b = &s->bitmaps[i];
-        int64_t toff;
-
-        if (!b->bm) {
-            continue;
-        }
-        toff = store_bitmap_data(s, b->bm, b->table_size);
-        if (toff < 0) {
-            ret = (int)toff;
-            break;
-        }
-        old_tables[i] = b->table_offset;
-        b->table_offset = toff;
-        b->flags &= ~BME_FLAG_IN_USE;
-    }
-    if (ret == 0) {
-        ret = qcow2_bitmap_write_dir(s);
-    }
+    ret = store_locked(s, false, NULL, NULL, 0);
     if (ret == 0) {
         for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
-            if (old_tables[i]) {
-                free_bitmap_clusters(s, old_tables[i], s->bitmaps[i].table_size);
-            }
             bitmap_free(s->bitmaps[i].bm);
             s->bitmaps[i].bm = NULL;
         }
         s->bitmaps_loaded_rw = false;
     }
-    free(old_tables);
     pthread_mutex_unlock(&s->lock);
     if (ret < 0) {
         error_setg_errno(errp, -ret, "'%s': cannot store bitmaps", s->bd->filename);
     }
+    return ret;
+}
+
+static int find_bitmap(struct qcow2 *s, const char *name)
+{
+    for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
+        if (!strcmp(s->bitmaps[i].name, name)) {
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
+static uint64_t default_granularity(struct qcow2 *s)
+{
+    return MIN(MAX(s->cluster_size, (uint64_t)4096), (uint64_t)65536);
+}
+
+/* Simulated state of one bitmap while validating a batch */
+struct sim {
+    char *name;
+    bool consistent;
+    uint64_t entry_len;
+};
+
+static int validate_ops(struct qcow2 *s, const struct bitmap_op *ops, size_t n,
+                        struct error **errp)
+{
+    const char *fn = s->bd->filename;
+    struct sim *sim = xcalloc(s->nb_bitmaps + n + 1, sizeof(*sim));
+    size_t nsim = 0;
+    uint64_t dir_bytes = 0;
+    int ret = -EINVAL;
+
+    for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
+        sim[nsim].name = s->bitmaps[i].name;
+        sim[nsim].consistent = s->bitmaps[i].bm || usable(&s->bitmaps[i]);
+        sim[nsim].entry_len = entry_len(&s->bitmaps[i]);
+        nsim++;
+    }
+    for (size_t k = 0; k < n; k++) {
+        const struct bitmap_op *op = &ops[k];
+        size_t nl = strlen(op->name);
+        ssize_t idx = -1;
+
+        for (size_t j = 0; j < nsim; j++) {
+            if (sim[j].name && !strcmp(sim[j].name, op->name)) {
+                idx = (ssize_t)j;
+            }
+        }
+        if (op->type == BITMAP_OP_ADD) {
+            uint64_t g = op->granularity ? op->granularity : default_granularity(s);
+            if (nl == 0 || nl > QCOW2_MAX_BITMAP_NAME) {
+                error_setg(errp, "'%s': bitmap name must be 1 to %d bytes long", fn,
+                           QCOW2_MAX_BITMAP_NAME);
+                goto out;
+            }
+            if (idx >= 0) {
+                error_setg(errp, "'%s': bitmap '%s' already exists", fn, op->name);
+                goto out;
+            }
+            if (!IS_POWER_OF_2(g) || g < 512 || g > (1ULL << BME_MAX_GRAN_BITS)) {
+                error_setg(errp, "'%s': bitmap granularity must be a power of two between 512 "
+                           "and 2G", fn);
+                goto out;
+            }
+            sim[nsim].name = (char *)op->name;
+            sim[nsim].consistent = true;
+            sim[nsim].entry_len = ALIGN_UP(BME_FIXED + nl, 8);
+            nsim++;
+            continue;
+        }
+        if (idx < 0) {
+            error_setg(errp, "'%s': bitmap '%s' not found", fn, op->name);
+            goto out;
+        }
+        if (op->type == BITMAP_OP_REMOVE) {
+            sim[idx].name = NULL;
+            continue;
+        }
+        if (!sim[idx].consistent) {
+            error_setg(errp, "'%s': bitmap '%s' is inconsistent (left in use by a crash) and "
+                       "cannot be used", fn, op->name);
+            error_append_hint(errp, "Remove it with 'blockctl bitmap --remove %s %s'", fn,
+                              op->name);
+            goto out;
+        }
+        if (op->type == BITMAP_OP_MERGE && !op->src) {
+            ssize_t si = -1;
+            for (size_t j = 0; j < nsim; j++) {
+                if (sim[j].name && !strcmp(sim[j].name, op->src_name)) {
+                    si = (ssize_t)j;
+                }
+            }
+            if (si < 0) {
+                error_setg(errp, "'%s': bitmap '%s' not found", fn, op->src_name);
+                goto out;
+            }
+            if (!sim[si].consistent) {
+                error_setg(errp, "'%s': bitmap '%s' is inconsistent and cannot be merged", fn,
+                           op->src_name);
+                goto out;
+            }
+        }
+    }
+    {
+        size_t live = 0;
+        for (size_t j = 0; j < nsim; j++) {
+            if (sim[j].name) {
+                live++;
+                dir_bytes += sim[j].entry_len;
+            }
+        }
+        if (live > QCOW2_MAX_BITMAPS) {
+            error_setg(errp, "'%s': too many bitmaps (at most %d)", fn, QCOW2_MAX_BITMAPS);
+            goto out;
+        }
+        if (dir_bytes > QCOW2_MAX_BITMAP_DIR_BYTES) {
+            error_setg(errp, "'%s': the bitmap directory would be full", fn);
+            goto out;
+        }
+    }
+    ret = 0;
+out:
+    free(sim);
+    return ret;
+}
+
+/* Load @b's data if it is not in memory yet. */
+static int ensure_loaded(struct qcow2 *s, struct qcow2_bitmap *b)
+{
+    if (b->bm) {
+        return 0;
+    }
+    b->modified = false;
+    return qcow2_bitmap_load(s, b, &b->bm);
+}
+
+int qcow2_bitmap_apply(struct bdev *bd, const struct bitmap_op *ops, size_t n,
+                       struct error **errp)
+{
+    struct qcow2 *s = bd->opaque;
+    uint64_t *dropped_off = xcalloc(n + 1, sizeof(uint64_t));
+    uint32_t *dropped_size = xcalloc(n + 1, sizeof(uint32_t));
+    struct qcow2_bitmap *saved;
+    uint32_t saved_nb;
+    size_t ndropped = 0;
+    int ret;
+
+    if (s->version < 3) {
+        error_setg(errp, "'%s': persistent bitmaps need a qcow2 v3 image (compat=1.1)",
+                   bd->filename);
+        free(dropped_off);
+        free(dropped_size);
+        return -ENOTSUP;
+    }
+    pthread_mutex_lock(&s->lock);
+    ret = validate_ops(s, ops, n, errp);
+    if (ret < 0) {
+        goto out;
+    }
+    /* Load what the operations touch (before changing anything). */
+    for (size_t k = 0; k < n; k++) {
+        int i = find_bitmap(s, ops[k].name);
+        if (ops[k].type != BITMAP_OP_ADD && ops[k].type != BITMAP_OP_REMOVE && i >= 0) {
+            ret = ensure_loaded(s, &s->bitmaps[i]);
+        }
+        if (ret == 0 && ops[k].type == BITMAP_OP_MERGE && !ops[k].src) {
+            int si = find_bitmap(s, ops[k].src_name);
+            if (si >= 0) {
+                ret = ensure_loaded(s, &s->bitmaps[si]);
+            }
+        }
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "'%s': cannot read bitmap '%s'", bd->filename,
+                             ops[k].name);
+            goto out;
+        }
+    }
+    /* Keep the old list to restore it if writing fails. */
+    saved_nb = s->nb_bitmaps;
+    saved = xcalloc(saved_nb + 1, sizeof(*saved));
+    memcpy(saved, s->bitmaps, saved_nb * sizeof(*saved));
+    {
+        /* Work on a fresh array whose entries share the old pointers. */
+        struct qcow2_bitmap *list = xcalloc(saved_nb + n + 1, sizeof(*list));
+        uint32_t nb = saved_nb;
+        struct dirty_bitmap **fresh = xcalloc(n + 1, sizeof(*fresh));
+        size_t nfresh = 0;
+
+        memcpy(list, s->bitmaps, saved_nb * sizeof(*list));
+        for (size_t k = 0; k < n; k++) {
+            const struct bitmap_op *op = &ops[k];
+            int i = -1;
+            for (uint32_t j = 0; j < nb; j++) {
+                if (!strcmp(list[j].name, op->name)) {
+                    i = (int)j;
+                }
+            }
+            switch (op->type) {
+            case BITMAP_OP_ADD: {
+                uint64_t g = op->granularity ? op->granularity : default_granularity(s);
+                struct qcow2_bitmap *b = &list[nb++];
+                memset(b, 0, sizeof(*b));
+                b->name = xstrdup(op->name);
+                b->type = BME_TYPE_DIRTY;
+                b->granularity_bits = __builtin_ctzll(g);
+                b->table_size = qcow2_bitmap_table_entries(s, b->granularity_bits);
+                b->flags = op->disabled ? 0 : BME_FLAG_AUTO;
+                b->extra = xmalloc(1);
+                b->bm = bitmap_new(s->size, g);
+                fresh[nfresh++] = b->bm;
+                b->modified = true;
+                break;
+            }
+            case BITMAP_OP_REMOVE:
+                memmove(&list[i], &list[i + 1], (nb - i - 1) * sizeof(*list));
+                nb--;
+                break;
+            case BITMAP_OP_CLEAR:
+                bitmap_clear_all(list[i].bm);
+                list[i].modified = true;
+                break;
+            case BITMAP_OP_ENABLE:
+                list[i].flags |= BME_FLAG_AUTO;
+                break;
+            case BITMAP_OP_DISABLE:
+                list[i].flags &= ~BME_FLAG_AUTO;
+                break;
+            case BITMAP_OP_MERGE: {
+                struct dirty_bitmap *src = op->src;
+                if (!src) {
+                    for (uint32_t j = 0; j < nb; j++) {
+                        if (!strcmp(list[j].name, op->src_name)) {
+                            src = list[j].bm;
+                        }
+                    }
+                }
+                bitmap_merge(list[i].bm, src);
+                list[i].modified = true;
+                break;
+            }
+            }
+        }
+        /* Bitmaps of the old list that are gone: their tables are freed. */
+        for (uint32_t j = 0; j < saved_nb; j++) {
+            bool kept = false;
+            for (uint32_t m = 0; m < nb; m++) {
+                if (list[m].name == saved[j].name) {
+                    kept = true;
+                }
+            }
+            if (!kept) {
+                dropped_off[ndropped] = saved[j].table_offset;
+                dropped_size[ndropped] = saved[j].table_size;
+                ndropped++;
+            }
+        }
+        s->bitmaps = list;
+        s->nb_bitmaps = nb;
+        ret = store_locked(s, s->bitmaps_loaded_rw, dropped_off, dropped_size, ndropped);
+        if (ret < 0) {
+            /* Nothing was written: back to the old list. */
+            for (uint32_t m = saved_nb; m < nb; m++) {
+                bool is_new = true;
+                for (uint32_t j = 0; j < saved_nb; j++) {
+                    if (list[m].name == saved[j].name) {
+                        is_new = false;
+                    }
+                }
+                if (is_new) {
+                    free(list[m].name);
+                    free(list[m].extra);
+                    bitmap_free(list[m].bm);
+                }
+            }
+            free(list);
+            s->bitmaps = saved;
+            s->nb_bitmaps = saved_nb;
+            saved = NULL;
+            error_setg_errno(errp, -ret, "'%s': cannot write the bitmaps", bd->filename);
+        } else {
+            for (uint32_t j = 0; j < saved_nb; j++) {
+                bool kept = false;
+                for (uint32_t m = 0; m < nb; m++) {
+                    if (list[m].name == saved[j].name) {
+                        kept = true;
+                    }
+                }
+                if (!kept) {
+                    free(saved[j].name);
+                    free(saved[j].extra);
+                    bitmap_free(saved[j].bm);
+                }
+            }
+            /* Loaded only for this operation: not tracked. */
+            if (!s->bitmaps_loaded_rw) {
+                for (uint32_t m = 0; m < nb; m++) {
+                    bitmap_free(list[m].bm);
+                    list[m].bm = NULL;
+                }
+            }
+        }
+        (void)fresh;
+        free(fresh);
+        free(saved);
+    }
+out:
+    pthread_mutex_unlock(&s->lock);
+    free(dropped_off);
+    free(dropped_size);
+    return ret;
+}
+
+int qcow2_bitmap_get(struct bdev *bd, const char *name, struct dirty_bitmap **out,
+                     struct error **errp)
+{
+    struct qcow2 *s = bd->opaque;
+    struct qcow2_bitmap *b;
+    int i, ret = 0;
+
+    pthread_mutex_lock(&s->lock);
+    i = find_bitmap(s, name);
+    if (i < 0) {
+        error_setg(errp, "'%s': bitmap '%s' not found", bd->filename, name);
+        ret = -ENOENT;
+        goto out;
+    }
+    b = &s->bitmaps[i];
+    if (b->bm) {
+        *out = bitmap_new(s->size, 1ULL << b->granularity_bits);
+        bitmap_merge(*out, b->bm);
+        goto out;
+    }
+    if (!usable(b)) {
+        error_setg(errp, "'%s': bitmap '%s' is inconsistent (it was in use when the image was "
+                   "last closed, e.g. by a crash) and cannot be used", bd->filename, name);
+        error_append_hint(errp, "Remove it with 'blockctl bitmap --remove %s %s'",
+                          bd->filename, name);
+        ret = -EINVAL;
+        goto out;
+    }
+    ret = qcow2_bitmap_load(s, b, out);
+    if (ret < 0) {
+        const char *d = bdev_last_error(bd);
+        if (d) {
+            error_setg(errp, "%s", d);
+        } else {
+            error_setg_errno(errp, -ret, "'%s': cannot read bitmap '%s'", bd->filename, name);
+        }
+    }
+out:
+    pthread_mutex_unlock(&s->lock);
     return ret;
 }

@@ -748,7 +748,7 @@ static int qcow2_close(struct bdev *bd, struct error **errp)
         pthread_mutex_lock(&s->lock);
         ret = qcow2_flush_metadata(s);
         pthread_mutex_unlock(&s->lock);
-        if (ret == 0 && s->bitmaps_loaded_rw && !s->corrupt) {
+        if (ret == 0 && !s->corrupt) {
             ret = qcow2_bitmaps_store(s, errp);
         }
         if (ret == 0) {
@@ -820,10 +820,11 @@ static int qcow2_get_info(struct bdev *bd, struct image_info *out, struct error 
         out->bitmaps[i].name = xstrdup(s->bitmaps[i].name);
         out->bitmaps[i].granularity = 1ULL << s->bitmaps[i].granularity_bits;
         out->bitmaps[i].flags = s->bitmaps[i].flags & (BITMAP_FLAG_IN_USE | BITMAP_FLAG_AUTO);
-        if (s->bitmaps_loaded_rw && s->bitmaps[i].bm) {
-            /* in_use is ours, not a crash's */
+        if (s->bitmaps[i].bm) {
+            /* in_use is ours (open read-write), not a crash's */
             out->bitmaps[i].flags &= ~BITMAP_FLAG_IN_USE;
         }
+        out->bitmaps[i].inconsistent = out->bitmaps[i].flags & BITMAP_FLAG_IN_USE;
     }
     return 0;
 }
@@ -1184,4 +1185,6 @@ const struct format_driver qcow2_driver = {
     .pwrite_compressed = qcow2_pwrite_compressed,
     .compress_granularity = qcow2_compress_granularity,
     .make_empty = qcow2_make_empty,
+    .bitmap_apply = qcow2_bitmap_apply,
+    .bitmap_get = qcow2_bitmap_get,
 };

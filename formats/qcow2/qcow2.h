@@ -141,8 +141,10 @@ struct qcow2_bitmap {
     char *name;
     uint32_t extra_size;
     uint8_t *extra;
-    /* in-memory state for enabled bitmaps tracked while open read-write */
+    /* In memory while the image is open read-write (all consistent
+     * bitmaps; enabled ones record writes). */
     struct dirty_bitmap *bm;
+    bool modified;            /* bm differs from the stored table */
 };
 
 struct qcow2_decref {
@@ -334,8 +336,12 @@ int qcow2_bitmap_write_dir(struct qcow2 *s);
 int qcow2_bitmaps_load_rw(struct qcow2 *s, struct error **errp);
 /* Record a guest write in the tracked bitmaps. */
 int qcow2_bitmaps_mark_dirty(struct qcow2 *s, uint64_t off, uint64_t len);
-/* Clean close: store the tracked bitmaps and clear in_use. */
+/* Clean close: store the loaded bitmaps and clear in_use. */
 int qcow2_bitmaps_store(struct qcow2 *s, struct error **errp);
+int qcow2_bitmap_apply(struct bdev *bd, const struct bitmap_op *ops, size_t n,
+                       struct error **errp);
+int qcow2_bitmap_get(struct bdev *bd, const char *name, struct dirty_bitmap **out,
+                     struct error **errp);
 
 /* check.c */
 int qcow2_check(struct bdev *bd, struct check_result *res, unsigned fix, struct error **errp);

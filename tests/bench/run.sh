@@ -149,12 +149,12 @@ qio_batch() {
         args+=(-c "$line")
         n=$((n + 1))
         if [ "$n" -ge 500 ]; then
-            "$QEMU_IO" -f "$fmt" "${args[@]}" "$img" >/dev/null || die "qemu-io on $img failed"
+            "$QEMU_IO" -t unsafe -f "$fmt" "${args[@]}" "$img" >/dev/null || die "qemu-io on $img failed"
             args=(); n=0
         fi
     done
     if [ "$n" -gt 0 ]; then
-        "$QEMU_IO" -f "$fmt" "${args[@]}" "$img" >/dev/null || die "qemu-io on $img failed"
+        "$QEMU_IO" -t unsafe -f "$fmt" "${args[@]}" "$img" >/dev/null || die "qemu-io on $img failed"
     fi
 }
 
@@ -201,20 +201,24 @@ setup_compare() {
 # A 1 TiB qcow2 (64 KiB clusters) with 10,000 clusters written at
 # pseudo-random offsets (a fixed LCG, so every run makes the same image).
 SPARSE_CLUSTERS=${BENCH_SPARSE_CLUSTERS:-10000}
+sparse_writes() {
+    # bash arithmetic is 64-bit (awk's is not exact at these magnitudes)
+    local x=12345 c count=0 nclusters=$((1 << 24))   # 1 TiB / 64 KiB
+    declare -A seen
+    while [ "$count" -lt "$SPARSE_CLUSTERS" ]; do
+        x=$(((x * 6364136223846793005 + 1442695040888963407) & 0x7fffffffffffffff))
+        c=$(((x >> 20) % nclusters))
+        [ -n "${seen[$c]:-}" ] && continue
+        seen[$c]=1
+        count=$((count + 1))
+        echo "write -P $((count % 250 + 1)) $((c * 65536)) 64k"
+    done
+}
 setup_sparse() {
     [ -e "$D/sparse.qcow2" ] && return
     echo "bench: making a 1 TiB sparse image with $SPARSE_CLUSTERS clusters ..." >&2
     "$QEMU_IMG" create -q -f qcow2 -o cluster_size=64k "$D/sparse.qcow2" 1T || die create
-    awk -v n="$SPARSE_CLUSTERS" 'BEGIN {
-        x = 12345; nclusters = 16777216    # 1 TiB / 64 KiB
-        while (count < n) {
-            x = (x * 1103515245 + 12345) % 2147483648
-            c = int(x / 128) % nclusters
-            if (c in seen) continue
-            seen[c] = 1; count++
-            printf "write -P %d %d 64k\n", count % 250 + 1, c * 65536
-        }
-    }' | qio_batch "$D/sparse.qcow2" qcow2 || die "writing sparse.qcow2 failed"
+    sparse_writes | qio_batch "$D/sparse.qcow2" qcow2 || die "writing sparse.qcow2 failed"
 }
 
 # ---------------------------------------------------------------------------

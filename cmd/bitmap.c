@@ -1,0 +1,346 @@
+/*
+ * blockctl bitmap - persistent dirty bitmaps in qcow2 images
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include "lib/compiler.h"
+#include "lib/bitmap.h"
+#include "lib/jw.h"
+#include "lib/size.h"
+
+#include <argp.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cmd/cmd.h"
+
+#define MAX_ACTIONS 64
+
+struct bitmap_args {
+    const char *format;
+    const char *src_image;
+    const char *src_format;
+    const char *image;
+    const char *name;
+    uint64_t granularity;
+    bool disabled;
+    bool list;
+    bool dump;
+    bool force_share;
+    enum output_format output;
+    struct bitmap_op ops[MAX_ACTIONS];
+    size_t nops;
+};
+
+enum {
+    OPT_ADD = 0x100, OPT_REMOVE, OPT_CLEAR, OPT_ENABLE, OPT_DISABLE, OPT_MERGE, OPT_DISABLED,
+    OPT_LIST, OPT_DUMP, OPT_OUTPUT,
+};
+
+static const struct argp_option options[] = {
+    { "add", OPT_ADD, NULL, 0, "Add bitmap NAME (enabled unless --disabled)", 0 },
+    { "remove", OPT_REMOVE, NULL, 0, "Remove bitmap NAME", 0 },
+    { "clear", OPT_CLEAR, NULL, 0, "Clear every bit of NAME", 0 },
+    { "enable", OPT_ENABLE, NULL, 0, "Make NAME record writes", 0 },
+    { "disable", OPT_DISABLE, NULL, 0, "Stop NAME recording writes", 0 },
+    { "merge", OPT_MERGE, "SOURCE", 0, "Merge bitmap SOURCE into NAME", 0 },
+    { "source-file", 'b', "FILE", 0, "Image holding the --merge SOURCE bitmaps", 0 },
+    { "source-format", 'F', "FMT", 0, "Format of that image", 0 },
+    { "granularity", 'g', "SIZE", 0, "Granularity for --add (512 to 2G, power of two)", 0 },
+    { "disabled", OPT_DISABLED, NULL, 0, "--add the bitmap disabled", 0 },
+    { "format", 'f', "FMT", 0, "Format of IMAGE (qcow2)", 0 },
+    { "list", OPT_LIST, NULL, 0, "List IMAGE's bitmaps", 0 },
+    { "dump", OPT_DUMP, NULL, 0, "Print the dirty extents of NAME", 0 },
+    { "output", OPT_OUTPUT, "FMT", 0, "For --list/--dump: human (default) or json", 0 },
+    { "force-share", 'U', NULL, 0, "--list/--dump an image a writer holds", 0 },
+    { 0 }
+};
+
+static void add_op(struct bitmap_args *a, enum bitmap_op_type t, const char *src,
+                   struct argp_state *state)
+{
+    if (a->nops == MAX_ACTIONS) {
+        argp_error(state, "too many actions (at most %d)", MAX_ACTIONS);
+    }
+    a->ops[a->nops].type = t;
+    a->ops[a->nops].src_name = src;
+    a->nops++;
+}
+
+static error_t parse_opt(int key, char *arg, struct argp_state *state)
+{
+    struct bitmap_args *a = state->input;
+
+    switch (key) {
+    case OPT_ADD:
+        add_op(a, BITMAP_OP_ADD, NULL, state);
+        break;
+    case OPT_REMOVE:
+        add_op(a, BITMAP_OP_REMOVE, NULL, state);
+        break;
+    case OPT_CLEAR:
+        add_op(a, BITMAP_OP_CLEAR, NULL, state);
+        break;
+    case OPT_ENABLE:
+        add_op(a, BITMAP_OP_ENABLE, NULL, state);
+        break;
+    case OPT_DISABLE:
+        add_op(a, BITMAP_OP_DISABLE, NULL, state);
+        break;
+    case OPT_MERGE:
+        add_op(a, BITMAP_OP_MERGE, arg, state);
+        break;
+    case 'b':
+        a->src_image = arg;
+        break;
+    case 'F':
+        a->src_format = arg;
+        break;
+    case 'g':
+        a->granularity = parse_size_arg(arg, "granularity", state);
+        if (!IS_POWER_OF_2(a->granularity) || a->granularity < 512 ||
+            a->granularity > (1ULL << 31)) {
+            argp_error(state, "granularity must be a power of two between 512 and 2G");
+        }
+        break;
+    case OPT_DISABLED:
+        a->disabled = true;
+        break;
+    case 'f':
+        a->format = arg;
+        break;
+    case OPT_LIST:
+        a->list = true;
+        break;
+    case OPT_DUMP:
+        a->dump = true;
+        break;
+    case OPT_OUTPUT:
+        a->output = parse_output_format(arg, state);
+        break;
+    case 'U':
+        a->force_share = true;
+        break;
+    case ARGP_KEY_ARG:
+        if (!a->image) {
+            a->image = arg;
+        } else if (!a->name) {
+            a->name = arg;
+        } else {
+            argp_error(state, "unexpected argument '%s'", arg);
+        }
+        break;
+    case ARGP_KEY_END:
+        if (a->list + a->dump + (a->nops > 0) != 1) {
+            argp_error(state, "give either actions (--add, --remove, --clear, --enable, "
+                       "--disable, --merge), or --list, or --dump");
+        }
+        if (!a->image) {
+            argp_error(state, "missing image file name");
+        }
+        if (!a->list && !a->name) {
+            argp_error(state, "missing bitmap name");
+        }
+        if (a->list && a->name) {
+            argp_error(state, "--list takes only IMAGE");
+        }
+        if (a->force_share && a->nops) {
+            argp_error(state, "-U is only for --list and --dump");
+        }
+        break;
+    default:
+        return ARGP_ERR_UNKNOWN;
+    }
+    return 0;
+}
+
+static const struct argp bitmap_argp = {
+    options, parse_opt, "ACTION... [-g SIZE] [--disabled] IMAGE NAME\n"
+    "--list [--output=human|json] IMAGE\n--dump [--output=human|json] IMAGE NAME",
+    "Manage the persistent dirty bitmaps stored in a qcow2 image.  Actions apply in the "
+    "order given, all or none.\v"
+    "Exit status: 0 on success, 1 on error, 64 for usage errors.",
+    NULL, NULL, NULL,
+};
+
+static int do_list(struct bitmap_args *a)
+{
+    struct error *err = NULL;
+    struct bdev *bd = bdev_open(a->image, a->format,
+                                BDEV_O_NO_BACKING | (a->force_share ? BDEV_O_FORCE_SHARE : 0),
+                                &err);
+    struct image_info in;
+    struct jw w;
+
+    if (!bd) {
+        report(err);
+        return 1;
+    }
+    if (!bd->drv->bitmap_get) {
+        error_report("'%s': format '%s' does not support persistent bitmaps", a->image,
+                     bd->drv->name);
+        bdev_unref(bd);
+        return 1;
+    }
+    if (bdev_get_info(bd, &in, &err) < 0) {
+        report(err);
+        bdev_unref(bd);
+        return 1;
+    }
+    jw_init(&w, true);
+    jw_array_begin(&w);
+    if (a->output == OUTPUT_HUMAN && in.nr_bitmaps) {
+        printf("%-24s %12s  %-8s %-12s %s\n", "NAME", "GRANULARITY", "ENABLED", "STATE", "DIRTY");
+    }
+    for (size_t i = 0; i < in.nr_bitmaps; i++) {
+        struct bitmap_info *b = &in.bitmaps[i];
+        struct dirty_bitmap *bm = NULL;
+        uint64_t count = 0;
+
+        if (!b->inconsistent && bdev_bitmap_get(bd, b->name, &bm, NULL) == 0) {
+            count = bitmap_dirty_bytes(bm);
+            bitmap_free(bm);
+        }
+        if (a->output == OUTPUT_JSON) {
+            jw_object_begin(&w);
+            jw_kv_string(&w, "name", b->name);
+            jw_kv_uint(&w, "granularity", b->granularity);
+            jw_kv_bool(&w, "recording", b->flags & BITMAP_FLAG_AUTO);
+            jw_kv_bool(&w, "inconsistent", b->inconsistent);
+            jw_kv_bool(&w, "persistent", true);
+            if (!b->inconsistent) {
+                jw_kv_uint(&w, "count", count);
+            }
+            jw_key(&w, "flags");
+            jw_array_begin(&w);
+            if (b->flags & BITMAP_FLAG_IN_USE) {
+                jw_string(&w, "in-use");
+            }
+            if (b->flags & BITMAP_FLAG_AUTO) {
+                jw_string(&w, "auto");
+            }
+            jw_array_end(&w);
+            jw_object_end(&w);
+        } else {
+            char sz[32] = "-";
+            if (!b->inconsistent) {
+                size_human(count, sz, sizeof(sz));
+            }
+            printf("%-24s %12" PRIu64 "  %-8s %-12s %s\n", b->name, b->granularity,
+                   (b->flags & BITMAP_FLAG_AUTO) ? "yes" : "no",
+                   b->inconsistent ? "inconsistent" : "consistent", sz);
+        }
+    }
+    jw_array_end(&w);
+    if (a->output == OUTPUT_JSON) {
+        printf("%s\n", jw_text(&w));
+    }
+    jw_free(&w);
+    image_info_free(&in);
+    bdev_unref(bd);
+    return 0;
+}
+
+static int do_dump(struct bitmap_args *a)
+{
+    struct error *err = NULL;
+    struct bdev *bd = bdev_open(a->image, a->format,
+                                BDEV_O_NO_BACKING | (a->force_share ? BDEV_O_FORCE_SHARE : 0),
+                                &err);
+    struct dirty_bitmap *bm = NULL;
+    uint64_t pos = 0, off, len;
+    bool first = true;
+
+    if (!bd) {
+        report(err);
+        return 1;
+    }
+    if (bdev_bitmap_get(bd, a->name, &bm, &err) < 0) {
+        report(err);
+        bdev_unref(bd);
+        return 1;
+    }
+    if (a->output == OUTPUT_HUMAN) {
+        printf("%-16s%-16s\n", "Offset", "Length");
+    }
+    while (bitmap_next_dirty(bm, pos, 0, &off, &len)) {
+        if (a->output == OUTPUT_JSON) {
+            printf("%s{ \"start\": %" PRIu64 ", \"length\": %" PRIu64 "}", first ? "[" : ",\n",
+                   off, len);
+        } else {
+            printf("%#-16" PRIx64 "%#-16" PRIx64 "\n", off, len);
+        }
+        first = false;
+        pos = off + len;
+    }
+    if (a->output == OUTPUT_JSON) {
+        printf(first ? "[]\n" : "]\n");
+    }
+    bitmap_free(bm);
+    bdev_unref(bd);
+    return 0;
+}
+
+int cmd_bitmap(int argc, char **argv)
+{
+    struct bitmap_args a = { 0 };
+    struct error *err = NULL;
+    struct bdev *bd = NULL, *src = NULL;
+    int ret = 1;
+
+    argp_parse(&bitmap_argp, argc, argv, 0, NULL, &a);
+    if (a.list) {
+        return do_list(&a);
+    }
+    if (a.dump) {
+        return do_dump(&a);
+    }
+    /*
+     * Opened without loading the bitmaps for writes (nothing else is
+     * written): the new directory replaces the old one in one header
+     * write, so the actions take effect all together or not at all.
+     */
+    bd = bdev_open(a.image, a.format, BDEV_O_RDWR | BDEV_O_NO_BACKING | BDEV_O_NO_BITMAPS,
+                   &err);
+    if (!bd) {
+        report(err);
+        goto out;
+    }
+    if (a.src_image) {
+        src = bdev_open(a.src_image, a.src_format, BDEV_O_NO_BACKING, &err);
+        if (!src) {
+            report(err);
+            goto out;
+        }
+    }
+    for (size_t i = 0; i < a.nops; i++) {
+        a.ops[i].name = a.name;
+        if (a.ops[i].type == BITMAP_OP_ADD) {
+            a.ops[i].granularity = a.granularity;
+            a.ops[i].disabled = a.disabled;
+        }
+        if (a.ops[i].type == BITMAP_OP_MERGE && src) {
+            if (bdev_bitmap_get(src, a.ops[i].src_name, &a.ops[i].src, &err) < 0) {
+                report(err);
+                goto out;
+            }
+        }
+    }
+    if (bdev_bitmap_apply(bd, a.ops, a.nops, &err) < 0) {
+        report(err);
+        goto out;
+    }
+    ret = 0;
+out:
+    for (size_t i = 0; i < a.nops; i++) {
+        bitmap_free(a.ops[i].src);
+    }
+    if (src) {
+        bdev_unref(src);
+    }
+    if (bd && bdev_close(bd, &err) < 0) {
+        report(err);
+        ret = 1;
+    }
+    return ret;
+}
