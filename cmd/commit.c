@@ -110,11 +110,6 @@ int cmd_commit(int argc, char **argv)
                      top->filename, a.image);
         goto out;
     }
-    if (base->size < top->size) {
-        error_report("'%s' (%" PRIu64 " bytes) is smaller than '%s' (%" PRIu64 " bytes); "
-                     "grow it first", base->filename, base->size, top->filename, top->size);
-        goto out;
-    }
     parent = bdev_chain_parent(img, top);
     /* Everything that will be written takes its write locks now. */
     if (bdev_reopen(base, BDEV_O_RDWR, &err) < 0) {
@@ -131,6 +126,13 @@ int cmd_commit(int argc, char **argv)
         goto out;
     }
 
+    if (base->size < top->size) {
+        /* as qemu-img commit: the base grows to the size of what is committed */
+        if (bdev_truncate(base, top->size, &err) < 0) {
+            report(err);
+            goto out;
+        }
+    }
     memset(&cp, 0, sizeof(cp));
     cp.src = top;
     cp.dst = base;

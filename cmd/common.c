@@ -159,7 +159,8 @@ char *backing_name_for_dir(const char *dir, struct bdev *chain, struct bdev *bas
                                    parent->backing_file[0] == '/')) {
         return xstrdup(parent && parent->backing_file ? parent->backing_file : base->filename);
     }
-    return bdev_relative_path(base->filename, dir);
+    /* the chain names it relatively: so does the new name */
+    return bdev_make_relative(base->filename, dir);
 }
 
 char *backing_name_for(struct bdev *top, struct bdev *chain, struct bdev *base)

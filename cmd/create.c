@@ -267,14 +267,13 @@ int cmd_create(int argc, char **argv)
         error_report("'%s': image creation needs a size", a.file);
         goto out;
     }
-    if (!strcmp(drv->name, "raw")) {
-        size = ALIGN_UP(size, 512);
-    }
-    snprintf(sizebuf, sizeof(sizebuf), "%" PRIu64, size);
-    opts_set(&o, "size", sizebuf);
     if (!a.quiet) {
         print_formatting(a.file, drv->name, &o, size);
     }
+    /* qemu-img creates whole sectors (the Formatting line shows the size asked) */
+    size = ALIGN_UP(size, 512);
+    snprintf(sizebuf, sizeof(sizebuf), "%" PRIu64, size);
+    opts_set(&o, "size", sizebuf);
     {
         struct stat st;
         bool existed = stat(a.file, &st) == 0;

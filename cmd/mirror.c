@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 
 #include "cmd/cmd.h"
@@ -122,6 +123,12 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         if (!a->target) {
             argp_error(state, "SOURCE and TARGET are needed");
         }
+        if (a->backing_fmt && !a->backing) {
+            argp_error(state, "-F gives the format of the -B backing file: -B is missing");
+        }
+        if (a->reuse && a->sync == SYNC_NONE) {
+            argp_error(state, "--sync=none into an existing TARGET would copy nothing");
+        }
         if (a->reuse && (a->backing || a->opts)) {
             argp_error(state, "-n copies into an existing TARGET: -B and -o do not apply");
         }
@@ -145,8 +152,9 @@ static const struct argp mirror_argp = {
     "Copy the disk SOURCE shows a guest to TARGET: a new file, an existing image (-n) or an "
     "NBD URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH).\v"
     "A new TARGET is written as TARGET.part and renamed when complete, so TARGET exists "
-    "only once the copy is whole.  Exit status: 0 on success, 1 on error, 64 for usage "
-    "errors, 130/143 when interrupted.",
+    "only once the copy is whole.\n\n"
+    "Exit status: 0 on success, 1 on error, 64 for usage errors, 130/143 when "
+    "interrupted.",
     children, NULL, NULL,
 };
 
@@ -325,8 +333,13 @@ int cmd_mirror(int argc, char **argv)
             opts_set(&o, "size", sz);
         }
         part = xasprintf("%s.part", a.target);
-        if (bdev_create(fmt, part, &o, BDEV_CREATE_FORCE, &err) < 0) {
-            report(err);
+        if (bdev_create(fmt, part, &o, 0, &err) < 0) {
+            if (stat(part, &st) == 0) {
+                error_report("'%s' exists: an interrupted mirror left it; remove it first", part);
+                error_free(err);
+            } else {
+                report(err);
+            }
             goto out;
         }
         created = true;
@@ -375,7 +388,15 @@ int cmd_mirror(int argc, char **argv)
     }
     dst = NULL;
     if (created) {
-        r = io_rename(part, a.target);
+        /* never replace a TARGET that appeared meanwhile */
+        if (renameat2(AT_FDCWD, part, AT_FDCWD, a.target, RENAME_NOREPLACE) < 0) {
+            r = -errno;
+            if (r == -EINVAL || r == -ENOSYS) {
+                r = stat(a.target, &st) == 0 ? -EEXIST : io_rename(part, a.target);
+            }
+        } else {
+            r = 0;
+        }
         if (r == 0) {
             r = io_dirsync(a.target);
         }

@@ -67,6 +67,12 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         a->nargs = state->argc - state->next;
         break;
     case ARGP_KEY_END:
+        if (!a->list && a->output == OUTPUT_JSON) {
+            argp_error(state, "--output is for -l");
+        }
+        if (a->list && a->opts) {
+            argp_error(state, "-o is for creating overlays, not for -l");
+        }
         if (a->list ? a->nargs != 1 : (a->nargs < 2 || a->nargs % 2)) {
             argp_error(state, a->list ? "-l takes one IMAGE"
                                       : "IMAGE OVERLAY pairs are needed");
@@ -150,7 +156,11 @@ static int do_list(struct snapshot_args *a)
                 jw_kv_uint(&w, "vm-state-size", in.snapshots[i].vm_state_size);
                 jw_kv_uint(&w, "date-sec", in.snapshots[i].date_sec);
                 jw_kv_uint(&w, "date-nsec", in.snapshots[i].date_nsec);
-                jw_kv_uint(&w, "vm-clock-nsec", in.snapshots[i].vm_clock_nsec);
+                jw_kv_uint(&w, "vm-clock-sec", in.snapshots[i].vm_clock_nsec / 1000000000ULL);
+                jw_kv_uint(&w, "vm-clock-nsec", in.snapshots[i].vm_clock_nsec % 1000000000ULL);
+                if (in.snapshots[i].has_icount) {
+                    jw_kv_uint(&w, "icount", in.snapshots[i].icount);
+                }
                 jw_object_end(&w);
             }
             jw_array_end(&w);
@@ -186,6 +196,7 @@ int cmd_snapshot(int argc, char **argv)
     if (a.list) {
         return do_list(&a);
     }
+    cancel_install();
     n = a.nargs / 2;
     imgs = xcalloc(n, sizeof(*imgs));
     made = xcalloc(n, sizeof(*made));
@@ -243,6 +254,11 @@ int cmd_snapshot(int argc, char **argv)
             goto out;
         }
         made[i] = true;
+        if (cmd_cancel) {
+            error_report("interrupted: no overlay was kept");
+            ret = cancel_exit_status();
+            goto out;
+        }
     }
     ret = 0;
     if (!a.quiet) {
@@ -251,6 +267,10 @@ int cmd_snapshot(int argc, char **argv)
         }
     }
 out:
+    if (ret == 0 && cmd_cancel) {
+        ret = cancel_exit_status();
+        error_report("interrupted: no overlay was kept");
+    }
     if (ret) {
         /* All or nothing: remove the overlays made so far. */
         for (int i = 0; i < n; i++) {

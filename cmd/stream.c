@@ -112,6 +112,7 @@ int cmd_stream(int argc, char **argv)
     cp.mode = COPY_ABOVE;
     cp.base = base;
     cp.skip_top = true;
+    cp.unchanged = true;
     copy_opts_apply(&a.copy, &cp);
     r = copy_run(&cp, &err);
     copy_opts_finish(&a.copy);

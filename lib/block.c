@@ -456,6 +456,14 @@ struct bdev *bdev_chain_find(struct bdev *bd, const char *name)
 {
     struct stat want, st;
 
+    if (nbd_is_uri(name)) {
+        for (; bd; bd = bd->backing) {
+            if (bd->drv->is_protocol && !strcmp(bd->filename, name)) {
+                return bd;
+            }
+        }
+        return NULL;
+    }
     if (stat(name, &want) < 0) {
         return NULL;
     }
@@ -540,13 +548,18 @@ static char *abs_normal(const char *p)
 
 char *bdev_relative_path(const char *target, const char *dir)
 {
+    if (target[0] == '/') {
+        return xstrdup(target);
+    }
+    return bdev_make_relative(target, dir);
+}
+
+char *bdev_make_relative(const char *target, const char *dir)
+{
     char *t, *d, *res;
     size_t common = 0, i;
     int ups = 0;
 
-    if (target[0] == '/') {
-        return xstrdup(target);
-    }
     t = abs_normal(target);
     d = abs_normal(dir);
     /* longest common prefix ending at a component boundary */
@@ -770,7 +783,8 @@ static int write_zero_buffers(struct bdev *bd, uint64_t off, uint64_t len, unsig
 
     while (len) {
         size_t n = MIN(len, (uint64_t)bufsz);
-        ret = bd->drv->pwrite(bd, zero, n, off, flags & BDEV_REQ_FUA);
+        ret = bd->drv->pwrite(bd, zero, n, off,
+                              flags & (BDEV_REQ_FUA | BDEV_REQ_WRITE_UNCHANGED));
         if (ret < 0) {
             break;
         }
@@ -878,6 +892,24 @@ int bdev_bitmap_get(struct bdev *bd, const char *name, struct dirty_bitmap **out
     gate_enter(bd);
     ret = bd->drv->bitmap_get(bd, name, out, errp);
     gate_exit(bd);
+    return ret;
+}
+
+int bdev_truncate(struct bdev *bd, uint64_t size, struct error **errp)
+{
+    int ret;
+
+    if (bd->read_only) {
+        error_setg(errp, "'%s': opened read-only", bd->filename);
+        return -EPERM;
+    }
+    if (!bd->drv->truncate) {
+        error_setg(errp, "'%s': format '%s' cannot be resized", bd->filename, bd->drv->name);
+        return -ENOTSUP;
+    }
+    bdev_drain_begin(bd);
+    ret = bd->drv->truncate(bd, size, errp);
+    bdev_drain_end(bd);
     return ret;
 }
 

@@ -36,6 +36,8 @@ enum {
     BDEV_REQ_FUA = 1u << 0,         /* durable before completion */
     BDEV_REQ_MAY_UNMAP = 1u << 1,   /* zeroing may deallocate */
     BDEV_REQ_NO_FALLBACK = 1u << 2, /* zeroing must be cheap or fail -ENOTSUP */
+    BDEV_REQ_WRITE_UNCHANGED = 1u << 3, /* the guest view does not change
+                                           (copy-on-read): bitmaps are not dirtied */
 };
 
 /* Block status bits: the values of QEMU's BDRV_BLOCK_* */
@@ -267,6 +269,8 @@ int bdev_pwrite(struct bdev *bd, const void *buf, size_t len, uint64_t off, unsi
 int bdev_pwrite_zeroes(struct bdev *bd, uint64_t off, uint64_t len, unsigned flags);
 int bdev_discard(struct bdev *bd, uint64_t off, uint64_t len);
 int bdev_flush(struct bdev *bd);
+/* Grow (or shrink, where the format can) the virtual size. */
+int bdev_truncate(struct bdev *bd, uint64_t size, struct error **errp);
 /* Make @bd's own layer empty (reads fall through to its backing); -ENOTSUP
  * where the format cannot. */
 int bdev_make_empty(struct bdev *bd);
@@ -369,6 +373,8 @@ int bdev_reopen(struct bdev *bd, unsigned flags, struct error **errp);
  * @dir: absolute stays absolute; a relative path is made relative to @dir.
  */
 char *bdev_relative_path(const char *target, const char *dir);
+/* @target as a path relative to folder @dir, whatever @target was. */
+char *bdev_make_relative(const char *target, const char *dir);
 /* The folder of @path ("." for a bare name). */
 char *bdev_dirname(const char *path);
 

@@ -141,7 +141,8 @@ static int write_zero(struct engine *e, uint64_t off, uint64_t len)
     if (p->check_dst_zero && dst_reads_zero(e, off, len)) {
         return 0;
     }
-    ret = bdev_pwrite_zeroes(p->dst, off, len, BDEV_REQ_MAY_UNMAP);
+    ret = bdev_pwrite_zeroes(p->dst, off, len,
+                             BDEV_REQ_MAY_UNMAP | (p->unchanged ? BDEV_REQ_WRITE_UNCHANGED : 0));
     if (ret < 0) {
         fail(e, ret, p->dst, "cannot write zeroes to");
         return ret;
@@ -167,7 +168,7 @@ static int write_data(struct engine *e, const uint8_t *buf, uint64_t off, uint64
             }
         }
     } else {
-        ret = bdev_pwrite(p->dst, buf, len, off, 0);
+        ret = bdev_pwrite(p->dst, buf, len, off, p->unchanged ? BDEV_REQ_WRITE_UNCHANGED : 0);
         if (ret < 0) {
             fail(e, ret, p->dst, "cannot write to");
             return ret;
@@ -377,12 +378,9 @@ int copy_run(struct copy_params *p, struct error **errp)
     if (p->mode == COPY_BITMAP) {
         e.gran = MAX(e.gran, MIN(bitmap_granularity(p->bitmap), cg ? cg : 4096));
     }
+    /* windows of at least 1 MiB where the buffer allows, one per worker */
+    nw = (unsigned)MAX((uint64_t)1, MIN((uint64_t)nw, buf >> 20));
     e.window = MAX(ALIGN_DOWN(buf / nw, e.gran), e.gran);
-    e.window = MAX(e.window, (uint64_t)1 << 20);
-    e.window = ALIGN_UP(e.window, e.gran);
-    if (e.window > buf && buf >= e.gran) {
-        nw = MAX(1u, (unsigned)(buf / e.window));
-    }
     e.cursor = e.start;
     pthread_mutex_init(&e.lock, NULL);
     pthread_cond_init(&e.cond, NULL);

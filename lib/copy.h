@@ -36,6 +36,7 @@ struct copy_params {
     bool dst_is_zero;            /* the target reads zero wherever it is not written */
     bool check_dst_zero;         /* skip zero extents where the target already reads zero */
     bool compress;               /* compressed writes (whole target clusters) */
+    bool unchanged;              /* copy-on-read: the target's guest view does not change */
     uint64_t buf_size;           /* total buffer for all workers (default 16 MiB) */
     unsigned workers;            /* default 4 */
     uint64_t bandwidth;          /* bytes per second, 0: unlimited */

@@ -436,15 +436,69 @@ int qcow2_pread(struct bdev *bd, void *buf, size_t len, uint64_t off)
     return ret;
 }
 
+/*
+ * Was metadata preallocated (many clusters allocated but not stored)?  Then,
+ * as QEMU does, data clusters over holes of the file read as zero.  The
+ * test is QEMU's: more refcounted clusters than the file's allocated
+ * clusters allow (with 10% slack).  Under s->lock.
+ */
+static bool prealloc_detected(struct qcow2 *s)
+{
+    int64_t alloc, real, threshold, count = 0;
+    uint64_t end;
+
+    if (s->prealloc_detected >= 0) {
+        return s->prealloc_detected;
+    }
+    s->prealloc_detected = 0;
+    alloc = bfile_allocated(s->bd->file);
+    if (alloc < 0 || s->bd->file->is_blockdev) {
+        return false;
+    }
+    real = alloc / s->cluster_size;
+    threshold = MAX(real * 10 / 9, real + 2);
+    end = qcow2_size_to_clusters(s, s->file_size);
+    for (uint64_t i = 0; i < end && count <= threshold; i++) {
+        uint64_t rc;
+        if (qcow2_get_refcount(s, i, &rc) < 0) {
+            return false;
+        }
+        count += rc != 0;
+    }
+    s->prealloc_detected = count > threshold;
+    return s->prealloc_detected;
+}
+
+/* Limit a data run at @host to the file's data or hole extent there. */
+static bool host_hole(int fd, uint64_t host, uint64_t *len)
+{
+    off_t d = lseek(fd, (off_t)host, SEEK_DATA);
+
+    if (d < 0) {
+        return errno == ENXIO;   /* hole up to the end of the file */
+    }
+    if ((uint64_t)d > host) {
+        *len = MIN(*len, (uint64_t)d - host);
+        return true;
+    }
+    d = lseek(fd, (off_t)host, SEEK_HOLE);
+    if (d > 0 && (uint64_t)d > host) {
+        *len = MIN(*len, (uint64_t)d - host);
+    }
+    return false;
+}
+
 int qcow2_block_status(struct bdev *bd, uint64_t off, uint64_t len, uint64_t *pnum,
                        uint64_t *map, unsigned *status)
 {
     struct qcow2 *s = bd->opaque;
     struct qmap m;
+    bool recurse;
     int ret;
 
     pthread_mutex_lock(&s->lock);
     ret = get_mapping(s, off, len, &m);
+    recurse = ret == 0 && m.type == QCOW2_SC_NORMAL && prealloc_detected(s);
     pthread_mutex_unlock(&s->lock);
     if (ret < 0) {
         return ret;
@@ -454,6 +508,9 @@ int qcow2_block_status(struct bdev *bd, uint64_t off, uint64_t len, uint64_t *pn
     switch (m.type) {
     case QCOW2_SC_NORMAL:
         *status = BDEV_BLOCK_DATA | BDEV_BLOCK_ALLOCATED | BDEV_BLOCK_OFFSET_VALID;
+        if (recurse && host_hole(s->fd, m.host, pnum)) {
+            *status |= BDEV_BLOCK_ZERO;
+        }
         break;
     case QCOW2_SC_ZERO_PLAIN:
         *status = BDEV_BLOCK_ZERO | BDEV_BLOCK_ALLOCATED;
@@ -804,7 +861,9 @@ int qcow2_pwrite(struct bdev *bd, const void *buf, size_t len, uint64_t off, uns
     if (s->corrupt) {
         return -EIO;
     }
-    qcow2_bitmaps_mark_dirty(s, off, len);
+    if (!(flags & BDEV_REQ_WRITE_UNCHANGED)) {
+        qcow2_bitmaps_mark_dirty(s, off, len);
+    }
     while (len) {
         uint64_t n = MIN((uint64_t)len, l2_span - (off & (l2_span - 1)));
         ret = write_chunk(s, p, off, n);
@@ -1062,7 +1121,9 @@ int qcow2_pwrite_zeroes(struct bdev *bd, uint64_t off, uint64_t len, unsigned fl
     if (!len) {
         return 0;
     }
-    qcow2_bitmaps_mark_dirty(s, off, len);
+    if (!(flags & BDEV_REQ_WRITE_UNCHANGED)) {
+        qcow2_bitmaps_mark_dirty(s, off, len);
+    }
     /* The image's last partial subcluster counts as whole. */
     aend = (end == bd->size) ? ALIGN_UP(end, scsz) : end;
     a = ALIGN_UP(off, scsz);
@@ -1289,4 +1350,95 @@ int qcow2_preallocate(struct qcow2 *s, uint64_t size, bool write_zeroes, bool fa
         error_setg_errno(errp, -ret, "'%s': cannot preallocate", s->bd->filename);
     }
     return ret;
+}
+
+int qcow2_truncate(struct bdev *bd, uint64_t size, struct error **errp)
+{
+    struct qcow2 *s = bd->opaque;
+    uint64_t cs = s->cluster_size;
+    uint64_t l2_coverage = cs << s->l2_bits;
+    uint64_t new_l1 = DIV_ROUND_UP(size, l2_coverage);
+    uint64_t old_size = s->size;
+    int ret = 0;
+
+    if (size < s->size) {
+        error_setg(errp, "'%s': shrinking a qcow2 image is not supported", bd->filename);
+        return -ENOTSUP;
+    }
+    if (s->has_bitmaps_ext && s->nb_bitmaps) {
+        error_setg(errp, "'%s': cannot resize an image that has persistent bitmaps",
+                   bd->filename);
+        return -ENOTSUP;
+    }
+    if (new_l1 * 8 > QCOW2_MAX_L1_BYTES || size > (uint64_t)INT64_MAX - 511) {
+        error_setg(errp, "'%s': %" PRIu64 " bytes is too large for this cluster size",
+                   bd->filename, size);
+        return -EFBIG;
+    }
+    pthread_mutex_lock(&s->lock);
+    if (new_l1 > s->l1_size) {
+        uint64_t bytes = ALIGN_UP(new_l1 * 8, cs);
+        uint64_t old_off = s->l1_offset, old_bytes = ALIGN_UP((uint64_t)s->l1_size * 8, cs);
+        uint32_t old_l1_size = s->l1_size;
+        uint64_t *nl1 = xzalloc(bytes);
+        uint8_t *be = xzalloc(bytes);
+        int64_t off;
+
+        memcpy(nl1, s->l1, (size_t)s->l1_size * 8);
+        for (uint64_t i = 0; i < new_l1; i++) {
+            put_be64(be + i * 8, nl1[i]);
+        }
+        off = qcow2_alloc_clusters(s, bytes / cs);
+        ret = off < 0 ? (int)off : io_pwrite(s->fd, be, bytes, off);
+        free(be);
+        if (ret == 0) {
+            qcow2_note_file_end(s, off + bytes);
+            ret = qcow2_flush_metadata(s);
+        }
+        if (ret == 0) {
+            ret = io_fdatasync(s->fd);
+        }
+        if (ret == 0) {
+            s->l1_offset = off;
+            s->l1_size = new_l1;
+            s->size = size;
+            ret = qcow2_write_header(s, NULL);
+            if (ret == 0) {
+                ret = io_fdatasync(s->fd);
+            }
+            if (ret < 0) {
+                s->l1_offset = old_off;
+                s->l1_size = old_l1_size;
+                s->size = old_size;
+            }
+        }
+        if (ret < 0) {
+            free(nl1);
+            if (off >= 0) {
+                qcow2_update_refcount(s, off, bytes, -1);
+            }
+        } else {
+            free(s->l1);
+            s->l1 = nl1;
+            if (old_l1_size) {
+                qcow2_update_refcount(s, old_off, old_bytes, -1);
+            }
+        }
+    } else {
+        s->size = size;
+        ret = qcow2_write_header(s, NULL);
+        if (ret == 0) {
+            ret = io_fdatasync(s->fd);
+        }
+        if (ret < 0) {
+            s->size = old_size;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "'%s': cannot resize", bd->filename);
+        return ret;
+    }
+    bd->size = ALIGN_DOWN(size, 512);
+    return 0;
 }

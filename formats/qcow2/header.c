@@ -383,6 +383,7 @@ static int qcow2_open(struct bdev *bd, unsigned flags, struct error **errp)
 
     s->bd = bd;
     s->fd = bd->file->fd;
+    s->prealloc_detected = -1;
     s->read_only = bd->read_only;
     s->check_mode = flags & BDEV_O_CHECK;
     pthread_mutex_init(&s->lock, NULL);
@@ -630,7 +631,8 @@ static int qcow2_open(struct bdev *bd, unsigned flags, struct error **errp)
         goto fail;
     }
 
-    bd->size = ALIGN_UP(s->size, 512);
+    /* QEMU's block layer counts whole sectors of the header's size. */
+    bd->size = ALIGN_DOWN(s->size, 512);
     if (s->backing_fmt) {
         bd->backing_format = xstrdup(s->backing_fmt);
     }
@@ -1033,6 +1035,8 @@ int qcow2_create(const char *filename, const struct optlist *o, unsigned flags,
     if (ret < 0) {
         return ret;
     }
+    /* as qemu-img: the size is rounded up to whole sectors */
+    p.size = ALIGN_UP(p.size, 512);
     cs = p.cluster_size;
     l2_coverage = cs * (cs / (p.ext_l2 ? 16 : 8));
     l1_size = DIV_ROUND_UP(p.size, l2_coverage);
@@ -1176,6 +1180,7 @@ const struct format_driver qcow2_driver = {
     .get_info = qcow2_get_info,
     .check = qcow2_check,
     .change_backing = qcow2_change_backing,
+    .truncate = qcow2_truncate,
     .pread = qcow2_pread,
     .pwrite = qcow2_pwrite,
     .pwrite_zeroes = qcow2_pwrite_zeroes,

@@ -228,6 +228,7 @@ struct qcow2 {
     struct qcow2_decref *decref;
     size_t nr_decref, cap_decref;
 
+    int prealloc_detected;     /* -1 not checked; 1: metadata preallocation seen */
     bool read_only;
     bool dirty_on_disk;        /* we set the dirty bit */
     bool corrupt;              /* corruption seen: no further writes */
@@ -301,6 +302,7 @@ int qcow2_pwrite_zeroes(struct bdev *bd, uint64_t off, uint64_t len, unsigned fl
 int qcow2_discard(struct bdev *bd, uint64_t off, uint64_t len);
 int qcow2_pwrite_compressed(struct bdev *bd, const void *buf, size_t len, uint64_t off);
 int qcow2_make_empty(struct bdev *bd);
+int qcow2_truncate(struct bdev *bd, uint64_t size, struct error **errp);
 int qcow2_block_status(struct bdev *bd, uint64_t off, uint64_t len, uint64_t *pnum,
                        uint64_t *map, unsigned *status);
 /* Allocate L2 tables and data clusters for [0, size) (preallocation). */

@@ -119,6 +119,36 @@ fits_screen() {
     [ "$bad" -eq 0 ]
 }
 
+# usage_lines ARGS...: the "Usage:" line and every "  or:" line of --help,
+# without their prefixes
+usage_lines() {
+    "$PROG" "$@" --help | sed -n -E '/^(Usage| +or):/ { s/^(Usage| +or): +//; p }'
+}
+
+# synopsis_lines POD N: the first N lines of the SYNOPSIS section, as
+# synopsis_first gives the first
+synopsis_lines() {
+    awk '/^=head1 / { in_sec = ($0 == "=head1 SYNOPSIS"); next } in_sec' "$1" |
+        grep -v '^=' | grep -v '^[[:space:]]*$' | head -n "$2" |
+        sed -E 's/^[[:space:]]+//; s/[[:space:]]+$//; s/[BICFS]<([^<>]*)>/\1/g'
+}
+
+@test "every command's Usage and 'or:' lines are the first lines of its SYNOPSIS, in order" {
+    local c pod u s n bad=0
+    for c in $(commands); do
+        pod=$MANDIR/blockctl-$c.1.pod
+        [ -f "$pod" ] || continue
+        u=$(usage_lines "$c")
+        n=$(printf '%s\n' "$u" | wc -l)
+        s=$(synopsis_lines "$pod" "$n")
+        if [ "$u" != "$s" ]; then
+            printf '%s: usage and synopsis differ\n--help:\n%s\npage:\n%s\n' "$c" "$u" "$s" >&2
+            bad=1
+        fi
+    done
+    [ "$bad" -eq 0 ]
+}
+
 @test "multicall: blockctl-COMMAND --help is blockctl COMMAND --help" {
     local c link out1 out2 bad=0
     for c in $(commands); do

@@ -58,6 +58,15 @@ help_short() {
     "$PROG" "$@" --help | grep -E '^ +-[^ ,-], ' | sed -E 's/^ +(-[^ ,-]),.*/\1/'
 }
 
+# exit_codes ARGS...: the exit codes `blockctl ARGS --help` lists, one a line
+exit_codes() {
+    "$PROG" "$@" --help |
+        awk '!on && /Exit status:/ { on = 1; sub(/.*Exit status:/, "") }
+             on && /^$/ { exit }
+             on' |
+        grep -oE '\b[0-9]+\b' | sort -un
+}
+
 @test "every command has a page, and blockctl(1) links to each" {
     local c bad=0
     for c in $(commands); do
@@ -176,16 +185,40 @@ help_short() {
             pod=$MANDIR/blockctl-$c.1.pod
         fi
         [ -f "$pod" ] || continue
-        # the numbers of the "Exit status:" paragraph of --help
-        codes=$("$PROG" $c --help |
-            awk '/^Exit status:/ { on = 1 } on && /^$/ { exit } on' |
-            grep -oE '\b[0-9]+\b' | sort -un)
+        # the numbers of --help from "Exit status:" (which may start
+        # mid-paragraph) to the end of its paragraph
+        codes=$(exit_codes $c)
         [ -n "$codes" ] || { echo "blockctl $c --help: no exit status" >&2; bad=1; continue; }
         for n in $codes; do
             if ! section "$pod" "EXIT STATUS" | grep -qxF "=item B<$n>"; then
                 echo "$(basename "$pod"): exit code $n of 'blockctl $c --help' has no =item" >&2
                 bad=1
             fi
+        done
+    done
+    [ "$bad" -eq 0 ]
+}
+
+@test "the exit codes' lists are not empty (the extraction works)" {
+    [ "$(exit_codes | tr '\n' ' ')" = "0 1 64 " ]
+    # the copying commands are interrupted with 130 (SIGINT) and 143 (SIGTERM)
+    local c
+    for c in stream commit mirror; do
+        commands | grep -qxF "$c" || continue
+        exit_codes "$c" | grep -qx 130 || fail "$c --help: no 130"
+        exit_codes "$c" | grep -qx 143 || fail "$c --help: no 143"
+    done
+}
+
+@test "the copying commands' pages describe interruption, locking and bitmaps" {
+    local c pod bad=0
+    for c in stream commit mirror; do
+        commands | grep -qxF "$c" || continue
+        pod=$MANDIR/blockctl-$c.1.pod
+        [ -f "$pod" ] || continue
+        for w in SIGINT SIGTERM SIGKILL "=head2 Interruption and failure" \
+                 "=head2 Locking" "=head2 Bitmaps" "=head2 The backing file name"; do
+            grep -qF -- "$w" "$pod" || { echo "$(basename "$pod"): no '$w'" >&2; bad=1; }
         done
     done
     [ "$bad" -eq 0 ]

@@ -2,7 +2,9 @@
 # qcow2edit.py - read and poke qcow2 metadata, for crafting broken images in tests
 # SPDX-License-Identifier: GPL-2.0-or-later
 #
-# usage: qcow2edit.py IMAGE COMMAND [ARGS...]
+# usage: qcow2edit.py IMAGE COMMAND [ARGS...] [+ COMMAND [ARGS...]]...
+#        qcow2edit.py -        (batch: lines "IMAGE COMMAND [ARGS...]" on stdin)
+# (python3 starts slowly: batch the edits of a test file into one run)
 #   get FIELD                 print a header field (decimal)
 #   set FIELD VALUE           set a header field (VALUE: decimal or 0x hex)
 #   l1 IDX [VALUE]            print / set L1 entry IDX
@@ -10,6 +12,13 @@
 #   l2addr GUEST_OFF          print the file offset of that L2 entry
 #   host GUEST_OFF            print the host cluster offset of a guest offset
 #   rc CLUSTER [VALUE]        print / set the refcount of host cluster index
+#                             (CLUSTER 'last': the file's last cluster;
+#                             VALUE +N / -N: add to the current refcount)
+#   rcg GUEST_OFF [VALUE]     the same for the cluster holding a guest offset
+#   l2or GUEST_OFF MASK       OR MASK into the L2 entry of a guest offset
+#   l2desc GUEST_OFF HOSTOFF  keep the top 2 bits and sector count of a
+#                             compressed descriptor, point it at HOSTOFF
+#   backing NAME              write NAME as the backing file name in place
 #   rtentry IDX [VALUE]       print / set refcount table entry IDX
 #   ext TYPE                  print the header offset of extension TYPE (hex)
 #   extlen TYPE VALUE         set the length field of extension TYPE
@@ -126,11 +135,19 @@ class Img:
         sys.exit('extension 0x%08x not found' % typ)
 
 
-def main(argv):
-    if len(argv) < 3:
-        sys.exit(__doc__ or 'usage: qcow2edit.py IMAGE COMMAND [ARGS...]')
-    img = Img(argv[1])
-    cmd, args = argv[2], argv[3:]
+def rc_value(img, cl, v):
+    if v[0] in '+-':
+        return img.get_rc(cl) + int(v, 0)
+    return num(v)
+
+
+def cluster_arg(img, fn, a):
+    if a == 'last':
+        return (os.path.getsize(fn) + img.cs - 1) // img.cs - 1
+    return num(a)
+
+
+def run(img, fn, cmd, args):
     out = None
     if cmd == 'get':
         out = img.field(args[0])
@@ -153,11 +170,30 @@ def main(argv):
             out = img.rd(addr, '>Q')
     elif cmd == 'host':
         out = img.rd(img.l2_addr(num(args[0])), '>Q') & OFF_MASK
-    elif cmd == 'rc':
-        if len(args) > 1:
-            img.set_rc(num(args[0]), num(args[1]))
+    elif cmd in ('rc', 'rcg'):
+        if cmd == 'rc':
+            cl = cluster_arg(img, fn, args[0])
         else:
-            out = img.get_rc(num(args[0]))
+            cl = (img.rd(img.l2_addr(num(args[0])), '>Q') & OFF_MASK) // img.cs
+        if len(args) > 1:
+            img.set_rc(cl, rc_value(img, cl, args[1]))
+        else:
+            out = img.get_rc(cl)
+    elif cmd == 'l2or':
+        addr = img.l2_addr(num(args[0]))
+        img.wr(addr, '>Q', img.rd(addr, '>Q') | num(args[1]))
+    elif cmd == 'l2desc':
+        addr = img.l2_addr(num(args[0]))
+        cb = img.field('cluster_bits')
+        x = 62 - (cb - 8)
+        e = img.rd(addr, '>Q')
+        img.wr(addr, '>Q', (e & ~((1 << x) - 1)) | num(args[1]))
+    elif cmd == 'backing':
+        name = args[0].encode()
+        img.f.seek(img.field('backing_file_offset'))
+        img.f.write(name)
+        img.f.flush()
+        img.wr(16, '>I', len(name))
     elif cmd == 'rtentry':
         addr = img.field('refcount_table_offset') + 8 * num(args[0])
         if len(args) > 1:
@@ -186,11 +222,37 @@ def main(argv):
         else:
             out = img.rd(num(args[0]), INT[cmd])
     elif cmd == 'size':
-        out = os.path.getsize(argv[1])
+        out = os.path.getsize(fn)
     else:
         sys.exit('unknown command %s' % cmd)
     if out is not None:
         print(out)
+
+
+def run_all(fn, words):
+    img = Img(fn)
+    cmd = []
+    for w in words + ['+']:
+        if w == '+':
+            if cmd:
+                run(img, fn, cmd[0], cmd[1:])
+            cmd = []
+        else:
+            cmd.append(w)
+    img.f.close()
+
+
+def main(argv):
+    if len(argv) == 2 and argv[1] == '-':
+        import shlex
+        for line in sys.stdin:
+            words = shlex.split(line, comments=True)
+            if words:
+                run_all(words[0], words[1:])
+        return
+    if len(argv) < 3:
+        sys.exit('usage: qcow2edit.py IMAGE COMMAND [ARGS...]')
+    run_all(argv[1], argv[2:])
 
 
 if __name__ == '__main__':
