@@ -370,3 +370,18 @@ failed_cleanly() {
     [ "$status" -ne 64 ] || { fail "usage error: $stderr"; return 1; }
     [ -n "$stderr" ] || { fail "no error message"; return 1; }
 }
+
+# wait_progress FILE SECS: until the --progress=json lines in FILE show a
+# copy under way (0 < done < total)
+wait_progress() {
+    local n=$(($2 * 20)) l
+    while [ $n -gt 0 ]; do
+        l=$(tail -n 1 "$1" 2>/dev/null)
+        if [ -n "$l" ] && jq -e '.done > 0 and .done < .total' <<<"$l" >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.05
+        n=$((n - 1))
+    done
+    fail "no progress in $1 within $2 s: $(tail -n 3 "$1" 2>/dev/null)"
+}

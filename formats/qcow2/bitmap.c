@@ -677,6 +677,12 @@ static int validate_ops(struct qcow2 *s, const struct bitmap_op *ops, size_t n,
                               op->name);
             goto out;
         }
+        if (op->type == BITMAP_OP_MERGE && op->src && op->src->size != s->size) {
+            error_setg(errp, "'%s': bitmap '%s' covers %" PRIu64 " bytes but the image has %"
+                       PRIu64 ": bitmaps of different sizes cannot be merged", fn,
+                       op->src_name ? op->src_name : "?", op->src->size, s->size);
+            goto out;
+        }
         if (op->type == BITMAP_OP_MERGE && !op->src) {
             ssize_t si = -1;
             for (size_t j = 0; j < nsim; j++) {
@@ -925,8 +931,9 @@ int qcow2_bitmap_get(struct bdev *bd, const char *name, struct dirty_bitmap **ou
         goto out;
     }
     if (!usable(b)) {
-        error_setg(errp, "'%s': bitmap '%s' is inconsistent (it was in use when the image was "
-                   "last closed, e.g. by a crash) and cannot be used", bd->filename, name);
+        error_setg(errp, "'%s': bitmap '%s' is inconsistent (in use: left so by a crash, or "
+                   "another process has the image open for writing) and cannot be used",
+                   bd->filename, name);
         error_append_hint(errp, "Remove it with 'blockctl bitmap --remove %s %s'",
                           bd->filename, name);
         ret = -EINVAL;

@@ -8,20 +8,6 @@
 load ../helpers
 bats_require_minimum_version 1.5.0
 
-# copied OFF: an L1/L2 entry for OFF with OFLAG_COPIED (unsigned decimal)
-copied() { printf '%u' $(((1 << 63) | $1)); }
-
-# mk NAME [SOURCE]: a copy of good.qcow2 (or SOURCE) to break
-mk() { cp "${2:-good.qcow2}" "$1.qcow2"; }
-
-# set_backing IMG NAME: overwrite the backing file name stored in IMG
-set_backing() {
-    local off
-    off=$(qedit "$1" get backing_file_offset)
-    printf '%s' "$2" | dd of="$1" bs=1 seek="$off" conv=notrunc status=none
-    qedit "$1" set backing_file_size "${#2}"
-}
-
 setup_file() {
     requires_cmd qemu-img qemu-io python3
     cd "$BATS_FILE_TMPDIR" || return 1
@@ -37,82 +23,72 @@ setup_file() {
     mkq bm.qcow2 1M
     qemu-img bitmap --add bm.qcow2 b0
     qemu-img create -q -f qcow2 -b good.qcow2 -F qcow2 ov.qcow2
-
-    # header fields
-    mk magic; qedit magic.qcow2 set magic 0x12345678
-    mk v1; qedit v1.qcow2 set version 1
-    mk v4; qedit v4.qcow2 set version 4
-    mk cb8; qedit cb8.qcow2 set cluster_bits 8
-    mk cb22; qedit cb22.qcow2 set cluster_bits 22
-    mk cb63; qedit cb63.qcow2 set cluster_bits 63
-    mk sizehuge; qedit sizehuge.qcow2 set size 0x7fffffffffffffff
-    mk l1huge; qedit l1huge.qcow2 set l1_size 0x7fffffff
-    mk l1big; qedit l1big.qcow2 set l1_size 0x2000000
-    mk l1small; qedit l1small.qcow2 set size 0x100000000000
-    mk l1unal; qedit l1unal.qcow2 set l1_table_offset 0x30001
-    mk l1eof; qedit l1eof.qcow2 set l1_table_offset 0x100000000
-    mk l1wrap; qedit l1wrap.qcow2 set l1_table_offset 0xffffffffffff0000
-    mk rtunal; qedit rtunal.qcow2 set refcount_table_offset 0x10200
-    mk rteof; qedit rteof.qcow2 set refcount_table_offset 0x100000000
-    mk rtzero; qedit rtzero.qcow2 set refcount_table_offset 0
-    mk rtchuge; qedit rtchuge.qcow2 set refcount_table_clusters 0xffffff
-    mk rtc0; qedit rtc0.qcow2 set refcount_table_clusters 0
-    mk ro7; qedit ro7.qcow2 set refcount_order 7
-    mk ro32; qedit ro32.qcow2 set refcount_order 32
-    mk hl100; qedit hl100.qcow2 set header_length 100
-    mk hlbig; qedit hlbig.qcow2 set header_length 0x20000
-    mk hlodd; qedit hlodd.qcow2 set header_length 105
-    mk incomp; qedit incomp.qcow2 set incompatible_features 0x20
-    mk incomp63; qedit incomp63.qcow2 set incompatible_features 0x8000000000000000
-    mk crypt1; qedit crypt1.qcow2 set crypt_method 1
-    mk crypt2; qedit crypt2.qcow2 set crypt_method 2
-    mk crypt9; qedit crypt9.qcow2 set crypt_method 9
-    mk datafile; qedit datafile.qcow2 set incompatible_features 4
-    mk ctype; qedit ctype.qcow2 set incompatible_features 8; qedit ctype.qcow2 u8 104 2
-    mk ctypenobit; qedit ctypenobit.qcow2 u8 104 1
     head -c 50 good.qcow2 >trunc.qcow2
     head -c 104 good.qcow2 >hdronly.qcow2
     : >empty.qcow2
 
-    # header extensions
-    mk extlen; qedit extlen.qcow2 extlen feature_table 0x20000
-    mk extlen2; qedit extlen2.qcow2 extlen feature_table 0xfffffff8
-    mk bmlen bm.qcow2; qedit bmlen.qcow2 extlen bitmaps 8
-    mk bmdir bm.qcow2; qedit bmdir.qcow2 bmdir-set offset 0x100000000
-    mk bmdirunal bm.qcow2; qedit bmdirunal.qcow2 bmdir-set offset 0x10004
-    mk bmdirsize bm.qcow2; qedit bmdirsize.qcow2 bmdir-set size 0x7fffffff
-    mk bmnb bm.qcow2; qedit bmnb.qcow2 bmdir-set nb 0x7fffffff
-    mk bmnb0 bm.qcow2; qedit bmnb0.qcow2 bmdir-set nb 0
-
-    # snapshot table
-    mk snapoff snap.qcow2; qedit snapoff.qcow2 set snapshots_offset 0x12345
-    mk snapeof snap.qcow2; qedit snapeof.qcow2 set snapshots_offset 0x100000000
-    mk snapnb snap.qcow2; qedit snapnb.qcow2 set nb_snapshots 0x7fffffff
-    mk snapnb2 snap.qcow2; qedit snapnb2.qcow2 set nb_snapshots 2
-
-    # backing file name
-    mk bfoeof ov.qcow2; qedit bfoeof.qcow2 set backing_file_offset 0x100000000
-    mk bfsbig ov.qcow2; qedit bfsbig.qcow2 set backing_file_size 0x10000
-    mk bfsover ov.qcow2; qedit bfsover.qcow2 set backing_file_offset 0xfffc
-    mk selfback ov.qcow2; set_backing selfback.qcow2 selfback.qcow2
-    mk jsonback ov.qcow2
-    set_backing jsonback.qcow2 'json:{"file":{"driver":"file","filename":"good.qcow2"}}'
-
-    # tables: L1 / L2 entries, compressed descriptors, refcount blocks
-    mk l2eof; qedit l2eof.qcow2 l2 0 "$(copied 0x10000000)"
-    mk l1entryeof; qedit l1entryeof.qcow2 l1 0 "$(copied 0x10000000)"
-    mk l1entryunal; qedit l1entryunal.qcow2 l1 0 "$(copied 0x40200)"
-    mk compeof
-    local h
-    h=$(qedit compeof.qcow2 l2 131072)
-    # keep the flag and size bits (62..), point the data at 4 GiB
-    qedit compeof.qcow2 l2 131072 "$(printf '%u' $(((h & ~((1 << 62) - 1)) | 0x100000000)))"
-    mk compbig
-    h=$(qedit compbig.qcow2 l2 131072)
-    # the largest sector count the descriptor can hold (64k clusters: 8 bits
-    # of sectors above the 54-bit offset)
-    qedit compbig.qcow2 l2 131072 "$(printf '%u' $((h | (0xff << 54))))"
-    mk rbeof; qedit rbeof.qcow2 rtentry 0 0x10000000
+    # each line: NAME SOURCE EDITS (qcow2edit.py commands, joined by +)
+    local name src edits
+    while read -r name src edits; do
+        [ -n "$name" ] || continue
+        cp "$src.qcow2" "$name.qcow2"
+        echo "$name.qcow2 $edits"
+    done <<'CASES' | qedit_batch
+magic good set magic 0x12345678
+v1 good set version 1
+v4 good set version 4
+cb8 good set cluster_bits 8
+cb22 good set cluster_bits 22
+cb63 good set cluster_bits 63
+sizehuge good set size 0x7fffffffffffffff
+l1huge good set l1_size 0x7fffffff
+l1big good set l1_size 0x2000000
+l1small good set size 0x100000000000
+l1unal good set l1_table_offset 0x30001
+l1eof good set l1_table_offset 0x100000000
+l1wrap good set l1_table_offset 0xffffffffffff0000
+rtunal good set refcount_table_offset 0x10200
+rteof good set refcount_table_offset 0x100000000
+rtzero good set refcount_table_offset 0
+rtchuge good set refcount_table_clusters 0xffffff
+rtc0 good set refcount_table_clusters 0
+ro7 good set refcount_order 7
+ro32 good set refcount_order 32
+hl100 good set header_length 100
+hlbig good set header_length 0x20000
+hlodd good set header_length 105
+incomp good set incompatible_features 0x20
+incomp63 good set incompatible_features 0x8000000000000000
+crypt1 good set crypt_method 1
+crypt2 good set crypt_method 2
+crypt9 good set crypt_method 9
+datafile good set incompatible_features 4
+ctype good set incompatible_features 8 + u8 104 2
+ctypenobit good u8 104 1
+extlen good extlen feature_table 0x20000
+extlen2 good extlen feature_table 0xfffffff8
+bmlen bm extlen bitmaps 8
+bmdir bm bmdir-set offset 0x100000000
+bmdirunal bm bmdir-set offset 0x10004
+bmdirsize bm bmdir-set size 0x7fffffff
+bmnb bm bmdir-set nb 0x7fffffff
+bmnb0 bm bmdir-set nb 0
+snapoff snap set snapshots_offset 0x12345
+snapeof snap set snapshots_offset 0x100000000
+snapnb snap set nb_snapshots 0x7fffffff
+snapnb2 snap set nb_snapshots 2
+bfoeof ov set backing_file_offset 0x100000000
+bfsbig ov set backing_file_size 0x10000
+bfsover ov set backing_file_offset 0xfffc
+selfback ov backing selfback.qcow2
+jsonback ov backing 'json:{"file":{"driver":"file","filename":"good.qcow2"}}'
+l2eof good l2 0 0x8000000010000000
+l1entryeof good l1 0 0x8000000010000000
+l1entryunal good l1 0 0x8000000000040200
+compeof good l2desc 131072 0x100000000
+compbig good l2or 131072 0x3fc0000000000000
+rbeof good rtentry 0 0x10000000
+CASES
 }
 
 setup() {

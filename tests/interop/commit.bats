@@ -150,14 +150,17 @@ emptied() {
     unchanged c/b/base.raw
 }
 
-@test "commit into a base smaller than TOP is refused before writing" {
+@test "commit into a base smaller than TOP grows the base (as qemu-img commit does)" {
     use_chain raw
     qemu-img resize -q c/top.qcow2 48M
-    record_sums c/top.qcow2 c/l2.qcow2
-    run --separate-stderr "$PROG" commit c/top.qcow2
-    failed_cleanly
-    [[ $stderr == *l2.qcow2* ]] || fail "error does not name l2.qcow2: $stderr"
-    same_sums
+    qio c/top.qcow2 'write -P 0x4f 40M 1M' 'write -P 0x4e 32M 64k'
+    to_raw c/top.qcow2 top48.raw
+    committed c/top.qcow2
+    [ "$(info_field c/l2.qcow2 '."virtual-size"')" -eq $((48 << 20)) ] || fail "l2 was not grown"
+    reads_as c/l2.qcow2 top48.raw
+    reads_as c/top.qcow2 top48.raw
+    check_ok c/top.qcow2 c/l2.qcow2
+    unchanged c/l1.qcow2 c/b/base.raw
 }
 
 @test "commit refuses a BASE that qemu-nbd is serving read-write; nothing changes" {
