@@ -43,8 +43,12 @@ enum output_format { OUTPUT_HUMAN, OUTPUT_JSON };
 enum output_format parse_output_format(const char *arg, struct argp_state *state);
 /* Parse a size argument for an option; exits with EXIT_USAGE when bad. */
 uint64_t parse_size_arg(const char *arg, const char *what, struct argp_state *state);
-/* Print an error (and free it) */
-void report(struct error *err);
+/* Print an error, free it and clear the variable (so it can be reused). */
+#define report(err) \
+    do { \
+        error_report_err(err); \
+        (err) = NULL; \
+    } while (0)
 /* qemu-img style progress line on stdout: "    (12.34/100%)\r" */
 void progress_print(double percent);
 void progress_done(void);

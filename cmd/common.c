@@ -35,11 +35,6 @@ uint64_t parse_size_arg(const char *arg, const char *what, struct argp_state *st
     return v;
 }
 
-void report(struct error *err)
-{
-    error_report_err(err);
-}
-
 void progress_print(double percent)
 {
     printf("    (%3.2f/100%%)\r", percent);

@@ -332,17 +332,25 @@ int cmd_mirror(int argc, char **argv)
             snprintf(sz, sizeof(sz), "%" PRIu64, src->size);
             opts_set(&o, "size", sz);
         }
+        /*
+         * A TARGET.part left by a killed mirror is replaced; one that a
+         * running mirror is writing is locked, and refused.
+         */
         part = xasprintf("%s.part", a.target);
-        if (bdev_create(fmt, part, &o, 0, &err) < 0) {
-            if (stat(part, &st) == 0) {
-                error_report("'%s' exists: an interrupted mirror left it; remove it first", part);
-                error_free(err);
-            } else {
+        if (stat(part, &st) == 0) {
+            struct bfile *f = bfile_open(part, BDEV_CREATE_PERM, 0, &err);
+            if (!f) {
+                error_prefix(&err, "another mirror seems to be writing '%s': ", a.target);
                 report(err);
+                goto out;
             }
-            goto out;
+            bfile_close(f, BDEV_CREATE_PERM, 0);
         }
         created = true;
+        if (bdev_create(fmt, part, &o, BDEV_CREATE_FORCE, &err) < 0) {
+            report(err);
+            goto out;
+        }
         dst = bdev_open(part, fmt, BDEV_O_RDWR, &err);
         if (!dst) {
             report(err);
@@ -389,14 +397,7 @@ int cmd_mirror(int argc, char **argv)
     dst = NULL;
     if (created) {
         /* never replace a TARGET that appeared meanwhile */
-        if (renameat2(AT_FDCWD, part, AT_FDCWD, a.target, RENAME_NOREPLACE) < 0) {
-            r = -errno;
-            if (r == -EINVAL || r == -ENOSYS) {
-                r = stat(a.target, &st) == 0 ? -EEXIST : io_rename(part, a.target);
-            }
-        } else {
-            r = 0;
-        }
+        r = io_rename_noreplace(part, a.target);
         if (r == 0) {
             r = io_dirsync(a.target);
         }

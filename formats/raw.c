@@ -140,6 +140,8 @@ static int raw_pread(struct bdev *bd, void *buf, size_t len, uint64_t off)
     ssize_t n = io_pread(bd->file->fd, buf, len, off);
 
     if (n < 0) {
+        bdev_set_error(bd, "'%s': read error at offset %" PRIu64 ": %s", bd->filename, off,
+                       strerror((int)-n));
         return (int)n;
     }
     if ((size_t)n < len) {
@@ -156,6 +158,10 @@ static int raw_pwrite(struct bdev *bd, const void *buf, size_t len, uint64_t off
 
     if (ret == 0 && (flags & BDEV_REQ_FUA)) {
         ret = io_fdatasync(bd->file->fd);
+    }
+    if (ret < 0) {
+        bdev_set_error(bd, "'%s': write error at offset %" PRIu64 ": %s", bd->filename, off,
+                       strerror(-ret));
     }
     return ret;
 }
@@ -209,7 +215,12 @@ static int raw_discard(struct bdev *bd, uint64_t off, uint64_t len)
 
 static int raw_flush(struct bdev *bd)
 {
-    return io_fdatasync(bd->file->fd);
+    int ret = io_fdatasync(bd->file->fd);
+
+    if (ret < 0) {
+        bdev_set_error(bd, "'%s': flush failed: %s", bd->filename, strerror(-ret));
+    }
+    return ret;
 }
 
 static int raw_block_status(struct bdev *bd, uint64_t off, uint64_t len, uint64_t *pnum,

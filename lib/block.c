@@ -127,7 +127,8 @@ char *bdev_path_combine(const char *overlay_name, const char *backing)
 /* Read the first bytes of @path for probing; returns bytes read or -errno. */
 static ssize_t read_head(const char *path, uint8_t *buf, size_t len)
 {
-    int fd = io_open(path, O_RDONLY, 0);
+    /* O_NONBLOCK: a FIFO must not block us here (bfile_open refuses it) */
+    int fd = io_open(path, O_RDONLY | O_NONBLOCK, 0);
     ssize_t n;
 
     if (fd < 0) {

@@ -74,7 +74,7 @@ static void rate_limit(struct engine *e, uint64_t n)
         wait = e->tokens < 0 ? -e->tokens / rate : 0;
     }
     pthread_mutex_unlock(&e->rl_lock);
-    while (wait > 0 && !(e->p->cancel && *e->p->cancel)) {
+    while (wait > 0 && !cancelled(e)) {
         double step = MIN(wait, 0.1);
         struct timespec ts = { (time_t)step, (long)((step - (double)(time_t)step) * 1e9) };
         nanosleep(&ts, NULL);
@@ -157,6 +157,9 @@ static int write_data(struct engine *e, const uint8_t *buf, uint64_t off, uint64
     int ret;
 
     rate_limit(e, len);
+    if (cancelled(e)) {
+        return -ECANCELED;
+    }
     if (p->compress) {
         uint64_t cs = e->gran;
         for (uint64_t o = 0; o < len; o += cs) {

@@ -218,6 +218,11 @@ struct bfile *bfile_open(const char *path, unsigned perm, unsigned shared,
         error_setg(errp, "cannot open '%s': Is a directory", path);
         return NULL;
     }
+    if (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)) {
+        /* opening a FIFO would block until a writer comes */
+        error_setg(errp, "cannot open '%s': not a regular file or block device", path);
+        return NULL;
+    }
     pthread_mutex_lock(&files_lock);
     for (size_t i = 0; i < nr_files; i++) {
         if (files[i]->dev == st.st_dev && files[i]->ino == st.st_ino) {

@@ -410,6 +410,27 @@ int io_rename(const char *from, const char *to)
     return 0;
 }
 
+int io_rename_noreplace(const char *from, const char *to)
+{
+    int act = fault_check(OP_RENAME, to);
+    struct stat st;
+
+    if (act >= 0) {
+        return simple_fault(act);
+    }
+    if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0) {
+        return 0;
+    }
+    if (errno != EINVAL && errno != ENOSYS) {
+        return -errno;
+    }
+    /* a filesystem without RENAME_NOREPLACE: check, then rename */
+    if (stat(to, &st) == 0) {
+        return -EEXIST;
+    }
+    return rename(from, to) < 0 ? -errno : 0;
+}
+
 int io_dirsync(const char *path)
 {
     char *copy = xstrdup(path);

@@ -45,6 +45,8 @@ int io_ftruncate(int fd, uint64_t len);
 int io_fallocate(int fd, int mode, uint64_t off, uint64_t len);
 /* rename(2) of @from to @to; returns 0 or -errno. */
 int io_rename(const char *from, const char *to);
+/* rename(2) that fails with -EEXIST instead of replacing @to (fault op "rename"). */
+int io_rename_noreplace(const char *from, const char *to);
 /* fsync the directory that contains @path; returns 0 or -errno. */
 int io_dirsync(const char *path);
 /* Name registered for @fd by io_open (never NULL). */

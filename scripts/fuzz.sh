@@ -109,7 +109,7 @@ report() {
     [ -z "$runs" ] && runs=$(grep -oE '^#[0-9]+' "$log" | tail -1 | tr -d '#')
     secs=$(grep -oE 'Done [0-9]+ runs in [0-9]+ second' "$log" | tail -1 | awk '{print $5}')
     printf 'fuzz: %-12s %s execs in %ss, corpus %s files, exit %d\n' "$t" "${runs:-?}" \
-        "${secs:-$FUZZ_TIME}" "$(ls "$OUT/corpus/$t" | wc -l)" "$rc"
+        "${secs:-?}" "$(ls "$OUT/corpus/$t" | wc -l)" "$rc"
     if [ "$rc" -ne 0 ]; then
         echo "fuzz: $t FAILED; log $log; artifacts:" >&2
         ls -1 "$OUT/artifacts/$t-"* 2>/dev/null | sed 's/^/  /' >&2

@@ -265,7 +265,8 @@ nbd_serve() {
     NBD_PIDFILE=$BATS_TEST_TMPDIR/$name.pid
     rm -f "$NBD_SOCK" "$NBD_PIDFILE"
     echo "$NBD_PIDFILE" >>"$BATS_TEST_TMPDIR/.servers"
-    qemu-nbd --fork --pid-file "$NBD_PIDFILE" -k "$NBD_SOCK" "$@" ||
+    # (fd 3 is bats' own: a daemon holding it would stall the run)
+    qemu-nbd --fork --pid-file "$NBD_PIDFILE" -k "$NBD_SOCK" "$@" 3>&- ||
         { fail "qemu-nbd $* did not start"; return 1; }
     [ -s "$NBD_PIDFILE" ] || { fail "qemu-nbd wrote no pid file"; return 1; }
     NBD_URI="nbd+unix:///?socket=$NBD_SOCK"
@@ -280,7 +281,7 @@ nbdkit_serve() {
     NBD_PIDFILE=$BATS_TEST_TMPDIR/$name.pid
     rm -f "$NBD_SOCK" "$NBD_PIDFILE"
     echo "$NBD_PIDFILE" >>"$BATS_TEST_TMPDIR/.servers"
-    nbdkit --unix "$NBD_SOCK" --pidfile "$NBD_PIDFILE" "$@" ||
+    nbdkit --unix "$NBD_SOCK" --pidfile "$NBD_PIDFILE" "$@" 3>&- ||
         { fail "nbdkit $* did not start"; return 1; }
     local n=50
     while [ ! -s "$NBD_PIDFILE" ] && [ $n -gt 0 ]; do sleep 0.1; n=$((n - 1)); done
@@ -309,7 +310,7 @@ server_stop() {
 bg_start() {
     local out=$1 err=$2
     shift 2
-    "$@" >"$out" 2>"$err" &
+    "$@" >"$out" 2>"$err" 3>&- &
     BG_PID=$!
     echo "$BG_PID" >>"$BATS_TEST_TMPDIR/.bgpids"
 }

@@ -31,6 +31,10 @@ struct chk {
     uint64_t next_contig;    /* fragmentation accounting */
     uint32_t *bad_bitmaps;   /* bitmaps with broken tables (indexes) */
     size_t nr_bad_bitmaps;
+    int64_t rc_corruptions;  /* corruptions a rebuilt refcount structure fixes */
+    uint8_t *l2_cur;         /* the L2 table being checked (active image only) */
+    uint64_t l2_off;
+    bool l2_dirty;           /* repaired entries to write back */
 };
 
 static void add_ref(struct chk *c, uint64_t off, uint64_t len)
@@ -71,7 +75,7 @@ static bool read_buf(struct chk *c, void *buf, size_t len, uint64_t off)
     return true;
 }
 
-static void check_l2(struct chk *c, const uint8_t *l2, bool active)
+static void check_l2(struct chk *c, uint8_t *l2, bool active)
 {
     struct qcow2 *s = c->s;
     uint64_t cs = s->cluster_size;
@@ -98,7 +102,6 @@ static void check_l2(struct chk *c, const uint8_t *l2, bool active)
                 c->res->allocated_clusters++;
                 c->res->compressed_clusters++;
                 c->res->fragmented_clusters++;
-                c->next_contig = 0;
             }
             continue;
         }
@@ -122,12 +125,28 @@ static void check_l2(struct chk *c, const uint8_t *l2, bool active)
         if (!host) {
             continue;
         }
+        /* as qemu-img: the reference counts even where the entry is bad */
+        add_ref(c, host, cs);
         if (!IS_ALIGNED(host, cs)) {
-            fprintf(stderr, "ERROR offset=%" PRIx64 ": Data cluster is not properly aligned; L2 "
-                    "entry corrupted.\n", host);
+            bool data = s->ext_l2 ? (bm & QCOW2_BITMAP_ALL_ALLOC) != 0
+                                  : !(e & QCOW2_OFLAG_ZERO);
             c->res->corruptions++;
-        } else {
-            add_ref(c, host, cs);
+            if (!data) {
+                fprintf(stderr, "%s offset=%" PRIx64 ": Preallocated cluster is not properly "
+                        "aligned; L2 entry corrupted.\n",
+                        (c->fix & CHECK_FIX_ERRORS) ? "Repairing" : "ERROR", host);
+                if ((c->fix & CHECK_FIX_ERRORS) && c->l2_cur && c->l2_off) {
+                    /* a zero cluster needs no host cluster: drop the bad one */
+                    qcow2_l2_set(s, c->l2_cur, j, s->ext_l2 ? 0 : QCOW2_OFLAG_ZERO,
+                                 s->ext_l2 ? QCOW2_BITMAP_ALL_ZERO : 0);
+                    c->l2_dirty = true;
+                    c->res->corruptions--;
+                    c->res->corruptions_fixed++;
+                }
+            } else {
+                fprintf(stderr, "ERROR offset=%" PRIx64 ": Data cluster is not properly aligned; "
+                        "L2 entry corrupted.\n", host);
+            }
         }
         if (active) {
             c->res->allocated_clusters++;
@@ -165,19 +184,30 @@ static void check_l1(struct chk *c, uint64_t l1_off, uint32_t l1_size, bool acti
         if (!l2off) {
             continue;
         }
+        /* as qemu-img: counted, then checked, then read even if misaligned */
+        add_ref(c, l2off, cs);
         if (!IS_ALIGNED(l2off, cs)) {
             fprintf(stderr, "ERROR l2_offset=%" PRIx64 ": Table is not cluster aligned; L1 entry "
                     "corrupted\n", l2off);
             c->res->corruptions++;
-            continue;
         }
         if (l2off >= c->file_size) {
-            add_ref(c, l2off, cs);   /* reports the error */
             continue;
         }
-        add_ref(c, l2off, cs);
         if (read_buf(c, l2, cs, l2off)) {
+            /* qemu-img counts fragmentation within each L2 table */
+            c->next_contig = 0;
+            c->l2_cur = (active && IS_ALIGNED(l2off, cs)) ? l2 : NULL;
+            c->l2_off = l2off;
+            c->l2_dirty = false;
             check_l2(c, l2, active);
+            if (c->l2_dirty) {
+                qcow2_cache_discard(&s->l2_cache, l2off);
+                if (io_pwrite(s->fd, l2, cs, l2off) < 0) {
+                    c->res->check_errors++;
+                }
+            }
+            c->l2_cur = NULL;
         }
     }
 out:
@@ -197,6 +227,7 @@ static void check_refblocks(struct chk *c)
         if (s->reftable[i] & ~QCOW2_REFT_OFFSET_MASK) {
             fprintf(stderr, "ERROR refcount table entry %" PRIu64 " has reserved bits set\n", i);
             c->res->corruptions++;
+            c->rc_corruptions++;
             c->rebuild = true;
         }
         if (!off) {
@@ -206,12 +237,14 @@ static void check_refblocks(struct chk *c)
             fprintf(stderr, "ERROR refcount block %" PRIu64 " is not cluster aligned; refcount "
                     "table entry corrupted\n", i);
             c->res->corruptions++;
+            c->rc_corruptions++;
             c->rebuild = true;
             continue;
         }
         if (off >= c->file_size) {
             fprintf(stderr, "ERROR refcount block %" PRIu64 " is outside image\n", i);
             c->res->corruptions++;
+            c->rc_corruptions++;
             c->rebuild = true;
             continue;
         }
@@ -220,6 +253,7 @@ static void check_refblocks(struct chk *c)
             fprintf(stderr, "ERROR refcount block %" PRIu64 " refcount=%" PRIu32 "\n", i,
                     c->refs[off >> s->cluster_bits]);
             c->res->corruptions++;
+            c->rc_corruptions++;
             c->rebuild = true;
         }
     }
@@ -662,6 +696,7 @@ int qcow2_check(struct bdev *bd, struct check_result *res, unsigned fix, struct 
             fprintf(stderr, "ERROR cluster %" PRIu64 " refcount=%" PRIu64 " reference=%" PRIu64
                     "\n", i, rc, ref);
             res->corruptions++;
+            c.rc_corruptions++;
             if (rc == 0 || ref > s->refcount_max) {
                 c.rebuild = true;
             } else if (fix & CHECK_FIX_ERRORS) {
@@ -671,6 +706,7 @@ int qcow2_check(struct bdev *bd, struct check_result *res, unsigned fix, struct 
                     c.rebuild = true;
                 } else {
                     res->corruptions--;
+                    c.rc_corruptions--;
                     res->corruptions_fixed++;
                 }
             }
@@ -685,8 +721,9 @@ int qcow2_check(struct bdev *bd, struct check_result *res, unsigned fix, struct 
             goto fail_io;
         }
         /* Everything the old structure got wrong is now right. */
-        res->corruptions_fixed += res->corruptions;
-        res->corruptions = 0;
+        res->corruptions_fixed += c.rc_corruptions;
+        res->corruptions -= c.rc_corruptions;
+        c.rc_corruptions = 0;
         res->leaks_fixed += res->leaks;
         res->leaks = 0;
     } else if (c.rebuild && (fix & CHECK_FIX_LEAKS)) {

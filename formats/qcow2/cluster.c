@@ -406,6 +406,8 @@ int qcow2_pread(struct bdev *bd, void *buf, size_t len, uint64_t off)
             n = io_pread(s->fd, buf, m.bytes, m.host);
             if (n < 0) {
                 ret = (int)n;
+                bdev_set_error(bd, "'%s': read error at offset %" PRIu64 ": %s", bd->filename,
+                               m.host, strerror(-ret));
             } else if ((uint64_t)n < m.bytes) {
                 memset((uint8_t *)buf + n, 0, m.bytes - n);
             }
@@ -815,6 +817,7 @@ static int write_chunk(struct qcow2 *s, const uint8_t *buf, uint64_t off, uint64
 
     pthread_mutex_lock(&s->lock);
     if (ret < 0) {
+        bdev_set_error(s->bd, "'%s': write error: %s", s->bd->filename, strerror(-ret));
         goto out_free;
     }
     qcow2_note_file_end(s, max_end);

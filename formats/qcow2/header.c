@@ -738,6 +738,9 @@ static int qcow2_flush(struct bdev *bd)
     if (ret == 0) {
         ret = io_fdatasync(s->fd);
     }
+    if (ret < 0) {
+        bdev_set_error(bd, "'%s': flush failed: %s", bd->filename, strerror(-ret));
+    }
     return ret;
 }
 

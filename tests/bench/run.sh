@@ -63,43 +63,60 @@ warm() {
     cat "$@" >/dev/null
 }
 
-# Run one command: prints "SECONDS RSS_KIB STATUS".
+# Run a command INNER times (default 1), timed with $EPOCHREALTIME (no
+# extra processes in the measured interval): prints "SECONDS STATUS", the
+# seconds per run.
 run_timed() {
-    local cmd=$1 rssf=$D/.rss t0 t1 st
-    t0=$(date +%s%N)
-    eval "$GNU_TIME -f %M -o \"\$rssf\" $cmd" >/dev/null 2>"$D/.stderr"
-    st=$?
-    t1=$(date +%s%N)
-    printf '%d.%06d %s %s\n' $(((t1 - t0) / 1000000000)) $((((t1 - t0) / 1000) % 1000000)) \
-        "$(tail -1 "$rssf" 2>/dev/null || echo 0)" "$st"
+    local cmd=$1 inner=${2:-1} t0 t1 st=0 k
+    t0=$EPOCHREALTIME
+    for ((k = 0; k < inner; k++)); do
+        eval "$cmd" >/dev/null 2>"$D/.stderr"
+        st=$?
+    done
+    t1=$EPOCHREALTIME
+    awk -v a="$t0" -v b="$t1" -v n="$inner" -v s="$st" 'BEGIN { printf "%.6f %d\n", (b - a) / n, s }'
+}
+
+# Peak RSS of one run of a command, in KiB (GNU time's %M).
+run_rss() {
+    local cmd=$1
+    eval "$GNU_TIME -f %M -o \"\$D/.rss\" $cmd" >/dev/null 2>&1
+    tail -1 "$D/.rss" 2>/dev/null || echo 0
 }
 
 median() {
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { printf "%.3f", v[int((NR + 1) / 2)] }'
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { printf "%.6f", v[int((NR + 1) / 2)] }'
 }
 
 # bench NAME 'blockctl cmd' 'qemu cmd' TARGET_RATIO [RSS_TARGET_MIB]
 bench() {
     local name=$1 bcmd=$2 qcmd=$3 target=$4 rss_target=${5:-}
-    local bt=() qt=() brss=0 qrss=0 bst qst i out t r s
+    local bt=() qt=() brss=0 qrss=0 bst qst i t s
 
     echo "bench: $name ..." >&2
     # warm-up run of each, which also checks that they agree
-    read -r t r bst <<<"$(run_timed "$bcmd")"
-    if [ "$bst" -gt 1 ] || [ "$bst" -lt 0 ]; then
+    local bt0 qt0
+    read -r bt0 bst <<<"$(run_timed "$bcmd")"
+    if [ "$bst" -gt 1 ]; then
         echo "bench: $name: blockctl failed (exit $bst): $(head -3 "$D/.stderr")" >&2
     fi
-    read -r t r qst <<<"$(run_timed "$qcmd")"
+    read -r qt0 qst <<<"$(run_timed "$qcmd")"
     if [ "$bst" != "$qst" ]; then
         echo "bench: $name: exit status differs: blockctl $bst, qemu $qst" >&2
         FAILED=$((FAILED + 1))
     fi
+    # short commands: repeat each timed run so it lasts about 0.3 s
+    local inner
+    inner=$(awk -v b="$bt0" -v q="$qt0" 'BEGIN { t = (b < q ? b : q); n = int(0.3 / (t > 0 ? t : 0.001))
+        print (n < 1 ? 1 : (n > 100 ? 100 : n)) }')
+    brss=$(run_rss "$bcmd")
+    qrss=$(run_rss "$qcmd")
     for ((i = 0; i < RUNS; i++)); do
-        read -r t r s <<<"$(run_timed "$bcmd")"
-        bt+=("$t"); [ "$r" -gt "$brss" ] && brss=$r
+        read -r t s <<<"$(run_timed "$bcmd" "$inner")"
+        bt+=("$t")
         [ "$s" = "$bst" ] || echo "bench: $name: blockctl exit status changed: $s" >&2
-        read -r t r s <<<"$(run_timed "$qcmd")"
-        qt+=("$t"); [ "$r" -gt "$qrss" ] && qrss=$r
+        read -r t s <<<"$(run_timed "$qcmd" "$inner")"
+        qt+=("$t")
     done
     local bmed qmed ratio verdict=met
     bmed=$(median "${bt[@]}")
@@ -108,12 +125,13 @@ bench() {
     if awk -v r="$ratio" -v t="$target" 'BEGIN { exit !(r > t) }'; then
         verdict=MISSED
     fi
-    if [ -n "$rss_target" ] && [ $((brss / 1024)) -gt "$rss_target" ]; then
+    if [ -n "$rss_target" ] && [ "$brss" -gt $((rss_target * 1024)) ]; then
         verdict=MISSED
     fi
     [ "$verdict" = met ] || MISSED=$((MISSED + 1))
-    RESULTS+=("$name|$bmed|$qmed|$ratio|$((brss / 1024))|$((qrss / 1024))|$target|$rss_target|$verdict")
-    printf 'bench: %s: blockctl %ss (%s), qemu %ss (%s)\n' "$name" "$bmed" "${bt[*]}" "$qmed" "${qt[*]}" >&2
+    RESULTS+=("$name|$(printf %.4f "$bmed")|$(printf %.4f "$qmed")|$ratio|$((brss / 1024))|$((qrss / 1024))|$target|$rss_target|$verdict")
+    printf 'bench: %s: blockctl %ss (%s), qemu %ss (%s)%s\n' "$name" "$bmed" "${bt[*]}" \
+        "$qmed" "${qt[*]}" "$([ "$inner" -gt 1 ] && echo ", per run of $inner")" >&2
 }
 
 report() {

@@ -18,6 +18,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,6 +58,21 @@ static void fuzz_init(const char *tag)
         }
     }
     error_progname = "blockctl-fuzz";
+}
+
+/* Report a broken invariant on fd 2 (stderr the stream is /dev/null) and
+ * abort, so that libFuzzer keeps the input. */
+static void fuzz_fail(const char *fmt, ...) ATTRIBUTE_PRINTF(1, 2);
+static void fuzz_fail(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    dprintf(2, "fuzz: ");
+    vdprintf(2, fmt, ap);
+    dprintf(2, "\n");
+    va_end(ap);
+    abort();
 }
 
 static void fuzz_cleanup(void)
@@ -113,10 +129,9 @@ static void fuzz_walk_and_read(struct bdev *bd)
         }
         /* The block layer promises progress and no overrun. */
         if (m.len == 0 || m.len > bd->size - off) {
-            fprintf(stdout, "block status returned length %llu at %llu (size %llu)\n",
-                    (unsigned long long)m.len, (unsigned long long)off,
-                    (unsigned long long)bd->size);
-            abort();
+            fuzz_fail("block status returned length %llu at %llu (size %llu)",
+                      (unsigned long long)m.len, (unsigned long long)off,
+                      (unsigned long long)bd->size);
         }
         if (!(m.status & BDEV_BLOCK_ZERO) || (m.status & BDEV_BLOCK_DATA)) {
             uint64_t pos = off, end = off + m.len;

@@ -11,8 +11,6 @@ bats_require_minimum_version 1.5.0
 # Layout of base.qcow2 (as qemu-img 7.2 makes it): header @0, refcount
 # table @0x10000, refcount block @0x20000, L1 @0x30000, L2 @0x40000, data
 # for guest 0 @0x50000 (cluster 5) and guest 64k @0x60000 (cluster 6).
-# copied OFF: an L1/L2 entry for OFF with OFLAG_COPIED (unsigned decimal)
-copied() { printf '%u' $(((1 << 63) | $1)); }
 
 setup_file() {
     requires_qemu
@@ -21,29 +19,18 @@ setup_file() {
 
     mkq base.qcow2 64M
     qio base.qcow2 'write -P 1 0 128k'
-    [ "$(qedit base.qcow2 l2 0)" = $(copied 0x50000) ] || return 1
-
-    c() { cp base.qcow2 "cases/$1.qcow2"; cp base.qcow2 "cases/$1.orig"; }
-    c clean
-    c leak2; qedit cases/leak2.qcow2 rc 5 2
-    c leakfree; truncate -s 589824 cases/leakfree.qcow2
-    qedit cases/leakfree.qcow2 rc 7 1; qedit cases/leakfree.qcow2 rc 8 1
-    c rc0; qedit cases/rc0.qcow2 rc 5 0
-    c rc0l2; qedit cases/rc0l2.qcow2 rc 4 0
-    c rc0rb; qedit cases/rc0rb.qcow2 rc 2 0
-    c l2copied; qedit cases/l2copied.qcow2 l2 0 0x50000
-    c l1copied; qedit cases/l1copied.qcow2 l1 0 0x40000
-    c c2; qedit cases/c2.qcow2 rc 4 2; qedit cases/c2.qcow2 rc 5 2
-    c l2eof; qedit cases/l2eof.qcow2 l2 65536 $(copied 0x10000000)
-    c l2unal; qedit cases/l2unal.qcow2 l2 65536 $(copied 0x60200)
-    c corruptbit; qedit cases/corruptbit.qcow2 set incompatible_features 2
+    local c
+    for c in clean leak2 leakfree rc0 rc0l2 rc0rb l2copied l1copied c2 l2eof l2unal corruptbit; do
+        cp base.qcow2 "cases/$c.qcow2"
+        cp base.qcow2 "cases/$c.orig"
+    done
+    truncate -s 589824 cases/leakfree.qcow2
 
     # an L1 entry with an unaligned L2 offset, over zero-filled data so the
     # misread table is all zeros
     mkq cases/l1unal.qcow2 64M
     qio cases/l1unal.qcow2 'write -P 0 0 128k'
     cp cases/l1unal.qcow2 cases/l1unal.orig
-    qedit cases/l1unal.qcow2 l1 0 $(copied 0x40200)
 
     # empty image
     mkq cases/empty.qcow2 64M
@@ -58,17 +45,13 @@ setup_file() {
     cp cases/snap.qcow2 cases/snap.orig
     cp cases/snap.qcow2 cases/snapleak.qcow2
     cp cases/snap.qcow2 cases/snapleak.orig
-    local h
-    h=$(qedit cases/snapleak.qcow2 host 65536)
-    qedit cases/snapleak.qcow2 rc $((h / 65536)) $(($(qedit cases/snapleak.qcow2 rc $((h / 65536))) + 1))
 
     # dirty lazy-refcount image: refcounts never written
     mkq cases/dirty.qcow2 64M lazy_refcounts=on
     qio cases/dirty.qcow2 'write -P 1 0 64k' 'abort' 2>/dev/null || true
-    qemu-img convert -U -O raw cases/dirty.qcow2 cases/dirty.raw
     cp cases/dirty.qcow2 cases/dirty.orig
 
-    # compressed and fragmented
+    # compressed and fragmented; and with a leaked cluster at the end
     mkq cases/cf.qcow2 1M
     qio cases/cf.qcow2 'write -c -P 1 0 64k' 'write -P 2 256k 64k' 'write -P 3 128k 64k' \
         'write -P 4 64k 64k' 'write -c -P 5 512k 128k'
@@ -76,41 +59,63 @@ setup_file() {
     cp cases/cf.qcow2 cases/cfleak.qcow2
     cp cases/cf.qcow2 cases/cfleak.orig
     truncate -s $(($(fsize cases/cfleak.qcow2) / 65536 * 65536 + 65536)) cases/cfleak.qcow2
-    qedit cases/cfleak.qcow2 rc $(($(fsize cases/cfleak.qcow2) / 65536 - 1)) 1
 
     # other refcount widths, cluster sizes and extended L2
     mkq cases/rc1.qcow2 4M refcount_bits=1
     qio cases/rc1.qcow2 'write -P 1 0 128k'
     cp cases/rc1.qcow2 cases/rc1.orig
+    cp cases/rc1.qcow2 cases/rc1rc0.orig
     truncate -s $(($(fsize cases/rc1.qcow2) + 65536)) cases/rc1.qcow2
-    qedit cases/rc1.qcow2 rc $(($(fsize cases/rc1.qcow2) / 65536 - 1)) 1
     cp cases/rc1.qcow2 cases/rc1rc0.qcow2
-    cp cases/rc1.orig cases/rc1rc0.orig
-    qedit cases/rc1rc0.qcow2 rc $(($(qedit cases/rc1rc0.qcow2 host 0) / 65536)) 0
-
     mkq cases/rc64.qcow2 4M refcount_bits=64
     qio cases/rc64.qcow2 'write -P 1 0 128k'
     cp cases/rc64.qcow2 cases/rc64.orig
-    qedit cases/rc64.qcow2 rc $(($(qedit cases/rc64.qcow2 host 65536) / 65536)) 3
-
     mkq cases/cs512.qcow2 1M cluster_size=512
     qio cases/cs512.qcow2 'write -P 1 0 64k'
     cp cases/cs512.qcow2 cases/cs512clean.qcow2
     cp cases/cs512.qcow2 cases/cs512.orig
-    qedit cases/cs512.qcow2 rc $(($(qedit cases/cs512.qcow2 host 4096) / 512)) 2
-    qedit cases/cs512.qcow2 rc $(($(qedit cases/cs512.qcow2 host 8192) / 512)) 0
-
     mkq cases/el2.qcow2 4M extended_l2=on
     qio cases/el2.qcow2 'write -P 1 0 4k' 'write -P 2 64k 2k' 'write -z 200k 2k'
     cp cases/el2.qcow2 cases/el2.orig
-    qedit cases/el2.qcow2 rc $(($(qedit cases/el2.qcow2 host 65536) / 65536)) 2
 
     # a refcount table that grew past one cluster (512-byte clusters)
     mkq cases/grow.qcow2 9M cluster_size=512
     qio cases/grow.qcow2 'write -P 1 0 9M'
     cp cases/grow.qcow2 cases/grow.orig
-    qedit cases/grow.qcow2 rc $(($(qedit cases/grow.qcow2 host 8388608) / 512)) 0
-    qedit cases/grow.qcow2 rc $(($(qedit cases/grow.qcow2 host 4194304) / 512)) 2
+
+    # the damage, in one python3 run (see qcow2edit.py for the commands)
+    qedit_batch <<'EDITS'
+cases/leak2.qcow2 rc 5 2
+cases/leakfree.qcow2 rc 7 1 + rc 8 1
+cases/rc0.qcow2 rc 5 0
+cases/rc0l2.qcow2 rc 4 0
+cases/rc0rb.qcow2 rc 2 0
+cases/l2copied.qcow2 l2 0 0x50000
+cases/l1copied.qcow2 l1 0 0x40000
+cases/c2.qcow2 rc 4 2 + rc 5 2
+cases/l2eof.qcow2 l2 65536 0x8000000010000000
+cases/l2unal.qcow2 l2 65536 0x8000000000060200
+cases/corruptbit.qcow2 set incompatible_features 2
+cases/l1unal.qcow2 l1 0 0x8000000000040200
+cases/snapleak.qcow2 rcg 65536 +1
+cases/cfleak.qcow2 rc last 1
+cases/rc1.qcow2 rc last 1
+cases/rc1rc0.qcow2 rc last 1 + rcg 0 0
+cases/rc64.qcow2 rcg 65536 3
+cases/cs512.qcow2 rcg 4096 2 + rcg 8192 0
+cases/el2.qcow2 rcg 65536 2
+cases/grow.qcow2 rcg 8388608 0 + rcg 4194304 2
+EDITS
+
+    # the oracle sees damage in every damaged case (so no test passes
+    # because an edit missed)
+    local rc
+    for c in leak2 leakfree rc0 rc0l2 rc0rb l2copied l1copied c2 l2eof l2unal l1unal \
+        snapleak dirty cfleak rc1 rc1rc0 rc64 cs512 el2 grow; do
+        rc=0
+        qemu-img check "cases/$c.qcow2" >/dev/null 2>&1 || rc=$?
+        [ "$rc" -eq 2 ] || [ "$rc" -eq 3 ] || { echo "case $c: qemu-img check exits $rc" >&2; return 1; }
+    done
 }
 
 setup() {

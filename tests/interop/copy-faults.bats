@@ -81,7 +81,8 @@ limited() {
 
 @test "full filesystem: mirror -c (compressed) fails cleanly" {
     use_chain raw
-    limited 64 "$PROG" mirror -O qcow2 -c c/top.qcow2 o/t.qcow2
+    # the compressed copy is small: the limit is reached while copying
+    limited 300 "$PROG" mirror -O qcow2 -c c/top.qcow2 o/t.qcow2
     failed_cleanly
     one_line_error o/t.qcow2
     no_target o/t.qcow2
@@ -303,17 +304,30 @@ faulted() {
 
 @test "fault: mirror read error on a backing file of the source: fails naming it" {
     use_chain raw
-    faulted 'pread:10+:eio:l1.qcow2' "$PROG" mirror c/top.qcow2 o/t.qcow2
+    # the first reads of l1 open it; later ones are its tables and data
+    faulted 'pread:6+:eio:l1.qcow2' "$PROG" mirror c/top.qcow2 o/t.qcow2
     failed_cleanly
     [[ $stderr == *l1.qcow2* ]] || fail "the error does not name l1.qcow2: $stderr"
     no_target o/t.qcow2
     source_unchanged
 }
 
-@test "fault: mirror flush error: TARGET is not made" {
+@test "fault: mirror flush error after the copy: TARGET is not made" {
     use_chain raw
-    faulted 'sync:*:eio:*.part' "$PROG" mirror c/top.qcow2 o/t.qcow2
+    # the first sync is the creation of TARGET.part, the next ones the copy's
+    faulted 'sync:2+:eio:*.part' "$PROG" mirror c/top.qcow2 o/t.qcow2
     failed_cleanly
+    one_line_error o/t.qcow2
+    no_target o/t.qcow2
+    source_unchanged
+}
+
+@test "fault: mirror cannot create TARGET.part: the real reason, nothing left" {
+    use_chain raw
+    faulted 'sync:1:eio:*.part' "$PROG" mirror c/top.qcow2 o/t.qcow2
+    failed_cleanly
+    one_line_error o/t.qcow2
+    [[ $stderr == *"Input/output error"* ]] || fail "the reason (EIO) is not given: $stderr"
     no_target o/t.qcow2
     source_unchanged
 }
@@ -336,12 +350,18 @@ faulted() {
     source_unchanged
 }
 
-@test "fault: mirror torn write (killed mid-write): TARGET absent, TARGET.part checks" {
+@test "fault: mirror torn data writes (killed mid-write): TARGET absent, TARGET.part checks" {
     use_chain raw
-    faulted 'pwrite:6:torn:*.part' "$PROG" mirror c/top.qcow2 o/t.qcow2
-    [ "$status" -eq 137 ] || fail "exit status $status: $stderr"
-    [ ! -e o/t.qcow2 ] || fail "TARGET exists"
-    [ ! -e o/t.qcow2.part ] || check_ok_or_leaks o/t.qcow2.part
+    local n
+    # writes 1-6 create the image (the 6th is an 8-byte L1 entry, which
+    # storage does not tear); from the 7th on the copy writes data
+    for n in 9 12; do
+        rm -f o/t.qcow2.part
+        faulted "pwrite:$n:torn:*.part" "$PROG" mirror c/top.qcow2 o/t.qcow2
+        [ "$status" -eq 137 ] || fail "torn $n: exit status $status: $stderr"
+        [ ! -e o/t.qcow2 ] || fail "TARGET exists"
+        [ ! -e o/t.qcow2.part ] || check_ok_or_leaks o/t.qcow2.part
+    done
     source_unchanged
 }
 

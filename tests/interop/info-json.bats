@@ -61,7 +61,11 @@ setup_file() {
     qemu-img create -q -f qcow2 -b v3.qcow2 -F qcow2 nofmt.qcow2
     local off
     off=$(qedit nofmt.qcow2 ext backing_format)
+    # and a header whose size field is not a multiple of 512 (qemu-img's
+    # own create rounds it up; other tools may not)
+    mkq size1000.qcow2 1M
     qedit nofmt.qcow2 u32 "$off" 0x12345678
+    qedit size1000.qcow2 set size 1000
 
     # a chain over a raw base
     qemu-img create -q -f qcow2 -b raw.img -F raw rawov.qcow2
@@ -87,6 +91,7 @@ setup() {
 @test "info --output=json: cluster_size=2M" { qemu_info_equal cs2m.qcow2; }
 @test "info --output=json: size 1000 (not a multiple of 512)" { qemu_info_equal odd.qcow2; }
 @test "info --output=json: size 5000000" { qemu_info_equal sized.qcow2; }
+@test "info --output=json: header size field 1000 (crafted)" { qemu_info_equal size1000.qcow2; }
 @test "info --output=json: size 0" { qemu_info_equal empty.qcow2; }
 @test "info --output=json: 1 TiB" { qemu_info_equal big.qcow2; }
 @test "info --output=json: internal snapshots" { qemu_info_equal snap.qcow2; }
@@ -149,6 +154,7 @@ setup() {
     qemu_info_human_equal sized.qcow2
     qemu_info_human_equal empty.qcow2
     qemu_info_human_equal big.qcow2
+    qemu_info_human_equal size1000.qcow2
 }
 @test "info (human): internal snapshots table" { qemu_info_human_equal snap.qcow2; }
 @test "info (human): bitmaps" { qemu_info_human_equal bm.qcow2; }
