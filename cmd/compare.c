@@ -211,6 +211,20 @@ static int check_zero_tail(struct bdev *bd, uint64_t off, uint64_t end, uint8_t 
     return CMP_SAME;
 }
 
+/*
+ * What strict mode compares: the status flags as qemu-img sees them,
+ * including "this extent reaches the end of the image".
+ */
+static unsigned strict_status(const struct bdev_map *m, uint64_t off, uint64_t size)
+{
+    unsigned st = m->status & (BDEV_BLOCK_DATA | BDEV_BLOCK_ZERO | BDEV_BLOCK_ALLOCATED |
+                               BDEV_BLOCK_OFFSET_VALID | BDEV_BLOCK_COMPRESSED);
+    if (off + m->len == size) {
+        st |= BDEV_BLOCK_EOF;
+    }
+    return st;
+}
+
 int cmd_compare(int argc, char **argv)
 {
     struct compare_args a = { 0 };
@@ -244,9 +258,6 @@ int cmd_compare(int argc, char **argv)
             ret = CMP_DIFFERENT;
             goto out;
         }
-        if (!a.quiet) {
-            printf("Warning: Image size mismatch!\n");
-        }
     }
     common = MIN(b1->size, b2->size);
     total = MAX(b1->size, b2->size);
@@ -278,7 +289,7 @@ int cmd_compare(int argc, char **argv)
             goto out;
         }
         n = MIN(MIN(m1.len, m2.len), (uint64_t)CMP_CHUNK);
-        if (a.strict && (m1.status & BDEV_BLOCK_ALLOCATED) != (m2.status & BDEV_BLOCK_ALLOCATED)) {
+        if (a.strict && strict_status(&m1, off, b1->size) != strict_status(&m2, off, b2->size)) {
             if (!a.quiet) {
                 printf("Strict mode: Offset %" PRIu64 " block status mismatch!\n", off);
             }
@@ -346,6 +357,10 @@ int cmd_compare(int argc, char **argv)
         off += n;
     }
     if (b1->size != b2->size) {
+        /* as qemu-img: warned once the common part matched */
+        if (!a.quiet) {
+            printf("Warning: Image size mismatch!\n");
+        }
         ret = check_zero_tail(b1->size > b2->size ? b1 : b2, common, total, buf1, a.quiet);
         if (ret != CMP_SAME) {
             goto out;

@@ -277,48 +277,71 @@ int cmd_create(int argc, char **argv)
     {
         struct stat st;
         bool existed = stat(a.file, &st) == 0;
+        struct bfile *old = NULL;
+        char *tmp;
+        int r;
 
-        if (existed && a.force && S_ISREG(st.st_mode)) {
-            /*
-             * Replace atomically: build the new image beside the old one and
-             * rename it over it, so a failure leaves the old file intact.
-             * Its locks are held meanwhile so nobody is using it.
-             */
-            struct bfile *old = bfile_open(a.file, BDEV_CREATE_PERM, 0, &err);
-            char *tmp;
-            int r;
-
+        if (existed && !S_ISREG(st.st_mode)) {
+            /* a block device: written in place (it cannot be replaced) */
+            if (bdev_create(drv->name, a.file, &o, a.force ? BDEV_CREATE_FORCE : 0, &err) < 0) {
+                report(err);
+                goto out;
+            }
+            ret = 0;
+            goto out;
+        }
+        if (existed && !a.force) {
+            error_report("'%s' already exists", a.file);
+            fprintf(stderr, "Use --force to replace it\n");
+            goto out;
+        }
+        if (existed) {
+            /* nobody may be using the image we replace: hold its locks meanwhile */
+            old = bfile_open(a.file, BDEV_CREATE_PERM, 0, &err);
             if (!old) {
                 report(err);
                 goto out;
             }
-            tmp = xasprintf("%s.blockctl-new", a.file);
-            r = bdev_create(drv->name, tmp, &o, BDEV_CREATE_FORCE, &err);
+        }
+        /*
+         * Build the image under a temporary name and rename it into place,
+         * so that a failure or a kill never leaves a half-written FILE (nor
+         * spoils the one --force replaces).
+         */
+        {
+            /* hidden, in the same folder, ending like FILE */
+            const char *slash = strrchr(a.file, '/');
+            tmp = slash ? xasprintf("%.*s.blockctl-new.%s", (int)(slash - a.file + 1), a.file,
+                                    slash + 1)
+                        : xasprintf(".blockctl-new.%s", a.file);
+        }
+        r = bdev_create(drv->name, tmp, &o, BDEV_CREATE_FORCE, &err);
+        if (r < 0 && err) {
+            /* the user knows the file by its own name */
+            char *m = err->msg, *at = strstr(m, tmp);
+            if (at) {
+                err->msg = xasprintf("%.*s%s%s", (int)(at - m), m, a.file, at + strlen(tmp));
+                free(m);
+            }
+        }
+        if (r == 0) {
+            r = existed ? io_rename(tmp, a.file) : io_rename_noreplace(tmp, a.file);
             if (r == 0) {
-                r = io_rename(tmp, a.file);
-                if (r == 0) {
-                    r = io_dirsync(a.file);
-                }
-                if (r < 0) {
-                    error_setg_errno(&err, -r, "cannot rename '%s' to '%s'", tmp, a.file);
-                }
+                r = io_dirsync(a.file);
             }
             if (r < 0) {
-                report(err);
-                unlink(tmp);
+                error_setg_errno(&err, -r, "cannot rename '%s' to '%s'", tmp, a.file);
             }
-            free(tmp);
-            bfile_close(old, BDEV_CREATE_PERM, 0);
-            if (r < 0) {
-                goto out;
-            }
-        } else if (bdev_create(drv->name, a.file, &o, a.force ? BDEV_CREATE_FORCE : 0,
-                               &err) < 0) {
+        }
+        if (r < 0) {
             report(err);
-            /* Leave nothing half-written behind. */
-            if (!existed && stat(a.file, &st) == 0 && S_ISREG(st.st_mode)) {
-                unlink(a.file);
-            }
+            unlink(tmp);
+        }
+        free(tmp);
+        if (old) {
+            bfile_close(old, BDEV_CREATE_PERM, 0);
+        }
+        if (r < 0) {
             goto out;
         }
     }

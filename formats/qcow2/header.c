@@ -178,6 +178,7 @@ int qcow2_header_fits(struct qcow2 *s, const char *backing, const char *backing_
 static int write_header_with(struct qcow2 *s, const char *backing, const char *backing_fmt,
                              struct error **errp)
 {
+    const char *fn = s->bd ? s->bd->filename : s->create_name;
     uint8_t *buf = xmalloc(s->cluster_size);
     int len, ret;
 
@@ -185,7 +186,7 @@ static int write_header_with(struct qcow2 *s, const char *backing, const char *b
     if (len < 0) {
         free(buf);
         error_setg(errp, "'%s': header extensions and backing file name do not fit in "
-                   "one cluster", s->bd ? s->bd->filename : "image");
+                   "one cluster", fn);
         return -ENOSPC;
     }
     /*
@@ -196,8 +197,7 @@ static int write_header_with(struct qcow2 *s, const char *backing, const char *b
     ret = io_pwrite(s->fd, buf, MIN((size_t)ALIGN_UP(len, 512), (size_t)s->cluster_size), 0);
     free(buf);
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "'%s': cannot write the header",
-                         s->bd ? s->bd->filename : "image");
+        error_setg_errno(errp, -ret, "'%s': cannot write the header", fn);
     }
     return ret;
 }
@@ -1075,6 +1075,7 @@ int qcow2_create(const char *filename, const struct optlist *o, unsigned flags,
     file_end = l1_off + l1_size * 8;
 
     memset(s, 0, sizeof(*s));
+    s->create_name = filename;
     s->version = p.version;
     s->cluster_bits = __builtin_ctzll(cs);
     s->cluster_size = cs;

@@ -159,6 +159,7 @@ struct qcow2_range {
 
 struct qcow2 {
     struct bdev *bd;
+    const char *create_name;   /* while creating (no bd yet): the file name */
     int fd;
     pthread_mutex_t lock;
     pthread_cond_t range_cond;

@@ -18,13 +18,19 @@ setup_file() {
     qio base.qcow2 'write -P 3 0 1M'
     qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 ov.qcow2
     qio ov.qcow2 'write -P 4 512k 64k'
+    # many.qcow2: 2048 separate extents, so that `map --output=json` prints
+    # far more than a pipe holds
+    mkq many.qcow2 16M cluster_size=4k
+    local i cmds=()
+    for ((i = 0; i < 4096; i += 2)); do cmds+=("write -P 1 $((i * 4096)) 4096"); done
+    qio many.qcow2 "${cmds[@]}"
 }
 
 setup() {
     requires_qemu
     requires_cmd qemu-nbd
     cd "$BATS_TEST_TMPDIR" || return 1
-    cp "$BATS_FILE_TMPDIR"/*.qcow2 .
+    cp "$BATS_FILE_TMPDIR"/{img,base,ov}.qcow2 .
 }
 
 teardown() {
@@ -39,6 +45,7 @@ teardown() {
         kill "$BG_PID" 2>/dev/null || true
         wait "$BG_PID" 2>/dev/null || true
     fi
+    exec 5>&- 2>/dev/null || true
 }
 
 # serve ARGS... IMG: qemu-nbd in the background, holding IMG open
@@ -135,57 +142,53 @@ locks() {
     run -0 "$PROG" check -r all img.qcow2
 }
 
-# blockctl holding an image: the backing file of top.qcow2 is a FIFO, so
-# blockctl blocks opening it while holding top.qcow2's locks.  QEMU opens
-# top.qcow2 without its backing file (it would block on the FIFO too).
-TOP_NOBACKING='json:{"driver":"qcow2","file":{"driver":"file","filename":"top.qcow2"},"backing":null}'
-
+# hold_with_blockctl [OPTIONS]: blockctl holds many.qcow2 open: `map
+# --output=json` writes into a pipe that nobody reads, and blocks once the
+# pipe is full
 hold_with_blockctl() {
-    mkfifo fifo
-    qemu-img create -q -f qcow2 -u -b fifo -F raw top.qcow2 1M
-    timeout 30 "$PROG" info --backing-chain top.qcow2 >/dev/null 2>&1 3>&- &
+    cp "$BATS_FILE_TMPDIR/many.qcow2" .
+    mkfifo out.pipe
+    exec 5<>out.pipe
+    "$PROG" map "$@" --output=json many.qcow2 >out.pipe 2>/dev/null 3>&- &
     BG_PID=$!
     local i
-    for ((i = 0; i < 50; i++)); do
-        [ -n "$(locks top.qcow2)" ] && return 0
+    for ((i = 0; i < 100; i++)); do
         kill -0 "$BG_PID" 2>/dev/null || break
+        if [ -n "$(locks many.qcow2)" ]; then
+            sleep 0.2
+            kill -0 "$BG_PID" 2>/dev/null && [ -n "$(locks many.qcow2)" ] && return 0
+        fi
         sleep 0.1
     done
-    skip "blockctl did not stay open on a FIFO backing file"
+    skip "blockctl did not stay open while its output was blocked"
 }
 
 @test "blockctl reading an image blocks qemu-io writers, not qemu-img readers" {
     hold_with_blockctl
-    run -1 timeout 20 qemu-io -c 'write 0 512' "$TOP_NOBACKING" 3>&-
+    run -1 timeout 20 qemu-io -c 'write 0 512' many.qcow2 3>&-
     [[ $output == *'Failed to get "write" lock'* ]]
-    run -0 timeout 20 qemu-img info top.qcow2 3>&-
+    run -0 timeout 20 qemu-img info many.qcow2 3>&-
 }
 
 @test "blockctl reading an image takes the same lock bytes as qemu-nbd -r" {
     hold_with_blockctl
     local ours theirs
-    ours=$(locks top.qcow2)
+    ours=$(locks many.qcow2)
     kill "$BG_PID"
     wait "$BG_PID" 2>/dev/null || true
     BG_PID=
-    # qemu-nbd -r on another image (it would block on the FIFO too)
     serve -r img.qcow2
     theirs=$(locks img.qcow2)
-    text_diff "$ours" "$theirs" "/proc/locks for top.qcow2"
+    text_diff "$ours" "$theirs" "/proc/locks of a reader"
 }
 
 @test "blockctl reading with -U takes only the shared read lock, as qemu does" {
-    mkfifo fifo
-    qemu-img create -q -f qcow2 -u -b fifo -F raw top.qcow2 1M
-    timeout 30 "$PROG" info -U --backing-chain top.qcow2 >/dev/null 2>&1 3>&- &
-    BG_PID=$!
-    local i
-    for ((i = 0; i < 50; i++)); do
-        [ -n "$(locks top.qcow2)" ] && break
-        sleep 0.1
-    done
-    [ -n "$(locks top.qcow2)" ] || skip "blockctl did not stay open on a FIFO backing file"
+    hold_with_blockctl -U
+    # qemu-io -U -r holds byte 100 only (consistent read, sharing all)
+    local ours
+    ours=$(locks many.qcow2)
+    text_diff "$ours" "OFDLCK READ 100 100" "/proc/locks of a -U reader"
     # a qemu-io writer is not blocked by a force-share reader
-    run -0 timeout 20 qemu-io -c 'write -P 9 0 512' "$TOP_NOBACKING" 3>&-
+    run -0 timeout 20 qemu-io -c 'write -P 9 0 512' many.qcow2 3>&-
     [[ $output != *"Failed to get"* ]]
 }
