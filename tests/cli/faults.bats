@@ -189,6 +189,12 @@ each_call() {
         done
     done
     [ "$errs" -eq 0 ]
+    # a plain create afterwards works, and leaves nothing else behind
+    rm -f x.img
+    run -0 "$PROG" create -q -f qcow2 x.img 4M
+    qemu_clean x.img
+    run -0 ls -A
+    [ "$output" = x.img ] || fail "left behind: $output"
 }
 
 @test "create --force over an image: a failing write leaves the old image or nothing" {
