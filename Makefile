@@ -18,10 +18,11 @@ ifeq ($(WERROR),1)
 WARN += -Werror
 endif
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lz -lzstd -lnbd -ljson-c)
+# libnbd is loaded with dlopen when an NBD image is opened (formats/nbd.c)
+PKG_LIBS := $(shell pkg-config --libs zlib libzstd json-c 2>/dev/null || echo -lz -lzstd -ljson-c) -ldl
 ALL_CPPFLAGS = -I. -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -DBLOCKCTL_VERSION=\"$(VERSION)\" $(CPPFLAGS)
 ALL_CFLAGS = -std=gnu11 -pthread $(WARN) $(PKG_CFLAGS) $(CFLAGS)
-ALL_LDFLAGS = -pthread $(LDFLAGS)
+ALL_LDFLAGS = -pthread -Wl,--as-needed $(LDFLAGS)
 LIBS = $(PKG_LIBS)
 
 LIB_SRCS = $(wildcard lib/*.c) $(wildcard formats/*.c) $(wildcard formats/qcow2/*.c)

@@ -178,7 +178,8 @@ int cmd_check(int argc, char **argv)
     int ret;
 
     argp_parse(&check_argp, argc, argv, 0, NULL, &a);
-    flags = BDEV_O_CHECK | BDEV_O_NO_BACKING | BDEV_O_NO_BITMAPS |
+    /* with its backing chain, as qemu-img: a missing backing file is an error */
+    flags = BDEV_O_CHECK | BDEV_O_NO_BITMAPS |
             (a.fix ? BDEV_O_RDWR : 0) | (a.force_share ? BDEV_O_FORCE_SHARE : 0);
     bd = bdev_open(a.file, a.format, flags, &err);
     if (!bd) {

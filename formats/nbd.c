@@ -11,12 +11,79 @@
 #include "lib/compiler.h"
 #include "formats/format.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <libnbd.h>
 #include <poll.h>
 #include <pthread.h>
 #include <string.h>
 #include <sys/eventfd.h>
+
+/*
+ * libnbd is loaded when the first NBD image is opened, not at start-up:
+ * it pulls in gnutls, libxml2 and more, which would slow down every
+ * blockctl command by several milliseconds.
+ */
+#define NBD_FUNCS(X)                                                              \
+    X(nbd_add_meta_context) X(nbd_aio_block_status) X(nbd_aio_flush)              \
+    X(nbd_aio_get_direction) X(nbd_aio_get_fd) X(nbd_aio_in_flight)               \
+    X(nbd_aio_is_closed) X(nbd_aio_is_dead) X(nbd_aio_notify_read)                \
+    X(nbd_aio_notify_write) X(nbd_aio_pread) X(nbd_aio_pwrite) X(nbd_aio_trim)    \
+    X(nbd_aio_zero) X(nbd_can_flush) X(nbd_can_fua) X(nbd_can_meta_context)       \
+    X(nbd_can_trim) X(nbd_can_zero) X(nbd_close) X(nbd_connect_uri) X(nbd_create) \
+    X(nbd_get_errno) X(nbd_get_error) X(nbd_get_size) X(nbd_is_read_only)         \
+    X(nbd_shutdown)
+
+#define NBD_DECLARE(f) static __typeof__(f) *p_##f;
+NBD_FUNCS(NBD_DECLARE)
+
+static pthread_once_t libnbd_once = PTHREAD_ONCE_INIT;
+static char *libnbd_error;
+
+static void libnbd_load(void)
+{
+    void *h = dlopen("libnbd.so.0", RTLD_NOW | RTLD_LOCAL);
+
+    if (!h) {
+        libnbd_error = xasprintf("NBD images need libnbd (Debian package libnbd0): %s",
+                                 dlerror());
+        return;
+    }
+#define NBD_LOAD(f)                                                             \
+    if (!libnbd_error && !(p_##f = (__typeof__(f) *)dlsym(h, #f))) {            \
+        libnbd_error = xasprintf("libnbd.so.0 lacks %s", #f);                 \
+    }
+    NBD_FUNCS(NBD_LOAD)
+#undef NBD_LOAD
+}
+
+#define nbd_add_meta_context p_nbd_add_meta_context
+#define nbd_aio_block_status p_nbd_aio_block_status
+#define nbd_aio_flush p_nbd_aio_flush
+#define nbd_aio_get_direction p_nbd_aio_get_direction
+#define nbd_aio_get_fd p_nbd_aio_get_fd
+#define nbd_aio_in_flight p_nbd_aio_in_flight
+#define nbd_aio_is_closed p_nbd_aio_is_closed
+#define nbd_aio_is_dead p_nbd_aio_is_dead
+#define nbd_aio_notify_read p_nbd_aio_notify_read
+#define nbd_aio_notify_write p_nbd_aio_notify_write
+#define nbd_aio_pread p_nbd_aio_pread
+#define nbd_aio_pwrite p_nbd_aio_pwrite
+#define nbd_aio_trim p_nbd_aio_trim
+#define nbd_aio_zero p_nbd_aio_zero
+#define nbd_can_flush p_nbd_can_flush
+#define nbd_can_fua p_nbd_can_fua
+#define nbd_can_meta_context p_nbd_can_meta_context
+#define nbd_can_trim p_nbd_can_trim
+#define nbd_can_zero p_nbd_can_zero
+#define nbd_close p_nbd_close
+#define nbd_connect_uri p_nbd_connect_uri
+#define nbd_create p_nbd_create
+#define nbd_get_errno p_nbd_get_errno
+#define nbd_get_error p_nbd_get_error
+#define nbd_get_size p_nbd_get_size
+#define nbd_is_read_only p_nbd_is_read_only
+#define nbd_shutdown p_nbd_shutdown
 
 #define NBD_MAX_REQ (32u << 20)
 #define NBD_MAX_STATUS (1u << 30)
@@ -258,6 +325,11 @@ static int nbdc_open(struct bdev *bd, unsigned flags, struct error **errp)
 
     c->bd = bd;
     c->efd = -1;
+    pthread_once(&libnbd_once, libnbd_load);
+    if (libnbd_error) {
+        error_setg(errp, "'%s': %s", bd->filename, libnbd_error);
+        return -ENOTSUP;
+    }
     pthread_mutex_init(&c->lock, NULL);
     pthread_cond_init(&c->cond, NULL);
     c->h = nbd_create();

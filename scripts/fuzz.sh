@@ -117,6 +117,18 @@ report() {
     fi
 }
 
+# A harness that crashed leaves its temporary image (/dev/shm/blockctl-TAG-PID.img).
+remove_stale_inputs() {
+    local f pid
+    for f in /dev/shm/blockctl-image-*.img /dev/shm/blockctl-repair-*.img \
+             /tmp/blockctl-image-*.img /tmp/blockctl-repair-*.img; do
+        [ -e "$f" ] || continue
+        pid=${f##*-}
+        pid=${pid%.img}
+        kill -0 "$pid" 2>/dev/null || rm -f "$f"
+    done
+}
+
 run() {
     local targets=${*:-$FUZZ_TARGETS} pids=() t i=0 rc=0 status
     for t in $targets; do
@@ -134,6 +146,7 @@ run() {
         [ "$status" -ne 0 ] && rc=1
         i=$((i + 1))
     done
+    remove_stale_inputs
     [ "$rc" -eq 0 ] && echo "fuzz: all harnesses ran clean" || echo "fuzz: FAILURES (see above)"
     return $rc
 }
@@ -144,6 +157,9 @@ repro() {
     FUZZ_VERBOSE=${FUZZ_VERBOSE:-1} ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} \
         UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
         "$OUT/$t" -runs=1 "$@"
+    local rc=$?
+    remove_stale_inputs
+    return $rc
 }
 
 case "${1:-all}" in

@@ -20,8 +20,9 @@ void qcow2_cache_init(struct qcow2_cache *c, const char *name, size_t n, uint64_
     c->name = name;
     c->n = n;
     c->e = xcalloc(n, sizeof(*c->e));
+    c->table_size = cluster_size;
     for (size_t i = 0; i < n; i++) {
-        c->e[i].data = xmemalign(4096, cluster_size);
+        /* buffers are allocated on first use: small images stay small */
         c->e[i].hnext = -1;
     }
     c->nbuckets = n * 2;
@@ -86,8 +87,11 @@ static void rehash(struct qcow2_cache *c, int idx)
 
 static int find_entry(struct qcow2_cache *c, const uint8_t *table)
 {
+    if (c->last < c->n && c->e[c->last].data == table && table) {
+        return (int)c->last;
+    }
     for (size_t i = 0; i < c->n; i++) {
-        if (c->e[i].data == table) {
+        if (c->e[i].data == table && table) {
             return (int)i;
         }
     }
@@ -201,6 +205,7 @@ int qcow2_cache_get(struct qcow2 *s, struct qcow2_cache *c, uint64_t offset, boo
             memset(c->e[i].data, 0, s->cluster_size);
         }
         *table = c->e[i].data;
+        c->last = i;
         return 0;
     }
     for (size_t k = 0; k < c->n; k++) {
@@ -234,6 +239,9 @@ int qcow2_cache_get(struct qcow2 *s, struct qcow2_cache *c, uint64_t offset, boo
         unhash(c, victim);
     }
     c->e[victim].offset = 0;
+    if (!c->e[victim].data) {
+        c->e[victim].data = xmemalign(MIN(c->table_size, (uint64_t)4096), c->table_size);
+    }
     if (fresh) {
         memset(c->e[victim].data, 0, s->cluster_size);
     } else {
@@ -250,6 +258,7 @@ int qcow2_cache_get(struct qcow2 *s, struct qcow2_cache *c, uint64_t offset, boo
     c->e[victim].lru = ++c->lru_clock;
     rehash(c, victim);
     *table = c->e[victim].data;
+    c->last = victim;
     return 0;
 }
 

@@ -80,6 +80,21 @@ int qcow2_write_l1_entry(struct qcow2 *s, uint32_t index)
     return io_pwrite(s->fd, be, 8, s->l1_offset + (uint64_t)index * 8);
 }
 
+int qcow2_set_l1_entry(struct qcow2 *s, uint32_t index, uint64_t entry)
+{
+    uint64_t old = s->l1[index];
+    int ret;
+
+    s->l1[index] = entry;
+    ret = qcow2_write_l1_entry(s, index);
+    if (ret < 0) {
+        /* A failed write may have changed part of the entry: put it back. */
+        s->l1[index] = old;
+        qcow2_write_l1_entry(s, index);
+    }
+    return ret;
+}
+
 /* --- range locks (guest cluster indexes) --- */
 
 static struct qcow2_range *range_lock(struct qcow2 *s, uint64_t start, uint64_t end)
@@ -184,10 +199,8 @@ static int get_l2_for_write(struct qcow2 *s, uint64_t off, uint8_t **l2, unsigne
             return ret;
         }
         if (rc == 1) {
-            s->l1[l1i] = l2off | QCOW2_OFLAG_COPIED;
-            ret = qcow2_write_l1_entry(s, l1i);
+            ret = qcow2_set_l1_entry(s, l1i, l2off | QCOW2_OFLAG_COPIED);
             if (ret < 0) {
-                s->l1[l1i] = l1e;
                 return ret;
             }
             return qcow2_cache_get(s, &s->l2_cache, l2off, false, l2);
@@ -220,10 +233,8 @@ static int get_l2_for_write(struct qcow2 *s, uint64_t off, uint8_t **l2, unsigne
     if (ret < 0) {
         goto fail;
     }
-    s->l1[l1i] = (uint64_t)new | QCOW2_OFLAG_COPIED;
-    ret = qcow2_write_l1_entry(s, l1i);
+    ret = qcow2_set_l1_entry(s, l1i, (uint64_t)new | QCOW2_OFLAG_COPIED);
     if (ret < 0) {
-        s->l1[l1i] = l1e;
         goto fail;
     }
     if (l2off) {

@@ -109,6 +109,8 @@ struct qcow2_cache {
     size_t nbuckets;
     uint64_t lru_clock;
     size_t nr_dirty;
+    uint64_t table_size;      /* bytes per table (one cluster) */
+    size_t last;              /* entry returned last (put/dirty look there first) */
 };
 
 struct qcow2_ext {
@@ -297,6 +299,8 @@ enum qcow2_sc_type qcow2_sc_type(struct qcow2 *s, uint64_t l2e, uint64_t bitmap,
 uint64_t qcow2_l2_get(struct qcow2 *s, const uint8_t *l2, unsigned i, uint64_t *bitmap);
 void qcow2_l2_set(struct qcow2 *s, uint8_t *l2, unsigned i, uint64_t entry, uint64_t bitmap);
 int qcow2_write_l1_entry(struct qcow2 *s, uint32_t index);
+/* Set and write L1 entry @index; on failure the old value is restored (and rewritten). */
+int qcow2_set_l1_entry(struct qcow2 *s, uint32_t index, uint64_t entry);
 int qcow2_pread(struct bdev *bd, void *buf, size_t len, uint64_t off);
 int qcow2_pwrite(struct bdev *bd, const void *buf, size_t len, uint64_t off, unsigned flags);
 int qcow2_pwrite_zeroes(struct bdev *bd, uint64_t off, uint64_t len, unsigned flags);

@@ -269,7 +269,9 @@ static int create_refblock(struct qcow2 *s, uint64_t rt_index, uint64_t pos)
     s->reftable[rt_index] = off;
     ret = write_reftable_entry(s, rt_index);
     if (ret < 0) {
+        /* a failed write may have changed part of the entry: put it back */
         s->reftable[rt_index] = 0;
+        write_reftable_entry(s, rt_index);
         qcow2_cache_discard(&s->rb_cache, off);
     }
     return ret;
