@@ -62,6 +62,7 @@ struct copy_opts {
     bool progress_json;     /* --progress=json: {"done":N,"total":M} lines on stdout */
     uint64_t bandwidth;     /* --bandwidth, bytes/s */
     uint64_t buf_size;      /* --buf-size */
+    unsigned requests;      /* --requests: copies in flight */
 };
 extern const struct argp copy_opts_argp;
 struct copy_params;

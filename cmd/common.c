@@ -72,13 +72,14 @@ int cancel_exit_status(void)
     return 128 + (cancel_signal ? cancel_signal : SIGINT);
 }
 
-enum { OPT_PROGRESS = 0x200, OPT_BANDWIDTH, OPT_BUF_SIZE };
+enum { OPT_PROGRESS = 0x200, OPT_BANDWIDTH, OPT_BUF_SIZE, OPT_REQUESTS };
 
 static const struct argp_option copy_options[] = {
     { "progress", 'p', "json", OPTION_ARG_OPTIONAL,
       "Show progress (-p: percentage on stderr; --progress=json: JSON lines on stdout)", 0 },
     { "bandwidth", OPT_BANDWIDTH, "RATE", 0, "Copy at most RATE bytes per second (k, M, G)", 0 },
     { "buf-size", OPT_BUF_SIZE, "SIZE", 0, "Copy buffer for all requests in flight (16M)", 0 },
+    { "requests", OPT_REQUESTS, "N", 0, "Copies in flight at once (1-64, default 4)", 0 },
     { 0 }
 };
 
@@ -105,6 +106,15 @@ static error_t copy_parse(int key, char *arg, struct argp_state *state)
             argp_error(state, "--buf-size must be between 64k and 1G");
         }
         break;
+    case OPT_REQUESTS: {
+        char *end;
+        unsigned long n = strtoul(arg, &end, 10);
+        if (*end || n < 1 || n > 64) {
+            argp_error(state, "--requests must be a number from 1 to 64");
+        }
+        o->requests = (unsigned)n;
+        break;
+    }
     default:
         return ARGP_ERR_UNKNOWN;
     }
@@ -135,6 +145,7 @@ void copy_opts_apply(const struct copy_opts *o, struct copy_params *p)
     }
     p->bandwidth = o->bandwidth;
     p->buf_size = o->buf_size;
+    p->workers = o->requests;
     p->cancel = &cmd_cancel;
 }
 

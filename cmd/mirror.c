@@ -32,6 +32,7 @@ struct mirror_args {
     bool clear_bitmap;
     bool reuse;
     bool compress;
+    bool unsafe;
     struct copy_opts copy;
 };
 
@@ -49,6 +50,8 @@ static const struct argp_option options[] = {
     { "compress", 'c', NULL, 0, "Write compressed clusters (qcow2 target)", 0 },
     { "options", 'o', "OPTS", 0, "Options for creating TARGET, as create -o", 0 },
     { "backing", 'B', "FILE", 0, "Backing file of the new TARGET", 0 },
+    { "cache", 't', "MODE", 0, "writeback (default): TARGET is flushed to disk before the "
+      "command ends; unsafe: it is not (qemu-img convert's default)", 0 },
     { "backing-format", 'F', "FMT", 0, "Format of that backing file", 0 },
     { 0 }
 };
@@ -97,6 +100,15 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         break;
     case 'B':
         a->backing = arg;
+        break;
+    case 't':
+        if (!strcmp(arg, "unsafe")) {
+            a->unsafe = true;
+        } else if (!strcmp(arg, "writeback")) {
+            a->unsafe = false;
+        } else {
+            argp_error(state, "-t must be writeback or unsafe, not '%s'", arg);
+        }
         break;
     case 'F':
         a->backing_fmt = arg;
@@ -351,7 +363,9 @@ int cmd_mirror(int argc, char **argv)
             report(err);
             goto out;
         }
-        dst = bdev_open(part, fmt, BDEV_O_RDWR, &err);
+        /* a new image: a power failure makes it garbage anyway, so no
+         * ordering syncs while it is built (it is flushed at the end) */
+        dst = bdev_open(part, fmt, BDEV_O_RDWR | BDEV_O_UNORDERED, &err);
         if (!dst) {
             report(err);
             goto out;
@@ -372,6 +386,7 @@ int cmd_mirror(int argc, char **argv)
         cp.dst_is_zero = created && !dst->backing_file;
         cp.check_dst_zero = !cp.dst_is_zero;
         cp.compress = a.compress;
+        cp.no_flush = a.unsafe;
         copy_opts_apply(&a.copy, &cp);
         r = copy_run(&cp, &err);
         copy_opts_finish(&a.copy);

@@ -126,7 +126,7 @@ static int raw_close(struct bdev *bd, struct error **errp)
 {
     int ret = 0;
 
-    if (!bd->read_only) {
+    if (!bd->read_only && !(bd->flags & BDEV_O_UNORDERED)) {
         ret = io_fdatasync(bd->file->fd);
         if (ret < 0) {
             error_setg_errno(errp, -ret, "'%s': cannot sync", bd->filename);

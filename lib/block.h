@@ -29,6 +29,9 @@ enum {
     BDEV_O_CHECK = 1u << 3,         /* opened by check: no automatic repair,
                                        tolerate what check reports */
     BDEV_O_NO_BITMAPS = 1u << 4,    /* do not load/track persistent bitmaps */
+    BDEV_O_UNORDERED = 1u << 5,     /* an image being built: no syncs that only order
+                                       metadata for power failures (explicit flushes
+                                       still sync) */
 };
 
 /* Request flags (QEMU's BDRV_REQ_* meaning) */

@@ -431,7 +431,7 @@ int copy_run(struct copy_params *p, struct error **errp)
     if (!ret && p->cancel && *p->cancel) {
         ret = -ECANCELED;
     }
-    if (ret == 0) {
+    if (ret == 0 && !p->no_flush) {
         ret = bdev_flush(p->dst);
         if (ret < 0) {
             e.err_bd = p->dst;

@@ -37,6 +37,7 @@ struct copy_params {
     bool check_dst_zero;         /* skip zero extents where the target already reads zero */
     bool compress;               /* compressed writes (whole target clusters) */
     bool unchanged;              /* copy-on-read: the target's guest view does not change */
+    bool no_flush;               /* do not flush the target at the end (-t unsafe) */
     uint64_t buf_size;           /* total buffer for all workers (default 16 MiB) */
     unsigned workers;            /* default 4 */
     uint64_t bandwidth;          /* bytes per second, 0: unlimited */

@@ -389,7 +389,7 @@ int qcow2_bitmap_write_dir(struct qcow2 *s)
         ret = qcow2_flush_metadata(s);
     }
     if (ret == 0) {
-        ret = io_fdatasync(s->fd);
+        ret = qcow2_order_sync(s);
     }
     if (ret < 0) {
         if (new_off) {
@@ -407,7 +407,7 @@ int qcow2_bitmap_write_dir(struct qcow2 *s)
     }
     ret = qcow2_write_header(s, NULL);
     if (ret == 0) {
-        ret = io_fdatasync(s->fd);
+        ret = qcow2_order_sync(s);
     }
     if (ret < 0) {
         s->has_bitmaps_ext = old_has;
@@ -433,7 +433,7 @@ static int write_dir_in_place(struct qcow2 *s)
     ret = io_pwrite(s->fd, dir, len, s->bitmap_dir_offset);
     free(dir);
     if (ret == 0) {
-        ret = io_fdatasync(s->fd);
+        ret = qcow2_order_sync(s);
     }
     return ret;
 }

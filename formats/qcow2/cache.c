@@ -157,9 +157,14 @@ int qcow2_flush_refblocks(struct qcow2 *s)
     int ret = write_all(s, &s->rb_cache, &wrote);
 
     if (ret == 0 && wrote && !qcow2_lazy(s)) {
-        ret = io_fdatasync(s->fd);
+        ret = qcow2_order_sync(s);
     }
     return ret;
+}
+
+int qcow2_order_sync(struct qcow2 *s)
+{
+    return s->unordered ? 0 : io_fdatasync(s->fd);
 }
 
 int qcow2_flush_metadata(struct qcow2 *s)
@@ -177,7 +182,7 @@ int qcow2_flush_metadata(struct qcow2 *s)
     }
     if (s->nr_decref) {
         if (wrote && !qcow2_lazy(s)) {
-            ret = io_fdatasync(s->fd);
+            ret = qcow2_order_sync(s);
             if (ret < 0) {
                 return ret;
             }

@@ -1410,7 +1410,7 @@ int qcow2_truncate(struct bdev *bd, uint64_t size, struct error **errp)
             ret = qcow2_flush_metadata(s);
         }
         if (ret == 0) {
-            ret = io_fdatasync(s->fd);
+            ret = qcow2_order_sync(s);
         }
         if (ret == 0) {
             s->l1_offset = off;
@@ -1418,7 +1418,7 @@ int qcow2_truncate(struct bdev *bd, uint64_t size, struct error **errp)
             s->size = size;
             ret = qcow2_write_header(s, NULL);
             if (ret == 0) {
-                ret = io_fdatasync(s->fd);
+                ret = qcow2_order_sync(s);
             }
             if (ret < 0) {
                 s->l1_offset = old_off;
@@ -1442,7 +1442,7 @@ int qcow2_truncate(struct bdev *bd, uint64_t size, struct error **errp)
         s->size = size;
         ret = qcow2_write_header(s, NULL);
         if (ret == 0) {
-            ret = io_fdatasync(s->fd);
+            ret = qcow2_order_sync(s);
         }
         if (ret < 0) {
             s->size = old_size;

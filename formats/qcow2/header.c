@@ -227,14 +227,14 @@ int qcow2_mark_dirty(struct qcow2 *s)
     if (s->dirty_on_disk || s->version < 3) {
         return 0;
     }
-    ret = io_fdatasync(s->fd);
+    ret = qcow2_order_sync(s);
     if (ret < 0) {
         return ret;
     }
     s->incompat |= QCOW2_INCOMPAT_DIRTY;
     ret = qcow2_write_header(s, NULL);
     if (ret == 0) {
-        ret = io_fdatasync(s->fd);
+        ret = qcow2_order_sync(s);
     }
     if (ret < 0) {
         s->incompat &= ~QCOW2_INCOMPAT_DIRTY;
@@ -400,6 +400,7 @@ static int qcow2_open(struct bdev *bd, unsigned flags, struct error **errp)
     s->bd = bd;
     s->fd = bd->file->fd;
     s->prealloc_detected = -1;
+    s->unordered = flags & BDEV_O_UNORDERED;
     s->read_only = bd->read_only;
     s->check_mode = flags & BDEV_O_CHECK;
     pthread_mutex_init(&s->lock, NULL);
@@ -779,13 +780,13 @@ static int qcow2_close(struct bdev *bd, struct error **errp)
             pthread_mutex_unlock(&s->lock);
         }
         if (ret == 0) {
-            ret = io_fdatasync(s->fd);
+            ret = qcow2_order_sync(s);
         }
         if (ret == 0 && s->dirty_on_disk) {
             s->incompat &= ~QCOW2_INCOMPAT_DIRTY;
             ret = qcow2_write_header(s, errp);
             if (ret == 0) {
-                ret = io_fdatasync(s->fd);
+                ret = qcow2_order_sync(s);
             }
         }
         if (ret < 0) {

@@ -232,6 +232,7 @@ struct qcow2 {
     size_t nr_decref, cap_decref;
 
     int prealloc_detected;     /* -1 not checked; 1: metadata preallocation seen */
+    bool unordered;            /* BDEV_O_UNORDERED */
     bool read_only;
     bool dirty_on_disk;        /* we set the dirty bit */
     bool corrupt;              /* corruption seen: no further writes */
@@ -252,6 +253,14 @@ static inline bool qcow2_lazy(struct qcow2 *s)
 {
     return s->compat & QCOW2_COMPAT_LAZY_REFCOUNTS;
 }
+
+/*
+ * A sync that only orders metadata updates for power failures.  Skipped
+ * for an image being built (BDEV_O_UNORDERED: a crash makes it garbage
+ * anyway); the order of the writes themselves, which is what a killed
+ * process leaves behind, is kept either way.
+ */
+int qcow2_order_sync(struct qcow2 *s);
 
 /* header.c */
 int qcow2_write_header(struct qcow2 *s, struct error **errp);

@@ -132,7 +132,7 @@ static int write_reftable_entry(struct qcow2 *s, uint64_t index)
 
 static int sync_unless_lazy(struct qcow2 *s)
 {
-    return qcow2_lazy(s) ? 0 : io_fdatasync(s->fd);
+    return qcow2_lazy(s) ? 0 : qcow2_order_sync(s);
 }
 
 /*
@@ -197,7 +197,7 @@ static int grow_reftable(struct qcow2 *s, uint64_t rt_index)
     }
     ret = io_pwrite(s->fd, newt, entries * 8, (A + nb) * cs);
     if (ret == 0) {
-        ret = io_fdatasync(s->fd);
+        ret = qcow2_order_sync(s);
     }
     if (ret < 0) {
         free(newt);
@@ -210,7 +210,7 @@ static int grow_reftable(struct qcow2 *s, uint64_t rt_index)
     s->reftable_clusters = nt;
     ret = qcow2_write_header(s, NULL);
     if (ret == 0) {
-        ret = io_fdatasync(s->fd);
+        ret = qcow2_order_sync(s);
     }
     if (ret < 0) {
         s->reftable_offset = old_off;
