@@ -74,7 +74,7 @@ check: deps test-deps
 	@$(MAKE) --no-print-directory all unit
 	@PROG=$(CURDIR)/$(if $(filter build,$(BUILD)),blockctl,$(BIN)) BUILD=$(BUILD) tests/run.sh
 
-demo: deps
+demo: deps test-deps
 	@$(MAKE) --no-print-directory all
 	@scripts/demo.sh $(CURDIR)/blockctl
 
