@@ -281,7 +281,8 @@ int cmd_mirror(int argc, char **argv)
             goto out;
         }
         /* With its chain: whether the target already reads zero depends on it. */
-        dst = bdev_open(a.target, nbd_target ? NULL : a.out_format, BDEV_O_RDWR, &err);
+        dst = bdev_open(a.target, nbd_target ? NULL : a.out_format,
+                        BDEV_O_RDWR | (nbd_target && a.unsafe ? BDEV_O_UNORDERED : 0), &err);
         if (!dst) {
             report(err);
             goto out;

@@ -402,7 +402,7 @@ static int nbdc_close(struct bdev *bd, struct error **errp)
     uint64_t one = 1;
     int ret = 0;
 
-    if (!bd->read_only && c->can_flush && !c->dead) {
+    if (!bd->read_only && c->can_flush && !c->dead && !(bd->flags & BDEV_O_UNORDERED)) {
         struct nbdc_req r = { .type = REQ_FLUSH };
         ret = run_req(c, &r);
         if (ret < 0) {
