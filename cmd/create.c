@@ -66,13 +66,7 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         a->force = true;
         break;
     case 'o':
-        if (a->opts) {
-            char *j = xasprintf("%s,%s", a->opts, arg);
-            free(a->opts);
-            a->opts = j;
-        } else {
-            a->opts = xstrdup(arg);
-        }
+        append_opts(&a->opts, arg);
         break;
     case ARGP_KEY_ARG:
         if (!a->file) {

@@ -114,13 +114,7 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         a->backing_fmt = arg;
         break;
     case 'o':
-        if (a->opts) {
-            char *j = xasprintf("%s,%s", a->opts, arg);
-            free(a->opts);
-            a->opts = j;
-        } else {
-            a->opts = xstrdup(arg);
-        }
+        append_opts(&a->opts, arg);
         break;
     case ARGP_KEY_ARG:
         if (!a->source) {

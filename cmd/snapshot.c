@@ -54,13 +54,7 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         a->output = parse_output_format(arg, state);
         break;
     case 'o':
-        if (a->opts) {
-            char *j = xasprintf("%s,%s", a->opts, arg);
-            free(a->opts);
-            a->opts = j;
-        } else {
-            a->opts = xstrdup(arg);
-        }
+        append_opts(&a->opts, arg);
         break;
     case ARGP_KEY_ARGS:
         a->args = state->argv + state->next;
@@ -92,32 +86,6 @@ static const struct argp snapshot_argp = {
     "errors.",
     NULL, NULL, NULL,
 };
-
-static void print_snapshots(const struct image_info *in)
-{
-    char sz[32];
-
-    printf("Snapshot list:\n");
-    printf("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
-    for (size_t i = 0; i < in->nr_snapshots; i++) {
-        const struct snapshot_info *sn = &in->snapshots[i];
-        char date[32], clock[32], icount[32] = "";
-        time_t t = sn->date_sec;
-        struct tm tm;
-        uint64_t secs = sn->vm_clock_nsec / 1000000000ULL;
-
-        localtime_r(&t, &tm);
-        strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S", &tm);
-        snprintf(clock, sizeof(clock), "%02d:%02d:%02d.%03d", (int)(secs / 3600),
-                 (int)((secs / 60) % 60), (int)(secs % 60),
-                 (int)((sn->vm_clock_nsec / 1000000) % 1000));
-        if (sn->has_icount) {
-            snprintf(icount, sizeof(icount), "%" PRIu64, sn->icount);
-        }
-        size_human(sn->vm_state_size, sz, sizeof(sz));
-        printf("%-9s %-16s %8s%20s%13s%11s\n", sn->id, sn->name, sz, date, clock, icount);
-    }
-}
 
 static int do_list(struct snapshot_args *a)
 {
@@ -170,7 +138,7 @@ static int do_list(struct snapshot_args *a)
             size_human(bd->size, sz, sizeof(sz));
             printf("%s%s (%s, %s)\n", bd == top ? "" : "  <- ", bd->filename, bd->drv->name, sz);
             if (in.nr_snapshots) {
-                print_snapshots(&in);
+                print_snapshot_table(&in);
             }
         }
         image_info_free(&in);
