@@ -896,6 +896,14 @@ int bdev_bitmap_get(struct bdev *bd, const char *name, struct dirty_bitmap **out
     return ret;
 }
 
+void bdev_start_writeback(struct bdev *bd)
+{
+    if (bd->file && !bd->file->is_blockdev && !bd->read_only) {
+        /* errors do not matter: the flush that follows reports them */
+        (void)sync_file_range(bd->file->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+    }
+}
+
 int bdev_truncate(struct bdev *bd, uint64_t size, struct error **errp)
 {
     int ret;

@@ -272,6 +272,11 @@ int bdev_pwrite(struct bdev *bd, const void *buf, size_t len, uint64_t off, unsi
 int bdev_pwrite_zeroes(struct bdev *bd, uint64_t off, uint64_t len, unsigned flags);
 int bdev_discard(struct bdev *bd, uint64_t off, uint64_t len);
 int bdev_flush(struct bdev *bd);
+/*
+ * Start writing @bd's dirty data to disk in the background (a hint; file
+ * images only), so that a later flush has less to wait for.
+ */
+void bdev_start_writeback(struct bdev *bd);
 /* Grow (or shrink, where the format can) the virtual size. */
 int bdev_truncate(struct bdev *bd, uint64_t size, struct error **errp);
 /* Make @bd's own layer empty (reads fall through to its backing); -ENOTSUP

@@ -177,7 +177,17 @@ static int write_data(struct engine *e, const uint8_t *buf, uint64_t off, uint64
             return ret;
         }
     }
-    __atomic_add_fetch(&p->bytes_written, len, __ATOMIC_RELAXED);
+    /*
+     * Every 64 MiB, start the disk writing what is in the page cache, so
+     * that the flush at the end (and the ordering syncs of qcow2 on the
+     * way) wait only for the tail.
+     */
+    {
+        uint64_t before = __atomic_fetch_add(&p->bytes_written, len, __ATOMIC_RELAXED);
+        if (!p->no_flush && (before >> 26) != ((before + len) >> 26)) {
+            bdev_start_writeback(p->dst);
+        }
+    }
     return 0;
 }
 
@@ -227,6 +237,8 @@ static int copy_data(struct engine *e, uint8_t *buf, uint64_t off, uint64_t len)
 static int do_window_status(struct engine *e, uint8_t *buf, uint64_t ws, uint64_t we)
 {
     uint64_t pos = ws;
+    enum ext_class next_cls = EXT_SKIP;
+    uint64_t next_n = 0;      /* a look-ahead answer for @pos, if any */
     int ret;
 
     while (pos < we) {
@@ -236,10 +248,16 @@ static int do_window_status(struct engine *e, uint8_t *buf, uint64_t ws, uint64_
         if (cancelled(e)) {
             return -ECANCELED;
         }
-        ret = classify(e, pos, we - pos, &cls, &n);
-        if (ret < 0) {
-            fail(e, ret, e->p->src, "cannot get the block status of");
-            return ret;
+        if (next_n) {
+            cls = next_cls;
+            n = next_n;
+            next_n = 0;
+        } else {
+            ret = classify(e, pos, we - pos, &cls, &n);
+            if (ret < 0) {
+                fail(e, ret, e->p->src, "cannot get the block status of");
+                return ret;
+            }
         }
         /* coalesce following extents of the same class (data from several layers) */
         while (pos + n < we) {
@@ -249,6 +267,9 @@ static int do_window_status(struct engine *e, uint8_t *buf, uint64_t ws, uint64_
                 return ret;
             }
             if (c2 != cls) {
+                /* keep the answer: it is the next extent's */
+                next_cls = c2;
+                next_n = n2;
                 break;
             }
             n += n2;
@@ -261,6 +282,14 @@ static int do_window_status(struct engine *e, uint8_t *buf, uint64_t ws, uint64_
                 ret = write_zero(e, pos, n);
             } else {
                 ret = copy_data(e, buf, a, b - a);
+            }
+            if (b > pos + n) {
+                /* the look-ahead extent starts inside what was just copied */
+                if (next_n > b - (pos + n)) {
+                    next_n -= b - (pos + n);
+                } else {
+                    next_n = 0;
+                }
             }
             n = b - pos;
         } else if (cls == EXT_ZERO) {
