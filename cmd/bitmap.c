@@ -171,6 +171,7 @@ static int do_list(struct bitmap_args *a)
                                 &err);
     struct image_info in;
     struct jw w;
+    int ret = 0;
 
     if (!bd) {
         report(err);
@@ -196,10 +197,18 @@ static int do_list(struct bitmap_args *a)
         struct bitmap_info *b = &in.bitmaps[i];
         struct dirty_bitmap *bm = NULL;
         uint64_t count = 0;
+        bool broken = false;
 
-        if (!b->inconsistent && bdev_bitmap_get(bd, b->name, &bm, NULL) == 0) {
-            count = bitmap_dirty_bytes(bm);
-            bitmap_free(bm);
+        if (!b->inconsistent) {
+            if (bdev_bitmap_get(bd, b->name, &bm, &err) == 0) {
+                count = bitmap_dirty_bytes(bm);
+                bitmap_free(bm);
+            } else {
+                /* its table is damaged: say so, and fail at the end */
+                report(err);
+                broken = true;
+                ret = 1;
+            }
         }
         if (a->output == OUTPUT_JSON) {
             jw_object_begin(&w);
@@ -208,7 +217,9 @@ static int do_list(struct bitmap_args *a)
             jw_kv_bool(&w, "recording", b->flags & BITMAP_FLAG_AUTO);
             jw_kv_bool(&w, "inconsistent", b->inconsistent);
             jw_kv_bool(&w, "persistent", true);
-            if (!b->inconsistent) {
+            if (broken) {
+                jw_kv_bool(&w, "broken", true);
+            } else if (!b->inconsistent) {
                 jw_kv_uint(&w, "count", count);
             }
             jw_key(&w, "flags");
@@ -223,12 +234,12 @@ static int do_list(struct bitmap_args *a)
             jw_object_end(&w);
         } else {
             char sz[32] = "-";
-            if (!b->inconsistent) {
+            if (!b->inconsistent && !broken) {
                 size_human(count, sz, sizeof(sz));
             }
             printf("%-24s %12" PRIu64 "  %-8s %-12s %s\n", b->name, b->granularity,
                    (b->flags & BITMAP_FLAG_AUTO) ? "yes" : "no",
-                   b->inconsistent ? "inconsistent" : "consistent", sz);
+                   broken ? "broken" : b->inconsistent ? "inconsistent" : "consistent", sz);
         }
     }
     jw_array_end(&w);
@@ -238,7 +249,7 @@ static int do_list(struct bitmap_args *a)
     jw_free(&w);
     image_info_free(&in);
     bdev_unref(bd);
-    return 0;
+    return ret;
 }
 
 static int do_dump(struct bitmap_args *a)

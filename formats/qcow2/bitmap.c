@@ -778,7 +778,9 @@ int qcow2_bitmap_apply(struct bdev *bd, const struct bitmap_op *ops, size_t n,
     /* Keep the old list to restore it if writing fails. */
     saved_nb = s->nb_bitmaps;
     saved = xcalloc(saved_nb + 1, sizeof(*saved));
-    memcpy(saved, s->bitmaps, saved_nb * sizeof(*saved));
+    if (saved_nb) {
+        memcpy(saved, s->bitmaps, saved_nb * sizeof(*saved));
+    }
     {
         /* Work on a fresh array whose entries share the old pointers. */
         struct qcow2_bitmap *list = xcalloc(saved_nb + n + 1, sizeof(*list));
@@ -786,7 +788,11 @@ int qcow2_bitmap_apply(struct bdev *bd, const struct bitmap_op *ops, size_t n,
         struct dirty_bitmap **fresh = xcalloc(n + 1, sizeof(*fresh));
         size_t nfresh = 0;
 
-        memcpy(list, s->bitmaps, saved_nb * sizeof(*list));
+        struct qcow2_bitmap *old_array = s->bitmaps;
+
+        if (saved_nb) {
+            memcpy(list, s->bitmaps, saved_nb * sizeof(*list));
+        }
         for (size_t k = 0; k < n; k++) {
             const struct bitmap_op *op = &ops[k];
             int i = -1;
@@ -873,11 +879,12 @@ int qcow2_bitmap_apply(struct bdev *bd, const struct bitmap_op *ops, size_t n,
                 }
             }
             free(list);
-            s->bitmaps = saved;
+            /* the old array was not changed: it is the list again */
+            s->bitmaps = old_array;
             s->nb_bitmaps = saved_nb;
-            saved = NULL;
             error_setg_errno(errp, -ret, "'%s': cannot write the bitmaps", bd->filename);
         } else {
+            free(old_array);
             for (uint32_t j = 0; j < saved_nb; j++) {
                 bool kept = false;
                 for (uint32_t m = 0; m < nb; m++) {

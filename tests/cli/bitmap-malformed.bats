@@ -122,10 +122,20 @@ broken_directory() {
     use "$1"
     # QEMU finds every one of these images broken (a sanity check of the case)
     ! qemu-img check "$f" >/dev/null 2>&1 || { fail "qemu-img check finds $f fine: not a malformed case"; return 1; }
+    # info fails as qemu-img info does; where qemu-img info can open the
+    # image (it does not read the tables), info may succeed
+    local qinfo=0
+    qemu-img info "$f" >/dev/null 2>&1 || qinfo=$?
     run_guarded "$PROG" info "$f"
-    assert_clean_failure "$f" || { fail "info $f"; return 1; }
+    assert_no_crash || { fail "info $f"; return 1; }
+    if [ "$status" -ne 0 ] || [ "$qinfo" -ne 0 ]; then
+        assert_clean_failure "$f" || { fail "info $f"; return 1; }
+    fi
     run_guarded "$PROG" info --output=json "$f"
-    assert_clean_failure "$f" || { fail "info --output=json $f"; return 1; }
+    assert_no_crash || { fail "info --output=json $f"; return 1; }
+    if [ "$status" -ne 0 ] || [ "$qinfo" -ne 0 ]; then
+        assert_clean_failure "$f" || { fail "info --output=json $f"; return 1; }
+    fi
     run_guarded "$PROG" bitmap --list "$f"
     assert_clean_failure "$f" || { fail "bitmap --list $f"; return 1; }
     run_guarded "$PROG" bitmap --list --output=json "$f"

@@ -40,10 +40,9 @@ bc_ranges() {
 # nbd_ranges IMG NAME: the ranges qemu-nbd -r -B NAME exports as dirty
 nbd_ranges() {
     local map
-    nbd_serve "nbdr$$" -r -f qcow2 -B "$2" "$1" >&2 || return 1
-    map=$(nbdinfo --map="qemu:dirty-bitmap:$2" --json "$NBD_URI") ||
-        { server_stop "$NBD_PIDFILE"; fail "nbdinfo --map on $1 failed"; return 1; }
-    server_stop "$NBD_PIDFILE"
+    # nbdinfo runs qemu-nbd itself (socket activation) and waits for it
+    map=$(nbdinfo --map="qemu:dirty-bitmap:$2" --json -- [ qemu-nbd -r -f qcow2 -B "$2" "$1" ] 3>&-) ||
+        { fail "qemu-nbd -B $2 + nbdinfo --map on $1 failed"; return 1; }
     jq -c "[.[] | select(.type % 2 == 1) | [.offset, .offset + .length]] | $JQ_MERGE" <<<"$map"
 }
 
@@ -258,11 +257,11 @@ not_cleared() {
     run --separate-stderr "$PROG" mirror --sync=bitmap --bitmap nosuch -B full.qcow2 -F qcow2 -O qcow2 disk.qcow2 inc.qcow2
     failed_cleanly
     [[ $stderr == *nosuch* ]] || fail "$stderr"
-    [ ! -e inc.qcow2 ] && [ ! -e inc.qcow2.part ]
+    [ ! -e inc.qcow2 ] && [ ! -e inc.qcow2.part ] || fail "a target was left"
     to_raw disk.qcow2 disk.raw
     run --separate-stderr "$PROG" mirror --sync=bitmap --bitmap b -O qcow2 disk.raw inc.qcow2
     failed_cleanly
-    [ ! -e inc.qcow2 ] && [ ! -e inc.qcow2.part ]
+    [ ! -e inc.qcow2 ] && [ ! -e inc.qcow2.part ] || fail "a target was left"
     run --separate-stderr "$PROG" mirror --bitmap b -O qcow2 disk.qcow2 inc.qcow2
     [ "$status" -eq 64 ] || fail "--bitmap without --sync=bitmap exited $status"
     run --separate-stderr "$PROG" mirror --sync=bitmap -O qcow2 disk.qcow2 inc.qcow2
@@ -301,7 +300,7 @@ not_cleared() {
     run --separate-stderr "$PROG" mirror --sync=bitmap --bitmap b --clear-bitmap -B full.qcow2 -F qcow2 -O qcow2 "$uri" incx.qcow2
     failed_cleanly
     [ ! -e incx.qcow2 ] && [ ! -e incx.qcow2.part ] || fail "a target was left"
-    server_stop "$pidf"
+    server_stop "$pidf" KILL
     [ "$(dirty disk.qcow2 b)" = "$d" ] || fail "the bitmap changed"
     # a finer bitmap, -n into a raw copy of the full backup, over NBD
     nbd_serve src2 -r -t -f qcow2 -B f disk.qcow2
