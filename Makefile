@@ -80,12 +80,16 @@ demo: deps test-deps
 
 install: all
 	install -Dm755 blockctl $(DESTDIR)$(BINDIR)/blockctl
+	for c in $$(./blockctl --list-commands); do \
+	    ln -sf blockctl $(DESTDIR)$(BINDIR)/blockctl-$$c; \
+	done
 	for p in $(MANS); do \
 	    n=$$(basename $$p); s=$${n##*.}; \
 	    install -Dm644 $$p $(DESTDIR)$(MANDIR)/man$$s/$$n; \
 	done
 
 uninstall:
+	for c in $$(./blockctl --list-commands); do rm -f $(DESTDIR)$(BINDIR)/blockctl-$$c; done
 	rm -f $(DESTDIR)$(BINDIR)/blockctl
 	for p in $(MANS); do n=$$(basename $$p); s=$${n##*.}; rm -f $(DESTDIR)$(MANDIR)/man$$s/$$n; done
 

@@ -122,7 +122,8 @@ static void json_image(struct jw *w, struct bdev *bd, const struct image_info *i
     if (in->cluster_size) {
         jw_kv_uint(w, "cluster-size", in->cluster_size);
     }
-    jw_kv_string(w, "format", bd->drv->name);
+    /* an NBD export is raw data over a protocol, as qemu-img says */
+    jw_kv_string(w, "format", bd->drv->is_protocol ? "raw" : bd->drv->name);
     if (actual >= 0) {
         jw_kv_int(w, "actual-size", actual);
     }
@@ -179,7 +180,7 @@ static void human_image(struct bdev *bd, const struct image_info *in)
     char sz[32];
 
     printf("image: %s\n", bd->filename);
-    printf("file format: %s\n", bd->drv->name);
+    printf("file format: %s\n", bd->drv->is_protocol ? "raw" : bd->drv->name);
     size_human(bd->size, sz, sizeof(sz));
     printf("virtual size: %s (%" PRIu64 " bytes)\n", sz, bd->size);
     if (actual >= 0) {
