@@ -12,6 +12,7 @@
 #include "lib/io.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -182,6 +183,89 @@ static int run_variant(const struct variant *v)
     return 0;
 }
 
+/*
+ * Several threads write to one image at once, each to its own clusters
+ * (interleaved, so they share L2 tables and refcount blocks and allocate
+ * side by side), with zero writes and discards mixed in.
+ */
+struct thr {
+    struct bdev *bd;
+    uint8_t *ref;
+    uint64_t size, cs;
+    unsigned id, n;
+    uint64_t seed;
+    int ret;
+};
+
+static void *thr_main(void *opaque)
+{
+    struct thr *t = opaque;
+    uint64_t nclusters = t->size / t->cs;
+    uint8_t *buf = xmalloc(t->cs);
+
+    for (int op = 0; op < 400 && t->ret == 0; op++) {
+        uint64_t c, r;
+        t->seed = t->seed * 6364136223846793005ULL + 1442695040888963407ULL;
+        r = t->seed >> 33;
+        c = (r % (nclusters / t->n)) * t->n + t->id;
+        if (r % 7 == 0) {
+            t->ret = bdev_pwrite_zeroes(t->bd, c * t->cs, t->cs, (r & 8) ? BDEV_REQ_MAY_UNMAP : 0);
+            memset(t->ref + c * t->cs, 0, t->cs);
+        } else if (r % 11 == 0) {
+            t->ret = bdev_discard(t->bd, c * t->cs, t->cs);
+            memset(t->ref + c * t->cs, 0, t->cs);
+        } else {
+            uint64_t off = (r >> 8) % t->cs, len = 1 + (r >> 20) % (t->cs - off);
+            memset(buf, (int)(op + t->id * 50), len);
+            t->ret = bdev_pwrite(t->bd, buf, len, c * t->cs + off, 0);
+            memcpy(t->ref + c * t->cs + off, buf, len);
+        }
+    }
+    free(buf);
+    return NULL;
+}
+
+static void run_threads(const char *name, const char *opts, uint64_t cs)
+{
+    char img[512], refp[512];
+    uint64_t size = 16 << 20;
+    uint8_t *ref = xzalloc(size);
+    struct thr t[4];
+    pthread_t th[4];
+    struct error *err = NULL;
+    struct bdev *bd;
+    bool good = true;
+
+    snprintf(img, sizeof(img), "%s/%s.qcow2", tmpdir, name);
+    snprintf(refp, sizeof(refp), "%s/%s.raw", tmpdir, name);
+    if (sh("qemu-img create -q -f qcow2 -o %s %s %" PRIu64, opts, img, size)) {
+        ok(0, "%s: create", name);
+        return;
+    }
+    bd = bdev_open(img, "qcow2", BDEV_O_RDWR, &err);
+    if (!bd) {
+        ok(0, "%s: open: %s", name, err->msg);
+        error_free(err);
+        return;
+    }
+    for (unsigned i = 0; i < 4; i++) {
+        t[i] = (struct thr){ .bd = bd, .ref = ref, .size = size, .cs = cs, .id = i, .n = 4,
+                             .seed = rng + i };
+        pthread_create(&th[i], NULL, thr_main, &t[i]);
+    }
+    for (unsigned i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        good = good && t[i].ret == 0;
+    }
+    ok(good, "%s: four threads wrote without errors", name);
+    ok(bdev_close(bd, &err) == 0, "%s: close", name);
+    write_ref(refp, ref, size);
+    ok(sh("qemu-img check -q %s", img) == 0, "%s: qemu-img check is clean", name);
+    ok(sh("qemu-img compare -q -f raw -F qcow2 %s %s", refp, img) == 0,
+       "%s: qemu-img compare equals the reference", name);
+    free(ref);
+}
+
 int main(void)
 {
     static const struct variant variants[] = {
@@ -220,6 +304,12 @@ int main(void)
         }
         rng = 0x9e3779b97f4a7c15ULL * (i + 1) + seed;
         run_variant(&variants[i]);
+    }
+    if (!getenv("VARIANT")) {
+        rng = 0x1234567 + seed;
+        run_threads("threads-64k", "cluster_size=64k", 65536);
+        run_threads("threads-4k-extl2", "cluster_size=16k,extended_l2=on", 16384);
+        run_threads("threads-512-rc64", "cluster_size=512,refcount_bits=64", 512);
     }
     if (!getenv("KEEP")) {
         sh("rm -rf %s", tmpdir);
