@@ -102,6 +102,7 @@ struct nbdc_req {
     bool st_got;
     int ret;
     bool done;
+    pthread_cond_t *waiter;  /* signalled when done */
     struct nbdc_req *next;
 };
 
@@ -133,6 +134,7 @@ static void fail_request(struct nbdc_req *r, int err)
 {
     r->ret = -err;
     r->done = true;
+    pthread_cond_signal(r->waiter);
 }
 
 static int complete_cb(void *opaque, int *error)
@@ -142,6 +144,7 @@ static int complete_cb(void *opaque, int *error)
     /* called from the I/O thread, with our lock held by it */
     r->ret = *error ? -*error : 0;
     r->done = true;
+    pthread_cond_signal(r->waiter);
     return 1;
 }
 
@@ -228,7 +231,6 @@ static void *io_thread(void *opaque)
                 submit(c, req);
             }
         }
-        pthread_cond_broadcast(&c->cond);
         if (c->quit && !c->queue) {
             break;
         }
@@ -275,47 +277,62 @@ static void *io_thread(void *opaque)
         if (nbd_aio_is_dead(c->h) > 0 || nbd_aio_is_closed(c->h) > 0) {
             mark_dead(c, nbd_get_error());
         }
-        pthread_cond_broadcast(&c->cond);
     }
     pthread_mutex_unlock(&c->lock);
     return NULL;
 }
 
-/* Queue @r and wait for it. */
-static int run_req(struct nbdc *c, struct nbdc_req *r)
+/* Queue @n requests at once and wait for all of them; the first error. */
+static int run_reqs(struct nbdc *c, struct nbdc_req *r, size_t n)
 {
+    pthread_cond_t waiter;
     uint64_t one = 1;
+    int ret = 0;
 
-    r->done = false;
-    r->next = NULL;
+    pthread_cond_init(&waiter, NULL);
     pthread_mutex_lock(&c->lock);
     if (c->dead) {
         pthread_mutex_unlock(&c->lock);
+        pthread_cond_destroy(&waiter);
         return -ENOTCONN;
     }
-    if (c->queue_tail) {
-        c->queue_tail->next = r;
-    } else {
-        c->queue = r;
+    for (size_t i = 0; i < n; i++) {
+        r[i].done = false;
+        r[i].waiter = &waiter;
+        r[i].next = NULL;
+        if (c->queue_tail) {
+            c->queue_tail->next = &r[i];
+        } else {
+            c->queue = &r[i];
+        }
+        c->queue_tail = &r[i];
     }
-    c->queue_tail = r;
     pthread_cond_broadcast(&c->cond);
     pthread_mutex_unlock(&c->lock);
     if (write(c->efd, &one, sizeof(one)) < 0) {
         /* the I/O thread wakes up within a second anyway */
     }
     pthread_mutex_lock(&c->lock);
-    while (!r->done) {
-        pthread_cond_wait(&c->cond, &c->lock);
+    for (size_t i = 0; i < n; i++) {
+        while (!r[i].done) {
+            pthread_cond_wait(&waiter, &c->lock);
+        }
+        if (r[i].ret < 0 && !ret) {
+            ret = r[i].ret;
+        }
+    }
+    if (ret == -ENOTCONN || ret == -ESHUTDOWN || ret == -ECONNRESET || ret == -EPIPE) {
+        mark_dead(c, strerror(-ret));
     }
     pthread_mutex_unlock(&c->lock);
-    if (r->ret == -ENOTCONN || r->ret == -ESHUTDOWN || r->ret == -ECONNRESET ||
-        r->ret == -EPIPE) {
-        pthread_mutex_lock(&c->lock);
-        mark_dead(c, strerror(-r->ret));
-        pthread_mutex_unlock(&c->lock);
-    }
-    return r->ret;
+    pthread_cond_destroy(&waiter);
+    return ret;
+}
+
+/* Queue @r and wait for it. */
+static int run_req(struct nbdc *c, struct nbdc_req *r)
+{
+    return run_reqs(c, r, 1);
 }
 
 static int nbdc_open(struct bdev *bd, unsigned flags, struct error **errp)
@@ -435,23 +452,41 @@ static int nbdc_close(struct bdev *bd, struct error **errp)
     return ret;
 }
 
+/*
+ * Reads and writes go out as pieces of at most NBD_PIECE bytes, all in
+ * flight at once: the server works on them in parallel.
+ */
+#define NBD_PIECE (512u << 10)
+#define NBD_PIECES 64
+
 static int nbdc_rw(struct bdev *bd, enum req_type t, void *buf, size_t len, uint64_t off,
                    uint32_t flags)
 {
     struct nbdc *c = bd->opaque;
+    struct nbdc_req r[NBD_PIECES];
 
     while (len) {
-        struct nbdc_req r = { .type = t, .buf = buf, .len = MIN(len, (size_t)NBD_MAX_REQ),
-                              .off = off, .flags = flags };
-        int ret = run_req(c, &r);
+        size_t n = 0;
+        int ret;
+
+        memset(r, 0, sizeof(r));
+        while (len && n < NBD_PIECES) {
+            r[n].type = t;
+            r[n].buf = buf;
+            r[n].len = MIN(len, (size_t)NBD_PIECE);
+            r[n].off = off;
+            r[n].flags = flags;
+            if (buf) {
+                buf = (uint8_t *)buf + r[n].len;
+            }
+            off += r[n].len;
+            len -= r[n].len;
+            n++;
+        }
+        ret = run_reqs(c, r, n);
         if (ret < 0) {
             return ret;
         }
-        if (buf) {
-            buf = (uint8_t *)buf + r.len;
-        }
-        off += r.len;
-        len -= r.len;
     }
     return 0;
 }
