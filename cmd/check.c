@@ -193,16 +193,6 @@ int cmd_check(int argc, char **argv)
         bdev_unref(bd);
         return CHECK_UNSUPPORTED;
     }
-    if (a.fix == CHECK_FIX_LEAKS) {
-        struct image_info in;
-        if (bdev_get_info(bd, &in, NULL) == 0 && in.corrupt) {
-            image_info_free(&in);
-            error_report("'%s' is marked corrupt: only -r all may repair it", a.file);
-            bdev_unref(bd);
-            return CHECK_NOT_COMPLETED;
-        }
-        image_info_free(&in);
-    }
     memset(&r, 0, sizeof(r));
     ret = bd->drv->check(bd, &r, a.fix, &err);
     if (ret < 0) {

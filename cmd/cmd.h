@@ -74,6 +74,11 @@ struct copy_params;
 void copy_opts_apply(const struct copy_opts *o, struct copy_params *p);
 /* End a progress display (newline after the percentage). */
 void copy_opts_finish(const struct copy_opts *o);
+/* Report a copy that had nothing to do as complete (0 of 0 bytes). */
+void copy_opts_nothing(const struct copy_opts *o);
+
+/* Does the -o string @opts ask for the option list ("help" or "?")? */
+bool opts_want_help(const char *opts);
 
 /*
  * The backing file name to record for @base (an image of @chain) in the

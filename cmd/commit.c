@@ -158,7 +158,7 @@ int cmd_commit(int argc, char **argv)
     if (parent || base != top->backing) {
         struct bdev *above = parent ? parent : top;
         name = backing_name_for(above, img, base);
-        if (above->drv->change_backing(above, name, base->drv->name, &err) < 0) {
+        if (above->drv->change_backing(above, name, bdev_format_name(base), &err) < 0) {
             report(err);
             goto out;
         }

@@ -67,6 +67,7 @@ void cancel_install(void)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    bdev_set_interrupt_flag(&cmd_cancel);
 }
 
 int cancel_exit_status(void)
@@ -156,6 +157,27 @@ void copy_opts_finish(const struct copy_opts *o)
     if (o->progress) {
         fprintf(stderr, "\n");
     }
+}
+
+void copy_opts_nothing(const struct copy_opts *o)
+{
+    progress_cb((void *)o, 0, 0);
+    copy_opts_finish(o);
+}
+
+bool opts_want_help(const char *opts)
+{
+    const char *p = opts;
+
+    while (p && *p) {
+        size_t n = strcspn(p, ",");
+        if ((n == 4 && !strncmp(p, "help", 4)) || (n == 1 && *p == '?')) {
+            return true;
+        }
+        p += n;
+        p += *p == ',';
+    }
+    return false;
 }
 
 /* The name to record for @base in an image living next to @top. */

@@ -123,7 +123,7 @@ static void json_image(struct jw *w, struct bdev *bd, const struct image_info *i
         jw_kv_uint(w, "cluster-size", in->cluster_size);
     }
     /* an NBD export is raw data over a protocol, as qemu-img says */
-    jw_kv_string(w, "format", bd->drv->is_protocol ? "raw" : bd->drv->name);
+    jw_kv_string(w, "format", bdev_format_name(bd));
     if (actual >= 0) {
         jw_kv_int(w, "actual-size", actual);
     }
@@ -180,7 +180,7 @@ static void human_image(struct bdev *bd, const struct image_info *in)
     char sz[32];
 
     printf("image: %s\n", bd->filename);
-    printf("file format: %s\n", bd->drv->is_protocol ? "raw" : bd->drv->name);
+    printf("file format: %s\n", bdev_format_name(bd));
     size_human(bd->size, sz, sizeof(sz));
     printf("virtual size: %s (%" PRIu64 " bytes)\n", sz, bd->size);
     if (actual >= 0) {

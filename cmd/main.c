@@ -150,6 +150,8 @@ int main(int argc, char **argv)
 
     base = base ? base + 1 : argv[0];
     signal(SIGPIPE, SIG_IGN);
+    /* past a file-size limit, a write fails with EFBIG and is reported */
+    signal(SIGXFSZ, SIG_IGN);
     if (getenv("BLOCKCTL_LOCKING") && !strcmp(getenv("BLOCKCTL_LOCKING"), "off")) {
         bfile_set_locking(false);
     }

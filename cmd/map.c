@@ -176,6 +176,13 @@ int cmd_map(int argc, char **argv)
         }
         off += m.len;
     }
+    if (ret == 0 && !have && a.output == OUTPUT_JSON) {
+        /* as qemu-img: an empty range is one extent of length 0 */
+        memset(&cur, 0, sizeof(cur));
+        cur.start = a.start;
+        cur.layer = bd;
+        have = true;
+    }
     if (ret == 0 && have) {
         ret = print_extent(&cur, a.output, first);
         first = false;

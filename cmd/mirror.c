@@ -132,9 +132,6 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         if (a->backing_fmt && !a->backing) {
             argp_error(state, "-F gives the format of the -B backing file: -B is missing");
         }
-        if (a->reuse && a->sync == SYNC_NONE) {
-            argp_error(state, "--sync=none into an existing TARGET would copy nothing");
-        }
         if (a->reuse && (a->backing || a->opts)) {
             argp_error(state, "-n copies into an existing TARGET: -B and -o do not apply");
         }
@@ -214,7 +211,7 @@ static const char *detect_backing_format(const char *path, struct error **errp)
     if (!bd) {
         return NULL;
     }
-    fmt = bd->drv->name;
+    fmt = bdev_format_name(bd);
     if (bd->backing_file) {
         error_setg(errp, "'%s' has a backing file of its own: give its format with -F", path);
         fmt = NULL;
@@ -238,6 +235,28 @@ int cmd_mirror(int argc, char **argv)
     int ret = 1, r;
 
     argp_parse(&mirror_argp, argc, argv, 0, NULL, &a);
+    if (a.opts && opts_want_help(a.opts)) {
+        /* the options of the format TARGET would have; nothing is copied */
+        const struct format_driver *drv;
+        if (a.out_format) {
+            fmt = a.out_format;
+        } else {
+            struct bdev *bd = bdev_open(a.source, a.format,
+                                        BDEV_O_NO_BACKING | BDEV_O_FORCE_SHARE, &err);
+            fmt = bd ? bdev_format_name(bd) : "raw";
+            error_free(err);
+            err = NULL;
+            bdev_unref(bd);
+        }
+        drv = bdev_find_driver(fmt);
+        if (!drv || !drv->create) {
+            error_report("cannot create a target of format '%s'", fmt);
+            goto out;
+        }
+        opts_print_help(drv->name, drv->create_opts);
+        ret = 0;
+        goto out;
+    }
     cancel_install();
     if (a.clear_bitmap && nbd_is_uri(a.source)) {
         error_report("--clear-bitmap cannot clear a bitmap over NBD: clear it where it lives "
@@ -267,7 +286,7 @@ int cmd_mirror(int argc, char **argv)
         a.sync = SYNC_FULL;
     }
     nbd_target = nbd_is_uri(a.target);
-    fmt = a.out_format ? a.out_format : (src->drv->is_protocol ? "raw" : src->drv->name);
+    fmt = a.out_format ? a.out_format : bdev_format_name(src);
 
     if (nbd_target || a.reuse) {
         if (a.sync == SYNC_NONE && !a.reuse) {
@@ -320,10 +339,10 @@ int cmd_mirror(int argc, char **argv)
             bname = xstrdup(a.backing);
         } else if (a.sync == SYNC_TOP) {
             bname = backing_name_for_dir(dir, src, src->backing);
-            bfmt = src->backing->drv->name;
+            bfmt = bdev_format_name(src->backing);
         } else if (a.sync == SYNC_NONE) {
             bname = src->drv->is_protocol ? xstrdup(a.source) : bdev_relative_path(a.source, dir);
-            bfmt = src->drv->is_protocol ? "raw" : src->drv->name;
+            bfmt = bdev_format_name(src);
         }
         free(dir);
         if (bname && !drv->supports_backing) {
@@ -360,7 +379,10 @@ int cmd_mirror(int argc, char **argv)
         }
         /* a new image: a power failure makes it garbage anyway, so no
          * ordering syncs while it is built (it is flushed at the end) */
-        dst = bdev_open(part, fmt, BDEV_O_RDWR | BDEV_O_UNORDERED, &err);
+        dst = bdev_open(part, fmt,
+                        BDEV_O_RDWR | BDEV_O_UNORDERED |
+                        /* nothing is copied: its backing file (SOURCE) need not open twice */
+                        (a.sync == SYNC_NONE ? BDEV_O_NO_BACKING : 0), &err);
         if (!dst) {
             report(err);
             goto out;
@@ -398,6 +420,8 @@ int cmd_mirror(int argc, char **argv)
             }
             goto out;
         }
+    } else {
+        copy_opts_nothing(&a.copy);
     }
     if (bdev_close(dst, &err) < 0) {
         dst = NULL;

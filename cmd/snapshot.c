@@ -110,7 +110,7 @@ static int do_list(struct snapshot_args *a)
         if (a->output == OUTPUT_JSON) {
             jw_object_begin(&w);
             jw_kv_string(&w, "filename", bd->filename);
-            jw_kv_string(&w, "format", bd->drv->name);
+            jw_kv_string(&w, "format", bdev_format_name(bd));
             jw_kv_uint(&w, "virtual-size", bd->size);
             if (bd->backing_file) {
                 jw_kv_string(&w, "backing-filename", bd->backing_file);
@@ -136,7 +136,7 @@ static int do_list(struct snapshot_args *a)
         } else {
             char sz[32];
             size_human(bd->size, sz, sizeof(sz));
-            printf("%s%s (%s, %s)\n", bd == top ? "" : "  <- ", bd->filename, bd->drv->name, sz);
+            printf("%s%s (%s, %s)\n", bd == top ? "" : "  <- ", bd->filename, bdev_format_name(bd), sz);
             if (in.nr_snapshots) {
                 print_snapshot_table(&in);
             }
@@ -163,6 +163,12 @@ int cmd_snapshot(int argc, char **argv)
     argp_parse(&snapshot_argp, argc, argv, 0, NULL, &a);
     if (a.list) {
         return do_list(&a);
+    }
+    if (a.opts && opts_want_help(a.opts)) {
+        const struct format_driver *drv = bdev_find_driver("qcow2");
+        opts_print_help(drv->name, drv->create_opts);
+        free(a.opts);
+        return 0;
     }
     cancel_install();
     n = a.nargs / 2;
@@ -213,7 +219,7 @@ int cmd_snapshot(int argc, char **argv)
         snprintf(sz, sizeof(sz), "%" PRIu64, imgs[i]->size);
         opts_set(&o, "size", sz);
         opts_set(&o, "backing_file", bname);
-        opts_set(&o, "backing_fmt", imgs[i]->drv->is_protocol ? "raw" : imgs[i]->drv->name);
+        opts_set(&o, "backing_fmt", bdev_format_name(imgs[i]));
         free(bname);
         r = bdev_create("qcow2", ov, &o, 0, &err);
         opts_free(&o);

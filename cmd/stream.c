@@ -128,7 +128,7 @@ int cmd_stream(int argc, char **argv)
                      top->backing_file);
         goto out;
     }
-    if (top->drv->change_backing(top, new_backing, base ? base->drv->name : NULL, &err) < 0) {
+    if (top->drv->change_backing(top, new_backing, base ? bdev_format_name(base) : NULL, &err) < 0) {
         report(err);
         goto out;
     }

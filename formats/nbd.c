@@ -29,8 +29,9 @@
     X(nbd_aio_get_direction) X(nbd_aio_get_fd) X(nbd_aio_in_flight)               \
     X(nbd_aio_is_closed) X(nbd_aio_is_dead) X(nbd_aio_notify_read)                \
     X(nbd_aio_notify_write) X(nbd_aio_pread) X(nbd_aio_pwrite) X(nbd_aio_trim)    \
-    X(nbd_aio_zero) X(nbd_can_flush) X(nbd_can_fua) X(nbd_can_meta_context)       \
-    X(nbd_can_trim) X(nbd_can_zero) X(nbd_close) X(nbd_connect_uri) X(nbd_create) \
+    X(nbd_aio_zero) X(nbd_aio_connect_uri) X(nbd_aio_is_connecting)               \
+    X(nbd_poll) X(nbd_can_flush) X(nbd_can_fua) X(nbd_can_meta_context)       \
+    X(nbd_can_trim) X(nbd_can_zero) X(nbd_close) X(nbd_aio_is_ready) X(nbd_create) \
     X(nbd_get_errno) X(nbd_get_error) X(nbd_get_size) X(nbd_is_read_only)         \
     X(nbd_shutdown)
 
@@ -71,13 +72,16 @@ static void libnbd_load(void)
 #define nbd_aio_pwrite p_nbd_aio_pwrite
 #define nbd_aio_trim p_nbd_aio_trim
 #define nbd_aio_zero p_nbd_aio_zero
+#define nbd_aio_connect_uri p_nbd_aio_connect_uri
+#define nbd_aio_is_connecting p_nbd_aio_is_connecting
+#define nbd_poll p_nbd_poll
 #define nbd_can_flush p_nbd_can_flush
 #define nbd_can_fua p_nbd_can_fua
 #define nbd_can_meta_context p_nbd_can_meta_context
 #define nbd_can_trim p_nbd_can_trim
 #define nbd_can_zero p_nbd_can_zero
 #define nbd_close p_nbd_close
-#define nbd_connect_uri p_nbd_connect_uri
+#define nbd_aio_is_ready p_nbd_aio_is_ready
 #define nbd_create p_nbd_create
 #define nbd_get_errno p_nbd_get_errno
 #define nbd_get_error p_nbd_get_error
@@ -335,6 +339,60 @@ static int run_req(struct nbdc *c, struct nbdc_req *r)
     return run_reqs(c, r, 1);
 }
 
+/*
+ * Connect and negotiate, giving up after BLOCKCTL_NBD_TIMEOUT seconds
+ * (default 30) or when a signal asks to stop: a server that accepts the
+ * connection but never answers (qemu-nbd serving another client, without
+ * --shared) is an error, not a hang.
+ */
+static int nbdc_connect(struct nbdc *c, struct error **errp)
+{
+    const char *uri = c->bd->filename, *env = getenv("BLOCKCTL_NBD_TIMEOUT");
+    double limit = 30, waited = 0;
+    struct timespec t0, t1;
+
+    if (env && *env) {
+        char *end;
+        double v = strtod(env, &end);
+        if (!*end && v > 0) {
+            limit = v;
+        }
+    }
+    if (nbd_aio_connect_uri(c->h, uri) < 0) {
+        error_setg(errp, "'%s': cannot connect: %s", uri, nbd_get_error());
+        return -EIO;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while (nbd_aio_is_connecting(c->h) > 0) {
+        if (bdev_interrupted()) {
+            error_setg(errp, "'%s': interrupted while connecting", uri);
+            return -EINTR;
+        }
+        if (waited >= limit) {
+            error_setg(errp, "'%s': the NBD server did not answer in %g s (is it serving "
+                       "another client? qemu-nbd needs --shared=N for more than one)",
+                       uri, limit);
+            return -ETIMEDOUT;
+        }
+        if (nbd_poll(c->h, 200) < 0) {
+            break;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        waited = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+    }
+    if (nbd_aio_is_ready(c->h) <= 0) {
+        const char *why;
+        if (bdev_interrupted()) {
+            error_setg(errp, "'%s': interrupted while connecting", uri);
+            return -EINTR;
+        }
+        why = nbd_get_error();
+        error_setg(errp, "'%s': cannot connect: %s", uri, why && *why ? why : "connection closed");
+        return -EIO;
+    }
+    return 0;
+}
+
 static int nbdc_open(struct bdev *bd, unsigned flags, struct error **errp)
 {
     struct nbdc *c = bd->opaque;
@@ -361,8 +419,7 @@ static int nbdc_open(struct bdev *bd, unsigned flags, struct error **errp)
     if (c->bitmap_ctx) {
         nbd_add_meta_context(c->h, c->bitmap_ctx);
     }
-    if (nbd_connect_uri(c->h, bd->filename) < 0) {
-        error_setg(errp, "'%s': cannot connect: %s", bd->filename, nbd_get_error());
+    if (nbdc_connect(c, errp) < 0) {
         goto fail;
     }
     size = nbd_get_size(c->h);

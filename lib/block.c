@@ -428,6 +428,23 @@ void bdev_set_error(struct bdev *bd, const char *fmt, ...)
     free(msg);
 }
 
+static volatile sig_atomic_t *interrupt_flag;
+
+void bdev_set_interrupt_flag(volatile sig_atomic_t *flag)
+{
+    interrupt_flag = flag;
+}
+
+bool bdev_interrupted(void)
+{
+    return interrupt_flag && *interrupt_flag;
+}
+
+const char *bdev_format_name(const struct bdev *bd)
+{
+    return bd->drv->is_protocol ? "raw" : bd->drv->name;
+}
+
 const char *bdev_last_error(struct bdev *bd)
 {
     for (; bd; bd = bd->backing) {
@@ -1037,6 +1054,16 @@ int bdev_get_info(struct bdev *bd, struct image_info *out, struct error **errp)
     return bd->drv->get_info(bd, out, errp);
 }
 
+/*
+ * The file the last bdev_create_file() of this thread brought into being
+ * (not one it reused): bdev_create() removes it when the creation fails.
+ */
+static __thread struct {
+    bool set;
+    dev_t dev;
+    ino_t ino;
+} created_file;
+
 struct bfile *bdev_create_file(const char *filename, unsigned flags, struct error **errp)
 {
     struct bfile *f;
@@ -1052,6 +1079,11 @@ struct bfile *bdev_create_file(const char *filename, unsigned flags, struct erro
         if (fd < 0) {
             error_setg_errno(errp, -fd, "cannot create '%s'", filename);
             return NULL;
+        }
+        if (fstat(fd, &st) == 0) {
+            created_file.set = true;
+            created_file.dev = st.st_dev;
+            created_file.ino = st.st_ino;
         }
         io_close(fd);
     } else if (!(flags & BDEV_CREATE_FORCE)) {
@@ -1086,8 +1118,21 @@ int bdev_create(const char *fmt, const char *filename, const struct optlist *o,
         error_setg(errp, "format '%s' does not support image creation", fmt);
         return -ENOTSUP;
     }
+    int ret;
+
     if (check_filename(filename, "image", errp) < 0) {
         return -EINVAL;
     }
-    return drv->create(filename, o, flags, errp);
+    created_file.set = false;
+    ret = drv->create(filename, o, flags, errp);
+    if (ret < 0 && created_file.set) {
+        /* never leave a half-made image behind (nor remove somebody else's) */
+        struct stat st;
+        if (stat(filename, &st) == 0 && st.st_dev == created_file.dev &&
+            st.st_ino == created_file.ino) {
+            unlink(filename);
+        }
+    }
+    created_file.set = false;
+    return ret;
 }

@@ -18,6 +18,7 @@
 #include "lib/file.h"
 #include "lib/opts.h"
 
+#include <signal.h>
 #include <pthread.h>
 #include <sys/types.h>
 
@@ -327,7 +328,10 @@ char *bdev_path_combine(const char *overlay_name, const char *backing);
 /* bdev_create() flags */
 enum { BDEV_CREATE_FORCE = 1u << 0 };  /* replace an existing file */
 
-/* Create an image of format @fmt; @o holds every option (size included). */
+/*
+ * Create an image of format @fmt; @o holds every option (size included).
+ * On failure a file this call brought into being is removed again.
+ */
 int bdev_create(const char *fmt, const char *filename, const struct optlist *o,
                 unsigned flags, struct error **errp);
 /*
@@ -341,6 +345,19 @@ struct bfile *bdev_create_file(const char *filename, unsigned flags, struct erro
 
 /* Probe the format of a file's first bytes (for -f omitted). */
 const struct format_driver *bdev_probe(const uint8_t *buf, size_t len);
+
+/*
+ * A flag that a signal handler sets to stop the program: long waits in the
+ * block layer (an NBD server that does not answer) give up when it is set.
+ */
+void bdev_set_interrupt_flag(volatile sig_atomic_t *flag);
+bool bdev_interrupted(void);
+
+/*
+ * The format name of @bd as QEMU records and reports it: a protocol (an
+ * NBD export) is "raw" to whatever stands above it.
+ */
+const char *bdev_format_name(const struct bdev *bd);
 
 /*
  * Record why a data-path request failed (drivers call this; the data path

@@ -115,6 +115,40 @@ void jw_array_end(struct jw *w)
     close_(w, ']');
 }
 
+/*
+ * Decode the UTF-8 sequence at @p (its first byte >= 0x80): the code point,
+ * or -1 for an invalid sequence; *end is set past the bytes it used (an
+ * invalid sequence uses its valid beginning, at least one byte).
+ */
+static long utf8_next(const unsigned char *p, const unsigned char **end)
+{
+    unsigned n;
+    long cp, min;
+
+    if (*p >= 0xc0 && *p < 0xe0) {
+        n = 1, cp = *p & 0x1f, min = 0x80;
+    } else if (*p >= 0xe0 && *p < 0xf0) {
+        n = 2, cp = *p & 0x0f, min = 0x800;
+    } else if (*p >= 0xf0 && *p < 0xf8) {
+        n = 3, cp = *p & 0x07, min = 0x10000;
+    } else {
+        *end = p + 1;
+        return -1;
+    }
+    for (unsigned i = 1; i <= n; i++) {
+        if ((p[i] & 0xc0) != 0x80) {
+            *end = p + i;
+            return -1;
+        }
+        cp = (cp << 6) | (p[i] & 0x3f);
+    }
+    *end = p + n + 1;
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
+        return -1;
+    }
+    return cp;
+}
+
 static void escaped(struct jw *w, const char *s)
 {
     put(w, "\"", 1);
@@ -129,9 +163,22 @@ static void escaped(struct jw *w, const char *s)
         case '\f': puts_(w, "\\f"); break;
         default:
             if (*p < 0x20 || *p == 0x7f) {
-                putf(w, "\\u%04x", *p);
-            } else {
+                putf(w, "\\u%04X", *p);
+            } else if (*p < 0x80) {
                 put(w, (const char *)p, 1);
+            } else {
+                /* as QEMU: non-ASCII as \uXXXX (UTF-16), invalid UTF-8 as U+FFFD */
+                const unsigned char *end;
+                long cp = utf8_next(p, &end);
+                if (cp < 0) {
+                    puts_(w, "\\uFFFD");
+                } else if (cp > 0xffff) {
+                    cp -= 0x10000;
+                    putf(w, "\\u%04lX\\u%04lX", 0xd800 + (cp >> 10), 0xdc00 + (cp & 0x3ff));
+                } else {
+                    putf(w, "\\u%04lX", cp);
+                }
+                p = end - 1;
             }
         }
     }

@@ -40,6 +40,10 @@ int opts_parse(struct optlist *l, const char *str, const struct opt_desc *desc,
 {
     const char *p = str;
 
+    if (!*p) {
+        error_setg(errp, "invalid option list '': no option given");
+        return -EINVAL;
+    }
     while (*p) {
         const char *eq = p;
         char *key, *val;
@@ -83,6 +87,21 @@ int opts_parse(struct optlist *l, const char *str, const struct opt_desc *desc,
             return -EINVAL;
         }
         opts_set(l, key, val);
+        if (desc && find_desc(desc, key)) {
+            /* a value of the wrong type is an error of the list itself */
+            const struct opt_desc *d = find_desc(desc, key);
+            bool bv;
+            uint64_t nv;
+            int r = d->type == OPT_BOOL     ? opts_get_bool(l, key, &bv, errp)
+                    : d->type == OPT_SIZE   ? opts_get_size(l, key, &nv, errp)
+                    : d->type == OPT_NUMBER ? opts_get_number(l, key, &nv, errp)
+                                            : 0;
+            if (r < 0) {
+                free(key);
+                free(val);
+                return -EINVAL;
+            }
+        }
         free(key);
         free(val);
     }

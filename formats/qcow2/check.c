@@ -45,7 +45,7 @@ static void add_ref(struct chk *c, uint64_t off, uint64_t len)
     if (!len) {
         return;
     }
-    if (off + len < off || off + len > c->file_size + cs) {
+    if (off + len < off || off + len >= c->file_size + cs) {
         fprintf(stderr, "ERROR: counting reference for region exceeding the end of the file by "
                 "one cluster or more: offset 0x%" PRIx64 " size 0x%" PRIx64 "\n", off, len);
         c->res->corruptions++;
@@ -125,8 +125,6 @@ static void check_l2(struct chk *c, uint8_t *l2, bool active)
         if (!host) {
             continue;
         }
-        /* as qemu-img: the reference counts even where the entry is bad */
-        add_ref(c, host, cs);
         if (!IS_ALIGNED(host, cs)) {
             bool data = s->ext_l2 ? (bm & QCOW2_BITMAP_ALL_ALLOC) != 0
                                   : !(e & QCOW2_OFLAG_ZERO);
@@ -142,12 +140,16 @@ static void check_l2(struct chk *c, uint8_t *l2, bool active)
                     c->l2_dirty = true;
                     c->res->corruptions--;
                     c->res->corruptions_fixed++;
+                    /* the entry no longer uses a cluster */
+                    continue;
                 }
             } else {
                 fprintf(stderr, "ERROR offset=%" PRIx64 ": Data cluster is not properly aligned; "
                         "L2 entry corrupted.\n", host);
             }
         }
+        /* as qemu-img: the reference counts even where the entry is bad */
+        add_ref(c, host, cs);
         if (active) {
             c->res->allocated_clusters++;
             if (c->next_contig && host != c->next_contig) {
@@ -550,9 +552,10 @@ static int check_copied(struct chk *c, bool repair)
         uint64_t rc;
         bool dirty = false;
 
-        if (!l2off || !IS_ALIGNED(l2off, cs) || l2off >= c->file_size) {
+        if (!l2off) {
             continue;
         }
+        /* as qemu-img: whatever the offset (misaligned, past the end) */
         rc = stored_refcount(c, l2off >> s->cluster_bits);
         if ((rc == 1) != !!(e & QCOW2_OFLAG_COPIED)) {
             fprintf(stderr, "%s OFLAG_COPIED L2 cluster: l1_index=%" PRIu32 " l1_entry=%" PRIx64
@@ -575,10 +578,10 @@ static int check_copied(struct chk *c, bool repair)
             uint64_t bm, le = qcow2_l2_get(s, l2, j, &bm);
             uint64_t host = le & QCOW2_L2E_OFFSET_MASK;
 
-            if ((le & QCOW2_OFLAG_COMPRESSED) || !host || !IS_ALIGNED(host, cs)) {
+            if ((le & QCOW2_OFLAG_COMPRESSED) || !host) {
                 continue;
             }
-            rc = (host < c->file_size) ? stored_refcount(c, host >> s->cluster_bits) : 0;
+            rc = stored_refcount(c, host >> s->cluster_bits);
             if ((rc == 1) != !!(le & QCOW2_OFLAG_COPIED)) {
                 fprintf(stderr, "%s OFLAG_COPIED data cluster: l2_entry=%" PRIx64 " refcount=%"
                         PRIu64 "\n", repair ? "Repairing" : "ERROR", le, rc);
@@ -609,7 +612,7 @@ int qcow2_check(struct bdev *bd, struct check_result *res, unsigned fix, struct 
     struct qcow2 *s = bd->opaque;
     struct chk c;
     uint64_t cs = s->cluster_size;
-    uint64_t highest = 0;
+    uint64_t highest = 0, cmp_end;
     bool any_highest = false;
     int64_t fsize;
     int ret;
@@ -669,8 +672,18 @@ int qcow2_check(struct bdev *bd, struct check_result *res, unsigned fix, struct 
         res->compressed_clusters = cc;
     }
 
-    /* Compare the stored refcounts with the references. */
-    for (uint64_t i = 0; i < c.nb; i++) {
+    /*
+     * Compare the stored refcounts with the references, as QEMU does: for
+     * the clusters of the file, and those past its end that something
+     * references.
+     */
+    cmp_end = DIV_ROUND_UP((uint64_t)fsize, cs);
+    for (uint64_t i = cmp_end; i < c.nb; i++) {
+        if (c.refs[i]) {
+            cmp_end = i + 1;
+        }
+    }
+    for (uint64_t i = 0; i < cmp_end; i++) {
         uint64_t rc = stored_refcount(&c, i);
         uint64_t ref = c.refs[i];
 

@@ -1322,8 +1322,13 @@ int qcow2_preallocate(struct qcow2 *s, uint64_t size, bool write_zeroes, bool fa
             break;
         }
         for (uint64_t i = 0; i < n; i++) {
-            qcow2_l2_set(s, l2, idx + i, (h + i * cs) | QCOW2_OFLAG_COPIED,
-                         s->ext_l2 ? QCOW2_BITMAP_ALL_ALLOC : 0);
+            /*
+             * With subclusters, as QEMU: the clusters get their place in
+             * the file but every subcluster stays unallocated, so that a
+             * backing file still shows through (and reads are zero without
+             * one) until the guest writes.
+             */
+            qcow2_l2_set(s, l2, idx + i, (h + i * cs) | QCOW2_OFLAG_COPIED, 0);
         }
         qcow2_cache_mark_dirty(&s->l2_cache, l2);
         qcow2_cache_put(&s->l2_cache, l2);
