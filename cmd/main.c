@@ -129,6 +129,10 @@ static int run(const struct command *c, int argc, char **argv)
     map_dash_h(argc, argv);
     argv[0] = name;
     ret = c->fn(argc, argv);
+    if (ret != 0 && ret != EXIT_USAGE && cmd_cancel) {
+        /* stopped by SIGINT/SIGTERM, wherever it was: say so in the status */
+        ret = cancel_exit_status();
+    }
     /* stdout carries results: a failed write is an error (git's rule). */
     if (fflush(stdout) != 0 || ferror(stdout) || fclose(stdout) != 0) {
         error_report("write failure on standard output: %s", strerror(errno));

@@ -240,4 +240,13 @@ EOF
     run --separate-stderr env BLOCKCTL_NBD_TIMEOUT=1 timeout -k 5 30 "$PROG" compare "$NBD_URI" "$NBD_URI"
     [ "$status" -eq 2 ] || fail "compare exited $status: $stderr"
     [[ $stderr == *"$NBD_URI"*"did not answer"* ]] || fail "stderr: $stderr"
+    # SIGTERM stops the wait at once, with mirror's status for it
+    "$PROG" mirror -n "$NBD_URI" "$NBD_URI" 2>err.txt &
+    local pid=$! rc=0
+    sleep 1
+    kill -TERM $pid
+    timeout 10 tail --pid=$pid -f /dev/null || { kill -9 $pid; fail "SIGTERM did not stop it"; }
+    wait $pid || rc=$?
+    [ "$rc" -eq 143 ] || fail "exit $rc: $(cat err.txt)"
+    grep -q "interrupted" err.txt || fail "stderr: $(cat err.txt)"
 }

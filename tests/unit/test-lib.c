@@ -66,8 +66,12 @@ static void test_opts(void)
     ok(opts_parse(&l, "zzz=1", desc, &err) < 0 && err, "unknown key refused");
     error_free(err);
     err = NULL;
-    ok(opts_parse(&l, "b=maybe", desc, NULL) == 0 && opts_get_bool(&l, "b", &b, NULL) < 0,
-       "bad bool refused");
+    ok(opts_parse(&l, "b=maybe", desc, &err) < 0 && err && strstr(err->msg, "'b'"),
+       "bad bool refused while parsing, naming the parameter");
+    error_free(err);
+    err = NULL;
+    ok(opts_parse(&l, "b=maybe", NULL, NULL) == 0 && opts_get_bool(&l, "b", &b, NULL) < 0,
+       "bad bool refused by the getter");
     opts_free(&l);
 }
 
@@ -87,6 +91,14 @@ static void test_jw(void)
     ok(!strcmp(jw_text(&w), "{\n    \"s\": \"a\\\"b\\n\",\n    \"l\": [\n    ],\n"
                             "    \"n\": -3,\n    \"t\": true\n}"),
        "pretty JSON as qemu-img prints it");
+    jw_free(&w);
+
+    jw_init(&w, false);
+    jw_object_begin(&w);
+    jw_kv_string(&w, "u", "e\xe2\x82\xac\xf0\x9f\x98\x80\x7f\xff.\xe2\x82|\xc0\xaf");
+    jw_object_end(&w);
+    ok(strstr(jw_text(&w), "\"e\\u20AC\\uD83D\\uDE00\\u007F\\uFFFD.\\uFFFD|\\uFFFD\"") != NULL,
+       "non-ASCII as \\uXXXX (surrogate pairs), invalid UTF-8 as U+FFFD, as QEMU");
     jw_free(&w);
 }
 
