@@ -33,6 +33,7 @@ struct mirror_args {
     bool reuse;
     bool compress;
     bool unsafe;
+    bool force_share;
     struct copy_opts copy;
 };
 
@@ -40,6 +41,7 @@ enum { OPT_SYNC = 0x100, OPT_SHALLOW, OPT_BITMAP, OPT_CLEAR_BITMAP };
 
 static const struct argp_option options[] = {
     { "format", 'f', "FMT", 0, "Format of SOURCE; probed when omitted", 0 },
+    { "force-share", 'U', NULL, 0, "Read SOURCE even while it is being written", 0 },
     { "target-format", 'O', "FMT", 0, "Format of TARGET (default: SOURCE's format)", 0 },
     { "sync", OPT_SYNC, "MODE", 0, "full (default): the whole chain; top: the top image "
       "only; none: nothing (an empty overlay); bitmap: the dirty clusters of --bitmap", 0 },
@@ -69,6 +71,9 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         break;
     case 'O':
         a->out_format = arg;
+        break;
+    case 'U':
+        a->force_share = true;
         break;
     case OPT_SYNC:
         if (!strcmp(arg, "full")) {
@@ -137,6 +142,9 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         }
         if ((a->sync == SYNC_BITMAP) != (a->bitmap != NULL)) {
             argp_error(state, "--sync=bitmap and --bitmap NAME go together");
+        }
+        if (a->clear_bitmap && a->force_share) {
+            argp_error(state, "--clear-bitmap writes SOURCE: it cannot go with -U");
         }
         if (a->clear_bitmap && a->sync != SYNC_BITMAP) {
             argp_error(state, "--clear-bitmap needs --sync=bitmap");
@@ -265,7 +273,8 @@ int cmd_mirror(int argc, char **argv)
     }
     {
         struct bdev_open_opts oo = { .nbd_bitmap = a.sync == SYNC_BITMAP ? a.bitmap : NULL };
-        src = bdev_open_ext(a.source, a.format, 0, &oo, &err);
+        src = bdev_open_ext(a.source, a.format, a.force_share ? BDEV_O_FORCE_SHARE : 0, &oo,
+                            &err);
     }
     if (!src) {
         report(err);

@@ -250,3 +250,16 @@ EOF
     [ "$rc" -eq 143 ] || fail "exit $rc: $(cat err.txt)"
     grep -q "interrupted" err.txt || fail "stderr: $(cat err.txt)"
 }
+
+@test "mirror -U copies a disk qemu-nbd holds (as qemu-img convert -U); without -U it is refused" {
+    requires_cmd qemu-nbd
+    qemu-img create -q -f qcow2 s.qcow2 1M
+    qemu-io -c 'write -P 1 0 64k' s.qcow2 >/dev/null
+    nbd_serve held -f qcow2 s.qcow2
+    run -1 --separate-stderr "$PROG" mirror s.qcow2 t.qcow2
+    [[ $stderr == *s.qcow2* ]] || fail "stderr: $stderr"
+    [ ! -e t.qcow2 ]
+    run -0 "$PROG" mirror -U s.qcow2 t.qcow2
+    qemu_same -U s.qcow2 t.qcow2
+    run -64 "$PROG" mirror -U --sync=bitmap --bitmap=b --clear-bitmap s.qcow2 u.qcow2
+}
