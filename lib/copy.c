@@ -25,6 +25,13 @@ struct engine {
     struct bdev *err_bd;    /* image that failed */
     const char *err_what;
 
+    /*
+     * A range of the target known to read zero (from its block status).
+     * Safe to keep: the engine writes only data the source has there, and
+     * asks about a range only where the source reads zero.
+     */
+    uint64_t zero_start, zero_end;
+
     /* token bucket */
     pthread_mutex_t rl_lock;
     double tokens;
@@ -120,12 +127,27 @@ static bool dst_reads_zero(struct engine *e, uint64_t off, uint64_t len)
 {
     while (len) {
         struct bdev_map m;
-        if (bdev_block_status_above(e->p->dst, NULL, off, len, &m) < 0 ||
+        uint64_t n;
+        bool known;
+
+        pthread_mutex_lock(&e->lock);
+        known = off >= e->zero_start && off < e->zero_end;
+        n = known ? MIN(len, e->zero_end - off) : 0;
+        pthread_mutex_unlock(&e->lock);
+        if (known) {
+            off += n;
+            len -= n;
+            continue;
+        }
+        /* ask about the rest of the image: one answer may cover many extents */
+        if (bdev_block_status_above(e->p->dst, NULL, off, e->end - off, &m) < 0 ||
             !(m.status & BDEV_BLOCK_ZERO)) {
             return false;
         }
-        off += m.len;
-        len -= m.len;
+        pthread_mutex_lock(&e->lock);
+        e->zero_start = off;
+        e->zero_end = off + m.len;
+        pthread_mutex_unlock(&e->lock);
     }
     return true;
 }
