@@ -154,6 +154,27 @@ int cmd_commit(int argc, char **argv)
         goto out;
     }
 
+    /*
+     * The image above TOP read zeroes past TOP's end; on BASE it would
+     * read BASE there: keep the zeroes, in it (as qemu-img rebase does).
+     */
+    if (parent && parent->size > top->size && base->size > top->size) {
+        uint64_t off = top->size, end = MIN(parent->size, base->size);
+        while (off < end) {
+            struct bdev_map m;
+            r = bdev_block_status_above(parent, parent->backing, off, end - off, &m);
+            if (r == 0 && !(m.status & BDEV_BLOCK_ALLOCATED)) {
+                r = bdev_pwrite_zeroes(parent, off, m.len, BDEV_REQ_WRITE_UNCHANGED);
+            }
+            if (r < 0) {
+                bdev_report_io_error(parent, "cannot write zeroes to", r);
+                error_report("the chain of '%s' still reads as before", a.image);
+                goto out;
+            }
+            off += m.len;
+        }
+    }
+
     /* Drop TOP .. above BASE from the chain: one header write. */
     if (parent || base != top->backing) {
         struct bdev *above = parent ? parent : top;

@@ -113,7 +113,7 @@ static int print_extent(const struct extent *e, enum output_format out, bool fir
                      "--output=json", e->layer->filename);
         return -ENOTSUP;
     }
-    if (e->data) {
+    if (e->data && !e->zero) {
         printf("%#-16" PRIx64 "%#-16" PRIx64 "%#-16" PRIx64 "%s\n", e->start, e->length,
                e->offset, e->layer->filename);
     }

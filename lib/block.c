@@ -933,9 +933,24 @@ int bdev_truncate(struct bdev *bd, uint64_t size, struct error **errp)
         error_setg(errp, "'%s': format '%s' cannot be resized", bd->filename, bd->drv->name);
         return -ENOTSUP;
     }
-    bdev_drain_begin(bd);
-    ret = bd->drv->truncate(bd, size, errp);
-    bdev_drain_end(bd);
+    {
+        uint64_t old = bd->size;
+
+        bdev_drain_begin(bd);
+        ret = bd->drv->truncate(bd, size, errp);
+        bdev_drain_end(bd);
+        if (ret == 0 && bd->size > old && bd->backing && bd->backing->size > old) {
+            /*
+             * As QEMU: a backing file longer than the old size would show
+             * through the new area, which must read as zeroes.
+             */
+            uint64_t end = MIN(bd->size, bd->backing->size);
+            ret = bdev_pwrite_zeroes(bd, old, end - old, BDEV_REQ_WRITE_UNCHANGED);
+            if (ret < 0) {
+                error_setg_errno(errp, -ret, "'%s': cannot zero the new area", bd->filename);
+            }
+        }
+    }
     return ret;
 }
 
@@ -1023,6 +1038,7 @@ int bdev_block_status_above(struct bdev *bd, struct bdev *base, uint64_t off, ui
         out->offset = map;
         out->depth = depth;
         out->layer = cur;
+        out->past_end = false;
         if (st & BDEV_BLOCK_ALLOCATED) {
             return 0;
         }
@@ -1037,6 +1053,7 @@ int bdev_block_status_above(struct bdev *bd, struct bdev *base, uint64_t off, ui
         if (off >= cur->backing->size) {
             /* past the end of a shorter backing image: zeroes */
             out->status |= BDEV_BLOCK_ZERO;
+            out->past_end = true;
             return 0;
         }
         len = MIN(len, cur->backing->size - off);

@@ -303,6 +303,7 @@ struct bdev_map {
     uint64_t offset;     /* host offset when BDEV_BLOCK_OFFSET_VALID */
     int depth;           /* 0 = top; for unallocated: the bottom's depth */
     struct bdev *layer;  /* the layer that decided (or the bottom) */
+    bool past_end;       /* zero because an image above @base ends before it */
 };
 /*
  * Status of [off, off+len) through the chain from @bd down to (but not

@@ -106,6 +106,12 @@ static int classify(struct engine *e, uint64_t off, uint64_t len, enum ext_class
     *n = m.len;
     if (p->skip_top && m.depth == 0 && (m.status & BDEV_BLOCK_ALLOCATED)) {
         *cls = EXT_SKIP;
+    } else if (p->mode == COPY_ABOVE && m.past_end) {
+        /*
+         * An image between the top and the base ends before this range:
+         * the chain reads zeroes here, which the base must not replace.
+         */
+        *cls = EXT_ZERO;
     } else if (p->mode == COPY_ABOVE && !(m.status & BDEV_BLOCK_ALLOCATED) &&
                !(p->base == NULL && (m.status & BDEV_BLOCK_ZERO))) {
         /* not above the base: the base (or nothing) provides it */
@@ -152,12 +158,35 @@ static bool dst_reads_zero(struct engine *e, uint64_t off, uint64_t len)
     return true;
 }
 
+/*
+ * Stream (the top pulls its chain in): zeroes need writing into the top
+ * only where its new backing file (the base, or none) does not read zero.
+ */
+static bool stream_reads_zero_after(struct engine *e, uint64_t off, uint64_t len)
+{
+    struct copy_params *p = e->p;
+
+    if (!p->skip_top || p->src != p->dst) {
+        return false;
+    }
+    while (len && p->base && off < p->base->size) {
+        struct bdev_map m;
+        if (bdev_block_status_above(p->base, NULL, off, len, &m) < 0 ||
+            !(m.status & BDEV_BLOCK_ZERO)) {
+            return false;
+        }
+        off += MIN(m.len, len);
+        len -= MIN(m.len, len);
+    }
+    return true;
+}
+
 static int write_zero(struct engine *e, uint64_t off, uint64_t len)
 {
     struct copy_params *p = e->p;
     int ret;
 
-    if (p->dst_is_zero) {
+    if (p->dst_is_zero || stream_reads_zero_after(e, off, len)) {
         return 0;
     }
     if (p->check_dst_zero && dst_reads_zero(e, off, len)) {

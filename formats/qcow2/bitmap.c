@@ -484,6 +484,50 @@ int qcow2_bitmaps_load_rw(struct qcow2 *s, struct error **errp)
     return 0;
 }
 
+int qcow2_bitmaps_resize_check(struct qcow2 *s, struct error **errp)
+{
+    if (!s->has_bitmaps_ext) {
+        return 0;
+    }
+    for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
+        struct qcow2_bitmap *b = &s->bitmaps[i];
+        if (!b->bm) {
+            error_setg(errp, "'%s': cannot resize: bitmap '%s' is %s", s->bd->filename,
+                       b->name, usable(b) ? "not loaded (image open read-only)"
+                                          : "inconsistent or unusable; remove it first");
+            return -ENOTSUP;
+        }
+    }
+    return 0;
+}
+
+void qcow2_bitmaps_resize(struct qcow2 *s, uint64_t old_size, uint64_t new_size)
+{
+    if (!s->has_bitmaps_ext) {
+        return;
+    }
+    pthread_mutex_lock(&s->lock);
+    for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
+        struct qcow2_bitmap *b = &s->bitmaps[i];
+        struct dirty_bitmap *nb;
+        uint64_t pos = 0, off, len;
+
+        if (!b->bm) {
+            continue;
+        }
+        nb = bitmap_new(new_size, bitmap_granularity(b->bm));
+        while (pos < old_size && bitmap_next_dirty(b->bm, pos, 0, &off, &len) &&
+               off < new_size) {
+            bitmap_set(nb, off, MIN(len, new_size - off));
+            pos = off + len;
+        }
+        bitmap_free(b->bm);
+        b->bm = nb;
+        b->modified = true;
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
 int qcow2_bitmaps_mark_dirty(struct qcow2 *s, uint64_t off, uint64_t len)
 {
     if (!s->bitmaps_loaded_rw) {
@@ -512,18 +556,23 @@ static int store_locked(struct qcow2 *s, bool in_use, uint64_t *dropped_off,
     uint64_t *old_tables = xcalloc(s->nb_bitmaps + 1, sizeof(*old_tables));
     uint64_t *new_tables = xcalloc(s->nb_bitmaps + 1, sizeof(*new_tables));
     uint32_t *saved_flags = xcalloc(s->nb_bitmaps + 1, sizeof(*saved_flags));
+    uint32_t *old_sizes = xcalloc(s->nb_bitmaps + 1, sizeof(*old_sizes));
     int ret = 0;
 
     for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
         struct qcow2_bitmap *b = &s->bitmaps[i];
+        uint32_t want;
         int64_t toff;
 
         saved_flags[i] = b->flags;
+        old_sizes[i] = b->table_size;
         if (!b->bm) {
             continue;
         }
-        if (b->modified || !b->table_offset) {
-            toff = store_bitmap_data(s, b->bm, b->table_size);
+        /* the table follows the image size (which a resize may change) */
+        want = (uint32_t)qcow2_bitmap_table_entries(s, b->granularity_bits);
+        if (b->modified || !b->table_offset || want != b->table_size) {
+            toff = store_bitmap_data(s, b->bm, want);
             if (toff < 0) {
                 ret = (int)toff;
                 break;
@@ -531,6 +580,7 @@ static int store_locked(struct qcow2 *s, bool in_use, uint64_t *dropped_off,
             old_tables[i] = b->table_offset;
             new_tables[i] = toff;
             b->table_offset = toff;
+            b->table_size = want;
         }
         if (in_use) {
             b->flags |= BME_FLAG_IN_USE;
@@ -548,6 +598,7 @@ static int store_locked(struct qcow2 *s, bool in_use, uint64_t *dropped_off,
             if (new_tables[i]) {
                 free_bitmap_clusters(s, new_tables[i], s->bitmaps[i].table_size);
                 s->bitmaps[i].table_offset = old_tables[i];
+                s->bitmaps[i].table_size = old_sizes[i];
             }
         }
     } else {
@@ -555,7 +606,7 @@ static int store_locked(struct qcow2 *s, bool in_use, uint64_t *dropped_off,
             if (new_tables[i]) {
                 s->bitmaps[i].modified = false;
                 if (old_tables[i]) {
-                    free_bitmap_clusters(s, old_tables[i], s->bitmaps[i].table_size);
+                    free_bitmap_clusters(s, old_tables[i], old_sizes[i]);
                 }
             }
         }
@@ -566,6 +617,7 @@ static int store_locked(struct qcow2 *s, bool in_use, uint64_t *dropped_off,
     free(old_tables);
     free(new_tables);
     free(saved_flags);
+    free(old_sizes);
     return ret;
 }
 

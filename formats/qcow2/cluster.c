@@ -1384,10 +1384,15 @@ int qcow2_truncate(struct bdev *bd, uint64_t size, struct error **errp)
         error_setg(errp, "'%s': shrinking a qcow2 image is not supported", bd->filename);
         return -ENOTSUP;
     }
-    if (s->has_bitmaps_ext && s->nb_bitmaps) {
-        error_setg(errp, "'%s': cannot resize an image that has persistent bitmaps",
+    if (s->version == 2 && s->nb_snapshots) {
+        /* v2 snapshots do not record their size: as QEMU, refuse */
+        error_setg(errp, "'%s': cannot resize a compat=0.10 image that has internal snapshots",
                    bd->filename);
         return -ENOTSUP;
+    }
+    ret = qcow2_bitmaps_resize_check(s, errp);
+    if (ret < 0) {
+        return ret;
     }
     if (new_l1 * 8 > QCOW2_MAX_L1_BYTES || size > (uint64_t)INT64_MAX - 511) {
         error_setg(errp, "'%s': %" PRIu64 " bytes is too large for this cluster size",
@@ -1458,6 +1463,7 @@ int qcow2_truncate(struct bdev *bd, uint64_t size, struct error **errp)
         error_setg_errno(errp, -ret, "'%s': cannot resize", bd->filename);
         return ret;
     }
+    qcow2_bitmaps_resize(s, old_size, size);
     bd->size = ALIGN_DOWN(size, 512);
     return 0;
 }

@@ -345,6 +345,14 @@ void qcow2_bitmap_ext_encode(struct qcow2 *s, uint8_t *buf);
 uint64_t qcow2_bitmap_table_entries(struct qcow2 *s, unsigned gb);
 /* Read bitmap @b's data into a new in-memory bitmap. */
 int qcow2_bitmap_load(struct qcow2 *s, struct qcow2_bitmap *b, struct dirty_bitmap **out);
+/*
+ * Resizing an image with bitmaps: every bitmap must be loaded (the image
+ * open read-write, none inconsistent); after the resize the loaded bitmaps
+ * take the new size (the grown area clean, as QEMU leaves it) and are
+ * stored with new tables when the image is closed.
+ */
+int qcow2_bitmaps_resize_check(struct qcow2 *s, struct error **errp);
+void qcow2_bitmaps_resize(struct qcow2 *s, uint64_t old_size, uint64_t new_size);
 /* Write the directory for s->bitmaps to new clusters and switch the header to it
  * (under s->lock). */
 int qcow2_bitmap_write_dir(struct qcow2 *s);

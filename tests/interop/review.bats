@@ -263,3 +263,92 @@ EOF
     qemu_same -U s.qcow2 t.qcow2
     run -64 "$PROG" mirror -U --sync=bitmap --bitmap=b --clear-bitmap s.qcow2 u.qcow2
 }
+
+# ------------------------------------------- chains with short images, growth
+
+# short_chain: base (2M of data) <- mid (1M, shorter) <- top (2M); the guest
+# reads zeroes in 1M..2M (past mid's end), which no operation may change
+short_chain() {
+    qemu-img create -q -f qcow2 base.qcow2 2M
+    qemu-io -c 'write -P 1 0 2M' base.qcow2 >/dev/null
+    qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 mid.qcow2 1M
+    qemu-io -c 'write -P 2 0 64k' mid.qcow2 >/dev/null
+    qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2 2M
+    qemu-io -c 'write -P 3 64k 64k' top.qcow2 >/dev/null
+    qemu-img convert -O raw top.qcow2 before.raw
+}
+
+@test "stream --base and commit keep the zeroes past the end of a shorter image in between" {
+    local args
+    for args in "commit --top mid.qcow2" "commit --base base.qcow2" "commit -d --base base.qcow2" \
+        "stream --base base.qcow2" "stream"; do
+        rm -f ./*.qcow2 before.raw
+        short_chain
+        run -0 "$PROG" $args top.qcow2
+        qemu_same top.qcow2 before.raw || fail "$args changed the guest view"
+        qemu_clean top.qcow2
+        qemu_clean base.qcow2
+    done
+}
+
+@test "commit into a smaller base with a longer backing file: the grown part reads zero, as qemu-img" {
+    qemu-img create -q -f raw r.raw 2M
+    qemu-io -f raw -c 'write -P 7 0 2M' r.raw >/dev/null
+    qemu-img create -q -f qcow2 -b r.raw -F raw base.qcow2 1M
+    qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 2M
+    qemu-io -c 'write -P 5 64k 4k' top.qcow2 >/dev/null
+    qemu-img convert -O raw top.qcow2 before.raw
+    run -0 "$PROG" commit top.qcow2
+    qemu_same top.qcow2 before.raw
+    qemu_same base.qcow2 before.raw
+    qemu_clean base.qcow2
+}
+
+@test "commit refuses to grow a compat=0.10 base with internal snapshots, as qemu-img; base unchanged" {
+    qemu-img create -q -f qcow2 -o compat=0.10 base.qcow2 1M
+    qemu-img snapshot -c s0 base.qcow2
+    qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 2M
+    qemu-io -c 'write -P 1 1536k 4k' top.qcow2 >/dev/null
+    local before
+    before=$(sha256sum <base.qcow2)
+    run -1 --separate-stderr "$PROG" commit top.qcow2
+    [[ $stderr == *base.qcow2* ]] || fail "stderr: $stderr"
+    [ "$(sha256sum <base.qcow2)" = "$before" ] || fail "base changed"
+    qemu-img snapshot -l base.qcow2 | grep -q s0
+}
+
+@test "commit grows a base that holds bitmaps: they follow, as qemu-img commit does" {
+    qemu-img create -q -f qcow2 b.qcow2 1M
+    qemu-img bitmap --add b.qcow2 bm
+    qemu-io -c 'write -P 2 0 64k' b.qcow2 >/dev/null
+    qemu-img create -q -f qcow2 -b b.qcow2 -F qcow2 t.qcow2 2M
+    qemu-io -c 'write -P 5 1536k 64k' t.qcow2 >/dev/null
+    cp b.qcow2 qb.qcow2
+    cp t.qcow2 qt.qcow2
+    qemu-img rebase -u -b qb.qcow2 -F qcow2 qt.qcow2
+    qemu-img commit -q qt.qcow2
+    run -0 "$PROG" commit t.qcow2
+    qemu_clean b.qcow2
+    qemu_same b.qcow2 qb.qcow2
+    [ "$(qemu-img info --output=json b.qcow2 | jq -c '.["format-specific"].data.bitmaps')" = \
+      "$(qemu-img info --output=json qb.qcow2 | jq -c '.["format-specific"].data.bitmaps')" ]
+    [ "$(bitmap_extents b.qcow2 bm)" = "$(bitmap_extents qb.qcow2 bm)" ] ||
+        fail "bitmap differs: $(bitmap_extents b.qcow2 bm) vs $(bitmap_extents qb.qcow2 bm)"
+}
+
+# bitmap_extents IMG NAME: the dirty extents as qemu-nbd exports them
+bitmap_extents() {
+    requires_cmd qemu-nbd nbdinfo
+    local sock
+    sock=$(sock_path "bx$RANDOM")
+    qemu-nbd --fork -r -f qcow2 -B "$2" -k "$sock" "$1" 3>&- || return 1
+    nbdinfo --map="qemu:dirty-bitmap:$2" "nbd+unix:///?socket=$sock" | awk '$3 == 1 { print $1, $2 }'
+}
+
+@test "stream without --base stores no zeroes the new view does not need (compat=0.10 too)" {
+    qemu-img create -q -f raw base.raw 1M
+    qemu-img create -q -f qcow2 -o compat=0.10 -b base.raw -F raw top.qcow2 1M
+    run -0 "$PROG" stream top.qcow2
+    [ "$(qemu-img map --output=json top.qcow2 | jq '[.[] | select(.data)] | length')" -eq 0 ] ||
+        fail "data stored: $(qemu-img map --output=json top.qcow2)"
+}
