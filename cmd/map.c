@@ -187,7 +187,8 @@ int cmd_map(int argc, char **argv)
         ret = print_extent(&cur, a.output, first);
         first = false;
     }
-    if (a.output == OUTPUT_JSON) {
+    if (a.output == OUTPUT_JSON && !(ret < 0 && first)) {
+        /* (nothing at all when it failed before the first extent) */
         printf(first ? "[]\n" : "]\n");
     }
     bdev_unref(bd);

@@ -646,8 +646,8 @@ int qcow2_check(struct bdev *bd, struct check_result *res, unsigned fix, struct 
     add_ref(&c, 0, cs);
     check_l1(&c, s->l1_offset, s->l1_size, true);
     check_snapshots(&c);
-    check_refblocks(&c);
     check_bitmaps(&c);
+    check_refblocks(&c);   /* last, as QEMU: a refcount block anything else uses is shared */
 
     if (c.nr_bad_bitmaps && (fix & CHECK_FIX_ERRORS)) {
         ret = repair_bitmaps(&c);
@@ -664,8 +664,8 @@ int qcow2_check(struct bdev *bd, struct check_result *res, unsigned fix, struct 
         add_ref(&c, 0, cs);
         check_l1(&c, s->l1_offset, s->l1_size, false);
         check_snapshots(&c);
-        check_refblocks(&c);
         check_bitmaps(&c);
+        check_refblocks(&c);
         res->corruptions = saved_corr;
         res->allocated_clusters = a;
         res->fragmented_clusters = f;
@@ -681,6 +681,17 @@ int qcow2_check(struct bdev *bd, struct check_result *res, unsigned fix, struct 
     for (uint64_t i = cmp_end; i < c.nb; i++) {
         if (c.refs[i]) {
             cmp_end = i + 1;
+        }
+    }
+    /*
+     * As QEMU: first decide whether the refcount structure must be rebuilt;
+     * then no single refcount is written (the old refcount blocks may be
+     * shared with other data).
+     */
+    for (uint64_t i = 0; i < cmp_end && !c.rebuild; i++) {
+        uint64_t rc = stored_refcount(&c, i);
+        if (rc < c.refs[i] && (rc == 0 || c.refs[i] > s->refcount_max)) {
+            c.rebuild = true;
         }
     }
     for (uint64_t i = 0; i < cmp_end; i++) {
@@ -712,7 +723,7 @@ int qcow2_check(struct bdev *bd, struct check_result *res, unsigned fix, struct 
             c.rc_corruptions++;
             if (rc == 0 || ref > s->refcount_max) {
                 c.rebuild = true;
-            } else if (fix & CHECK_FIX_ERRORS) {
+            } else if ((fix & CHECK_FIX_ERRORS) && !c.rebuild) {
                 fprintf(stderr, "Repairing cluster %" PRIu64 " refcount=%" PRIu64 " reference=%"
                         PRIu64 "\n", i, rc, ref);
                 if (set_refcount(&c, i, ref) < 0) {

@@ -40,7 +40,8 @@
 #define QCOW2_COMPAT_LAZY_REFCOUNTS (1ULL << 0)
 #define QCOW2_AUTOCLEAR_BITMAPS (1ULL << 0)
 #define QCOW2_AUTOCLEAR_DATA_FILE_RAW (1ULL << 1)
-#define QCOW2_AUTOCLEAR_KNOWN 0x3ULL
+/* data-file-raw is meaningless without an external data file (refused): a writer clears it */
+#define QCOW2_AUTOCLEAR_KNOWN QCOW2_AUTOCLEAR_BITMAPS
 
 #define QCOW2_COMPRESSION_ZLIB 0
 #define QCOW2_COMPRESSION_ZSTD 1

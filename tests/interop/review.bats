@@ -352,3 +352,67 @@ bitmap_extents() {
     [ "$(qemu-img map --output=json top.qcow2 | jq '[.[] | select(.data)] | length')" -eq 0 ] ||
         fail "data stored: $(qemu-img map --output=json top.qcow2)"
 }
+
+# ------------------------------------------------- repairs that share clusters
+
+# point IMG's L2 entry 1 (or, with "l1", L1 entry 0) at the refcount block
+# (or table): a cluster both metadata and guest data
+share_metadata() {
+    python3 - "$1" "$2" <<'PY'
+import struct, sys
+f = open(sys.argv[1], 'r+b'); h = f.read(72)
+l1 = struct.unpack('>Q', h[40:48])[0]; rt = struct.unpack('>Q', h[48:56])[0]
+f.seek(rt); rb = struct.unpack('>Q', f.read(8))[0]
+f.seek(l1); l2 = struct.unpack('>Q', f.read(8))[0] & ((1 << 56) - 1) & ~0x1ff
+if sys.argv[2] == 'l1':
+    f.seek(l1); f.write(struct.pack('>Q', rt | (1 << 63)))
+else:
+    f.seek(l2 + 8); f.write(struct.pack('>Q', rb | (1 << 63)))
+PY
+}
+
+@test "check -r all: a cluster both refcount metadata and guest data keeps the guest data, as qemu-img" {
+    local how
+    for how in l2 l1; do
+        rm -f m.qcow2 b.qcow2 q.qcow2
+        qemu-img create -q -f qcow2 -o compat=0.10 m.qcow2 8M
+        qemu-io -c 'write -P 1 0 128k' m.qcow2 >/dev/null
+        share_metadata m.qcow2 $how
+        cp m.qcow2 b.qcow2
+        cp m.qcow2 q.qcow2
+        run qemu-img check -r all q.qcow2
+        local qrc=$status
+        run "$PROG" check -r all b.qcow2
+        [ "$status" -eq "$qrc" ] || fail "$how: blockctl exited $status, qemu-img $qrc"
+        qemu_clean b.qcow2
+        qemu_same b.qcow2 q.qcow2 || fail "$how: the repair changed guest data"
+    done
+}
+
+@test "check: a refcount block that is also a bitmap table is a corruption; -r all leaves qemu-img clean" {
+    qemu-img create -q -f qcow2 m.qcow2 8M
+    qemu-img bitmap --add m.qcow2 bm
+    qemu-io -c 'write -P 1 0 128k' m.qcow2 >/dev/null
+    # reftable entry 1 -> the bitmap's table (read from the directory)
+    python3 - m.qcow2 <<'PY'
+import struct, sys
+f = open(sys.argv[1], 'r+b'); d = f.read(1 << 20)
+hl = struct.unpack('>I', d[100:104])[0]; p = hl
+rt = struct.unpack('>Q', d[48:56])[0]
+while True:
+    t, n = struct.unpack('>II', d[p:p + 8])
+    if t == 0: raise SystemExit('no bitmaps extension')
+    if t == 0x23852875:
+        dirofs = struct.unpack('>Q', d[p + 24:p + 32])[0]; break
+    p += 8 + ((n + 7) & ~7)
+tbl = struct.unpack('>Q', d[dirofs:dirofs + 8])[0]
+f.seek(rt + 8); f.write(struct.pack('>Q', tbl))
+PY
+    cp m.qcow2 q.qcow2
+    run qemu-img check q.qcow2
+    local qrc=$status
+    run "$PROG" check m.qcow2
+    [ "$status" -eq "$qrc" ] || fail "check: blockctl exited $status, qemu-img $qrc: $output"
+    run "$PROG" check -r all m.qcow2
+    qemu_clean m.qcow2
+}
