@@ -215,11 +215,15 @@ static int check_zero_tail(struct bdev *bd, uint64_t off, uint64_t end, uint8_t 
  * What strict mode compares: the status flags as qemu-img sees them,
  * including "this extent reaches the end of the image".
  */
-static unsigned strict_status(const struct bdev_map *m, uint64_t off, uint64_t size)
+static unsigned strict_status(const struct bdev_map *m)
 {
     unsigned st = m->status & (BDEV_BLOCK_DATA | BDEV_BLOCK_ZERO | BDEV_BLOCK_ALLOCATED |
                                BDEV_BLOCK_OFFSET_VALID | BDEV_BLOCK_COMPRESSED);
-    if (off + m->len == size) {
+    if (m->past_end) {
+        /* QEMU: zeroes past a shorter backing image count as allocated */
+        st |= BDEV_BLOCK_ALLOCATED;
+    }
+    if (m->eof) {
         st |= BDEV_BLOCK_EOF;
     }
     return st;
@@ -289,7 +293,7 @@ int cmd_compare(int argc, char **argv)
             goto out;
         }
         n = MIN(MIN(m1.len, m2.len), (uint64_t)CMP_CHUNK);
-        if (a.strict && strict_status(&m1, off, b1->size) != strict_status(&m2, off, b2->size)) {
+        if (a.strict && strict_status(&m1) != strict_status(&m2)) {
             if (!a.quiet) {
                 printf("Strict mode: Offset %" PRIu64 " block status mismatch!\n", off);
             }

@@ -1018,6 +1018,7 @@ int bdev_block_status_above(struct bdev *bd, struct bdev *base, uint64_t off, ui
 {
     struct bdev *cur = bd;
     int depth = 0;
+    uint64_t eof = 0;   /* where the top's unallocated run reaches its end */
 
     if (off >= bd->size || len == 0) {
         return -EINVAL;
@@ -1039,8 +1040,19 @@ int bdev_block_status_above(struct bdev *bd, struct bdev *base, uint64_t off, ui
         out->depth = depth;
         out->layer = cur;
         out->past_end = false;
+        /*
+         * EOF as QEMU reports it: the deciding layer's own end for the top
+         * and for the bottom, and otherwise only where the top's
+         * unallocated run reached the end of the top.
+         */
+        out->eof = (eof && off + len == eof) ||
+                   ((cur == bd || (!cur->backing && !(st & BDEV_BLOCK_ALLOCATED))) &&
+                    off + len == cur->size);
         if (st & BDEV_BLOCK_ALLOCATED) {
             return 0;
+        }
+        if (cur == bd && off + len == bd->size) {
+            eof = off + len;
         }
         if (!cur->backing) {
             /* unallocated at the bottom: reads as zeroes */
@@ -1054,6 +1066,7 @@ int bdev_block_status_above(struct bdev *bd, struct bdev *base, uint64_t off, ui
             /* past the end of a shorter backing image: zeroes */
             out->status |= BDEV_BLOCK_ZERO;
             out->past_end = true;
+            out->eof = eof && off + len == eof;
             return 0;
         }
         len = MIN(len, cur->backing->size - off);

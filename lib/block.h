@@ -304,6 +304,7 @@ struct bdev_map {
     int depth;           /* 0 = top; for unallocated: the bottom's depth */
     struct bdev *layer;  /* the layer that decided (or the bottom) */
     bool past_end;       /* zero because an image above @base ends before it */
+    bool eof;            /* QEMU's BDRV_BLOCK_EOF for this answer (compare -s) */
 };
 /*
  * Status of [off, off+len) through the chain from @bd down to (but not

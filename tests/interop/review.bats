@@ -416,3 +416,17 @@ PY
     run "$PROG" check -r all m.qcow2
     qemu_clean m.qcow2
 }
+
+@test "compare -s over a backing file shorter than the overlay names qemu-img's offset" {
+    qemu-img create -q -f qcow2 s.qcow2 64k
+    qemu-img create -q -f qcow2 -b s.qcow2 -F qcow2 a.qcow2 1M
+    qemu-img create -q -f qcow2 c.qcow2 1M
+    local pair q b
+    for pair in "a.qcow2 c.qcow2" "c.qcow2 a.qcow2" "a.qcow2 s.qcow2"; do
+        run qemu-img compare -s $pair
+        q="$status:$output"
+        run "$PROG" compare -s $pair
+        b="$status:$output"
+        [ "$q" = "$b" ] || fail "compare -s $pair: qemu-img '$q', blockctl '$b'"
+    done
+}
