@@ -291,6 +291,10 @@ static int open_backing(struct bdev *bd, unsigned flags, struct chain_seen *seen
         return -ENOENT;
     }
     bd->backing = open_chain(bd->full_backing_file, bdrv, bflags, seen, errp);
+    if (!bd->backing && errp && *errp && !strstr((*errp)->msg, bd->filename)) {
+        /* name the image whose backing file it is */
+        error_prefix(errp, "backing file of '%s': ", bd->filename);
+    }
     return bd->backing ? 0 : -EIO;
 }
 

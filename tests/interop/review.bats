@@ -430,3 +430,14 @@ PY
         [ "$q" = "$b" ] || fail "compare -s $pair: qemu-img '$q', blockctl '$b'"
     done
 }
+
+@test "a backing file that cannot be opened: the one-line error names the overlay" {
+    qemu-img create -q -f qcow2 -u -b / -F raw x.qcow2 1M
+    local cmd
+    for cmd in "check" "map" "info --backing-chain"; do
+        run --separate-stderr "$PROG" $cmd x.qcow2
+        [ "$status" -eq 1 ] || fail "$cmd exited $status"
+        [[ $stderr == *x.qcow2* ]] || fail "$cmd: $stderr"
+        [ "$(wc -l <<<"$stderr")" -eq 1 ] || fail "$cmd: $stderr"
+    done
+}
