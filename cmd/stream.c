@@ -113,6 +113,8 @@ int cmd_stream(int argc, char **argv)
     cp.base = base;
     cp.skip_top = true;
     cp.unchanged = true;
+    cp.zero_over_below = true;
+    cp.below = base;
     copy_opts_apply(&a.copy, &cp);
     r = copy_run(&cp, &err);
     copy_opts_finish(&a.copy);

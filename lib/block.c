@@ -927,6 +927,7 @@ void bdev_start_writeback(struct bdev *bd)
 
 int bdev_truncate(struct bdev *bd, uint64_t size, struct error **errp)
 {
+    uint64_t old = bd->size;
     int ret;
 
     if (bd->read_only) {
@@ -937,22 +938,18 @@ int bdev_truncate(struct bdev *bd, uint64_t size, struct error **errp)
         error_setg(errp, "'%s': format '%s' cannot be resized", bd->filename, bd->drv->name);
         return -ENOTSUP;
     }
-    {
-        uint64_t old = bd->size;
-
-        bdev_drain_begin(bd);
-        ret = bd->drv->truncate(bd, size, errp);
-        bdev_drain_end(bd);
-        if (ret == 0 && bd->size > old && bd->backing && bd->backing->size > old) {
-            /*
-             * As QEMU: a backing file longer than the old size would show
-             * through the new area, which must read as zeroes.
-             */
-            uint64_t end = MIN(bd->size, bd->backing->size);
-            ret = bdev_pwrite_zeroes(bd, old, end - old, BDEV_REQ_WRITE_UNCHANGED);
-            if (ret < 0) {
-                error_setg_errno(errp, -ret, "'%s': cannot zero the new area", bd->filename);
-            }
+    bdev_drain_begin(bd);
+    ret = bd->drv->truncate(bd, size, errp);
+    bdev_drain_end(bd);
+    if (ret == 0 && bd->size > old && bd->backing && bd->backing->size > old) {
+        /*
+         * As QEMU: a backing file longer than the old size would show
+         * through the new area, which must read as zeroes.
+         */
+        uint64_t end = MIN(bd->size, bd->backing->size);
+        ret = bdev_pwrite_zeroes(bd, old, end - old, BDEV_REQ_WRITE_UNCHANGED);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "'%s': cannot zero the new area", bd->filename);
         }
     }
     return ret;
@@ -1147,13 +1144,12 @@ int bdev_create(const char *fmt, const char *filename, const struct optlist *o,
                 unsigned flags, struct error **errp)
 {
     const struct format_driver *drv = bdev_find_driver(fmt);
+    int ret;
 
     if (!drv || !drv->create) {
         error_setg(errp, "format '%s' does not support image creation", fmt);
         return -ENOTSUP;
     }
-    int ret;
-
     if (check_filename(filename, "image", errp) < 0) {
         return -EINVAL;
     }

@@ -158,25 +158,19 @@ static bool dst_reads_zero(struct engine *e, uint64_t off, uint64_t len)
     return true;
 }
 
-/*
- * Stream (the top pulls its chain in): zeroes need writing into the top
- * only where its new backing file (the base, or none) does not read zero.
- */
-static bool stream_reads_zero_after(struct engine *e, uint64_t off, uint64_t len)
+/* @bd (NULL: no image, all zeroes) reads zero in [off, off+len)? */
+static bool range_reads_zero(struct bdev *bd, uint64_t off, uint64_t len)
 {
-    struct copy_params *p = e->p;
-
-    if (!p->skip_top || p->src != p->dst) {
-        return false;
-    }
-    while (len && p->base && off < p->base->size) {
+    /* past its end an image reads zero too */
+    len = bd && off < bd->size ? MIN(len, bd->size - off) : 0;
+    while (len) {
         struct bdev_map m;
-        if (bdev_block_status_above(p->base, NULL, off, len, &m) < 0 ||
+        if (bdev_block_status_above(bd, NULL, off, len, &m) < 0 ||
             !(m.status & BDEV_BLOCK_ZERO)) {
             return false;
         }
-        off += MIN(m.len, len);
-        len -= MIN(m.len, len);
+        off += m.len;
+        len -= m.len;
     }
     return true;
 }
@@ -186,7 +180,7 @@ static int write_zero(struct engine *e, uint64_t off, uint64_t len)
     struct copy_params *p = e->p;
     int ret;
 
-    if (p->dst_is_zero || stream_reads_zero_after(e, off, len)) {
+    if (p->dst_is_zero || (p->zero_over_below && range_reads_zero(p->below, off, len))) {
         return 0;
     }
     if (p->check_dst_zero && dst_reads_zero(e, off, len)) {

@@ -35,6 +35,13 @@ struct copy_params {
     bool skip_top;               /* stream: what the source's top layer has is skipped */
     bool dst_is_zero;            /* the target reads zero wherever it is not written */
     bool check_dst_zero;         /* skip zero extents where the target already reads zero */
+    /*
+     * Stream: the target's own layer will lie on @below (NULL: on nothing,
+     * which reads zero); zeroes are written only where @below does not
+     * read zero.
+     */
+    bool zero_over_below;
+    struct bdev *below;
     bool compress;               /* compressed writes (whole target clusters) */
     bool unchanged;              /* copy-on-read: the target's guest view does not change */
     bool no_flush;               /* do not flush the target at the end (-t unsafe) */
