@@ -25,7 +25,7 @@ ALL_CFLAGS = -std=gnu11 -pthread $(WARN) $(PKG_CFLAGS) $(CFLAGS)
 ALL_LDFLAGS = -pthread -Wl,--as-needed $(LDFLAGS)
 LIBS = $(PKG_LIBS)
 
-LIB_SRCS = $(wildcard lib/*.c) $(wildcard formats/*.c) $(wildcard formats/qcow2/*.c)
+LIB_SRCS = $(wildcard lib/*.c lib/*/*.c) $(wildcard formats/*.c) $(wildcard formats/qcow2/*.c)
 CMD_SRCS = $(wildcard cmd/*.c)
 LIB_OBJS = $(LIB_SRCS:%.c=$(BUILD)/%.o)
 CMD_OBJS = $(CMD_SRCS:%.c=$(BUILD)/%.o)

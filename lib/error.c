@@ -76,6 +76,18 @@ void error_append_hint(struct error **errp, const char *fmt, ...)
     (*errp)->hint = add;
 }
 
+void error_set_class(struct error **errp, const char *cls)
+{
+    if (errp && *errp) {
+        (*errp)->cls = cls;
+    }
+}
+
+const char *error_class(const struct error *err)
+{
+    return err->cls ? err->cls : "GenericError";
+}
+
 void error_prefix(struct error **errp, const char *fmt, ...)
 {
     va_list ap;

@@ -16,6 +16,7 @@ struct error {
     int errnum;     /* positive errno value, or 0 */
     char *msg;      /* one line, no trailing newline */
     char *hint;     /* optional further line(s), or NULL */
+    const char *cls; /* QMP error class (a static string), NULL: GenericError */
 };
 
 /* Set *errp to a new error (if errp is non-NULL and *errp is NULL). */
@@ -26,6 +27,10 @@ void error_setg_errno(struct error **errp, int errnum, const char *fmt, ...)
 /* Add a hint line to an already set error. */
 void error_append_hint(struct error **errp, const char *fmt, ...)
     ATTRIBUTE_PRINTF(2, 3);
+/* Give the error in *errp (if set) a QMP error class, e.g. "DeviceNotFound". */
+void error_set_class(struct error **errp, const char *cls);
+/* The QMP error class of @err ("GenericError" unless set). */
+const char *error_class(const struct error *err);
 /* Prefix the message of *errp (if set) with the formatted text. */
 void error_prefix(struct error **errp, const char *fmt, ...) ATTRIBUTE_PRINTF(2, 3);
 /* Move @err into *dst (freeing it if *dst is already set or dst is NULL). */
