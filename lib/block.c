@@ -4,6 +4,7 @@
  */
 #include "lib/compiler.h"
 #include "lib/block.h"
+#include "lib/bitmap.h"
 #include "lib/io.h"
 #include "formats/format.h"
 
@@ -160,8 +161,10 @@ static struct bdev *open_one(const char *filename, const struct format_driver *d
     bd->filename = xstrdup(filename);
     bd->flags = flags;
     bd->read_only = !(flags & BDEV_O_RDWR);
+    bd->refcnt = 1;
     pthread_mutex_init(&bd->gate_lock, NULL);
     pthread_cond_init(&bd->gate_cond, NULL);
+    pthread_mutex_init(&bd->bitmap_lock, NULL);
     if (bd->read_only) {
         bd->perm = PERM_CONSISTENT_READ;
         bd->shared = (flags & BDEV_O_FORCE_SHARE) ? PERM_ALL
@@ -191,6 +194,7 @@ static struct bdev *open_one(const char *filename, const struct format_driver *d
 fail:
     pthread_mutex_destroy(&bd->gate_lock);
     pthread_cond_destroy(&bd->gate_cond);
+    pthread_mutex_destroy(&bd->bitmap_lock);
     free(bd->opaque);
     free(bd->filename);
     free(bd->backing_file);
@@ -207,8 +211,17 @@ static void close_one(struct bdev *bd, struct error **errp)
     if (bd->file) {
         bfile_close(bd->file, bd->perm, bd->shared);
     }
+    while (bd->bitmaps) {
+        struct bdev_bitmap *b = bd->bitmaps;
+        bd->bitmaps = b->next;
+        bitmap_free(b->bm);
+        free(b->name);
+        free(b);
+    }
+    assert(!bd->reqs && !bd->in_flight);
     pthread_mutex_destroy(&bd->gate_lock);
     pthread_cond_destroy(&bd->gate_cond);
+    pthread_mutex_destroy(&bd->bitmap_lock);
     free(bd->opaque);
     free(bd->filename);
     free(bd->backing_file);
@@ -392,11 +405,16 @@ struct bdev *bdev_open(const char *filename, const char *format, unsigned flags,
     return bd;
 }
 
+void bdev_ref(struct bdev *bd)
+{
+    __atomic_add_fetch(&bd->refcnt, 1, __ATOMIC_RELAXED);
+}
+
 int bdev_close(struct bdev *bd, struct error **errp)
 {
     struct error *err = NULL;
 
-    while (bd) {
+    while (bd && __atomic_sub_fetch(&bd->refcnt, 1, __ATOMIC_ACQ_REL) == 0) {
         struct bdev *next = bd->backing;
         close_one(bd, err ? NULL : &err);
         bd = next;
@@ -411,6 +429,19 @@ int bdev_close(struct bdev *bd, struct error **errp)
 void bdev_unref(struct bdev *bd)
 {
     bdev_close(bd, NULL);
+}
+
+void bdev_set_backing(struct bdev *bd, struct bdev *backing)
+{
+    struct bdev *old = bd->backing;
+
+    if (backing) {
+        bdev_ref(backing);
+    }
+    bd->backing = backing;
+    if (old) {
+        bdev_unref(old);
+    }
 }
 
 void bdev_set_error(struct bdev *bd, const char *fmt, ...)
@@ -687,55 +718,254 @@ int bdev_chain_length(struct bdev *bd)
     return n;
 }
 
-/* --- in-flight gate --- */
+/* --- in-flight gate and request tracking --- */
 
-static __thread struct bdev *draining_self;
+/*
+ * A write (or a serialising section) in flight over [off, end).  Lives on
+ * the stack of the request's thread while it is linked in bd->reqs.
+ */
+struct bdev_req {
+    uint64_t off, end;
+    bool serialising;
+    pthread_t thread;
+    struct bdev_req *next;
+};
 
-static void gate_enter(struct bdev *bd)
+static bool is_drainer(struct bdev *bd)
+{
+    return bd->quiesce && pthread_equal(bd->drainer, pthread_self());
+}
+
+/* Under gate_lock: wait on the gate's condition. */
+static void gate_wait(struct bdev *bd)
+{
+    bd->gate_waiters++;
+    pthread_cond_wait(&bd->gate_cond, &bd->gate_lock);
+    bd->gate_waiters--;
+}
+
+/* Under gate_lock: a serialising section of another thread overlaps. */
+static bool blocked_by_serialising(struct bdev *bd, uint64_t off, uint64_t end, bool any)
+{
+    for (struct bdev_req *r = bd->reqs; r; r = r->next) {
+        if ((any || r->serialising) && r->off < end && off < r->end &&
+            !pthread_equal(r->thread, pthread_self())) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static void unlink_req(struct bdev *bd, struct bdev_req *req)
+{
+    for (struct bdev_req **pp = &bd->reqs; *pp; pp = &(*pp)->next) {
+        if (*pp == req) {
+            *pp = req->next;
+            return;
+        }
+    }
+    BUG("request not tracked");
+}
+
+/*
+ * Enter the gate for a request; @req (for writes) is tracked so that
+ * serialising sections wait for it, and it waits for them.  The thread
+ * that drains @bd passes (it is the one changing things), and waits for
+ * no serialising section: a section's owner may be stopped at the gate.
+ */
+static void gate_enter_req(struct bdev *bd, struct bdev_req *req, uint64_t off, uint64_t len)
 {
     pthread_mutex_lock(&bd->gate_lock);
-    while (bd->gate_closed && draining_self != bd) {
-        pthread_cond_wait(&bd->gate_cond, &bd->gate_lock);
+    for (;;) {
+        if (bd->quiesce && !is_drainer(bd)) {
+            gate_wait(bd);
+            continue;
+        }
+        if (req && !is_drainer(bd) && bd->reqs &&
+            blocked_by_serialising(bd, off, off + len, false)) {
+            gate_wait(bd);
+            continue;
+        }
+        break;
+    }
+    if (req) {
+        req->off = off;
+        req->end = off + len;
+        req->serialising = false;
+        req->thread = pthread_self();
+        req->next = bd->reqs;
+        bd->reqs = req;
     }
     bd->in_flight++;
     pthread_mutex_unlock(&bd->gate_lock);
 }
 
-static void gate_exit(struct bdev *bd)
+static void gate_exit_req(struct bdev *bd, struct bdev_req *req)
 {
     pthread_mutex_lock(&bd->gate_lock);
-    if (--bd->in_flight == 0) {
+    if (req) {
+        unlink_req(bd, req);
+    }
+    bd->in_flight--;
+    if (bd->gate_waiters) {
         pthread_cond_broadcast(&bd->gate_cond);
     }
     pthread_mutex_unlock(&bd->gate_lock);
 }
 
+static void gate_enter(struct bdev *bd)
+{
+    gate_enter_req(bd, NULL, 0, 0);
+}
+
+static void gate_exit(struct bdev *bd)
+{
+    gate_exit_req(bd, NULL);
+}
+
 void bdev_drain_begin(struct bdev *bd)
 {
     pthread_mutex_lock(&bd->gate_lock);
-    while (bd->gate_closed) {
-        pthread_cond_wait(&bd->gate_cond, &bd->gate_lock);
+    if (is_drainer(bd)) {
+        bd->quiesce++;
+        pthread_mutex_unlock(&bd->gate_lock);
+        return;
     }
-    bd->gate_closed = true;
+    while (bd->quiesce) {
+        gate_wait(bd);
+    }
+    bd->quiesce = 1;
+    bd->drainer = pthread_self();
     while (bd->in_flight) {
-        pthread_cond_wait(&bd->gate_cond, &bd->gate_lock);
+        gate_wait(bd);
     }
-    draining_self = bd;
     pthread_mutex_unlock(&bd->gate_lock);
 }
 
 void bdev_drain_end(struct bdev *bd)
 {
     pthread_mutex_lock(&bd->gate_lock);
-    bd->gate_closed = false;
-    if (draining_self == bd) {
-        draining_self = NULL;
+    assert(is_drainer(bd));
+    if (--bd->quiesce == 0 && bd->gate_waiters) {
+        pthread_cond_broadcast(&bd->gate_cond);
     }
-    pthread_cond_broadcast(&bd->gate_cond);
     pthread_mutex_unlock(&bd->gate_lock);
 }
 
+bool bdev_is_drained(struct bdev *bd)
+{
+    bool r;
+
+    pthread_mutex_lock(&bd->gate_lock);
+    r = is_drainer(bd);
+    pthread_mutex_unlock(&bd->gate_lock);
+    return r;
+}
+
+struct bdev_serial *bdev_serialise_begin(struct bdev *bd, uint64_t off, uint64_t len)
+{
+    struct bdev_serial *s = xmalloc(sizeof(*s));
+    struct bdev_req *req = xmalloc(sizeof(*req));
+
+    s->bd = bd;
+    s->req = req;
+    pthread_mutex_lock(&bd->gate_lock);
+    while (blocked_by_serialising(bd, off, off + len, true)) {
+        gate_wait(bd);
+    }
+    req->off = off;
+    req->end = off + len;
+    req->serialising = true;
+    req->thread = pthread_self();
+    req->next = bd->reqs;
+    bd->reqs = req;
+    pthread_mutex_unlock(&bd->gate_lock);
+    return s;
+}
+
+void bdev_serialise_end(struct bdev_serial *s)
+{
+    struct bdev *bd;
+
+    if (!s) {
+        return;
+    }
+    bd = s->bd;
+    pthread_mutex_lock(&bd->gate_lock);
+    unlink_req(bd, s->req);
+    if (bd->gate_waiters) {
+        pthread_cond_broadcast(&bd->gate_cond);
+    }
+    pthread_mutex_unlock(&bd->gate_lock);
+    free(s->req);
+    free(s);
+}
+
+/* --- write notifiers and dirty bitmaps --- */
+
+void bdev_add_write_notifier(struct bdev *bd, struct bdev_write_notifier *n)
+{
+    pthread_mutex_lock(&bd->bitmap_lock);
+    n->next = bd->notifiers;
+    bd->notifiers = n;
+    pthread_mutex_unlock(&bd->bitmap_lock);
+}
+
+void bdev_remove_write_notifier(struct bdev *bd, struct bdev_write_notifier *n)
+{
+    pthread_mutex_lock(&bd->bitmap_lock);
+    for (struct bdev_write_notifier **pp = &bd->notifiers; *pp; pp = &(*pp)->next) {
+        if (*pp == n) {
+            *pp = n->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&bd->bitmap_lock);
+}
+
+/*
+ * Before a write: the notifiers' before hooks (write-blocking mirror).
+ * Notifiers are added and removed with the image drained, so the list is
+ * stable while a request is in flight.
+ */
+static int write_before(struct bdev *bd, uint64_t off, uint64_t len, unsigned flags,
+                        const void *buf)
+{
+    for (struct bdev_write_notifier *n = bd->notifiers; n; n = n->next) {
+        if (n->before) {
+            int ret = n->before(n, off, len, flags, buf);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+    }
+    return 0;
+}
+
+/* After a write: dirty the enabled bitmaps (on success), then the notifiers. */
+static void write_after(struct bdev *bd, uint64_t off, uint64_t len, unsigned flags, int ret)
+{
+    if (ret == 0 && !(flags & BDEV_REQ_WRITE_UNCHANGED) &&
+        __atomic_load_n(&bd->nr_enabled_bitmaps, __ATOMIC_ACQUIRE)) {
+        pthread_mutex_lock(&bd->bitmap_lock);
+        for (struct bdev_bitmap *b = bd->bitmaps; b; b = b->next) {
+            if (b->enabled) {
+                bitmap_set(b->bm, off, len);
+            }
+        }
+        pthread_mutex_unlock(&bd->bitmap_lock);
+    }
+    for (struct bdev_write_notifier *n = bd->notifiers; n; n = n->next) {
+        if (n->after) {
+            n->after(n, off, len, flags, ret);
+        }
+    }
+}
+
 /* --- data path --- */
+
+/* Requests are passed down (and drains wait for them) in pieces this big. */
+#define GATE_CHUNK ((size_t)64 << 20)
 
 static int check_range(struct bdev *bd, uint64_t off, uint64_t len)
 {
@@ -757,21 +987,20 @@ int bdev_pread(struct bdev *bd, void *buf, size_t len, uint64_t off)
 {
     int ret = check_range(bd, off, len);
 
-    if (ret < 0) {
-        return ret;
-    }
-    gate_enter(bd);
-    while (len) {
-        size_t n = MIN(len, (size_t)BDEV_MAX_REQUEST);
-        ret = bd->drv->pread(bd, buf, n, off);
-        if (ret < 0) {
-            break;
+    while (ret == 0 && len) {
+        size_t n = MIN(len, GATE_CHUNK);
+
+        gate_enter(bd);
+        /* the size may have changed while we waited at the gate */
+        ret = check_range(bd, off, n);
+        if (ret == 0) {
+            ret = bd->drv->pread(bd, buf, n, off);
         }
+        gate_exit(bd);
         buf = (char *)buf + n;
         off += n;
         len -= n;
     }
-    gate_exit(bd);
     return ret;
 }
 
@@ -779,21 +1008,24 @@ int bdev_pwrite(struct bdev *bd, const void *buf, size_t len, uint64_t off, unsi
 {
     int ret = check_write(bd, off, len);
 
-    if (ret < 0) {
-        return ret;
-    }
-    gate_enter(bd);
-    while (len) {
-        size_t n = MIN(len, (size_t)BDEV_MAX_REQUEST);
-        ret = bd->drv->pwrite(bd, buf, n, off, flags);
-        if (ret < 0) {
-            break;
+    while (ret == 0 && len) {
+        size_t n = MIN(len, GATE_CHUNK);
+        struct bdev_req req;
+
+        gate_enter_req(bd, &req, off, n);
+        ret = check_write(bd, off, n);
+        if (ret == 0) {
+            ret = write_before(bd, off, n, flags, buf);
         }
+        if (ret == 0) {
+            ret = bd->drv->pwrite(bd, buf, n, off, flags);
+            write_after(bd, off, n, flags, ret);
+        }
+        gate_exit_req(bd, &req);
         buf = (const char *)buf + n;
         off += n;
         len -= n;
     }
-    gate_exit(bd);
     return ret;
 }
 
@@ -820,25 +1052,34 @@ static int write_zero_buffers(struct bdev *bd, uint64_t off, uint64_t len, unsig
 int bdev_pwrite_zeroes(struct bdev *bd, uint64_t off, uint64_t len, unsigned flags)
 {
     int ret = check_write(bd, off, len);
+    struct bdev_req req;
 
     if (ret < 0) {
         return ret;
     }
-    gate_enter(bd);
-    ret = -ENOTSUP;
-    if (bd->drv->pwrite_zeroes) {
-        ret = bd->drv->pwrite_zeroes(bd, off, len, flags);
+    gate_enter_req(bd, &req, off, len);
+    ret = check_write(bd, off, len);
+    if (ret == 0) {
+        ret = write_before(bd, off, len, flags | BDEV_REQ_ZERO_WRITE, NULL);
     }
-    if (ret == -ENOTSUP && !(flags & BDEV_REQ_NO_FALLBACK)) {
-        ret = write_zero_buffers(bd, off, len, flags);
+    if (ret == 0) {
+        ret = -ENOTSUP;
+        if (bd->drv->pwrite_zeroes) {
+            ret = bd->drv->pwrite_zeroes(bd, off, len, flags);
+        }
+        if (ret == -ENOTSUP && !(flags & BDEV_REQ_NO_FALLBACK)) {
+            ret = write_zero_buffers(bd, off, len, flags);
+        }
+        write_after(bd, off, len, flags | BDEV_REQ_ZERO_WRITE, ret);
     }
-    gate_exit(bd);
+    gate_exit_req(bd, &req);
     return ret;
 }
 
 int bdev_discard(struct bdev *bd, uint64_t off, uint64_t len)
 {
     int ret = check_write(bd, off, len);
+    struct bdev_req req;
 
     if (ret < 0) {
         return ret;
@@ -846,10 +1087,20 @@ int bdev_discard(struct bdev *bd, uint64_t off, uint64_t len)
     if (!bd->drv->discard) {
         return 0;
     }
-    gate_enter(bd);
-    ret = bd->drv->discard(bd, off, len);
-    gate_exit(bd);
-    return ret == -ENOTSUP ? 0 : ret;
+    gate_enter_req(bd, &req, off, len);
+    ret = check_write(bd, off, len);
+    if (ret == 0) {
+        ret = write_before(bd, off, len, BDEV_REQ_DISCARD, NULL);
+    }
+    if (ret == 0) {
+        ret = bd->drv->discard(bd, off, len);
+        if (ret == -ENOTSUP) {
+            ret = 0;
+        }
+        write_after(bd, off, len, BDEV_REQ_DISCARD, ret);
+    }
+    gate_exit_req(bd, &req);
+    return ret;
 }
 
 int bdev_flush(struct bdev *bd)
@@ -868,6 +1119,7 @@ int bdev_flush(struct bdev *bd)
 int bdev_pwrite_compressed(struct bdev *bd, const void *buf, size_t len, uint64_t off)
 {
     int ret = check_write(bd, off, len);
+    struct bdev_req req;
 
     if (ret < 0) {
         return ret;
@@ -875,9 +1127,13 @@ int bdev_pwrite_compressed(struct bdev *bd, const void *buf, size_t len, uint64_
     if (!bd->drv->pwrite_compressed) {
         return -ENOTSUP;
     }
-    gate_enter(bd);
-    ret = bd->drv->pwrite_compressed(bd, buf, len, off);
-    gate_exit(bd);
+    gate_enter_req(bd, &req, off, len);
+    ret = write_before(bd, off, len, 0, buf);
+    if (ret == 0) {
+        ret = bd->drv->pwrite_compressed(bd, buf, len, off);
+        write_after(bd, off, len, 0, ret);
+    }
+    gate_exit_req(bd, &req);
     return ret;
 }
 

@@ -42,6 +42,9 @@ enum {
     BDEV_REQ_NO_FALLBACK = 1u << 2, /* zeroing must be cheap or fail -ENOTSUP */
     BDEV_REQ_WRITE_UNCHANGED = 1u << 3, /* the guest view does not change
                                            (copy-on-read): bitmaps are not dirtied */
+    /* only seen by write notifiers: what kind of write this is */
+    BDEV_REQ_ZERO_WRITE = 1u << 8,  /* pwrite_zeroes (no buffer) */
+    BDEV_REQ_DISCARD = 1u << 9,     /* discard (no buffer) */
 };
 
 /* Block status bits: the values of QEMU's BDRV_BLOCK_* */
@@ -60,7 +63,39 @@ enum {
 #define BDEV_MAX_CHAIN 256
 
 struct bdev;
+struct bdev_req;
 struct dirty_bitmap;
+
+/*
+ * A dirty bitmap kept by the block layer for one image: enabled ones are
+ * marked after every successful write to the image (not those flagged
+ * BDEV_REQ_WRITE_UNCHANGED).  Persistent ones are also stored by the
+ * driver (qcow2's bitmaps extension).
+ */
+struct bdev_bitmap {
+    char *name;
+    struct dirty_bitmap *bm;
+    bool enabled;
+    bool persistent;
+    bool inconsistent;           /* stored in use by a crash: never trusted */
+    unsigned busy;               /* used by a job: not to be changed */
+    struct bdev_bitmap *next;
+};
+
+/*
+ * Hooks around every write to an image (QEMU's before-write notifiers and
+ * write tracking).  @before may fail the write (it is not done); @after
+ * sees the result.  @flags has BDEV_REQ_ZERO_WRITE or BDEV_REQ_DISCARD for
+ * those (@buf NULL).  Add and remove them with the image drained.
+ */
+struct bdev_write_notifier {
+    int (*before)(struct bdev_write_notifier *n, uint64_t off, uint64_t len, unsigned flags,
+                  const void *buf);
+    void (*after)(struct bdev_write_notifier *n, uint64_t off, uint64_t len, unsigned flags,
+                  int ret);
+    void *opaque;
+    struct bdev_write_notifier *next;
+};
 
 /* One step of a `bitmap` command; a list of them is applied atomically. */
 enum bitmap_op_type {
@@ -232,11 +267,22 @@ struct bdev {
      * the command to print; guarded by gate_lock. */
     char *last_error;
 
-    /* in-flight gate: see bdev_drain() */
+    unsigned refcnt;             /* bdev_ref / bdev_close; a backing link holds one */
+
+    /* in-flight gate and request tracking: see bdev_drain_begin() */
     pthread_mutex_t gate_lock;
     pthread_cond_t gate_cond;
     unsigned in_flight;
-    bool gate_closed;
+    unsigned gate_waiters;
+    unsigned quiesce;            /* nested drains by @drainer */
+    pthread_t drainer;
+    struct bdev_req *reqs;       /* writes and serialising sections in flight */
+
+    /* dirty bitmaps and write notifiers; guarded by bitmap_lock */
+    pthread_mutex_t bitmap_lock;
+    struct bdev_bitmap *bitmaps;
+    unsigned nr_enabled_bitmaps; /* read without the lock on every write */
+    struct bdev_write_notifier *notifiers;
 };
 
 /* Look up a driver by name, or NULL. */
@@ -260,11 +306,24 @@ struct bdev_open_opts {
 struct bdev *bdev_open_ext(const char *filename, const char *format, unsigned flags,
                            const struct bdev_open_opts *opts, struct error **errp);
 
-/* Close an image and its backing chain.  Returns 0 or -errno (errp set
- * if writing back failed; the images are closed anyway). */
+/*
+ * Images are reference counted: bdev_open() returns one reference, an
+ * image holds one on its backing image.  bdev_close() drops a reference;
+ * the last one closes the image (writing everything back) and drops its
+ * reference to the backing image.  Returns 0 or -errno (errp set if
+ * writing back failed; the images are closed anyway).
+ */
+void bdev_ref(struct bdev *bd);
 int bdev_close(struct bdev *bd, struct error **errp);
-/* Close, ignoring errors. */
+/* Drop a reference, ignoring errors. */
 void bdev_unref(struct bdev *bd);
+/*
+ * Make @backing (NULL: none) @bd's backing image in memory, taking a
+ * reference to it and dropping the one to the old backing image.  The
+ * name recorded in the image is the driver's business (change_backing).
+ * Call with @bd drained (or not yet in use).
+ */
+void bdev_set_backing(struct bdev *bd, struct bdev *backing);
 
 /* Guest-visible read of the whole chain. */
 int bdev_pread(struct bdev *bd, void *buf, size_t len, uint64_t off);
@@ -314,9 +373,34 @@ struct bdev_map {
 int bdev_block_status_above(struct bdev *bd, struct bdev *base, uint64_t off, uint64_t len,
                             struct bdev_map *out);
 
-/* Quiesce: close the gate and wait until no request is in flight. */
+/*
+ * Quiesce: close the gate and wait until no request is in flight.  Drains
+ * nest: the thread that drains may drain again and may issue requests to
+ * the image itself (they pass the gate).  Another thread that drains the
+ * same image waits until the first is done.  Drain images in one thread
+ * (the agent's main loop) to avoid lock-order problems.
+ */
 void bdev_drain_begin(struct bdev *bd);
 void bdev_drain_end(struct bdev *bd);
+/* True if the calling thread holds @bd drained. */
+bool bdev_is_drained(struct bdev *bd);
+
+/*
+ * A serialising section over [off, off+len): waits until no write (and no
+ * other section) of another thread overlaps it, then makes overlapping
+ * writes of other threads wait until it ends.  Copy-on-read and the
+ * mirror's background copy use it so that they never write stale data
+ * over a newer guest write.  The owner's own requests are not held up.
+ */
+struct bdev_serial {
+    struct bdev *bd;
+    struct bdev_req *req;
+};
+struct bdev_serial *bdev_serialise_begin(struct bdev *bd, uint64_t off, uint64_t len);
+void bdev_serialise_end(struct bdev_serial *s);
+
+void bdev_add_write_notifier(struct bdev *bd, struct bdev_write_notifier *n);
+void bdev_remove_write_notifier(struct bdev *bd, struct bdev_write_notifier *n);
 
 /* Fill @out; the caller frees it with image_info_free(). */
 int bdev_get_info(struct bdev *bd, struct image_info *out, struct error **errp);
