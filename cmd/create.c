@@ -310,26 +310,31 @@ int cmd_create(int argc, char **argv)
                         : xasprintf(".blockctl-new.%s", a.file);
         }
         r = bdev_create(drv->name, tmp, &o, BDEV_CREATE_FORCE, &err);
-        if (r < 0 && err) {
-            /* the user knows the file by its own name */
-            char *m = err->msg, *at = strstr(m, tmp);
-            if (at) {
-                err->msg = xasprintf("%.*s%s%s", (int)(at - m), m, a.file, at + strlen(tmp));
-                free(m);
+        if (r < 0) {
+            if (err) {
+                /* the user knows the file by its own name */
+                char *m = err->msg, *at = strstr(m, tmp);
+                if (at) {
+                    err->msg = xasprintf("%.*s%s%s", (int)(at - m), m, a.file,
+                                         at + strlen(tmp));
+                    free(m);
+                }
             }
-        }
-        if (r == 0) {
-            r = existed ? io_rename(tmp, a.file) : io_rename_noreplace(tmp, a.file);
-            if (r == 0) {
-                r = io_dirsync(a.file);
-            }
-            if (r < 0) {
-                error_setg_errno(&err, -r, "cannot rename '%s' to '%s'", tmp, a.file);
+            unlink(tmp);
+        } else {
+            /*
+             * A failed folder sync takes a new FILE back (a rerun creates
+             * it afresh); one that replaced a file stays (see --force).
+             */
+            bool renamed;
+            r = bdev_create_install(tmp, a.file, existed ? BDEV_CREATE_FORCE : 0, &renamed,
+                                    &err);
+            if (r < 0 && !renamed) {
+                unlink(tmp);
             }
         }
         if (r < 0) {
             report(err);
-            unlink(tmp);
         }
         free(tmp);
         if (old) {
