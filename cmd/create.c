@@ -249,6 +249,14 @@ int cmd_create(int argc, char **argv)
                 free(full);
                 goto out;
             }
+            if (bk->backing && bdev_chain_find(bk->backing, a.file)) {
+                /* --force would make FILE an overlay of its own overlay: a loop */
+                error_report("'%s' is in the backing chain of '%s': it cannot become its "
+                             "overlay", a.file, bf);
+                bdev_unref(bk);
+                free(full);
+                goto out;
+            }
             if (!have_size) {
                 size = bk->size;
                 have_size = true;

@@ -111,3 +111,20 @@ no_temp() {
     backing_is o/b1.qcow2 ../b.raw raw
     check_ok o/a1.qcow2 o/b1.qcow2
 }
+
+@test "create --force refuses to replace an image of its new backing file's chain (qemu-img makes a loop)" {
+    qemu-img create -q -f qcow2 base.qcow2 4M
+    qemu-io -c 'write -P 3 0 64k' base.qcow2 >/dev/null
+    qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 vm1.qcow2
+    ln -s base.qcow2 blink.qcow2
+    cksum base.qcow2 >sum
+    local t
+    for t in base.qcow2 ./base.qcow2 blink.qcow2; do
+        run --separate-stderr "$PROG" create -q --force -f qcow2 -b vm1.qcow2 -F qcow2 $t
+        [ "$status" -eq 1 ] || fail "$t: exited $status: $stderr"
+        one_line_error vm1.qcow2
+        [ "$(cksum base.qcow2)" = "$(cat sum)" ] || fail "$t: base.qcow2 was replaced"
+        qemu-img info --backing-chain vm1.qcow2 >/dev/null || fail "$t: vm1.qcow2's chain is broken"
+    done
+    no_temp
+}
