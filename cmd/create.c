@@ -249,6 +249,14 @@ int cmd_create(int argc, char **argv)
                 free(full);
                 goto out;
             }
+            if (bk->backing && bdev_chain_find(bk->backing, a.file)) {
+                /* --force would make FILE an overlay of its own overlay: a loop */
+                error_report("'%s' is in the backing chain of '%s': it cannot become its "
+                             "overlay", a.file, bf);
+                bdev_unref(bk);
+                free(full);
+                goto out;
+            }
             if (!have_size) {
                 size = bk->size;
                 have_size = true;
@@ -310,26 +318,31 @@ int cmd_create(int argc, char **argv)
                         : xasprintf(".blockctl-new.%s", a.file);
         }
         r = bdev_create(drv->name, tmp, &o, BDEV_CREATE_FORCE, &err);
-        if (r < 0 && err) {
-            /* the user knows the file by its own name */
-            char *m = err->msg, *at = strstr(m, tmp);
-            if (at) {
-                err->msg = xasprintf("%.*s%s%s", (int)(at - m), m, a.file, at + strlen(tmp));
-                free(m);
+        if (r < 0) {
+            if (err) {
+                /* the user knows the file by its own name */
+                char *m = err->msg, *at = strstr(m, tmp);
+                if (at) {
+                    err->msg = xasprintf("%.*s%s%s", (int)(at - m), m, a.file,
+                                         at + strlen(tmp));
+                    free(m);
+                }
             }
-        }
-        if (r == 0) {
-            r = existed ? io_rename(tmp, a.file) : io_rename_noreplace(tmp, a.file);
-            if (r == 0) {
-                r = io_dirsync(a.file);
-            }
-            if (r < 0) {
-                error_setg_errno(&err, -r, "cannot rename '%s' to '%s'", tmp, a.file);
+            unlink(tmp);
+        } else {
+            /*
+             * A failed folder sync takes a new FILE back (a rerun creates
+             * it afresh); one that replaced a file stays (see --force).
+             */
+            bool renamed;
+            r = bdev_create_install(tmp, a.file, existed ? BDEV_CREATE_FORCE : 0, &renamed,
+                                    &err);
+            if (r < 0 && !renamed) {
+                unlink(tmp);
             }
         }
         if (r < 0) {
             report(err);
-            unlink(tmp);
         }
         free(tmp);
         if (old) {

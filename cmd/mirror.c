@@ -228,6 +228,48 @@ static const char *detect_backing_format(const char *path, struct error **errp)
     return fmt;
 }
 
+/*
+ * Writing an image of SOURCE's own chain would change what SOURCE (and
+ * any other overlay of a backing file) reads, and the copy would read what
+ * it is writing: refuse TARGET, or the TARGET.part a new TARGET is written
+ * as, when it is an image of that chain (by device and inode, or the same
+ * NBD URI).  qemu-img convert is refused the same by its locks.
+ */
+static bool refuse_own_chain(struct bdev *src, const char *source, const char *target,
+                             bool reuse)
+{
+    char *part = NULL;
+    const char *name = target;
+    struct bdev *hit = bdev_chain_find(src, target);
+
+    if (!hit && !reuse && !nbd_is_uri(target)) {
+        part = xasprintf("%s.part", target);
+        hit = bdev_chain_find(src, part);
+        name = part;
+    }
+    if (!hit) {
+        free(part);
+        return false;
+    }
+    {
+        /* TARGET, or "TARGET.part (where the new TARGET is written)" */
+        char *what = part ? xasprintf("'%s' (where the new '%s' is written)", part, target)
+                          : xasprintf("'%s'", target);
+        if (hit == src) {
+            error_report("%s is the source '%s' itself: mirror cannot write it", what, source);
+        } else if (!strcmp(name, hit->filename)) {
+            error_report("%s is in the backing chain of '%s': mirror cannot write it", what,
+                         source);
+        } else {
+            error_report("%s is '%s' of the backing chain of '%s': mirror cannot write it",
+                         what, hit->filename, source);
+        }
+        free(what);
+    }
+    free(part);
+    return true;
+}
+
 int cmd_mirror(int argc, char **argv)
 {
     struct mirror_args a = { 0 };
@@ -278,6 +320,9 @@ int cmd_mirror(int argc, char **argv)
     }
     if (!src) {
         report(err);
+        goto out;
+    }
+    if (refuse_own_chain(src, a.source, a.target, a.reuse)) {
         goto out;
     }
     if (a.sync == SYNC_BITMAP) {
@@ -439,16 +484,19 @@ int cmd_mirror(int argc, char **argv)
     }
     dst = NULL;
     if (created) {
-        /* never replace a TARGET that appeared meanwhile */
-        r = io_rename_noreplace(part, a.target);
-        if (r == 0) {
-            r = io_dirsync(a.target);
+        /*
+         * Never replace a TARGET that appeared meanwhile.  A failed folder
+         * sync takes TARGET back: the same mirror can simply be run again.
+         */
+        bool renamed;
+        r = bdev_create_install(part, a.target, 0, &renamed, &err);
+        if (renamed) {
+            created = false;
         }
         if (r < 0) {
-            error_report("cannot rename '%s' to '%s': %s", part, a.target, strerror(-r));
+            report(err);
             goto out;
         }
-        created = false;
     }
     if (a.clear_bitmap) {
         /* TARGET is durable: only now may the record of what changed go. */

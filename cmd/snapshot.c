@@ -3,6 +3,7 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #include "lib/compiler.h"
+#include "lib/io.h"
 #include "lib/jw.h"
 #include "lib/size.h"
 
@@ -158,6 +159,7 @@ int cmd_snapshot(int argc, char **argv)
     struct error *err = NULL;
     struct bdev **imgs = NULL;
     bool *made = NULL;
+    struct stat *ids = NULL;
     int n, ret = 1;
 
     argp_parse(&snapshot_argp, argc, argv, 0, NULL, &a);
@@ -174,6 +176,7 @@ int cmd_snapshot(int argc, char **argv)
     n = a.nargs / 2;
     imgs = xcalloc(n, sizeof(*imgs));
     made = xcalloc(n, sizeof(*made));
+    ids = xcalloc(n, sizeof(*ids));
 
     /*
      * Check everything first: every IMAGE opens (with its chain, and read
@@ -227,10 +230,27 @@ int cmd_snapshot(int argc, char **argv)
             report(err);
             goto out;
         }
-        made[i] = true;
+        /* what is removed on failure must be the file made here */
+        made[i] = stat(ov, &ids[i]) == 0;
         if (cmd_cancel) {
             error_report("interrupted: no overlay was kept");
             ret = cancel_exit_status();
+            goto out;
+        }
+    }
+    /*
+     * The overlays exist only once their folders are synced: a VM started
+     * on one must not lose it in a crash.  When a sync fails, nobody knows
+     * which overlays would survive one: none is kept.
+     */
+    for (int i = 0; i < n; i++) {
+        const char *ov = a.args[2 * i + 1];
+        int r = io_dirsync(ov);
+        if (r < 0) {
+            char *dir = bdev_dirname(ov);
+            error_report("'%s': cannot sync folder '%s': %s; no overlay was kept", ov, dir,
+                         strerror(-r));
+            free(dir);
             goto out;
         }
     }
@@ -246,10 +266,13 @@ out:
         error_report("interrupted: no overlay was kept");
     }
     if (ret) {
-        /* All or nothing: remove the overlays made so far. */
+        /* All or nothing: remove the overlays made so far (if still ours). */
         for (int i = 0; i < n; i++) {
-            if (made[i]) {
-                unlink(a.args[2 * i + 1]);
+            const char *ov = a.args[2 * i + 1];
+            struct stat st;
+            if (made[i] && lstat(ov, &st) == 0 && st.st_dev == ids[i].st_dev &&
+                st.st_ino == ids[i].st_ino && unlink(ov) == 0) {
+                (void)io_dirsync(ov);
             }
         }
     }
@@ -258,6 +281,7 @@ out:
     }
     free(imgs);
     free(made);
+    free(ids);
     free(a.opts);
     return ret;
 }

@@ -1422,3 +1422,48 @@ int bdev_create(const char *fmt, const char *filename, const struct optlist *o,
     created_file.set = false;
     return ret;
 }
+
+int bdev_create_install(const char *tmp, const char *name, unsigned flags, bool *renamed,
+                        struct error **errp)
+{
+    struct stat made, st;
+    const char *outcome;
+    char *dir;
+    int ret;
+
+    *renamed = false;
+    if (stat(tmp, &made) < 0) {
+        ret = -errno;
+        error_setg_errno(errp, -ret, "cannot rename '%s' to '%s'", tmp, name);
+        return ret;
+    }
+    ret = (flags & BDEV_CREATE_FORCE) ? io_rename(tmp, name) : io_rename_noreplace(tmp, name);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "cannot rename '%s' to '%s'", tmp, name);
+        return ret;
+    }
+    *renamed = true;
+    ret = io_dirsync(name);
+    if (ret == 0) {
+        return 0;
+    }
+    /*
+     * The rename is done but may not survive a crash.  A file that
+     * replaced another stays: the old one is gone either way.  A new name
+     * is taken back, but only if it still is our file.
+     */
+    if (flags & BDEV_CREATE_FORCE) {
+        outcome = "the new image replaced the old one, but a crash may bring the old one back";
+    } else if (lstat(name, &st) < 0 || st.st_dev != made.st_dev || st.st_ino != made.st_ino) {
+        outcome = "it was replaced meanwhile and is left as it is";
+    } else if (unlink(name) < 0) {
+        outcome = "the new image is in place, but may not survive a crash";
+    } else {
+        (void)io_dirsync(name);
+        outcome = "the new image was removed again: nothing was created";
+    }
+    dir = bdev_dirname(name);
+    error_setg(errp, "'%s': cannot sync folder '%s': %s; %s", name, dir, strerror(-ret), outcome);
+    free(dir);
+    return ret;
+}

@@ -428,6 +428,20 @@ int bdev_create(const char *fmt, const char *filename, const struct optlist *o,
  */
 struct bfile *bdev_create_file(const char *filename, unsigned flags, struct error **errp);
 #define BDEV_CREATE_PERM (PERM_CONSISTENT_READ | PERM_WRITE | PERM_RESIZE)
+/*
+ * Put the complete new image @tmp (made by this program) in place as
+ * @name: rename it (over an existing @name only with BDEV_CREATE_FORCE,
+ * otherwise an existing @name is refused), then sync the folder so that
+ * the new name survives a crash.  Returns 0, or -errno with *errp set and
+ * *renamed telling whether @tmp is gone.  When the folder sync fails,
+ * whether the rename survives a crash is unknown: a new @name is removed
+ * again (if it still is the file renamed), so that nothing was created
+ * and the same command can be run again; a @name that replaced a file
+ * (BDEV_CREATE_FORCE) is kept, since the old file is gone already.
+ * The message says which.
+ */
+int bdev_create_install(const char *tmp, const char *name, unsigned flags, bool *renamed,
+                        struct error **errp);
 
 /* Probe the format of a file's first bytes (for -f omitted). */
 const struct format_driver *bdev_probe(const uint8_t *buf, size_t len);
