@@ -144,6 +144,12 @@ int qmp_server_listen(struct qmp_server *srv, const char *path, mode_t mode,
  */
 void qmp_server_event(struct qmp_server *srv, const char *name, json_object *data);
 /*
+ * Loop thread (a handler may call it, e.g. 'quit' before loop_quit()):
+ * run no more commands; those already read are dropped, replies already
+ * queued still go out with qmp_server_free().
+ */
+void qmp_server_stop(struct qmp_server *srv);
+/*
  * Stop listening, send what is queued for the clients (waiting at most a
  * moment), close them, remove the socket (if it is still ours); then free.
  */

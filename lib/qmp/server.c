@@ -64,7 +64,33 @@ struct qmp_server {
     pthread_mutex_t lock;   /* events from other threads */
     struct pending_event *evq, **evq_tail;
     int efd, ewatch;
+
+    /*
+     * The loop thread, as seen from our callbacks (atomics: other threads
+     * read it).  Not loop_in_thread(): a thread started before loop_run()
+     * would race with loop_run() setting it up.  A loop-thread call made
+     * before any of our callbacks ran takes the other threads' way, which
+     * is only later, never out of order.
+     */
+    pthread_t owner;
+    bool owner_known;
+
+    bool stopped;           /* qmp_server_stop(): run no more commands */
 };
+
+static void note_loop_thread(struct qmp_server *srv)
+{
+    if (!__atomic_load_n(&srv->owner_known, __ATOMIC_RELAXED)) {
+        __atomic_store_n(&srv->owner, pthread_self(), __ATOMIC_RELAXED);
+        __atomic_store_n(&srv->owner_known, true, __ATOMIC_RELEASE);
+    }
+}
+
+static bool in_loop_thread(struct qmp_server *srv)
+{
+    return __atomic_load_n(&srv->owner_known, __ATOMIC_ACQUIRE) &&
+           pthread_equal(__atomic_load_n(&srv->owner, __ATOMIC_RELAXED), pthread_self());
+}
 
 static void ATTRIBUTE_PRINTF(2, 3) slog(struct qmp_server *srv, const char *fmt, ...)
 {
@@ -123,7 +149,7 @@ static void conn_update_watch(struct conn *c)
     if (c->dead) {
         return;
     }
-    if (qmp_buf_pending(&c->out) < OUT_PAUSE) {
+    if (qmp_buf_pending(&c->out) < OUT_PAUSE && !c->srv->stopped) {
         ev |= POLLIN;
     }
     if (qmp_buf_pending(&c->out)) {
@@ -190,7 +216,7 @@ static bool conn_message(void *opaque, json_object *value, const char *error)
     struct conn *c = opaque;
     json_object *rsp;
 
-    if (c->dead) {
+    if (c->dead || c->srv->stopped) {
         json_object_put(value);
         return false;
     }
@@ -201,7 +227,7 @@ static bool conn_message(void *opaque, json_object *value, const char *error)
     }
     conn_send_object(c, rsp);
     json_object_put(rsp);
-    return !c->dead;
+    return !c->dead && !c->srv->stopped;
 }
 
 static void conn_io(int fd, short revents, void *opaque)
@@ -210,12 +236,13 @@ static void conn_io(int fd, short revents, void *opaque)
     char buf[READ_CHUNK];
 
     (void)fd;
+    note_loop_thread(c->srv);
     c->busy = true;
     if (revents & POLLOUT) {
         conn_flush(c);
     }
     if (!c->dead && (revents & (POLLIN | POLLHUP | POLLERR)) &&
-        qmp_buf_pending(&c->out) < OUT_PAUSE) {
+        qmp_buf_pending(&c->out) < OUT_PAUSE && !c->srv->stopped) {
         ssize_t n = recv(c->fd, buf, sizeof(buf), MSG_DONTWAIT);
         if (n > 0) {
             qmp_reader_feed(c->rd, buf, n);
@@ -285,6 +312,7 @@ static void listen_io(int fd, short revents, void *opaque)
     int cfd;
 
     (void)revents;
+    note_loop_thread(srv);
     cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (cfd < 0) {
         if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
@@ -434,6 +462,7 @@ static void events_io(int fd, short revents, void *opaque)
     uint64_t v;
 
     (void)revents;
+    note_loop_thread(opaque);
     while (read(fd, &v, sizeof(v)) > 0) {
     }
     drain_events(opaque);
@@ -452,7 +481,7 @@ void qmp_server_event(struct qmp_server *srv, const char *name, json_object *dat
     if (data) {
         json_object_object_add(ev, "data", data);
     }
-    if (loop_in_thread(srv->cfg.loop)) {
+    if (in_loop_thread(srv)) {
         drain_events(srv);
         broadcast(srv, ev);
         json_object_put(ev);
@@ -472,6 +501,14 @@ void qmp_server_event(struct qmp_server *srv, const char *name, json_object *dat
 }
 
 /* --- life --- */
+
+void qmp_server_stop(struct qmp_server *srv)
+{
+    srv->stopped = true;
+    if (srv->lfd >= 0) {
+        loop_watch_set_events(srv->cfg.loop, srv->lwatch, 0);
+    }
+}
 
 struct qmp_server *qmp_server_new(const struct qmp_server_config *cfg)
 {

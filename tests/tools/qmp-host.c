@@ -122,6 +122,7 @@ static int do_quit(json_object *args, json_object **ret, void *opaque, struct er
     (void)args;
     (void)ret;
     (void)errp;
+    qmp_server_stop(h->srv);
     loop_quit(h->loop);
     return 0;
 }
