@@ -135,6 +135,8 @@ enum {
 #define NBDSRV_MAX_CONTEXTS 16
 /* Extents in one block status chunk. */
 #define NBDSRV_MAX_EXTENTS 16384
+/* How far past a read its block status is asked for, to fill the data cache. */
+#define NBDSRV_READ_LOOKAHEAD (1ull << 30)
 /* Content chunks in one structured read reply (then the rest is data). */
 #define NBDSRV_MAX_READ_CHUNKS 32
 /* Reply iovecs of one request: a header and a payload per chunk, plus one. */
@@ -153,8 +155,25 @@ enum {
 
 /* --- objects --- */
 
+/*
+ * Ranges of an export known to hold data, so that reads need not ask for
+ * block status each time (on a file system, asking for the next hole may
+ * scan the whole file).  Only data is remembered: a range that became a
+ * hole since just reads as zeroes sent as data.  Trims and write zeroes
+ * through the export forget what they touch.
+ */
+#define NBDSRV_DATA_CACHE 4
+struct data_cache {
+    pthread_mutex_t lock;
+    uint64_t gen;                /* bumped by every invalidation */
+    uint64_t start[NBDSRV_DATA_CACHE];
+    uint64_t end[NBDSRV_DATA_CACHE];
+    unsigned next;
+};
+
 struct nbd_export {
     struct nbdsrv *srv;
+    struct data_cache dc;
     char *id;
     char *name;
     char *description;

@@ -130,6 +130,45 @@ static struct blk *req_blk(struct nbd_req *req)
     return req->conn->exp->blk;
 }
 
+/* --- the data cache (see struct data_cache) --- */
+
+/* Is [off, off+len) known to be data?  Else *gen is the generation to add with. */
+static bool dc_is_data(struct data_cache *dc, uint64_t off, uint64_t len, uint64_t *gen)
+{
+    bool hit = false;
+
+    pthread_mutex_lock(&dc->lock);
+    for (unsigned i = 0; i < NBDSRV_DATA_CACHE && !hit; i++) {
+        hit = dc->start[i] <= off && dc->end[i] >= off + len && dc->end[i] > dc->start[i];
+    }
+    *gen = dc->gen;
+    pthread_mutex_unlock(&dc->lock);
+    return hit;
+}
+
+static void dc_add(struct data_cache *dc, uint64_t start, uint64_t end, uint64_t gen)
+{
+    pthread_mutex_lock(&dc->lock);
+    if (dc->gen == gen) {
+        dc->start[dc->next] = start;
+        dc->end[dc->next] = end;
+        dc->next = (dc->next + 1) % NBDSRV_DATA_CACHE;
+    }
+    pthread_mutex_unlock(&dc->lock);
+}
+
+static void dc_forget(struct data_cache *dc, uint64_t off, uint64_t len)
+{
+    pthread_mutex_lock(&dc->lock);
+    dc->gen++;
+    for (unsigned i = 0; i < NBDSRV_DATA_CACHE; i++) {
+        if (dc->start[i] < off + len && dc->end[i] > off) {
+            dc->start[i] = dc->end[i] = 0;
+        }
+    }
+    pthread_mutex_unlock(&dc->lock);
+}
+
 struct read_ext {
     uint64_t off;
     uint32_t len;
@@ -140,8 +179,9 @@ static void do_read(struct nbd_req *req)
 {
     struct nbd_conn *c = req->conn;
     struct blk *blk = req_blk(req);
+    struct data_cache *dc = &c->exp->dc;
     struct read_ext ext[NBDSRV_MAX_READ_CHUNKS];
-    uint64_t pos = req->offset, end = req->offset + req->len;
+    uint64_t pos = req->offset, end = req->offset + req->len, gen;
     unsigned n = 0;
     int ret;
 
@@ -166,16 +206,21 @@ static void do_read(struct nbd_req *req)
      * What reads as zeroes goes as holes, unless the client wants a
      * single chunk (DF).  Past the last chunk we describe, all is data.
      */
-    if (!(req->flags & NBD_CMD_FLAG_DF)) {
+    if (!(req->flags & NBD_CMD_FLAG_DF) && !dc_is_data(dc, pos, end - pos, &gen)) {
         while (pos < end && n < NBDSRV_MAX_READ_CHUNKS - 1) {
             struct bdev_map m;
             uint64_t len;
             bool zero;
-            if (blk_block_status(blk, pos, end - pos, &m) < 0 || !m.len) {
+            /* ask past the read: a data extent found is remembered */
+            if (blk_block_status(blk, pos, MAX(end - pos, NBDSRV_READ_LOOKAHEAD), &m) < 0 ||
+                !m.len) {
                 break;
             }
-            len = MIN(m.len, end - pos);
             zero = m.status & BDEV_BLOCK_ZERO;
+            if (!zero && m.len > end - pos) {
+                dc_add(dc, pos, pos + m.len, gen);
+            }
+            len = MIN(m.len, end - pos);
             if (n && ext[n - 1].zero == zero) {
                 ext[n - 1].len += (uint32_t)len;
             } else {
@@ -357,7 +402,9 @@ static void req_run(void *opaque)
         reply_status(req, blk_flush(blk), "flush");
         return;
     case NBD_CMD_TRIM:
+        dc_forget(&req->conn->exp->dc, req->offset, req->len);
         ret = req->len ? blk_discard(blk, req->offset, req->len) : 0;
+        dc_forget(&req->conn->exp->dc, req->offset, req->len);
         if (ret == 0 && fua) {
             ret = blk_flush(blk);
         }
@@ -371,7 +418,9 @@ static void req_run(void *opaque)
         if (req->flags & NBD_CMD_FLAG_FAST_ZERO) {
             flags |= BDEV_REQ_NO_FALLBACK;
         }
+        dc_forget(&req->conn->exp->dc, req->offset, req->len);
         ret = req->len ? blk_pwrite_zeroes(blk, req->offset, req->len, flags) : 0;
+        dc_forget(&req->conn->exp->dc, req->offset, req->len);
         if (ret == -ENOTSUP && !(req->flags & NBD_CMD_FLAG_FAST_ZERO)) {
             ret = -EIO;
         }

@@ -205,6 +205,7 @@ void nbdsrv_export_ref_locked(struct nbd_export *exp)
 
 static void export_free(struct nbd_export *exp)
 {
+    pthread_mutex_destroy(&exp->dc.lock);
     blk_unref(exp->blk);
     strv_free(exp->bitmaps);
     free(exp->id);
@@ -306,6 +307,7 @@ int nbdsrv_export_add(struct nbdsrv *srv, const struct nbdsrv_export_opts *o,
         }
     }
     exp->refcnt = 1;
+    pthread_mutex_init(&exp->dc.lock, NULL);
 
     pthread_mutex_lock(&srv->lock);
     if (srv->stopping) {
