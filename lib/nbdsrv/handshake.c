@@ -35,6 +35,9 @@ static bool str_has_prefix(struct str s, const char *lit)
 /* A NUL-terminated copy, or NULL if @s holds a NUL byte. */
 static char *str_dup(struct str s)
 {
+    if (!s.len) {
+        return xstrdup("");
+    }
     if (memchr(s.p, '\0', s.len)) {
         return NULL;
     }

@@ -48,7 +48,10 @@ struct nbdsrv_config {
     /* Log one line (a client connected, was refused, disconnected...). */
     void (*log)(void *opaque, const char *fmt, ...) ATTRIBUTE_PRINTF(2, 3);
     /* An export removed with nbdsrv_export_del() is gone (no client uses
-     * it any more): QEMU's BLOCK_EXPORT_DELETED.  Called from any thread. */
+     * it any more): QEMU's BLOCK_EXPORT_DELETED.  Called from any thread
+     * (a client's, or nbdsrv_export_del's own) with no lock of the server
+     * held; it must not wait for the server (defer to the main loop with
+     * loop_call).  Not called for exports that nbdsrv_free releases. */
     void (*export_deleted)(void *opaque, const char *id);
     void *opaque;
 };

@@ -124,6 +124,8 @@ int nbdsrv_add_client(struct nbdsrv *srv, int fd, struct error **errp)
         return -ESHUTDOWN;
     }
     pthread_mutex_unlock(&srv->lock);
+    /* without nbdsrv_start() no accept thread reaps finished clients */
+    nbdsrv_reap(srv, false);
     r = conn_start(srv, fd, "fd");
     if (r < 0) {
         error_setg_errno(errp, -r, "cannot serve a new NBD client");

@@ -869,6 +869,13 @@ static void test_raw_handshake(struct nbdsrv *srv)
 
     fd = raw_client(srv);
     greet(fd, 1);
+    is_int(go(fd, ""), REP_ERR_UNKNOWN, "GO with an empty name and several exports: UNKNOWN");
+    send_opt(fd, 1, NULL, 0);
+    ok(closed(fd), "EXPORT_NAME with an empty name and several exports: closed");
+    close(fd);
+
+    fd = raw_client(srv);
+    greet(fd, 1);
     send_opt(fd, 2, NULL, 0);
     ok(opt_reply(fd, 2, buf, NULL) == REP_ACK && closed(fd), "ABORT: ACK, then closed");
     close(fd);
