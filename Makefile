@@ -31,11 +31,13 @@ LIB_OBJS = $(LIB_SRCS:%.c=$(BUILD)/%.o)
 CMD_OBJS = $(CMD_SRCS:%.c=$(BUILD)/%.o)
 UNIT_SRCS = $(wildcard tests/unit/test-*.c)
 UNIT_BINS = $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/unit/%)
+TOOL_SRCS = $(wildcard tests/tools/*.c)
+TOOL_BINS = $(TOOL_SRCS:tests/tools/%.c=$(BUILD)/tests/tools/%)
 PODS = $(wildcard man/*.pod)
 MANS = $(PODS:man/%.pod=$(BUILD)/man/%)
 BIN = $(BUILD)/blockctl
 
-.PHONY: all deps test-deps check unit demo install uninstall asan fuzz bench clean man
+.PHONY: all deps test-deps check unit test-tools demo install uninstall asan tsan fuzz bench clean man
 
 all: blockctl man
 
@@ -51,6 +53,20 @@ $(BUILD)/%.o: %.c
 	$(CC) $(ALL_CPPFLAGS) $(ALL_CFLAGS) -MMD -MP -c -o $@ $<
 
 $(BUILD)/tests/unit/%: tests/unit/%.c $(LIB_OBJS) tests/unit/tap.h
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CPPFLAGS) $(ALL_CFLAGS) -o $@ $< $(LIB_OBJS) $(ALL_LDFLAGS) $(UNIT_LDFLAGS) $(LIBS) $(UNIT_LIBS)
+
+# test-nbdsrv: libnbd as the client; the disk's dirty bitmaps faked
+$(BUILD)/tests/unit/test-nbdsrv: UNIT_LIBS = -lnbd
+$(BUILD)/tests/unit/test-nbdsrv: UNIT_LDFLAGS = -Wl,--wrap=blk_bitmap_names -Wl,--wrap=blk_bitmap_status
+
+# helper programs the test suites run (tests/tools/)
+$(BUILD)/tests/tools/%: tests/tools/%.c $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CPPFLAGS) $(ALL_CFLAGS) -o $@ $< $(LIB_OBJS) $(ALL_LDFLAGS) $(LIBS)
+
+# helper programs for the tests (tests/tools/qmp-host: a QMP server on lib/qmp)
+$(BUILD)/tests/tools/%: tests/tools/%.c $(LIB_OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CPPFLAGS) $(ALL_CFLAGS) -o $@ $< $(LIB_OBJS) $(ALL_LDFLAGS) $(LIBS)
 
@@ -68,7 +84,9 @@ deps:
 test-deps:
 	@scripts/deps.sh test
 
-unit: $(UNIT_BINS)
+unit: $(UNIT_BINS) test-tools
+
+test-tools: $(TOOL_BINS)
 
 check: deps test-deps
 	@$(MAKE) --no-print-directory all unit
@@ -101,6 +119,15 @@ asan: deps test-deps
 	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	    PROG=$(CURDIR)/build-asan/blockctl BUILD=build-asan tests/run.sh
 
+# ThreadSanitizer: the unit tests and the NBD server / agent suites
+TSAN_FLAGS = -O1 -g -fsanitize=thread
+tsan: deps test-deps
+	@$(MAKE) --no-print-directory BUILD=build-tsan CFLAGS="$(TSAN_FLAGS)" \
+	    LDFLAGS="-fsanitize=thread" build-tsan/blockctl unit
+	@TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+	    PROG=$(CURDIR)/build-tsan/blockctl BUILD=build-tsan \
+	    ONLY='build-tsan/tests/unit/|nbdsrv|qmp|agent' tests/run.sh
+
 FUZZ_FLAGS = -O1 -g -fsanitize=fuzzer,address,undefined
 fuzz: deps
 	@scripts/fuzz.sh
@@ -110,4 +137,4 @@ bench: deps test-deps
 	@tests/bench/run.sh $(CURDIR)/blockctl
 
 clean:
-	rm -rf build build-asan build-fuzz blockctl
+	rm -rf build build-asan build-tsan build-fuzz blockctl

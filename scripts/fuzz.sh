@@ -10,7 +10,7 @@
 #
 # Environment:
 #   FUZZ_TIME=600         seconds per harness
-#   FUZZ_TARGETS="fuzz_image fuzz_repair"
+#   FUZZ_TARGETS="fuzz_image fuzz_repair fuzz_nbdsrv"
 #   FUZZ_JOBS=1           libFuzzer processes per harness (-fork)
 #   FUZZ_ARGS=            more libFuzzer options
 #   FUZZ_VERBOSE=1        let the library's stderr through
@@ -24,7 +24,7 @@ set -u
 cd "$(dirname "$0")/.."
 
 FUZZ_TIME=${FUZZ_TIME:-600}
-FUZZ_TARGETS=${FUZZ_TARGETS:-"fuzz_image fuzz_repair"}
+FUZZ_TARGETS=${FUZZ_TARGETS:-"fuzz_image fuzz_repair fuzz_nbdsrv"}
 FUZZ_JOBS=${FUZZ_JOBS:-1}
 FUZZ_ARGS=${FUZZ_ARGS:-}
 OUT=build-fuzz
@@ -52,7 +52,7 @@ build() {
     local libs
     libs=$(pkg-config --libs $PKGS 2>/dev/null || echo -lz -lzstd -lnbd -ljson-c)
     local srcs objs=() pids=() src obj
-    srcs=$(ls lib/*.c formats/*.c formats/qcow2/*.c)
+    srcs=$(ls lib/*.c lib/*/*.c formats/*.c formats/qcow2/*.c 2>/dev/null)
     mkdir -p "$OUT/obj"
     echo "fuzz: building with $($CC --version | head -1)"
     # library objects: instrumented for coverage, not linked with libFuzzer's main
@@ -85,7 +85,18 @@ corpus() {
         tests/fuzz/make-corpus.sh "$OUT/seeds.tmp" || die "making the seed corpus failed"
         mv "$OUT/seeds.tmp" "$OUT/seeds"
     fi
+    # NBD client sessions for fuzz_nbdsrv
+    if [ ! -d "$OUT/seeds-nbd" ] || [ tests/fuzz/nbd-seeds.py -nt "$OUT/seeds-nbd" ]; then
+        rm -rf "$OUT/seeds-nbd"
+        python3 tests/fuzz/nbd-seeds.py "$OUT/seeds-nbd.tmp" || die "making the NBD seeds failed"
+        mv "$OUT/seeds-nbd.tmp" "$OUT/seeds-nbd"
+    fi
 }
+
+# seeds, dictionary and input size of a harness
+seeds_of() { case $1 in fuzz_nbdsrv) echo "$OUT/seeds-nbd" ;; *) echo "$OUT/seeds" ;; esac; }
+dict_of() { case $1 in fuzz_nbdsrv) echo tests/fuzz/nbd.dict ;; *) echo tests/fuzz/qcow2.dict ;; esac; }
+max_len_of() { case $1 in fuzz_nbdsrv) echo 262144 ;; *) echo 1048576 ;; esac; }
 
 # run_one TARGET: fuzz for FUZZ_TIME seconds; exit status of libFuzzer
 run_one() {
@@ -95,10 +106,10 @@ run_one() {
     [ "$FUZZ_JOBS" -gt 1 ] && fork=(-fork="$FUZZ_JOBS" -ignore_crashes=0)
     ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1:allocator_may_return_null=0:quarantine_size_mb=64} \
     UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
-    "$OUT/$t" "$OUT/corpus/$t" "$OUT/seeds" \
-        -dict=tests/fuzz/qcow2.dict \
+    "$OUT/$t" "$OUT/corpus/$t" "$(seeds_of "$t")" \
+        -dict="$(dict_of "$t")" \
         -max_total_time="$FUZZ_TIME" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=10 \
-        -max_len=1048576 -len_control=200 -print_final_stats=1 \
+        -max_len="$(max_len_of "$t")" -len_control=200 -print_final_stats=1 \
         -artifact_prefix="$OUT/artifacts/$t-" "${fork[@]}" $FUZZ_ARGS >"$log" 2>&1
 }
 
@@ -121,7 +132,8 @@ report() {
 remove_stale_inputs() {
     local f pid
     for f in /dev/shm/blockctl-image-*.img /dev/shm/blockctl-repair-*.img \
-             /tmp/blockctl-image-*.img /tmp/blockctl-repair-*.img; do
+             /dev/shm/blockctl-nbdsrv-*.img /tmp/blockctl-image-*.img \
+             /tmp/blockctl-repair-*.img /tmp/blockctl-nbdsrv-*.img; do
         [ -e "$f" ] || continue
         pid=${f##*-}
         pid=${pid%.img}

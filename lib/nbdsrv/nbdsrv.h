@@ -13,10 +13,19 @@
  * out of order.  Nothing here prints or exits: events are reported through
  * the hooks in struct nbdsrv_config.
  *
- * Files: sockets.c (listen, accept, limits), conn.c (a connection's life:
- * reader thread, request queue, send lock, shutdown), handshake.c (options
- * phase), protocol.c (transmission phase: request checks and commands),
+ * Files: server.c (the server object, exports, shutdown), sockets.c
+ * (listen, accept, limits), conn.c (a connection's life: reader and writer
+ * threads, request buffers, the reply queue), handshake.c (options phase),
+ * protocol.c (transmission phase: request checks and commands),
  * internal.h (what they share).
+ *
+ * Limits: options of 64 KiB or more are refused without being read into
+ * memory (longer than 1 MiB: disconnect), strings at most 4096 bytes, at
+ * most 128 queries and 16 selected metadata contexts per option; a write
+ * larger than max_payload is answered EINVAL and the connection closed;
+ * each connection has at most max_in_flight requests and 32 MiB of
+ * payload in flight (its reader waits beyond that).  A protocol violation
+ * closes that connection only.
  */
 #ifndef BLOCKCTL_LIB_NBDSRV_H
 #define BLOCKCTL_LIB_NBDSRV_H
@@ -39,7 +48,10 @@ struct nbdsrv_config {
     /* Log one line (a client connected, was refused, disconnected...). */
     void (*log)(void *opaque, const char *fmt, ...) ATTRIBUTE_PRINTF(2, 3);
     /* An export removed with nbdsrv_export_del() is gone (no client uses
-     * it any more): QEMU's BLOCK_EXPORT_DELETED.  Called from any thread. */
+     * it any more): QEMU's BLOCK_EXPORT_DELETED.  Called from any thread
+     * (a client's, or nbdsrv_export_del's own) with no lock of the server
+     * held; it must not wait for the server (defer to the main loop with
+     * loop_call).  Not called for exports that nbdsrv_free releases. */
     void (*export_deleted)(void *opaque, const char *id);
     void *opaque;
 };
@@ -55,6 +67,12 @@ struct nbdsrv *nbdsrv_new(const struct nbdsrv_config *cfg);
 int nbdsrv_listen(struct nbdsrv *srv, const char *addr, mode_t mode, struct error **errp);
 /* Start accepting clients. */
 int nbdsrv_start(struct nbdsrv *srv, struct error **errp);
+/*
+ * Serve a client on the connected stream socket @fd (taken over, even on
+ * failure): socket activation, a descriptor passed in, tests.  Counts
+ * against max_clients; needs no nbdsrv_start().
+ */
+int nbdsrv_add_client(struct nbdsrv *srv, int fd, struct error **errp);
 
 struct nbdsrv_export_opts {
     const char *id;               /* export id (QMP block-export-add's id) */
@@ -71,7 +89,12 @@ struct nbdsrv_export_opts {
     const char *const *bitmaps;
 };
 
-/* Add an export; its id and name must be new. */
+/*
+ * Add an export; its id and name must be new (also among exports still
+ * shutting down), and bitmaps listed must exist.  A client asking for the
+ * empty name ("the default export") gets the only export, if there is
+ * exactly one.
+ */
 int nbdsrv_export_add(struct nbdsrv *srv, const struct nbdsrv_export_opts *o,
                       struct error **errp);
 /*
@@ -97,8 +120,11 @@ unsigned nbdsrv_clients(struct nbdsrv *srv);
 
 /*
  * Stop accepting, let requests in flight finish and answer them, close
- * every connection and remove UNIX sockets this server created.  Waits
- * for all of its threads.  Then free it.
+ * every connection and remove UNIX sockets this server created (if they
+ * are still its own).  Clients that do not read their replies are cut off
+ * after 5 seconds.  Waits for all of its threads.  Exports still there
+ * are released by nbdsrv_free (without export_deleted).  Then free it
+ * (nbdsrv_free shuts down first if needed).
  */
 void nbdsrv_shutdown(struct nbdsrv *srv);
 void nbdsrv_free(struct nbdsrv *srv);

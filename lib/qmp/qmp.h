@@ -7,12 +7,28 @@
  * the agent and blockctl's --agent drives a qemu-storage-daemon.
  *
  * Server (server.c): runs in the agent's main loop (lib/loop.h); listens
- * on a UNIX socket, accepts several clients, parses their input with
- * json-c's streaming tokenizer (messages split over reads or several per
- * read; at most 1 MiB each and nested at most QMP_MAX_DEPTH deep), checks
- * a command's arguments against its table entry before calling it, and
- * sends events to every client that has negotiated capabilities.
+ * on a UNIX socket, accepts several clients, parses their input as
+ * QEMU's monitor does (json.c: its lexer, message splitting, error
+ * recovery and messages; messages split over reads or several per read;
+ * at most QMP_MAX_MESSAGE bytes of tokens each and nested at most
+ * QMP_MAX_DEPTH deep), checks a command's arguments against its table
+ * entry before calling it (dispatch.c), and sends events to every client
+ * that has negotiated capabilities.  Values are json-c objects.
  * Client (client.c): a blocking client for the command line.
+ *
+ * Output is written as QEMU writes it, and QEMU orders an object's
+ * members by a hash of their names (and, for names in the same hash
+ * bucket, newest first): to come out in QEMU's order, build a handler's
+ * return objects adding members in the order of QEMU's QAPI schema.
+ *
+ * Limits (QEMU's in brackets): a message to the server may have
+ * QMP_MAX_MESSAGE bytes of tokens [64 MiB] and 128 Ki tokens [2 Mi]:
+ * past that it gets the error "JSON token size limit exceeded" (or
+ * "...count...") and the rest of it is skipped [QEMU lexes the rest as new
+ * messages]; nesting beyond QMP_MAX_DEPTH is QEMU's error with QEMU's
+ * recovery.  Replies waiting for a client that does not read stop the
+ * server reading its commands past 1 MiB, and disconnect it past 16 MiB
+ * (events keep coming).  The client reads replies up to 64 MiB.
  */
 #ifndef BLOCKCTL_LIB_QMP_H
 #define BLOCKCTL_LIB_QMP_H
@@ -31,17 +47,29 @@
 #define QMP_ERR_GENERIC "GenericError"
 #define QMP_ERR_COMMAND_NOT_FOUND "CommandNotFound"
 #define QMP_ERR_DEVICE_NOT_FOUND "DeviceNotFound"
+#define QMP_ERR_DEVICE_NOT_ACTIVE "DeviceNotActive"
+#define QMP_ERR_KVM_MISSING_CAP "KVMMissingCap"
 
-/* Argument types of a command's table entry */
+/*
+ * Argument types of a command's table entry, with QEMU's messages when
+ * a value does not fit: "Invalid parameter type for 'NAME', expected:
+ * string|integer|boolean|number|object|array", "Parameter 'NAME' does not
+ * accept value 'V'" (enum), "Parameter 'NAME' expects uint64|uint32_t".
+ * null is a value, not an absent argument: only QMP_ANY takes it.
+ */
 enum qmp_type {
     QMP_STR,
-    QMP_INT,        /* a JSON integer (int64) */
+    QMP_INT,        /* a JSON integer that fits int64 (QAPI 'int') */
     QMP_BOOL,
     QMP_NUMBER,     /* integer or float */
     QMP_OBJECT,
     QMP_ARRAY,
     QMP_ENUM,       /* a string among @values */
     QMP_ANY,
+    QMP_UINT64,     /* QAPI 'uint64': a negative integer is taken modulo
+                     * 2^64 (the arguments then hold it as a uint64: read
+                     * it with json_object_get_uint64) */
+    QMP_UINT32,     /* QAPI 'uint32': as QMP_UINT64, then at most 2^32-1 */
 };
 
 struct qmp_arg {
@@ -49,12 +77,21 @@ struct qmp_arg {
     enum qmp_type type;
     bool optional;
     const char *const *values;    /* QMP_ENUM: NULL-terminated */
+    /* QMP_OBJECT: if set, the object's members, checked as a command's
+     * arguments are (named 'NAME.MEMBER' in errors) */
+    const struct qmp_arg *members;
+    /* QMP_ARRAY: if set, what each element must be (its name is unused;
+     * errors name 'NAME[i]') */
+    const struct qmp_arg *element;
 };
 
 /*
  * A command handler: @args is the (checked) arguments object, never NULL.
  * Returns 0 and may set *ret (NULL means {}), or -errno with *errp set; an
- * error's class is set with error_set_class().  Runs in the loop thread.
+ * error's class is set with error_set_class(); the reply's "desc" is the
+ * error's message (its hint is not sent).  Runs in the loop thread and
+ * may call qmp_server_event() (the event goes out before the reply, as in
+ * QEMU), but not qmp_server_free().
  */
 typedef int qmp_handler(json_object *args, json_object **ret, void *opaque,
                         struct error **errp);
@@ -64,6 +101,14 @@ struct qmp_command {
     qmp_handler *fn;
     const struct qmp_arg *args;   /* NULL: takes no arguments */
 };
+
+/*
+ * Check @args (an object) against @table as the server does before calling
+ * a handler: the first missing or mistyped argument in table order, then
+ * the first unknown one; may normalise values (see QMP_UINT64).  For
+ * handlers that check nested arguments themselves.
+ */
+int qmp_check_args(json_object *args, const struct qmp_arg *table, struct error **errp);
 
 struct qmp_server;
 
@@ -81,19 +126,33 @@ struct qmp_server_config {
 
 /*
  * A server that also answers qmp_capabilities, query-version and
- * query-commands itself.  Listen on UNIX socket @path with @mode (an
- * existing live socket is an error, a stale one is replaced); clients
- * whose SO_PEERCRED uid is neither ours nor root are refused.
+ * query-commands itself (the table may not redefine them).  Listen on
+ * UNIX socket @path with @mode (an existing live socket is an error, a
+ * stale one is replaced, any other file is left alone and is an error);
+ * clients whose SO_PEERCRED uid is neither ours nor root are refused.
+ * Loop thread only, except qmp_server_event().
  */
 struct qmp_server *qmp_server_new(const struct qmp_server_config *cfg);
 int qmp_server_listen(struct qmp_server *srv, const char *path, mode_t mode,
                       struct error **errp);
 /*
  * Any thread: send event @name with @data (taken over; NULL: no "data"
- * member) and the current time to every negotiated client.
+ * member) and the current time to every negotiated client.  From the loop
+ * thread it is queued to the clients at once; from another thread it is
+ * handed to the loop thread (in order of calls).  Every other thread must
+ * have stopped sending events before qmp_server_free().
  */
 void qmp_server_event(struct qmp_server *srv, const char *name, json_object *data);
-/* Stop listening, close every client, remove the socket; then free. */
+/*
+ * Loop thread (a handler may call it, e.g. 'quit' before loop_quit()):
+ * run no more commands; those already read are dropped, replies already
+ * queued still go out with qmp_server_free().
+ */
+void qmp_server_stop(struct qmp_server *srv);
+/*
+ * Stop listening, send what is queued for the clients (waiting at most a
+ * moment), close them, remove the socket (if it is still ours); then free.
+ */
 void qmp_server_free(struct qmp_server *srv);
 
 /* --- client --- */
@@ -109,8 +168,12 @@ struct qmp_client *qmp_client_connect(const char *path, unsigned timeout_ms,
 /*
  * Run @cmd with @args (taken over; NULL: none).  On success *ret (if
  * non-NULL) gets the "return" value (the caller puts it).  A QMP error
- * comes back as -EIO with *errp holding "desc" and its class.  Events
- * that arrive meanwhile are queued.
+ * comes back as -EIO with *errp holding "desc" and its class (one of the
+ * QMP_ERR_* strings; an unknown class becomes GenericError).  Events
+ * that arrive meanwhile are queued.  -ETIMEDOUT when the server does not
+ * answer in time, -ECONNRESET (naming the socket) when it closed, -EPROTO
+ * when it sent something that is not QMP; after those the client is
+ * unusable (every later call fails).
  */
 int qmp_client_execute(struct qmp_client *c, const char *cmd, json_object *args,
                        json_object **ret, struct error **errp);
