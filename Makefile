@@ -65,11 +65,6 @@ $(BUILD)/tests/tools/%: tests/tools/%.c $(LIB_OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CPPFLAGS) $(ALL_CFLAGS) -o $@ $< $(LIB_OBJS) $(ALL_LDFLAGS) $(LIBS)
 
-# helper programs for the tests (tests/tools/qmp-host: a QMP server on lib/qmp)
-$(BUILD)/tests/tools/%: tests/tools/%.c $(LIB_OBJS)
-	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CPPFLAGS) $(ALL_CFLAGS) -o $@ $< $(LIB_OBJS) $(ALL_LDFLAGS) $(LIBS)
-
 man: $(MANS)
 $(BUILD)/man/%: man/%.pod
 	@mkdir -p $(dir $@)
