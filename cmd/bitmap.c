@@ -329,6 +329,7 @@ int cmd_bitmap(int argc, char **argv)
         if (a.ops[i].type == BITMAP_OP_ADD) {
             a.ops[i].granularity = a.granularity;
             a.ops[i].disabled = a.disabled;
+            a.ops[i].persistent = true;   /* stored in the image: that is all this command does */
         }
         if (a.ops[i].type == BITMAP_OP_MERGE && src) {
             if (bdev_bitmap_get(src, a.ops[i].src_name, &a.ops[i].src, &err) < 0) {

@@ -26,12 +26,14 @@
 /* Exit status for usage errors: argp's EX_USAGE */
 #define EXIT_USAGE 64
 
+int cmd_agent(int argc, char **argv);
 int cmd_bitmap(int argc, char **argv);
 int cmd_check(int argc, char **argv);
 int cmd_commit(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
 int cmd_create(int argc, char **argv);
 int cmd_info(int argc, char **argv);
+int cmd_job(int argc, char **argv);
 int cmd_map(int argc, char **argv);
 int cmd_mirror(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);

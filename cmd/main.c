@@ -29,12 +29,14 @@ struct command {
 
 /* Keep sorted. */
 static const struct command commands[] = {
+    { "agent", cmd_agent, "Serve disks over NBD with QMP control (live operations)" },
     { "bitmap", cmd_bitmap, "Manage persistent dirty bitmaps (add, remove, merge, dump)" },
     { "check", cmd_check, "Check an image's consistency, and repair it (-r)" },
     { "commit", cmd_commit, "Merge an overlay (or part of the chain) into its base" },
     { "compare", cmd_compare, "Compare the guest-visible contents of two images" },
     { "create", cmd_create, "Create a new image (raw or qcow2, with a backing file)" },
     { "info", cmd_info, "Show an image's format, size, backing chain and features" },
+    { "job", cmd_job, "List block jobs (of an agent, or interrupted ones)" },
     { "map", cmd_map, "Show where an image's data lives, extent by extent" },
     { "mirror", cmd_mirror, "Copy a disk to a new file or an NBD export" },
     { "snapshot", cmd_snapshot, "Create external snapshots of several disks at once" },

@@ -135,6 +135,20 @@ static int raw_close(struct bdev *bd, struct error **errp)
     return ret;
 }
 
+static int raw_reopen(struct bdev *bd, unsigned flags, struct error **errp)
+{
+    int ret = 0;
+
+    if (!(flags & BDEV_O_RDWR) && !(bd->flags & BDEV_O_UNORDERED)) {
+        /* what was written reaches the disk before we stop writing */
+        ret = io_fdatasync(bd->file->fd);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "'%s': cannot sync", bd->filename);
+        }
+    }
+    return ret;
+}
+
 static int raw_pread(struct bdev *bd, void *buf, size_t len, uint64_t off)
 {
     ssize_t n = io_pread(bd->file->fd, buf, len, off);
@@ -286,6 +300,7 @@ const struct format_driver raw_driver = {
     .create = raw_create,
     .open = raw_open,
     .close = raw_close,
+    .reopen = raw_reopen,
     .truncate = raw_truncate,
     .pread = raw_pread,
     .pwrite = raw_pwrite,

@@ -81,6 +81,7 @@ static void change_bits(struct dirty_bitmap *bm, uint64_t a, uint64_t b, bool se
         if (nw != old) {
             bm->count += __builtin_popcountll(nw) - __builtin_popcountll(old);
             bm->l0[w] = nw;
+            bm->gen++;
             if (!old || !nw) {
                 sync_word(bm, w);
             }
@@ -144,6 +145,7 @@ void bitmap_clear_all(struct dirty_bitmap *bm)
     memset(bm->l1, 0, words_for(bm->nwords) * sizeof(uint64_t));
     memset(bm->l2, 0, words_for(words_for(bm->nwords)) * sizeof(uint64_t));
     bm->count = 0;
+    bm->gen++;
     pthread_mutex_unlock(&bm->lock);
 }
 
@@ -284,6 +286,7 @@ void bitmap_merge(struct dirty_bitmap *dst, struct dirty_bitmap *src)
             if (nw != old) {
                 dst->count += __builtin_popcountll(nw) - __builtin_popcountll(old);
                 dst->l0[w] = nw;
+                dst->gen++;
                 sync_word(dst, w);
             }
         }
@@ -337,10 +340,48 @@ void bitmap_deserialize(struct dirty_bitmap *bm, uint64_t first_bit, const uint8
         if (nw != old) {
             bm->count += __builtin_popcountll(nw) - __builtin_popcountll(old);
             bm->l0[w] = nw;
+            bm->gen++;
             sync_word(bm, w);
         }
     }
     pthread_mutex_unlock(&bm->lock);
+}
+
+struct dirty_bitmap *bitmap_copy(struct dirty_bitmap *bm)
+{
+    struct dirty_bitmap *c = bitmap_new(bm->size, bitmap_granularity(bm));
+
+    bitmap_assign(c, bm);
+    return c;
+}
+
+void bitmap_assign(struct dirty_bitmap *dst, struct dirty_bitmap *src)
+{
+    uint64_t n1 = DIV_ROUND_UP(src->nwords, WORD_BITS);
+
+    assert(dst->nbits == src->nbits && dst->gran_bits == src->gran_bits);
+    if (dst == src) {
+        return;
+    }
+    pthread_mutex_lock(&src->lock);
+    pthread_mutex_lock(&dst->lock);
+    memcpy(dst->l0, src->l0, src->nwords * sizeof(uint64_t));
+    memcpy(dst->l1, src->l1, n1 * sizeof(uint64_t));
+    memcpy(dst->l2, src->l2, DIV_ROUND_UP(n1, WORD_BITS) * sizeof(uint64_t));
+    dst->count = src->count;
+    dst->gen++;
+    pthread_mutex_unlock(&dst->lock);
+    pthread_mutex_unlock(&src->lock);
+}
+
+uint64_t bitmap_gen(struct dirty_bitmap *bm)
+{
+    uint64_t g;
+
+    pthread_mutex_lock(&bm->lock);
+    g = bm->gen;
+    pthread_mutex_unlock(&bm->lock);
+    return g;
 }
 
 bool bitmap_bits_clear(struct dirty_bitmap *bm, uint64_t first_bit, uint64_t nbits)

@@ -24,6 +24,7 @@ struct dirty_bitmap {
     uint64_t *l1;
     uint64_t *l2;
     uint64_t count;         /* set bits */
+    uint64_t gen;           /* changes whenever a bit changes */
     pthread_mutex_t lock;
 };
 
@@ -51,6 +52,12 @@ bool bitmap_next_dirty(struct dirty_bitmap *bm, uint64_t start, uint64_t max_len
                        uint64_t *off, uint64_t *len);
 /* dst |= src (any granularities; same size or src smaller). */
 void bitmap_merge(struct dirty_bitmap *dst, struct dirty_bitmap *src);
+/* A copy of @bm (contents and granularity). */
+struct dirty_bitmap *bitmap_copy(struct dirty_bitmap *bm);
+/* Make @dst's bits those of @src (same size and granularity). */
+void bitmap_assign(struct dirty_bitmap *dst, struct dirty_bitmap *src);
+/* @bm->gen read under its lock */
+uint64_t bitmap_gen(struct dirty_bitmap *bm);
 /*
  * Serialisation as qcow2 stores it: bit i of the bitmap is bit (i % 8) of
  * byte i / 8.  Granule indexes; @nbytes * 8 granules from @first_bit

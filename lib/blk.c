@@ -170,37 +170,43 @@ int blk_flush(struct blk *blk)
     return blk_exit(blk, BLK_IO_WRITE, ret);
 }
 
-int blk_block_status(struct blk *blk, uint64_t off, uint64_t len, struct bdev_map *out)
+/* Leave the gate without reporting (queries are not guest I/O). */
+static void blk_leave(struct blk *blk)
 {
-    struct bdev *bd = blk_enter(blk);
-    int ret = bdev_block_status_above(bd, NULL, off, len, out);
-
-    /* status queries are not guest I/O: no error event */
     pthread_mutex_lock(&blk->lock);
     if (--blk->in_flight == 0 && blk->quiesce) {
         pthread_cond_broadcast(&blk->cond);
     }
     pthread_mutex_unlock(&blk->lock);
+}
+
+int blk_block_status(struct blk *blk, uint64_t off, uint64_t len, struct bdev_map *out)
+{
+    struct bdev *bd = blk_enter(blk);
+    int ret = bdev_block_status_above(bd, NULL, off, len, out);
+
+    blk_leave(blk);
     return ret;
 }
 
 char **blk_bitmap_names(struct blk *blk)
 {
-    (void)blk;
-    /* filled in by the block layer's dirty tracking (see lib/block.h) */
-    return xzalloc(sizeof(char *));
+    struct bdev *bd = blk_enter(blk);
+    char **names = bdev_bitmap_names(bd);
+
+    blk_leave(blk);
+    return names;
 }
 
 int blk_bitmap_status(struct blk *blk, const char *name, uint64_t off, uint64_t len,
                       uint64_t *pnum, bool *dirty)
 {
-    (void)blk;
-    (void)name;
-    (void)off;
-    (void)len;
-    (void)pnum;
-    (void)dirty;
-    return -ENOENT;
+    struct bdev *bd = blk_enter(blk);
+    int ret = bdev_bitmap_status(bd, name, off, MIN(len, bd->size - MIN(off, bd->size)), pnum,
+                                 dirty);
+
+    blk_leave(blk);
+    return ret;
 }
 
 void blk_drain_begin(struct blk *blk)

@@ -211,13 +211,7 @@ static void close_one(struct bdev *bd, struct error **errp)
     if (bd->file) {
         bfile_close(bd->file, bd->perm, bd->shared);
     }
-    while (bd->bitmaps) {
-        struct bdev_bitmap *b = bd->bitmaps;
-        bd->bitmaps = b->next;
-        bitmap_free(b->bm);
-        free(b->name);
-        free(b);
-    }
+    bdev_bitmaps_free(bd);
     assert(!bd->reqs && !bd->in_flight);
     pthread_mutex_destroy(&bd->gate_lock);
     pthread_cond_destroy(&bd->gate_cond);
@@ -228,6 +222,7 @@ static void close_one(struct bdev *bd, struct error **errp)
     free(bd->backing_format);
     free(bd->full_backing_file);
     free(bd->last_error);
+    free(bd->node_name);
     free(bd);
 }
 
@@ -651,23 +646,21 @@ char *bdev_make_relative(const char *target, const char *dir)
     return res;
 }
 
-int bdev_reopen(struct bdev *bd, unsigned flags, struct error **errp)
+/* For drivers without a reopen hook: close and open the driver again. */
+static int reopen_by_close(struct bdev *bd, unsigned flags, struct error **errp)
 {
     bool rw = flags & BDEV_O_RDWR;
     unsigned perm, shared;
     struct error *err = NULL;
     int ret;
 
-    if (rw == !bd->read_only) {
-        return 0;
+    if (bd->drv->is_protocol) {
+        error_setg(errp, "'%s': an NBD export cannot be reopened %s", bd->filename,
+                   rw ? "read-write" : "read-only");
+        return -ENOTSUP;
     }
-    if (rw) {
-        perm = PERM_CONSISTENT_READ | PERM_WRITE | PERM_RESIZE;
-        shared = PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED;
-    } else {
-        perm = PERM_CONSISTENT_READ;
-        shared = PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED;
-    }
+    perm = rw ? PERM_CONSISTENT_READ | PERM_WRITE | PERM_RESIZE : PERM_CONSISTENT_READ;
+    shared = PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED;
     bdev_drain_begin(bd);
     if (bd->file) {
         ret = bfile_set_perm(bd->file, bd->perm, bd->shared, perm, shared, errp);
@@ -681,7 +674,6 @@ int bdev_reopen(struct bdev *bd, unsigned flags, struct error **errp)
     }
     if (err) {
         error_propagate(errp, err);
-        err = NULL;
         ret = -EIO;
     } else {
         ret = 0;
@@ -703,6 +695,59 @@ int bdev_reopen(struct bdev *bd, unsigned flags, struct error **errp)
         /* The driver state is gone: make every request fail. */
         bd->size = 0;
         bd->drv_closed = true;
+    }
+    bdev_drain_end(bd);
+    return ret;
+}
+
+int bdev_reopen(struct bdev *bd, unsigned flags, struct error **errp)
+{
+    bool rw = flags & BDEV_O_RDWR;
+    unsigned perm, shared;
+    int ret = 0;
+
+    if (rw == !bd->read_only) {
+        return 0;
+    }
+    if (!bd->drv->reopen) {
+        return reopen_by_close(bd, flags, errp);
+    }
+    if (rw && (bd->flags & BDEV_O_FORCE_SHARE)) {
+        error_setg(errp, "'%s': opened with force-share (-U): cannot be written",
+                   bd->filename);
+        return -EPERM;
+    }
+    perm = rw ? PERM_CONSISTENT_READ | PERM_WRITE | PERM_RESIZE : PERM_CONSISTENT_READ;
+    shared = bd->shared;
+    bdev_drain_begin(bd);
+    if (rw) {
+        /* the write locks first: nobody else may write once we do */
+        if (bd->file) {
+            ret = bfile_set_perm(bd->file, bd->perm, bd->shared, perm, shared, errp);
+        }
+        if (ret == 0) {
+            bd->read_only = false;
+            ret = bd->drv->reopen(bd, flags, errp);
+            if (ret < 0) {
+                bd->read_only = true;
+                if (bd->file) {
+                    bfile_set_perm(bd->file, perm, shared, bd->perm, bd->shared, NULL);
+                }
+            }
+        }
+    } else {
+        /* everything written back while we may still write */
+        ret = bd->drv->reopen(bd, flags, errp);
+        if (ret == 0) {
+            bd->read_only = true;
+            if (bd->file) {
+                bfile_set_perm(bd->file, bd->perm, bd->shared, perm, shared, NULL);
+            }
+        }
+    }
+    if (ret == 0) {
+        bd->perm = perm;
+        bd->flags = (bd->flags & ~BDEV_O_RDWR) | (flags & BDEV_O_RDWR);
     }
     bdev_drain_end(bd);
     return ret;
@@ -1137,48 +1182,51 @@ int bdev_pwrite_compressed(struct bdev *bd, const void *buf, size_t len, uint64_
     return ret;
 }
 
-int bdev_bitmap_apply(struct bdev *bd, const struct bitmap_op *ops, size_t n,
-                      struct error **errp)
-{
-    int ret;
-
-    if (!bd->drv->bitmap_apply) {
-        error_setg(errp, "'%s': format '%s' does not support persistent bitmaps", bd->filename,
-                   bd->drv->name);
-        return -ENOTSUP;
-    }
-    if (bd->read_only) {
-        error_setg(errp, "'%s': opened read-only", bd->filename);
-        return -EPERM;
-    }
-    gate_enter(bd);
-    ret = bd->drv->bitmap_apply(bd, ops, n, errp);
-    gate_exit(bd);
-    return ret;
-}
-
-int bdev_bitmap_get(struct bdev *bd, const char *name, struct dirty_bitmap **out,
-                    struct error **errp)
-{
-    int ret;
-
-    if (!bd->drv->bitmap_get) {
-        error_setg(errp, "'%s': format '%s' does not support persistent bitmaps", bd->filename,
-                   bd->drv->name);
-        return -ENOTSUP;
-    }
-    gate_enter(bd);
-    ret = bd->drv->bitmap_get(bd, name, out, errp);
-    gate_exit(bd);
-    return ret;
-}
-
 void bdev_start_writeback(struct bdev *bd)
 {
     if (bd->file && !bd->file->is_blockdev && !bd->read_only) {
         /* errors do not matter: the flush that follows reports them */
         (void)sync_file_range(bd->file->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
     }
+}
+
+/* Every bitmap must be in memory and consistent to follow a resize. */
+static int bitmaps_resize_check(struct bdev *bd, struct error **errp)
+{
+    int ret = 0;
+
+    pthread_mutex_lock(&bd->bitmap_lock);
+    for (struct bdev_bitmap *b = bd->bitmaps; b; b = b->next) {
+        if (!b->bm || b->inconsistent) {
+            error_setg(errp, "'%s': cannot resize: bitmap '%s' is %s", bd->filename, b->name,
+                       b->inconsistent ? "inconsistent; remove it first" : "not loaded");
+            ret = -ENOTSUP;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&bd->bitmap_lock);
+    return ret;
+}
+
+/* After a resize: the bitmaps take the new size (a grown area clean, as in QEMU). */
+static void bitmaps_resize(struct bdev *bd, uint64_t old_size)
+{
+    pthread_mutex_lock(&bd->bitmap_lock);
+    for (struct bdev_bitmap *b = bd->bitmaps; b; b = b->next) {
+        struct dirty_bitmap *nb = bitmap_new(bd->size, bitmap_granularity(b->bm));
+        uint64_t pos = 0, off, len;
+
+        while (pos < old_size && bitmap_next_dirty(b->bm, pos, 0, &off, &len) &&
+               off < bd->size) {
+            bitmap_set(nb, off, MIN(len, bd->size - off));
+            pos = off + len;
+        }
+        bitmap_free(b->bm);
+        b->bm = nb;
+        b->stored_gen = ~bitmap_gen(nb);   /* the stored table has the old size */
+    }
+    bd->bitmaps_changed = true;
+    pthread_mutex_unlock(&bd->bitmap_lock);
 }
 
 int bdev_truncate(struct bdev *bd, uint64_t size, struct error **errp)
@@ -1194,8 +1242,15 @@ int bdev_truncate(struct bdev *bd, uint64_t size, struct error **errp)
         error_setg(errp, "'%s': format '%s' cannot be resized", bd->filename, bd->drv->name);
         return -ENOTSUP;
     }
+    ret = bitmaps_resize_check(bd, errp);
+    if (ret < 0) {
+        return ret;
+    }
     bdev_drain_begin(bd);
     ret = bd->drv->truncate(bd, size, errp);
+    if (ret == 0) {
+        bitmaps_resize(bd, old);
+    }
     bdev_drain_end(bd);
     if (ret == 0 && bd->size > old && bd->backing && bd->backing->size > old) {
         /*

@@ -74,11 +74,14 @@ struct dirty_bitmap;
  */
 struct bdev_bitmap {
     char *name;
-    struct dirty_bitmap *bm;
+    uint64_t granularity;
+    struct dirty_bitmap *bm;     /* NULL: stored, not read yet (read-only image) */
     bool enabled;
     bool persistent;
     bool inconsistent;           /* stored in use by a crash: never trusted */
+    bool flags_changed;          /* enabled changed since the driver stored it */
     unsigned busy;               /* used by a job: not to be changed */
+    uint64_t stored_gen;         /* bm's generation when last stored or loaded */
     struct bdev_bitmap *next;
 };
 
@@ -114,6 +117,7 @@ struct bitmap_op {
     bool disabled;                 /* ADD: do not record writes */
     const char *src_name;          /* MERGE: a bitmap of the same image, or */
     struct dirty_bitmap *src;      /* MERGE: bitmap contents from elsewhere */
+    bool persistent;               /* ADD: stored in the image (qcow2) */
 };
 
 struct snapshot_info {
@@ -237,13 +241,38 @@ struct format_driver {
      * image everywhere (qemu-img commit's emptying). */
     int (*make_empty)(struct bdev *bd);
 
-    /* persistent dirty bitmaps (optional) */
-    /* Apply @n operations in order, all or none, and make them durable. */
+    /*
+     * Persistent dirty bitmaps (optional).  At open the driver registers
+     * the bitmaps it stores (bdev_bitmap_register): loaded and marked in
+     * use for a writable image, contents left for bitmap_load otherwise.
+     */
+    /* Until qcow2 keeps its bitmaps in the block layer's list: */
     int (*bitmap_apply)(struct bdev *bd, const struct bitmap_op *ops, size_t n,
                         struct error **errp);
-    /* A copy of bitmap @name's current contents (refused if inconsistent). */
     int (*bitmap_get)(struct bdev *bd, const char *name, struct dirty_bitmap **out,
                       struct error **errp);
+    /* Read stored bitmap @name's contents. */
+    int (*bitmap_load)(struct bdev *bd, const char *name, struct dirty_bitmap **out,
+                       struct error **errp);
+    /* Can a bitmap @name of this granularity be stored? */
+    int (*bitmap_check_add)(struct bdev *bd, const char *name, uint64_t granularity,
+                            struct error **errp);
+    /* Can these persistent bitmaps be stored together (count, sizes)? */
+    int (*bitmap_check_list)(struct bdev *bd, const char **names, size_t n,
+                             struct error **errp);
+    /*
+     * Store the persistent bitmaps of bd->bitmaps (and drop stored ones
+     * no longer listed), durably; @in_use: marked in use (the image stays
+     * open).  After a failure the image holds the old or the new set.
+     */
+    int (*bitmap_store)(struct bdev *bd, bool in_use, struct error **errp);
+    /*
+     * Switch between read-only and read-write (BDEV_O_RDWR in @flags)
+     * without closing: to read-only, write everything back and store the
+     * bitmaps; to read-write, mark the bitmaps in use.  lib/block.c has
+     * changed the file's locks already.
+     */
+    int (*reopen)(struct bdev *bd, unsigned flags, struct error **errp);
 };
 
 struct bdev {
@@ -262,6 +291,7 @@ struct bdev {
     char *full_backing_file;     /* backing name resolved against our folder */
     bool drv_closed;             /* a failed reopen left no driver state */
     const char *nbd_bitmap;      /* top image only: NBD meta context bitmap to request */
+    char *node_name;             /* the agent's name for this image, or NULL */
 
     /* Detail of the last data-path failure (corruption found, ...), for
      * the command to print; guarded by gate_lock. */
@@ -281,6 +311,7 @@ struct bdev {
     /* dirty bitmaps and write notifiers; guarded by bitmap_lock */
     pthread_mutex_t bitmap_lock;
     struct bdev_bitmap *bitmaps;
+    bool bitmaps_changed;        /* the list changed since the driver stored it */
     unsigned nr_enabled_bitmaps; /* read without the lock on every write */
     struct bdev_write_notifier *notifiers;
 };
@@ -469,11 +500,55 @@ const char *bdev_last_error(struct bdev *bd);
 /* Print a data-path failure: "what: 'file': detail" or strerror. */
 void bdev_report_io_error(struct bdev *bd, const char *what, int ret);
 
-/* Bitmaps: -ENOTSUP (with a message) where the format has none. */
-int bdev_bitmap_apply(struct bdev *bd, const struct bitmap_op *ops, size_t n,
-                      struct error **errp);
+/*
+ * Dirty bitmaps (lib/dirty.c).  Each image has its own list; a disk's
+ * bitmap NAME is the union of the bitmaps named NAME down its chain.
+ */
+/* Bitmap @name of @bd itself, or NULL (the pointer stays valid until the
+ * bitmap is removed: removing is the control thread's business). */
+struct bdev_bitmap *bdev_bitmap_find(struct bdev *bd, const char *name);
+/* True if some image of @bd's chain has bitmap @name. */
+bool bdev_bitmap_in_chain(struct bdev *bd, const char *name);
+/* For drivers, at open: a stored bitmap (@bm NULL: contents not read yet;
+ * the list takes over @bm). */
+void bdev_bitmap_register(struct bdev *bd, const char *name, uint64_t granularity,
+                          struct dirty_bitmap *bm, bool enabled, bool persistent,
+                          bool inconsistent);
+void bdev_bitmaps_free(struct bdev *bd);
+/* The default granularity of a new bitmap: the cluster size in 4k..64k. */
+uint64_t bdev_bitmap_default_granularity(struct bdev *bd);
+/* A copy of bitmap @name of @bd itself (refused if inconsistent). */
 int bdev_bitmap_get(struct bdev *bd, const char *name, struct dirty_bitmap **out,
                     struct error **errp);
+/* The union of bitmap @name down @bd's chain, as a new bitmap of @bd's size. */
+int bdev_bitmap_union(struct bdev *bd, const char *name, struct dirty_bitmap **out,
+                      struct error **errp);
+/* Whether [off, off + *pnum) is dirty in the union of @name down the chain;
+ * -ENOENT if no image has it. */
+int bdev_bitmap_status(struct bdev *bd, const char *name, uint64_t off, uint64_t len,
+                       uint64_t *pnum, bool *dirty);
+/* The distinct names of the usable bitmaps down @bd's chain, NULL-ended. */
+char **bdev_bitmap_names(struct bdev *bd);
+/*
+ * Apply @n operations to @bd's bitmaps in memory, all or none; *undo can
+ * take them back (bdev_bitmap_undo) or be dropped (bdev_bitmap_undo_free).
+ * Nothing is stored in the image.
+ */
+struct bitmap_undo;
+int bdev_bitmap_apply_undo(struct bdev *bd, const struct bitmap_op *ops, size_t n,
+                           struct bitmap_undo **undo, struct error **errp);
+void bdev_bitmap_undo(struct bitmap_undo *undo);
+void bdev_bitmap_undo_free(struct bitmap_undo *undo);
+/*
+ * Apply @n operations all or none and, where persistent bitmaps changed,
+ * store them in the image before returning (the `bitmap` command).
+ */
+int bdev_bitmap_apply(struct bdev *bd, const struct bitmap_op *ops, size_t n,
+                      struct error **errp);
+/* Whether the persistent bitmaps changed since the driver stored them. */
+bool bdev_bitmaps_need_store(struct bdev *bd);
+/* Store the persistent bitmaps now (they stay in use while open). */
+int bdev_bitmaps_store(struct bdev *bd, struct error **errp);
 
 /* Chain helpers */
 int bdev_chain_length(struct bdev *bd);

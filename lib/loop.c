@@ -55,6 +55,8 @@ static uint64_t now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static void run_calls(struct loop *l);
+
 struct loop *loop_new(void)
 {
     struct loop *l = xzalloc(sizeof(*l));
@@ -74,10 +76,9 @@ void loop_free(struct loop *l)
     if (!l) {
         return;
     }
+    /* calls made while shutting down still run (they may free things) */
     while (l->calls) {
-        struct call *c = l->calls;
-        l->calls = c->next;
-        free(c);
+        run_calls(l);
     }
     while (l->timers) {
         struct timer *t = l->timers;

@@ -20,7 +20,7 @@ typedef void loop_fd_fn(int fd, short revents, void *opaque);
 typedef void loop_call_fn(void *opaque);
 
 struct loop *loop_new(void);
-/* Free a loop that is not running; pending calls are dropped. */
+/* Free a loop that is not running; calls still pending are run first. */
 void loop_free(struct loop *l);
 
 /*

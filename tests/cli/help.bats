@@ -19,6 +19,23 @@ else
 fi
 MANDIR=${MANDIR:-$BATS_TEST_DIRNAME/../../man}
 
+# page_of CMD: the command's page (section 1, or 8 for the daemon)
+page_of() {
+    if [ -f "$MANDIR/blockctl-$1.8.pod" ]; then
+        echo "$MANDIR/blockctl-$1.8.pod"
+    else
+        echo "$MANDIR/blockctl-$1.1.pod"
+    fi
+}
+
+# page_section CMD: 1 or 8
+page_section() {
+    local p
+    p=$(page_of "$1")
+    p=${p%.pod}
+    echo "${p##*.}"
+}
+
 # A screenful: what --help may take
 MAX_LINES=40
 MAX_COLS=100
@@ -103,7 +120,7 @@ fits_screen() {
 @test "every command's Usage line equals the first SYNOPSIS line of its page" {
     local c pod u s bad=0
     for c in $(commands); do
-        pod=$MANDIR/blockctl-$c.1.pod
+        pod=$(page_of "$c")
         if [ ! -f "$pod" ]; then
             echo "$c: $pod is missing" >&2; bad=1; continue
         fi
@@ -136,7 +153,7 @@ synopsis_lines() {
 @test "every command's Usage and 'or:' lines are the first lines of its SYNOPSIS, in order" {
     local c pod u s n bad=0
     for c in $(commands); do
-        pod=$MANDIR/blockctl-$c.1.pod
+        pod=$(page_of "$c")
         [ -f "$pod" ] || continue
         u=$(usage_lines "$c")
         n=$(printf '%s\n' "$u" | wc -l)

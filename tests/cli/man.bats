@@ -19,6 +19,23 @@ else
     }
 fi
 MANDIR=${MANDIR:-$BATS_TEST_DIRNAME/../../man}
+
+# page_of CMD: the command's page (section 1, or 8 for the daemon)
+page_of() {
+    if [ -f "$MANDIR/blockctl-$1.8.pod" ]; then
+        echo "$MANDIR/blockctl-$1.8.pod"
+    else
+        echo "$MANDIR/blockctl-$1.1.pod"
+    fi
+}
+
+# page_section CMD: 1 or 8
+page_section() {
+    local p
+    p=$(page_of "$1")
+    p=${p%.pod}
+    echo "${p##*.}"
+}
 SRCDIR=$BATS_TEST_DIRNAME/../..
 
 # Sections every page must have (STYLE.md 2.6); command pages add EXAMPLES
@@ -38,7 +55,7 @@ pages() {
     local c
     echo "$MANDIR/blockctl.1.pod"
     for c in $(commands); do
-        echo "$MANDIR/blockctl-$c.1.pod"
+        page_of "$c"
     done
 }
 
@@ -70,11 +87,11 @@ exit_codes() {
 @test "every command has a page, and blockctl(1) links to each" {
     local c bad=0
     for c in $(commands); do
-        if [ ! -f "$MANDIR/blockctl-$c.1.pod" ]; then
-            echo "man/blockctl-$c.1.pod is missing" >&2; bad=1
+        if [ ! -f "$(page_of "$c")" ]; then
+            echo "man/blockctl-$c.1.pod (or .8.pod) is missing" >&2; bad=1
         fi
-        if ! grep -qF "L<blockctl-$c(1)>" "$MANDIR/blockctl.1.pod"; then
-            echo "blockctl.1.pod does not link to blockctl-$c(1)" >&2; bad=1
+        if ! grep -qF "L<blockctl-$c($(page_section "$c"))>" "$MANDIR/blockctl.1.pod"; then
+            echo "blockctl.1.pod does not link to blockctl-$c($(page_section "$c"))" >&2; bad=1
         fi
     done
     [ "$bad" -eq 0 ]
@@ -82,10 +99,10 @@ exit_codes() {
 
 @test "no page for a command that does not exist" {
     local pod c bad=0
-    for pod in "$MANDIR"/blockctl-*.1.pod; do
+    for pod in "$MANDIR"/blockctl-*.[18].pod; do
         [ -e "$pod" ] || continue
         c=${pod##*/blockctl-}
-        c=${c%.1.pod}
+        c=${c%.[18].pod}
         if ! commands | grep -qxF "$c"; then
             echo "$pod documents '$c', which --list-commands does not list" >&2; bad=1
         fi
@@ -142,7 +159,8 @@ exit_codes() {
 @test "NAME is 'PAGE - summary', as whatis(1) reads it" {
     local pod name bad=0
     for pod in $(pages); do
-        name=$(basename "$pod" .1.pod)
+        name=$(basename "$pod" .pod)
+        name=${name%.[18]}
         if ! section "$pod" NAME | grep -qE "^$name - [a-z]"; then
             echo "$(basename "$pod"): NAME does not read '$name - ...'" >&2; bad=1
         fi
@@ -156,7 +174,7 @@ exit_codes() {
         if [ -z "$c" ]; then
             pod=$MANDIR/blockctl.1.pod
         else
-            pod=$MANDIR/blockctl-$c.1.pod
+            pod=$(page_of "$c")
         fi
         [ -f "$pod" ] || { echo "$pod is missing" >&2; bad=1; continue; }
         opts=$(section "$pod" OPTIONS | grep '^=item')
@@ -182,7 +200,7 @@ exit_codes() {
         if [ -z "$c" ]; then
             pod=$MANDIR/blockctl.1.pod
         else
-            pod=$MANDIR/blockctl-$c.1.pod
+            pod=$(page_of "$c")
         fi
         [ -f "$pod" ] || continue
         # the numbers of --help from "Exit status:" (which may start
@@ -214,7 +232,7 @@ exit_codes() {
     local c pod bad=0
     for c in stream commit mirror; do
         commands | grep -qxF "$c" || continue
-        pod=$MANDIR/blockctl-$c.1.pod
+        pod=$(page_of "$c")
         [ -f "$pod" ] || continue
         for w in SIGINT SIGTERM SIGKILL "=head2 Interruption and failure" \
                  "=head2 Locking" "=head2 Bitmaps" "=head2 The backing file name"; do
@@ -244,7 +262,7 @@ exit_codes() {
 @test "each command page names its page in SEE ALSO and links back to blockctl(1)" {
     local c pod bad=0
     for c in $(commands); do
-        pod=$MANDIR/blockctl-$c.1.pod
+        pod=$(page_of "$c")
         [ -f "$pod" ] || continue
         if ! section "$pod" "SEE ALSO" | grep -qF "L<blockctl(1)>"; then
             echo "$(basename "$pod"): SEE ALSO lacks L<blockctl(1)>" >&2; bad=1

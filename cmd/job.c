@@ -1,0 +1,249 @@
+/*
+ * blockctl job - the jobs of an agent, and interrupted jobs on disk
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include "lib/compiler.h"
+#include "lib/jw.h"
+#include "lib/remote.h"
+#include "lib/size.h"
+
+#include <argp.h>
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cmd/cmd.h"
+
+struct job_args {
+    const char *agent;
+    const char *state_dir;
+    enum output_format output;
+    const char *verb;
+    const char *id;
+};
+
+enum { OPT_AGENT = 0x100, OPT_OUTPUT, OPT_STATE_DIR };
+
+static const struct argp_option options[] = {
+    { "agent", OPT_AGENT, "SOCKET", 0, "The agent's QMP socket (or $BLOCKCTL_AGENT)", 0 },
+    { "output", OPT_OUTPUT, "FMT", 0, "human (default) or json", 0 },
+    { "state-dir", OPT_STATE_DIR, "DIR", 0, "Where job journals are kept", 0 },
+    { 0 }
+};
+
+static error_t parse_opt(int key, char *arg, struct argp_state *state)
+{
+    struct job_args *a = state->input;
+
+    switch (key) {
+    case OPT_AGENT:
+        a->agent = arg;
+        break;
+    case OPT_OUTPUT:
+        a->output = parse_output_format(arg, state);
+        break;
+    case OPT_STATE_DIR:
+        a->state_dir = arg;
+        break;
+    case ARGP_KEY_ARG:
+        if (!a->verb) {
+            if (strcmp(arg, "list")) {
+                argp_error(state, "unknown action '%s' (list)", arg);
+            }
+            a->verb = arg;
+        } else {
+            argp_error(state, "unexpected argument '%s'", arg);
+        }
+        break;
+    case ARGP_KEY_END:
+        if (!a->verb) {
+            argp_error(state, "missing action (list)");
+        }
+        break;
+    default:
+        return ARGP_ERR_UNKNOWN;
+    }
+    return 0;
+}
+
+static const struct argp job_argp = {
+    options, parse_opt, "list",
+    "List the block jobs of an agent (with --agent), or the jobs that were interrupted "
+    "(their journals in the state directory).\v"
+    "Exit status: 0 on success, 1 on error, 64 for usage errors.",
+    NULL, NULL, NULL,
+};
+
+static const char *jstr(json_object *o, const char *key, const char *dflt)
+{
+    json_object *v;
+
+    return json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_string)
+               ? json_object_get_string(v)
+               : dflt;
+}
+
+static int64_t jint(json_object *o, const char *key)
+{
+    json_object *v;
+
+    return json_object_object_get_ex(o, key, &v) ? json_object_get_int64(v) : 0;
+}
+
+static bool jbool(json_object *o, const char *key)
+{
+    json_object *v;
+
+    return json_object_object_get_ex(o, key, &v) && json_object_get_boolean(v);
+}
+
+/* The block jobs of an agent: query-block-jobs, with query-jobs' ids. */
+static int list_agent(struct job_args *a)
+{
+    struct error *err = NULL;
+    struct qmp_client *c = remote_connect(a->agent, &err);
+    json_object *jobs = NULL;
+    struct jw w;
+
+    if (!c) {
+        report(err);
+        return 1;
+    }
+    if (qmp_client_execute(c, "query-block-jobs", NULL, &jobs, &err) < 0) {
+        report(err);
+        qmp_client_close(c);
+        return 1;
+    }
+    if (a->output == OUTPUT_JSON) {
+        jw_init(&w, true);
+        jw_array_begin(&w);
+        for (size_t i = 0; i < json_object_array_length(jobs); i++) {
+            json_object *j = json_object_array_get_idx(jobs, i);
+            jw_object_begin(&w);
+            jw_kv_string(&w, "id", jstr(j, "device", ""));
+            jw_kv_string(&w, "type", jstr(j, "type", ""));
+            jw_kv_string(&w, "status", jstr(j, "status", ""));
+            jw_kv_int(&w, "offset", jint(j, "offset"));
+            jw_kv_int(&w, "len", jint(j, "len"));
+            jw_kv_int(&w, "speed", jint(j, "speed"));
+            jw_kv_bool(&w, "ready", jbool(j, "ready"));
+            jw_kv_bool(&w, "paused", jbool(j, "paused"));
+            jw_kv_string(&w, "io-status", jstr(j, "io-status", "ok"));
+            if (jstr(j, "error", NULL)) {
+                jw_kv_string(&w, "error", jstr(j, "error", NULL));
+            }
+            jw_object_end(&w);
+        }
+        jw_array_end(&w);
+        printf("%s\n", jw_text(&w));
+        jw_free(&w);
+    } else if (json_object_array_length(jobs)) {
+        printf("%-16s %-8s %-10s %8s  %s\n", "ID", "TYPE", "STATUS", "PROGRESS", "SPEED");
+        for (size_t i = 0; i < json_object_array_length(jobs); i++) {
+            json_object *j = json_object_array_get_idx(jobs, i);
+            int64_t len = jint(j, "len"), off = jint(j, "offset"), speed = jint(j, "speed");
+            char sp[32] = "unlimited";
+            if (speed) {
+                size_human((uint64_t)speed, sp, sizeof(sp));
+                strcat(sp, "/s");
+            }
+            printf("%-16s %-8s %-10s %7.2f%%  %s\n", jstr(j, "device", ""),
+                   jstr(j, "type", ""), jstr(j, "status", ""),
+                   len ? 100.0 * (double)off / (double)len : 100.0, sp);
+        }
+    } else {
+        printf("No block jobs\n");
+    }
+    json_object_put(jobs);
+    qmp_client_close(c);
+    return 0;
+}
+
+/* The state directory: --state-dir, $BLOCKCTL_STATE_DIR, /var/lib/blockctl
+ * for root, $XDG_STATE_HOME/blockctl (~/.local/state/blockctl) otherwise. */
+static char *state_dir(const char *opt)
+{
+    const char *e = getenv("BLOCKCTL_STATE_DIR"), *x = getenv("XDG_STATE_HOME");
+    const char *home = getenv("HOME");
+
+    if (opt) {
+        return xstrdup(opt);
+    }
+    if (e && *e) {
+        return xstrdup(e);
+    }
+    if (geteuid() == 0) {
+        return xstrdup("/var/lib/blockctl");
+    }
+    if (x && *x) {
+        return xasprintf("%s/blockctl", x);
+    }
+    return xasprintf("%s/.local/state/blockctl", home ? home : "");
+}
+
+/* Jobs interrupted before they finished: the journals they left. */
+static int list_journals(struct job_args *a)
+{
+    char *dir = state_dir(a->state_dir), *jdir = xasprintf("%s/jobs", dir);
+    DIR *d = opendir(jdir);
+    struct dirent *de;
+    size_t n = 0;
+
+    if (a->output == OUTPUT_JSON) {
+        printf("[");
+    }
+    if (!d && errno != ENOENT) {
+        error_report("cannot read '%s': %s", jdir, strerror(errno));
+        free(dir);
+        free(jdir);
+        return 1;
+    }
+    while (d && (de = readdir(d))) {
+        size_t l = strlen(de->d_name);
+        char *path;
+        json_object *j;
+
+        if (l < 6 || strcmp(de->d_name + l - 5, ".json")) {
+            continue;
+        }
+        path = xasprintf("%s/%s", jdir, de->d_name);
+        j = json_object_from_file(path);
+        if (!j) {
+            error_report("'%s': not a job journal", path);
+        } else if (a->output == OUTPUT_JSON) {
+            printf("%s%s", n ? ", " : "", json_object_to_json_string_ext(j, JSON_C_TO_STRING_SPACED));
+        } else {
+            if (!n) {
+                printf("%-16s %-8s %-12s %s\n", "ID", "TYPE", "STATE", "AUTHORITATIVE");
+            }
+            printf("%-16s %-8s %-12s %s\n", jstr(j, "id", "?"), jstr(j, "type", "?"),
+                   jstr(j, "state", "?"), jstr(j, "authoritative", "?"));
+        }
+        n += j != NULL;
+        json_object_put(j);
+        free(path);
+    }
+    if (d) {
+        closedir(d);
+    }
+    if (a->output == OUTPUT_JSON) {
+        printf("]\n");
+    } else if (!n) {
+        printf("No interrupted jobs\n");
+    }
+    free(dir);
+    free(jdir);
+    return 0;
+}
+
+int cmd_job(int argc, char **argv)
+{
+    struct job_args a = { 0 };
+
+    argp_parse(&job_argp, argc, argv, 0, NULL, &a);
+    if (remote_path(a.agent)) {
+        return list_agent(&a);
+    }
+    return list_journals(&a);
+}

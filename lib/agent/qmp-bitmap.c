@@ -1,0 +1,370 @@
+/*
+ * blockctl - the agent's dirty bitmap commands
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * `node` is a disk name or a node name.  A node name means that image
+ * alone, as in QEMU.  A disk name means the disk's bitmap NAME: the union
+ * of the bitmaps named NAME down its chain (DESIGN.md §4), so:
+ *   add               on the top image; refused if NAME is anywhere in the chain
+ *   remove, clear     every image of the chain that has NAME
+ *   enable, disable   the top's NAME
+ *   merge             into the top's NAME; each source is the union too
+ * The changes are made with the disk drained, and persistent bitmaps are
+ * stored in their images before the command returns.
+ */
+#include "lib/compiler.h"
+#include "lib/agent/txn.h"
+#include "lib/bitmap.h"
+
+#include <errno.h>
+#include <string.h>
+
+/* The ops for one image */
+struct layer_ops {
+    struct bdev *bd;
+    struct bitmap_op *ops;
+    size_t n;
+    struct bitmap_undo *undo;
+};
+
+struct bm_state {
+    struct layer_ops *layers;
+    size_t nlayers;
+    json_object *sources;        /* merge: the sources, resolved in apply */
+    bool union_target;
+    struct bdev *node;           /* the node argument's image */
+    struct dirty_bitmap **srcs;  /* merge: the source contents (freed in finish) */
+    size_t nsrcs;
+};
+
+static struct layer_ops *layer_for(struct bm_state *s, struct bdev *bd)
+{
+    for (size_t i = 0; i < s->nlayers; i++) {
+        if (s->layers[i].bd == bd) {
+            return &s->layers[i];
+        }
+    }
+    s->layers = xrealloc(s->layers, (s->nlayers + 1) * sizeof(*s->layers));
+    s->layers[s->nlayers] = (struct layer_ops){ .bd = bd };
+    return &s->layers[s->nlayers++];
+}
+
+static void add_op(struct bm_state *s, struct bdev *bd, struct bitmap_op op)
+{
+    struct layer_ops *l = layer_for(s, bd);
+
+    l->ops = xrealloc(l->ops, (l->n + 1) * sizeof(*l->ops));
+    l->ops[l->n++] = op;
+}
+
+static void not_found(struct error **errp, const char *name)
+{
+    error_setg(errp, "Dirty bitmap '%s' not found", name);
+}
+
+static int resolve(struct agent *a, struct txn_action *act, const char *node,
+                   struct bm_state *s, struct error **errp)
+{
+    struct agent_disk *d = NULL;
+
+    s->node = agent_find_node(a, node, &d, errp);
+    if (!s->node) {
+        return -ENOENT;
+    }
+    act->disk = d;
+    s->union_target = agent_find_disk(a, node) != NULL;
+    return 0;
+}
+
+static int bm_prepare(struct agent *a, struct txn_action *act, struct error **errp)
+{
+    json_object *d = act->data;
+    const char *type = act->ops->type + strlen("block-dirty-bitmap-");
+    const char *node = txn_str(d, "node");
+    const char *name = txn_str(d, strcmp(type, "merge") ? "name" : "target");
+    struct bm_state *s = xzalloc(sizeof(*s));
+    struct bdev *top;
+    int ret;
+
+    act->state = s;
+    ret = resolve(a, act, node, s, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    top = s->node;
+    if (!strcmp(type, "add")) {
+        int64_t g = txn_int(d, "granularity", 0);
+        if (s->union_target ? bdev_bitmap_in_chain(top, name) : !!bdev_bitmap_find(top, name)) {
+            error_setg(errp, "Bitmap already exists: %s", name);
+            return -EEXIST;
+        }
+        if (g && (g < 512 || !IS_POWER_OF_2((uint64_t)g) || g > (1LL << 31))) {
+            error_setg(errp, "Granularity must be power of 2 and at least 512");
+            return -EINVAL;
+        }
+        if (txn_bool(d, "persistent", false) && top->read_only) {
+            error_setg(errp, "Cannot store persistent bitmaps in a read-only image '%s'",
+                       top->filename);
+            return -EPERM;
+        }
+        add_op(s, top, (struct bitmap_op){ .type = BITMAP_OP_ADD, .name = name,
+                                           .granularity = (uint64_t)g,
+                                           .disabled = txn_bool(d, "disabled", false),
+                                           .persistent = txn_bool(d, "persistent", false) });
+    } else if (!strcmp(type, "remove") || !strcmp(type, "clear")) {
+        enum bitmap_op_type t = type[0] == 'r' ? BITMAP_OP_REMOVE : BITMAP_OP_CLEAR;
+        bool any = false;
+        for (struct bdev *l = top; l; l = s->union_target ? l->backing : NULL) {
+            struct bdev_bitmap *b = bdev_bitmap_find(l, name);
+            if (!b) {
+                continue;
+            }
+            if (b->busy) {
+                error_setg(errp, "Bitmap '%s' is currently in use by another operation and "
+                           "cannot be used", name);
+                return -EBUSY;
+            }
+            if (t == BITMAP_OP_CLEAR && b->inconsistent) {
+                error_setg(errp, "Bitmap '%s' is inconsistent and cannot be used", name);
+                error_append_hint(errp, "Try block-dirty-bitmap-remove to delete this bitmap "
+                                  "from disk");
+                return -EINVAL;
+            }
+            add_op(s, l, (struct bitmap_op){ .type = t, .name = name });
+            any = true;
+        }
+        if (!any) {
+            not_found(errp, name);
+            return -ENOENT;
+        }
+    } else if (!strcmp(type, "enable") || !strcmp(type, "disable")) {
+        struct bdev_bitmap *b = bdev_bitmap_find(top, name);
+        if (!b) {
+            not_found(errp, name);
+            return -ENOENT;
+        }
+        if (b->busy) {
+            error_setg(errp, "Bitmap '%s' is currently in use by another operation and cannot "
+                       "be used", name);
+            return -EBUSY;
+        }
+        if (b->inconsistent) {
+            error_setg(errp, "Bitmap '%s' is inconsistent and cannot be used", name);
+            return -EINVAL;
+        }
+        add_op(s, top, (struct bitmap_op){
+                           .type = type[0] == 'e' ? BITMAP_OP_ENABLE : BITMAP_OP_DISABLE,
+                           .name = name });
+    } else {
+        /* merge: check the sources now, read them under the drain */
+        json_object *srcs;
+        struct bdev_bitmap *b = bdev_bitmap_find(top, name);
+        if (!b) {
+            not_found(errp, name);
+            return -ENOENT;
+        }
+        if (b->busy || b->inconsistent) {
+            error_setg(errp, "Bitmap '%s' is %s and cannot be used", name,
+                       b->busy ? "currently in use by another operation" : "inconsistent");
+            return -EBUSY;
+        }
+        json_object_object_get_ex(d, "bitmaps", &srcs);
+        for (size_t i = 0; i < json_object_array_length(srcs); i++) {
+            json_object *e = json_object_array_get_idx(srcs, i);
+            const char *sn, *sname;
+            struct bdev *sb;
+            if (json_object_is_type(e, json_type_string)) {
+                sn = node;
+                sname = json_object_get_string(e);
+            } else if (json_object_is_type(e, json_type_object) && txn_str(e, "node") &&
+                       txn_str(e, "name")) {
+                sn = txn_str(e, "node");
+                sname = txn_str(e, "name");
+            } else {
+                error_setg(errp, "Invalid parameter type for 'bitmaps[%zu]', expected: "
+                           "BlockDirtyBitmapOrStr", i);
+                return -EINVAL;
+            }
+            sb = agent_find_node(a, sn, NULL, errp);
+            if (!sb) {
+                return -ENOENT;
+            }
+            if (agent_find_disk(a, sn) ? !bdev_bitmap_in_chain(sb, sname)
+                                       : !bdev_bitmap_find(sb, sname)) {
+                not_found(errp, sname);
+                return -ENOENT;
+            }
+        }
+        s->sources = srcs;
+    }
+    return 0;
+}
+
+static int bm_apply(struct agent *a, struct txn_action *act, struct error **errp)
+{
+    struct bm_state *s = act->state;
+    int ret;
+
+    if (s->sources) {
+        /* merge: read the sources now that nothing writes */
+        const char *node = txn_str(act->data, "node");
+        const char *target = txn_str(act->data, "target");
+        size_t n = json_object_array_length(s->sources);
+        s->srcs = xcalloc(n + 1, sizeof(*s->srcs));
+        for (size_t i = 0; i < n; i++) {
+            json_object *e = json_object_array_get_idx(s->sources, i);
+            bool str = json_object_is_type(e, json_type_string);
+            const char *sn = str ? node : txn_str(e, "node");
+            const char *sname = str ? json_object_get_string(e) : txn_str(e, "name");
+            struct bdev *sb = agent_find_node(a, sn, NULL, errp);
+            if (!sb) {
+                return -ENOENT;
+            }
+            ret = agent_find_disk(a, sn) ? bdev_bitmap_union(sb, sname, &s->srcs[i], errp)
+                                         : bdev_bitmap_get(sb, sname, &s->srcs[i], errp);
+            if (ret < 0) {
+                return ret;
+            }
+            s->nsrcs++;
+            add_op(s, s->node, (struct bitmap_op){ .type = BITMAP_OP_MERGE, .name = target,
+                                                   .src_name = sname, .src = s->srcs[i] });
+        }
+    }
+    for (size_t i = 0; i < s->nlayers; i++) {
+        struct layer_ops *l = &s->layers[i];
+        ret = bdev_bitmap_apply_undo(l->bd, l->ops, l->n, &l->undo, errp);
+        if (ret < 0) {
+            while (i-- > 0) {
+                bdev_bitmap_undo(s->layers[i].undo);
+                s->layers[i].undo = NULL;
+            }
+            return ret;
+        }
+    }
+    return 0;
+}
+
+static void bm_undo(struct agent *a, struct txn_action *act)
+{
+    struct bm_state *s = act->state;
+
+    (void)a;
+    for (size_t i = s->nlayers; i-- > 0;) {
+        bdev_bitmap_undo(s->layers[i].undo);
+        s->layers[i].undo = NULL;
+    }
+}
+
+/* Store the persistent bitmaps of @bd if they changed (a read-only image
+ * is made writable for it, briefly). */
+static void store_layer(struct agent *a, struct bdev *bd)
+{
+    struct error *err = NULL;
+    bool ro = bd->read_only;
+
+    if (!bdev_bitmaps_need_store(bd)) {
+        return;
+    }
+    if (ro && bdev_reopen(bd, BDEV_O_RDWR, &err) < 0) {
+        agent_log(a, "'%s': cannot store bitmaps: %s", bd->filename, err->msg);
+        error_free(err);
+        return;
+    }
+    if (bdev_bitmaps_store(bd, &err) < 0) {
+        agent_log(a, "%s", err->msg);
+        error_free(err);
+        err = NULL;
+    }
+    if (ro && bdev_reopen(bd, 0, &err) < 0) {
+        agent_log(a, "'%s': %s", bd->filename, err->msg);
+        error_free(err);
+    }
+}
+
+static void bm_finish(struct agent *a, struct txn_action *act, bool committed)
+{
+    struct bm_state *s = act->state;
+
+    if (!s) {
+        return;
+    }
+    for (size_t i = 0; i < s->nlayers; i++) {
+        bdev_bitmap_undo_free(s->layers[i].undo);
+        if (committed) {
+            store_layer(a, s->layers[i].bd);
+        }
+        free(s->layers[i].ops);
+    }
+    for (size_t i = 0; i < s->nsrcs; i++) {
+        bitmap_free(s->srcs[i]);
+    }
+    free(s->srcs);
+    free(s->layers);
+    free(s);
+    act->state = NULL;
+}
+
+static const struct qmp_arg add_args[] = {
+    { "node", QMP_STR, false, NULL },
+    { "name", QMP_STR, false, NULL },
+    { "granularity", QMP_INT, true, NULL },
+    { "persistent", QMP_BOOL, true, NULL },
+    { "disabled", QMP_BOOL, true, NULL },
+    { NULL, 0, false, NULL },
+};
+
+static const struct qmp_arg name_args[] = {
+    { "node", QMP_STR, false, NULL },
+    { "name", QMP_STR, false, NULL },
+    { NULL, 0, false, NULL },
+};
+
+static const struct qmp_arg merge_args[] = {
+    { "node", QMP_STR, false, NULL },
+    { "target", QMP_STR, false, NULL },
+    { "bitmaps", QMP_ARRAY, false, NULL },
+    { NULL, 0, false, NULL },
+};
+
+#define BM_OPS(t, args) \
+    { "block-dirty-bitmap-" t, args, bm_prepare, bm_apply, bm_undo, bm_finish }
+
+const struct txn_ops txn_bitmap_ops[] = {
+    BM_OPS("add", add_args),
+    BM_OPS("remove", name_args),
+    BM_OPS("clear", name_args),
+    BM_OPS("enable", name_args),
+    BM_OPS("disable", name_args),
+    BM_OPS("merge", merge_args),
+    { NULL, NULL, NULL, NULL, NULL, NULL },
+};
+
+static int run_one(json_object *args, void *opaque, size_t k, struct error **errp)
+{
+    struct txn_action act = { .ops = &txn_bitmap_ops[k], .data = args };
+
+    return txn_run(opaque, &act, 1, errp);
+}
+
+#define BM_CMD(fn, k)                                                                    \
+    static int fn(json_object *args, json_object **ret, void *opaque, struct error **errp) \
+    {                                                                                    \
+        (void)ret;                                                                       \
+        return run_one(args, opaque, k, errp);                                           \
+    }
+BM_CMD(qmp_bm_add, 0)
+BM_CMD(qmp_bm_remove, 1)
+BM_CMD(qmp_bm_clear, 2)
+BM_CMD(qmp_bm_enable, 3)
+BM_CMD(qmp_bm_disable, 4)
+BM_CMD(qmp_bm_merge, 5)
+
+const struct qmp_command agent_bitmap_commands[] = {
+    { "block-dirty-bitmap-add", qmp_bm_add, add_args },
+    { "block-dirty-bitmap-remove", qmp_bm_remove, name_args },
+    { "block-dirty-bitmap-clear", qmp_bm_clear, name_args },
+    { "block-dirty-bitmap-enable", qmp_bm_enable, name_args },
+    { "block-dirty-bitmap-disable", qmp_bm_disable, name_args },
+    { "block-dirty-bitmap-merge", qmp_bm_merge, merge_args },
+    { NULL, NULL, NULL },
+};

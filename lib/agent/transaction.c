@@ -1,0 +1,529 @@
+/*
+ * blockctl - the agent's transactions and live snapshots
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * A live snapshot makes the pause the guest sees as short as it can be:
+ * the overlay is created, opened and linked to the old top before any
+ * drain, and the state file already names it (an empty overlay over the
+ * old top reads exactly as the old top, so a crash at any point restarts
+ * on a correct chain); under the drain only the disk's top pointer
+ * changes and bitmaps are handed over; the old top is made read-only
+ * after the drain (the guest no longer writes it).
+ */
+#include "lib/compiler.h"
+#include "lib/agent/txn.h"
+#include "lib/opts.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+const char *txn_str(json_object *args, const char *key)
+{
+    json_object *v;
+
+    return args && json_object_object_get_ex(args, key, &v) &&
+                   json_object_is_type(v, json_type_string)
+               ? json_object_get_string(v)
+               : NULL;
+}
+
+bool txn_bool(json_object *args, const char *key, bool dflt)
+{
+    json_object *v;
+
+    return args && json_object_object_get_ex(args, key, &v) &&
+                   json_object_is_type(v, json_type_boolean)
+               ? json_object_get_boolean(v)
+               : dflt;
+}
+
+int64_t txn_int(json_object *args, const char *key, int64_t dflt)
+{
+    json_object *v;
+
+    return args && json_object_object_get_ex(args, key, &v) &&
+                   json_object_is_type(v, json_type_int)
+               ? json_object_get_int64(v)
+               : dflt;
+}
+
+/* --- blockdev-snapshot-sync --- */
+
+struct snap {
+    struct bdev *old_top;
+    struct bdev *overlay;        /* our reference until applied */
+    char *file;
+    bool created;                /* we made the file (remove it on abort) */
+    struct bitmap_undo *bm_old;  /* bitmaps disabled in the old top */
+    struct bitmap_undo *bm_new;  /* namesakes added to the overlay */
+};
+
+static int snap_prepare(struct agent *a, struct txn_action *act, struct error **errp)
+{
+    json_object *d = act->data;
+    const char *device = txn_str(d, "device"), *node = txn_str(d, "node-name");
+    const char *file = txn_str(d, "snapshot-file"), *snode = txn_str(d, "snapshot-node-name");
+    const char *fmt = txn_str(d, "format"), *mode = txn_str(d, "mode");
+    bool existing = mode && !strcmp(mode, "existing");
+    struct agent_disk *disk = NULL;
+    struct snap *s;
+    struct bdev *top;
+    struct stat st;
+
+    if (!fmt) {
+        fmt = "qcow2";
+    }
+    if (!device && !node) {
+        error_setg(errp, "Cannot find device= nor node_name=");
+        error_set_class(errp, QMP_ERR_DEVICE_NOT_FOUND);
+        return -EINVAL;
+    }
+    if (device && node) {
+        /* QEMU takes the device when both are given; so do we, if they agree */
+        struct bdev *b1 = agent_find_node(a, device, &disk, errp);
+        struct bdev *b2 = b1 ? agent_find_node(a, node, NULL, errp) : NULL;
+        if (!b1 || !b2) {
+            return -ENOENT;
+        }
+        if (b1 != b2) {
+            error_setg(errp, "device '%s' and node-name '%s' are different nodes", device,
+                       node);
+            return -EINVAL;
+        }
+        top = b1;
+    } else {
+        top = agent_find_node(a, device ? device : node, &disk, errp);
+        if (!top) {
+            return -ENOENT;
+        }
+    }
+    if (top != blk_root(disk->blk)) {
+        error_setg(errp, "The node '%s' is not the top of disk '%s'; only a disk's top image "
+                   "can be snapshotted", device ? device : node, disk->name);
+        return -EINVAL;
+    }
+    if (disk->read_only) {
+        error_setg(errp, "Disk '%s' is read-only", disk->name);
+        return -EPERM;
+    }
+    if (snode && (agent_find_disk(a, snode) || agent_find_node(a, snode, NULL, NULL))) {
+        error_setg(errp, "Duplicate nodes with node-name='%s'", snode);
+        return -EEXIST;
+    }
+    if (!bdev_find_driver(fmt) || bdev_find_driver(fmt)->is_protocol) {
+        error_setg(errp, "Unknown driver '%s'", fmt);
+        return -EINVAL;
+    }
+    if (!existing && stat(file, &st) == 0) {
+        error_setg(errp, "'%s' already exists", file);
+        error_append_hint(errp, "Use mode 'existing' to use an overlay made beforehand");
+        return -EEXIST;
+    }
+
+    s = xzalloc(sizeof(*s));
+    act->state = s;
+    act->disk = disk;
+    s->old_top = top;
+    s->file = xstrdup(file);
+    if (!existing) {
+        struct optlist o = { 0 };
+        char *dir = bdev_dirname(file), *bname;
+        char sz[32];
+        int r;
+
+        bname = top->drv->is_protocol ? xstrdup(top->filename)
+                                      : bdev_relative_path(top->filename, dir);
+        free(dir);
+        snprintf(sz, sizeof(sz), "%" PRIu64, top->size);
+        opts_set(&o, "size", sz);
+        if (!strcmp(fmt, "qcow2")) {
+            opts_set(&o, "backing_file", bname);
+            opts_set(&o, "backing_fmt", bdev_format_name(top));
+        }
+        free(bname);
+        if (strcmp(fmt, "qcow2")) {
+            opts_free(&o);
+            error_setg(errp, "Format '%s' cannot have a backing file: the overlay must be qcow2",
+                       fmt);
+            return -EINVAL;
+        }
+        r = bdev_create(fmt, file, &o, 0, errp);
+        opts_free(&o);
+        if (r < 0) {
+            return r;
+        }
+        s->created = true;
+    }
+    s->overlay = bdev_open(file, fmt, BDEV_O_RDWR | BDEV_O_NO_BACKING, errp);
+    if (!s->overlay) {
+        return -EIO;
+    }
+    if (s->overlay->size != top->size) {
+        error_setg(errp, "'%s' is %" PRIu64 " bytes but disk '%s' is %" PRIu64, file,
+                   s->overlay->size, disk->name, top->size);
+        return -EINVAL;
+    }
+    if (!s->overlay->drv->supports_backing) {
+        error_setg(errp, "'%s': format '%s' cannot have a backing file", file, fmt);
+        return -EINVAL;
+    }
+    bdev_set_backing(s->overlay, top);
+    s->overlay->node_name = snode ? xstrdup(snode) : agent_new_node_name(a, disk);
+    /* most of the old top's unflushed data reaches the disk before the pause */
+    bdev_flush(top);
+    return 0;
+}
+
+/*
+ * Bitmaps follow the disk: every enabled bitmap of the old top gets an
+ * enabled namesake of the same granularity in the overlay (persistent if
+ * it was), and the old one stops recording.
+ */
+static int snap_move_bitmaps(struct snap *s, struct error **errp)
+{
+    struct bitmap_op *add = NULL, *dis = NULL;
+    size_t n = 0;
+    int ret = 0;
+
+    pthread_mutex_lock(&s->old_top->bitmap_lock);
+    for (struct bdev_bitmap *b = s->old_top->bitmaps; b; b = b->next) {
+        if (!b->enabled) {
+            continue;
+        }
+        add = xrealloc(add, (n + 1) * sizeof(*add));
+        dis = xrealloc(dis, (n + 1) * sizeof(*dis));
+        add[n] = (struct bitmap_op){ .type = BITMAP_OP_ADD, .name = xstrdup(b->name),
+                                     .granularity = b->granularity,
+                                     .persistent = b->persistent };
+        dis[n] = (struct bitmap_op){ .type = BITMAP_OP_DISABLE, .name = add[n].name };
+        n++;
+    }
+    pthread_mutex_unlock(&s->old_top->bitmap_lock);
+    if (n) {
+        ret = bdev_bitmap_apply_undo(s->overlay, add, n, &s->bm_new, errp);
+        if (ret == 0) {
+            ret = bdev_bitmap_apply_undo(s->old_top, dis, n, &s->bm_old, errp);
+            if (ret < 0) {
+                bdev_bitmap_undo(s->bm_new);
+                s->bm_new = NULL;
+            }
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        free((char *)add[i].name);
+    }
+    free(add);
+    free(dis);
+    return ret;
+}
+
+static int snap_apply(struct agent *a, struct txn_action *act, struct error **errp)
+{
+    struct snap *s = act->state;
+    struct bdev *old;
+    int ret;
+
+    (void)a;
+    ret = snap_move_bitmaps(s, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    old = blk_replace_root(act->disk->blk, s->overlay);
+    assert(old == s->old_top);
+    (void)old;
+    return 0;
+}
+
+static void snap_undo(struct agent *a, struct txn_action *act)
+{
+    struct snap *s = act->state;
+
+    (void)a;
+    blk_replace_root(act->disk->blk, s->old_top);
+    bdev_bitmap_undo(s->bm_old);
+    bdev_bitmap_undo(s->bm_new);
+    s->bm_old = s->bm_new = NULL;
+}
+
+static void snap_finish(struct agent *a, struct txn_action *act, bool committed)
+{
+    struct snap *s = act->state;
+    struct error *err = NULL;
+
+    if (!s) {
+        return;
+    }
+    if (committed) {
+        bdev_bitmap_undo_free(s->bm_old);
+        bdev_bitmap_undo_free(s->bm_new);
+        /* the disk holds the overlay now; the overlay holds the old top */
+        bdev_unref(s->old_top);
+        if (bdev_reopen(s->old_top, 0, &err) < 0) {
+            agent_log(a, "disk %s: cannot make '%s' read-only: %s", act->disk->name,
+                      s->old_top->filename, err->msg);
+            error_free(err);
+        }
+        agent_log(a, "disk %s: snapshot: now on '%s' (%s), backed by '%s'", act->disk->name,
+                  s->overlay->filename, s->overlay->node_name, s->old_top->filename);
+    } else {
+        if (s->overlay) {
+            bdev_unref(s->overlay);
+        }
+        if (s->created) {
+            unlink(s->file);
+        }
+    }
+    free(s->file);
+    free(s);
+    act->state = NULL;
+}
+
+static const char *const snapshot_modes[] = { "existing", "absolute-paths", NULL };
+
+static const struct qmp_arg snapshot_args[] = {
+    { "device", QMP_STR, true, NULL },
+    { "node-name", QMP_STR, true, NULL },
+    { "snapshot-file", QMP_STR, false, NULL },
+    { "snapshot-node-name", QMP_STR, true, NULL },
+    { "format", QMP_STR, true, NULL },
+    { "mode", QMP_ENUM, true, snapshot_modes },
+    { NULL, 0, false, NULL },
+};
+
+const struct txn_ops txn_snapshot_ops = {
+    .type = "blockdev-snapshot-sync",
+    .args = snapshot_args,
+    .prepare = snap_prepare,
+    .apply = snap_apply,
+    .undo = snap_undo,
+    .finish = snap_finish,
+};
+
+/* --- the transaction itself --- */
+
+static bool has_snapshot(struct txn_action *acts, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (acts[i].ops == &txn_snapshot_ops) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* The disks to drain, each once. */
+static size_t disks_of(struct txn_action *acts, size_t n, struct agent_disk **out)
+{
+    size_t m = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        bool seen = false;
+        if (!acts[i].disk) {
+            continue;
+        }
+        for (size_t j = 0; j < m; j++) {
+            seen |= out[j] == acts[i].disk;
+        }
+        if (!seen) {
+            out[m++] = acts[i].disk;
+        }
+    }
+    return m;
+}
+
+int txn_run(struct agent *a, struct txn_action *acts, size_t n, struct error **errp)
+{
+    struct agent_disk **disks = xcalloc(n + 1, sizeof(*disks));
+    struct bdev **tops = xcalloc(n + 1, sizeof(*tops));
+    size_t nd = 0, i;
+    int ret = 0;
+
+    for (i = 0; i < n && ret == 0; i++) {
+        ret = acts[i].ops->prepare(a, &acts[i], errp);
+        acts[i].prepared = true;
+    }
+    if (ret == 0 && has_snapshot(acts, n) && a->cfg.state_path) {
+        /*
+         * Name the overlays in the state file before the switch: each is
+         * empty over the old top, so a crash from here on restarts on a
+         * chain that reads the same.
+         */
+        for (i = 0; i < n; i++) {
+            if (acts[i].ops == &txn_snapshot_ops) {
+                acts[i].disk->pending_top = ((struct snap *)acts[i].state)->overlay;
+            }
+        }
+        ret = agent_state_save(a, errp);
+        for (i = 0; i < n; i++) {
+            if (acts[i].disk) {
+                acts[i].disk->pending_top = NULL;
+            }
+        }
+    }
+    if (ret == 0) {
+        nd = disks_of(acts, n, disks);
+        for (size_t k = 0; k < nd; k++) {
+            blk_drain_begin(disks[k]->blk);
+            tops[k] = blk_root(disks[k]->blk);
+            bdev_drain_begin(tops[k]);
+        }
+        for (i = 0; i < n && ret == 0; i++) {
+            if (acts[i].ops->apply) {
+                ret = acts[i].ops->apply(a, &acts[i], errp);
+                acts[i].applied = ret == 0;
+            }
+        }
+        if (ret < 0) {
+            for (i = n; i-- > 0;) {
+                if (acts[i].applied && acts[i].ops->undo) {
+                    acts[i].ops->undo(a, &acts[i]);
+                    acts[i].applied = false;
+                }
+            }
+        }
+        for (size_t k = nd; k-- > 0;) {
+            bdev_drain_end(tops[k]);
+            blk_drain_end(disks[k]->blk);
+        }
+    }
+    for (i = 0; i < n; i++) {
+        if (acts[i].prepared && acts[i].ops->finish) {
+            acts[i].ops->finish(a, &acts[i], ret == 0);
+        }
+    }
+    if (has_snapshot(acts, n) && a->cfg.state_path) {
+        /* the tops as they are now (after an abort: as they were) */
+        struct error *err = NULL;
+        if (agent_state_save(a, &err) < 0) {
+            agent_log(a, "%s", err->msg);
+            if (ret == 0) {
+                error_propagate(errp, err);
+                ret = -EIO;
+            } else {
+                error_free(err);
+            }
+        }
+    }
+    free(disks);
+    free(tops);
+    return ret;
+}
+
+static const struct txn_ops *find_ops(const char *type)
+{
+    if (!strcmp(type, txn_snapshot_ops.type)) {
+        return &txn_snapshot_ops;
+    }
+    for (const struct txn_ops *o = txn_bitmap_ops; o->type; o++) {
+        if (!strcmp(type, o->type)) {
+            return o;
+        }
+    }
+    return NULL;
+}
+
+static int qmp_snapshot_sync(json_object *args, json_object **ret, void *opaque,
+                             struct error **errp)
+{
+    struct txn_action act = { .ops = &txn_snapshot_ops, .data = args };
+
+    (void)ret;
+    return txn_run(opaque, &act, 1, errp);
+}
+
+static const char *const txn_types[] = {
+    "abort", "block-dirty-bitmap-add", "block-dirty-bitmap-remove", "block-dirty-bitmap-clear",
+    "block-dirty-bitmap-enable", "block-dirty-bitmap-disable", "block-dirty-bitmap-merge",
+    "blockdev-backup", "blockdev-snapshot", "blockdev-snapshot-internal-sync",
+    "blockdev-snapshot-sync", "drive-backup", NULL,
+};
+
+static int qmp_transaction(json_object *args, json_object **ret, void *opaque,
+                           struct error **errp)
+{
+    struct agent *a = opaque;
+    json_object *list, *props;
+    struct txn_action *acts;
+    size_t n;
+    int r;
+
+    (void)ret;
+    json_object_object_get_ex(args, "actions", &list);
+    if (json_object_object_get_ex(args, "properties", &props)) {
+        const char *cm = txn_str(props, "completion-mode");
+        if (!json_object_is_type(props, json_type_object)) {
+            error_setg(errp, "Invalid parameter type for 'properties', expected: object");
+            return -EINVAL;
+        }
+        if (cm && strcmp(cm, "individual")) {
+            error_setg(errp, "Action 'blockdev-snapshot-sync' does not support Transaction "
+                       "property completion-mode = %s", cm);
+            return -ENOTSUP;
+        }
+    }
+    n = json_object_array_length(list);
+    acts = xcalloc(n + 1, sizeof(*acts));
+    for (size_t i = 0; i < n; i++) {
+        json_object *act = json_object_array_get_idx(list, i), *data = NULL;
+        const char *type = txn_str(act, "type");
+        const struct txn_ops *ops;
+        bool known = false;
+
+        if (!json_object_is_type(act, json_type_object)) {
+            error_setg(errp, "Invalid parameter type for 'actions[%zu]', expected: object", i);
+            goto fail;
+        }
+        if (!type) {
+            error_setg(errp, "Parameter 'actions[%zu].type' is missing", i);
+            goto fail;
+        }
+        for (size_t k = 0; txn_types[k]; k++) {
+            known |= !strcmp(txn_types[k], type);
+        }
+        if (!known) {
+            error_setg(errp, "Parameter 'actions[%zu].type' does not accept value '%s'", i,
+                       type);
+            goto fail;
+        }
+        if (!strcmp(type, "abort")) {
+            error_setg(errp, "Transaction aborted using Abort action");
+            goto fail;
+        }
+        ops = find_ops(type);
+        if (!ops) {
+            error_setg(errp, "Action '%s' is not supported by blockctl's agent", type);
+            goto fail;
+        }
+        if (!json_object_object_get_ex(act, "data", &data) ||
+            !json_object_is_type(data, json_type_object)) {
+            error_setg(errp, "Parameter 'actions[%zu].data' is missing", i);
+            goto fail;
+        }
+        if (qmp_check_args(data, ops->args, errp) < 0) {
+            goto fail;
+        }
+        acts[i].ops = ops;
+        acts[i].data = data;
+    }
+    r = txn_run(a, acts, n, errp);
+    free(acts);
+    return r;
+
+fail:
+    free(acts);
+    return -EINVAL;
+}
+
+static const struct qmp_arg transaction_args[] = {
+    { "actions", QMP_ARRAY, false, NULL },
+    { "properties", QMP_OBJECT, true, NULL },
+    { NULL, 0, false, NULL },
+};
+
+const struct qmp_command agent_transaction_commands[] = {
+    { "blockdev-snapshot-sync", qmp_snapshot_sync, snapshot_args },
+    { "transaction", qmp_transaction, transaction_args },
+    { NULL, NULL, NULL },
+};
