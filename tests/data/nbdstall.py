@@ -4,12 +4,13 @@
 #
 # usage: nbdstall.py LISTEN_SOCKET SERVER_SOCKET TYPE
 #
-# Serves one client on the UNIX socket LISTEN_SOCKET and passes its bytes
-# to and from the NBD server on SERVER_SOCKET, following the client's side
-# of the protocol (newstyle options, then 28-byte requests).  The first
-# request of command type TYPE (1 write, 3 flush, 7 block status, ...) and
-# everything after it are never forwarded: the server looks alive but
-# never answers.  It runs until killed; "ready" is printed once listening.
+# Serves clients on the UNIX socket LISTEN_SOCKET and passes their bytes
+# to and from the NBD server on SERVER_SOCKET (one server connection per
+# client), following the client's side of the protocol (newstyle options,
+# then 28-byte requests).  A client's first request of command type TYPE
+# (1 write, 3 flush, 7 block status, ...) and everything after it are
+# never forwarded: the server looks alive but never answers.  It runs
+# until killed; "ready" is printed once listening.
 import os
 import socket
 import struct
@@ -70,12 +71,11 @@ except FileNotFoundError:
     pass
 lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 lsock.bind(listen_path)
-lsock.listen(1)
+lsock.listen(4)
 print("ready", flush=True)
-cli, _ = lsock.accept()
-srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-srv.connect(server_path)
-threading.Thread(target=server_to_client, args=(srv, cli), daemon=True).start()
-client_to_server(cli, srv)
 while True:
-    time.sleep(3600)
+    cli, _ = lsock.accept()
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.connect(server_path)
+    threading.Thread(target=server_to_client, args=(srv, cli), daemon=True).start()
+    threading.Thread(target=client_to_server, args=(cli, srv), daemon=True).start()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bats
-# An NBD server that stops answering (qemu-nbd SIGSTOPped mid-copy, nbdkit
-# that never answers a flush or a block status) never hangs blockctl:
+# An NBD server that stops answering (qemu-nbd SIGSTOPped mid-copy, or a
+# proxy, tests/data/nbdstall.py, that never forwards a flush or a block
+# status request) never hangs blockctl:
 # SIGTERM/SIGINT end any wait at once with 143/130, a request without an
 # answer for BLOCKCTL_NBD_TIMEOUT seconds is an error naming the URI
 # (exit 1), and a server killed while requests wait is an error too.  The
@@ -105,6 +106,18 @@ timed_out() {
     grep -qF "'$1': no reply from the server in 2 s" err || fail "stderr: $(cat err)"
 }
 
+# proxy_serve SERVER_SOCKET TYPE: tests/data/nbdstall.py in front of the
+# server, stalling each client's first request of command TYPE; sets
+# PROXY_URI
+proxy_serve() {
+    local px n=200
+    px=$(sock_path px)
+    bg_start px.out px.err python3 -S "$TESTS_DIR/data/nbdstall.py" "$px" "$1" "$2"
+    while ! grep -q ready px.out && [ $n -gt 0 ]; do sleep 0.05; n=$((n - 1)); done
+    grep -q ready px.out || { fail "the proxy did not start: $(cat px.err)"; return 1; }
+    PROXY_URI="nbd+unix:///?socket=$px"
+}
+
 # ------------------------------------------------------- a stalled target
 
 @test "stalled NBD target: SIGTERM ends the mirror at once, 143, the source untouched" {
@@ -200,53 +213,42 @@ timed_out() {
 
 # ------------------------------------------------------- flush, block status
 
-@test "an NBD flush without a reply times out naming the URI" {
-    requires_cmd nbdkit
+@test "an NBD flush without a reply times out naming the URI, or ends on SIGINT" {
     qemu-img create -q -f raw small.raw 1M
     QIO_FMT=raw qio small.raw 'write -P 0x33 0 1M'
-    # writes are dropped; a flush waits until the test is over
-    nbdkit_serve t eval get_size='echo 1048576' \
-        pread='dd if=/dev/zero count=$3 iflag=count_bytes 2>/dev/null' \
-        pwrite='cat >/dev/null' \
-        flush="n=0; while [ ! -e '$BATS_TEST_TMPDIR/release' ] && [ \$n -lt 300 ]; do sleep 0.1; n=\$((n+1)); done"
-    bg_start out err env BLOCKCTL_NBD_TIMEOUT=2 "$PROG" mirror small.raw "$NBD_URI"
+    qemu-img create -q -f qcow2 t.qcow2 1M
+    nbd_serve t --persistent --shared=4 -f qcow2 t.qcow2
+    proxy_serve "$NBD_SOCK" 3
+    bg_start out err env BLOCKCTL_NBD_TIMEOUT=2 "$PROG" mirror small.raw "$PROXY_URI"
     ends_within "$BG_PID" 15
     [ "$BG_STATUS" -eq 1 ] || fail "exit $BG_STATUS: $(cat err)"
     [ "$ELAPSED" -le 6000 ] || fail "it took $ELAPSED ms"
-    grep -qF "'$NBD_URI': no reply from the server in 2 s" err || fail "stderr: $(cat err)"
+    grep -qF "'$PROXY_URI': no reply from the server in 2 s" err || fail "stderr: $(cat err)"
     # SIGINT stops the same wait at once
-    bg_start out err "$PROG" mirror small.raw "$NBD_URI"
+    bg_start out err "$PROG" mirror small.raw "$PROXY_URI"
     sleep 1
     interrupted_by INT 130
 }
 
 @test "an NBD block status without a reply times out naming the URI" {
-    requires_cmd nbdkit
-    nbdkit_serve s --filter=delay memory $SIZE delay-extents=30
-    BLOCKCTL_NBD_TIMEOUT=2 run --separate-stderr timeout -k 5 20 "$PROG" mirror -O raw "$NBD_URI" t.raw
+    nbd_serve s -r -f raw src.raw
+    proxy_serve "$NBD_SOCK" 7
+    BLOCKCTL_NBD_TIMEOUT=2 run --separate-stderr timeout -k 5 20 "$PROG" mirror -O raw "$PROXY_URI" t.raw
     [ "$status" -eq 1 ] || fail "exit $status: $stderr"
-    [[ $stderr == *"'$NBD_URI': no reply from the server in 2 s"* ]] || fail "stderr: $stderr"
+    [[ $stderr == *"'$PROXY_URI': no reply from the server in 2 s"* ]] || fail "stderr: $stderr"
     [ ! -e t.raw ] && [ ! -e t.raw.part ] || fail "a target was left: $(files)"
 }
 
 @test "a dirty bitmap over NBD without a reply times out naming the URI" {
-    requires_cmd python3
     qemu-img create -q -f qcow2 d.qcow2 $SIZE
     qemu-img bitmap --add d.qcow2 b
     qio d.qcow2 'write -P 0x66 1M 64k'
     nbd_serve d -r -B b -f qcow2 d.qcow2
-    # a proxy that forwards the handshake but no block status request
-    local px
-    px=$(sock_path px)
-    bg_start px.out px.err python3 "$TESTS_DIR/data/nbdstall.py" "$px" "$NBD_SOCK" 7
-    local n=100
-    while ! grep -q ready px.out && [ $n -gt 0 ]; do sleep 0.05; n=$((n - 1)); done
-    grep -q ready px.out || fail "the proxy did not start: $(cat px.err)"
+    proxy_serve "$NBD_SOCK" 7
     BLOCKCTL_NBD_TIMEOUT=2 run --separate-stderr timeout -k 5 20 "$PROG" mirror --sync=bitmap \
-        --bitmap b -O qcow2 "nbd+unix:///?socket=$px" inc.qcow2
+        --bitmap b -O qcow2 "$PROXY_URI" inc.qcow2
     [ "$status" -eq 1 ] || fail "exit $status: $stderr"
-    [[ $stderr == *"'nbd+unix:///?socket=$px': no reply from the server in 2 s"* ]] ||
-        fail "stderr: $stderr"
+    [[ $stderr == *"'$PROXY_URI': no reply from the server in 2 s"* ]] || fail "stderr: $stderr"
     [ ! -e inc.qcow2 ] && [ ! -e inc.qcow2.part ] || fail "a target was left: $(files)"
 }
 
