@@ -56,6 +56,7 @@ static void on_signal(int sig)
 {
     cmd_cancel = 1;
     cancel_signal = sig;
+    bdev_interrupt_notify();
 }
 
 void cancel_install(void)

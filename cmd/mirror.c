@@ -184,7 +184,13 @@ static struct dirty_bitmap *nbd_dirty_bitmap(struct bdev *src, struct error **er
         bool d;
         int ret = nbd_bitmap_status(src, off, src->size - off, &pnum, &d);
         if (ret < 0) {
-            error_setg_errno(errp, -ret, "'%s': cannot read the dirty bitmap", src->filename);
+            /* a dead connection says why (no reply in time, server gone) */
+            const char *why = bdev_last_error(src);
+            if (why) {
+                error_setg(errp, "cannot read the dirty bitmap: %s", why);
+            } else {
+                error_setg_errno(errp, -ret, "'%s': cannot read the dirty bitmap", src->filename);
+            }
             free(ext);
             return NULL;
         }

@@ -7,6 +7,20 @@
  * so many are in flight at once, and polls the socket, so a server that
  * goes away fails every request with an error naming the URI instead of
  * hanging.
+ *
+ * Nothing waits for ever: every request has a deadline, BLOCKCTL_NBD_TIMEOUT
+ * seconds (default 30) from when it was queued; the I/O thread polls until
+ * the oldest one's, and when a request misses it the connection is dead:
+ * every request in flight and every later one fails with EIO and an error
+ * naming the URI (a server that stopped answering may still act on what it
+ * got, so nothing is retried).  The I/O thread also polls
+ * bdev_interrupt_fd(): on SIGINT/SIGTERM it fails every request with
+ * ECANCELED at once, and the connection is dead too.  Connecting and
+ * disconnecting have the same limits.
+ *
+ * A dead connection is never driven again (only nbd_close() touches it):
+ * libnbd would write replies into the buffers of requests whose callers
+ * have already returned.
  */
 #include "lib/compiler.h"
 #include "formats/format.h"
@@ -14,6 +28,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <libnbd.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <string.h>
@@ -26,14 +41,13 @@
  */
 #define NBD_FUNCS(X)                                                              \
     X(nbd_add_meta_context) X(nbd_aio_block_status) X(nbd_aio_flush)              \
-    X(nbd_aio_get_direction) X(nbd_aio_get_fd) X(nbd_aio_in_flight)               \
+    X(nbd_aio_get_direction) X(nbd_aio_get_fd) X(nbd_aio_disconnect)              \
     X(nbd_aio_is_closed) X(nbd_aio_is_dead) X(nbd_aio_notify_read)                \
     X(nbd_aio_notify_write) X(nbd_aio_pread) X(nbd_aio_pwrite) X(nbd_aio_trim)    \
     X(nbd_aio_zero) X(nbd_aio_connect_uri) X(nbd_aio_is_connecting)               \
-    X(nbd_poll) X(nbd_can_flush) X(nbd_can_fua) X(nbd_can_meta_context)       \
+    X(nbd_can_flush) X(nbd_can_fua) X(nbd_can_meta_context)                       \
     X(nbd_can_trim) X(nbd_can_zero) X(nbd_close) X(nbd_aio_is_ready) X(nbd_create) \
-    X(nbd_get_errno) X(nbd_get_error) X(nbd_get_size) X(nbd_is_read_only)         \
-    X(nbd_shutdown)
+    X(nbd_get_errno) X(nbd_get_error) X(nbd_get_size) X(nbd_is_read_only)
 
 #define NBD_DECLARE(f) static __typeof__(f) *p_##f;
 NBD_FUNCS(NBD_DECLARE)
@@ -63,7 +77,7 @@ static void libnbd_load(void)
 #define nbd_aio_flush p_nbd_aio_flush
 #define nbd_aio_get_direction p_nbd_aio_get_direction
 #define nbd_aio_get_fd p_nbd_aio_get_fd
-#define nbd_aio_in_flight p_nbd_aio_in_flight
+#define nbd_aio_disconnect p_nbd_aio_disconnect
 #define nbd_aio_is_closed p_nbd_aio_is_closed
 #define nbd_aio_is_dead p_nbd_aio_is_dead
 #define nbd_aio_notify_read p_nbd_aio_notify_read
@@ -74,7 +88,6 @@ static void libnbd_load(void)
 #define nbd_aio_zero p_nbd_aio_zero
 #define nbd_aio_connect_uri p_nbd_aio_connect_uri
 #define nbd_aio_is_connecting p_nbd_aio_is_connecting
-#define nbd_poll p_nbd_poll
 #define nbd_can_flush p_nbd_can_flush
 #define nbd_can_fua p_nbd_can_fua
 #define nbd_can_meta_context p_nbd_can_meta_context
@@ -87,12 +100,13 @@ static void libnbd_load(void)
 #define nbd_get_error p_nbd_get_error
 #define nbd_get_size p_nbd_get_size
 #define nbd_is_read_only p_nbd_is_read_only
-#define nbd_shutdown p_nbd_shutdown
 
 #define NBD_MAX_REQ (32u << 20)
 #define NBD_MAX_STATUS (1u << 30)
 
 enum req_type { REQ_READ, REQ_WRITE, REQ_ZERO, REQ_TRIM, REQ_FLUSH, REQ_STATUS };
+
+struct nbdc;
 
 struct nbdc_req {
     enum req_type type;
@@ -106,8 +120,11 @@ struct nbdc_req {
     bool st_got;
     int ret;
     bool done;
+    struct nbdc *c;
+    int64_t start;           /* when it was queued (ns): its deadline counts from there */
     pthread_cond_t *waiter;  /* signalled when done */
-    struct nbdc_req *next;
+    struct nbdc_req *next;   /* in the queue of requests to submit */
+    struct nbdc_req *older, *newer;  /* in the list of unfinished requests */
 };
 
 struct nbdc {
@@ -117,11 +134,17 @@ struct nbdc {
     bool thread_started;
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    int efd;
-    struct nbdc_req *queue, *queue_tail;
+    int efd;                 /* wakes the I/O thread from poll() */
+    bool polling;            /* the I/O thread is in poll() (or about to be) */
+    bool kicked;             /* ... and efd was written since */
+    struct nbdc_req *queue, *queue_tail;   /* not submitted yet */
+    struct nbdc_req *oldest, *newest;      /* every unfinished request, by age */
+    int64_t timeout;         /* ns: BLOCKCTL_NBD_TIMEOUT */
+    double timeout_s;
     bool quit;
-    bool dead;
-    char *dead_msg;
+    bool dead;               /* never driven again: see the top of the file */
+    int dead_err;            /* what later requests fail with */
+    char *dead_why;
     bool can_zero, can_trim, can_flush, can_fua, has_alloc;
     char *bitmap_ctx;        /* "qemu:dirty-bitmap:NAME" when asked for */
     bool has_bitmap_ctx;
@@ -134,21 +157,54 @@ bool nbd_is_uri(const char *name)
            !strncmp(name, "nbd+tcp://", 10);
 }
 
-static void fail_request(struct nbdc_req *r, int err)
+static int64_t now_ns(void)
 {
-    r->ret = -err;
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* BLOCKCTL_NBD_TIMEOUT, in seconds (default 30) */
+static double nbd_timeout(void)
+{
+    const char *env = getenv("BLOCKCTL_NBD_TIMEOUT");
+
+    if (env && *env) {
+        char *end;
+        double v = strtod(env, &end);
+        if (!*end && v > 0 && v < 1e9) {
+            return v;
+        }
+    }
+    return 30;
+}
+
+/* @r is done (@err: 0 or an errno); called with c->lock held. */
+static void finish(struct nbdc_req *r, int err)
+{
+    struct nbdc *c = r->c;
+
+    if (r->older) {
+        r->older->newer = r->newer;
+    } else {
+        c->oldest = r->newer;
+    }
+    if (r->newer) {
+        r->newer->older = r->older;
+    } else {
+        c->newest = r->older;
+    }
+    r->older = r->newer = NULL;
+    r->ret = err ? -err : 0;
     r->done = true;
     pthread_cond_signal(r->waiter);
 }
 
 static int complete_cb(void *opaque, int *error)
 {
-    struct nbdc_req *r = opaque;
-
     /* called from the I/O thread, with our lock held by it */
-    r->ret = *error ? -*error : 0;
-    r->done = true;
-    pthread_cond_signal(r->waiter);
+    finish(opaque, *error);
     return 1;
 }
 
@@ -197,31 +253,51 @@ static void submit(struct nbdc *c, struct nbdc_req *r)
     }
     if (cookie < 0) {
         int e = nbd_get_errno();
-        fail_request(r, e ? e : EIO);
+        finish(r, e ? e : EIO);
     }
 }
 
-static void mark_dead(struct nbdc *c, const char *why)
+/*
+ * The connection is dead (@why, owned by it now): fail every unfinished
+ * request with @err, and every later one.  Called with c->lock held.
+ */
+static void kill_conn(struct nbdc *c, int err, char *why)
 {
-    if (!c->dead) {
+    if (c->dead) {
+        free(why);
+    } else {
         c->dead = true;
-        free(c->dead_msg);
-        c->dead_msg = xasprintf("'%s': NBD server connection lost: %s", c->bd->filename,
-                                why && *why ? why : "connection closed");
-        bdev_set_error(c->bd, "%s", c->dead_msg);
+        c->dead_err = err;
+        c->dead_why = why;
+        bdev_set_error(c->bd, "'%s': %s", c->bd->filename, why);
     }
+    c->queue = c->queue_tail = NULL;
+    while (c->oldest) {
+        finish(c->oldest, c->dead_err);
+    }
+}
+
+static char *lost_why(void)
+{
+    const char *e = nbd_get_error();
+
+    return xasprintf("NBD server connection lost: %s", e && *e ? e : "connection closed");
 }
 
 static void *io_thread(void *opaque)
 {
     struct nbdc *c = opaque;
+    int ifd = bdev_interrupt_fd();
 
     pthread_mutex_lock(&c->lock);
     for (;;) {
-        struct pollfd fds[2];
+        struct pollfd fds[3];
         unsigned dir;
-        int fd, r;
+        int fd, r, ms = -1, nfds = 2;
 
+        if (!c->dead && bdev_interrupted()) {
+            kill_conn(c, ECANCELED, xstrdup("interrupted"));
+        }
         while (c->queue) {
             struct nbdc_req *req = c->queue;
             c->queue = req->next;
@@ -229,21 +305,36 @@ static void *io_thread(void *opaque)
                 c->queue_tail = NULL;
             }
             req->next = NULL;
-            if (c->dead) {
-                fail_request(req, ENOTCONN);
-            } else {
-                submit(c, req);
+            submit(c, req);
+        }
+        if (c->dead) {
+            /* run_reqs() fails new requests by itself: wait to quit */
+            if (c->quit) {
+                break;
             }
-        }
-        if (c->quit && !c->queue) {
-            break;
-        }
-        if (c->dead && !nbd_aio_in_flight(c->h)) {
-            /* wait for new requests (to fail them) or quit */
             pthread_cond_wait(&c->cond, &c->lock);
             continue;
         }
+        if (c->quit && !c->oldest) {
+            break;
+        }
+        if (c->oldest) {
+            int64_t left = c->oldest->start + c->timeout - now_ns();
+            if (left <= 0) {
+                kill_conn(c, EIO, xasprintf("no reply from the server in %g s", c->timeout_s));
+                continue;
+            }
+            ms = (int)MIN((left + 999999) / 1000000, (int64_t)INT_MAX);
+            if (ifd < 0) {
+                /* only the flag tells of an interrupt: look at it now and then */
+                ms = MIN(ms, 1000);
+            }
+        }
         fd = nbd_aio_get_fd(c->h);
+        if (fd < 0) {
+            kill_conn(c, EIO, lost_why());
+            continue;
+        }
         dir = nbd_aio_get_direction(c->h);
         fds[0].fd = fd;
         fds[0].events = ((dir & LIBNBD_AIO_DIRECTION_READ) ? POLLIN : 0) |
@@ -252,10 +343,19 @@ static void *io_thread(void *opaque)
         fds[1].fd = c->efd;
         fds[1].events = POLLIN;
         fds[1].revents = 0;
+        if (ifd >= 0) {
+            fds[2].fd = ifd;
+            fds[2].events = POLLIN;
+            fds[2].revents = 0;
+            nfds = 3;
+        }
+        c->polling = true;
         pthread_mutex_unlock(&c->lock);
-        r = poll(fds, 2, 1000);
+        r = poll(fds, nfds, ms);
         pthread_mutex_lock(&c->lock);
-        if (r < 0) {
+        c->polling = false;
+        c->kicked = false;
+        if (r <= 0) {
             continue;
         }
         if (fds[1].revents & POLLIN) {
@@ -264,22 +364,28 @@ static void *io_thread(void *opaque)
                 /* nothing to do: the counter is reset anyway */
             }
         }
-        if (fd < 0) {
-            mark_dead(c, nbd_get_error());
+        if (nfds > 2 && fds[2].revents) {
+            kill_conn(c, ECANCELED, xstrdup("interrupted"));
+            continue;
+        }
+        if (fds[0].revents & POLLNVAL) {
+            kill_conn(c, EIO, lost_why());
             continue;
         }
         if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
             if (nbd_aio_notify_read(c->h) < 0) {
-                mark_dead(c, nbd_get_error());
+                kill_conn(c, EIO, lost_why());
+                continue;
             }
         }
         if (fds[0].revents & POLLOUT) {
             if (nbd_aio_notify_write(c->h) < 0) {
-                mark_dead(c, nbd_get_error());
+                kill_conn(c, EIO, lost_why());
+                continue;
             }
         }
         if (nbd_aio_is_dead(c->h) > 0 || nbd_aio_is_closed(c->h) > 0) {
-            mark_dead(c, nbd_get_error());
+            kill_conn(c, EIO, lost_why());
         }
     }
     pthread_mutex_unlock(&c->lock);
@@ -290,18 +396,26 @@ static void *io_thread(void *opaque)
 static int run_reqs(struct nbdc *c, struct nbdc_req *r, size_t n)
 {
     pthread_cond_t waiter;
-    uint64_t one = 1;
+    bool kick = false;
+    int64_t now;
     int ret = 0;
 
+    if (bdev_interrupted()) {
+        return -ECANCELED;
+    }
     pthread_cond_init(&waiter, NULL);
     pthread_mutex_lock(&c->lock);
     if (c->dead) {
+        ret = -c->dead_err;
         pthread_mutex_unlock(&c->lock);
         pthread_cond_destroy(&waiter);
-        return -ENOTCONN;
+        return ret;
     }
+    now = now_ns();
     for (size_t i = 0; i < n; i++) {
         r[i].done = false;
+        r[i].c = c;
+        r[i].start = now;
         r[i].waiter = &waiter;
         r[i].next = NULL;
         if (c->queue_tail) {
@@ -310,11 +424,25 @@ static int run_reqs(struct nbdc *c, struct nbdc_req *r, size_t n)
             c->queue = &r[i];
         }
         c->queue_tail = &r[i];
+        r[i].older = c->newest;
+        r[i].newer = NULL;
+        if (c->newest) {
+            c->newest->newer = &r[i];
+        } else {
+            c->oldest = &r[i];
+        }
+        c->newest = &r[i];
     }
-    pthread_cond_broadcast(&c->cond);
+    /* a busy I/O thread sees the queue before it polls again */
+    if (c->polling && !c->kicked) {
+        c->kicked = kick = true;
+    }
     pthread_mutex_unlock(&c->lock);
-    if (write(c->efd, &one, sizeof(one)) < 0) {
-        /* the I/O thread wakes up within a second anyway */
+    if (kick) {
+        uint64_t one = 1;
+        if (write(c->efd, &one, sizeof(one)) < 0) {
+            /* cannot fail: the counter is far from full */
+        }
     }
     pthread_mutex_lock(&c->lock);
     for (size_t i = 0; i < n; i++) {
@@ -324,9 +452,6 @@ static int run_reqs(struct nbdc *c, struct nbdc_req *r, size_t n)
         if (r[i].ret < 0 && !ret) {
             ret = r[i].ret;
         }
-    }
-    if (ret == -ENOTCONN || ret == -ESHUTDOWN || ret == -ECONNRESET || ret == -EPIPE) {
-        mark_dead(c, strerror(-ret));
     }
     pthread_mutex_unlock(&c->lock);
     pthread_cond_destroy(&waiter);
@@ -339,53 +464,95 @@ static int run_req(struct nbdc *c, struct nbdc_req *r)
     return run_reqs(c, r, 1);
 }
 
+static int is_disconnecting(struct nbd_handle *h)
+{
+    return nbd_aio_is_closed(h) <= 0 && nbd_aio_is_dead(h) <= 0;
+}
+
 /*
- * Connect and negotiate, giving up after BLOCKCTL_NBD_TIMEOUT seconds
- * (default 30) or when a signal asks to stop: a server that accepts the
- * connection but never answers (qemu-nbd serving another client, without
- * --shared) is an error, not a hang.
+ * Drive the handle from this thread (no I/O thread runs) while @busy(h),
+ * for at most the timeout: 0, -ETIMEDOUT, -ECANCELED (SIGINT/SIGTERM) or
+ * -EIO (libnbd failed: nbd_get_error() says why).
+ */
+static int drive(struct nbdc *c, int (*busy)(struct nbd_handle *))
+{
+    int64_t deadline = now_ns() + c->timeout;
+    int ifd = bdev_interrupt_fd();
+
+    while (busy(c->h) > 0) {
+        struct pollfd fds[2];
+        int fd = nbd_aio_get_fd(c->h), nfds = 1, ms;
+        unsigned dir = nbd_aio_get_direction(c->h);
+        int64_t left = deadline - now_ns();
+
+        if (bdev_interrupted()) {
+            return -ECANCELED;
+        }
+        if (left <= 0) {
+            return -ETIMEDOUT;
+        }
+        if (fd < 0) {
+            return -EIO;
+        }
+        ms = (int)MIN((left + 999999) / 1000000, (int64_t)INT_MAX);
+        fds[0].fd = fd;
+        fds[0].events = ((dir & LIBNBD_AIO_DIRECTION_READ) ? POLLIN : 0) |
+                        ((dir & LIBNBD_AIO_DIRECTION_WRITE) ? POLLOUT : 0);
+        fds[0].revents = 0;
+        if (ifd >= 0) {
+            fds[1].fd = ifd;
+            fds[1].events = POLLIN;
+            fds[1].revents = 0;
+            nfds = 2;
+        } else {
+            ms = MIN(ms, 250);
+        }
+        if (poll(fds, nfds, ms) <= 0) {
+            continue;
+        }
+        if (nfds > 1 && fds[1].revents) {
+            return -ECANCELED;
+        }
+        if (fds[0].revents & POLLNVAL) {
+            return -EIO;
+        }
+        if ((fds[0].revents & (POLLIN | POLLHUP | POLLERR)) && nbd_aio_notify_read(c->h) < 0) {
+            return -EIO;
+        }
+        if ((fds[0].revents & POLLOUT) && nbd_aio_notify_write(c->h) < 0) {
+            return -EIO;
+        }
+    }
+    return 0;
+}
+
+/*
+ * Connect and negotiate, giving up after the timeout or when a signal asks
+ * to stop: a server that accepts the connection but never answers
+ * (qemu-nbd serving another client, without --shared) is an error, not a
+ * hang.
  */
 static int nbdc_connect(struct nbdc *c, struct error **errp)
 {
-    const char *uri = c->bd->filename, *env = getenv("BLOCKCTL_NBD_TIMEOUT");
-    double limit = 30, waited = 0;
-    struct timespec t0, t1;
+    const char *uri = c->bd->filename, *why;
+    int ret;
 
-    if (env && *env) {
-        char *end;
-        double v = strtod(env, &end);
-        if (!*end && v > 0) {
-            limit = v;
-        }
-    }
     if (nbd_aio_connect_uri(c->h, uri) < 0) {
         error_setg(errp, "'%s': cannot connect: %s", uri, nbd_get_error());
         return -EIO;
     }
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    while (nbd_aio_is_connecting(c->h) > 0) {
-        if (bdev_interrupted()) {
-            error_setg(errp, "'%s': interrupted while connecting", uri);
-            return -EINTR;
-        }
-        if (waited >= limit) {
-            error_setg(errp, "'%s': the NBD server did not answer in %g s (is it serving "
-                       "another client? qemu-nbd needs --shared=N for more than one)",
-                       uri, limit);
-            return -ETIMEDOUT;
-        }
-        if (nbd_poll(c->h, 200) < 0) {
-            break;
-        }
-        clock_gettime(CLOCK_MONOTONIC, &t1);
-        waited = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+    ret = drive(c, nbd_aio_is_connecting);
+    if (ret == -ECANCELED) {
+        error_setg(errp, "'%s': interrupted while connecting", uri);
+        return ret;
     }
-    if (nbd_aio_is_ready(c->h) <= 0) {
-        const char *why;
-        if (bdev_interrupted()) {
-            error_setg(errp, "'%s': interrupted while connecting", uri);
-            return -EINTR;
-        }
+    if (ret == -ETIMEDOUT) {
+        error_setg(errp, "'%s': the NBD server did not answer in %g s (is it serving "
+                   "another client? qemu-nbd needs --shared=N for more than one)",
+                   uri, c->timeout_s);
+        return ret;
+    }
+    if (ret < 0 || nbd_aio_is_ready(c->h) <= 0) {
         why = nbd_get_error();
         error_setg(errp, "'%s': cannot connect: %s", uri, why && *why ? why : "connection closed");
         return -EIO;
@@ -400,6 +567,8 @@ static int nbdc_open(struct bdev *bd, unsigned flags, struct error **errp)
 
     c->bd = bd;
     c->efd = -1;
+    c->timeout_s = nbd_timeout();
+    c->timeout = (int64_t)(c->timeout_s * 1e9);
     pthread_once(&libnbd_once, libnbd_load);
     if (libnbd_error) {
         error_setg(errp, "'%s': %s", bd->filename, libnbd_error);
@@ -474,13 +643,21 @@ static int nbdc_close(struct bdev *bd, struct error **errp)
 {
     struct nbdc *c = bd->opaque;
     uint64_t one = 1;
+    bool dead;
     int ret = 0;
 
-    if (!bd->read_only && c->can_flush && !c->dead && !(bd->flags & BDEV_O_UNORDERED)) {
+    pthread_mutex_lock(&c->lock);
+    dead = c->dead;
+    pthread_mutex_unlock(&c->lock);
+    if (!bd->read_only && c->can_flush && !dead && !bdev_interrupted() &&
+        !(bd->flags & BDEV_O_UNORDERED)) {
         struct nbdc_req r = { .type = REQ_FLUSH };
         ret = run_req(c, &r);
         if (ret < 0) {
-            error_setg_errno(errp, -ret, "'%s': flush failed", bd->filename);
+            pthread_mutex_lock(&c->lock);
+            error_setg(errp, "'%s': flush failed: %s", bd->filename,
+                       c->dead_why ? c->dead_why : strerror(-ret));
+            pthread_mutex_unlock(&c->lock);
         }
     }
     if (c->thread_started) {
@@ -489,12 +666,15 @@ static int nbdc_close(struct bdev *bd, struct error **errp)
         pthread_cond_broadcast(&c->cond);
         pthread_mutex_unlock(&c->lock);
         if (write(c->efd, &one, sizeof(one)) < 0) {
-            /* it polls with a timeout */
+            /* cannot fail: the counter is far from full */
         }
         pthread_join(c->thread, NULL);
     }
-    if (c->h && !c->dead) {
-        nbd_shutdown(c->h, 0);
+    if (c->h && !c->dead && !bdev_interrupted()) {
+        /* tell the server, but wait no longer than for any request */
+        if (nbd_aio_disconnect(c->h, 0) == 0) {
+            drive(c, is_disconnecting);
+        }
     }
     if (c->h) {
         nbd_close(c->h);
@@ -502,7 +682,7 @@ static int nbdc_close(struct bdev *bd, struct error **errp)
     if (c->efd >= 0) {
         close(c->efd);
     }
-    free(c->dead_msg);
+    free(c->dead_why);
     free(c->bitmap_ctx);
     pthread_mutex_destroy(&c->lock);
     pthread_cond_destroy(&c->cond);

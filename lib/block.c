@@ -13,7 +13,9 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static const struct format_driver *const drivers[] = {
     &raw_driver,
@@ -459,10 +461,35 @@ void bdev_set_error(struct bdev *bd, const char *fmt, ...)
 }
 
 static volatile sig_atomic_t *interrupt_flag;
+static volatile sig_atomic_t interrupt_fd = -1;
 
 void bdev_set_interrupt_flag(volatile sig_atomic_t *flag)
 {
+    if (interrupt_fd < 0) {
+        interrupt_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    }
     interrupt_flag = flag;
+    if (*flag) {
+        /* set before we were told about it */
+        bdev_interrupt_notify();
+    }
+}
+
+void bdev_interrupt_notify(void)
+{
+    int fd = interrupt_fd, saved = errno;
+    uint64_t one = 1;
+
+    /* never read: the descriptor stays readable for every waiter */
+    if (fd >= 0 && write(fd, &one, sizeof(one)) < 0) {
+        /* the counter is already huge: readable anyway */
+    }
+    errno = saved;
+}
+
+int bdev_interrupt_fd(void)
+{
+    return interrupt_fd;
 }
 
 bool bdev_interrupted(void)

@@ -480,9 +480,15 @@ const struct format_driver *bdev_probe(const uint8_t *buf, size_t len);
 /*
  * A flag that a signal handler sets to stop the program: long waits in the
  * block layer (an NBD server that does not answer) give up when it is set.
+ * The handler calls bdev_interrupt_notify() after setting it, which wakes
+ * those waits (it is async-signal-safe): they poll bdev_interrupt_fd(),
+ * which turns readable then and stays so (-1 when there is nothing to
+ * poll: no flag, or no descriptor could be made; check the flag then).
  */
 void bdev_set_interrupt_flag(volatile sig_atomic_t *flag);
 bool bdev_interrupted(void);
+void bdev_interrupt_notify(void);
+int bdev_interrupt_fd(void);
 
 /*
  * The format name of @bd as QEMU records and reports it: a protocol (an
