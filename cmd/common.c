@@ -54,7 +54,7 @@ static volatile sig_atomic_t cancel_signal;
 
 static void on_signal(int sig)
 {
-    cmd_cancel = 1;
+    __atomic_store_n(&cmd_cancel, 1, __ATOMIC_RELAXED);
     cancel_signal = sig;
     bdev_interrupt_notify();
 }

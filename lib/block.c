@@ -494,7 +494,7 @@ int bdev_interrupt_fd(void)
 
 bool bdev_interrupted(void)
 {
-    return interrupt_flag && *interrupt_flag;
+    return interrupt_flag && __atomic_load_n(interrupt_flag, __ATOMIC_RELAXED);
 }
 
 const char *bdev_format_name(const struct bdev *bd)

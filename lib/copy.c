@@ -40,14 +40,15 @@ struct engine {
 
 static bool cancelled(struct engine *e)
 {
-    return (e->p->cancel && *e->p->cancel) || e->ret;
+    return (e->p->cancel && __atomic_load_n(e->p->cancel, __ATOMIC_RELAXED)) ||
+           __atomic_load_n(&e->ret, __ATOMIC_RELAXED);
 }
 
 static void fail(struct engine *e, int ret, struct bdev *bd, const char *what)
 {
     pthread_mutex_lock(&e->lock);
     if (!e->ret) {
-        e->ret = ret;
+        __atomic_store_n(&e->ret, ret, __ATOMIC_RELAXED);
         e->err_bd = bd;
         e->err_what = what;
     }
@@ -502,7 +503,7 @@ int copy_run(struct copy_params *p, struct error **errp)
     }
     free(th);
     ret = e.ret;
-    if (!ret && p->cancel && *p->cancel) {
+    if (!ret && p->cancel && __atomic_load_n(p->cancel, __ATOMIC_RELAXED)) {
         ret = -ECANCELED;
     }
     if (ret == 0 && !p->no_flush) {
