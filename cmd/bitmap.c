@@ -5,6 +5,7 @@
 #include "lib/compiler.h"
 #include "lib/bitmap.h"
 #include "lib/jw.h"
+#include "lib/remote.h"
 #include "lib/size.h"
 
 #include <argp.h>
@@ -28,13 +29,14 @@ struct bitmap_args {
     bool dump;
     bool force_share;
     enum output_format output;
+    const char *agent;
     struct bitmap_op ops[MAX_ACTIONS];
     size_t nops;
 };
 
 enum {
     OPT_ADD = 0x100, OPT_REMOVE, OPT_CLEAR, OPT_ENABLE, OPT_DISABLE, OPT_MERGE, OPT_DISABLED,
-    OPT_LIST, OPT_DUMP, OPT_OUTPUT,
+    OPT_LIST, OPT_DUMP, OPT_OUTPUT, OPT_AGENT,
 };
 
 static const struct argp_option options[] = {
@@ -53,6 +55,7 @@ static const struct argp_option options[] = {
     { "dump", OPT_DUMP, NULL, 0, "Print the dirty extents of NAME", 0 },
     { "output", OPT_OUTPUT, "FMT", 0, "For --list/--dump: human (default) or json", 0 },
     { "force-share", 'U', NULL, 0, "--list/--dump an image a writer holds", 0 },
+    { "agent", OPT_AGENT, "SOCKET", 0, "IMAGE is a disk of the agent at SOCKET (live)", 0 },
     { 0 }
 };
 
@@ -120,6 +123,9 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         break;
     case 'U':
         a->force_share = true;
+        break;
+    case OPT_AGENT:
+        a->agent = arg;
         break;
     case ARGP_KEY_ARG:
         if (!a->image) {
@@ -292,6 +298,219 @@ static int do_dump(struct bitmap_args *a)
     return 0;
 }
 
+static const char *const op_names[] = {
+    [BITMAP_OP_ADD] = "add", [BITMAP_OP_REMOVE] = "remove", [BITMAP_OP_CLEAR] = "clear",
+    [BITMAP_OP_ENABLE] = "enable", [BITMAP_OP_DISABLE] = "disable", [BITMAP_OP_MERGE] = "merge",
+};
+
+static const char *jstr(json_object *o, const char *key)
+{
+    json_object *v;
+
+    return o && json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_string)
+               ? json_object_get_string(v)
+               : NULL;
+}
+
+/* The flags ("in-use", "auto") a qcow2 top stores for bitmap @name, or NULL. */
+static json_object *stored_flags(json_object *image, const char *name)
+{
+    json_object *fs = json_object_object_get(image, "format-specific");
+    json_object *bms = json_object_object_get(json_object_object_get(fs, "data"), "bitmaps");
+
+    for (size_t i = 0; bms && i < json_object_array_length(bms); i++) {
+        json_object *b = json_object_array_get_idx(bms, i);
+        if (jstr(b, "name") && !strcmp(jstr(b, "name"), name)) {
+            return json_object_object_get(b, "flags");
+        }
+    }
+    return NULL;
+}
+
+/* --list with --agent: the bitmaps of the disk's top image, as the agent has them */
+static int agent_list(struct bitmap_args *a, struct qmp_client *c, struct remote_disk *d)
+{
+    json_object *bms = d->bitmaps;
+    struct jw w;
+
+    (void)c;
+    jw_init(&w, true);
+    jw_array_begin(&w);
+    if (a->output == OUTPUT_HUMAN && bms && json_object_array_length(bms)) {
+        printf("%-24s %12s  %-8s %-12s %s\n", "NAME", "GRANULARITY", "ENABLED", "STATE", "DIRTY");
+    }
+    for (size_t i = 0; bms && i < json_object_array_length(bms); i++) {
+        json_object *b = json_object_array_get_idx(bms, i), *fl;
+        const char *name = jstr(b, "name");
+        bool rec = json_object_get_boolean(json_object_object_get(b, "recording"));
+        bool inc = json_object_get_boolean(json_object_object_get(b, "inconsistent"));
+        bool pers = json_object_get_boolean(json_object_object_get(b, "persistent"));
+        int64_t gran = json_object_get_int64(json_object_object_get(b, "granularity"));
+        int64_t count = json_object_get_int64(json_object_object_get(b, "count"));
+
+        if (!name) {
+            continue;
+        }
+        if (a->output == OUTPUT_JSON) {
+            jw_object_begin(&w);
+            jw_kv_string(&w, "name", name);
+            jw_kv_uint(&w, "granularity", (uint64_t)gran);
+            jw_kv_bool(&w, "recording", rec);
+            jw_kv_bool(&w, "inconsistent", inc);
+            jw_kv_bool(&w, "persistent", pers);
+            if (!inc) {
+                jw_kv_uint(&w, "count", (uint64_t)count);
+            }
+            jw_key(&w, "flags");
+            jw_array_begin(&w);
+            fl = stored_flags(d->image, name);
+            for (size_t k = 0; fl && k < json_object_array_length(fl); k++) {
+                jw_string(&w, json_object_get_string(json_object_array_get_idx(fl, k)));
+            }
+            jw_array_end(&w);
+            jw_object_end(&w);
+        } else {
+            char sz[32] = "-";
+            if (!inc) {
+                size_human((uint64_t)count, sz, sizeof(sz));
+            }
+            printf("%-24s %12" PRId64 "  %-8s %-12s %s\n", name, gran, rec ? "yes" : "no",
+                   inc ? "inconsistent" : "consistent", sz);
+        }
+    }
+    jw_array_end(&w);
+    if (a->output == OUTPUT_JSON) {
+        printf("%s\n", jw_text(&w));
+    }
+    jw_free(&w);
+    return 0;
+}
+
+/* --dump with --agent: the dirty extents of the disk's bitmap NAME (the
+ * union down its chain), from a blockctl agent's x-blockctl-dirty-bitmap-dump */
+static int agent_dump(struct bitmap_args *a, struct qmp_client *c, struct remote_disk *d)
+{
+    struct error *err = NULL;
+    json_object *args = json_object_new_object(), *ext = NULL;
+
+    if (!d->blockctl) {
+        error_report("'%s': the agent is not a blockctl agent: it cannot list a bitmap's "
+                     "extents (read its NBD export's qemu:dirty-bitmap:%s context instead)",
+                     a->image, a->name);
+        json_object_put(args);
+        return 1;
+    }
+    json_object_object_add(args, "node", json_object_new_string(d->node));
+    json_object_object_add(args, "name", json_object_new_string(a->name));
+    if (qmp_client_execute(c, "x-blockctl-dirty-bitmap-dump", args, &ext, &err) < 0) {
+        report(err);
+        return 1;
+    }
+    if (a->output == OUTPUT_HUMAN) {
+        printf("%-16s%-16s\n", "Offset", "Length");
+    }
+    for (size_t i = 0; i < json_object_array_length(ext); i++) {
+        json_object *e = json_object_array_get_idx(ext, i);
+        uint64_t off = (uint64_t)json_object_get_int64(json_object_object_get(e, "start"));
+        uint64_t len = (uint64_t)json_object_get_int64(json_object_object_get(e, "length"));
+        if (a->output == OUTPUT_JSON) {
+            printf("%s{ \"start\": %" PRIu64 ", \"length\": %" PRIu64 "}", i ? ",\n" : "[",
+                   off, len);
+        } else {
+            printf("%#-16" PRIx64 "%#-16" PRIx64 "\n", off, len);
+        }
+    }
+    if (a->output == OUTPUT_JSON) {
+        printf(json_object_array_length(ext) ? "]\n" : "[]\n");
+    }
+    json_object_put(ext);
+    return 0;
+}
+
+/* Actions with --agent: one QMP transaction of block-dirty-bitmap-* actions. */
+static int agent_actions(struct bitmap_args *a, struct qmp_client *c, struct remote_disk *d)
+{
+    struct error *err = NULL;
+    json_object *actions = json_object_new_array(), *args;
+    struct remote_disk src = { 0 };
+    const char *fmt = jstr(d->image, "format");
+
+    if (a->src_image && remote_find_disk(c, a->src_image, &src, &err) < 0) {
+        report(err);
+        json_object_put(actions);
+        return 1;
+    }
+    for (size_t i = 0; i < a->nops; i++) {
+        const struct bitmap_op *op = &a->ops[i];
+        json_object *act = json_object_new_object(), *data = json_object_new_object();
+        char *type = xasprintf("block-dirty-bitmap-%s", op_names[op->type]);
+
+        json_object_object_add(data, "node", json_object_new_string(d->node));
+        if (op->type == BITMAP_OP_MERGE) {
+            json_object *list = json_object_new_array(), *s;
+            json_object_object_add(data, "target", json_object_new_string(a->name));
+            if (a->src_image) {
+                s = json_object_new_object();
+                json_object_object_add(s, "node", json_object_new_string(src.node));
+                json_object_object_add(s, "name", json_object_new_string(op->src_name));
+            } else {
+                s = json_object_new_string(op->src_name);
+            }
+            json_object_array_add(list, s);
+            json_object_object_add(data, "bitmaps", list);
+        } else {
+            json_object_object_add(data, "name", json_object_new_string(a->name));
+        }
+        if (op->type == BITMAP_OP_ADD) {
+            if (a->granularity) {
+                json_object_object_add(data, "granularity",
+                                       json_object_new_int64((int64_t)a->granularity));
+            }
+            /* stored in the image where the format can (qcow2), as offline */
+            json_object_object_add(data, "persistent",
+                                   json_object_new_boolean(fmt && !strcmp(fmt, "qcow2")));
+            if (a->disabled) {
+                json_object_object_add(data, "disabled", json_object_new_boolean(true));
+            }
+        }
+        json_object_object_add(act, "type", json_object_new_string(type));
+        json_object_object_add(act, "data", data);
+        json_object_array_add(actions, act);
+        free(type);
+    }
+    remote_disk_free(&src);
+    args = json_object_new_object();
+    json_object_object_add(args, "actions", actions);
+    if (qmp_client_execute(c, "transaction", args, NULL, &err) < 0) {
+        report(err);
+        return 1;
+    }
+    return 0;
+}
+
+static int do_agent(struct bitmap_args *a)
+{
+    struct error *err = NULL;
+    struct qmp_client *c = remote_connect(a->agent, &err);
+    struct remote_disk d;
+    int ret;
+
+    if (!c) {
+        report(err);
+        return 1;
+    }
+    if (remote_find_disk(c, a->image, &d, &err) < 0) {
+        report(err);
+        qmp_client_close(c);
+        return 1;
+    }
+    ret = a->list ? agent_list(a, c, &d) : a->dump ? agent_dump(a, c, &d)
+                                                   : agent_actions(a, c, &d);
+    remote_disk_free(&d);
+    qmp_client_close(c);
+    return ret;
+}
+
 int cmd_bitmap(int argc, char **argv)
 {
     struct bitmap_args a = { 0 };
@@ -300,6 +519,12 @@ int cmd_bitmap(int argc, char **argv)
     int ret = 1;
 
     argp_parse(&bitmap_argp, argc, argv, 0, NULL, &a);
+    if (remote_path(a.agent)) {
+        for (size_t i = 0; i < a.nops; i++) {
+            a.ops[i].name = a.name;
+        }
+        return do_agent(&a);
+    }
     if (a.list) {
         return do_list(&a);
     }

@@ -53,8 +53,6 @@ uint64_t parse_size_arg(const char *arg, const char *what, struct argp_state *st
     } while (0)
 /* Append a -o argument to the comma-joined list *dst (allocated). */
 void append_opts(char **dst, const char *arg);
-/* The "Snapshot list:" table of qemu-img info. */
-void print_snapshot_table(const struct image_info *in);
 /* qemu-img style progress line on stdout: "    (12.34/100%)\r" */
 void progress_print(double percent);
 void progress_done(void);

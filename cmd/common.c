@@ -215,28 +215,3 @@ void append_opts(char **dst, const char *arg)
     }
 }
 
-void print_snapshot_table(const struct image_info *in)
-{
-    char sz[32];
-
-    printf("Snapshot list:\n");
-    printf("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
-    for (size_t i = 0; i < in->nr_snapshots; i++) {
-        const struct snapshot_info *sn = &in->snapshots[i];
-        char date[32], clock[32], icount[32] = "";
-        time_t t = sn->date_sec;
-        struct tm tm;
-        uint64_t secs = sn->vm_clock_nsec / 1000000000ULL;
-
-        localtime_r(&t, &tm);
-        strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S", &tm);
-        snprintf(clock, sizeof(clock), "%02d:%02d:%02d.%03d", (int)(secs / 3600),
-                 (int)((secs / 60) % 60), (int)(secs % 60),
-                 (int)((sn->vm_clock_nsec / 1000000) % 1000));
-        if (sn->has_icount) {
-            snprintf(icount, sizeof(icount), "%" PRIu64, sn->icount);
-        }
-        size_human(sn->vm_state_size, sz, sizeof(sz));
-        printf("%-9s %-16s %8s%20s%13s%11s\n", sn->id, sn->name, sz, date, clock, icount);
-    }
-}

@@ -5,6 +5,7 @@
 #include "lib/compiler.h"
 #include "lib/imageinfo.h"
 #include "lib/jw.h"
+#include "lib/remote.h"
 #include "lib/size.h"
 
 #include <argp.h>
@@ -20,15 +21,17 @@ struct info_args {
     bool force_share;
     bool chain;
     enum output_format output;
+    const char *agent;
 };
 
-enum { OPT_OUTPUT = 0x100, OPT_BACKING_CHAIN };
+enum { OPT_OUTPUT = 0x100, OPT_BACKING_CHAIN, OPT_AGENT };
 
 static const struct argp_option options[] = {
     { "format", 'f', "FMT", 0, "Image format (raw, qcow2); probed when omitted", 0 },
     { "force-share", 'U', NULL, 0, "Open read-only sharing the image with a writer", 0 },
     { "backing-chain", OPT_BACKING_CHAIN, NULL, 0, "Show every image of the backing chain", 0 },
     { "output", OPT_OUTPUT, "FMT", 0, "Output format: human (default) or json", 0 },
+    { "agent", OPT_AGENT, "SOCKET", 0, "FILE is a disk of the agent at SOCKET", 0 },
     { 0 }
 };
 
@@ -48,6 +51,9 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         break;
     case OPT_OUTPUT:
         a->output = parse_output_format(arg, state);
+        break;
+    case OPT_AGENT:
+        a->agent = arg;
         break;
     case ARGP_KEY_ARG:
         if (a->file) {
@@ -73,19 +79,64 @@ static const struct argp info_argp = {
     NULL, NULL, NULL,
 };
 
+/* The ImageInfo of each image to print, top first, from the files. */
+static json_object *local_images(struct info_args *a, struct error **errp)
+{
+    unsigned flags = (a->force_share ? BDEV_O_FORCE_SHARE : 0) | (a->chain ? 0 : BDEV_O_NO_BACKING);
+    struct bdev *top = bdev_open(a->file, a->format, flags, errp);
+    json_object *list;
+
+    if (!top) {
+        return NULL;
+    }
+    list = json_object_new_array();
+    for (struct bdev *bd = top; bd; bd = a->chain ? bd->backing : NULL) {
+        json_object *img = image_info_json(bd, false, errp);
+        if (!img) {
+            json_object_put(list);
+            list = NULL;
+            break;
+        }
+        json_object_array_add(list, img);
+    }
+    bdev_unref(top);
+    return list;
+}
+
+/* The same from an agent: its disk's ImageInfo, backing images nested. */
+static json_object *agent_images(struct info_args *a, struct error **errp)
+{
+    struct qmp_client *c = remote_connect(a->agent, errp);
+    struct remote_disk d;
+    json_object *list, *img;
+
+    if (!c) {
+        return NULL;
+    }
+    if (remote_find_disk(c, a->file, &d, errp) < 0) {
+        qmp_client_close(c);
+        return NULL;
+    }
+    list = json_object_new_array();
+    for (img = d.image; img; img = a->chain ? json_object_object_get(img, "backing-image")
+                                           : NULL) {
+        json_object_array_add(list, json_object_get(img));
+    }
+    remote_disk_free(&d);
+    qmp_client_close(c);
+    return list;
+}
+
 int cmd_info(int argc, char **argv)
 {
     struct info_args a = { 0 };
     struct error *err = NULL;
-    struct bdev *top, *bd;
+    json_object *imgs;
     struct jw w;
-    unsigned flags;
-    int ret = 0;
 
     argp_parse(&info_argp, argc, argv, 0, NULL, &a);
-    flags = (a.force_share ? BDEV_O_FORCE_SHARE : 0) | (a.chain ? 0 : BDEV_O_NO_BACKING);
-    top = bdev_open(a.file, a.format, flags, &err);
-    if (!top) {
+    imgs = remote_path(a.agent) ? agent_images(&a, &err) : local_images(&a, &err);
+    if (!imgs) {
         report(err);
         return 1;
     }
@@ -93,31 +144,25 @@ int cmd_info(int argc, char **argv)
     if (a.chain && a.output == OUTPUT_JSON) {
         jw_array_begin(&w);
     }
-    for (bd = top; bd; bd = a.chain ? bd->backing : NULL) {
-        json_object *img = image_info_json(bd, false, &err);
+    for (size_t i = 0; i < json_object_array_length(imgs); i++) {
+        json_object *img = json_object_array_get_idx(imgs, i);
 
-        if (!img) {
-            report(err);
-            ret = 1;
-            break;
-        }
         if (a.output == OUTPUT_JSON) {
             image_info_write_json(&w, img);
         } else {
-            if (bd != top) {
+            if (i) {
                 printf("\n");
             }
             image_info_print_human(stdout, img);
         }
-        json_object_put(img);
     }
     if (a.chain && a.output == OUTPUT_JSON) {
         jw_array_end(&w);
     }
-    if (a.output == OUTPUT_JSON && ret == 0) {
+    if (a.output == OUTPUT_JSON) {
         printf("%s\n", jw_text(&w));
     }
     jw_free(&w);
-    bdev_unref(top);
-    return ret;
+    json_object_put(imgs);
+    return 0;
 }

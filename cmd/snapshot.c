@@ -4,7 +4,9 @@
  */
 #include "lib/compiler.h"
 #include "lib/io.h"
+#include "lib/imageinfo.h"
 #include "lib/jw.h"
+#include "lib/remote.h"
 #include "lib/size.h"
 
 #include <argp.h>
@@ -24,15 +26,17 @@ struct snapshot_args {
     char *opts;
     char **args;
     int nargs;
+    const char *agent;
 };
 
-enum { OPT_OUTPUT = 0x100 };
+enum { OPT_OUTPUT = 0x100, OPT_AGENT };
 
 static const struct argp_option options[] = {
     { "format", 'F', "FMT", 0, "Format of the IMAGEs; probed when omitted", 0 },
     { "list", 'l', NULL, 0, "List IMAGE's backing chain and internal snapshots", 0 },
     { "options", 'o', "OPTS", 0, "qcow2 options for the overlays, as create -o", 0 },
     { "output", OPT_OUTPUT, "FMT", 0, "With -l: human (default) or json", 0 },
+    { "agent", OPT_AGENT, "SOCKET", 0, "IMAGEs are disks of the agent at SOCKET (live)", 0 },
     { "quiet", 'q', NULL, 0, "Print nothing on success", 0 },
     { 0 }
 };
@@ -53,6 +57,9 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         break;
     case OPT_OUTPUT:
         a->output = parse_output_format(arg, state);
+        break;
+    case OPT_AGENT:
+        a->agent = arg;
         break;
     case 'o':
         append_opts(&a->opts, arg);
@@ -88,68 +95,242 @@ static const struct argp snapshot_argp = {
     NULL, NULL, NULL,
 };
 
+/* -l: the chain, top first, as ImageInfo objects (from the files or the agent) */
+static json_object *chain_images(struct snapshot_args *a, struct error **errp)
+{
+    json_object *list;
+
+    if (remote_path(a->agent)) {
+        struct qmp_client *c = remote_connect(a->agent, errp);
+        struct remote_disk d;
+        if (!c) {
+            return NULL;
+        }
+        if (remote_find_disk(c, a->args[0], &d, errp) < 0) {
+            qmp_client_close(c);
+            return NULL;
+        }
+        list = json_object_new_array();
+        for (json_object *img = d.image; img; img = json_object_object_get(img, "backing-image")) {
+            json_object_array_add(list, json_object_get(img));
+        }
+        remote_disk_free(&d);
+        qmp_client_close(c);
+        return list;
+    }
+    {
+        struct bdev *top = bdev_open(a->args[0], a->format, BDEV_O_FORCE_SHARE, errp);
+        if (!top) {
+            return NULL;
+        }
+        list = json_object_new_array();
+        for (struct bdev *bd = top; bd; bd = bd->backing) {
+            json_object *img = image_info_json(bd, false, errp);
+            if (!img) {
+                json_object_put(list);
+                list = NULL;
+                break;
+            }
+            json_object_array_add(list, img);
+        }
+        bdev_unref(top);
+        return list;
+    }
+}
+
+static void kv_int(struct jw *w, json_object *o, const char *key, const char *as)
+{
+    json_object *v;
+
+    if (json_object_object_get_ex(o, key, &v)) {
+        jw_kv_int(w, as, json_object_get_int64(v));
+    }
+}
+
 static int do_list(struct snapshot_args *a)
 {
     struct error *err = NULL;
-    struct bdev *top = bdev_open(a->args[0], a->format, BDEV_O_FORCE_SHARE, &err);
+    json_object *imgs = chain_images(a, &err);
     struct jw w;
-    int ret = 0;
 
-    if (!top) {
+    if (!imgs) {
         report(err);
         return 1;
     }
     jw_init(&w, true);
     jw_array_begin(&w);
-    for (struct bdev *bd = top; bd; bd = bd->backing) {
-        struct image_info in;
-        if (bdev_get_info(bd, &in, &err) < 0) {
-            report(err);
-            ret = 1;
-            break;
-        }
+    for (size_t i = 0; i < json_object_array_length(imgs); i++) {
+        json_object *img = json_object_array_get_idx(imgs, i);
+        json_object *snaps = json_object_object_get(img, "snapshots");
+        const char *file = json_object_get_string(json_object_object_get(img, "filename"));
+        const char *fmt = json_object_get_string(json_object_object_get(img, "format"));
+        const char *bf = json_object_get_string(json_object_object_get(img, "backing-filename"));
+        int64_t size = json_object_get_int64(json_object_object_get(img, "virtual-size"));
+
         if (a->output == OUTPUT_JSON) {
             jw_object_begin(&w);
-            jw_kv_string(&w, "filename", bd->filename);
-            jw_kv_string(&w, "format", bdev_format_name(bd));
-            jw_kv_uint(&w, "virtual-size", bd->size);
-            if (bd->backing_file) {
-                jw_kv_string(&w, "backing-filename", bd->backing_file);
+            jw_kv_string(&w, "filename", file);
+            jw_kv_string(&w, "format", fmt);
+            jw_kv_uint(&w, "virtual-size", (uint64_t)size);
+            if (bf) {
+                jw_kv_string(&w, "backing-filename", bf);
             }
             jw_key(&w, "snapshots");
             jw_array_begin(&w);
-            for (size_t i = 0; i < in.nr_snapshots; i++) {
+            for (size_t k = 0; snaps && k < json_object_array_length(snaps); k++) {
+                json_object *sn = json_object_array_get_idx(snaps, k);
                 jw_object_begin(&w);
-                jw_kv_string(&w, "id", in.snapshots[i].id);
-                jw_kv_string(&w, "name", in.snapshots[i].name);
-                jw_kv_uint(&w, "vm-state-size", in.snapshots[i].vm_state_size);
-                jw_kv_uint(&w, "date-sec", in.snapshots[i].date_sec);
-                jw_kv_uint(&w, "date-nsec", in.snapshots[i].date_nsec);
-                jw_kv_uint(&w, "vm-clock-sec", in.snapshots[i].vm_clock_nsec / 1000000000ULL);
-                jw_kv_uint(&w, "vm-clock-nsec", in.snapshots[i].vm_clock_nsec % 1000000000ULL);
-                if (in.snapshots[i].has_icount) {
-                    jw_kv_uint(&w, "icount", in.snapshots[i].icount);
-                }
+                jw_kv_string(&w, "id", json_object_get_string(json_object_object_get(sn, "id")));
+                jw_kv_string(&w, "name",
+                             json_object_get_string(json_object_object_get(sn, "name")));
+                kv_int(&w, sn, "vm-state-size", "vm-state-size");
+                kv_int(&w, sn, "date-sec", "date-sec");
+                kv_int(&w, sn, "date-nsec", "date-nsec");
+                kv_int(&w, sn, "vm-clock-sec", "vm-clock-sec");
+                kv_int(&w, sn, "vm-clock-nsec", "vm-clock-nsec");
+                kv_int(&w, sn, "icount", "icount");
                 jw_object_end(&w);
             }
             jw_array_end(&w);
             jw_object_end(&w);
         } else {
             char sz[32];
-            size_human(bd->size, sz, sizeof(sz));
-            printf("%s%s (%s, %s)\n", bd == top ? "" : "  <- ", bd->filename, bdev_format_name(bd), sz);
-            if (in.nr_snapshots) {
-                print_snapshot_table(&in);
+            size_human((uint64_t)size, sz, sizeof(sz));
+            printf("%s%s (%s, %s)\n", i ? "  <- " : "", file, fmt, sz);
+            if (snaps && json_object_array_length(snaps)) {
+                image_info_print_snapshots(stdout, snaps);
             }
         }
-        image_info_free(&in);
     }
     jw_array_end(&w);
-    if (a->output == OUTPUT_JSON && ret == 0) {
+    if (a->output == OUTPUT_JSON) {
         printf("%s\n", jw_text(&w));
     }
     jw_free(&w);
-    bdev_unref(top);
+    json_object_put(imgs);
+    return 0;
+}
+
+/* An absolute name for a file the agent opens (its folder may differ). */
+static char *absolute(const char *p)
+{
+    char cwd[4096];
+
+    if (p[0] == '/' || !getcwd(cwd, sizeof(cwd))) {
+        return xstrdup(p);
+    }
+    return xasprintf("%s/%s", cwd, p);
+}
+
+/*
+ * Live: one QMP transaction of blockdev-snapshot-sync actions, so that all
+ * the disks switch at once or none does.  With -o, the overlays are made
+ * here first (backed by each disk's current top) and taken with mode
+ * "existing".
+ */
+static int do_agent(struct snapshot_args *a)
+{
+    struct error *err = NULL;
+    struct qmp_client *c = remote_connect(a->agent, &err);
+    int n = a->nargs / 2, ret = 1;
+    struct remote_disk *d = xcalloc(n, sizeof(*d));
+    char **files = xcalloc(n, sizeof(*files));
+    bool *made = xcalloc(n, sizeof(*made));
+    json_object *actions;
+
+    if (!c) {
+        report(err);
+        goto out;
+    }
+    for (int i = 0; i < n; i++) {
+        struct stat st;
+        if (remote_find_disk(c, a->args[2 * i], &d[i], &err) < 0) {
+            report(err);
+            goto out;
+        }
+        files[i] = absolute(a->args[2 * i + 1]);
+        if (stat(files[i], &st) == 0) {
+            error_report("'%s' already exists", a->args[2 * i + 1]);
+            goto out;
+        }
+        for (int j = 0; j < i; j++) {
+            if (!strcmp(files[j], files[i])) {
+                error_report("'%s' is named twice", a->args[2 * i + 1]);
+                goto out;
+            }
+        }
+    }
+    actions = json_object_new_array();
+    for (int i = 0; i < n; i++) {
+        json_object *act = json_object_new_object(), *data = json_object_new_object();
+        const char *top = json_object_get_string(json_object_object_get(d[i].image, "filename"));
+        const char *topfmt = json_object_get_string(json_object_object_get(d[i].image, "format"));
+
+        if (a->opts) {
+            struct optlist o = { 0 };
+            char *dir = bdev_dirname(files[i]), *bname;
+            char sz[32];
+            int r = opts_parse(&o, a->opts, bdev_find_driver("qcow2")->create_opts, &err);
+
+            bname = bdev_relative_path(top, dir);
+            free(dir);
+            snprintf(sz, sizeof(sz), "%" PRId64,
+                     json_object_get_int64(json_object_object_get(d[i].image, "virtual-size")));
+            opts_set(&o, "size", sz);
+            opts_set(&o, "backing_file", bname);
+            opts_set(&o, "backing_fmt", topfmt);
+            free(bname);
+            if (r == 0) {
+                r = bdev_create("qcow2", files[i], &o, 0, &err);
+            }
+            opts_free(&o);
+            if (r < 0) {
+                report(err);
+                json_object_put(actions);
+                goto out;
+            }
+            made[i] = true;
+        }
+        json_object_object_add(act, "type", json_object_new_string("blockdev-snapshot-sync"));
+        json_object_object_add(data, d[i].device ? "device" : "node-name",
+                               json_object_new_string(d[i].device ? d[i].device : d[i].node));
+        json_object_object_add(data, "snapshot-file", json_object_new_string(files[i]));
+        json_object_object_add(data, "format", json_object_new_string("qcow2"));
+        if (a->opts) {
+            json_object_object_add(data, "mode", json_object_new_string("existing"));
+        }
+        json_object_object_add(act, "data", data);
+        json_object_array_add(actions, act);
+    }
+    {
+        json_object *args = json_object_new_object();
+        json_object_object_add(args, "actions", actions);
+        if (qmp_client_execute(c, "transaction", args, NULL, &err) < 0) {
+            report(err);
+            goto out;
+        }
+    }
+    ret = 0;
+    if (!a->quiet) {
+        for (int i = 0; i < n; i++) {
+            printf("'%s' is now backed by '%s'\n", a->args[2 * i + 1],
+                   json_object_get_string(json_object_object_get(d[i].image, "filename")));
+        }
+    }
+out:
+    for (int i = 0; i < n; i++) {
+        if (ret && made[i]) {
+            unlink(files[i]);
+        }
+        remote_disk_free(&d[i]);
+        free(files[i]);
+    }
+    free(d);
+    free(files);
+    free(made);
+    if (c) {
+        qmp_client_close(c);
+    }
     return ret;
 }
 
@@ -171,6 +352,11 @@ int cmd_snapshot(int argc, char **argv)
         opts_print_help(drv->name, drv->create_opts);
         free(a.opts);
         return 0;
+    }
+    if (remote_path(a.agent)) {
+        int r = do_agent(&a);
+        free(a.opts);
+        return r;
     }
     cancel_install();
     n = a.nargs / 2;

@@ -184,7 +184,7 @@ static json_object *get(json_object *o, const char *key)
     return json_object_object_get_ex(o, key, &v) ? v : NULL;
 }
 
-static void print_snapshots(FILE *out, json_object *a)
+void image_info_print_snapshots(FILE *out, json_object *a)
 {
     fprintf(out, "Snapshot list:\n");
     fprintf(out, "%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK",
@@ -254,7 +254,7 @@ void image_info_print_human(FILE *out, json_object *img)
         fprintf(out, "cleanly shut down: no\n");
     }
     if (snaps && json_object_array_length(snaps)) {
-        print_snapshots(out, snaps);
+        image_info_print_snapshots(out, snaps);
     }
     if (fs && get_str(fs, "type") && !strcmp(get_str(fs, "type"), "qcow2")) {
         json_object *d = get(fs, "data"), *bms;

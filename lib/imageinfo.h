@@ -25,6 +25,8 @@ json_object *image_info_json(struct bdev *bd, bool chain, struct error **errp);
 
 /* qemu-img info's human output for one ImageInfo (no "backing-image"). */
 void image_info_print_human(FILE *out, json_object *img);
+/* qemu-img's "Snapshot list:" table for an ImageInfo's "snapshots". */
+void image_info_print_snapshots(FILE *out, json_object *snapshots);
 /* qemu-img info --output=json's member order, for one ImageInfo. */
 void image_info_write_json(struct jw *w, json_object *img);
 

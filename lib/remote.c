@@ -108,6 +108,19 @@ static json_object *named_node(struct qmp_client *c, const char *node, struct er
     return found;
 }
 
+/* Is @name one of the ", "-separated @names? */
+static bool has_name(const char *names, const char *name)
+{
+    size_t n = strlen(name);
+
+    for (const char *p = names; (p = strstr(p, name)); p += n) {
+        if ((p == names || p[-1] == ' ') && (p[n] == ',' || !p[n])) {
+            return true;
+        }
+    }
+    return false;
+}
+
 int remote_find_disk(struct qmp_client *c, const char *name, struct remote_disk *out,
                      struct error **errp)
 {
@@ -146,7 +159,7 @@ int remote_find_disk(struct qmp_client *c, const char *name, struct remote_disk 
         for (size_t i = 0; i < json_object_array_length(exports); i++) {
             json_object *e = json_object_array_get_idx(exports, i);
             const char *id = str(e, "id"), *node = str(e, "node-name");
-            if (id) {
+            if (id && !has_name(names, id)) {
                 char *nn = xasprintf("%s%s%s", names, *names ? ", " : "", id);
                 free(names);
                 names = nn;

@@ -359,7 +359,44 @@ BM_CMD(qmp_bm_enable, 3)
 BM_CMD(qmp_bm_disable, 4)
 BM_CMD(qmp_bm_merge, 5)
 
+/*
+ * x-blockctl-dirty-bitmap-dump {node, name}: the dirty extents, as
+ * [{"start", "length"}] (the union down the chain for a disk name).
+ */
+static int qmp_bm_dump(json_object *args, json_object **ret, void *opaque, struct error **errp)
+{
+    struct agent *a = opaque;
+    const char *node = txn_str(args, "node"), *name = txn_str(args, "name");
+    struct bdev *bd = agent_find_node(a, node, NULL, errp);
+    struct dirty_bitmap *bm = NULL;
+    json_object *list;
+    uint64_t pos = 0, off, len;
+    int r;
+
+    if (!bd) {
+        return -ENOENT;
+    }
+    r = agent_find_disk(a, node) ? bdev_bitmap_union(bd, name, &bm, NULL)
+                                 : bdev_bitmap_get(bd, name, &bm, NULL);
+    if (r < 0) {
+        not_found(errp, name);
+        return r;
+    }
+    list = json_object_new_array();
+    while (bitmap_next_dirty(bm, pos, 0, &off, &len)) {
+        json_object *e = json_object_new_object();
+        json_object_object_add(e, "start", json_object_new_int64((int64_t)off));
+        json_object_object_add(e, "length", json_object_new_int64((int64_t)len));
+        json_object_array_add(list, e);
+        pos = off + len;
+    }
+    bitmap_free(bm);
+    *ret = list;
+    return 0;
+}
+
 const struct qmp_command agent_bitmap_commands[] = {
+    { "x-blockctl-dirty-bitmap-dump", qmp_bm_dump, name_args },
     { "block-dirty-bitmap-add", qmp_bm_add, add_args },
     { "block-dirty-bitmap-remove", qmp_bm_remove, name_args },
     { "block-dirty-bitmap-clear", qmp_bm_clear, name_args },
