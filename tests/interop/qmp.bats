@@ -29,6 +29,11 @@ teardown() {
         wait "$p" 2>/dev/null
     done
     [ -z "$UID_DIR" ] || rm -rf "$UID_DIR"
+    # a sanitizer build of qmp-host reports there
+    if grep -q "Sanitizer" host.log 2>/dev/null; then
+        cat host.log >&2
+        return 1
+    fi
     return 0
 }
 
