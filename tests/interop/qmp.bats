@@ -227,3 +227,16 @@ s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.recv(100); time.sle
     wait "$QSD_PID"
     QSD_PID=
 }
+
+@test "qmp: the client reads replies of megabytes and events from threads" {
+    start_host "$PWD/a.sock"
+    run --separate-stderr "$QMP_CALL" "$PWD/a.sock" 'x-big={"size": 3000000}' \
+        'x-event-thread={"name": "T", "count": 3}' @T @T @T
+    [ "$status" -eq 0 ] || fail "$stderr"
+    [ "${#lines[0]}" -eq $((3000000 + 12)) ] || fail "${#lines[0]} bytes"
+    [[ ${lines[0]} == 'ok x-big: "xxxxxxxx'*'xxx"' ]]
+    [ "${lines[1]}" = "ok x-event-thread: {}" ]
+    [ "${lines[2]}" = 'event T: {"n": 0}' ]
+    [ "${lines[3]}" = 'event T: {"n": 1}' ]
+    [ "${lines[4]}" = 'event T: {"n": 2}' ]
+}
