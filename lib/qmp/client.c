@@ -151,7 +151,10 @@ static int fill(struct qmp_client *c, int64_t deadline)
             if (errno == EINTR || errno == EAGAIN) {
                 continue;
             }
-            return set_broken(c, errno, "QMP: '%s': %s", c->name, strerror(errno));
+            if (errno != ECONNRESET) {
+                return set_broken(c, errno, "QMP: '%s': %s", c->name, strerror(errno));
+            }
+            n = 0;  /* reset: it closed with our command unread */
         }
         if (n == 0) {
             return set_broken(c, ECONNRESET, "QMP: '%s': the server closed the connection",

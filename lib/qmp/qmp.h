@@ -105,8 +105,8 @@ struct qmp_command {
 /*
  * Check @args (an object) against @table as the server does before calling
  * a handler: the first missing or mistyped argument in table order, then
- * the first unknown one; may normalise values (see QMP_UINT64).  For
- * handlers that check nested arguments themselves.
+ * an unknown one (of several, the one QEMU names); may normalise values
+ * (see QMP_UINT64).  For handlers that check nested arguments themselves.
  */
 int qmp_check_args(json_object *args, const struct qmp_arg *table, struct error **errp);
 
@@ -171,9 +171,11 @@ struct qmp_client *qmp_client_connect(const char *path, unsigned timeout_ms,
  * comes back as -EIO with *errp holding "desc" and its class (one of the
  * QMP_ERR_* strings; an unknown class becomes GenericError).  Events
  * that arrive meanwhile are queued.  -ETIMEDOUT when the server does not
- * answer in time, -ECONNRESET (naming the socket) when it closed, -EPROTO
- * when it sent something that is not QMP; after those the client is
- * unusable (every later call fails).
+ * answer in time (the client stays usable: the late reply is dropped, by
+ * its id), -ECONNRESET when it closed, -EPROTO when it sent something that
+ * is not QMP: after those two (and a timeout while sending) the client is
+ * unusable and every later call fails the same way.  Errors other than
+ * QMP errors name the socket.
  */
 int qmp_client_execute(struct qmp_client *c, const char *cmd, json_object *args,
                        json_object **ret, struct error **errp);

@@ -414,7 +414,14 @@ int qmp_server_listen(struct qmp_server *srv, const char *path, mode_t mode,
     srv->lfd = fd;
     srv->dev = st.st_dev;
     srv->ino = st.st_ino;
-    srv->path = xstrdup(path);
+    if (path[0] != '/') {
+        /* removed at the end, perhaps after a chdir (--daemonize) */
+        char *cwd = getcwd(NULL, 0);
+        srv->path = cwd ? xasprintf("%s/%s", cwd, path) : xstrdup(path);
+        free(cwd);
+    } else {
+        srv->path = xstrdup(path);
+    }
     srv->lwatch = loop_watch(srv->cfg.loop, fd, POLLIN, listen_io, srv);
     slog(srv, "QMP: listening on '%s'", path);
     return 0;

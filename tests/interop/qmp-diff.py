@@ -81,7 +81,8 @@ for i, idv in enumerate(['"str"', '0', '-1', '1.5', '1e100', '{"b": 1, "a": [2, 
                          '-9223372036854775809', '0.1', '-0.0', '1e400', '1E-400', '[]', '{}',
                          '"\\u00e9\\u0001\\ud83d\\ude00\\/\\"\\\\\\b\\f\\n\\r\\t"',
                          "'single \\' quoted'", '"\xc3\xa9\x7f"', '"\xc0\x80"',
-                         '{"d": 1, "e": 2, "a": 3, "f": 4, "b": 5, "g": 6, "c": 7, "h": 8}']):
+                         '{"d": 1, "e": 2, "a": 3, "f": 4, "b": 5, "g": 6, "c": 7, "h": 8}',
+                         '{"minor": 1, "micro": 2, "major": 3}', '{"micro": 1, "minor": 2}']):
     case('id echoed: %r' % idv, ex('query-block-jobs', id=idv))
 case('id on errors', ex('nope', id='[1, {"a": null}]'), b'{"id": 5}', b'{"id": 6, "foo": 1}',
      ex('query-version', '{"a": 1}', '7'))

@@ -9,6 +9,7 @@ bats_require_minimum_version 1.5.0
 
 ROOT=$(cd "$BATS_TEST_DIRNAME/../.." && pwd)
 QMP_HOST=${QMP_HOST:-$ROOT/${BUILD:-build}/tests/tools/qmp-host}
+QMP_CALL=${QMP_CALL:-$ROOT/${BUILD:-build}/tests/tools/qmp-call}
 PY=/usr/bin/python3
 
 setup() {
@@ -16,15 +17,23 @@ setup() {
     [ -x "$PY" ] || skip "no $PY"
     cd "$BATS_TEST_TMPDIR" || return 1
     HOST_PID=
+    QSD_PID=
+    HOLD_PID=
     UID_DIR=
 }
 
 teardown() {
-    if [ -n "$HOST_PID" ]; then
-        kill "$HOST_PID" 2>/dev/null
-        wait "$HOST_PID" 2>/dev/null
-    fi
+    local p
+    for p in $HOST_PID $QSD_PID $HOLD_PID; do
+        kill "$p" 2>/dev/null
+        wait "$p" 2>/dev/null
+    done
     [ -z "$UID_DIR" ] || rm -rf "$UID_DIR"
+    # a sanitizer build of qmp-host reports there
+    if grep -q "Sanitizer" host.log 2>/dev/null; then
+        cat host.log >&2
+        return 1
+    fi
     return 0
 }
 
@@ -173,4 +182,61 @@ EOF
     wait "$HOST_PID"
     HOST_PID=
     [ ! -e a.sock ]
+}
+
+@test "qmp: the client drives qemu-storage-daemon: replies, queued events, error classes, its end" {
+    requires_cmd qemu-storage-daemon
+    qemu-storage-daemon --chardev socket,path="$PWD/q.sock",server=on,wait=off,id=c0 \
+        --monitor chardev=c0 2>qsd.log &
+    QSD_PID=$!
+    for _ in $(seq 100); do [ -S q.sock ] && break; sleep 0.05; done
+    run --separate-stderr "$QMP_CALL" "$PWD/q.sock" query-version \
+        'blockdev-add={"driver": "null-co", "node-name": "n0"}' \
+        'block-stream={"device": "n0", "job-id": "j"}' \
+        @JOB_STATUS_CHANGE @JOB_STATUS_CHANGE 'block-job-cancel={"device": "nope"}' \
+        'block-job-set-speed={"device": "j", "speed": "fast"}' 'qom-get={"path": "/x", "property": "y"}'
+    [ "$status" -eq 1 ] || fail "$output $stderr"
+    local v
+    v=$(qemu-storage-daemon --version | sed -n 's/.*version \([0-9]*\)\.\([0-9]*\)\.\([0-9]*\).*/"minor": \2, "micro": \3, "major": \1/p')
+    [[ ${lines[0]} == "ok query-version: {\"qemu\": {$v}, \"package\": "* ]] || fail "$output"
+    [ "${lines[1]}" = "ok blockdev-add: {}" ]
+    [ "${lines[2]}" = "ok block-stream: {}" ]
+    # sent before the reply to block-stream: queued by the client
+    [ "${lines[3]}" = 'event JOB_STATUS_CHANGE: {"status": "created", "id": "j"}' ]
+    [ "${lines[4]}" = 'event JOB_STATUS_CHANGE: {"status": "running", "id": "j"}' ]
+    [ "${lines[5]}" = "error block-job-cancel: DeviceNotActive: Block job 'nope' not found" ]
+    [ "${lines[6]}" = "error block-job-set-speed: GenericError: Invalid parameter type for 'speed', expected: integer" ]
+    [ "${lines[7]}" = "error qom-get: DeviceNotFound: Device '/x' not found" ]
+
+    # QEMU serves one client per monitor: a second one waits for its greeting
+    "$PY" -c 'import socket, sys, time
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.recv(100); time.sleep(30)' "$PWD/q.sock" &
+    HOLD_PID=$!
+    sleep 0.3
+    run --separate-stderr "$QMP_CALL" --timeout 300 "$PWD/q.sock" query-version
+    [ "$status" -eq 2 ]
+    [[ $stderr == *"QMP: '$PWD/q.sock': no greeting within 300 ms"* ]] || fail "$stderr"
+    kill "$HOLD_PID"
+    wait "$HOLD_PID" 2>/dev/null || true
+    HOLD_PID=
+
+    run --separate-stderr "$QMP_CALL" "$PWD/q.sock" quit query-version
+    [ "${lines[0]}" = "ok quit: {}" ] || fail "$output $stderr"
+    [ "${lines[1]}" = "error query-version: GenericError: QMP: '$PWD/q.sock': the server closed the connection" ] ||
+        fail "$output"
+    wait "$QSD_PID"
+    QSD_PID=
+}
+
+@test "qmp: the client reads replies of megabytes and events from threads" {
+    start_host "$PWD/a.sock"
+    run --separate-stderr "$QMP_CALL" "$PWD/a.sock" 'x-big={"size": 3000000}' \
+        'x-event-thread={"name": "T", "count": 3}' @T @T @T
+    [ "$status" -eq 0 ] || fail "$stderr"
+    [ "${#lines[0]}" -eq $((3000000 + 12)) ] || fail "${#lines[0]} bytes"
+    [[ ${lines[0]} == 'ok x-big: "xxxxxxxx'*'xxx"' ]]
+    [ "${lines[1]}" = "ok x-event-thread: {}" ]
+    [ "${lines[2]}" = 'event T: {"n": 0}' ]
+    [ "${lines[3]}" = 'event T: {"n": 1}' ]
+    [ "${lines[4]}" = 'event T: {"n": 2}' ]
 }

@@ -687,6 +687,7 @@ static void fx_stop(struct fixture *f)
 struct raw {
     int fd;
     struct qmp_buf in;
+    size_t scanned;     /* bytes of in known to hold no newline */
 };
 
 static void raw_open(struct raw *r, const char *path)
@@ -719,23 +720,32 @@ static void raw_send(struct raw *r, const char *s)
 static char *raw_line(struct raw *r, int timeout_ms)
 {
     for (;;) {
-        char *nl = r->in.data ? memchr(r->in.data + r->in.off, '\n', qmp_buf_pending(&r->in)) : NULL;
+        size_t have = qmp_buf_pending(&r->in);
+        char *start = r->in.data + r->in.off;
+        char *nl = have > r->scanned ? memchr(start + r->scanned, '\n', have - r->scanned) : NULL;
         struct pollfd p = { .fd = r->fd, .events = POLLIN };
-        char buf[8192];
         ssize_t n;
         if (nl) {
-            char *line = xstrndup(r->in.data + r->in.off, nl + 1 - (r->in.data + r->in.off));
-            qmp_buf_consume(&r->in, strlen(line));
+            char *line = xstrndup(start, nl + 1 - start);
+            qmp_buf_consume(&r->in, nl + 1 - start);
+            r->scanned = 0;
             return line;
         }
+        r->scanned = have;
         if (poll(&p, 1, timeout_ms) <= 0) {
             return xstrdup("<TIMEOUT>");
         }
-        n = recv(r->fd, buf, sizeof(buf), 0);
+        /* read straight into the buffer: lines of a megabyte come */
+        qmp_buf_add(&r->in, "", 0);
+        if (r->in.cap - r->in.len < 65537) {
+            r->in.data = xrealloc(r->in.data, r->in.cap + 65537);
+            r->in.cap += 65537;
+        }
+        n = recv(r->fd, r->in.data + r->in.len, r->in.cap - r->in.len - 1, 0);
         if (n <= 0) {
             return xstrdup("<EOF>");
         }
-        qmp_buf_add(&r->in, buf, n);
+        r->in.len += n;
     }
 }
 
@@ -1022,7 +1032,7 @@ static void test_hardening(void)
     raw_send(&r[1], "{\"execute\": \"qmp_capabilities\"}");
     expect_line(&r[1], "{\"return\": {}}\r\n", "client 2 negotiates, then reads no more");
     raw_send(&r[0], "{\"execute\": \"emit\", \"arguments\": {\"count\": 24, \"size\": 1048576, "
-             "\"thread\": true, \"delay\": 20}}");
+             "\"thread\": true, \"delay\": 30}}");
     {
         int events = 0;
         for (;;) {
@@ -1065,6 +1075,27 @@ static void test_hardening(void)
         qmp_server_free(again);
         ok(access(stale, F_OK) < 0, "and removed when the server goes");
         loop_free(l3);
+    }
+
+    /* a relative path is removed even after a chdir */
+    {
+        struct loop *l4 = loop_new();
+        struct qmp_server *rel = qmp_server_new(&(struct qmp_server_config){ .loop = l4 });
+        char cwd[4096], abs[200];
+        if (!getcwd(cwd, sizeof(cwd)) || chdir(f.dir) < 0) {
+            BUG("chdir");
+        }
+        ok(qmp_server_listen(rel, "rel.sock", 0600, NULL) == 0, "listen on a relative path");
+        if (chdir("/") < 0) {
+            BUG("chdir");
+        }
+        qmp_server_free(rel);
+        loop_free(l4);
+        snprintf(abs, sizeof(abs), "%s/rel.sock", f.dir);
+        ok(access(abs, F_OK) < 0, "removed from where it was made, after a chdir");
+        if (chdir(cwd) < 0) {
+            BUG("chdir");
+        }
     }
 
     /* uid: neither ours nor root is refused (needs root to try) */
