@@ -196,7 +196,13 @@ void loop_quit(struct loop *l)
 
 bool loop_in_thread(struct loop *l)
 {
-    return l->running && pthread_equal(l->thread, pthread_self());
+    pthread_t t;
+
+    if (!__atomic_load_n(&l->running, __ATOMIC_ACQUIRE)) {
+        return false;
+    }
+    __atomic_load(&l->thread, &t, __ATOMIC_RELAXED);
+    return pthread_equal(t, pthread_self());
 }
 
 static void run_calls(struct loop *l)
@@ -234,8 +240,11 @@ void loop_run(struct loop *l)
     int *ids = NULL;
     size_t cap = 0;
 
-    l->thread = pthread_self();
-    l->running = true;
+    {
+        pthread_t self = pthread_self();
+        __atomic_store(&l->thread, &self, __ATOMIC_RELAXED);
+    }
+    __atomic_store_n(&l->running, true, __ATOMIC_RELEASE);
     for (;;) {
         size_t n = 0;
         int timeout = -1, r;
@@ -290,7 +299,7 @@ void loop_run(struct loop *l)
         }
         run_timers(l);
     }
-    l->running = false;
+    __atomic_store_n(&l->running, false, __ATOMIC_RELEASE);
     free(pfd);
     free(ids);
 }

@@ -277,7 +277,8 @@ static int qmp_quit(json_object *args, json_object **ret, void *opaque, struct e
     if (!a->quitting) {
         agent_log(a, "quit: shutting down");
         a->quitting = true;
-        /* after this reply has gone out */
+        /* this reply goes out; nothing after it runs */
+        qmp_server_stop(a->qmp);
         loop_call(a->loop, quit_now, a);
     }
     return 0;
