@@ -60,7 +60,9 @@ $(BUILD)/tests/unit/%: tests/unit/%.c $(LIB_OBJS) tests/unit/tap.h
 $(BUILD)/tests/unit/test-nbdsrv: UNIT_LIBS = -lnbd
 $(BUILD)/tests/unit/test-nbdsrv: UNIT_LDFLAGS = -Wl,--wrap=blk_bitmap_names -Wl,--wrap=blk_bitmap_status
 
-# helper programs the test suites run (tests/tools/)
+# helper programs the test suites run (tests/tools/); nbd-writer is a libnbd client
+$(BUILD)/tests/tools/nbd-writer: LIBS += -lnbd
+
 $(BUILD)/tests/tools/%: tests/tools/%.c $(LIB_OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CPPFLAGS) $(ALL_CFLAGS) -o $@ $< $(LIB_OBJS) $(ALL_LDFLAGS) $(LIBS)
