@@ -986,6 +986,20 @@ static int write_repairs(struct chk *c)
     return ret;
 }
 
+/*
+ * A repair that stopped writes nothing more: refcount updates still in
+ * the cache are dropped (closing the image would write them, after the
+ * writes that failed).
+ */
+static void drop_unwritten(struct qcow2 *s)
+{
+    for (size_t i = 0; i < s->rb_cache.n; i++) {
+        if (s->rb_cache.e[i].offset && s->rb_cache.e[i].dirty) {
+            qcow2_cache_discard(&s->rb_cache, s->rb_cache.e[i].offset);
+        }
+    }
+}
+
 static void chk_free(struct chk *c)
 {
     for (size_t k = 0; k < c->nr_bad_bitmaps; k++) {
@@ -1131,6 +1145,9 @@ int qcow2_check(struct bdev *bd, struct check_result *res, unsigned fix, struct 
 
 fail:
     chk_free(&c);
+    if (fix) {
+        drop_unwritten(s);
+    }
     pthread_mutex_unlock(&s->lock);
     if (c.read_failed) {
         /* The check did not complete: none of its findings are reliable. */

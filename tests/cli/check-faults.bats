@@ -37,6 +37,12 @@ setup_file() {
     cp base.qcow2 leak.qcow2
     truncate -s $(($(fsize leak.qcow2) + 2 * 65536)) leak.qcow2
     cp base.qcow2 rc0.qcow2
+    # copied: a data cluster with refcount 2 and one reference (a leak), its
+    # L2 entry without OFLAG_COPIED (as refcount 2 wants); the repair sets
+    # the refcount to 1, then OFLAG_COPIED
+    cp base.qcow2 copied.qcow2
+    local e
+    e=$(qedit copied.qcow2 l2 0)
     mkq bitmap.qcow2 192M
     qemu-img bitmap --add bitmap.qcow2 b0
     qemu-img bitmap --add -g 128k bitmap.qcow2 b1
@@ -47,6 +53,7 @@ setup_file() {
         echo "leak.qcow2 rc 8 1 + rc last 1 + rc 40 1"
         echo "rc0.qcow2 rcg 67108864 0"
         echo "bitmap.qcow2 rc last 1"
+        echo "copied.qcow2 l2 0 $((e & 0x7fffffffffffffff)) + rcg 0 2"
     } | qedit_batch
     for r in leak rc0 bitmap; do
         cp "$r.qcow2" "$r.orig"
@@ -61,6 +68,9 @@ setup_file() {
     r=0
     qemu-img check bitmap.qcow2 >/dev/null 2>&1 || r=$?
     [ "$r" -eq 3 ] || { echo "bitmap.qcow2: qemu-img check exited $r" >&2; return 1; }
+    r=0
+    qemu-img check copied.qcow2 >/dev/null 2>&1 || r=$?
+    [ "$r" -eq 3 ] || { echo "copied.qcow2: qemu-img check exited $r" >&2; return 1; }
     [ "$(bitmaps bitmap.qcow2 | jq length)" -eq 2 ] || { echo "bitmap.qcow2: no bitmaps" >&2; return 1; }
 }
 
@@ -235,4 +245,16 @@ fault_matrix() {
     [[ $seen == *"the L1 table at"* && $seen == *"L2 table at"* && $seen == *"refcount block at"* ]] ||
         fail "not every table failed: $seen"
     cmp x.qcow2 "$BATS_FILE_TMPDIR/leak.qcow2"
+}
+
+@test "check -r leaks: refcounts whose write failed are not written at close" {
+    # a later write of the refcount without the OFLAG_COPIED fix that follows
+    # it would turn a leak into a corruption (OFLAG_COPIED with refcount 1)
+    cp "$BATS_FILE_TMPDIR/copied.qcow2" x.qcow2
+    run --separate-stderr env BLOCKCTL_FAULT=pwrite:1:eio "$PROG" check -r leaks x.qcow2
+    [ "$status" -eq 1 ]
+    [[ $stderr == *"blockctl: check: 'x.qcow2': cannot write the repaired refcounts: Input/output error" ]]
+    cmp x.qcow2 "$BATS_FILE_TMPDIR/copied.qcow2"
+    run -0 "$PROG" check -r leaks x.qcow2
+    qemu_clean x.qcow2
 }
