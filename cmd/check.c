@@ -167,6 +167,32 @@ static void print_json(const struct check_result *r, const char *file, const cha
     jw_free(&w);
 }
 
+static void print_result(const struct check_args *a, const struct check_result *r,
+                         const char *fmt)
+{
+    if (a->quiet) {
+        /* as qemu-img: -q prints nothing, whatever the format */
+    } else if (a->output == OUTPUT_JSON) {
+        print_json(r, a->file, fmt);
+    } else {
+        print_human(r);
+    }
+}
+
+/*
+ * A check that stopped: as qemu-img, the internal errors (metadata that
+ * could not be read) are counted in the results, then the error follows.
+ */
+static int check_failed(const struct check_args *a, const struct check_result *r,
+                        const char *fmt, struct error *err)
+{
+    if (r->check_errors) {
+        print_result(a, r, fmt);
+    }
+    report(err);
+    return CHECK_NOT_COMPLETED;
+}
+
 int cmd_check(int argc, char **argv)
 {
     struct check_args a = { 0 };
@@ -196,9 +222,8 @@ int cmd_check(int argc, char **argv)
     memset(&r, 0, sizeof(r));
     ret = bd->drv->check(bd, &r, a.fix, &err);
     if (ret < 0) {
-        report(err);
         bdev_unref(bd);
-        return CHECK_NOT_COMPLETED;
+        return check_failed(&a, &r, fmt, err);
     }
     if (a.fix && (r.leaks_fixed || r.corruptions_fixed)) {
         if (a.output == OUTPUT_HUMAN && !a.quiet) {
@@ -210,9 +235,8 @@ int cmd_check(int argc, char **argv)
         memset(&r2, 0, sizeof(r2));
         ret = bd->drv->check(bd, &r2, 0, &err);
         if (ret < 0) {
-            report(err);
             bdev_unref(bd);
-            return CHECK_NOT_COMPLETED;
+            return check_failed(&a, &r2, fmt, err);
         }
         r2.leaks_fixed = r.leaks_fixed;
         r2.corruptions_fixed = r.corruptions_fixed;
@@ -222,13 +246,7 @@ int cmd_check(int argc, char **argv)
         report(err);
         return CHECK_NOT_COMPLETED;
     }
-    if (a.quiet) {
-        /* as qemu-img: -q prints nothing, whatever the format */
-    } else if (a.output == OUTPUT_JSON) {
-        print_json(&r, a.file, fmt);
-    } else {
-        print_human(&r);
-    }
+    print_result(&a, &r, fmt);
     if (r.check_errors) {
         return CHECK_NOT_COMPLETED;
     }
