@@ -53,7 +53,8 @@ static int send_rep(struct nbd_conn *c, uint32_t opt, uint32_t type, const void 
     put_be32(hdr + 8, opt);
     put_be32(hdr + 12, type);
     put_be32(hdr + 16, (uint32_t)len);
-    if (conn_write(c, hdr, sizeof(hdr)) < 0 || (len && conn_write(c, data, len) < 0)) {
+    if (conn_write(c, hdr, sizeof(hdr), len > 0) < 0 ||
+        (len && conn_write(c, data, len, false) < 0)) {
         return -1;
     }
     return 0;
@@ -148,7 +149,7 @@ static int opt_export_name(struct nbd_conn *c, const uint8_t *data, uint32_t len
     bind_export(c, exp);
     put_be64(reply, blk_size(exp->blk));
     put_be16(reply + 8, c->tflags);
-    if (conn_write(c, reply, c->no_zeroes ? 10 : sizeof(reply)) < 0) {
+    if (conn_write(c, reply, c->no_zeroes ? 10 : sizeof(reply), false) < 0) {
         return OPT_CLOSE;
     }
     return OPT_GO;
@@ -273,7 +274,7 @@ static int opt_list(struct nbd_conn *c, uint32_t len)
         used += need;
     }
     pthread_mutex_unlock(&srv->lock);
-    if ((used && conn_write(c, buf, used) < 0) || send_ack(c, NBD_OPT_LIST) == OPT_CLOSE) {
+    if ((used && conn_write(c, buf, used, true) < 0) || send_ack(c, NBD_OPT_LIST) == OPT_CLOSE) {
         ret = OPT_CLOSE;
     }
     free(buf);
@@ -533,7 +534,7 @@ int nbd_handshake(struct nbd_conn *c)
     put_be64(greeting, NBD_MAGIC);
     put_be64(greeting + 8, NBD_OPTS_MAGIC);
     put_be16(greeting + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
-    if (conn_write(c, greeting, sizeof(greeting)) < 0 || conn_read(c, cflags, 4) < 0) {
+    if (conn_write(c, greeting, sizeof(greeting), false) < 0 || conn_read(c, cflags, 4) < 0) {
         nbdsrv_log(c->srv, "client %s: handshake failed: %s", c->peer, why());
         return -1;
     }
