@@ -119,10 +119,18 @@ static struct nbd_export *export_get(struct nbd_conn *c, struct str name)
     return exp;
 }
 
-/* Enter transmission with @exp (whose reference the connection keeps). */
-static void bind_export(struct nbd_conn *c, struct nbd_export *exp)
+/*
+ * Enter transmission with @exp, whose reference the connection then keeps;
+ * false if it has been deleted meanwhile.  Done before the final reply, so
+ * that a hard nbdsrv_export_del() after it finds the connection.
+ */
+static bool bind_export(struct nbd_conn *c, struct nbd_export *exp)
 {
     pthread_mutex_lock(&c->srv->lock);
+    if (exp->deleted) {
+        pthread_mutex_unlock(&c->srv->lock);
+        return false;
+    }
     c->exp = exp;
     pthread_mutex_unlock(&c->srv->lock);
     c->tflags = nbd_export_tflags(c, exp);
@@ -131,6 +139,7 @@ static void bind_export(struct nbd_conn *c, struct nbd_export *exp)
         meta_ctx_clear(c);
     }
     nbdsrv_log(c->srv, "client %s uses export '%s'", c->peer, exp->name);
+    return true;
 }
 
 static int opt_export_name(struct nbd_conn *c, const uint8_t *data, uint32_t len)
@@ -146,7 +155,11 @@ static int opt_export_name(struct nbd_conn *c, const uint8_t *data, uint32_t len
                    NAME_ARG(name));
         return OPT_CLOSE;
     }
-    bind_export(c, exp);
+    if (!bind_export(c, exp)) {
+        nbdsrv_log(c->srv, "client %s asked for export '%s', being removed", c->peer, exp->name);
+        nbdsrv_export_unref(exp);
+        return OPT_CLOSE;
+    }
     put_be64(reply, blk_size(exp->blk));
     put_be16(reply + 8, c->tflags);
     if (conn_write(c, reply, c->no_zeroes ? 10 : sizeof(reply), false) < 0) {
@@ -226,13 +239,19 @@ static int opt_info_go(struct nbd_conn *c, uint32_t opt, const uint8_t *data, ui
     put_be32(info + 2, 1);
     put_be32(info + 6, 4096);
     put_be32(info + 10, c->srv->cfg.max_payload);
-    if (send_rep(c, opt, NBD_REP_INFO, info, 14) < 0 ||
-        send_rep(c, opt, NBD_REP_ACK, NULL, 0) < 0) {
+    if (send_rep(c, opt, NBD_REP_INFO, info, 14) < 0) {
         goto out;
     }
     if (opt == NBD_OPT_GO) {
-        bind_export(c, exp);
-        return OPT_GO;
+        if (!bind_export(c, exp)) {
+            ret = send_err(c, opt, NBD_REP_ERR_UNKNOWN, "export '%s' is being removed", exp->name);
+            goto out;
+        }
+        /* the connection holds the reference now, whatever happens */
+        return send_rep(c, opt, NBD_REP_ACK, NULL, 0) < 0 ? OPT_CLOSE : OPT_GO;
+    }
+    if (send_rep(c, opt, NBD_REP_ACK, NULL, 0) < 0) {
+        goto out;
     }
     ret = OPT_NEXT;
 out:
