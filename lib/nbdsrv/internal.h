@@ -135,7 +135,7 @@ enum {
 #define NBDSRV_MAX_CONTEXTS 16
 /* Extents in one block status chunk. */
 #define NBDSRV_MAX_EXTENTS 16384
-/* How far past a read its block status is asked for, to fill the data cache. */
+/* How far past a request block status is asked for, to fill the data cache. */
 #define NBDSRV_READ_LOOKAHEAD (1ull << 30)
 /* Content chunks in one structured read reply (then the rest is data). */
 #define NBDSRV_MAX_READ_CHUNKS 32
