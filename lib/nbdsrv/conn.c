@@ -130,12 +130,12 @@ int conn_skip(struct nbd_conn *c, uint64_t len)
     return 0;
 }
 
-int conn_write(struct nbd_conn *c, const void *buf, size_t len)
+int conn_write(struct nbd_conn *c, const void *buf, size_t len, bool more)
 {
     const uint8_t *p = buf;
 
     while (len) {
-        ssize_t r = send(c->fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t r = send(c->fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT | (more ? MSG_MORE : 0));
         if (r > 0) {
             p += r;
             len -= (size_t)r;
@@ -480,10 +480,18 @@ int conn_start(struct nbdsrv *srv, int fd, const char *peer)
     socklen_t sl = sizeof(ss);
     int r;
 
-    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 &&
-        (ss.ss_family == AF_INET || ss.ss_family == AF_INET6)) {
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        } else if (ss.ss_family == AF_UNIX) {
+            /*
+             * Room for a few large replies, so that a worker's send seldom
+             * leaves a rest for the writer thread (TCP tunes itself).
+             */
+            int size = NBDSRV_UNIX_SNDBUF;
+            setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+        }
     }
 
     pthread_mutex_lock(&srv->lock);

@@ -53,7 +53,8 @@ static int send_rep(struct nbd_conn *c, uint32_t opt, uint32_t type, const void 
     put_be32(hdr + 8, opt);
     put_be32(hdr + 12, type);
     put_be32(hdr + 16, (uint32_t)len);
-    if (conn_write(c, hdr, sizeof(hdr)) < 0 || (len && conn_write(c, data, len) < 0)) {
+    if (conn_write(c, hdr, sizeof(hdr), len > 0) < 0 ||
+        (len && conn_write(c, data, len, false) < 0)) {
         return -1;
     }
     return 0;
@@ -118,10 +119,18 @@ static struct nbd_export *export_get(struct nbd_conn *c, struct str name)
     return exp;
 }
 
-/* Enter transmission with @exp (whose reference the connection keeps). */
-static void bind_export(struct nbd_conn *c, struct nbd_export *exp)
+/*
+ * Enter transmission with @exp, whose reference the connection then keeps;
+ * false if it has been deleted meanwhile.  Done before the final reply, so
+ * that a hard nbdsrv_export_del() after it finds the connection.
+ */
+static bool bind_export(struct nbd_conn *c, struct nbd_export *exp)
 {
     pthread_mutex_lock(&c->srv->lock);
+    if (exp->deleted) {
+        pthread_mutex_unlock(&c->srv->lock);
+        return false;
+    }
     c->exp = exp;
     pthread_mutex_unlock(&c->srv->lock);
     c->tflags = nbd_export_tflags(c, exp);
@@ -130,6 +139,7 @@ static void bind_export(struct nbd_conn *c, struct nbd_export *exp)
         meta_ctx_clear(c);
     }
     nbdsrv_log(c->srv, "client %s uses export '%s'", c->peer, exp->name);
+    return true;
 }
 
 static int opt_export_name(struct nbd_conn *c, const uint8_t *data, uint32_t len)
@@ -145,10 +155,14 @@ static int opt_export_name(struct nbd_conn *c, const uint8_t *data, uint32_t len
                    NAME_ARG(name));
         return OPT_CLOSE;
     }
-    bind_export(c, exp);
+    if (!bind_export(c, exp)) {
+        nbdsrv_log(c->srv, "client %s asked for export '%s', being removed", c->peer, exp->name);
+        nbdsrv_export_unref(exp);
+        return OPT_CLOSE;
+    }
     put_be64(reply, blk_size(exp->blk));
     put_be16(reply + 8, c->tflags);
-    if (conn_write(c, reply, c->no_zeroes ? 10 : sizeof(reply)) < 0) {
+    if (conn_write(c, reply, c->no_zeroes ? 10 : sizeof(reply), false) < 0) {
         return OPT_CLOSE;
     }
     return OPT_GO;
@@ -225,13 +239,19 @@ static int opt_info_go(struct nbd_conn *c, uint32_t opt, const uint8_t *data, ui
     put_be32(info + 2, 1);
     put_be32(info + 6, 4096);
     put_be32(info + 10, c->srv->cfg.max_payload);
-    if (send_rep(c, opt, NBD_REP_INFO, info, 14) < 0 ||
-        send_rep(c, opt, NBD_REP_ACK, NULL, 0) < 0) {
+    if (send_rep(c, opt, NBD_REP_INFO, info, 14) < 0) {
         goto out;
     }
     if (opt == NBD_OPT_GO) {
-        bind_export(c, exp);
-        return OPT_GO;
+        if (!bind_export(c, exp)) {
+            ret = send_err(c, opt, NBD_REP_ERR_UNKNOWN, "export '%s' is being removed", exp->name);
+            goto out;
+        }
+        /* the connection holds the reference now, whatever happens */
+        return send_rep(c, opt, NBD_REP_ACK, NULL, 0) < 0 ? OPT_CLOSE : OPT_GO;
+    }
+    if (send_rep(c, opt, NBD_REP_ACK, NULL, 0) < 0) {
+        goto out;
     }
     ret = OPT_NEXT;
 out:
@@ -273,7 +293,7 @@ static int opt_list(struct nbd_conn *c, uint32_t len)
         used += need;
     }
     pthread_mutex_unlock(&srv->lock);
-    if ((used && conn_write(c, buf, used) < 0) || send_ack(c, NBD_OPT_LIST) == OPT_CLOSE) {
+    if ((used && conn_write(c, buf, used, true) < 0) || send_ack(c, NBD_OPT_LIST) == OPT_CLOSE) {
         ret = OPT_CLOSE;
     }
     free(buf);
@@ -533,7 +553,7 @@ int nbd_handshake(struct nbd_conn *c)
     put_be64(greeting, NBD_MAGIC);
     put_be64(greeting + 8, NBD_OPTS_MAGIC);
     put_be16(greeting + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
-    if (conn_write(c, greeting, sizeof(greeting)) < 0 || conn_read(c, cflags, 4) < 0) {
+    if (conn_write(c, greeting, sizeof(greeting), false) < 0 || conn_read(c, cflags, 4) < 0) {
         nbdsrv_log(c->srv, "client %s: handshake failed: %s", c->peer, why());
         return -1;
     }

@@ -135,7 +135,7 @@ enum {
 #define NBDSRV_MAX_CONTEXTS 16
 /* Extents in one block status chunk. */
 #define NBDSRV_MAX_EXTENTS 16384
-/* How far past a read its block status is asked for, to fill the data cache. */
+/* How far past a request block status is asked for, to fill the data cache. */
 #define NBDSRV_READ_LOOKAHEAD (1ull << 30)
 /* Content chunks in one structured read reply (then the rest is data). */
 #define NBDSRV_MAX_READ_CHUNKS 32
@@ -150,21 +150,27 @@ enum {
 #define NBDSRV_TOTAL_CACHE (128u << 20)
 /* Chunk of a CACHE request read at a time. */
 #define NBDSRV_CACHE_CHUNK (1u << 20)
+/* Send buffer asked for UNIX sockets (the kernel caps it at wmem_max). */
+#define NBDSRV_UNIX_SNDBUF (2 << 20)
 /* nbdsrv_shutdown: how long clients may take to read their last replies. */
 #define NBDSRV_SHUTDOWN_GRACE_MS 5000
 
 /* --- objects --- */
 
 /*
- * Ranges of an export known to hold data, so that reads need not ask for
- * block status each time (on a file system, asking for the next hole may
- * scan the whole file).  Only data is remembered: a range that became a
- * hole since just reads as zeroes sent as data.  Trims and write zeroes
- * through the export forget what they touch.
+ * Ranges of an export known to hold data, so that reads and base:allocation
+ * need not ask for block status each time (on a file system, finding the
+ * next hole may scan the whole file).  Only data is remembered: a range
+ * that became a hole since (a trim by another path) reads as zeroes sent
+ * as data and is reported allocated, which the protocol allows.  Trims and
+ * write zeroes through the export forget what they touch.  Block status
+ * queries that miss are made one at a time (query lock), so that clients
+ * starting together do not all search for the same hole.
  */
 #define NBDSRV_DATA_CACHE 4
 struct data_cache {
-    pthread_mutex_t lock;
+    pthread_mutex_t query;       /* held across a block status query */
+    pthread_mutex_t lock;        /* the fields below */
     uint64_t gen;                /* bumped by every invalidation */
     uint64_t start[NBDSRV_DATA_CACHE];
     uint64_t end[NBDSRV_DATA_CACHE];
@@ -299,7 +305,7 @@ int nbdsrv_spawn(pthread_t *t, void *(*fn)(void *), void *arg);
 /* sockets.c */
 void *nbdsrv_accept_main(void *opaque);
 /* Join and free connections whose threads have finished. */
-void nbdsrv_reap(struct nbdsrv *srv, bool all);
+void nbdsrv_reap(struct nbdsrv *srv);
 void nbdsrv_close_listeners(struct nbdsrv *srv);
 
 /* conn.c */
@@ -314,8 +320,9 @@ int conn_start(struct nbdsrv *srv, int fd, const char *peer);
 int conn_read(struct nbd_conn *c, void *buf, size_t len);
 /* Skip @len bytes of input. */
 int conn_skip(struct nbd_conn *c, uint64_t len);
-/* Handshake: write @len bytes (blocking, within the deadline). */
-int conn_write(struct nbd_conn *c, const void *buf, size_t len);
+/* Handshake: write @len bytes (blocking, within the deadline); @more:
+ * more follows at once (MSG_MORE: one TCP segment for a reply). */
+int conn_write(struct nbd_conn *c, const void *buf, size_t len, bool more);
 /* A request object with a buffer of at least @bufsize bytes, counted as
  * in flight; waits while the connection's byte budget is used up. */
 struct nbd_req *conn_req_get(struct nbd_conn *c, size_t bufsize, size_t budget);

@@ -132,29 +132,19 @@ static struct blk *req_blk(struct nbd_req *req)
 
 /* --- the data cache (see struct data_cache) --- */
 
-/* Is [off, off+len) known to be data?  Else *gen is the generation to add with. */
-static bool dc_is_data(struct data_cache *dc, uint64_t off, uint64_t len, uint64_t *gen)
+/* If @off lies in a range known to be data, that range's end, else 0. */
+static uint64_t dc_data_end(struct data_cache *dc, uint64_t off)
 {
-    bool hit = false;
+    uint64_t e = 0;
 
     pthread_mutex_lock(&dc->lock);
-    for (unsigned i = 0; i < NBDSRV_DATA_CACHE && !hit; i++) {
-        hit = dc->start[i] <= off && dc->end[i] >= off + len && dc->end[i] > dc->start[i];
-    }
-    *gen = dc->gen;
-    pthread_mutex_unlock(&dc->lock);
-    return hit;
-}
-
-static void dc_add(struct data_cache *dc, uint64_t start, uint64_t end, uint64_t gen)
-{
-    pthread_mutex_lock(&dc->lock);
-    if (dc->gen == gen) {
-        dc->start[dc->next] = start;
-        dc->end[dc->next] = end;
-        dc->next = (dc->next + 1) % NBDSRV_DATA_CACHE;
+    for (unsigned i = 0; i < NBDSRV_DATA_CACHE; i++) {
+        if (dc->start[i] <= off && off < dc->end[i]) {
+            e = MAX(e, dc->end[i]);
+        }
     }
     pthread_mutex_unlock(&dc->lock);
+    return e;
 }
 
 static void dc_forget(struct data_cache *dc, uint64_t off, uint64_t len)
@@ -169,6 +159,53 @@ static void dc_forget(struct data_cache *dc, uint64_t off, uint64_t len)
     pthread_mutex_unlock(&dc->lock);
 }
 
+/*
+ * Status of [off, off+len) through the disk, or from the data cache:
+ * *data then says the extent of m->len bytes is data (else it is m's
+ * status).  A data extent found is remembered.  Returns 0 or -errno.
+ */
+static int export_status(struct nbd_export *exp, uint64_t off, uint64_t len,
+                         struct bdev_map *m, bool *data)
+{
+    struct data_cache *dc = &exp->dc;
+    uint64_t e = dc_data_end(dc, off), gen;
+    int ret;
+
+    m->len = 0;
+    if (!e) {
+        /* one query at a time: the others may then find its answer cached */
+        pthread_mutex_lock(&dc->query);
+        e = dc_data_end(dc, off);
+        if (e) {
+            pthread_mutex_unlock(&dc->query);
+        }
+    }
+    if (e) {
+        m->len = MIN(e - off, len);
+        *data = true;
+        return 0;
+    }
+    pthread_mutex_lock(&dc->lock);
+    gen = dc->gen;
+    pthread_mutex_unlock(&dc->lock);
+    ret = blk_block_status(exp->blk, off, MAX(len, NBDSRV_READ_LOOKAHEAD), m);
+    if (ret == 0 && (m->status & BDEV_BLOCK_DATA) && !(m->status & BDEV_BLOCK_ZERO)) {
+        pthread_mutex_lock(&dc->lock);
+        if (dc->gen == gen) {
+            dc->start[dc->next] = off;
+            dc->end[dc->next] = off + m->len;
+            dc->next = (dc->next + 1) % NBDSRV_DATA_CACHE;
+        }
+        pthread_mutex_unlock(&dc->lock);
+    }
+    pthread_mutex_unlock(&dc->query);
+    if (ret == 0) {
+        m->len = MIN(m->len, len);
+    }
+    *data = false;
+    return ret;
+}
+
 struct read_ext {
     uint64_t off;
     uint32_t len;
@@ -179,9 +216,8 @@ static void do_read(struct nbd_req *req)
 {
     struct nbd_conn *c = req->conn;
     struct blk *blk = req_blk(req);
-    struct data_cache *dc = &c->exp->dc;
     struct read_ext ext[NBDSRV_MAX_READ_CHUNKS];
-    uint64_t pos = req->offset, end = req->offset + req->len, gen;
+    uint64_t pos = req->offset, end = req->offset + req->len;
     unsigned n = 0;
     int ret;
 
@@ -206,30 +242,23 @@ static void do_read(struct nbd_req *req)
      * What reads as zeroes goes as holes, unless the client wants a
      * single chunk (DF).  Past the last chunk we describe, all is data.
      */
-    if (!(req->flags & NBD_CMD_FLAG_DF) && !dc_is_data(dc, pos, end - pos, &gen)) {
+    if (!(req->flags & NBD_CMD_FLAG_DF)) {
         while (pos < end && n < NBDSRV_MAX_READ_CHUNKS - 1) {
             struct bdev_map m;
-            uint64_t len;
-            bool zero;
-            /* ask past the read: a data extent found is remembered */
-            if (blk_block_status(blk, pos, MAX(end - pos, NBDSRV_READ_LOOKAHEAD), &m) < 0 ||
-                !m.len) {
+            bool data, zero;
+            if (export_status(c->exp, pos, end - pos, &m, &data) < 0 || !m.len) {
                 break;
             }
-            zero = m.status & BDEV_BLOCK_ZERO;
-            if (!zero && m.len > end - pos) {
-                dc_add(dc, pos, pos + m.len, gen);
-            }
-            len = MIN(m.len, end - pos);
+            zero = !data && (m.status & BDEV_BLOCK_ZERO);
             if (n && ext[n - 1].zero == zero) {
-                ext[n - 1].len += (uint32_t)len;
+                ext[n - 1].len += (uint32_t)m.len;
             } else {
                 ext[n].off = pos;
-                ext[n].len = (uint32_t)len;
+                ext[n].len = (uint32_t)m.len;
                 ext[n].zero = zero;
                 n++;
             }
-            pos += len;
+            pos += m.len;
         }
     }
     if (pos < end) {
@@ -323,16 +352,18 @@ static ssize_t ctx_extents(struct nbd_req *req, const struct meta_ctx *ctx, size
             ret = blk_bitmap_status(blk, ctx->bitmap, pos, end - pos, &pnum, &dirty);
             len = pnum;
             flags = dirty ? NBD_STATE_DIRTY : 0;
+        } else if (ctx->kind == META_BASE_ALLOCATION) {
+            struct bdev_map m;
+            bool data;
+            ret = export_status(req->conn->exp, pos, end - pos, &m, &data);
+            len = m.len;
+            flags = data ? 0 : ((m.status & BDEV_BLOCK_DATA) ? 0 : NBD_STATE_HOLE) |
+                               ((m.status & BDEV_BLOCK_ZERO) ? NBD_STATE_ZERO : 0);
         } else {
             struct bdev_map m;
             ret = blk_block_status(blk, pos, end - pos, &m);
             len = m.len;
-            if (ctx->kind == META_BASE_ALLOCATION) {
-                flags = ((m.status & BDEV_BLOCK_DATA) ? 0 : NBD_STATE_HOLE) |
-                        ((m.status & BDEV_BLOCK_ZERO) ? NBD_STATE_ZERO : 0);
-            } else {
-                flags = depth_flags(&m);
-            }
+            flags = depth_flags(&m);
         }
         if (ret < 0) {
             return ret;

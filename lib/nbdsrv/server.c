@@ -125,7 +125,7 @@ int nbdsrv_add_client(struct nbdsrv *srv, int fd, struct error **errp)
     }
     pthread_mutex_unlock(&srv->lock);
     /* without nbdsrv_start() no accept thread reaps finished clients */
-    nbdsrv_reap(srv, false);
+    nbdsrv_reap(srv);
     r = conn_start(srv, fd, "fd");
     if (r < 0) {
         error_setg_errno(errp, -r, "cannot serve a new NBD client");
@@ -208,6 +208,7 @@ void nbdsrv_export_ref_locked(struct nbd_export *exp)
 static void export_free(struct nbd_export *exp)
 {
     pthread_mutex_destroy(&exp->dc.lock);
+    pthread_mutex_destroy(&exp->dc.query);
     blk_unref(exp->blk);
     strv_free(exp->bitmaps);
     free(exp->id);
@@ -310,6 +311,7 @@ int nbdsrv_export_add(struct nbdsrv *srv, const struct nbdsrv_export_opts *o,
     }
     exp->refcnt = 1;
     pthread_mutex_init(&exp->dc.lock, NULL);
+    pthread_mutex_init(&exp->dc.query, NULL);
 
     pthread_mutex_lock(&srv->lock);
     if (srv->stopping) {
@@ -493,7 +495,7 @@ void nbdsrv_shutdown(struct nbdsrv *srv)
     }
     srv->shut_down = true;
     pthread_mutex_unlock(&srv->lock);
-    nbdsrv_reap(srv, true);
+    nbdsrv_reap(srv);
 }
 
 void nbdsrv_free(struct nbdsrv *srv)

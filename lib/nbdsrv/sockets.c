@@ -234,11 +234,10 @@ static char *peer_name(const struct sockaddr_storage *ss)
     }
 }
 
-void nbdsrv_reap(struct nbdsrv *srv, bool all)
+void nbdsrv_reap(struct nbdsrv *srv)
 {
     struct nbd_conn *done = NULL, **pp;
 
-    (void)all;
     pthread_mutex_lock(&srv->lock);
     pp = &srv->conns;
     while (*pp) {
@@ -290,10 +289,9 @@ void *nbdsrv_accept_main(void *opaque)
     pfd[0].events = POLLIN;
 
     for (;;) {
-        int timeout = -1;
         bool stop;
 
-        if (poll(pfd, n + 1, timeout) < 0) {
+        if (poll(pfd, n + 1, -1) < 0) {
             if (errno == EINTR) {
                 continue;
             }
@@ -305,7 +303,7 @@ void *nbdsrv_accept_main(void *opaque)
             if (read(srv->wake_fd, &v, sizeof(v)) < 0) {
                 /* nothing pending */
             }
-            nbdsrv_reap(srv, false);
+            nbdsrv_reap(srv);
         }
         pthread_mutex_lock(&srv->lock);
         stop = srv->stopping;

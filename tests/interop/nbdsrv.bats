@@ -427,11 +427,20 @@ EOF
     [[ $output == *"another server is listening"* ]]
     # SIGTERM while a client is connected: it ends cleanly and flushes
     "$PY" -c 'import nbd, sys, time
-h = nbd.NBD(); h.connect_uri(sys.argv[1]); h.pwrite(b"q" * 4096, 8192); time.sleep(30)' \
-        "$HOST_URI" 3>&- &
-    echo $! >>"$BATS_TEST_TMPDIR/.bgpids"
-    sleep 0.5
+h = nbd.NBD(); h.connect_uri(sys.argv[1]); h.pwrite(b"q" * 4096, 8192)
+print("written", flush=True)
+try:
+    while True:
+        h.pread(512, 0)
+        time.sleep(0.05)
+except nbd.Error:
+    print("server gone", flush=True)' "$HOST_URI" >client.out 2>&1 3>&- &
+    local client=$! n=100
+    echo "$client" >>"$BATS_TEST_TMPDIR/.bgpids"
+    while ! grep -q written client.out && [ $n -gt 0 ]; do sleep 0.05; n=$((n - 1)); done
     host_stop
+    wait "$client"
+    grep -q 'server gone' client.out
     QIO_FMT=raw qio d.raw 'read -P 0x71 8192 4096'
     # a server killed hard leaves a stale socket, which the next one replaces
     host_start k --format raw d.raw
