@@ -21,7 +21,7 @@
 
 /* Workers for guest I/O and jobs: enough to keep a few requests per disk
  * in flight on two cores. */
-#define AGENT_WORKERS 8
+#define AGENT_WORKERS 32
 
 void agent_log(struct agent *a, const char *fmt, ...)
 {
