@@ -148,16 +148,13 @@ struct chain_seen {
     int n;
 };
 
-static const char *pending_nbd_bitmap;
-
 static struct bdev *open_one(const char *filename, const struct format_driver *drv,
-                             unsigned flags, struct error **errp)
+                             unsigned flags, const char *nbd_bitmap, struct error **errp)
 {
     struct bdev *bd = xzalloc(sizeof(*bd));
     int ret;
 
-    bd->nbd_bitmap = pending_nbd_bitmap;
-    pending_nbd_bitmap = NULL;
+    bd->nbd_bitmap = nbd_bitmap;
 
     bd->drv = drv;
     bd->filename = xstrdup(filename);
@@ -260,7 +257,8 @@ static const struct format_driver *probe_backing(const char *overlay, const char
 }
 
 static struct bdev *open_chain(const char *filename, const struct format_driver *drv,
-                               unsigned flags, struct chain_seen *seen, struct error **errp);
+                               unsigned flags, const char *nbd_bitmap, struct chain_seen *seen,
+                               struct error **errp);
 
 /* Open the backing chain recorded in @bd. */
 static int open_backing(struct bdev *bd, unsigned flags, struct chain_seen *seen,
@@ -279,7 +277,7 @@ static int open_backing(struct bdev *bd, unsigned flags, struct chain_seen *seen
                        "raw, not '%s'", bd->filename, bd->backing_file, bd->backing_format);
             return -EINVAL;
         }
-        bd->backing = open_chain(bd->full_backing_file, &nbd_driver, bflags, seen, errp);
+        bd->backing = open_chain(bd->full_backing_file, &nbd_driver, bflags, NULL, seen, errp);
         return bd->backing ? 0 : -EIO;
     }
     if (bd->backing_format) {
@@ -300,7 +298,7 @@ static int open_backing(struct bdev *bd, unsigned flags, struct chain_seen *seen
                          bd->full_backing_file, bd->filename);
         return -ENOENT;
     }
-    bd->backing = open_chain(bd->full_backing_file, bdrv, bflags, seen, errp);
+    bd->backing = open_chain(bd->full_backing_file, bdrv, bflags, NULL, seen, errp);
     if (!bd->backing && errp && *errp && !strstr((*errp)->msg, bd->filename)) {
         /* name the image whose backing file it is */
         error_prefix(errp, "backing file of '%s': ", bd->filename);
@@ -309,7 +307,8 @@ static int open_backing(struct bdev *bd, unsigned flags, struct chain_seen *seen
 }
 
 static struct bdev *open_chain(const char *filename, const struct format_driver *drv,
-                               unsigned flags, struct chain_seen *seen, struct error **errp)
+                               unsigned flags, const char *nbd_bitmap, struct chain_seen *seen,
+                               struct error **errp)
 {
     struct bdev *bd;
     struct stat st;
@@ -331,7 +330,7 @@ static struct bdev *open_chain(const char *filename, const struct format_driver 
         seen->n++;
     }
 
-    bd = open_one(filename, drv, flags, errp);
+    bd = open_one(filename, drv, flags, nbd_bitmap, errp);
     if (!bd) {
         return NULL;
     }
@@ -345,22 +344,14 @@ static struct bdev *open_chain(const char *filename, const struct format_driver 
     return bd;
 }
 
-struct bdev *bdev_open_ext(const char *filename, const char *format, unsigned flags,
-                           const struct bdev_open_opts *opts, struct error **errp)
-{
-    struct bdev *bd;
-    static pthread_mutex_t open_lock = PTHREAD_MUTEX_INITIALIZER;
-
-    pthread_mutex_lock(&open_lock);
-    pending_nbd_bitmap = opts ? opts->nbd_bitmap : NULL;
-    bd = bdev_open(filename, format, flags, errp);
-    pending_nbd_bitmap = NULL;
-    pthread_mutex_unlock(&open_lock);
-    return bd;
-}
-
 struct bdev *bdev_open(const char *filename, const char *format, unsigned flags,
                        struct error **errp)
+{
+    return bdev_open_ext(filename, format, flags, NULL, errp);
+}
+
+struct bdev *bdev_open_ext(const char *filename, const char *format, unsigned flags,
+                           const struct bdev_open_opts *opts, struct error **errp)
 {
     const struct format_driver *drv;
     struct chain_seen *seen;
@@ -397,7 +388,7 @@ struct bdev *bdev_open(const char *filename, const char *format, unsigned flags,
         drv = bdev_probe(head, n);
     }
     seen = xzalloc(sizeof(*seen));
-    bd = open_chain(filename, drv, flags, seen, errp);
+    bd = open_chain(filename, drv, flags, opts ? opts->nbd_bitmap : NULL, seen, errp);
     free(seen);
     return bd;
 }
