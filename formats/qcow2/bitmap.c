@@ -361,17 +361,29 @@ static int64_t store_bitmap_data(struct qcow2 *s, struct dirty_bitmap *bm, uint3
 /*
  * Write the directory for the current s->bitmaps to new clusters and point
  * the header at it; then free the old directory.  Called under s->lock.
+ *
+ * On failure *@switched tells whether the header switch was attempted.
+ * If not, nothing on disk references the new directory (it is freed) and
+ * the old one is in force.  If so, the header on disk may reference the old
+ * or the new directory: both, and everything either references, stay
+ * allocated (the new directory is leaked, never freed), and the header
+ * writer has put the old header back or marked the image unsure.
  */
-int qcow2_bitmap_write_dir(struct qcow2 *s)
+static int write_dir(struct qcow2 *s, bool *switched)
 {
     uint64_t old_off = s->has_bitmaps_ext ? s->bitmap_dir_offset : 0;
     uint64_t old_size = s->has_bitmaps_ext ? s->bitmap_dir_size : 0;
     bool old_has = s->has_bitmaps_ext;
     uint64_t old_autoclear = s->autoclear;
     uint64_t len = 0, new_off = 0;
-    uint8_t *dir = encode_dir(s, &len);
+    uint8_t *dir;
     int ret = 0;
 
+    *switched = false;
+    if (s->unsure) {
+        return -EIO;
+    }
+    dir = encode_dir(s, &len);
     if (s->nb_bitmaps) {
         int64_t off = qcow2_alloc_clusters(s, DIV_ROUND_UP(len, s->cluster_size));
         if (off < 0) {
@@ -392,6 +404,7 @@ int qcow2_bitmap_write_dir(struct qcow2 *s)
         ret = qcow2_order_sync(s);
     }
     if (ret < 0) {
+        /* the header was not touched: the new directory is no one's */
         if (new_off) {
             qcow2_update_refcount(s, new_off, ALIGN_UP(len, s->cluster_size), -1);
         }
@@ -405,10 +418,8 @@ int qcow2_bitmap_write_dir(struct qcow2 *s)
     } else {
         s->autoclear &= ~QCOW2_AUTOCLEAR_BITMAPS;
     }
+    *switched = true;
     ret = qcow2_write_header(s, NULL);
-    if (ret == 0) {
-        ret = qcow2_order_sync(s);
-    }
     if (ret < 0) {
         s->has_bitmaps_ext = old_has;
         s->bitmap_dir_offset = old_off;
@@ -417,18 +428,23 @@ int qcow2_bitmap_write_dir(struct qcow2 *s)
         return ret;
     }
     if (old_off) {
-        ret = qcow2_update_refcount(s, old_off, ALIGN_UP(old_size, s->cluster_size), -1);
+        /* failing to free only leaks */
+        qcow2_update_refcount(s, old_off, ALIGN_UP(old_size, s->cluster_size), -1);
     }
-    return ret;
+    return 0;
 }
 
 /* Rewrite the directory where it is (same size; only flags changed). */
 static int write_dir_in_place(struct qcow2 *s)
 {
     uint64_t len;
-    uint8_t *dir = encode_dir(s, &len);
+    uint8_t *dir;
     int ret;
 
+    if (s->unsure) {
+        return -EIO;
+    }
+    dir = encode_dir(s, &len);
     assert(len == s->bitmap_dir_size);
     ret = io_pwrite(s->fd, dir, len, s->bitmap_dir_offset);
     free(dir);
@@ -549,6 +565,11 @@ int qcow2_bitmaps_mark_dirty(struct qcow2 *s, uint64_t off, uint64_t len)
  * Store the loaded bitmaps that changed (new tables), write the directory
  * with @in_use for the loaded ones, then free the replaced tables and
  * those listed in @dropped (removed bitmaps).  Under s->lock.
+ *
+ * On failure the in-memory bitmaps are as before.  New tables are freed
+ * only while nothing on disk can reference them: once the header switch
+ * to the new directory was attempted, they are leaked, as the old tables
+ * and the dropped ones are (see write_dir).
  */
 static int store_locked(struct qcow2 *s, bool in_use, uint64_t *dropped_off,
                         uint32_t *dropped_size, size_t ndropped)
@@ -557,15 +578,22 @@ static int store_locked(struct qcow2 *s, bool in_use, uint64_t *dropped_off,
     uint64_t *new_tables = xcalloc(s->nb_bitmaps + 1, sizeof(*new_tables));
     uint32_t *saved_flags = xcalloc(s->nb_bitmaps + 1, sizeof(*saved_flags));
     uint32_t *old_sizes = xcalloc(s->nb_bitmaps + 1, sizeof(*old_sizes));
+    bool switched = false;
     int ret = 0;
 
+    if (s->unsure) {
+        ret = -EIO;
+        goto out;
+    }
+    for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
+        saved_flags[i] = s->bitmaps[i].flags;
+        old_sizes[i] = s->bitmaps[i].table_size;
+    }
     for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
         struct qcow2_bitmap *b = &s->bitmaps[i];
         uint32_t want;
         int64_t toff;
 
-        saved_flags[i] = b->flags;
-        old_sizes[i] = b->table_size;
         if (!b->bm) {
             continue;
         }
@@ -589,31 +617,33 @@ static int store_locked(struct qcow2 *s, bool in_use, uint64_t *dropped_off,
         }
     }
     if (ret == 0) {
-        ret = qcow2_bitmap_write_dir(s);
+        ret = write_dir(s, &switched);
     }
     if (ret < 0) {
-        /* Nothing changed on disk: undo, and give back the new tables. */
         for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
             s->bitmaps[i].flags = saved_flags[i];
             if (new_tables[i]) {
-                free_bitmap_clusters(s, new_tables[i], s->bitmaps[i].table_size);
+                if (!switched) {
+                    free_bitmap_clusters(s, new_tables[i], s->bitmaps[i].table_size);
+                }
                 s->bitmaps[i].table_offset = old_tables[i];
                 s->bitmaps[i].table_size = old_sizes[i];
             }
         }
-    } else {
-        for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
-            if (new_tables[i]) {
-                s->bitmaps[i].modified = false;
-                if (old_tables[i]) {
-                    free_bitmap_clusters(s, old_tables[i], old_sizes[i]);
-                }
+        goto out;
+    }
+    for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
+        if (new_tables[i]) {
+            s->bitmaps[i].modified = false;
+            if (old_tables[i]) {
+                free_bitmap_clusters(s, old_tables[i], old_sizes[i]);
             }
         }
-        for (size_t k = 0; k < ndropped; k++) {
-            free_bitmap_clusters(s, dropped_off[k], dropped_size[k]);
-        }
     }
+    for (size_t k = 0; k < ndropped; k++) {
+        free_bitmap_clusters(s, dropped_off[k], dropped_size[k]);
+    }
+out:
     free(old_tables);
     free(new_tables);
     free(saved_flags);
@@ -786,25 +816,64 @@ static int ensure_loaded(struct qcow2 *s, struct qcow2_bitmap *b)
     return qcow2_bitmap_load(s, b, &b->bm);
 }
 
+/* A clean bitmap of @bm's size and granularity. */
+static struct dirty_bitmap *bitmap_like(struct dirty_bitmap *bm)
+{
+    return bitmap_new(bm->size, bitmap_granularity(bm));
+}
+
+static bool in_set(struct dirty_bitmap **set, size_t n, struct dirty_bitmap *bm)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (set[i] == bm) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Whether @name (the pointer) is the name of one of @list's bitmaps */
+static bool in_list(const struct qcow2_bitmap *list, uint32_t n, const char *name)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        if (list[i].name == name) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * Apply @ops to a copy of the bitmap list and store it: the in-memory
+ * bitmaps change only once the new directory is on disk.  Bitmaps whose
+ * bits change (clear, merge) get new in-memory bitmaps, so that a failure
+ * leaves the old ones exactly as they were.
+ */
 int qcow2_bitmap_apply(struct bdev *bd, const struct bitmap_op *ops, size_t n,
                        struct error **errp)
 {
     struct qcow2 *s = bd->opaque;
     uint64_t *dropped_off = xcalloc(n + 1, sizeof(uint64_t));
     uint32_t *dropped_size = xcalloc(n + 1, sizeof(uint32_t));
-    struct qcow2_bitmap *saved;
-    uint32_t saved_nb;
-    size_t ndropped = 0;
+    struct dirty_bitmap **owned = xcalloc(2 * n + 1, sizeof(*owned));
+    struct qcow2_bitmap *old = NULL, *list = NULL;
+    uint32_t old_nb = 0, nb;
+    size_t ndropped = 0, nowned = 0;
     int ret;
 
     if (s->version < 3) {
         error_setg(errp, "'%s': persistent bitmaps need a qcow2 v3 image (compat=1.1)",
                    bd->filename);
-        free(dropped_off);
-        free(dropped_size);
-        return -ENOTSUP;
+        ret = -ENOTSUP;
+        goto out_unlocked;
     }
     pthread_mutex_lock(&s->lock);
+    if (s->unsure) {
+        error_setg(errp, "'%s': cannot change the bitmaps: an earlier header update may or "
+                   "may not have reached the disk", bd->filename);
+        ret = -EIO;
+        goto out;
+    }
     ret = validate_ops(s, ops, n, errp);
     if (ret < 0) {
         goto out;
@@ -827,143 +896,160 @@ int qcow2_bitmap_apply(struct bdev *bd, const struct bitmap_op *ops, size_t n,
             goto out;
         }
     }
-    /* Keep the old list to restore it if writing fails. */
-    saved_nb = s->nb_bitmaps;
-    saved = xcalloc(saved_nb + 1, sizeof(*saved));
-    if (saved_nb) {
-        memcpy(saved, s->bitmaps, saved_nb * sizeof(*saved));
+
+    /* A new list whose entries share the old names, extras and bitmaps. */
+    old = s->bitmaps;
+    old_nb = s->nb_bitmaps;
+    nb = old_nb;
+    list = xcalloc(old_nb + n + 1, sizeof(*list));
+    if (old_nb) {
+        memcpy(list, old, old_nb * sizeof(*list));
     }
-    {
-        /* Work on a fresh array whose entries share the old pointers. */
-        struct qcow2_bitmap *list = xcalloc(saved_nb + n + 1, sizeof(*list));
-        uint32_t nb = saved_nb;
-        struct dirty_bitmap **fresh = xcalloc(n + 1, sizeof(*fresh));
-        size_t nfresh = 0;
+    for (size_t k = 0; k < n; k++) {
+        const struct bitmap_op *op = &ops[k];
+        struct qcow2_bitmap *b = NULL;
+        int i = -1;
 
-        struct qcow2_bitmap *old_array = s->bitmaps;
-
-        if (saved_nb) {
-            memcpy(list, s->bitmaps, saved_nb * sizeof(*list));
+        for (uint32_t j = 0; j < nb; j++) {
+            if (!strcmp(list[j].name, op->name)) {
+                i = (int)j;
+            }
         }
-        for (size_t k = 0; k < n; k++) {
-            const struct bitmap_op *op = &ops[k];
-            int i = -1;
-            for (uint32_t j = 0; j < nb; j++) {
-                if (!strcmp(list[j].name, op->name)) {
-                    i = (int)j;
-                }
-            }
-            switch (op->type) {
-            case BITMAP_OP_ADD: {
-                uint64_t g = op->granularity ? op->granularity : default_granularity(s);
-                struct qcow2_bitmap *b = &list[nb++];
-                memset(b, 0, sizeof(*b));
-                b->name = xstrdup(op->name);
-                b->type = BME_TYPE_DIRTY;
-                b->granularity_bits = __builtin_ctzll(g);
-                b->table_size = qcow2_bitmap_table_entries(s, b->granularity_bits);
-                b->flags = op->disabled ? 0 : BME_FLAG_AUTO;
-                b->extra = xmalloc(1);
-                b->bm = bitmap_new(s->size, g);
-                fresh[nfresh++] = b->bm;
-                b->modified = true;
-                break;
-            }
-            case BITMAP_OP_REMOVE:
-                memmove(&list[i], &list[i + 1], (nb - i - 1) * sizeof(*list));
-                nb--;
-                break;
-            case BITMAP_OP_CLEAR:
-                bitmap_clear_all(list[i].bm);
-                list[i].modified = true;
-                break;
-            case BITMAP_OP_ENABLE:
-                list[i].flags |= BME_FLAG_AUTO;
-                break;
-            case BITMAP_OP_DISABLE:
-                list[i].flags &= ~BME_FLAG_AUTO;
-                break;
-            case BITMAP_OP_MERGE: {
-                struct dirty_bitmap *src = op->src;
-                if (!src) {
-                    for (uint32_t j = 0; j < nb; j++) {
-                        if (!strcmp(list[j].name, op->src_name)) {
-                            src = list[j].bm;
-                        }
+        if (i >= 0) {
+            b = &list[i];
+        }
+        switch (op->type) {
+        case BITMAP_OP_ADD: {
+            uint64_t g = op->granularity ? op->granularity : default_granularity(s);
+            b = &list[nb++];
+            memset(b, 0, sizeof(*b));
+            b->name = xstrdup(op->name);
+            b->type = BME_TYPE_DIRTY;
+            b->granularity_bits = __builtin_ctzll(g);
+            b->table_size = qcow2_bitmap_table_entries(s, b->granularity_bits);
+            b->flags = op->disabled ? 0 : BME_FLAG_AUTO;
+            b->extra = xmalloc(1);
+            b->bm = bitmap_new(s->size, g);
+            owned[nowned++] = b->bm;
+            b->modified = true;
+            break;
+        }
+        case BITMAP_OP_REMOVE:
+            if (in_set(owned, nowned, b->bm)) {
+                /* made by this call: it goes now */
+                for (size_t m = 0; m < nowned; m++) {
+                    if (owned[m] == b->bm) {
+                        owned[m] = NULL;
                     }
                 }
-                bitmap_merge(list[i].bm, src);
-                list[i].modified = true;
-                break;
+                bitmap_free(b->bm);
             }
+            if (!in_list(old, old_nb, b->name)) {
+                free(b->name);
+                free(b->extra);
             }
-        }
-        /* Bitmaps of the old list that are gone: their tables are freed. */
-        for (uint32_t j = 0; j < saved_nb; j++) {
-            bool kept = false;
-            for (uint32_t m = 0; m < nb; m++) {
-                if (list[m].name == saved[j].name) {
-                    kept = true;
-                }
+            memmove(&list[i], &list[i + 1], (nb - i - 1) * sizeof(*list));
+            nb--;
+            break;
+        case BITMAP_OP_CLEAR:
+            if (in_set(owned, nowned, b->bm)) {
+                bitmap_clear_all(b->bm);
+            } else {
+                b->bm = bitmap_like(b->bm);
+                owned[nowned++] = b->bm;
             }
-            if (!kept) {
-                dropped_off[ndropped] = saved[j].table_offset;
-                dropped_size[ndropped] = saved[j].table_size;
-                ndropped++;
-            }
-        }
-        s->bitmaps = list;
-        s->nb_bitmaps = nb;
-        ret = store_locked(s, s->bitmaps_loaded_rw, dropped_off, dropped_size, ndropped);
-        if (ret < 0) {
-            /* Nothing was written: back to the old list. */
-            for (uint32_t m = saved_nb; m < nb; m++) {
-                bool is_new = true;
-                for (uint32_t j = 0; j < saved_nb; j++) {
-                    if (list[m].name == saved[j].name) {
-                        is_new = false;
+            b->modified = true;
+            break;
+        case BITMAP_OP_ENABLE:
+            b->flags |= BME_FLAG_AUTO;
+            break;
+        case BITMAP_OP_DISABLE:
+            b->flags &= ~BME_FLAG_AUTO;
+            break;
+        case BITMAP_OP_MERGE: {
+            struct dirty_bitmap *src = op->src;
+            if (!src) {
+                for (uint32_t j = 0; j < nb; j++) {
+                    if (!strcmp(list[j].name, op->src_name)) {
+                        src = list[j].bm;
                     }
                 }
-                if (is_new) {
-                    free(list[m].name);
-                    free(list[m].extra);
-                    bitmap_free(list[m].bm);
-                }
             }
-            free(list);
-            /* the old array was not changed: it is the list again */
-            s->bitmaps = old_array;
-            s->nb_bitmaps = saved_nb;
-            error_setg_errno(errp, -ret, "'%s': cannot write the bitmaps", bd->filename);
+            if (!in_set(owned, nowned, b->bm)) {
+                struct dirty_bitmap *copy = bitmap_like(b->bm);
+                bitmap_merge(copy, b->bm);
+                b->bm = copy;
+                owned[nowned++] = copy;
+            }
+            bitmap_merge(b->bm, src);
+            b->modified = true;
+            break;
+        }
+        }
+    }
+    /* Bitmaps of the old list that are gone: their tables are freed. */
+    for (uint32_t j = 0; j < old_nb; j++) {
+        if (!in_list(list, nb, old[j].name)) {
+            dropped_off[ndropped] = old[j].table_offset;
+            dropped_size[ndropped] = old[j].table_size;
+            ndropped++;
+        }
+    }
+
+    s->bitmaps = list;
+    s->nb_bitmaps = nb;
+    ret = store_locked(s, s->bitmaps_loaded_rw, dropped_off, dropped_size, ndropped);
+    if (ret < 0) {
+        /* Back to the old list, untouched: drop what this call made. */
+        for (uint32_t m = 0; m < nb; m++) {
+            if (!in_list(old, old_nb, list[m].name)) {
+                free(list[m].name);
+                free(list[m].extra);
+            }
+        }
+        for (size_t k = 0; k < nowned; k++) {
+            bitmap_free(owned[k]);
+        }
+        free(list);
+        s->bitmaps = old;
+        s->nb_bitmaps = old_nb;
+        if (s->unsure) {
+            error_setg(errp, "'%s': cannot write the bitmaps: %s; the image may have the old or "
+                       "the new bitmaps (with leaked clusters)", bd->filename, strerror(-ret));
         } else {
-            free(old_array);
-            for (uint32_t j = 0; j < saved_nb; j++) {
-                bool kept = false;
-                for (uint32_t m = 0; m < nb; m++) {
-                    if (list[m].name == saved[j].name) {
-                        kept = true;
-                    }
-                }
-                if (!kept) {
-                    free(saved[j].name);
-                    free(saved[j].extra);
-                    bitmap_free(saved[j].bm);
-                }
-            }
-            /* Loaded only for this operation: not tracked. */
-            if (!s->bitmaps_loaded_rw) {
-                for (uint32_t m = 0; m < nb; m++) {
-                    bitmap_free(list[m].bm);
-                    list[m].bm = NULL;
-                }
+            error_setg_errno(errp, -ret, "'%s': cannot write the bitmaps", bd->filename);
+        }
+        goto out;
+    }
+    /* Stored: what the old list had and the new one has not goes. */
+    for (uint32_t j = 0; j < old_nb; j++) {
+        struct qcow2_bitmap *o = &old[j];
+        struct qcow2_bitmap *kept = NULL;
+        for (uint32_t m = 0; m < nb; m++) {
+            if (list[m].name == o->name) {
+                kept = &list[m];
             }
         }
-        (void)fresh;
-        free(fresh);
-        free(saved);
+        if (!kept) {
+            free(o->name);
+            free(o->extra);
+            bitmap_free(o->bm);
+        } else if (kept->bm != o->bm) {
+            bitmap_free(o->bm);
+        }
+    }
+    free(old);
+    /* Loaded only for this operation: not tracked. */
+    if (!s->bitmaps_loaded_rw) {
+        for (uint32_t m = 0; m < nb; m++) {
+            bitmap_free(list[m].bm);
+            list[m].bm = NULL;
+        }
     }
 out:
     pthread_mutex_unlock(&s->lock);
+out_unlocked:
+    free(owned);
     free(dropped_off);
     free(dropped_size);
     return ret;

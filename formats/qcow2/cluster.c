@@ -72,12 +72,26 @@ void qcow2_compressed_range(struct qcow2 *s, uint64_t l2e, uint64_t *off, uint64
     *bytes = nsec * 512 - (*off & 511);
 }
 
+/*
+ * Write L1 entry @index with the rest of its 512-byte sector (zeroes past
+ * the table's end, which its last cluster holds): a write cut short then
+ * keeps whole entries, old or new, as a power cut keeps whole sectors.
+ */
 int qcow2_write_l1_entry(struct qcow2 *s, uint32_t index)
 {
-    uint8_t be[8];
+    uint8_t be[512];
+    uint32_t first = index & ~63u;
+    int ret;
 
-    put_be64(be, s->l1[index]);
-    return io_pwrite(s->fd, be, 8, s->l1_offset + (uint64_t)index * 8);
+    memset(be, 0, sizeof(be));
+    for (uint32_t i = first; i < first + 64 && i < s->l1_size; i++) {
+        put_be64(be + (i - first) * 8, s->l1[i]);
+    }
+    ret = io_pwrite(s->fd, be, sizeof(be), s->l1_offset + (uint64_t)first * 8);
+    if (ret == 0) {
+        qcow2_note_file_end(s, s->l1_offset + (uint64_t)first * 8 + sizeof(be));
+    }
+    return ret;
 }
 
 int qcow2_set_l1_entry(struct qcow2 *s, uint32_t index, uint64_t entry)

@@ -70,7 +70,6 @@ void qcow2_signal_corruption(struct qcow2 *s, const char *fmt, ...)
         s->corrupt = true;
         s->incompat |= QCOW2_INCOMPAT_CORRUPT;
         qcow2_write_header(s, NULL);
-        io_fdatasync(s->fd);
     } else {
         bdev_set_error(s->bd, "'%s': %s", s->bd->filename, msg);
         s->corrupt = true;
@@ -78,16 +77,47 @@ void qcow2_signal_corruption(struct qcow2 *s, const char *fmt, ...)
     free(msg);
 }
 
-/* Fill cluster-sized @buf with the header; -ENOSPC if it does not fit. */
-static int build_header(struct qcow2 *s, const char *backing, const char *backing_fmt,
-                        uint8_t *buf, size_t cs)
-{
-    size_t hlen = s->version >= 3 ? s->header_length : QCOW2_V2_HEADER_SIZE;
-    size_t pos, blen = backing ? strlen(backing) : 0;
-    size_t ftlen = ARRAY_SIZE(feature_names) * FEATURE_ENTRY_SIZE;
-    bool feature_table = false;
+#define HDR_SECTOR 512
+/* How much of the header cluster a header write reads and may place the name in */
+#define HDR_AREA_MAX 65536u
 
-    memset(buf, 0, cs);
+/* Bytes the extensions (end marker included) need after the fixed header. */
+static size_t exts_size(struct qcow2 *s, const char *backing_fmt, size_t ft_entries)
+{
+    size_t n = 8;
+
+    if (backing_fmt) {
+        n += 8 + ALIGN_UP(strlen(backing_fmt), 8);
+    }
+    if (s->has_bitmaps_ext) {
+        n += 32;
+    }
+    for (size_t i = 0; i < s->nr_unknown_ext; i++) {
+        n += 8 + ALIGN_UP((size_t)s->unknown_ext[i].len, 8);
+    }
+    if (ft_entries) {
+        n += 8 + ft_entries * FEATURE_ENTRY_SIZE;
+    }
+    return n;
+}
+
+static size_t header_fixed_len(struct qcow2 *s)
+{
+    return s->version >= 3 ? s->header_length : QCOW2_V2_HEADER_SIZE;
+}
+
+/*
+ * Put the fixed header and the extensions (with @ft_entries entries of the
+ * feature name table) into zeroed @buf, which has room for them; returns
+ * the end of the end-of-extensions marker.  The backing file fields are
+ * left for the caller.
+ */
+static size_t put_header(struct qcow2 *s, const char *backing_fmt, size_t ft_entries,
+                         uint8_t *buf)
+{
+    size_t hlen = header_fixed_len(s);
+    size_t pos = hlen;
+
     put_be32(buf + 0, QCOW2_MAGIC);
     put_be32(buf + 4, s->version);
     put_be32(buf + 20, s->cluster_bits);
@@ -112,104 +142,280 @@ static int build_header(struct qcow2 *s, const char *backing, const char *backin
             memcpy(buf + QCOW2_HEADER_SIZE, s->unknown_header, s->unknown_header_len);
         }
     }
-    pos = hlen;
-
-#define NEED(n) do { if (pos + (n) > cs) return -ENOSPC; } while (0)
     if (backing_fmt) {
         size_t l = strlen(backing_fmt);
-        NEED(8 + ALIGN_UP(l, 8));
         put_be32(buf + pos, QCOW2_EXT_BACKING_FORMAT);
         put_be32(buf + pos + 4, l);
         memcpy(buf + pos + 8, backing_fmt, l);
         pos += 8 + ALIGN_UP(l, 8);
     }
-    for (size_t i = 0; i < s->nr_unknown_ext; i++) {
-        struct qcow2_ext *e = &s->unknown_ext[i];
-        NEED(8 + ALIGN_UP((size_t)e->len, 8));
-        put_be32(buf + pos, e->type);
-        put_be32(buf + pos + 4, e->len);
-        memcpy(buf + pos + 8, e->data, e->len);
-        pos += 8 + ALIGN_UP((size_t)e->len, 8);
-    }
-    /* QEMU writes the feature name table only where it fits (v3). */
-    if (s->version >= 3 &&
-        pos + 8 + ftlen + (s->has_bitmaps_ext ? 32 : 0) + 8 + blen <= cs) {
-        feature_table = true;
-        put_be32(buf + pos, QCOW2_EXT_FEATURE_TABLE);
-        put_be32(buf + pos + 4, ftlen);
-        for (size_t i = 0; i < ARRAY_SIZE(feature_names); i++) {
-            uint8_t *e = buf + pos + 8 + i * FEATURE_ENTRY_SIZE;
-            e[0] = feature_names[i].type;
-            e[1] = feature_names[i].bit;
-            memcpy(e + 2, feature_names[i].name, strlen(feature_names[i].name));
-        }
-        pos += 8 + ftlen;
-    }
-    (void)feature_table;
     if (s->has_bitmaps_ext) {
-        NEED(32);
         put_be32(buf + pos, QCOW2_EXT_BITMAPS);
         put_be32(buf + pos + 4, 24);
         qcow2_bitmap_ext_encode(s, buf + pos + 8);
         pos += 32;
     }
-    NEED(8);
-    pos += 8; /* end of extensions: type 0, length 0 */
-    if (backing) {
-        NEED(blen);
-        memcpy(buf + pos, backing, blen);
-        put_be64(buf + 8, pos);
-        put_be32(buf + 16, blen);
-        pos += blen;
+    for (size_t i = 0; i < s->nr_unknown_ext; i++) {
+        struct qcow2_ext *e = &s->unknown_ext[i];
+        put_be32(buf + pos, e->type);
+        put_be32(buf + pos + 4, e->len);
+        memcpy(buf + pos + 8, e->data, e->len);
+        pos += 8 + ALIGN_UP((size_t)e->len, 8);
     }
-#undef NEED
-    return (int)pos;
+    if (ft_entries) {
+        put_be32(buf + pos, QCOW2_EXT_FEATURE_TABLE);
+        put_be32(buf + pos + 4, ft_entries * FEATURE_ENTRY_SIZE);
+        for (size_t i = 0; i < ft_entries; i++) {
+            uint8_t *e = buf + pos + 8 + i * FEATURE_ENTRY_SIZE;
+            e[0] = feature_names[i].type;
+            e[1] = feature_names[i].bit;
+            memcpy(e + 2, feature_names[i].name, strlen(feature_names[i].name));
+        }
+        pos += 8 + ft_entries * FEATURE_ENTRY_SIZE;
+    }
+    return pos + 8; /* end of extensions: type 0, length 0 */
 }
 
 int qcow2_header_fits(struct qcow2 *s, const char *backing, const char *backing_fmt)
 {
-    uint8_t *buf = xmalloc(s->cluster_size);
-    int ret = build_header(s, backing, backing_fmt, buf, s->cluster_size);
+    size_t need = header_fixed_len(s) + exts_size(s, backing_fmt, 0);
 
-    free(buf);
-    return ret >= 0;
+    return need + (backing ? strlen(backing) : 0) <= s->cluster_size;
 }
 
+/* What the header on disk uses of the header cluster (read into @cur, @area bytes). */
+struct hdr_use {
+    size_t chain_end;         /* its fixed part and extensions: [0, chain_end) */
+    uint64_t name_off;        /* its backing file name */
+    uint32_t name_len;
+};
+
+static void header_use(const uint8_t *cur, size_t area, struct hdr_use *u)
+{
+    uint32_t version = get_be32(cur + 4);
+    size_t hlen, bound, pos;
+
+    memset(u, 0, sizeof(*u));
+    if (get_be32(cur) != QCOW2_MAGIC || version < 2 || version > 3) {
+        return; /* not a header yet (create) */
+    }
+    u->name_off = get_be64(cur + 8);
+    u->name_len = get_be32(cur + 16);
+    hlen = version == 2 ? QCOW2_V2_HEADER_SIZE : get_be32(cur + 100);
+    bound = u->name_off ? MIN(u->name_off, (uint64_t)area) : area;
+    u->chain_end = area; /* unless the end marker is found below */
+    pos = hlen;
+    while (pos + 8 <= bound) {
+        uint32_t len = get_be32(cur + pos + 4);
+        if (get_be32(cur + pos) == QCOW2_EXT_END) {
+            u->chain_end = pos + 8;
+            break;
+        }
+        if (len > bound - pos - 8) {
+            break;
+        }
+        pos += 8 + ALIGN_UP((size_t)len, 8);
+    }
+}
+
+static bool overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
+{
+    return alen && blen && a < b + blen && b < a + alen;
+}
+
+/*
+ * Where a backing file name of @blen bytes that does not fit in sector 0
+ * goes: where the header on disk has it if it does not change, else after
+ * sector 0 on bytes the header on disk does not use.  0: no such place.
+ */
+static uint64_t tail_name_offset(const uint8_t *cur, size_t area, const struct hdr_use *u,
+                                 const char *name, size_t blen)
+{
+    uint64_t cand[3];
+
+    if (u->name_off >= HDR_SECTOR && u->name_len == blen && u->name_off + blen <= area &&
+        !memcmp(cur + u->name_off, name, blen)) {
+        return u->name_off;
+    }
+    cand[0] = HDR_SECTOR;
+    cand[1] = ALIGN_UP((uint64_t)u->chain_end, 8);
+    cand[2] = ALIGN_UP(u->name_off + u->name_len, 8);
+    for (size_t i = 0; i < ARRAY_SIZE(cand); i++) {
+        uint64_t c = cand[i];
+        if (c >= HDR_SECTOR && c + blen <= area && !overlaps(c, blen, 0, u->chain_end) &&
+            !overlaps(c, blen, u->name_off, u->name_len)) {
+            return c;
+        }
+    }
+    return 0;
+}
+
+/*
+ * A header update may or may not have reached the disk, and writing the
+ * old header back failed too: nothing further is written through this open
+ * image (the data path refuses writes as for a corrupt image, but nothing
+ * is marked on disk: the image itself is consistent, whichever header it
+ * has, since callers keep what both reference allocated).
+ */
+static void set_unsure(struct qcow2 *s, int err)
+{
+    s->unsure = true;
+    s->corrupt = true;
+    if (s->bd) {
+        bdev_set_error(s->bd, "'%s': a header update failed (%s) and may or may not have "
+                       "reached the disk; no further writes to this image until it is "
+                       "opened again", s->bd->filename, strerror(-err));
+    }
+}
+
+/*
+ * Write the header for the in-memory fields, with backing file @backing
+ * (format @backing_fmt), and sync it.
+ *
+ * The header changes while the image is in use (bitmaps extension, dirty
+ * and corrupt bits, autoclear bits, size, L1 and refcount table moves,
+ * backing file) and each change must survive a kill at any instant and a
+ * power cut, which keeps any subset of the 512-byte sectors written since
+ * the last sync.  The scheme:
+ *
+ * - Sector 0 holds a complete header by itself: the fixed fields, every
+ *   extension and the end-of-extensions marker.  The feature name table,
+ *   which is optional, gets the room that is left (as many entries as
+ *   fit, incompatible features first).
+ * - The backing file name, which the header references by offset and
+ *   length, follows the end marker in sector 0 when it fits there.
+ *   Otherwise it lives after sector 0: where the header on disk has it if
+ *   it does not change, else on bytes that the header on disk does not use
+ *   (neither its extensions nor its name).
+ * - Step 1, only when the name moves to or within the area after sector
+ *   0: write the name, sync.  The header on disk is still the old one,
+ *   complete and unchanged: old sector 0 and the bytes it references.
+ * - Step 2, the switch: write sector 0, sync.  Any sector 0, old or new,
+ *   is a whole header whose name is durable.  The write also rewrites
+ *   sector 1 unchanged, so that a write cut off half-way (as the fault
+ *   injection's "torn" does) still never splits sector 0.
+ *
+ * So every field (name, format, bitmaps, feature bits, size, tables)
+ * switches in one sector, and every crash leaves the old or the new header.
+ *
+ * Failures: in step 1 the old header is known to be on disk.  In step 2,
+ * either header may be on disk; after a failed sync nothing can be assumed
+ * about what reached it.  Callers therefore keep everything that either
+ * header references allocated (they leak rather than free).  The old
+ * sector 0 is written again and synced: when that works, the old header is
+ * known to be on disk again and the image stays usable; when it fails as
+ * well, the image is marked unsure (set_unsure): no further writes.
+ *
+ * A header whose extensions do not fit in sector 0 (large unknown
+ * extensions that another program added) is written in one piece, which
+ * only a kill, not a power cut, leaves whole.
+ */
 static int write_header_with(struct qcow2 *s, const char *backing, const char *backing_fmt,
                              struct error **errp)
 {
     const char *fn = s->bd ? s->bd->filename : s->create_name;
-    uint8_t *buf = xmalloc(s->cluster_size);
-    int len, ret;
+    size_t cs = s->cluster_size, area = MIN(cs, (size_t)HDR_AREA_MAX);
+    size_t hlen = header_fixed_len(s), blen = backing ? strlen(backing) : 0;
+    size_t base_end = hlen + exts_size(s, backing_fmt, 0);
+    size_t ft = 0, chain_end, wlen, bufsz;
+    uint64_t name_off = 0;
+    bool sector0 = base_end <= HDR_SECTOR, name_in_tail = false;
+    uint8_t *cur, *buf;
+    struct hdr_use use;
+    ssize_t got;
+    int ret;
 
-    len = build_header(s, backing, backing_fmt, buf, s->cluster_size);
-    if (len < 0) {
-        free(buf);
+    if (s->unsure) {
+        error_setg(errp, "'%s': cannot write the header: an earlier header update may or may "
+                   "not have reached the disk", fn);
+        return -EIO;
+    }
+    if (base_end + blen > cs) {
         error_setg(errp, "'%s': header extensions and backing file name do not fit in "
                    "one cluster", fn);
         return -ENOSPC;
     }
-    /*
-     * Write the used part of the header cluster (rounded to sectors) in
-     * one call: the fixed header sits in the first sector, which is
-     * written atomically in practice.  If the write fails part-way, put
-     * back what was there.
-     */
-    {
-        size_t n = MIN((size_t)ALIGN_UP(len, 512), (size_t)s->cluster_size);
-        uint8_t *old = xmalloc(n);
-        ssize_t got = io_pread(s->fd, old, n, 0);
-
-        ret = io_pwrite(s->fd, buf, n, 0);
-        if (ret < 0 && got > 0) {
-            io_pwrite(s->fd, old, got, 0);
-        }
-        free(old);
+    /* room for a header that does not fit the area (written in one piece) */
+    bufsz = MAX(area, MIN(cs, base_end + blen + 8 + ARRAY_SIZE(feature_names) *
+                                                   FEATURE_ENTRY_SIZE));
+    cur = xzalloc(bufsz);
+    got = io_pread(s->fd, cur, bufsz, 0);
+    if (got < 0) {
+        error_setg_errno(errp, -got, "'%s': cannot read the header", fn);
+        free(cur);
+        return (int)got;
     }
-    free(buf);
+    header_use(cur, area, &use);
+
+    /* Layout */
+    if (sector0 && blen && base_end + blen > HDR_SECTOR) {
+        name_off = tail_name_offset(cur, area, &use, backing, blen);
+        name_in_tail = name_off != 0;
+        sector0 = name_in_tail;
+    }
+    if (s->version >= 3) {
+        size_t used = sector0 ? base_end + (name_in_tail ? 0 : blen) : base_end + blen;
+        size_t room = (sector0 ? HDR_SECTOR : cs) - used;
+        if (room >= 8 + FEATURE_ENTRY_SIZE) {
+            ft = MIN(ARRAY_SIZE(feature_names), (room - 8) / FEATURE_ENTRY_SIZE);
+        }
+        if (!sector0 && ft < ARRAY_SIZE(feature_names)) {
+            ft = 0; /* as before: the whole table or none */
+        }
+    }
+    buf = xmalloc(bufsz);
+    memcpy(buf, cur, bufsz);
+    memset(buf, 0, sector0 ? HDR_SECTOR : bufsz);
+    chain_end = put_header(s, backing_fmt, ft, buf);
+    if (blen) {
+        if (!name_in_tail) {
+            name_off = chain_end;
+        }
+        memcpy(buf + name_off, backing, blen);
+        put_be64(buf + 8, name_off);
+        put_be32(buf + 16, blen);
+    }
+
+    if (!sector0) {
+        /* One piece: the extensions do not fit in sector 0. */
+        wlen = MIN(ALIGN_UP(MAX(chain_end, name_off + blen), HDR_SECTOR), bufsz);
+        ret = io_pwrite(s->fd, buf, wlen, 0);
+    } else {
+        wlen = MIN((size_t)2 * HDR_SECTOR, area);
+        ret = 0;
+        if (name_in_tail && memcmp(cur + name_off, backing, blen)) {
+            /* step 1: the name, where the header on disk does not look */
+            ret = io_pwrite(s->fd, buf + name_off, blen, name_off);
+            if (ret == 0) {
+                ret = qcow2_order_sync(s);
+            }
+            if (ret < 0) {
+                error_setg_errno(errp, -ret, "'%s': cannot write the header", fn);
+                goto out;
+            }
+            memcpy(cur + name_off, backing, blen);
+        }
+        /* step 2: the switch (sector 1 rewritten as it is now) */
+        memcpy(buf + HDR_SECTOR, cur + HDR_SECTOR, wlen - HDR_SECTOR);
+        ret = io_pwrite(s->fd, buf, wlen, 0);
+    }
+    if (ret == 0) {
+        ret = qcow2_order_sync(s);
+    }
     if (ret < 0) {
+        /* Either header may be on disk: put the old one back. */
+        int r = io_pwrite(s->fd, cur, wlen, 0);
+        if (r == 0) {
+            r = qcow2_order_sync(s);
+        }
+        if (r < 0) {
+            set_unsure(s, ret);
+        }
         error_setg_errno(errp, -ret, "'%s': cannot write the header", fn);
     }
+out:
+    free(cur);
+    free(buf);
     return ret;
 }
 
@@ -233,9 +439,6 @@ int qcow2_mark_dirty(struct qcow2 *s)
     }
     s->incompat |= QCOW2_INCOMPAT_DIRTY;
     ret = qcow2_write_header(s, NULL);
-    if (ret == 0) {
-        ret = qcow2_order_sync(s);
-    }
     if (ret < 0) {
         s->incompat &= ~QCOW2_INCOMPAT_DIRTY;
         return ret;
@@ -719,7 +922,7 @@ static int qcow2_open(struct bdev *bd, unsigned flags, struct error **errp)
         }
         if (rewrite) {
             ret = qcow2_write_header(s, errp);
-            if (ret == 0) {
+            if (ret == 0 && s->unordered) {
                 ret = io_fdatasync(s->fd);
             }
             if (ret < 0) {
@@ -782,12 +985,10 @@ static int qcow2_close(struct bdev *bd, struct error **errp)
         if (ret == 0) {
             ret = qcow2_order_sync(s);
         }
-        if (ret == 0 && s->dirty_on_disk) {
+        if (ret == 0 && s->dirty_on_disk && !s->unsure) {
+            /* (unsure: the dirty bit stays, and the next open repairs) */
             s->incompat &= ~QCOW2_INCOMPAT_DIRTY;
             ret = qcow2_write_header(s, errp);
-            if (ret == 0) {
-                ret = qcow2_order_sync(s);
-            }
         }
         if (ret < 0) {
             error_setg_errno(errp, -ret, "'%s': cannot write back metadata", bd->filename);
@@ -877,7 +1078,7 @@ static int qcow2_change_backing(struct bdev *bd, const char *file, const char *f
         return ret;
     }
     ret = write_header_with(s, file, file ? fmt : NULL, errp);
-    if (ret == 0) {
+    if (ret == 0 && s->unordered) {
         ret = io_fdatasync(s->fd);
         if (ret < 0) {
             error_setg_errno(errp, -ret, "'%s': cannot sync", bd->filename);

@@ -16,6 +16,13 @@
  * removed on disk before the refcount decrement (decrements are queued in
  * s->decref and applied after the tables are written back).  Killing the
  * process at any instant therefore leaves at worst leaked clusters.
+ *
+ * The header switches from old to new in one sector write (header.c,
+ * write_header_with), so a crash or power cut leaves one or the other.
+ * Once a header switch was attempted and failed (the write or its sync),
+ * either header may be on disk: what both reference stays allocated
+ * (leaked, never freed), and if the old header cannot be put back the
+ * image takes no further writes (s->unsure).
  */
 #ifndef BLOCKCTL_FORMATS_QCOW2_H
 #define BLOCKCTL_FORMATS_QCOW2_H
@@ -237,6 +244,8 @@ struct qcow2 {
     bool read_only;
     bool dirty_on_disk;        /* we set the dirty bit */
     bool corrupt;              /* corruption seen: no further writes */
+    bool unsure;               /* a header update may or may not be on disk: no
+                                * further writes (corrupt is set too) */
     bool check_mode;
 };
 
@@ -354,9 +363,6 @@ int qcow2_bitmap_load(struct qcow2 *s, struct qcow2_bitmap *b, struct dirty_bitm
  */
 int qcow2_bitmaps_resize_check(struct qcow2 *s, struct error **errp);
 void qcow2_bitmaps_resize(struct qcow2 *s, uint64_t old_size, uint64_t new_size);
-/* Write the directory for s->bitmaps to new clusters and switch the header to it
- * (under s->lock). */
-int qcow2_bitmap_write_dir(struct qcow2 *s);
 /* Read-write open: load enabled bitmaps and mark them in use on disk. */
 int qcow2_bitmaps_load_rw(struct qcow2 *s, struct error **errp);
 /* Record a guest write in the tracked bitmaps. */
