@@ -183,7 +183,7 @@ static int do_list(struct bitmap_args *a)
         report(err);
         return 1;
     }
-    if (!bd->drv->bitmap_get) {
+    if (!bd->drv->bitmap_load) {
         error_report("'%s': format '%s' does not support persistent bitmaps", a->image,
                      bd->drv->name);
         bdev_unref(bd);

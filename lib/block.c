@@ -690,6 +690,8 @@ static int reopen_by_close(struct bdev *bd, unsigned flags, struct error **errp)
     if (bd->drv->close) {
         bd->drv->close(bd, &err);
     }
+    /* the driver registers its bitmaps again when it opens */
+    bdev_bitmaps_free(bd);
     if (err) {
         error_propagate(errp, err);
         ret = -EIO;
@@ -1012,7 +1014,7 @@ static void write_after(struct bdev *bd, uint64_t off, uint64_t len, unsigned fl
         __atomic_load_n(&bd->nr_enabled_bitmaps, __ATOMIC_ACQUIRE)) {
         pthread_mutex_lock(&bd->bitmap_lock);
         for (struct bdev_bitmap *b = bd->bitmaps; b; b = b->next) {
-            if (b->enabled) {
+            if (b->enabled && b->bm) {
                 bitmap_set(b->bm, off, len);
             }
         }

@@ -246,11 +246,6 @@ struct format_driver {
      * the bitmaps it stores (bdev_bitmap_register): loaded and marked in
      * use for a writable image, contents left for bitmap_load otherwise.
      */
-    /* Until qcow2 keeps its bitmaps in the block layer's list: */
-    int (*bitmap_apply)(struct bdev *bd, const struct bitmap_op *ops, size_t n,
-                        struct error **errp);
-    int (*bitmap_get)(struct bdev *bd, const char *name, struct dirty_bitmap **out,
-                      struct error **errp);
     /* Read stored bitmap @name's contents. */
     int (*bitmap_load)(struct bdev *bd, const char *name, struct dirty_bitmap **out,
                        struct error **errp);
@@ -520,6 +515,9 @@ bool bdev_bitmap_in_chain(struct bdev *bd, const char *name);
 void bdev_bitmap_register(struct bdev *bd, const char *name, uint64_t granularity,
                           struct dirty_bitmap *bm, bool enabled, bool persistent,
                           bool inconsistent);
+/* For drivers: @b's contents, read (the list takes over @bm; freed if
+ * @b already has contents). */
+void bdev_bitmap_loaded(struct bdev *bd, struct bdev_bitmap *b, struct dirty_bitmap *bm);
 void bdev_bitmaps_free(struct bdev *bd);
 /* The default granularity of a new bitmap: the cluster size in 4k..64k. */
 uint64_t bdev_bitmap_default_granularity(struct bdev *bd);

@@ -56,7 +56,7 @@ void bdev_bitmap_register(struct bdev *bd, const char *name, uint64_t granularit
     b->name = xstrdup(name);
     b->granularity = granularity;
     b->bm = bm;
-    b->enabled = enabled && bm && !inconsistent;
+    b->enabled = enabled && !inconsistent;
     b->persistent = persistent;
     b->inconsistent = inconsistent;
     b->stored_gen = bm ? bitmap_gen(bm) : 0;
@@ -109,15 +109,21 @@ static int load(struct bdev *bd, struct bdev_bitmap *b, struct error **errp)
     if (ret < 0) {
         return ret;
     }
+    bdev_bitmap_loaded(bd, b, bm);
+    return 0;
+}
+
+void bdev_bitmap_loaded(struct bdev *bd, struct bdev_bitmap *b, struct dirty_bitmap *bm)
+{
     pthread_mutex_lock(&bd->bitmap_lock);
     if (!b->bm) {
         b->bm = bm;
         b->stored_gen = bitmap_gen(bm);
         bm = NULL;
+        count_enabled(bd);    /* an enabled bitmap is marked from now on */
     }
     pthread_mutex_unlock(&bd->bitmap_lock);
     bitmap_free(bm);
-    return 0;
 }
 
 int bdev_bitmap_get(struct bdev *bd, const char *name, struct dirty_bitmap **out,
@@ -126,9 +132,6 @@ int bdev_bitmap_get(struct bdev *bd, const char *name, struct dirty_bitmap **out
     struct bdev_bitmap *b = bdev_bitmap_find(bd, name);
     int ret;
 
-    if (!b && bd->drv->bitmap_get) {
-        return bd->drv->bitmap_get(bd, name, out, errp);
-    }
     if (!b) {
         error_setg(errp, "'%s': bitmap '%s' not found", bd->filename, name);
         return -ENOENT;
@@ -148,28 +151,8 @@ int bdev_bitmap_union(struct bdev *bd, const char *name, struct dirty_bitmap **o
 
     for (struct bdev *l = bd; l; l = l->backing) {
         struct bdev_bitmap *b = bdev_bitmap_find(l, name);
-        struct dirty_bitmap *legacy = NULL;
         int ret;
 
-        if (!b && l->drv->bitmap_get) {
-            struct error *err = NULL;
-            ret = l->drv->bitmap_get(l, name, &legacy, &err);
-            if (ret == -ENOENT || (ret < 0 && err && strstr(err->msg, "not found"))) {
-                error_free(err);
-                continue;
-            }
-            if (ret < 0) {
-                error_propagate(errp, err);
-                bitmap_free(u);
-                return ret;
-            }
-            if (!u) {
-                u = bitmap_new(bd->size, bitmap_granularity(legacy));
-            }
-            bitmap_merge(u, legacy);
-            bitmap_free(legacy);
-            continue;
-        }
         if (!b) {
             continue;
         }
@@ -579,9 +562,6 @@ int bdev_bitmap_apply(struct bdev *bd, const struct bitmap_op *ops, size_t n,
     if (bd->read_only) {
         error_setg(errp, "'%s': opened read-only", bd->filename);
         return -EPERM;
-    }
-    if (bd->drv->bitmap_apply) {
-        return bd->drv->bitmap_apply(bd, ops, n, errp);
     }
     ret = bdev_bitmap_apply_undo(bd, ops, n, &u, errp);
     if (ret < 0) {

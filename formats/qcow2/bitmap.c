@@ -38,7 +38,6 @@ void qcow2_free_bitmaps(struct qcow2 *s)
     for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
         free(s->bitmaps[i].name);
         free(s->bitmaps[i].extra);
-        bitmap_free(s->bitmaps[i].bm);
     }
     free(s->bitmaps);
     s->bitmaps = NULL;
@@ -461,107 +460,6 @@ static bool usable(const struct qcow2_bitmap *b)
 }
 
 /*
- * Open read-write: load every consistent bitmap and mark them in use on
- * disk (as QEMU does), so that a crash leaves them recognisably stale.
- */
-int qcow2_bitmaps_load_rw(struct qcow2 *s, struct error **errp)
-{
-    bool any = false;
-    int ret;
-
-    if (!s->has_bitmaps_ext) {
-        return 0;
-    }
-    for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
-        struct qcow2_bitmap *b = &s->bitmaps[i];
-
-        if (!usable(b)) {
-            continue;
-        }
-        ret = qcow2_bitmap_load(s, b, &b->bm);
-        if (ret < 0) {
-            error_setg_errno(errp, -ret, "'%s': cannot load bitmap '%s'", s->bd->filename,
-                             b->name);
-            return ret;
-        }
-        b->modified = false;
-        b->flags |= BME_FLAG_IN_USE;
-        any = true;
-    }
-    if (!any) {
-        return 0;
-    }
-    ret = write_dir_in_place(s);
-    if (ret < 0) {
-        error_setg_errno(errp, -ret, "'%s': cannot mark bitmaps in use", s->bd->filename);
-        return ret;
-    }
-    s->bitmaps_loaded_rw = true;
-    return 0;
-}
-
-int qcow2_bitmaps_resize_check(struct qcow2 *s, struct error **errp)
-{
-    if (!s->has_bitmaps_ext) {
-        return 0;
-    }
-    for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
-        struct qcow2_bitmap *b = &s->bitmaps[i];
-        if (!b->bm) {
-            error_setg(errp, "'%s': cannot resize: bitmap '%s' is %s", s->bd->filename,
-                       b->name, usable(b) ? "not loaded (image open read-only)"
-                                          : "inconsistent or unusable; remove it first");
-            return -ENOTSUP;
-        }
-    }
-    return 0;
-}
-
-void qcow2_bitmaps_resize(struct qcow2 *s, uint64_t old_size, uint64_t new_size)
-{
-    if (!s->has_bitmaps_ext) {
-        return;
-    }
-    pthread_mutex_lock(&s->lock);
-    for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
-        struct qcow2_bitmap *b = &s->bitmaps[i];
-        struct dirty_bitmap *nb;
-        uint64_t pos = 0, off, len;
-
-        if (!b->bm) {
-            continue;
-        }
-        nb = bitmap_new(new_size, bitmap_granularity(b->bm));
-        while (pos < old_size && bitmap_next_dirty(b->bm, pos, 0, &off, &len) &&
-               off < new_size) {
-            bitmap_set(nb, off, MIN(len, new_size - off));
-            pos = off + len;
-        }
-        bitmap_free(b->bm);
-        b->bm = nb;
-        b->modified = true;
-    }
-    pthread_mutex_unlock(&s->lock);
-}
-
-int qcow2_bitmaps_mark_dirty(struct qcow2 *s, uint64_t off, uint64_t len)
-{
-    if (!s->bitmaps_loaded_rw) {
-        return 0;
-    }
-    pthread_mutex_lock(&s->lock);
-    for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
-        struct qcow2_bitmap *b = &s->bitmaps[i];
-        if (b->bm && (b->flags & BME_FLAG_AUTO)) {
-            bitmap_set(b->bm, off, len);
-            b->modified = true;
-        }
-    }
-    pthread_mutex_unlock(&s->lock);
-    return 0;
-}
-
-/*
  * Store the loaded bitmaps that changed (new tables), write the directory
  * with @in_use for the loaded ones, then free the replaced tables and
  * those listed in @dropped (removed bitmaps).  Under s->lock.
@@ -651,31 +549,7 @@ out:
     return ret;
 }
 
-/* Clean close: store the loaded bitmaps and clear in_use. */
-int qcow2_bitmaps_store(struct qcow2 *s, struct error **errp)
-{
-    int ret;
-
-    if (!s->bitmaps_loaded_rw) {
-        return 0;
-    }
-    pthread_mutex_lock(&s->lock);
-    ret = store_locked(s, false, NULL, NULL, 0);
-    if (ret == 0) {
-        for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
-            bitmap_free(s->bitmaps[i].bm);
-            s->bitmaps[i].bm = NULL;
-        }
-        s->bitmaps_loaded_rw = false;
-    }
-    pthread_mutex_unlock(&s->lock);
-    if (ret < 0) {
-        error_setg_errno(errp, -ret, "'%s': cannot store bitmaps", s->bd->filename);
-    }
-    return ret;
-}
-
-static int find_bitmap(struct qcow2 *s, const char *name)
+int qcow2_find_bitmap(struct qcow2 *s, const char *name)
 {
     for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
         if (!strcmp(s->bitmaps[i].name, name)) {
@@ -685,406 +559,73 @@ static int find_bitmap(struct qcow2 *s, const char *name)
     return -1;
 }
 
-static uint64_t default_granularity(struct qcow2 *s)
+/* --- the block layer's side: bd->bitmaps (lib/dirty.c) --- */
+
+int qcow2_bitmaps_register(struct qcow2 *s, bool track, struct error **errp)
 {
-    return MIN(MAX(s->cluster_size, (uint64_t)4096), (uint64_t)65536);
-}
-
-/* Simulated state of one bitmap while validating a batch */
-struct sim {
-    char *name;
-    bool consistent;
-    uint64_t entry_len;
-};
-
-static int validate_ops(struct qcow2 *s, const struct bitmap_op *ops, size_t n,
-                        struct error **errp)
-{
-    const char *fn = s->bd->filename;
-    struct sim *sim = xcalloc(s->nb_bitmaps + n + 1, sizeof(*sim));
-    size_t nsim = 0;
-    uint64_t dir_bytes = 0;
-    int ret = -EINVAL;
-
-    for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
-        sim[nsim].name = s->bitmaps[i].name;
-        sim[nsim].consistent = s->bitmaps[i].bm || usable(&s->bitmaps[i]);
-        sim[nsim].entry_len = entry_len(&s->bitmaps[i]);
-        nsim++;
-    }
-    for (size_t k = 0; k < n; k++) {
-        const struct bitmap_op *op = &ops[k];
-        size_t nl = strlen(op->name);
-        ssize_t idx = -1;
-
-        for (size_t j = 0; j < nsim; j++) {
-            if (sim[j].name && !strcmp(sim[j].name, op->name)) {
-                idx = (ssize_t)j;
-            }
-        }
-        if (op->type == BITMAP_OP_ADD) {
-            uint64_t g = op->granularity ? op->granularity : default_granularity(s);
-            if (nl == 0 || nl > QCOW2_MAX_BITMAP_NAME) {
-                error_setg(errp, "'%s': bitmap name must be 1 to %d bytes long", fn,
-                           QCOW2_MAX_BITMAP_NAME);
-                goto out;
-            }
-            if (idx >= 0) {
-                error_setg(errp, "'%s': bitmap '%s' already exists", fn, op->name);
-                goto out;
-            }
-            if (!IS_POWER_OF_2(g) || g < 512 || g > (1ULL << BME_MAX_GRAN_BITS)) {
-                error_setg(errp, "'%s': bitmap granularity must be a power of two between 512 "
-                           "and 2G", fn);
-                goto out;
-            }
-            sim[nsim].name = (char *)op->name;
-            sim[nsim].consistent = true;
-            sim[nsim].entry_len = ALIGN_UP(BME_FIXED + nl, 8);
-            nsim++;
-            continue;
-        }
-        if (idx < 0) {
-            error_setg(errp, "'%s': bitmap '%s' not found", fn, op->name);
-            goto out;
-        }
-        if (op->type == BITMAP_OP_REMOVE) {
-            sim[idx].name = NULL;
-            continue;
-        }
-        if (!sim[idx].consistent) {
-            error_setg(errp, "'%s': bitmap '%s' is inconsistent (left in use by a crash) and "
-                       "cannot be used", fn, op->name);
-            error_append_hint(errp, "Remove it with 'blockctl bitmap --remove %s %s'", fn,
-                              op->name);
-            goto out;
-        }
-        if (op->type == BITMAP_OP_MERGE && op->src && op->src->size != s->size) {
-            error_setg(errp, "'%s': bitmap '%s' covers %" PRIu64 " bytes but the image has %"
-                       PRIu64 ": bitmaps of different sizes cannot be merged", fn,
-                       op->src_name ? op->src_name : "?", op->src->size, s->size);
-            goto out;
-        }
-        if (op->type == BITMAP_OP_MERGE && !op->src) {
-            ssize_t si = -1;
-            for (size_t j = 0; j < nsim; j++) {
-                if (sim[j].name && !strcmp(sim[j].name, op->src_name)) {
-                    si = (ssize_t)j;
-                }
-            }
-            if (si < 0) {
-                error_setg(errp, "'%s': bitmap '%s' not found", fn, op->src_name);
-                goto out;
-            }
-            if (!sim[si].consistent) {
-                error_setg(errp, "'%s': bitmap '%s' is inconsistent and cannot be merged", fn,
-                           op->src_name);
-                goto out;
-            }
-        }
-    }
-    {
-        size_t live = 0;
-        for (size_t j = 0; j < nsim; j++) {
-            if (sim[j].name) {
-                live++;
-                dir_bytes += sim[j].entry_len;
-            }
-        }
-        if (live > QCOW2_MAX_BITMAPS) {
-            error_setg(errp, "'%s': too many bitmaps (at most %d)", fn, QCOW2_MAX_BITMAPS);
-            goto out;
-        }
-        if (dir_bytes > QCOW2_MAX_BITMAP_DIR_BYTES) {
-            error_setg(errp, "'%s': the bitmap directory would be full", fn);
-            goto out;
-        }
-    }
-    ret = 0;
-out:
-    free(sim);
-    return ret;
-}
-
-/* Load @b's data if it is not in memory yet. */
-static int ensure_loaded(struct qcow2 *s, struct qcow2_bitmap *b)
-{
-    if (b->bm) {
-        return 0;
-    }
-    b->modified = false;
-    return qcow2_bitmap_load(s, b, &b->bm);
-}
-
-/* A clean bitmap of @bm's size and granularity. */
-static struct dirty_bitmap *bitmap_like(struct dirty_bitmap *bm)
-{
-    return bitmap_new(bm->size, bitmap_granularity(bm));
-}
-
-static bool in_set(struct dirty_bitmap **set, size_t n, struct dirty_bitmap *bm)
-{
-    for (size_t i = 0; i < n; i++) {
-        if (set[i] == bm) {
-            return true;
-        }
-    }
-    return false;
-}
-
-/* Whether @name (the pointer) is the name of one of @list's bitmaps */
-static bool in_list(const struct qcow2_bitmap *list, uint32_t n, const char *name)
-{
-    for (uint32_t i = 0; i < n; i++) {
-        if (list[i].name == name) {
-            return true;
-        }
-    }
-    return false;
-}
-
-/*
- * Apply @ops to a copy of the bitmap list and store it: the in-memory
- * bitmaps change only once the new directory is on disk.  Bitmaps whose
- * bits change (clear, merge) get new in-memory bitmaps, so that a failure
- * leaves the old ones exactly as they were.
- */
-int qcow2_bitmap_apply(struct bdev *bd, const struct bitmap_op *ops, size_t n,
-                       struct error **errp)
-{
-    struct qcow2 *s = bd->opaque;
-    uint64_t *dropped_off = xcalloc(n + 1, sizeof(uint64_t));
-    uint32_t *dropped_size = xcalloc(n + 1, sizeof(uint32_t));
-    struct dirty_bitmap **owned = xcalloc(2 * n + 1, sizeof(*owned));
-    struct qcow2_bitmap *old = NULL, *list = NULL;
-    uint32_t old_nb = 0, nb;
-    size_t ndropped = 0, nowned = 0;
+    struct bdev *bd = s->bd;
+    bool any = false;
     int ret;
 
-    if (s->version < 3) {
-        error_setg(errp, "'%s': persistent bitmaps need a qcow2 v3 image (compat=1.1)",
-                   bd->filename);
-        ret = -ENOTSUP;
-        goto out_unlocked;
+    if (!s->has_bitmaps_ext) {
+        return 0;
     }
-    pthread_mutex_lock(&s->lock);
-    if (s->unsure) {
-        error_setg(errp, "'%s': cannot change the bitmaps: an earlier header update may or "
-                   "may not have reached the disk", bd->filename);
-        ret = -EIO;
-        goto out;
+    for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
+        struct qcow2_bitmap *b = &s->bitmaps[i];
+        uint64_t g = 1ULL << b->granularity_bits;
+        struct dirty_bitmap *bm = NULL;
+
+        if (track && usable(b)) {
+            ret = qcow2_bitmap_load(s, b, &bm);
+            if (ret < 0) {
+                error_setg_errno(errp, -ret, "'%s': cannot load bitmap '%s'", bd->filename,
+                                 b->name);
+                return ret;
+            }
+            b->flags |= BME_FLAG_IN_USE;
+            any = true;
+        }
+        bdev_bitmap_register(bd, b->name, g, bm, b->flags & BME_FLAG_AUTO, true, !usable(b) &&
+                             !bm);
     }
-    ret = validate_ops(s, ops, n, errp);
+    s->bitmaps_track = track;
+    if (!any) {
+        return 0;
+    }
+    /* as QEMU: in use on disk while we have them, so a crash is noticed */
+    ret = write_dir_in_place(s);
     if (ret < 0) {
-        goto out;
+        error_setg_errno(errp, -ret, "'%s': cannot mark bitmaps in use", bd->filename);
+        return ret;
     }
-    /* Load what the operations touch (before changing anything). */
-    for (size_t k = 0; k < n; k++) {
-        int i = find_bitmap(s, ops[k].name);
-        if (ops[k].type != BITMAP_OP_ADD && ops[k].type != BITMAP_OP_REMOVE && i >= 0) {
-            ret = ensure_loaded(s, &s->bitmaps[i]);
-        }
-        if (ret == 0 && ops[k].type == BITMAP_OP_MERGE && !ops[k].src) {
-            int si = find_bitmap(s, ops[k].src_name);
-            if (si >= 0) {
-                ret = ensure_loaded(s, &s->bitmaps[si]);
-            }
-        }
-        if (ret < 0) {
-            error_setg_errno(errp, -ret, "'%s': cannot read bitmap '%s'", bd->filename,
-                             ops[k].name);
-            goto out;
-        }
-    }
-
-    /* A new list whose entries share the old names, extras and bitmaps. */
-    old = s->bitmaps;
-    old_nb = s->nb_bitmaps;
-    nb = old_nb;
-    list = xcalloc(old_nb + n + 1, sizeof(*list));
-    if (old_nb) {
-        memcpy(list, old, old_nb * sizeof(*list));
-    }
-    for (size_t k = 0; k < n; k++) {
-        const struct bitmap_op *op = &ops[k];
-        struct qcow2_bitmap *b = NULL;
-        int i = -1;
-
-        for (uint32_t j = 0; j < nb; j++) {
-            if (!strcmp(list[j].name, op->name)) {
-                i = (int)j;
-            }
-        }
-        if (i >= 0) {
-            b = &list[i];
-        }
-        switch (op->type) {
-        case BITMAP_OP_ADD: {
-            uint64_t g = op->granularity ? op->granularity : default_granularity(s);
-            b = &list[nb++];
-            memset(b, 0, sizeof(*b));
-            b->name = xstrdup(op->name);
-            b->type = BME_TYPE_DIRTY;
-            b->granularity_bits = __builtin_ctzll(g);
-            b->table_size = qcow2_bitmap_table_entries(s, b->granularity_bits);
-            b->flags = op->disabled ? 0 : BME_FLAG_AUTO;
-            b->extra = xmalloc(1);
-            b->bm = bitmap_new(s->size, g);
-            owned[nowned++] = b->bm;
-            b->modified = true;
-            break;
-        }
-        case BITMAP_OP_REMOVE:
-            if (in_set(owned, nowned, b->bm)) {
-                /* made by this call: it goes now */
-                for (size_t m = 0; m < nowned; m++) {
-                    if (owned[m] == b->bm) {
-                        owned[m] = NULL;
-                    }
-                }
-                bitmap_free(b->bm);
-            }
-            if (!in_list(old, old_nb, b->name)) {
-                free(b->name);
-                free(b->extra);
-            }
-            memmove(&list[i], &list[i + 1], (nb - i - 1) * sizeof(*list));
-            nb--;
-            break;
-        case BITMAP_OP_CLEAR:
-            if (in_set(owned, nowned, b->bm)) {
-                bitmap_clear_all(b->bm);
-            } else {
-                b->bm = bitmap_like(b->bm);
-                owned[nowned++] = b->bm;
-            }
-            b->modified = true;
-            break;
-        case BITMAP_OP_ENABLE:
-            b->flags |= BME_FLAG_AUTO;
-            break;
-        case BITMAP_OP_DISABLE:
-            b->flags &= ~BME_FLAG_AUTO;
-            break;
-        case BITMAP_OP_MERGE: {
-            struct dirty_bitmap *src = op->src;
-            if (!src) {
-                for (uint32_t j = 0; j < nb; j++) {
-                    if (!strcmp(list[j].name, op->src_name)) {
-                        src = list[j].bm;
-                    }
-                }
-            }
-            if (!in_set(owned, nowned, b->bm)) {
-                struct dirty_bitmap *copy = bitmap_like(b->bm);
-                bitmap_merge(copy, b->bm);
-                b->bm = copy;
-                owned[nowned++] = copy;
-            }
-            bitmap_merge(b->bm, src);
-            b->modified = true;
-            break;
-        }
-        }
-    }
-    /* Bitmaps of the old list that are gone: their tables are freed. */
-    for (uint32_t j = 0; j < old_nb; j++) {
-        if (!in_list(list, nb, old[j].name)) {
-            dropped_off[ndropped] = old[j].table_offset;
-            dropped_size[ndropped] = old[j].table_size;
-            ndropped++;
-        }
-    }
-
-    s->bitmaps = list;
-    s->nb_bitmaps = nb;
-    ret = store_locked(s, s->bitmaps_loaded_rw, dropped_off, dropped_size, ndropped);
-    if (ret < 0) {
-        /* Back to the old list, untouched: drop what this call made. */
-        for (uint32_t m = 0; m < nb; m++) {
-            if (!in_list(old, old_nb, list[m].name)) {
-                free(list[m].name);
-                free(list[m].extra);
-            }
-        }
-        for (size_t k = 0; k < nowned; k++) {
-            bitmap_free(owned[k]);
-        }
-        free(list);
-        s->bitmaps = old;
-        s->nb_bitmaps = old_nb;
-        if (s->unsure) {
-            error_setg(errp, "'%s': cannot write the bitmaps: %s; the image may have the old or "
-                       "the new bitmaps (with leaked clusters)", bd->filename, strerror(-ret));
-        } else {
-            error_setg_errno(errp, -ret, "'%s': cannot write the bitmaps", bd->filename);
-        }
-        goto out;
-    }
-    /* Stored: what the old list had and the new one has not goes. */
-    for (uint32_t j = 0; j < old_nb; j++) {
-        struct qcow2_bitmap *o = &old[j];
-        struct qcow2_bitmap *kept = NULL;
-        for (uint32_t m = 0; m < nb; m++) {
-            if (list[m].name == o->name) {
-                kept = &list[m];
-            }
-        }
-        if (!kept) {
-            free(o->name);
-            free(o->extra);
-            bitmap_free(o->bm);
-        } else if (kept->bm != o->bm) {
-            bitmap_free(o->bm);
-        }
-    }
-    free(old);
-    /* Loaded only for this operation: not tracked. */
-    if (!s->bitmaps_loaded_rw) {
-        for (uint32_t m = 0; m < nb; m++) {
-            bitmap_free(list[m].bm);
-            list[m].bm = NULL;
-        }
-    }
-out:
-    pthread_mutex_unlock(&s->lock);
-out_unlocked:
-    free(owned);
-    free(dropped_off);
-    free(dropped_size);
-    return ret;
+    s->bitmaps_loaded_rw = true;
+    return 0;
 }
 
-int qcow2_bitmap_get(struct bdev *bd, const char *name, struct dirty_bitmap **out,
-                     struct error **errp)
+int qcow2_bitmap_load_hook(struct bdev *bd, const char *name, struct dirty_bitmap **out,
+                           struct error **errp)
 {
     struct qcow2 *s = bd->opaque;
-    struct qcow2_bitmap *b;
-    int i, ret = 0;
+    int i, ret;
 
     pthread_mutex_lock(&s->lock);
-    i = find_bitmap(s, name);
+    i = qcow2_find_bitmap(s, name);
     if (i < 0) {
+        pthread_mutex_unlock(&s->lock);
         error_setg(errp, "'%s': bitmap '%s' not found", bd->filename, name);
-        ret = -ENOENT;
-        goto out;
+        return -ENOENT;
     }
-    b = &s->bitmaps[i];
-    if (b->bm) {
-        *out = bitmap_new(s->size, 1ULL << b->granularity_bits);
-        bitmap_merge(*out, b->bm);
-        goto out;
-    }
-    if (!usable(b)) {
+    if (!usable(&s->bitmaps[i])) {
+        pthread_mutex_unlock(&s->lock);
         error_setg(errp, "'%s': bitmap '%s' is inconsistent (in use: left so by a crash, or "
                    "another process has the image open for writing) and cannot be used",
                    bd->filename, name);
         error_append_hint(errp, "Remove it with 'blockctl bitmap --remove %s %s'",
                           bd->filename, name);
-        ret = -EINVAL;
-        goto out;
+        return -EINVAL;
     }
-    ret = qcow2_bitmap_load(s, b, out);
+    ret = qcow2_bitmap_load(s, &s->bitmaps[i], out);
+    pthread_mutex_unlock(&s->lock);
     if (ret < 0) {
         const char *d = bdev_last_error(bd);
         if (d) {
@@ -1093,7 +634,191 @@ int qcow2_bitmap_get(struct bdev *bd, const char *name, struct dirty_bitmap **ou
             error_setg_errno(errp, -ret, "'%s': cannot read bitmap '%s'", bd->filename, name);
         }
     }
-out:
+    return ret;
+}
+
+int qcow2_bitmap_check_add(struct bdev *bd, const char *name, uint64_t granularity,
+                           struct error **errp)
+{
+    struct qcow2 *s = bd->opaque;
+    unsigned gb = __builtin_ctzll(granularity);
+
+    if (s->version < 3) {
+        error_setg(errp, "'%s': persistent bitmaps need a qcow2 v3 image (compat=1.1)",
+                   bd->filename);
+        return -ENOTSUP;
+    }
+    if (strlen(name) > QCOW2_MAX_BITMAP_NAME) {
+        error_setg(errp, "'%s': bitmap name must be 1 to %d bytes long", bd->filename,
+                   QCOW2_MAX_BITMAP_NAME);
+        return -EINVAL;
+    }
+    if (gb < BME_MIN_GRAN_BITS || gb > BME_MAX_GRAN_BITS) {
+        error_setg(errp, "'%s': bitmap granularity must be a power of two between 512 and 2G",
+                   bd->filename);
+        return -EINVAL;
+    }
+    if (qcow2_bitmap_table_entries(s, gb) > BME_MAX_TABLE_ENTRIES) {
+        error_setg(errp, "'%s': bitmap '%s' would be too large for its granularity",
+                   bd->filename, name);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int qcow2_bitmap_check_list(struct bdev *bd, const char **names, size_t n, struct error **errp)
+{
+    uint64_t bytes = 0;
+
+    if (n > QCOW2_MAX_BITMAPS) {
+        error_setg(errp, "'%s': too many bitmaps (at most %d)", bd->filename,
+                   QCOW2_MAX_BITMAPS);
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        bytes += ALIGN_UP(BME_FIXED + strlen(names[i]), 8);
+    }
+    if (bytes > QCOW2_MAX_BITMAP_DIR_BYTES) {
+        error_setg(errp, "'%s': the bitmap directory would be full", bd->filename);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/*
+ * Store the block layer's persistent bitmaps of @bd: the directory becomes
+ * theirs (names, granularities, enabled as "auto"), tables are written for
+ * the bitmaps whose bits changed since they were loaded or stored, and
+ * stored bitmaps no longer listed are dropped.  All in one header switch
+ * (store_locked), so the image holds the old set or the new one.
+ */
+int qcow2_bitmap_store_hook(struct bdev *bd, bool in_use, struct error **errp)
+{
+    struct qcow2 *s = bd->opaque;
+    struct qcow2_bitmap *old = s->bitmaps, *list;
+    uint32_t old_nb = s->nb_bitmaps, nb = 0;
+    uint64_t *dropped_off, *gens;
+    uint32_t *dropped_size;
+    struct bdev_bitmap **ents;
+    size_t ndropped = 0, nent = 0;
+    bool *kept;
+    int ret;
+
+    /* in use only while writes are tracked (an offline `bitmap` is not) */
+    in_use = in_use && s->bitmaps_track;
+    pthread_mutex_lock(&bd->bitmap_lock);
+    for (struct bdev_bitmap *b = bd->bitmaps; b; b = b->next) {
+        nent += b->persistent;
+    }
+    ents = xcalloc(nent + 1, sizeof(*ents));
+    gens = xcalloc(nent + 1, sizeof(*gens));
+    nent = 0;
+    for (struct bdev_bitmap *b = bd->bitmaps; b; b = b->next) {
+        if (b->persistent) {
+            gens[nent] = b->bm ? bitmap_gen(b->bm) : 0;
+            ents[nent++] = b;
+        }
+    }
+    pthread_mutex_unlock(&bd->bitmap_lock);
+
+    list = xcalloc(nent + 1, sizeof(*list));
+    kept = xcalloc(old_nb + 1, sizeof(*kept));
+    dropped_off = xcalloc(old_nb + 1, sizeof(*dropped_off));
+    dropped_size = xcalloc(old_nb + 1, sizeof(*dropped_size));
+
+    pthread_mutex_lock(&s->lock);
+    for (size_t k = 0; k < nent; k++) {
+        struct bdev_bitmap *e = ents[k];
+        struct qcow2_bitmap *q = &list[nb++];
+        unsigned gb = __builtin_ctzll(e->granularity);
+        int i = -1;
+
+        for (uint32_t j = 0; j < old_nb; j++) {
+            if (!kept[j] && !strcmp(old[j].name, e->name) && old[j].granularity_bits == gb) {
+                i = (int)j;
+            }
+        }
+        if (i >= 0) {
+            *q = old[i];        /* the stored table, name and extra data */
+            kept[i] = true;
+            q->bm = e->bm;
+            q->modified = e->bm && gens[k] != e->stored_gen;
+        } else {
+            memset(q, 0, sizeof(*q));
+            q->name = xstrdup(e->name);
+            q->type = BME_TYPE_DIRTY;
+            q->granularity_bits = gb;
+            q->table_size = (uint32_t)qcow2_bitmap_table_entries(s, gb);
+            q->extra = xmalloc(1);
+            q->bm = e->bm;
+            q->modified = true;
+            if (!e->bm) {
+                /* a bitmap known but never read cannot be written: keep nothing */
+                nb--;
+                free(q->name);
+                free(q->extra);
+                continue;
+            }
+        }
+        if (q->bm) {
+            q->flags = (q->flags & ~(BME_FLAG_AUTO | BME_FLAG_IN_USE)) |
+                       (e->enabled ? BME_FLAG_AUTO : 0);
+        }
+    }
+    for (uint32_t j = 0; j < old_nb; j++) {
+        if (!kept[j]) {
+            dropped_off[ndropped] = old[j].table_offset;
+            dropped_size[ndropped] = old[j].table_size;
+            ndropped++;
+        }
+    }
+    s->bitmaps = list;
+    s->nb_bitmaps = nb;
+    ret = store_locked(s, in_use, dropped_off, dropped_size, ndropped);
+    for (uint32_t j = 0; j < nb; j++) {
+        s->bitmaps[j].bm = NULL;      /* the block layer's: only borrowed here */
+    }
+    if (ret < 0) {
+        /* the old list stays: free what this call made */
+        for (uint32_t j = 0; j < nb; j++) {
+            bool shared = false;
+            for (uint32_t m = 0; m < old_nb; m++) {
+                shared |= list[j].name == old[m].name;
+            }
+            if (!shared) {
+                free(list[j].name);
+                free(list[j].extra);
+            }
+        }
+        free(list);
+        s->bitmaps = old;
+        s->nb_bitmaps = old_nb;
+        pthread_mutex_unlock(&s->lock);
+        error_setg_errno(errp, -ret, "'%s': cannot store bitmaps", bd->filename);
+        goto out;
+    }
+    for (uint32_t j = 0; j < old_nb; j++) {
+        if (!kept[j]) {
+            free(old[j].name);
+            free(old[j].extra);
+        }
+    }
+    free(old);
+    s->bitmaps_loaded_rw = in_use;
     pthread_mutex_unlock(&s->lock);
+
+    pthread_mutex_lock(&bd->bitmap_lock);
+    for (size_t k = 0; k < nent; k++) {
+        ents[k]->stored_gen = gens[k];
+        ents[k]->flags_changed = false;
+    }
+    bd->bitmaps_changed = false;
+    pthread_mutex_unlock(&bd->bitmap_lock);
+out:
+    free(ents);
+    free(gens);
+    free(kept);
+    free(dropped_off);
+    free(dropped_size);
     return ret;
 }

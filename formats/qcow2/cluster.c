@@ -889,9 +889,6 @@ int qcow2_pwrite(struct bdev *bd, const void *buf, size_t len, uint64_t off, uns
     if (s->corrupt) {
         return -EIO;
     }
-    if (!(flags & BDEV_REQ_WRITE_UNCHANGED)) {
-        qcow2_bitmaps_mark_dirty(s, off, len);
-    }
     while (len) {
         uint64_t n = MIN((uint64_t)len, l2_span - (off & (l2_span - 1)));
         ret = write_chunk(s, p, off, n);
@@ -1149,9 +1146,6 @@ int qcow2_pwrite_zeroes(struct bdev *bd, uint64_t off, uint64_t len, unsigned fl
     if (!len) {
         return 0;
     }
-    if (!(flags & BDEV_REQ_WRITE_UNCHANGED)) {
-        qcow2_bitmaps_mark_dirty(s, off, len);
-    }
     /* The image's last partial subcluster counts as whole. */
     aend = (end == bd->size) ? ALIGN_UP(end, scsz) : end;
     a = ALIGN_UP(off, scsz);
@@ -1198,7 +1192,6 @@ int qcow2_discard(struct bdev *bd, uint64_t off, uint64_t len)
     if (end <= start) {
         return 0;
     }
-    qcow2_bitmaps_mark_dirty(s, start, MIN(end, bd->size) - start);
     while (start < end) {
         uint64_t n = MIN(end - start, l2_span - (start & (l2_span - 1)));
         uint64_t done;
@@ -1266,8 +1259,6 @@ int qcow2_pwrite_compressed(struct bdev *bd, const void *buf, size_t len, uint64
         free(out);
         return clen == -ENOSPC ? qcow2_pwrite(bd, buf, len, off, 0) : (int)clen;
     }
-    qcow2_bitmaps_mark_dirty(s, off, len);
-
     pthread_mutex_lock(&s->lock);
     rl = range_lock(s, off >> s->cluster_bits, (off >> s->cluster_bits) + 1);
     ret = get_l2_for_write(s, off, &l2, &idx);
@@ -1404,10 +1395,6 @@ int qcow2_truncate(struct bdev *bd, uint64_t size, struct error **errp)
                    bd->filename);
         return -ENOTSUP;
     }
-    ret = qcow2_bitmaps_resize_check(s, errp);
-    if (ret < 0) {
-        return ret;
-    }
     if (new_l1 * 8 > QCOW2_MAX_L1_BYTES || size > (uint64_t)INT64_MAX - 511) {
         error_setg(errp, "'%s': %" PRIu64 " bytes is too large for this cluster size",
                    bd->filename, size);
@@ -1477,7 +1464,6 @@ int qcow2_truncate(struct bdev *bd, uint64_t size, struct error **errp)
         error_setg_errno(errp, -ret, "'%s': cannot resize", bd->filename);
         return ret;
     }
-    qcow2_bitmaps_resize(s, old_size, size);
     bd->size = ALIGN_DOWN(size, 512);
     return 0;
 }

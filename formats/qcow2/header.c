@@ -3,6 +3,7 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #include "lib/compiler.h"
+#include "lib/bitmap.h"
 #include "lib/io.h"
 #include "formats/qcow2/qcow2.h"
 
@@ -587,6 +588,60 @@ static int read_table(struct qcow2 *s, uint64_t off, uint64_t entries, uint64_t 
     return 0;
 }
 
+/*
+ * What a writer does when it gets the image: clear unknown autoclear
+ * bits, repair refcounts left dirty by a crash with lazy refcounts.
+ */
+static int writer_setup(struct qcow2 *s, struct error **errp)
+{
+    struct bdev *bd = s->bd;
+    const char *fn = bd->filename;
+    int ret = 0;
+
+    bool rewrite = false;
+
+    /* Unknown autoclear bits must be cleared by a writer (qcow2.txt). */
+    if (s->autoclear & ~QCOW2_AUTOCLEAR_KNOWN) {
+        s->autoclear &= QCOW2_AUTOCLEAR_KNOWN;
+        rewrite = true;
+    }
+    if (!(s->autoclear & QCOW2_AUTOCLEAR_BITMAPS) && s->version >= 3) {
+        /* Stale bitmap extension (see read_extensions): dropped. */
+    }
+    if (s->incompat & QCOW2_INCOMPAT_DIRTY) {
+        struct check_result res;
+        struct error *err = NULL;
+
+        /* Left dirty by a crash with lazy refcounts: rebuild them. */
+        memset(&res, 0, sizeof(res));
+        s->check_mode = true;
+        ret = qcow2_check(bd, &res, CHECK_FIX_LEAKS | CHECK_FIX_ERRORS, &err);
+        s->check_mode = false;
+        if (ret < 0 || res.corruptions || res.check_errors) {
+            if (!err) {
+                error_setg(&err, "'%s': the image was not closed cleanly and repairing "
+                           "its refcounts failed", fn);
+            }
+            error_propagate(errp, err);
+            ret = ret < 0 ? ret : -EIO;
+            return ret < 0 ? ret : -EIO;
+        }
+        s->incompat &= ~QCOW2_INCOMPAT_DIRTY;
+        rewrite = true;
+    }
+    if (rewrite) {
+        ret = qcow2_write_header(s, errp);
+        if (ret == 0 && s->unordered) {
+            ret = io_fdatasync(s->fd);
+        }
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "'%s': cannot update the header", fn);
+            return ret < 0 ? ret : -EIO;
+        }
+    }
+    return 0;
+}
+
 static int qcow2_open(struct bdev *bd, unsigned flags, struct error **errp)
 {
     struct qcow2 *s = bd->opaque;
@@ -889,51 +944,15 @@ static int qcow2_open(struct bdev *bd, unsigned flags, struct error **errp)
     }
 
     if (!s->read_only && !s->check_mode) {
-        bool rewrite = false;
-
-        /* Unknown autoclear bits must be cleared by a writer (qcow2.txt). */
-        if (s->autoclear & ~QCOW2_AUTOCLEAR_KNOWN) {
-            s->autoclear &= QCOW2_AUTOCLEAR_KNOWN;
-            rewrite = true;
-        }
-        if (!(s->autoclear & QCOW2_AUTOCLEAR_BITMAPS) && s->version >= 3) {
-            /* Stale bitmap extension (see read_extensions): dropped. */
-        }
-        if (s->incompat & QCOW2_INCOMPAT_DIRTY) {
-            struct check_result res;
-            struct error *err = NULL;
-
-            /* Left dirty by a crash with lazy refcounts: rebuild them. */
-            memset(&res, 0, sizeof(res));
-            s->check_mode = true;
-            ret = qcow2_check(bd, &res, CHECK_FIX_LEAKS | CHECK_FIX_ERRORS, &err);
-            s->check_mode = false;
-            if (ret < 0 || res.corruptions || res.check_errors) {
-                if (!err) {
-                    error_setg(&err, "'%s': the image was not closed cleanly and repairing "
-                               "its refcounts failed", fn);
-                }
-                error_propagate(errp, err);
-                ret = ret < 0 ? ret : -EIO;
-                goto fail;
-            }
-            s->incompat &= ~QCOW2_INCOMPAT_DIRTY;
-            rewrite = true;
-        }
-        if (rewrite) {
-            ret = qcow2_write_header(s, errp);
-            if (ret == 0 && s->unordered) {
-                ret = io_fdatasync(s->fd);
-            }
-            if (ret < 0) {
-                error_setg_errno(errp, -ret, "'%s': cannot update the header", fn);
-                goto fail;
-            }
+        ret = writer_setup(s, errp);
+        if (ret < 0) {
+            goto fail;
         }
     }
-    if (!s->read_only && !s->check_mode && !(flags & BDEV_O_NO_BITMAPS)) {
-        ret = qcow2_bitmaps_load_rw(s, errp);
+    if (!s->check_mode) {
+        ret = qcow2_bitmaps_register(s, !s->read_only && !(flags & BDEV_O_NO_BITMAPS), errp);
         if (ret < 0) {
+            bdev_bitmaps_free(bd);
             goto fail;
         }
     }
@@ -956,6 +975,10 @@ static int qcow2_flush(struct bdev *bd)
     pthread_mutex_lock(&s->lock);
     ret = qcow2_flush_metadata(s);
     pthread_mutex_unlock(&s->lock);
+    if (ret == 0 && !s->read_only && !s->corrupt && bd->bitmaps_changed) {
+        /* bitmaps added or removed: the directory follows at a flush */
+        ret = qcow2_bitmap_store_hook(bd, s->bitmaps_loaded_rw, NULL);
+    }
     if (ret == 0) {
         ret = io_fdatasync(s->fd);
     }
@@ -965,38 +988,123 @@ static int qcow2_flush(struct bdev *bd)
     return ret;
 }
 
+static int write_back(struct bdev *bd, bool closing, struct error **errp);
+
 static int qcow2_close(struct bdev *bd, struct error **errp)
 {
     struct qcow2 *s = bd->opaque;
     int ret = 0;
 
     if (!s->read_only) {
-        pthread_mutex_lock(&s->lock);
-        ret = qcow2_flush_metadata(s);
-        pthread_mutex_unlock(&s->lock);
-        if (ret == 0 && !s->corrupt) {
-            ret = qcow2_bitmaps_store(s, errp);
-        }
-        if (ret == 0) {
-            pthread_mutex_lock(&s->lock);
-            ret = qcow2_flush_metadata(s);
-            pthread_mutex_unlock(&s->lock);
-        }
-        if (ret == 0) {
-            ret = qcow2_order_sync(s);
-        }
-        if (ret == 0 && s->dirty_on_disk && !s->unsure) {
-            /* (unsure: the dirty bit stays, and the next open repairs) */
-            s->incompat &= ~QCOW2_INCOMPAT_DIRTY;
-            ret = qcow2_write_header(s, errp);
-        }
-        if (ret < 0) {
-            error_setg_errno(errp, -ret, "'%s': cannot write back metadata", bd->filename);
-        }
+        ret = write_back(bd, true, errp);
     }
     free_state(s);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->range_cond);
+    return ret;
+}
+
+/*
+ * Write everything back: metadata, the bitmaps (stored with their
+ * contents, no longer in use), the dirty bit cleared.  @closing: the
+ * state goes next, and the header's clearing need not be synced (if it
+ * is lost, the next open repairs).
+ */
+static int write_back(struct bdev *bd, bool closing, struct error **errp)
+{
+    struct qcow2 *s = bd->opaque;
+    int ret;
+
+    pthread_mutex_lock(&s->lock);
+    ret = qcow2_flush_metadata(s);
+    pthread_mutex_unlock(&s->lock);
+    if (ret == 0 && !s->corrupt && (s->bitmaps_loaded_rw || bdev_bitmaps_need_store(bd))) {
+        ret = qcow2_bitmap_store_hook(bd, false, errp);
+    }
+    if (ret == 0) {
+        pthread_mutex_lock(&s->lock);
+        ret = qcow2_flush_metadata(s);
+        pthread_mutex_unlock(&s->lock);
+    }
+    if (ret == 0) {
+        ret = qcow2_order_sync(s);
+    }
+    if (ret == 0 && s->dirty_on_disk && !s->unsure) {
+        /* (unsure: the dirty bit stays, and the next open repairs) */
+        s->incompat &= ~QCOW2_INCOMPAT_DIRTY;
+        ret = qcow2_write_header(s, errp);
+        if (ret == 0 && !closing) {
+            ret = qcow2_order_sync(s);
+        }
+        if (ret == 0) {
+            s->dirty_on_disk = false;
+        }
+    }
+    if (ret < 0 && errp && !*errp) {
+        error_setg_errno(errp, -ret, "'%s': cannot write back metadata", bd->filename);
+    }
+    return ret;
+}
+
+/*
+ * Read-only <-> read-write without closing: caches stay warm.  To
+ * read-only, everything is written back and the bitmaps stored (no longer
+ * in use); to read-write, the bitmaps are loaded and marked in use again.
+ */
+static int qcow2_reopen(struct bdev *bd, unsigned flags, struct error **errp)
+{
+    struct qcow2 *s = bd->opaque;
+    int ret;
+
+    if (!(flags & BDEV_O_RDWR)) {
+        ret = write_back(bd, false, errp);
+        if (ret == 0) {
+            s->read_only = true;
+            s->bitmaps_track = false;
+        }
+        return ret;
+    }
+    if (s->corrupt) {
+        error_setg(errp, "'%s': the image is marked as corrupt and cannot be opened for "
+                   "writing", bd->filename);
+        return -EACCES;
+    }
+    s->read_only = false;
+    ret = writer_setup(s, errp);
+    if (ret == 0 && !(flags & BDEV_O_NO_BITMAPS)) {
+        /* every consistent persistent bitmap in memory, then in use on disk */
+        bool any = false;
+        for (struct bdev_bitmap *b = bd->bitmaps; b && ret == 0; b = b->next) {
+            struct dirty_bitmap *bm;
+            int i;
+            if (!b->persistent || b->inconsistent) {
+                continue;
+            }
+            any = true;
+            if (b->bm) {
+                continue;
+            }
+            pthread_mutex_lock(&s->lock);
+            i = qcow2_find_bitmap(s, b->name);
+            ret = i < 0 ? -ENOENT : qcow2_bitmap_load(s, &s->bitmaps[i], &bm);
+            pthread_mutex_unlock(&s->lock);
+            if (ret == 0) {
+                bdev_bitmap_loaded(bd, b, bm);
+            } else {
+                error_setg_errno(errp, -ret, "'%s': cannot load bitmap '%s'", bd->filename,
+                                 b->name);
+            }
+        }
+        if (ret == 0) {
+            s->bitmaps_track = true;
+        }
+        if (ret == 0 && any) {
+            ret = qcow2_bitmap_store_hook(bd, true, errp);
+        }
+    }
+    if (ret < 0) {
+        s->read_only = true;
+    }
     return ret;
 }
 
@@ -1410,6 +1518,7 @@ const struct format_driver qcow2_driver = {
     .create = qcow2_create,
     .open = qcow2_open,
     .close = qcow2_close,
+    .reopen = qcow2_reopen,
     .get_info = qcow2_get_info,
     .check = qcow2_check,
     .change_backing = qcow2_change_backing,
@@ -1423,6 +1532,8 @@ const struct format_driver qcow2_driver = {
     .pwrite_compressed = qcow2_pwrite_compressed,
     .compress_granularity = qcow2_compress_granularity,
     .make_empty = qcow2_make_empty,
-    .bitmap_apply = qcow2_bitmap_apply,
-    .bitmap_get = qcow2_bitmap_get,
+    .bitmap_load = qcow2_bitmap_load_hook,
+    .bitmap_check_add = qcow2_bitmap_check_add,
+    .bitmap_check_list = qcow2_bitmap_check_list,
+    .bitmap_store = qcow2_bitmap_store_hook,
 };

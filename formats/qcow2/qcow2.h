@@ -151,8 +151,7 @@ struct qcow2_bitmap {
     char *name;
     uint32_t extra_size;
     uint8_t *extra;
-    /* In memory while the image is open read-write (all consistent
-     * bitmaps; enabled ones record writes). */
+    /* Only while storing: the block layer's bitmap (lib/dirty.c owns it). */
     struct dirty_bitmap *bm;
     bool modified;            /* bm differs from the stored table */
 };
@@ -228,7 +227,8 @@ struct qcow2 {
     uint64_t bitmap_dir_size;
     uint64_t bitmap_dir_offset;
     struct qcow2_bitmap *bitmaps;
-    bool bitmaps_loaded_rw;   /* we set in_use on disk and track writes */
+    bool bitmaps_loaded_rw;   /* we marked the bitmaps in use on disk */
+    bool bitmaps_track;       /* writes mark the bitmaps: stored ones stay in use */
 
     struct qcow2_snapshot *snapshots;
 
@@ -356,23 +356,20 @@ uint64_t qcow2_bitmap_table_entries(struct qcow2 *s, unsigned gb);
 /* Read bitmap @b's data into a new in-memory bitmap. */
 int qcow2_bitmap_load(struct qcow2 *s, struct qcow2_bitmap *b, struct dirty_bitmap **out);
 /*
- * Resizing an image with bitmaps: every bitmap must be loaded (the image
- * open read-write, none inconsistent); after the resize the loaded bitmaps
- * take the new size (the grown area clean, as QEMU leaves it) and are
- * stored with new tables when the image is closed.
+ * At open: register the stored bitmaps with the block layer (lib/dirty.c);
+ * with @track (read-write), load the usable ones and mark them in use.
  */
-int qcow2_bitmaps_resize_check(struct qcow2 *s, struct error **errp);
-void qcow2_bitmaps_resize(struct qcow2 *s, uint64_t old_size, uint64_t new_size);
-/* Read-write open: load enabled bitmaps and mark them in use on disk. */
-int qcow2_bitmaps_load_rw(struct qcow2 *s, struct error **errp);
-/* Record a guest write in the tracked bitmaps. */
-int qcow2_bitmaps_mark_dirty(struct qcow2 *s, uint64_t off, uint64_t len);
-/* Clean close: store the loaded bitmaps and clear in_use. */
-int qcow2_bitmaps_store(struct qcow2 *s, struct error **errp);
-int qcow2_bitmap_apply(struct bdev *bd, const struct bitmap_op *ops, size_t n,
-                       struct error **errp);
-int qcow2_bitmap_get(struct bdev *bd, const char *name, struct dirty_bitmap **out,
-                     struct error **errp);
+int qcow2_bitmaps_register(struct qcow2 *s, bool track, struct error **errp);
+/* Index of stored bitmap @name in s->bitmaps, or -1 (under s->lock). */
+int qcow2_find_bitmap(struct qcow2 *s, const char *name);
+/* The driver's bitmap hooks (struct format_driver) */
+int qcow2_bitmap_load_hook(struct bdev *bd, const char *name, struct dirty_bitmap **out,
+                           struct error **errp);
+int qcow2_bitmap_check_add(struct bdev *bd, const char *name, uint64_t granularity,
+                           struct error **errp);
+int qcow2_bitmap_check_list(struct bdev *bd, const char **names, size_t n,
+                            struct error **errp);
+int qcow2_bitmap_store_hook(struct bdev *bd, bool in_use, struct error **errp);
 
 /* check.c */
 int qcow2_check(struct bdev *bd, struct check_result *res, unsigned fix, struct error **errp);
