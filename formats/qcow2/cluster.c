@@ -1124,7 +1124,7 @@ enum zop { ZOP_ZERO, ZOP_DISCARD, ZOP_UNMAP };
  * data to be written instead (*done tells how far it got).
  */
 static int modify_chunk(struct qcow2 *s, uint64_t off, uint64_t len, enum zop op,
-                        unsigned flags, uint64_t *done)
+                        unsigned flags, uint64_t *done, struct qcow2_range *held)
 {
     uint64_t cs = s->cluster_size, scsz = s->sc_size;
     uint64_t first = off >> s->cluster_bits;
@@ -1138,7 +1138,14 @@ static int modify_chunk(struct qcow2 *s, uint64_t off, uint64_t len, enum zop op
     int ret = 0;
 
     *done = 0;
-    rl = lock_for_update(s, first, last + 1);
+    if (held) {
+        /* the caller holds the range lock already */
+        rl = held;
+        qcow2_meta_lock(s);
+        qcow2_map_lock(s);
+    } else {
+        rl = lock_for_update(s, first, last + 1);
+    }
     if (s->corrupt) {
         ret = -EIO;
         goto out;
@@ -1243,7 +1250,12 @@ static int modify_chunk(struct qcow2 *s, uint64_t off, uint64_t len, enum zop op
     }
     qcow2_cache_put(&s->l2_cache, l2);
 out:
-    unlock_after_update(s, rl);
+    if (held) {
+        qcow2_map_unlock(s);
+        qcow2_meta_unlock(s);
+    } else {
+        unlock_after_update(s, rl);
+    }
     return ret;
 }
 
@@ -1287,7 +1299,7 @@ static int zero_aligned(struct qcow2 *s, uint64_t off, uint64_t len, unsigned fl
     while (len) {
         uint64_t n = MIN(len, l2_span - (off & (l2_span - 1)));
         uint64_t done;
-        int ret = modify_chunk(s, off, n, ZOP_ZERO, flags, &done);
+        int ret = modify_chunk(s, off, n, ZOP_ZERO, flags, &done, NULL);
 
         if (ret == -ENOTSUP) {
             /* Zero the piece that could not be zeroed cheaply as data. */
@@ -1310,29 +1322,47 @@ static int zero_aligned(struct qcow2 *s, uint64_t off, uint64_t len, unsigned fl
     return 0;
 }
 
-/* Zero a piece smaller than one subcluster at [off, off+len). */
+/*
+ * Zero a piece smaller than one subcluster at [off, off+len).  When the
+ * rest of the subcluster reads zero, the whole subcluster becomes a zero
+ * one; the cluster's range lock is held from that check to the change, so
+ * that a write to the rest of it meanwhile is not zeroed away.
+ */
 static int zero_partial(struct qcow2 *s, uint64_t off, uint64_t len, unsigned flags)
 {
     uint64_t scs = ALIGN_DOWN(off, s->sc_size);
     uint64_t sce = MIN(scs + s->sc_size, s->bd->size);
+    uint64_t c = scs >> s->cluster_bits;
     bool head_zero = true, tail_zero = true;
-    int ret;
+    struct qcow2_range *rl;
+    uint64_t done;
+    int ret = 0;
 
     if (s->version >= 3 && sce == scs + s->sc_size) {
+        qcow2_map_lock(s);
+        rl = range_lock(s, c, c + 1);
+        qcow2_map_unlock(s);
         if (off > scs) {
             ret = reads_zero(s, scs, off - scs, &head_zero);
-            if (ret < 0) {
-                return ret;
-            }
         }
-        if (head_zero && off + len < sce) {
+        if (ret == 0 && head_zero && off + len < sce) {
             ret = reads_zero(s, off + len, sce - off - len, &tail_zero);
-            if (ret < 0) {
+        }
+        if (ret == 0 && head_zero && tail_zero) {
+            ret = modify_chunk(s, scs, s->sc_size, ZOP_ZERO, flags, &done, rl);
+            if (ret != -ENOTSUP) {
+                qcow2_map_lock(s);
+                range_unlock(s, rl);
+                qcow2_map_unlock(s);
                 return ret;
             }
+            ret = 0;
         }
-        if (head_zero && tail_zero) {
-            return zero_aligned(s, scs, s->sc_size, flags);
+        qcow2_map_lock(s);
+        range_unlock(s, rl);
+        qcow2_map_unlock(s);
+        if (ret < 0) {
+            return ret;
         }
     }
     if (flags & BDEV_REQ_NO_FALLBACK) {
@@ -1407,7 +1437,7 @@ int qcow2_discard(struct bdev *bd, uint64_t off, uint64_t len)
     while (start < end) {
         uint64_t n = MIN(end - start, l2_span - (start & (l2_span - 1)));
         uint64_t done;
-        int ret = modify_chunk(s, start, n, ZOP_DISCARD, 0, &done);
+        int ret = modify_chunk(s, start, n, ZOP_DISCARD, 0, &done, NULL);
         if (ret < 0) {
             return ret;
         }
@@ -1430,7 +1460,7 @@ int qcow2_make_empty(struct bdev *bd)
     for (uint64_t off = 0; off < end && ret == 0; off += l2_span) {
         uint64_t n = MIN(end - off, l2_span);
         uint64_t done;
-        ret = modify_chunk(s, off, n, ZOP_UNMAP, 0, &done);
+        ret = modify_chunk(s, off, n, ZOP_UNMAP, 0, &done, NULL);
     }
     if (ret == 0) {
         ret = bd->drv->flush(bd);

@@ -9,7 +9,10 @@
  *    stopped after mapping, the cluster is discarded, a flush applies the
  *    decrements and a write elsewhere allocates; the read must still
  *    return the old data, never the new write's (plain and compressed).
- * 3. Stress: threads doing overlapping reads, writes, zero writes,
+ * 3. A zero write of part of a subcluster whose rest reads zero zeroes the
+ *    whole subcluster: a write to the rest, made while the zero write
+ *    looks at it, must survive.
+ * 4. Stress: threads doing overlapping reads, writes, zero writes,
  *    discards, compressed writes and flushes on small images, every read
  *    checked against a model of per-block versions (a read may see, for
  *    each 8-byte word, any version between the last one completed before
@@ -198,6 +201,17 @@ static void req_start(struct req *r, struct bdev *bd, enum req_kind kind, uint64
     pthread_create(&r->th, NULL, req_main, r);
 }
 
+/* The zero write of test_zero_partial: [2 clusters + 512, +512). */
+static void *zero_main(void *opaque)
+{
+    struct req *r = opaque;
+    struct qcow2 *s = r->bd->opaque;
+
+    r->ret = bdev_pwrite_zeroes(r->bd, 2 * s->cluster_size + 512, 512, 0);
+    __atomic_store_n(&r->done, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
 /* Did @r finish within @secs? */
 static bool req_wait(struct req *r, double secs)
 {
@@ -358,7 +372,53 @@ static void test_reuse(const char *name, const char *opts, uint64_t cs, bool com
     free(rb);
 }
 
-/* --- 3. stress against a model --- */
+/* --- 3. a partial zero write does not zero away a concurrent write --- */
+
+static void test_zero_partial(const char *name, const char *opts, uint64_t cs)
+{
+    char img[512];
+    uint8_t *d = xmalloc(512), *rb = xmalloc(1024);
+    uint64_t C = 2 * cs;
+    struct req zw, wr;
+    struct bdev *bd;
+    int ret;
+
+    snprintf(img, sizeof(img), "%s/%s.qcow2", tmpdir, name);
+    if (sh("qemu-img create -q -f qcow2 -o %s %s %" PRIu64, opts, img, 8 * cs)) {
+        ok(0, "%s: create", name);
+        return;
+    }
+    bd = open_rw(img);
+    if (!bd) {
+        return;
+    }
+    memset(d, 0xd4, 512);
+    ret = bdev_pwrite(bd, d, 512, 0, 0);      /* an L2 table; cluster C stays unallocated */
+    ok(ret == 0, "%s: setup", name);
+
+    /* Zero [C+512, C+1024): it first checks that [C, C+512) reads zero. */
+    qcow2_test_hook = hook;
+    hk_read_off = (int64_t)C;
+    zw = (struct req){ .bd = bd };
+    pthread_create(&zw.th, NULL, zero_main, &zw);
+    ok(hk_wait_stopped(10), "%s: the zero write is looking at the head of the subcluster", name);
+    req_start(&wr, bd, REQ_WRITE, C, 512, d);
+    req_wait(&wr, 1);       /* completes now without the fix; waits for the zero write with it */
+    hk_let_go();
+    pthread_join(zw.th, NULL);
+    pthread_join(wr.th, NULL);
+    qcow2_test_hook = NULL;
+    ok(zw.ret == 0 && wr.ret == 0, "%s: both writes succeed", name);
+    ret = bdev_pread(bd, rb, 1024, C);
+    ok(ret == 0 && all_bytes(rb, 512, 0xd4), "%s: the write to the head survives", name);
+    ok(ret == 0 && all_bytes(rb + 512, 512, 0), "%s: the zeroed part reads zero", name);
+    ok(close_ok(bd), "%s: close", name);
+    ok(sh("qemu-img check -q %s", img) == 0, "%s: qemu-img check is clean", name);
+    free(d);
+    free(rb);
+}
+
+/* --- 4. stress against a model --- */
 
 #define RING 64
 
@@ -676,6 +736,10 @@ int main(void)
         test_reuse("reuse-64k", "cluster_size=64k", 65536, false);
         test_reuse("reuse-64k-extl2", "cluster_size=64k,extended_l2=on", 65536, false);
         test_reuse("reuse-64k-compressed", "cluster_size=64k", 65536, true);
+    }
+    if (!only || !strcmp(only, "zero")) {
+        test_zero_partial("zero-partial-64k", "cluster_size=64k", 65536);
+        test_zero_partial("zero-partial-64k-extl2", "cluster_size=64k,extended_l2=on", 65536);
     }
     if (!only || !strcmp(only, "stress")) {
         test_stress("stress-512", "cluster_size=512", 512, 1 << 20, 512, true, 0, 0, secs);
