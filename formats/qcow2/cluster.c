@@ -4,6 +4,10 @@
  *
  * A cluster without extended L2 entries is treated as one subcluster, so
  * the same code serves both layouts.
+ *
+ * Locking (qcow2.h): reads and in-place overwrites take s->map only;
+ * everything that changes metadata takes the range lock (under s->map),
+ * then s->lock, then s->map again, and drops both for its data I/O.
  */
 #include "lib/compiler.h"
 #include "lib/io.h"
@@ -11,6 +15,9 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 uint64_t qcow2_l2_get(struct qcow2 *s, const uint8_t *l2, unsigned i, uint64_t *bitmap)
@@ -109,16 +116,17 @@ int qcow2_set_l1_entry(struct qcow2 *s, uint32_t index, uint64_t entry)
     return ret;
 }
 
-/* --- range locks (guest cluster indexes) --- */
+/* --- range locks (guest cluster indexes), under s->map --- */
 
 static struct qcow2_range *range_lock(struct qcow2 *s, uint64_t start, uint64_t end)
 {
     struct qcow2_range *r;
 
+    assert(!qcow2_meta_held(s));
 again:
     for (r = s->ranges; r; r = r->next) {
         if (r->start < end && start < r->end) {
-            pthread_cond_wait(&s->range_cond, &s->lock);
+            qcow2_map_wait(s, &s->range_cond);
             goto again;
         }
     }
@@ -144,25 +152,76 @@ static void range_unlock(struct qcow2 *s, struct qcow2_range *r)
     pthread_cond_broadcast(&s->range_cond);
 }
 
+/* Take the range lock for guest clusters [start, end), then s->lock and s->map. */
+static struct qcow2_range *lock_for_update(struct qcow2 *s, uint64_t start, uint64_t end)
+{
+    struct qcow2_range *r;
+
+    qcow2_map_lock(s);
+    r = range_lock(s, start, end);
+    qcow2_map_unlock(s);
+    qcow2_meta_lock(s);
+    qcow2_map_lock(s);
+    return r;
+}
+
+static void unlock_after_update(struct qcow2 *s, struct qcow2_range *r)
+{
+    range_unlock(s, r);
+    qcow2_map_unlock(s);
+    qcow2_meta_unlock(s);
+}
+
+/*
+ * Report corruption.  A thread without s->lock (a reader) takes it first,
+ * as the header is rewritten; it holds s->map again afterwards.
+ */
+static void corruption(struct qcow2 *s, const char *fmt, ...) ATTRIBUTE_PRINTF(2, 3);
+static void corruption(struct qcow2 *s, const char *fmt, ...)
+{
+    va_list ap;
+    char *msg;
+    unsigned depth;
+
+    va_start(ap, fmt);
+    if (vasprintf(&msg, fmt, ap) < 0) {
+        abort();
+    }
+    va_end(ap);
+    if (qcow2_meta_held(s)) {
+        qcow2_signal_corruption(s, "%s", msg);
+    } else {
+        depth = qcow2_map_release(s);
+        qcow2_meta_lock(s);
+        qcow2_signal_corruption(s, "%s", msg);
+        qcow2_map_reacquire(s, depth);
+        qcow2_meta_unlock(s);
+    }
+    free(msg);
+}
+
 /* --- L2 tables --- */
 
 static int check_l2_offset(struct qcow2 *s, uint64_t l1i, uint64_t l2off)
 {
     if (!IS_ALIGNED(l2off, s->cluster_size)) {
-        qcow2_signal_corruption(s, "L2 table offset 0x%" PRIx64 " (L1 index %" PRIu64 ") is not "
-                                "cluster aligned", l2off, l1i);
+        corruption(s, "L2 table offset 0x%" PRIx64 " (L1 index %" PRIu64 ") is not "
+                   "cluster aligned", l2off, l1i);
         return -EIO;
     }
     if (l2off + s->cluster_size > s->file_size) {
-        qcow2_signal_corruption(s, "L2 table offset 0x%" PRIx64 " (L1 index %" PRIu64 ") is "
-                                "past the end of the file", l2off, l1i);
+        corruption(s, "L2 table offset 0x%" PRIx64 " (L1 index %" PRIu64 ") is "
+                   "past the end of the file", l2off, l1i);
         return -EIO;
     }
     return 0;
 }
 
-/* The L2 table covering @off, or *l2 = NULL if there is none.  Pinned. */
-static int get_l2(struct qcow2 *s, uint64_t off, uint8_t **l2, unsigned *idx)
+/*
+ * For readers (s->map held): the L2 table covering @off, or *l2 = NULL if
+ * there is none.  Release it with put_l2 (*tmp: a private copy).
+ */
+static int get_l2(struct qcow2 *s, uint64_t off, uint8_t **l2, unsigned *idx, bool *tmp)
 {
     uint64_t l1i = off >> (s->cluster_bits + s->l2_bits);
     uint64_t l2off;
@@ -170,6 +229,7 @@ static int get_l2(struct qcow2 *s, uint64_t off, uint8_t **l2, unsigned *idx)
 
     *idx = (off >> s->cluster_bits) & (s->l2_entries - 1);
     *l2 = NULL;
+    *tmp = false;
     if (l1i >= s->l1_size) {
         return 0;
     }
@@ -181,7 +241,12 @@ static int get_l2(struct qcow2 *s, uint64_t off, uint8_t **l2, unsigned *idx)
     if (ret < 0) {
         return ret;
     }
-    return qcow2_cache_get(s, &s->l2_cache, l2off, false, l2);
+    return qcow2_cache_get_ro(s, &s->l2_cache, l2off, l2, tmp);
+}
+
+static void put_l2(struct qcow2 *s, uint8_t *l2, bool tmp)
+{
+    qcow2_cache_put_ro(s, &s->l2_cache, l2, tmp);
 }
 
 /* The L2 table covering @off, allocated (or copied, if shared) as needed. */
@@ -195,7 +260,7 @@ static int get_l2_for_write(struct qcow2 *s, uint64_t off, uint8_t **l2, unsigne
 
     *idx = (off >> s->cluster_bits) & (s->l2_entries - 1);
     if (l1i >= s->l1_size) {
-        qcow2_signal_corruption(s, "guest offset 0x%" PRIx64 " beyond the L1 table", off);
+        corruption(s, "guest offset 0x%" PRIx64 " beyond the L1 table", off);
         return -EIO;
     }
     l1e = s->l1[l1i];
@@ -251,6 +316,8 @@ static int get_l2_for_write(struct qcow2 *s, uint64_t off, uint8_t **l2, unsigne
     if (ret < 0) {
         goto fail;
     }
+    /* the old table's decrement waits for a sync after this L1 write */
+    s->tables_unsynced = true;
     if (l2off) {
         qcow2_queue_decref(s, l2off, 1);
     }
@@ -278,36 +345,36 @@ static int check_entry(struct qcow2 *s, uint64_t guest, uint64_t l2e, enum qcow2
     uint64_t host = l2e & QCOW2_L2E_OFFSET_MASK;
 
     if (t == QCOW2_SC_INVALID) {
-        qcow2_signal_corruption(s, "invalid L2 entry 0x%" PRIx64 " for guest offset 0x%" PRIx64,
-                                l2e, guest);
+        corruption(s, "invalid L2 entry 0x%" PRIx64 " for guest offset 0x%" PRIx64,
+                   l2e, guest);
         return -EIO;
     }
     if (t == QCOW2_SC_COMPRESSED) {
         uint64_t coff, cbytes;
         qcow2_compressed_range(s, l2e, &coff, &cbytes);
         if (coff >= s->file_size || coff < s->cluster_size) {
-            qcow2_signal_corruption(s, "compressed cluster for guest offset 0x%" PRIx64
-                                    " at 0x%" PRIx64 " lies outside the file", guest, coff);
+            corruption(s, "compressed cluster for guest offset 0x%" PRIx64
+                       " at 0x%" PRIx64 " lies outside the file", guest, coff);
             return -EIO;
         }
         return 0;
     }
     if (has_host(t)) {
         if (!IS_ALIGNED(host, s->cluster_size)) {
-            qcow2_signal_corruption(s, "cluster offset 0x%" PRIx64 " for guest offset 0x%" PRIx64
-                                    " is not cluster aligned", host, guest);
+            corruption(s, "cluster offset 0x%" PRIx64 " for guest offset 0x%" PRIx64
+                       " is not cluster aligned", host, guest);
             return -EIO;
         }
         if (t == QCOW2_SC_NORMAL && host >= s->file_size) {
-            qcow2_signal_corruption(s, "L2 entry for guest offset 0x%" PRIx64 " points past the "
-                                    "end of the file (0x%" PRIx64 ")", guest, host);
+            corruption(s, "L2 entry for guest offset 0x%" PRIx64 " points past the "
+                       "end of the file (0x%" PRIx64 ")", guest, host);
             return -EIO;
         }
     }
     return 0;
 }
 
-/* Under s->lock: the run of equally mapped bytes starting at @off. */
+/* Under s->map: the run of equally mapped bytes starting at @off. */
 static int get_mapping(struct qcow2 *s, uint64_t off, uint64_t len, struct qmap *m)
 {
     uint64_t cs = s->cluster_size, scsz = s->sc_size;
@@ -315,10 +382,11 @@ static int get_mapping(struct qcow2 *s, uint64_t off, uint64_t len, struct qmap 
     unsigned nsc = 1u << s->sc_bits, idx, sc;
     uint64_t e, bm, host0, covered, expect;
     uint8_t *l2;
+    bool tmp;
     int ret;
 
     len = MIN(len, l2_span - (off & (l2_span - 1)));
-    ret = get_l2(s, off, &l2, &idx);
+    ret = get_l2(s, off, &l2, &idx, &tmp);
     if (ret < 0) {
         return ret;
     }
@@ -335,14 +403,14 @@ static int get_mapping(struct qcow2 *s, uint64_t off, uint64_t len, struct qmap 
     m->l2e = e;
     ret = check_entry(s, off, e, m->type);
     if (ret < 0) {
-        qcow2_cache_put(&s->l2_cache, l2);
+        put_l2(s, l2, tmp);
         return ret;
     }
     host0 = e & QCOW2_L2E_OFFSET_MASK;
     m->host = has_host(m->type) ? host0 + (off & (cs - 1)) : 0;
     if (m->type == QCOW2_SC_COMPRESSED) {
         m->bytes = MIN(len, cs - (off & (cs - 1)));
-        qcow2_cache_put(&s->l2_cache, l2);
+        put_l2(s, l2, tmp);
         return 0;
     }
     covered = scsz - (off & (scsz - 1));
@@ -374,7 +442,7 @@ static int get_mapping(struct qcow2 *s, uint64_t off, uint64_t len, struct qmap 
         sc++;
     }
     m->bytes = MIN(len, covered);
-    qcow2_cache_put(&s->l2_cache, l2);
+    put_l2(s, l2, tmp);
     return 0;
 }
 
@@ -401,9 +469,40 @@ int qcow2_read_compressed(struct qcow2 *s, uint64_t l2e, uint8_t *out)
     return ret;
 }
 
+/* Register (or with @m NULL, unregister) the host range a read is about to use. */
+static void read_register(struct qcow2 *s, struct qcow2_inflight *in, const struct qmap *m,
+                          bool *registered)
+{
+    if (*registered) {
+        struct qcow2_inflight **pp = &s->inflight;
+        while (*pp != in) {
+            pp = &(*pp)->next;
+        }
+        *pp = in->next;
+        *registered = false;
+    }
+    if (!m || (m->type != QCOW2_SC_NORMAL && m->type != QCOW2_SC_COMPRESSED)) {
+        return;
+    }
+    if (m->type == QCOW2_SC_COMPRESSED) {
+        uint64_t coff, cbytes;
+        qcow2_compressed_range(s, m->l2e, &coff, &cbytes);
+        in->start = coff;
+        in->end = coff + cbytes;
+    } else {
+        in->start = m->host;
+        in->end = m->host + m->bytes;
+    }
+    in->next = s->inflight;
+    s->inflight = in;
+    *registered = true;
+}
+
 int qcow2_pread(struct bdev *bd, void *buf, size_t len, uint64_t off)
 {
     struct qcow2 *s = bd->opaque;
+    struct qcow2_inflight in;
+    bool registered = false;
     uint8_t *cbuf = NULL;
     uint64_t cbuf_e = 0;
     int ret = 0;
@@ -412,11 +511,19 @@ int qcow2_pread(struct bdev *bd, void *buf, size_t len, uint64_t off)
         struct qmap m;
         ssize_t n;
 
-        pthread_mutex_lock(&s->lock);
+        /*
+         * The host range stays registered until its data is read, so that
+         * a discard and flush meanwhile cannot give it to other data.
+         */
+        qcow2_map_lock(s);
         ret = get_mapping(s, off, len, &m);
-        pthread_mutex_unlock(&s->lock);
+        read_register(s, &in, ret < 0 ? NULL : &m, &registered);
+        qcow2_map_unlock(s);
         if (ret < 0) {
             break;
+        }
+        if (qcow2_test_hook) {
+            qcow2_test_hook(s, QCOW2_TEST_READ_MAPPED, off, registered ? in.start : 0);
         }
         switch (m.type) {
         case QCOW2_SC_UNALLOC_PLAIN:
@@ -459,6 +566,11 @@ int qcow2_pread(struct bdev *bd, void *buf, size_t len, uint64_t off)
         off += m.bytes;
         len -= m.bytes;
     }
+    if (registered) {
+        qcow2_map_lock(s);
+        read_register(s, &in, NULL, &registered);
+        qcow2_map_unlock(s);
+    }
     free(cbuf);
     return ret;
 }
@@ -467,7 +579,7 @@ int qcow2_pread(struct bdev *bd, void *buf, size_t len, uint64_t off)
  * Was metadata preallocated (many clusters allocated but not stored)?  Then,
  * as QEMU does, data clusters over holes of the file read as zero.  The
  * test is QEMU's: more refcounted clusters than the file's allocated
- * clusters allow (with 10% slack).  Under s->lock.
+ * clusters allow (with 10% slack).  Under s->map.
  */
 static bool prealloc_detected(struct qcow2 *s)
 {
@@ -487,7 +599,7 @@ static bool prealloc_detected(struct qcow2 *s)
     end = qcow2_size_to_clusters(s, s->file_size);
     for (uint64_t i = 0; i < end && count <= threshold; i++) {
         uint64_t rc;
-        if (qcow2_get_refcount(s, i, &rc) < 0) {
+        if (qcow2_get_refcount_ro(s, i, &rc) < 0) {
             return false;
         }
         count += rc != 0;
@@ -523,10 +635,10 @@ int qcow2_block_status(struct bdev *bd, uint64_t off, uint64_t len, uint64_t *pn
     bool recurse;
     int ret;
 
-    pthread_mutex_lock(&s->lock);
+    qcow2_map_lock(s);
     ret = get_mapping(s, off, len, &m);
     recurse = ret == 0 && m.type == QCOW2_SC_NORMAL && prealloc_detected(s);
-    pthread_mutex_unlock(&s->lock);
+    qcow2_map_unlock(s);
     if (ret < 0) {
         return ret;
     }
@@ -733,6 +845,89 @@ static int do_fill(struct qcow2 *s, struct cplan *p, uint64_t guest_cluster, uin
     return 0;
 }
 
+/*
+ * Overwrite in place: when every cluster of [off, off+len) is allocated
+ * and owned (COPIED, in an owned L2 table) and the written subclusters
+ * already hold data, the write changes no metadata.  The data then goes
+ * straight to its clusters without s->lock, and nothing is dirtied.
+ * Called with s->map and the range lock (which keeps the entries as they
+ * are) held; returns false when the general path must do the write.
+ */
+static bool write_in_place(struct qcow2 *s, const uint8_t *buf, uint64_t off, uint64_t len,
+                           int *ret)
+{
+    uint64_t cs = s->cluster_size;
+    uint64_t first = off >> s->cluster_bits;
+    uint64_t n = ((off + len - 1) >> s->cluster_bits) - first + 1;
+    uint64_t l1i = off >> (s->cluster_bits + s->l2_bits);
+    uint64_t end = off + len;
+    uint64_t hosts_local[16], *hosts = hosts_local;
+    unsigned idx0, depth;
+    bool tmp, fits = true;
+    uint8_t *l2;
+
+    if (l1i >= s->l1_size || !(s->l1[l1i] & QCOW2_OFLAG_COPIED)) {
+        return false;
+    }
+    *ret = get_l2(s, off, &l2, &idx0, &tmp);
+    if (*ret < 0) {
+        return true;
+    }
+    if (!l2) {
+        return false;
+    }
+    if (n > ARRAY_SIZE(hosts_local)) {
+        hosts = xmalloc(n * sizeof(*hosts));
+    }
+    for (uint64_t i = 0; i < n && fits; i++) {
+        uint64_t bm, e = qcow2_l2_get(s, l2, idx0 + i, &bm);
+        uint64_t host = e & QCOW2_L2E_OFFSET_MASK;
+
+        fits = e == (host | QCOW2_OFLAG_COPIED) && host && IS_ALIGNED(host, cs) &&
+               host < s->file_size;
+        if (fits && s->ext_l2) {
+            uint64_t cstart = (first + i) << s->cluster_bits;
+            unsigned a = (MAX(off, cstart) - cstart) / s->sc_size;
+            unsigned b = (MIN(end, cstart + cs) - cstart - 1) / s->sc_size;
+            uint64_t mask = ((2ULL << b) - 1) & ~((1ULL << a) - 1);
+            fits = (bm & mask) == mask && !((bm >> 32) & mask) &&
+                   !(bm & (bm >> 32) & QCOW2_BITMAP_ALL_ALLOC);
+        }
+        hosts[i] = host;
+    }
+    put_l2(s, l2, tmp);
+    if (!fits) {
+        if (hosts != hosts_local) {
+            free(hosts);
+        }
+        return false;
+    }
+
+    depth = qcow2_map_release(s);
+    *ret = 0;
+    for (uint64_t i = 0; i < n && *ret == 0;) {
+        uint64_t j = i + 1;
+        uint64_t gstart = MAX(off, (first + i) << s->cluster_bits);
+        uint64_t gend;
+
+        while (j < n && hosts[j] == hosts[j - 1] + cs) {
+            j++;
+        }
+        gend = MIN(end, (first + j) << s->cluster_bits);
+        *ret = io_pwrite(s->fd, buf + (gstart - off), gend - gstart,
+                         hosts[i] + (gstart - ((first + i) << s->cluster_bits)));
+        i = j;
+    }
+    if (*ret < 0) {
+        bdev_set_error(s->bd, "'%s': write error: %s", s->bd->filename, strerror(-*ret));
+    }
+    qcow2_map_reacquire(s, depth);
+    if (hosts != hosts_local) {
+        free(hosts);
+    }
+    return true;
+}
+
 /* Write [off, off+len), which lies within one L2 table. */
 static int write_chunk(struct qcow2 *s, const uint8_t *buf, uint64_t off, uint64_t len)
 {
@@ -740,15 +935,31 @@ static int write_chunk(struct qcow2 *s, const uint8_t *buf, uint64_t off, uint64
     uint64_t first = off >> s->cluster_bits;
     uint64_t last = (off + len - 1) >> s->cluster_bits;
     uint64_t n = last - first + 1;
-    struct cplan *plan = xcalloc(n, sizeof(*plan));
+    struct cplan *plan;
     struct qcow2_range *rl;
     uint8_t *l2;
     unsigned idx0;
     uint64_t end = off + len, max_end = 0;
+    bool changed = false;
     int ret;
 
-    pthread_mutex_lock(&s->lock);
+    qcow2_map_lock(s);
     rl = range_lock(s, first, last + 1);
+    if (s->corrupt) {
+        ret = -EIO;
+    } else if (!write_in_place(s, buf, off, len, &ret)) {
+        ret = 1;
+    }
+    if (ret <= 0) {
+        range_unlock(s, rl);
+        qcow2_map_unlock(s);
+        return ret;
+    }
+    qcow2_map_unlock(s);
+    qcow2_meta_lock(s);
+    qcow2_map_lock(s);
+
+    plan = xcalloc(n, sizeof(*plan));
     if (s->corrupt) {
         ret = -EIO;
         goto out_locked;
@@ -816,7 +1027,8 @@ static int write_chunk(struct qcow2 *s, const uint8_t *buf, uint64_t off, uint64
         plan_fills(s, &plan[i], ws, we);
         max_end = MAX(max_end, plan[i].host + cs);
     }
-    pthread_mutex_unlock(&s->lock);
+    qcow2_map_unlock(s);
+    qcow2_meta_unlock(s);
 
     /* Data: fills around the edges, then the guest data in host-contiguous runs. */
     for (uint64_t i = 0; i < n && ret == 0; i++) {
@@ -840,7 +1052,8 @@ static int write_chunk(struct qcow2 *s, const uint8_t *buf, uint64_t off, uint64
         i = j;
     }
 
-    pthread_mutex_lock(&s->lock);
+    qcow2_meta_lock(s);
+    qcow2_map_lock(s);
     if (ret < 0) {
         bdev_set_error(s->bd, "'%s': write error: %s", s->bd->filename, strerror(-ret));
         goto out_free;
@@ -854,13 +1067,21 @@ static int write_chunk(struct qcow2 *s, const uint8_t *buf, uint64_t off, uint64
         uint64_t cstart = (first + i) << s->cluster_bits;
         uint64_t ws = MAX(off, cstart) - cstart;
         uint64_t we = MIN(end, cstart + cs) - cstart;
-        qcow2_l2_set(s, l2, idx0 + i, plan[i].host | QCOW2_OFLAG_COPIED,
-                     new_bitmap(s, &plan[i], ws, we));
+        uint64_t ne = plan[i].host | QCOW2_OFLAG_COPIED, nbm = new_bitmap(s, &plan[i], ws, we);
+        uint64_t cur_bm, cur = qcow2_l2_get(s, l2, idx0 + i, &cur_bm);
+
+        if (cur == ne && cur_bm == nbm) {
+            continue;
+        }
+        qcow2_l2_set(s, l2, idx0 + i, ne, nbm);
+        changed = true;
         if (!plan[i].in_place) {
             drop_old(s, plan[i].old_e);
         }
     }
-    qcow2_cache_mark_dirty(&s->l2_cache, l2);
+    if (changed) {
+        qcow2_cache_mark_dirty(&s->l2_cache, l2);
+    }
     qcow2_cache_put(&s->l2_cache, l2);
     ret = 0;
     goto out_locked;
@@ -873,8 +1094,7 @@ out_free:
         }
     }
 out_locked:
-    range_unlock(s, rl);
-    pthread_mutex_unlock(&s->lock);
+    unlock_after_update(s, rl);
     free(plan);
     return ret;
 }
@@ -915,7 +1135,7 @@ enum zop { ZOP_ZERO, ZOP_DISCARD, ZOP_UNMAP };
  * data to be written instead (*done tells how far it got).
  */
 static int modify_chunk(struct qcow2 *s, uint64_t off, uint64_t len, enum zop op,
-                        unsigned flags, uint64_t *done)
+                        unsigned flags, uint64_t *done, struct qcow2_range *held)
 {
     uint64_t cs = s->cluster_size, scsz = s->sc_size;
     uint64_t first = off >> s->cluster_bits;
@@ -929,14 +1149,21 @@ static int modify_chunk(struct qcow2 *s, uint64_t off, uint64_t len, enum zop op
     int ret = 0;
 
     *done = 0;
-    pthread_mutex_lock(&s->lock);
-    rl = range_lock(s, first, last + 1);
+    if (held) {
+        /* the caller holds the range lock already */
+        rl = held;
+        qcow2_meta_lock(s);
+        qcow2_map_lock(s);
+    } else {
+        rl = lock_for_update(s, first, last + 1);
+    }
     if (s->corrupt) {
         ret = -EIO;
         goto out;
     }
     if (op != ZOP_ZERO) {
-        ret = get_l2(s, off, &l2, &idx0);
+        bool tmp;
+        ret = get_l2(s, off, &l2, &idx0, &tmp);
         if (ret < 0 || !l2) {
             /* nothing allocated: a discard has nothing to drop */
             if (ret == 0 && op == ZOP_DISCARD && has_backing && s->version >= 3) {
@@ -947,7 +1174,7 @@ static int modify_chunk(struct qcow2 *s, uint64_t off, uint64_t len, enum zop op
                 goto out;
             }
         } else {
-            qcow2_cache_put(&s->l2_cache, l2);
+            put_l2(s, l2, tmp);
             ret = get_l2_for_write(s, off, &l2, &idx0);
         }
     } else {
@@ -1034,8 +1261,12 @@ static int modify_chunk(struct qcow2 *s, uint64_t off, uint64_t len, enum zop op
     }
     qcow2_cache_put(&s->l2_cache, l2);
 out:
-    range_unlock(s, rl);
-    pthread_mutex_unlock(&s->lock);
+    if (held) {
+        qcow2_map_unlock(s);
+        qcow2_meta_unlock(s);
+    } else {
+        unlock_after_update(s, rl);
+    }
     return ret;
 }
 
@@ -1079,7 +1310,7 @@ static int zero_aligned(struct qcow2 *s, uint64_t off, uint64_t len, unsigned fl
     while (len) {
         uint64_t n = MIN(len, l2_span - (off & (l2_span - 1)));
         uint64_t done;
-        int ret = modify_chunk(s, off, n, ZOP_ZERO, flags, &done);
+        int ret = modify_chunk(s, off, n, ZOP_ZERO, flags, &done, NULL);
 
         if (ret == -ENOTSUP) {
             /* Zero the piece that could not be zeroed cheaply as data. */
@@ -1102,29 +1333,47 @@ static int zero_aligned(struct qcow2 *s, uint64_t off, uint64_t len, unsigned fl
     return 0;
 }
 
-/* Zero a piece smaller than one subcluster at [off, off+len). */
+/*
+ * Zero a piece smaller than one subcluster at [off, off+len).  When the
+ * rest of the subcluster reads zero, the whole subcluster becomes a zero
+ * one; the cluster's range lock is held from that check to the change, so
+ * that a write to the rest of it meanwhile is not zeroed away.
+ */
 static int zero_partial(struct qcow2 *s, uint64_t off, uint64_t len, unsigned flags)
 {
     uint64_t scs = ALIGN_DOWN(off, s->sc_size);
     uint64_t sce = MIN(scs + s->sc_size, s->bd->size);
+    uint64_t c = scs >> s->cluster_bits;
     bool head_zero = true, tail_zero = true;
-    int ret;
+    struct qcow2_range *rl;
+    uint64_t done;
+    int ret = 0;
 
     if (s->version >= 3 && sce == scs + s->sc_size) {
+        qcow2_map_lock(s);
+        rl = range_lock(s, c, c + 1);
+        qcow2_map_unlock(s);
         if (off > scs) {
             ret = reads_zero(s, scs, off - scs, &head_zero);
-            if (ret < 0) {
-                return ret;
-            }
         }
-        if (head_zero && off + len < sce) {
+        if (ret == 0 && head_zero && off + len < sce) {
             ret = reads_zero(s, off + len, sce - off - len, &tail_zero);
-            if (ret < 0) {
+        }
+        if (ret == 0 && head_zero && tail_zero) {
+            ret = modify_chunk(s, scs, s->sc_size, ZOP_ZERO, flags, &done, rl);
+            if (ret != -ENOTSUP) {
+                qcow2_map_lock(s);
+                range_unlock(s, rl);
+                qcow2_map_unlock(s);
                 return ret;
             }
+            ret = 0;
         }
-        if (head_zero && tail_zero) {
-            return zero_aligned(s, scs, s->sc_size, flags);
+        qcow2_map_lock(s);
+        range_unlock(s, rl);
+        qcow2_map_unlock(s);
+        if (ret < 0) {
+            return ret;
         }
     }
     if (flags & BDEV_REQ_NO_FALLBACK) {
@@ -1195,7 +1444,7 @@ int qcow2_discard(struct bdev *bd, uint64_t off, uint64_t len)
     while (start < end) {
         uint64_t n = MIN(end - start, l2_span - (start & (l2_span - 1)));
         uint64_t done;
-        int ret = modify_chunk(s, start, n, ZOP_DISCARD, 0, &done);
+        int ret = modify_chunk(s, start, n, ZOP_DISCARD, 0, &done, NULL);
         if (ret < 0) {
             return ret;
         }
@@ -1218,7 +1467,7 @@ int qcow2_make_empty(struct bdev *bd)
     for (uint64_t off = 0; off < end && ret == 0; off += l2_span) {
         uint64_t n = MIN(end - off, l2_span);
         uint64_t done;
-        ret = modify_chunk(s, off, n, ZOP_UNMAP, 0, &done);
+        ret = modify_chunk(s, off, n, ZOP_UNMAP, 0, &done, NULL);
     }
     if (ret == 0) {
         ret = bd->drv->flush(bd);
@@ -1259,8 +1508,7 @@ int qcow2_pwrite_compressed(struct bdev *bd, const void *buf, size_t len, uint64
         free(out);
         return clen == -ENOSPC ? qcow2_pwrite(bd, buf, len, off, 0) : (int)clen;
     }
-    pthread_mutex_lock(&s->lock);
-    rl = range_lock(s, off >> s->cluster_bits, (off >> s->cluster_bits) + 1);
+    rl = lock_for_update(s, off >> s->cluster_bits, (off >> s->cluster_bits) + 1);
     ret = get_l2_for_write(s, off, &l2, &idx);
     if (ret < 0) {
         goto out;
@@ -1271,9 +1519,11 @@ int qcow2_pwrite_compressed(struct bdev *bd, const void *buf, size_t len, uint64
         ret = (int)coff;
         goto out;
     }
-    pthread_mutex_unlock(&s->lock);
+    qcow2_map_unlock(s);
+    qcow2_meta_unlock(s);
     ret = io_pwrite(s->fd, out, clen, coff);
-    pthread_mutex_lock(&s->lock);
+    qcow2_meta_lock(s);
+    qcow2_map_lock(s);
     if (ret < 0) {
         /* Give back the bytes' cluster references. */
         uint64_t first = coff >> s->cluster_bits, last = (coff + clen - 1) >> s->cluster_bits;
@@ -1295,8 +1545,7 @@ int qcow2_pwrite_compressed(struct bdev *bd, const void *buf, size_t len, uint64
     qcow2_cache_put(&s->l2_cache, l2);
     drop_old(s, old_e);
 out:
-    range_unlock(s, rl);
-    pthread_mutex_unlock(&s->lock);
+    unlock_after_update(s, rl);
     free(out);
     return ret;
 }
@@ -1309,7 +1558,8 @@ int qcow2_preallocate(struct qcow2 *s, uint64_t size, bool write_zeroes, bool fa
     uint64_t data_start = UINT64_MAX, data_end = 0;
     int ret = 0;
 
-    pthread_mutex_lock(&s->lock);
+    qcow2_meta_lock(s);
+    qcow2_map_lock(s);
     for (uint64_t off = 0; off < size; off += l2_span) {
         uint64_t n = DIV_ROUND_UP(MIN(l2_span, size - off), cs);
         uint8_t *l2;
@@ -1369,7 +1619,8 @@ int qcow2_preallocate(struct qcow2 *s, uint64_t size, bool write_zeroes, bool fa
     if (ret == 0) {
         ret = qcow2_flush_metadata(s);
     }
-    pthread_mutex_unlock(&s->lock);
+    qcow2_map_unlock(s);
+    qcow2_meta_unlock(s);
     if (ret < 0) {
         error_setg_errno(errp, -ret, "'%s': cannot preallocate", s->bd->filename);
     }
@@ -1400,11 +1651,13 @@ int qcow2_truncate(struct bdev *bd, uint64_t size, struct error **errp)
                    bd->filename, size);
         return -EFBIG;
     }
-    pthread_mutex_lock(&s->lock);
+    qcow2_meta_lock(s);
+    qcow2_map_lock(s);
     if (new_l1 > s->l1_size) {
         uint64_t bytes = ALIGN_UP(new_l1 * 8, cs);
         uint64_t old_off = s->l1_offset, old_bytes = ALIGN_UP((uint64_t)s->l1_size * 8, cs);
         uint32_t old_l1_size = s->l1_size;
+        uint64_t *old_l1 = s->l1;
         uint64_t *nl1 = xzalloc(bytes);
         uint8_t *be = xzalloc(bytes);
         int64_t off;
@@ -1424,6 +1677,8 @@ int qcow2_truncate(struct bdev *bd, uint64_t size, struct error **errp)
             ret = qcow2_order_sync(s);
         }
         if (ret == 0) {
+            /* readers see the new table and its size together (the sync releases s->map) */
+            s->l1 = nl1;
             s->l1_offset = off;
             s->l1_size = new_l1;
             s->size = size;
@@ -1432,6 +1687,7 @@ int qcow2_truncate(struct bdev *bd, uint64_t size, struct error **errp)
                 ret = qcow2_order_sync(s);
             }
             if (ret < 0) {
+                s->l1 = old_l1;
                 s->l1_offset = old_off;
                 s->l1_size = old_l1_size;
                 s->size = old_size;
@@ -1443,8 +1699,7 @@ int qcow2_truncate(struct bdev *bd, uint64_t size, struct error **errp)
                 qcow2_update_refcount(s, off, bytes, -1);
             }
         } else {
-            free(s->l1);
-            s->l1 = nl1;
+            free(old_l1);
             if (old_l1_size) {
                 qcow2_update_refcount(s, old_off, old_bytes, -1);
             }
@@ -1459,7 +1714,8 @@ int qcow2_truncate(struct bdev *bd, uint64_t size, struct error **errp)
             s->size = old_size;
         }
     }
-    pthread_mutex_unlock(&s->lock);
+    qcow2_map_unlock(s);
+    qcow2_meta_unlock(s);
     if (ret < 0) {
         error_setg_errno(errp, -ret, "'%s': cannot resize", bd->filename);
         return ret;

@@ -5,17 +5,63 @@
  * On-disk format: QEMU's docs/interop/qcow2.txt.  All on-disk integers are
  * big-endian; tables are kept in memory in host order.
  *
- * Locking: one mutex (s->lock) guards all metadata: header fields, L1,
- * refcount table, the caches, the allocator.  It is held while mapping or
- * allocating, never across guest data I/O.  Writers additionally take a
- * range lock on the guest clusters they change (s->ranges), so two
- * requests never allocate or rewrite the same cluster at once.
+ * Locking: two mutexes and the guest range locks.
+ *
+ *   s->lock  the metadata lock.  Whoever changes metadata holds it:
+ *            allocation and refcount changes, L1/L2 updates, writing
+ *            dirty tables back, flushes and the application of queued
+ *            refcount decrements, header and bitmap updates.  It is held
+ *            across the syncs that order those updates, so there is one
+ *            writer of metadata at a time and "written but not yet
+ *            synced" is a state only the holder can see.  It is the
+ *            outer lock, and kept its name: the control operations in
+ *            header.c, bitmap.c and check.c take it (pthread_mutex_lock)
+ *            around whole operations, which must stay atomic against
+ *            every other metadata change.  cluster.c takes it through
+ *            qcow2_meta_lock, which records the owner.
+ *   s->map   the mapping lock, inside s->lock.  It guards what readers
+ *            look at: the L1 table, the refcount table, the caches'
+ *            structure and the contents of cached tables, file_size, the
+ *            range list and the reads in flight.  Metadata changers hold
+ *            it too while they touch those, and release it (never
+ *            s->lock) around every sync (qcow2_order_sync does that) and
+ *            around data I/O.  It is recursive per thread (qcow2_map_lock),
+ *            so the functions below take it themselves whatever their
+ *            caller holds.
+ *
+ * Lock order: guest range lock -> s->lock -> s->map.  Ranges are waited
+ * for under s->map only (never while holding s->lock), and a thread that
+ * holds s->map never waits for s->lock.
+ *
+ * Readers (guest reads, block status) and writes that only overwrite
+ * data in place (the L2 entry allocated, owned, unchanged) take s->map
+ * only, so a sync never stalls them.  A reader's cache miss never writes
+ * anything back: it takes a clean victim, or reads the table into a
+ * private buffer (a table that is not cached is up to date on disk).
+ * Every pointer into a cache entry that a metadata changer keeps across
+ * a sync is pinned, and an eviction that synced looks at the cache
+ * again afterwards (a reader may have loaded the table meanwhile).
+ *
+ * Reads in flight: a guest read registers the host range it mapped
+ * (s->inflight, under s->map) until its data I/O is done, and
+ * qcow2_apply_decrefs leaves a decrement queued while a registered read
+ * overlaps its clusters, so a cluster freed by a discard or a copy on
+ * write is not reused (and overwritten with other data) under a read
+ * that mapped it before.  The next flush applies it.
+ *
+ * Writers additionally take a range lock on the guest clusters they
+ * change (s->ranges), so two requests never allocate or rewrite the same
+ * cluster at once.
  *
  * Crash ordering (no lazy refcounts): a refcount increment reaches the
  * disk before any table that references the cluster; a reference is
  * removed on disk before the refcount decrement (decrements are queued in
  * s->decref and applied after the tables are written back).  Killing the
- * process at any instant therefore leaves at worst leaked clusters.
+ * process at any instant therefore leaves at worst leaked clusters.  For
+ * power failures, s->rb_unsynced and s->tables_unsynced tell whether a
+ * refcount block, or an L2 table or L1 entry, was written since the last
+ * sync: the write of a table waits for a sync of the refcount blocks, the
+ * decrements for a sync of the tables.
  *
  * The header switches from old to new in one sector write (header.c,
  * write_header_with), so a crash or power cut leaves one or the other.
@@ -166,13 +212,25 @@ struct qcow2_range {
     struct qcow2_range *next;
 };
 
+/* A guest read between mapping and the end of its data I/O. */
+struct qcow2_inflight {
+    uint64_t start, end;      /* host bytes [start, end) */
+    struct qcow2_inflight *next;
+};
+
 struct qcow2 {
     struct bdev *bd;
     const char *create_name;   /* while creating (no bd yet): the file name */
     int fd;
-    pthread_mutex_t lock;
-    pthread_cond_t range_cond;
+    pthread_mutex_t lock;      /* the metadata lock (see above) */
+    pthread_mutex_t map;       /* the mapping lock (see above) */
+    uintptr_t map_owner;       /* thread holding map (atomic), 0 if none */
+    unsigned map_depth;
+    uintptr_t meta_owner;      /* thread holding lock through qcow2_meta_lock (atomic) */
+    uint64_t map_releases;     /* times a sync released map (under map) */
+    pthread_cond_t range_cond; /* with map */
     struct qcow2_range *ranges;
+    struct qcow2_inflight *inflight;
 
     /* header as read (host order) */
     uint32_t version;
@@ -238,6 +296,9 @@ struct qcow2 {
     uint64_t file_size;        /* current end of file */
     struct qcow2_decref *decref;
     size_t nr_decref, cap_decref;
+    /* written since the last sync (under map) */
+    bool rb_unsynced;          /* refcount blocks */
+    bool tables_unsynced;      /* L2 tables, L1 entries */
 
     int prealloc_detected;     /* -1 not checked; 1: metadata preallocation seen */
     bool unordered;            /* BDEV_O_UNORDERED */
@@ -268,9 +329,39 @@ static inline bool qcow2_lazy(struct qcow2 *s)
  * A sync that only orders metadata updates for power failures.  Skipped
  * for an image being built (BDEV_O_UNORDERED: a crash makes it garbage
  * anyway); the order of the writes themselves, which is what a killed
- * process leaves behind, is kept either way.
+ * process leaves behind, is kept either way.  s->map is released while
+ * it runs (the caller's pointers into the caches must be pinned).
  */
 int qcow2_order_sync(struct qcow2 *s);
+
+/* Locks (cache.c); see the header comment. */
+void qcow2_map_lock(struct qcow2 *s);
+void qcow2_map_unlock(struct qcow2 *s);
+bool qcow2_map_held(struct qcow2 *s);
+/* Wait on @cond (used with s->map), which must be held. */
+void qcow2_map_wait(struct qcow2 *s, pthread_cond_t *cond);
+/* Release s->map completely; returns what qcow2_map_reacquire needs. */
+unsigned qcow2_map_release(struct qcow2 *s);
+void qcow2_map_reacquire(struct qcow2 *s, unsigned depth);
+/* s->lock, not recursive; never with s->map held. */
+void qcow2_meta_lock(struct qcow2 *s);
+void qcow2_meta_unlock(struct qcow2 *s);
+/* Does this thread hold s->lock through qcow2_meta_lock? */
+bool qcow2_meta_held(struct qcow2 *s);
+
+/*
+ * Test hook (unit tests only; NULL otherwise): called without any lock
+ * around each ordering sync, and by a read after each mapping and before
+ * its data I/O (@a: guest offset, @b: start of the host range read: the
+ * data, or the compressed bytes; 0 if none).
+ */
+enum qcow2_test_event {
+    QCOW2_TEST_SYNC_BEGIN,
+    QCOW2_TEST_SYNC_END,
+    QCOW2_TEST_READ_MAPPED,
+};
+extern void (*qcow2_test_hook)(struct qcow2 *s, enum qcow2_test_event ev, uint64_t a,
+                               uint64_t b);
 
 /* header.c */
 int qcow2_write_header(struct qcow2 *s, struct error **errp);
@@ -281,12 +372,23 @@ int qcow2_header_fits(struct qcow2 *s, const char *backing, const char *backing_
 /* cache.c */
 void qcow2_cache_init(struct qcow2_cache *c, const char *name, size_t n, uint64_t cluster_size);
 void qcow2_cache_destroy(struct qcow2_cache *c);
-/* Get the table at @offset (reading it unless @fresh: then zeroed); pins it. */
+/*
+ * Get the table at @offset (reading it unless @fresh: then zeroed); pins it.
+ * For metadata changers (s->lock held): may write back a dirty victim.
+ */
 int qcow2_cache_get(struct qcow2 *s, struct qcow2_cache *c, uint64_t offset, bool fresh,
                     uint8_t **table);
+/*
+ * The same for readers (s->map held, maybe not s->lock): never writes
+ * anything back; when every unpinned entry is dirty the table is read into
+ * a private buffer instead (*tmp set).  Release with qcow2_cache_put_ro.
+ */
+int qcow2_cache_get_ro(struct qcow2 *s, struct qcow2_cache *c, uint64_t offset,
+                       uint8_t **table, bool *tmp);
+void qcow2_cache_put_ro(struct qcow2 *s, struct qcow2_cache *c, uint8_t *table, bool tmp);
 void qcow2_cache_put(struct qcow2_cache *c, uint8_t *table);
 void qcow2_cache_mark_dirty(struct qcow2_cache *c, uint8_t *table);
-/* Write back both caches in the crash-safe order, then apply decrefs. */
+/* Write back both caches in the crash-safe order, then apply decrefs (s->lock held). */
 int qcow2_flush_metadata(struct qcow2 *s);
 /* Write dirty refcount blocks and sync (before pointing tables at new clusters). */
 int qcow2_flush_refblocks(struct qcow2 *s);
@@ -298,6 +400,8 @@ int qcow2_cache_write_entry(struct qcow2 *s, struct qcow2_cache *c, uint8_t *tab
 /* refcount.c */
 int qcow2_refcount_init(struct qcow2 *s, struct error **errp);
 int qcow2_get_refcount(struct qcow2 *s, uint64_t cluster, uint64_t *refcount);
+/* The same for readers (s->map held; see qcow2_cache_get_ro). */
+int qcow2_get_refcount_ro(struct qcow2 *s, uint64_t cluster, uint64_t *refcount);
 /* Allocate @n contiguous clusters (refcount 1); returns the host offset or -errno. */
 int64_t qcow2_alloc_clusters(struct qcow2 *s, uint64_t n);
 /* Allocate @bytes inside (possibly shared) clusters for compressed data. */
@@ -306,6 +410,7 @@ int64_t qcow2_alloc_bytes(struct qcow2 *s, uint64_t bytes);
 int qcow2_update_refcount(struct qcow2 *s, uint64_t offset, uint64_t length, int64_t addend);
 /* Queue a decrement to apply after the referencing tables are on disk. */
 void qcow2_queue_decref(struct qcow2 *s, uint64_t offset, uint64_t count);
+/* Apply the queued decrements, except those under a read in flight (kept queued). */
 int qcow2_apply_decrefs(struct qcow2 *s);
 /* Write refcount entry @index of a refblock (host order value). */
 uint64_t qcow2_refblock_get(struct qcow2 *s, const uint8_t *rb, uint64_t index);

@@ -2,7 +2,11 @@
  * blockctl - qcow2: refcounts and the cluster allocator
  * SPDX-License-Identifier: GPL-2.0-or-later
  *
- * All functions run under s->lock.
+ * Everything that changes refcounts or allocates runs under s->lock (the
+ * metadata lock) and takes s->map itself for what readers can see (the
+ * refcount table, the refcount block cache, file_size); syncs release
+ * s->map (qcow2_order_sync), so no pointer into the cache is kept across
+ * one unpinned.
  */
 #include "lib/compiler.h"
 #include "lib/io.h"
@@ -49,15 +53,20 @@ void qcow2_refblock_set(struct qcow2 *s, uint8_t *rb, uint64_t index, uint64_t v
 
 void qcow2_note_file_end(struct qcow2 *s, uint64_t end)
 {
+    qcow2_map_lock(s);
     if (end > s->file_size) {
         s->file_size = end;
     }
+    qcow2_map_unlock(s);
 }
 
 int qcow2_refcount_init(struct qcow2 *s, struct error **errp)
 {
     uint64_t bytes = (uint64_t)s->reftable_clusters * s->cluster_size;
     ssize_t n;
+
+    /* (qcow2_open initialises s->lock; the mapping lock is set up here) */
+    pthread_mutex_init(&s->map, NULL);
 
     s->reftable_size = bytes / 8;
     s->reftable = xmalloc(bytes);
@@ -102,24 +111,44 @@ static int64_t refblock_offset(struct qcow2 *s, uint64_t rt_index)
     return (int64_t)off;
 }
 
-int qcow2_get_refcount(struct qcow2 *s, uint64_t cluster, uint64_t *refcount)
+static int get_refcount(struct qcow2 *s, uint64_t cluster, uint64_t *refcount, bool ro)
 {
     uint64_t rt_index = cluster >> s->refblock_bits;
-    int64_t rb_off = refblock_offset(s, rt_index);
+    int64_t rb_off;
     uint8_t *rb;
+    bool tmp = false;
     int ret;
 
+    qcow2_map_lock(s);
+    rb_off = refblock_offset(s, rt_index);
     if (rb_off <= 0) {
         *refcount = 0;
-        return (int)rb_off;
+        ret = (int)rb_off;
+        goto out;
     }
-    ret = qcow2_cache_get(s, &s->rb_cache, rb_off, false, &rb);
+    if (ro) {
+        ret = qcow2_cache_get_ro(s, &s->rb_cache, rb_off, &rb, &tmp);
+    } else {
+        ret = qcow2_cache_get(s, &s->rb_cache, rb_off, false, &rb);
+    }
     if (ret < 0) {
-        return ret;
+        goto out;
     }
     *refcount = qcow2_refblock_get(s, rb, cluster & ((1ULL << s->refblock_bits) - 1));
-    qcow2_cache_put(&s->rb_cache, rb);
-    return 0;
+    qcow2_cache_put_ro(s, &s->rb_cache, rb, tmp);
+out:
+    qcow2_map_unlock(s);
+    return ret;
+}
+
+int qcow2_get_refcount(struct qcow2 *s, uint64_t cluster, uint64_t *refcount)
+{
+    return get_refcount(s, cluster, refcount, false);
+}
+
+int qcow2_get_refcount_ro(struct qcow2 *s, uint64_t cluster, uint64_t *refcount)
+{
+    return get_refcount(s, cluster, refcount, true);
 }
 
 static int write_reftable_entry(struct qcow2 *s, uint64_t index)
@@ -277,7 +306,7 @@ static int create_refblock(struct qcow2 *s, uint64_t rt_index, uint64_t pos)
     return ret;
 }
 
-int qcow2_update_refcount(struct qcow2 *s, uint64_t offset, uint64_t length, int64_t addend)
+static int update_refcount(struct qcow2 *s, uint64_t offset, uint64_t length, int64_t addend)
 {
     uint64_t first = offset >> s->cluster_bits;
     uint64_t last = (offset + length - 1) >> s->cluster_bits;
@@ -405,7 +434,17 @@ static int find_free_run(struct qcow2 *s, uint64_t from, uint64_t n, uint64_t *s
     return 0;
 }
 
-int64_t qcow2_alloc_clusters(struct qcow2 *s, uint64_t n)
+int qcow2_update_refcount(struct qcow2 *s, uint64_t offset, uint64_t length, int64_t addend)
+{
+    int ret;
+
+    qcow2_map_lock(s);
+    ret = update_refcount(s, offset, length, addend);
+    qcow2_map_unlock(s);
+    return ret;
+}
+
+static int64_t alloc_clusters(struct qcow2 *s, uint64_t n)
 {
     uint64_t E = 1ULL << s->refblock_bits;
     int ret;
@@ -477,7 +516,17 @@ int64_t qcow2_alloc_clusters(struct qcow2 *s, uint64_t n)
     }
 }
 
-int64_t qcow2_alloc_bytes(struct qcow2 *s, uint64_t bytes)
+int64_t qcow2_alloc_clusters(struct qcow2 *s, uint64_t n)
+{
+    int64_t ret;
+
+    qcow2_map_lock(s);
+    ret = alloc_clusters(s, n);
+    qcow2_map_unlock(s);
+    return ret;
+}
+
+static int64_t alloc_bytes(struct qcow2 *s, uint64_t bytes)
 {
     uint64_t cs = s->cluster_size;
     uint64_t off = s->free_byte_offset;
@@ -530,6 +579,16 @@ int64_t qcow2_alloc_bytes(struct qcow2 *s, uint64_t bytes)
     return new_off;
 }
 
+int64_t qcow2_alloc_bytes(struct qcow2 *s, uint64_t bytes)
+{
+    int64_t ret;
+
+    qcow2_map_lock(s);
+    ret = alloc_bytes(s, bytes);
+    qcow2_map_unlock(s);
+    return ret;
+}
+
 void qcow2_queue_decref(struct qcow2 *s, uint64_t offset, uint64_t count)
 {
     if (s->nr_decref &&
@@ -547,15 +606,73 @@ void qcow2_queue_decref(struct qcow2 *s, uint64_t offset, uint64_t count)
     s->nr_decref++;
 }
 
+/*
+ * The first read in flight that overlaps host clusters [pos, end), as
+ * whole clusters clipped to the range; false if none.
+ */
+static bool inflight_overlap(struct qcow2 *s, uint64_t pos, uint64_t end, uint64_t *os,
+                             uint64_t *oe)
+{
+    bool found = false;
+
+    for (struct qcow2_inflight *r = s->inflight; r; r = r->next) {
+        uint64_t a = ALIGN_DOWN(r->start, s->cluster_size);
+        uint64_t b = ALIGN_UP(r->end, s->cluster_size);
+        if (a >= end || b <= pos) {
+            continue;
+        }
+        a = MAX(a, pos);
+        b = MIN(b, end);
+        if (!found || a < *os) {
+            *os = a;
+            *oe = b;
+            found = true;
+        }
+    }
+    return found;
+}
+
+/*
+ * A decrement under a read in flight stays queued: the cluster must not
+ * be freed (and reused for other data) before the read is done with it.
+ */
 int qcow2_apply_decrefs(struct qcow2 *s)
 {
-    while (s->nr_decref) {
-        struct qcow2_decref d = s->decref[s->nr_decref - 1];
-        int ret = qcow2_update_refcount(s, d.offset, d.count << s->cluster_bits, -1);
-        if (ret < 0) {
-            return ret;
+    struct qcow2_decref *list = s->decref;
+    size_t n = s->nr_decref;
+    int ret = 0;
+
+    qcow2_map_lock(s);
+    s->decref = NULL;
+    s->nr_decref = 0;
+    s->cap_decref = 0;
+    for (size_t i = n; i-- > 0;) {
+        uint64_t pos = list[i].offset;
+        uint64_t end = pos + (list[i].count << s->cluster_bits);
+
+        while (pos < end) {
+            uint64_t os = 0, oe = 0;
+            if (ret < 0) {
+                /* keep what is left for a later flush */
+                qcow2_queue_decref(s, pos, (end - pos) >> s->cluster_bits);
+                break;
+            }
+            if (!inflight_overlap(s, pos, end, &os, &oe)) {
+                os = oe = end;
+            }
+            if (os > pos) {
+                ret = update_refcount(s, pos, os - pos, -1);
+                if (ret < 0) {
+                    continue;
+                }
+            }
+            if (oe > os) {
+                qcow2_queue_decref(s, os, (oe - os) >> s->cluster_bits);
+            }
+            pos = oe;
         }
-        s->nr_decref--;
     }
-    return 0;
+    free(list);
+    qcow2_map_unlock(s);
+    return ret;
 }
