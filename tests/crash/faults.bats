@@ -183,3 +183,9 @@ point() {
     run -0 env BLOCKCTL_FAULT_COUNT="$PWD/c3" "$PROG" info x.qcow2
     [ "$(grep -c '^any ' c3)" -eq 2 ]
 }
+
+# ---------------------------------------------- full sweeps of fixed bugs
+
+@test "snapshot killed before any call: each overlay is absent or complete" {
+    K=1 SWEEPS=any:kill matrix snapshot
+}
