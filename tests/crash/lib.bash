@@ -64,7 +64,7 @@ CRASH_SWEEPS=(pread:eio pread:enospc pwrite:eio pwrite:enospc pwrite:short
     fallocate:enospc rename:eio dirsync:eio open:eio any:kill pwrite:torn)
 # SWEEPS (environment): only these
 if [ -n "${SWEEPS:-}" ]; then
-    read -r -a CRASH_SWEEPS <<<"$SWEEPS"
+    read -r -d "" -a CRASH_SWEEPS <<<"$SWEEPS" || true
 fi
 
 # ------------------------------------------------------------ operations
@@ -828,12 +828,16 @@ crash_run() {
     rm -rf "$out.d"
 }
 
-# crash_failures OP: the failed points of the last crash_run OP (not the
-# known ones), with a reproducer each
+# crash_failures OP [known]: the failed points of the last crash_run OP
+# that are not known failures (with "known": those that are), with a
+# reproducer each
 crash_failures() {
-    awk -F'\t' '$5 + $6 + $7 + $8 > 0 && $9 == 0' "$CRASH_ROOT/res/$1" | while IFS=$'\t' read -r o s n _ _ _ _ _ _ d; do
-        crash_repro "$o" "$s" "$n" "$d"
-    done
+    local want=0
+    [ "${2:-}" = known ] && want=1
+    awk -F'\t' -v k="$want" '$5 + $6 + $7 + $8 > 0 && $9 == k' "$CRASH_ROOT/res/$1" |
+        while IFS=$'\t' read -r o s n _ _ _ _ _ _ d; do
+            crash_repro "$o" "$s" "$n" "$d"
+        done
 }
 
 # crash_repro OP SWEEP N [DETAIL]: how to see this point again

@@ -102,7 +102,11 @@ main() {
         echo "# failures (folders under $CRASH_ROOT/pts):"
         echo "$fails"
     fi
-    [ "$xfails" -gt 0 ] && echo "# $xfails known failures (tests/crash/known-failures)"
+    if [ "$xfails" -gt 0 ]; then
+        echo
+        echo "# $xfails known failures (tests/crash/known-failures):"
+        for op in "${ops[@]}"; do crash_failures "$op" known; done
+    fi
     if [ -z "$fails" ]; then
         [ "$own_root" = 1 ] && [ "${CRASH_KEEP:-0}" != 1 ] && rm -rf "$CRASH_ROOT"
         exit 0
