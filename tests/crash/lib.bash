@@ -15,22 +15,27 @@
 #   view      every image a guest or a script uses is as before or as
 #             after: its contents (qemu-img compare with the saved views,
 #             through its chain) and its metadata (qemu-img info: backing
-#             file, bitmaps; bitmap contents through qemu-nbd -B and
-#             nbdinfo) are those of the saved "before" or "after" copy;
+#             file, bitmaps; bitmap contents as qemu-nbd -B exports them)
+#             are those of the saved "before" or "after" copy (a bitmap
+#             left "in use" by a kill counts as kept where the command's
+#             manual says so: stream, commit, mirror -n's target);
 #             images the operation only reads are unchanged byte for
 #             byte; an operation documented to leave nothing on failure
 #             (create, snapshot, a new mirror target) left nothing; an
 #             exit 0 means the after state
 #   rerun     the documented recovery (run the command again; for
-#             snapshot first remove the overlays; nothing when the after
-#             state is already there, e.g. a mirror killed after its
-#             rename) exits 0 and leaves exactly the after state: the same
+#             snapshot first remove the overlays; for a new incremental
+#             mirror target that exists, clear the bitmap; nothing when
+#             the after state is already there, e.g. a mirror killed after
+#             its rename) exits 0 and leaves exactly the after state: the same
 #             files, each layer alone reading as the fault-free run's,
 #             the same metadata, qemu-img check 0 or 3 (0 for check -r)
 #
 # The before and after states come from the fixture (built with qemu-img
 # and qemu-io only) and from one fault-free run, which also counts the
-# calls (BLOCKCTL_FAULT_COUNT) so that the sweeps know their N.
+# calls (BLOCKCTL_FAULT_COUNT) so that the sweeps know their N.  Points
+# that leave the same bytes (and end the same way) share one verdict, and
+# files byte for byte as in a checked reference state need no qemu-img.
 #
 # Points whose failure is known and owned elsewhere are listed in
 # tests/crash/known-failures: they are reported as "xfail", not failed.
@@ -711,7 +716,8 @@ _verify() {
 # crash_point OP SWEEP N: run one point in $CRASH_ROOT/pts/OP/SWEEP-N;
 # prints one line: OP SWEEP N FIRED BADEXIT DAMAGED VIEW RERUN XFAIL DETAIL
 # (tab-separated; the flags 0 or 1; DETAIL says what failed).  The folder
-# is removed when the point passed (unless CRASH_KEEP=1).  It changes
+# is removed when the point passed or is a known failure (unless
+# CRASH_KEEP=1).  It changes
 # directory: run it in a subshell ($(...), or in the background).
 crash_point() {
     local op=$1 sweep=$2 n=$3
@@ -782,7 +788,7 @@ crash_point() {
         xf=1
     fi
     cd /
-    if [ $((bad + dmg + view + rerun)) -eq 0 ] && [ "${CRASH_KEEP:-0}" != 1 ]; then
+    if { [ $((bad + dmg + view + rerun)) -eq 0 ] || [ "$xf" = 1 ]; } && [ "${CRASH_KEEP:-0}" != 1 ]; then
         rm -rf "$w" "$w".*
     fi
     det=${det//[$'\n\t']/ }
