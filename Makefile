@@ -129,6 +129,13 @@ FUZZ_FLAGS = -O1 -g -fsanitize=fuzzer,address,undefined
 fuzz: deps
 	@scripts/fuzz.sh
 
+# The whole fault matrix (tests/crash/lib.bash): every point, every
+# operation; prints a table per operation and every failure
+.PHONY: crash
+crash: deps test-deps
+	@$(MAKE) --no-print-directory all
+	@PROG=$(CURDIR)/$(if $(filter build,$(BUILD)),blockctl,$(BIN)) tests/crash/matrix.sh
+
 bench: deps test-deps
 	@$(MAKE) --no-print-directory all
 	@tests/bench/run.sh $(CURDIR)/blockctl

@@ -334,6 +334,48 @@ out:
     return ret;
 }
 
+/*
+ * Create the qcow2 image @ov under a hidden temporary name in its folder
+ * and rename it into place once complete (never replacing a file), so
+ * that a kill at any instant leaves either no @ov or a complete one.
+ * *@made is set once @ov exists (@id: which file it is).  Returns 0 or -errno.
+ */
+static int create_overlay(const char *ov, const struct optlist *o, bool *made,
+                          struct stat *id, struct error **errp)
+{
+    const char *slash = strrchr(ov, '/');
+    char *tmp = slash ? xasprintf("%.*s.blockctl-new.%s", (int)(slash - ov + 1), ov, slash + 1)
+                      : xasprintf(".blockctl-new.%s", ov);
+    int r = bdev_create("qcow2", tmp, o, BDEV_CREATE_FORCE, errp);
+
+    if (r < 0 && *errp) {
+        /* the user knows the file by its own name */
+        char *m = (*errp)->msg, *at = strstr(m, tmp);
+        if (at) {
+            (*errp)->msg = xasprintf("%.*s%s%s", (int)(at - m), m, ov, at + strlen(tmp));
+            free(m);
+        }
+    }
+    if (r == 0) {
+        r = io_rename_noreplace(tmp, ov);
+        if (r < 0) {
+            error_setg_errno(errp, -r, "cannot rename '%s' to '%s'", tmp, ov);
+        } else {
+            /* what is removed on failure must be the file made here */
+            *made = stat(ov, id) == 0;
+            r = io_dirsync(ov);
+            if (r < 0) {
+                error_setg_errno(errp, -r, "'%s': cannot sync its folder", ov);
+            }
+        }
+    }
+    if (r < 0 && !*made) {
+        unlink(tmp);
+    }
+    free(tmp);
+    return r;
+}
+
 int cmd_snapshot(int argc, char **argv)
 {
     struct snapshot_args a = { 0 };
@@ -410,14 +452,12 @@ int cmd_snapshot(int argc, char **argv)
         opts_set(&o, "backing_file", bname);
         opts_set(&o, "backing_fmt", bdev_format_name(imgs[i]));
         free(bname);
-        r = bdev_create("qcow2", ov, &o, 0, &err);
+        r = create_overlay(ov, &o, &made[i], &ids[i], &err);
         opts_free(&o);
         if (r < 0) {
             report(err);
             goto out;
         }
-        /* what is removed on failure must be the file made here */
-        made[i] = stat(ov, &ids[i]) == 0;
         if (cmd_cancel) {
             error_report("interrupted: no overlay was kept");
             ret = cancel_exit_status();

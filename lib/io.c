@@ -35,6 +35,18 @@ static pthread_mutex_t io_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t io_once = PTHREAD_ONCE_INIT;
 static struct fault_rule *rules;
 static size_t nr_rules;
+
+/* Counting mode (BLOCKCTL_FAULT_COUNT): calls per operation, written out
+ * at exit.  Set once in io_init, read without a lock afterwards. */
+static const char *const op_names[OP__MAX] = {
+    [OP_PREAD] = "pread", [OP_PWRITE] = "pwrite", [OP_FSYNC] = "fsync",
+    [OP_FDATASYNC] = "fdatasync", [OP_FTRUNCATE] = "ftruncate",
+    [OP_FALLOCATE] = "fallocate", [OP_RENAME] = "rename",
+    [OP_DIRSYNC] = "dirsync", [OP_OPEN] = "open",
+};
+static char *count_path;
+static unsigned long op_counts[OP__MAX];
+static unsigned long faults_fired;
 static char **fd_names;
 static size_t nr_fd_names;
 
@@ -131,9 +143,45 @@ static void parse_rules(void)
     free(copy);
 }
 
+/* At exit: append one "OP N" line per operation (the names BLOCKCTL_FAULT
+ * takes, with "sync" and "any" as the sums it matches) to count_path. */
+static void write_counts(void)
+{
+    unsigned long n[OP__MAX], any = 0;
+    int fd;
+
+    if (!count_path) {
+        return;
+    }
+    for (int op = 0; op < OP__MAX; op++) {
+        n[op] = __atomic_load_n(&op_counts[op], __ATOMIC_RELAXED);
+        any += n[op];
+    }
+    /* not io_open: the count file is not an image, and not counted */
+    fd = open(count_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        fprintf(stderr, "blockctl: BLOCKCTL_FAULT_COUNT: '%s': %s\n", count_path, strerror(errno));
+        return;
+    }
+    for (int op = 0; op < OP__MAX; op++) {
+        dprintf(fd, "%s %lu\n", op_names[op], n[op]);
+    }
+    if (dprintf(fd, "sync %lu\nany %lu\nfired %lu\n", n[OP_FSYNC] + n[OP_FDATASYNC], any,
+                __atomic_load_n(&faults_fired, __ATOMIC_RELAXED)) < 0) {
+        fprintf(stderr, "blockctl: BLOCKCTL_FAULT_COUNT: '%s': %s\n", count_path, strerror(errno));
+    }
+    close(fd);
+}
+
 static void io_init(void)
 {
+    const char *cp = getenv("BLOCKCTL_FAULT_COUNT");
+
     parse_rules();
+    if (cp && *cp) {
+        count_path = xstrdup(cp);
+        atexit(write_counts);
+    }
 }
 
 void io_fault_reload(void)
@@ -168,6 +216,9 @@ static int fault_check(enum io_op op, const char *path)
     int act = -1;
 
     pthread_once(&io_once, io_init);
+    if (count_path) {
+        __atomic_add_fetch(&op_counts[op], 1, __ATOMIC_RELAXED);
+    }
     if (!nr_rules) {
         return -1;
     }
@@ -188,6 +239,9 @@ static int fault_check(enum io_op op, const char *path)
         }
     }
     pthread_mutex_unlock(&io_lock);
+    if (act >= 0 && count_path) {
+        __atomic_add_fetch(&faults_fired, 1, __ATOMIC_RELAXED);
+    }
     if (act == FA_KILL) {
         raise(SIGKILL);
     }

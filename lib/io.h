@@ -21,6 +21,13 @@
  * Each rule counts the matching calls that no earlier rule failed.
  *
  * e.g. BLOCKCTL_FAULT=pwrite:3:eio or BLOCKCTL_FAULT=fsync:*:eio:*.qcow2
+ *
+ * BLOCKCTL_FAULT_COUNT=FILE counts the calls instead: at exit, one line
+ * "OP N" per operation above (and "sync", "any": the sums those match) is
+ * appended to FILE, so that a test knows the range of WHEN to sweep.
+ * Calls are counted whether or not a rule fails them; a last line
+ * "fired N" says how many calls BLOCKCTL_FAULT failed.  A process killed
+ * (or ending in _exit) writes nothing.
  */
 #ifndef BLOCKCTL_LIB_IO_H
 #define BLOCKCTL_LIB_IO_H
