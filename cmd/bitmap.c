@@ -261,8 +261,7 @@ static int do_list(struct bitmap_args *a)
 static int do_dump(struct bitmap_args *a)
 {
     struct error *err = NULL;
-    struct bdev *bd = bdev_open(a->image, a->format,
-                                BDEV_O_NO_BACKING | (a->force_share ? BDEV_O_FORCE_SHARE : 0),
+    struct bdev *bd = bdev_open(a->image, a->format, a->force_share ? BDEV_O_FORCE_SHARE : 0,
                                 &err);
     struct dirty_bitmap *bm = NULL;
     uint64_t pos = 0, off, len;
@@ -272,7 +271,8 @@ static int do_dump(struct bitmap_args *a)
         report(err);
         return 1;
     }
-    if (bdev_bitmap_get(bd, a->name, &bm, &err) < 0) {
+    /* the disk's bitmap: NAME down the chain (it follows across snapshots) */
+    if (bdev_bitmap_union(bd, a->name, &bm, &err) < 0) {
         report(err);
         bdev_unref(bd);
         return 1;

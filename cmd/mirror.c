@@ -276,6 +276,41 @@ static bool refuse_own_chain(struct bdev *src, const char *source, const char *t
     return true;
 }
 
+/*
+ * TARGET is durable: only now may the record of what changed go.  Bitmap
+ * @name is cleared in every image of @src's chain that has it (the disk's
+ * bitmap is their union).  A failure part way leaves some cleared: safe,
+ * what they recorded is in TARGET.
+ */
+static int clear_chain_bitmap(struct bdev *src, const char *name, const char *target)
+{
+    struct bitmap_op op = { .type = BITMAP_OP_CLEAR, .name = name };
+
+    for (struct bdev *l = src; l; l = l->backing) {
+        struct error *err = NULL;
+        struct bdev *w;
+
+        if (!bdev_bitmap_find(l, name)) {
+            continue;
+        }
+        w = bdev_open(l->filename, l->drv->name,
+                      BDEV_O_RDWR | BDEV_O_NO_BACKING | BDEV_O_NO_BITMAPS, &err);
+        if (!w || bdev_bitmap_apply(w, &op, 1, &err) < 0) {
+            report(err);
+            error_report("'%s' is complete, but bitmap '%s' was not cleared", target, name);
+            if (w) {
+                bdev_unref(w);
+            }
+            return -1;
+        }
+        if (bdev_close(w, &err) < 0) {
+            report(err);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int cmd_mirror(int argc, char **argv)
 {
     struct mirror_args a = { 0 };
@@ -334,7 +369,8 @@ int cmd_mirror(int argc, char **argv)
     if (a.sync == SYNC_BITMAP) {
         if (src->drv->is_protocol) {
             dirty = nbd_dirty_bitmap(src, &err);
-        } else if (bdev_bitmap_get(src, a.bitmap, &dirty, &err) < 0) {
+        } else if (bdev_bitmap_union(src, a.bitmap, &dirty, &err) < 0) {
+            /* NAME down the chain: it follows the disk across snapshots */
             dirty = NULL;
         }
         if (!dirty) {
@@ -504,23 +540,8 @@ int cmd_mirror(int argc, char **argv)
             goto out;
         }
     }
-    if (a.clear_bitmap) {
-        /* TARGET is durable: only now may the record of what changed go. */
-        struct bdev *w = bdev_open(src->filename, src->drv->name,
-                                   BDEV_O_RDWR | BDEV_O_NO_BACKING | BDEV_O_NO_BITMAPS, &err);
-        struct bitmap_op op = { .type = BITMAP_OP_CLEAR, .name = a.bitmap };
-        if (!w || bdev_bitmap_apply(w, &op, 1, &err) < 0) {
-            report(err);
-            error_report("'%s' is complete, but bitmap '%s' was not cleared", a.target, a.bitmap);
-            if (w) {
-                bdev_unref(w);
-            }
-            goto out;
-        }
-        if (bdev_close(w, &err) < 0) {
-            report(err);
-            goto out;
-        }
+    if (a.clear_bitmap && clear_chain_bitmap(src, a.bitmap, a.target) < 0) {
+        goto out;
     }
     ret = 0;
 out:

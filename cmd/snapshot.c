@@ -335,18 +335,97 @@ out:
 }
 
 /*
- * Create the qcow2 image @ov under a hidden temporary name in its folder
- * and rename it into place once complete (never replacing a file), so
- * that a kill at any instant leaves either no @ov or a complete one.
- * *@made is set once @ov exists (@id: which file it is).  Returns 0 or -errno.
+ * The bitmaps that follow @old to its overlay: an ADD of an enabled
+ * namesake (same granularity) for each enabled, usable persistent bitmap
+ * of @old.  Returns how many (*ops: a new array).
  */
-static int create_overlay(const char *ov, const struct optlist *o, bool *made,
-                          struct stat *id, struct error **errp)
+static size_t follow_ops(struct bdev *old, struct bitmap_op **ops)
+{
+    size_t n = 0;
+
+    *ops = NULL;
+    pthread_mutex_lock(&old->bitmap_lock);
+    for (struct bdev_bitmap *b = old->bitmaps; b; b = b->next) {
+        if (b->enabled && b->persistent && !b->inconsistent) {
+            *ops = xrealloc(*ops, (n + 1) * sizeof(**ops));
+            (*ops)[n++] = (struct bitmap_op){ .type = BITMAP_OP_ADD, .name = b->name,
+                                              .granularity = b->granularity,
+                                              .persistent = true };
+        }
+    }
+    pthread_mutex_unlock(&old->bitmap_lock);
+    return n;
+}
+
+/* Add the @n bitmaps @ops to the new image @file (not yet in place). */
+static int add_bitmaps(const char *file, const struct bitmap_op *ops, size_t n,
+                       struct error **errp)
+{
+    struct bdev *bd;
+    int r;
+
+    if (!n) {
+        return 0;
+    }
+    bd = bdev_open(file, "qcow2", BDEV_O_RDWR | BDEV_O_NO_BACKING | BDEV_O_NO_BITMAPS, errp);
+    if (!bd) {
+        return -EIO;
+    }
+    r = bdev_bitmap_apply(bd, ops, n, errp);
+    if (r < 0) {
+        bdev_unref(bd);
+        return r;
+    }
+    return bdev_close(bd, errp);
+}
+
+/*
+ * Disable the bitmaps of @old that followed it to its overlay (they record
+ * nothing more: @old is a backing file now).  Best effort: a bitmap left
+ * enabled is harmless (the disk's bitmap is the union down the chain), so
+ * a failure is a warning.
+ */
+static void disable_followed(struct bdev *old, const struct bitmap_op *add, size_t n)
+{
+    struct bitmap_op *ops = xcalloc(n, sizeof(*ops));
+    struct error *err = NULL;
+    struct bdev *w;
+
+    for (size_t k = 0; k < n; k++) {
+        ops[k] = (struct bitmap_op){ .type = BITMAP_OP_DISABLE, .name = add[k].name };
+    }
+    w = bdev_open(old->filename, old->drv->name,
+                  BDEV_O_RDWR | BDEV_O_NO_BACKING | BDEV_O_NO_BITMAPS, &err);
+    if (w && bdev_bitmap_apply(w, ops, n, &err) == 0) {
+        bdev_close(w, &err);
+    } else if (w) {
+        bdev_unref(w);
+    }
+    if (err) {
+        error_report("warning: '%s': its bitmaps stay enabled: %s", old->filename, err->msg);
+        error_free(err);
+    }
+    free(ops);
+}
+
+/*
+ * Create the qcow2 image @ov under a hidden temporary name in its folder
+ * (with the bitmaps @bm), and rename it into place once complete (never
+ * replacing a file), so that a kill at any instant leaves either no @ov
+ * or a complete one.  *@made is set once @ov exists (@id: which file it
+ * is).  Returns 0 or -errno.
+ */
+static int create_overlay(const char *ov, const struct optlist *o, const struct bitmap_op *bm,
+                          size_t nbm, bool *made, struct stat *id, struct error **errp)
 {
     const char *slash = strrchr(ov, '/');
     char *tmp = slash ? xasprintf("%.*s.blockctl-new.%s", (int)(slash - ov + 1), ov, slash + 1)
                       : xasprintf(".blockctl-new.%s", ov);
     int r = bdev_create("qcow2", tmp, o, BDEV_CREATE_FORCE, errp);
+
+    if (r == 0) {
+        r = add_bitmaps(tmp, bm, nbm, errp);
+    }
 
     if (r < 0 && *errp) {
         /* the user knows the file by its own name */
@@ -383,6 +462,8 @@ int cmd_snapshot(int argc, char **argv)
     struct bdev **imgs = NULL;
     bool *made = NULL;
     struct stat *ids = NULL;
+    struct bitmap_op **follow = NULL;
+    size_t *nfollow = NULL;
     int n, ret = 1;
 
     argp_parse(&snapshot_argp, argc, argv, 0, NULL, &a);
@@ -405,6 +486,8 @@ int cmd_snapshot(int argc, char **argv)
     imgs = xcalloc(n, sizeof(*imgs));
     made = xcalloc(n, sizeof(*made));
     ids = xcalloc(n, sizeof(*ids));
+    follow = xcalloc(n, sizeof(*follow));
+    nfollow = xcalloc(n, sizeof(*nfollow));
 
     /*
      * Check everything first: every IMAGE opens (with its chain, and read
@@ -452,7 +535,8 @@ int cmd_snapshot(int argc, char **argv)
         opts_set(&o, "backing_file", bname);
         opts_set(&o, "backing_fmt", bdev_format_name(imgs[i]));
         free(bname);
-        r = create_overlay(ov, &o, &made[i], &ids[i], &err);
+        nfollow[i] = follow_ops(imgs[i], &follow[i]);
+        r = create_overlay(ov, &o, follow[i], nfollow[i], &made[i], &ids[i], &err);
         opts_free(&o);
         if (r < 0) {
             report(err);
@@ -481,6 +565,11 @@ int cmd_snapshot(int argc, char **argv)
         }
     }
     ret = 0;
+    for (int i = 0; i < n; i++) {
+        if (nfollow[i]) {
+            disable_followed(imgs[i], follow[i], nfollow[i]);
+        }
+    }
     if (!a.quiet) {
         for (int i = 0; i < n; i++) {
             printf("'%s' is now backed by '%s'\n", a.args[2 * i + 1], a.args[2 * i]);
@@ -503,11 +592,16 @@ out:
         }
     }
     for (int i = 0; i < n; i++) {
-        bdev_unref(imgs[i]);
+        if (imgs[i]) {
+            bdev_unref(imgs[i]);
+        }
+        free(follow[i]);
     }
     free(imgs);
     free(made);
     free(ids);
+    free(follow);
+    free(nfollow);
     free(a.opts);
     return ret;
 }

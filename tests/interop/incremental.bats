@@ -203,6 +203,37 @@ not_cleared() {
         '[{"flags":["auto"],"name":"b","granularity":65536}]' ] || fail "$(qemu-img info --output=json disk.qcow2)"
 }
 
+@test "the bitmap follows the disk across an offline snapshot: --dump and --sync=bitmap read the union, --clear-bitmap clears it down the chain" {
+    mkdisk 16M
+    mkdir bk
+    ok_bc bitmap --add -g 256k --disabled disk.qcow2 off
+    ok_bc mirror -O qcow2 disk.qcow2 bk/full.qcow2
+    qio disk.qcow2 'write -P 0x71 0 64k' 'write -P 0x72 5M 128k'
+    local before after union
+    before=$(nbd_ranges disk.qcow2 b) || return 1
+    ok_bc snapshot disk.qcow2 top.qcow2
+    # the enabled bitmap has an enabled namesake in the overlay (same
+    # granularity); the old one is disabled; the disabled one stays behind
+    [ "$(qemu-img info --output=json top.qcow2 | jq -c '."format-specific".data.bitmaps')" = \
+        '[{"flags":["auto"],"name":"b","granularity":65536}]' ] || fail "top: $(qemu-img info top.qcow2)"
+    [ "$(qemu-img info --output=json disk.qcow2 | jq -c '[."format-specific".data.bitmaps[] | [.name, .flags, .granularity]]')" = \
+        '[["b",[],65536],["off",[],262144]]' ] || fail "old top: $(qemu-img info disk.qcow2)"
+    check_ok disk.qcow2 top.qcow2
+    qio top.qcow2 'write -P 0x73 8M 64k' 'write -P 0x74 5M 4k'
+    after=$(nbd_ranges top.qcow2 b) || return 1
+    [ "$(nbd_ranges disk.qcow2 b)" = "$before" ] || fail "the old top's bitmap changed"
+    union=$(jq -c -n --argjson a "$before" --argjson b "$after" "\$a + \$b | $JQ_MERGE")
+    [ "$(bc_ranges top.qcow2 b)" = "$union" ] || fail "--dump top b: $(bc_ranges top.qcow2 b), union $union"
+    snap top.qcow2 1
+    ok_bc mirror --sync=bitmap --bitmap b --clear-bitmap -B full.qcow2 -F qcow2 -O qcow2 top.qcow2 bk/inc1.qcow2
+    holds_exactly bk/inc1.qcow2 "$union"
+    reads_as bk/inc1.qcow2 s1.raw
+    [ "$(nbd_ranges top.qcow2 b)" = "[]" ] || fail "--clear-bitmap left b set in top.qcow2"
+    [ "$(nbd_ranges disk.qcow2 b)" = "[]" ] || fail "--clear-bitmap left b set in disk.qcow2"
+    [ "$(bc_ranges top.qcow2 b)" = "[]" ] || fail "the union is not empty after --clear-bitmap"
+    check_ok disk.qcow2 top.qcow2 bk/inc1.qcow2
+}
+
 @test "--sync=bitmap -n into the previous copy brings it up to date" {
     mkdisk 16M
     ok_bc mirror -O raw disk.qcow2 copy.raw
