@@ -5,6 +5,7 @@ VERSION = 0.1.0
 PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
 MANDIR ?= $(PREFIX)/share/man
+SYSTEMDDIR ?= $(PREFIX)/lib/systemd/system
 DESTDIR ?=
 
 BUILD ?= build
@@ -102,11 +103,16 @@ install: all
 	    n=$$(basename $$p); s=$${n##*.}; \
 	    install -Dm644 $$p $(DESTDIR)$(MANDIR)/man$$s/$$n; \
 	done
+	install -d $(DESTDIR)$(SYSTEMDDIR)
+	sed 's|/usr/local/bin/blockctl|$(BINDIR)/blockctl|' dist/blockctl-agent@.service \
+	    >$(DESTDIR)$(SYSTEMDDIR)/blockctl-agent@.service
+	chmod 644 $(DESTDIR)$(SYSTEMDDIR)/blockctl-agent@.service
 
 uninstall:
 	for c in $$(./blockctl --list-commands); do rm -f $(DESTDIR)$(BINDIR)/blockctl-$$c; done
 	rm -f $(DESTDIR)$(BINDIR)/blockctl
 	for p in $(MANS); do n=$$(basename $$p); s=$${n##*.}; rm -f $(DESTDIR)$(MANDIR)/man$$s/$$n; done
+	rm -f $(DESTDIR)$(SYSTEMDDIR)/blockctl-agent@.service
 
 ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 asan: deps test-deps

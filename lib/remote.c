@@ -86,26 +86,40 @@ static bool is_blockctl(struct qmp_client *c)
 }
 
 /* The entry of query-named-block-nodes for @node, or NULL (a new reference). */
-static json_object *named_node(struct qmp_client *c, const char *node, struct error **errp)
+/* The node named @node, or (@by_file) the one whose image is the file @node. */
+static json_object *find_node(struct qmp_client *c, const char *node, bool by_file,
+                              struct error **errp)
 {
     json_object *nodes = NULL, *found = NULL;
+    char *want = by_file ? realpath(node, NULL) : NULL;
 
     if (qmp_client_execute(c, "query-named-block-nodes", NULL, &nodes, errp) < 0) {
+        free(want);
         return NULL;
     }
     for (size_t i = 0; i < json_object_array_length(nodes); i++) {
         json_object *n = json_object_array_get_idx(nodes, i);
-        const char *nn = str(n, "node-name");
-        if (nn && !strcmp(nn, node)) {
+        const char *nn = str(n, by_file ? "file" : "node-name");
+        char *real = by_file && nn ? realpath(nn, NULL) : NULL;
+        bool match = nn && (!strcmp(nn, node) || (want && real && !strcmp(real, want)));
+        free(real);
+        /* (by file: a format node, not the protocol node under it) */
+        if (match && (!by_file || strcmp(str(n, "drv") ? str(n, "drv") : "", "file"))) {
             found = json_object_get(n);
             break;
         }
     }
+    free(want);
     json_object_put(nodes);
     if (!found) {
         error_setg(errp, "the server has no node '%s'", node);
     }
     return found;
+}
+
+static json_object *named_node(struct qmp_client *c, const char *node, struct error **errp)
+{
+    return find_node(c, node, false, errp);
 }
 
 /* Is @name one of the ", "-separated @names? */
@@ -179,8 +193,18 @@ int remote_find_disk(struct qmp_client *c, const char *name, struct remote_disk 
             }
         }
     }
-    error_setg(errp, "no disk named '%s' on the agent (%s%s)", name,
-               *names ? "it has: " : "it has none", names);
+    /* a node name, or the file of a node (one image of a chain: the
+     * bitmaps of that image alone) */
+    if ((n = find_node(c, name, strchr(name, '/') != NULL, NULL))) {
+        out->node = xstrdup(str(n, "node-name") ? str(n, "node-name") : name);
+        out->image = json_object_get(member(n, "image"));
+        out->bitmaps = json_object_get(member(n, "dirty-bitmaps"));
+        json_object_put(n);
+        ret = 0;
+        goto out;
+    }
+    error_setg(errp, "no disk or node named '%s' on the agent (%s%s)", name,
+               *names ? "disks: " : "it has no disks", names);
 out:
     if (ret == 0 && !out->image) {
         error_setg(errp, "disk '%s' has no image inserted", name);

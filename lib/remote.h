@@ -5,7 +5,9 @@
  *
  * A disk NAME is found as the agent names its disks (query-block's
  * device), or, for a qemu-storage-daemon, as an export whose id (or NBD
- * name) is NAME (query-block-exports), whose node is then the disk's top.
+ * name) is NAME (query-block-exports), whose node is then the disk's top;
+ * failing both, as a node name or (NAME with a '/') the image file of a
+ * node (query-named-block-nodes).
  */
 #ifndef BLOCKCTL_LIB_REMOTE_H
 #define BLOCKCTL_LIB_REMOTE_H
