@@ -288,7 +288,9 @@ int cmd_compare(int argc, char **argv)
             r = bdev_block_status_above(b2, NULL, off, common - off, &m2);
         }
         if (r < 0) {
-            bdev_report_io_error(bdev_last_error(b1) ? b1 : b2, "cannot get the block status", r);
+            char *d1 = bdev_last_error(b1);
+            bdev_report_io_error(d1 ? b1 : b2, "cannot get the block status", r);
+            free(d1);
             ret = CMP_STATUS_ERROR;
             goto out;
         }

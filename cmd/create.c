@@ -310,24 +310,8 @@ int cmd_create(int argc, char **argv)
          * so that a failure or a kill never leaves a half-written FILE (nor
          * spoils the one --force replaces).
          */
-        {
-            /* hidden, in the same folder, ending like FILE */
-            const char *slash = strrchr(a.file, '/');
-            tmp = slash ? xasprintf("%.*s.blockctl-new.%s", (int)(slash - a.file + 1), a.file,
-                                    slash + 1)
-                        : xasprintf(".blockctl-new.%s", a.file);
-        }
-        r = bdev_create(drv->name, tmp, &o, BDEV_CREATE_FORCE, &err);
+        r = bdev_create_hidden(drv->name, a.file, &o, &tmp, &err);
         if (r < 0) {
-            if (err) {
-                /* the user knows the file by its own name */
-                char *m = err->msg, *at = strstr(m, tmp);
-                if (at) {
-                    err->msg = xasprintf("%.*s%s%s", (int)(at - m), m, a.file,
-                                         at + strlen(tmp));
-                    free(m);
-                }
-            }
             unlink(tmp);
         } else {
             /*

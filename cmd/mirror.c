@@ -185,12 +185,13 @@ static struct dirty_bitmap *nbd_dirty_bitmap(struct bdev *src, struct error **er
         int ret = nbd_bitmap_status(src, off, src->size - off, &pnum, &d);
         if (ret < 0) {
             /* a dead connection says why (no reply in time, server gone) */
-            const char *why = bdev_last_error(src);
+            char *why = bdev_last_error(src);
             if (why) {
                 error_setg(errp, "cannot read the dirty bitmap: %s", why);
             } else {
                 error_setg_errno(errp, -ret, "'%s': cannot read the dirty bitmap", src->filename);
             }
+            free(why);
             free(ext);
             return NULL;
         }
@@ -468,11 +469,29 @@ int cmd_mirror(int argc, char **argv)
             }
             bfile_close(f, BDEV_CREATE_PERM, 0);
         }
-        created = true;
-        if (bdev_create(fmt, part, &o, BDEV_CREATE_FORCE, &err) < 0) {
-            report(err);
-            goto out;
+        /*
+         * TARGET.part itself appears only as a whole (empty) image: it is
+         * built under a hidden name first, so that a kill while creating it
+         * leaves no half-made image behind (the next mirror replaces it).
+         */
+        {
+            char *tmp;
+            r = bdev_create_hidden(fmt, part, &o, &tmp, &err);
+            if (r == 0) {
+                r = io_rename(tmp, part);
+                if (r < 0) {
+                    error_setg_errno(&err, -r, "cannot rename '%s' to '%s'", tmp, part);
+                }
+            }
+            if (r < 0) {
+                unlink(tmp);
+                free(tmp);
+                report(err);
+                goto out;
+            }
+            free(tmp);
         }
+        created = true;
         /* a new image: a power failure makes it garbage anyway, so no
          * ordering syncs while it is built (it is flushed at the end) */
         dst = bdev_open(part, fmt,

@@ -380,35 +380,6 @@ static int add_bitmaps(const char *file, const struct bitmap_op *ops, size_t n,
 }
 
 /*
- * Disable the bitmaps of @old that followed it to its overlay (they record
- * nothing more: @old is a backing file now).  Best effort: a bitmap left
- * enabled is harmless (the disk's bitmap is the union down the chain), so
- * a failure is a warning.
- */
-static void disable_followed(struct bdev *old, const struct bitmap_op *add, size_t n)
-{
-    struct bitmap_op *ops = xcalloc(n, sizeof(*ops));
-    struct error *err = NULL;
-    struct bdev *w;
-
-    for (size_t k = 0; k < n; k++) {
-        ops[k] = (struct bitmap_op){ .type = BITMAP_OP_DISABLE, .name = add[k].name };
-    }
-    w = bdev_open(old->filename, old->drv->name,
-                  BDEV_O_RDWR | BDEV_O_NO_BACKING | BDEV_O_NO_BITMAPS, &err);
-    if (w && bdev_bitmap_apply(w, ops, n, &err) == 0) {
-        bdev_close(w, &err);
-    } else if (w) {
-        bdev_unref(w);
-    }
-    if (err) {
-        error_report("warning: '%s': its bitmaps stay enabled: %s", old->filename, err->msg);
-        error_free(err);
-    }
-    free(ops);
-}
-
-/*
  * Create the qcow2 image @ov under a hidden temporary name in its folder
  * (with the bitmaps @bm), and rename it into place once complete (never
  * replacing a file), so that a kill at any instant leaves either no @ov
@@ -418,21 +389,13 @@ static void disable_followed(struct bdev *old, const struct bitmap_op *add, size
 static int create_overlay(const char *ov, const struct optlist *o, const struct bitmap_op *bm,
                           size_t nbm, bool *made, struct stat *id, struct error **errp)
 {
-    const char *slash = strrchr(ov, '/');
-    char *tmp = slash ? xasprintf("%.*s.blockctl-new.%s", (int)(slash - ov + 1), ov, slash + 1)
-                      : xasprintf(".blockctl-new.%s", ov);
-    int r = bdev_create("qcow2", tmp, o, BDEV_CREATE_FORCE, errp);
+    char *tmp;
+    int r = bdev_create_hidden("qcow2", ov, o, &tmp, errp);
 
     if (r == 0) {
         r = add_bitmaps(tmp, bm, nbm, errp);
-    }
-
-    if (r < 0 && *errp) {
-        /* the user knows the file by its own name */
-        char *m = (*errp)->msg, *at = strstr(m, tmp);
-        if (at) {
-            (*errp)->msg = xasprintf("%.*s%s%s", (int)(at - m), m, ov, at + strlen(tmp));
-            free(m);
+        if (r < 0 && *errp) {
+            error_replace_name(*errp, tmp, ov);
         }
     }
     if (r == 0) {
@@ -565,11 +528,6 @@ int cmd_snapshot(int argc, char **argv)
         }
     }
     ret = 0;
-    for (int i = 0; i < n; i++) {
-        if (nfollow[i]) {
-            disable_followed(imgs[i], follow[i], nfollow[i]);
-        }
-    }
     if (!a.quiet) {
         for (int i = 0; i < n; i++) {
             printf("'%s' is now backed by '%s'\n", a.args[2 * i + 1], a.args[2 * i]);

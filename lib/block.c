@@ -435,7 +435,7 @@ void bdev_set_backing(struct bdev *bd, struct bdev *backing)
 void bdev_set_error(struct bdev *bd, const char *fmt, ...)
 {
     va_list ap;
-    char *msg;
+    char *msg, *old;
 
     va_start(ap, fmt);
     if (vasprintf(&msg, fmt, ap) < 0) {
@@ -443,12 +443,10 @@ void bdev_set_error(struct bdev *bd, const char *fmt, ...)
     }
     va_end(ap);
     pthread_mutex_lock(&bd->gate_lock);
-    if (!bd->last_error) {
-        bd->last_error = msg;
-        msg = NULL;
-    }
+    old = bd->last_error;
+    bd->last_error = msg;
     pthread_mutex_unlock(&bd->gate_lock);
-    free(msg);
+    free(old);
 }
 
 static volatile sig_atomic_t *interrupt_flag;
@@ -493,29 +491,28 @@ const char *bdev_format_name(const struct bdev *bd)
     return bd->drv->is_protocol ? "raw" : bd->drv->name;
 }
 
-const char *bdev_last_error(struct bdev *bd)
+char *bdev_last_error(struct bdev *bd)
 {
-    for (; bd; bd = bd->backing) {
-        const char *m;
+    char *copy = NULL;
+
+    for (; bd && !copy; bd = bd->backing) {
         pthread_mutex_lock(&bd->gate_lock);
-        m = bd->last_error;
+        copy = bd->last_error ? xstrdup(bd->last_error) : NULL;
         pthread_mutex_unlock(&bd->gate_lock);
-        if (m) {
-            return m;
-        }
     }
-    return NULL;
+    return copy;
 }
 
 void bdev_report_io_error(struct bdev *bd, const char *what, int ret)
 {
-    const char *detail = bdev_last_error(bd);
+    char *detail = bdev_last_error(bd);
 
     if (detail) {
         error_report("%s: %s", what, detail);
     } else {
         error_report("%s: '%s': %s", what, bd->filename, strerror(ret < 0 ? -ret : ret));
     }
+    free(detail);
 }
 
 struct bdev *bdev_chain_find(struct bdev *bd, const char *name)
@@ -1496,6 +1493,22 @@ int bdev_create(const char *fmt, const char *filename, const struct optlist *o,
     }
     created_file.set = false;
     return ret;
+}
+
+int bdev_create_hidden(const char *fmt, const char *name, const struct optlist *o,
+                       char **tmp, struct error **errp)
+{
+    const char *slash = strrchr(name, '/');
+    struct error *err = NULL;
+    int r;
+
+    *tmp = slash ? xasprintf("%.*s.blockctl-new.%s", (int)(slash - name + 1), name, slash + 1)
+                 : xasprintf(".blockctl-new.%s", name);
+    r = bdev_create(fmt, *tmp, o, BDEV_CREATE_FORCE, &err);
+    /* the user knows the file by its own name */
+    error_replace_name(err, *tmp, name);
+    error_propagate(errp, err);
+    return r;
 }
 
 int bdev_create_install(const char *tmp, const char *name, unsigned flags, bool *renamed,

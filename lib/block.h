@@ -288,8 +288,8 @@ struct bdev {
     const char *nbd_bitmap;      /* top image only: NBD meta context bitmap to request */
     char *node_name;             /* the agent's name for this image, or NULL */
 
-    /* Detail of the last data-path failure (corruption found, ...), for
-     * the command to print; guarded by gate_lock. */
+    /* Detail of the latest data-path failure (corruption found, ...),
+     * for the command to print; guarded by gate_lock. */
     char *last_error;
 
     unsigned refcnt;             /* bdev_ref / bdev_close; a backing link holds one */
@@ -455,6 +455,15 @@ int bdev_create(const char *fmt, const char *filename, const struct optlist *o,
 struct bfile *bdev_create_file(const char *filename, unsigned flags, struct error **errp);
 #define BDEV_CREATE_PERM (PERM_CONSISTENT_READ | PERM_WRITE | PERM_RESIZE)
 /*
+ * Create a new image that will be put in place as @name: made under a
+ * hidden name in @name's folder (".blockctl-new.BASENAME"), returned in
+ * *tmp (the caller frees it, and removes the file on failure).  An error
+ * names @name, as the user knows it.  0 or -errno.
+ */
+int bdev_create_hidden(const char *fmt, const char *name, const struct optlist *o,
+                       char **tmp, struct error **errp);
+
+/*
  * Put the complete new image @tmp (made by this program) in place as
  * @name: rename it (over an existing @name only with BDEV_CREATE_FORCE,
  * otherwise an existing @name is refused), then sync the folder so that
@@ -493,11 +502,13 @@ const char *bdev_format_name(const struct bdev *bd);
 
 /*
  * Record why a data-path request failed (drivers call this; the data path
- * itself only returns -errno).  Keeps the first message.
+ * itself only returns -errno).  The latest message replaces the one
+ * before: a daemon's old failure does not explain a new one.
  */
 void bdev_set_error(struct bdev *bd, const char *fmt, ...) ATTRIBUTE_PRINTF(2, 3);
-/* The recorded message of @bd or any image below it, or NULL. */
-const char *bdev_last_error(struct bdev *bd);
+/* The latest message of @bd or, failing that, of an image below it, or
+ * NULL (a copy, for the caller to free). */
+char *bdev_last_error(struct bdev *bd);
 /* Print a data-path failure: "what: 'file': detail" or strerror. */
 void bdev_report_io_error(struct bdev *bd, const char *what, int ret);
 

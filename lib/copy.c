@@ -517,13 +517,14 @@ int copy_run(struct copy_params *p, struct error **errp)
         p->progress(p->opaque, e.end - e.start, e.end - e.start);
     }
     if (ret < 0 && ret != -ECANCELED) {
-        const char *detail = e.err_bd ? bdev_last_error(e.err_bd) : NULL;
+        char *detail = e.err_bd ? bdev_last_error(e.err_bd) : NULL;
         if (detail) {
             error_setg(errp, "%s", detail);
         } else {
             error_setg_errno(errp, -ret, "%s '%s'", e.err_what ? e.err_what : "copy failed on",
                              e.err_bd ? e.err_bd->filename : "?");
         }
+        free(detail);
     }
     pthread_mutex_destroy(&e.lock);
     pthread_cond_destroy(&e.cond);

@@ -107,6 +107,18 @@ void error_prefix(struct error **errp, const char *fmt, ...)
     (*errp)->msg = msg;
 }
 
+void error_replace_name(struct error *err, const char *from, const char *to)
+{
+    char *m, *at;
+
+    if (!err || !(at = strstr(err->msg, from))) {
+        return;
+    }
+    m = err->msg;
+    err->msg = xasprintf("%.*s%s%s", (int)(at - m), m, to, at + strlen(from));
+    free(m);
+}
+
 void error_propagate(struct error **dst, struct error *err)
 {
     if (!err) {

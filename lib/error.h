@@ -33,6 +33,8 @@ void error_set_class(struct error **errp, const char *cls);
 const char *error_class(const struct error *err);
 /* Prefix the message of *errp (if set) with the formatted text. */
 void error_prefix(struct error **errp, const char *fmt, ...) ATTRIBUTE_PRINTF(2, 3);
+/* In the message of @err (if any), write @to where it says @from (once). */
+void error_replace_name(struct error *err, const char *from, const char *to);
 /* Move @err into *dst (freeing it if *dst is already set or dst is NULL). */
 void error_propagate(struct error **dst, struct error *err);
 /* Print "blockctl: msg" (and the hint) on stderr, then free @err. */

@@ -627,12 +627,13 @@ int qcow2_bitmap_load_hook(struct bdev *bd, const char *name, struct dirty_bitma
     ret = qcow2_bitmap_load(s, &s->bitmaps[i], out);
     pthread_mutex_unlock(&s->lock);
     if (ret < 0) {
-        const char *d = bdev_last_error(bd);
+        char *d = bdev_last_error(bd);
         if (d) {
             error_setg(errp, "%s", d);
         } else {
             error_setg_errno(errp, -ret, "'%s': cannot read bitmap '%s'", bd->filename, name);
         }
+        free(d);
     }
     return ret;
 }
