@@ -80,15 +80,6 @@ void copy_opts_nothing(const struct copy_opts *o);
 /* Does the -o string @opts ask for the option list ("help" or "?")? */
 bool opts_want_help(const char *opts);
 
-/*
- * The backing file name to record for @base (an image of @chain) in the
- * image @top: absolute if the chain names it absolutely, otherwise
- * relative to @top's folder.
- */
-char *backing_name_for(struct bdev *top, struct bdev *chain, struct bdev *base);
-/* The same for an image (to be) created in folder @dir. */
-char *backing_name_for_dir(const char *dir, struct bdev *chain, struct bdev *base);
-
 /* Set by SIGINT/SIGTERM once cancel_install() ran. */
 extern volatile sig_atomic_t cmd_cancel;
 void cancel_install(void);

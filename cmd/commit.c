@@ -178,7 +178,7 @@ int cmd_commit(int argc, char **argv)
     /* Drop TOP .. above BASE from the chain: one header write. */
     if (parent || base != top->backing) {
         struct bdev *above = parent ? parent : top;
-        name = backing_name_for(above, img, base);
+        name = bdev_backing_name_for(above, img, base);
         if (above->drv->change_backing(above, name, bdev_format_name(base), &err) < 0) {
             report(err);
             goto out;

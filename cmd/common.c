@@ -182,28 +182,6 @@ bool opts_want_help(const char *opts)
 }
 
 /* The name to record for @base in an image living next to @top. */
-char *backing_name_for_dir(const char *dir, struct bdev *chain, struct bdev *base)
-{
-    struct bdev *parent = bdev_chain_parent(chain, base);
-
-    if (base->drv->is_protocol || (parent && parent->backing_file &&
-                                   parent->backing_file[0] == '/')) {
-        return xstrdup(parent && parent->backing_file ? parent->backing_file : base->filename);
-    }
-    /* the chain names it relatively: so does the new name */
-    return bdev_make_relative(base->filename, dir);
-}
-
-char *backing_name_for(struct bdev *top, struct bdev *chain, struct bdev *base)
-{
-    char *dir = bdev_dirname(top->filename);
-    char *name = backing_name_for_dir(dir, chain, base);
-
-    free(dir);
-    return name;
-}
-
-
 void append_opts(char **dst, const char *arg)
 {
     if (*dst) {

@@ -435,7 +435,7 @@ int cmd_mirror(int argc, char **argv)
             }
             bname = xstrdup(a.backing);
         } else if (a.sync == SYNC_TOP) {
-            bname = backing_name_for_dir(dir, src, src->backing);
+            bname = bdev_backing_name_for_dir(dir, src, src->backing);
             bfmt = bdev_format_name(src->backing);
         } else if (a.sync == SYNC_NONE) {
             bname = src->drv->is_protocol ? xstrdup(a.source) : bdev_relative_path(a.source, dir);

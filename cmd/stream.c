@@ -103,7 +103,7 @@ int cmd_stream(int argc, char **argv)
         goto out;
     }
     if (base) {
-        new_backing = backing_name_for(top, top, base);
+        new_backing = bdev_backing_name_for(top, top, base);
     }
 
     memset(&cp, 0, sizeof(cp));

@@ -1555,3 +1555,24 @@ int bdev_create_install(const char *tmp, const char *name, unsigned flags, bool 
     free(dir);
     return ret;
 }
+
+char *bdev_backing_name_for_dir(const char *dir, struct bdev *chain, struct bdev *base)
+{
+    struct bdev *parent = bdev_chain_parent(chain, base);
+
+    if (base->drv->is_protocol || (parent && parent->backing_file &&
+                                   parent->backing_file[0] == '/')) {
+        return xstrdup(parent && parent->backing_file ? parent->backing_file : base->filename);
+    }
+    /* the chain names it relatively: so does the new name */
+    return bdev_make_relative(base->filename, dir);
+}
+
+char *bdev_backing_name_for(struct bdev *top, struct bdev *chain, struct bdev *base)
+{
+    char *dir = bdev_dirname(top->filename);
+    char *name = bdev_backing_name_for_dir(dir, chain, base);
+
+    free(dir);
+    return name;
+}

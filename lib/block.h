@@ -566,6 +566,15 @@ bool bdev_bitmaps_need_store(struct bdev *bd);
 int bdev_bitmaps_store(struct bdev *bd, struct error **errp);
 
 /* Chain helpers */
+/*
+ * The backing file name to record for @base (an image of @chain) in the
+ * image @top: absolute if the chain names it absolutely, otherwise
+ * relative to @top's folder.
+ */
+char *bdev_backing_name_for(struct bdev *top, struct bdev *chain, struct bdev *base);
+/* The same for an image (to be) created in folder @dir. */
+char *bdev_backing_name_for_dir(const char *dir, struct bdev *chain, struct bdev *base);
+
 int bdev_chain_length(struct bdev *bd);
 /*
  * Find the image of @bd's chain (@bd included) that is the file @name

@@ -41,7 +41,22 @@ struct engine {
 static bool cancelled(struct engine *e)
 {
     return (e->p->cancel && __atomic_load_n(e->p->cancel, __ATOMIC_RELAXED)) ||
+           (e->p->job && job_is_cancelled(e->p->job)) ||
            __atomic_load_n(&e->ret, __ATOMIC_RELAXED);
+}
+
+/* Between requests: stop here while the job is paused; true to stop. */
+static bool pause_point(struct engine *e)
+{
+    if (e->p->job && job_pause_point(e->p->job)) {
+        return true;
+    }
+    return cancelled(e);
+}
+
+static uint64_t bandwidth(struct engine *e)
+{
+    return e->p->job ? job_speed(e->p->job) : e->p->bandwidth;
 }
 
 static void fail(struct engine *e, int ret, struct bdev *bd, const char *what)
@@ -63,12 +78,16 @@ static double now_s(void)
     return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+/* Set while a live chunk's data was paid for before its section began. */
+static __thread bool rl_prepaid;
+
 /* Wait until @n bytes may be written under the bandwidth limit. */
 static void rate_limit(struct engine *e, uint64_t n)
 {
-    double rate = (double)e->p->bandwidth, wait;
+    uint64_t bw = bandwidth(e);
+    double rate = (double)bw, wait;
 
-    if (!e->p->bandwidth) {
+    if (!bw || rl_prepaid) {
         return;
     }
     pthread_mutex_lock(&e->rl_lock);
@@ -84,8 +103,15 @@ static void rate_limit(struct engine *e, uint64_t n)
     pthread_mutex_unlock(&e->rl_lock);
     while (wait > 0 && !cancelled(e)) {
         double step = MIN(wait, 0.1);
-        struct timespec ts = { (time_t)step, (long)((step - (double)(time_t)step) * 1e9) };
-        nanosleep(&ts, NULL);
+        if (e->p->job) {
+            job_sleep_ns(e->p->job, (uint64_t)(step * 1e9));
+            if (job_speed(e->p->job) != bw) {
+                break;      /* set-speed: the next request counts at the new rate */
+            }
+        } else {
+            struct timespec ts = { (time_t)step, (long)((step - (double)(time_t)step) * 1e9) };
+            nanosleep(&ts, NULL);
+        }
         wait -= step;
     }
 }
@@ -150,6 +176,13 @@ static bool dst_reads_zero(struct engine *e, uint64_t off, uint64_t len)
         if (bdev_block_status_above(e->p->dst, NULL, off, e->end - off, &m) < 0 ||
             !(m.status & BDEV_BLOCK_ZERO)) {
             return false;
+        }
+        if (e->p->live) {
+            /* others write the target too: what it reads now is all we know */
+            n = MIN(len, m.len);
+            off += n;
+            len -= n;
+            continue;
         }
         pthread_mutex_lock(&e->lock);
         e->zero_start = off;
@@ -280,7 +313,7 @@ static int copy_data(struct engine *e, uint8_t *buf, uint64_t off, uint64_t len)
     return ret;
 }
 
-static int do_window_status(struct engine *e, uint8_t *buf, uint64_t ws, uint64_t we)
+static int do_range_status(struct engine *e, uint8_t *buf, uint64_t ws, uint64_t we)
 {
     uint64_t pos = ws;
     enum ext_class next_cls = EXT_SKIP;
@@ -291,7 +324,7 @@ static int do_window_status(struct engine *e, uint8_t *buf, uint64_t ws, uint64_
         enum ext_class cls, c2;
         uint64_t n, n2;
 
-        if (cancelled(e)) {
+        if (pause_point(e)) {
             return -ECANCELED;
         }
         if (next_n) {
@@ -353,6 +386,63 @@ static int do_window_status(struct engine *e, uint8_t *buf, uint64_t ws, uint64_
     return 0;
 }
 
+#define LIVE_CHUNK (1u << 20)
+
+/*
+ * A window by block status.  Live, chunk by chunk, each classified and
+ * copied inside a serialising section of the target: a write of another
+ * thread to the chunk waits until the chunk is done, and one done before
+ * is seen by the classification (the target's own layer has it).
+ */
+static int do_window_status(struct engine *e, uint8_t *buf, uint64_t ws, uint64_t we)
+{
+    if (!e->p->live) {
+        return do_range_status(e, buf, ws, we);
+    }
+    for (uint64_t pos = ws; pos < we;) {
+        uint64_t end = MIN(ALIGN_DOWN(pos, LIVE_CHUNK) + LIVE_CHUNK, we);
+        struct bdev_serial *sec;
+        int ret;
+
+        if (pause_point(e)) {
+            return -ECANCELED;
+        }
+        if (bandwidth(e)) {
+            /*
+             * Pay for the chunk's data before the section begins: a
+             * guest write must not wait behind the rate limit's sleep.
+             */
+            uint64_t data = 0;
+            for (uint64_t o = pos; o < end;) {
+                enum ext_class cls;
+                uint64_t n;
+                if (classify(e, o, end - o, &cls, &n) < 0) {
+                    break;          /* the section's own pass reports it */
+                }
+                data += cls == EXT_DATA ? n : 0;
+                o += n;
+            }
+            rate_limit(e, data);
+            if (pause_point(e)) {
+                return -ECANCELED;
+            }
+            rl_prepaid = true;
+        }
+        sec = bdev_serialise_begin(e->p->dst, pos, end - pos);
+        ret = do_range_status(e, buf, pos, end);
+        bdev_serialise_end(sec);
+        rl_prepaid = false;
+        if (ret < 0) {
+            return ret;
+        }
+        if (e->p->job) {
+            job_progress_add(e->p->job, end - pos);
+        }
+        pos = end;
+    }
+    return 0;
+}
+
 static int do_window_bitmap(struct engine *e, uint8_t *buf, uint64_t ws, uint64_t we)
 {
     uint64_t pos = ws, off, len;
@@ -363,7 +453,7 @@ static int do_window_bitmap(struct engine *e, uint8_t *buf, uint64_t ws, uint64_
             break;
         }
         len = MIN(len, we - off);
-        if (cancelled(e)) {
+        if (pause_point(e)) {
             return -ECANCELED;
         }
         if (e->p->compress) {
@@ -423,6 +513,9 @@ static void *worker(void *opaque)
         pthread_mutex_lock(&e->lock);
         e->done += we - ws;
         pthread_mutex_unlock(&e->lock);
+        if (e->p->job && !(e->p->live && e->p->mode != COPY_BITMAP)) {
+            job_progress_add(e->p->job, we - ws);
+        }
     }
     free(buf);
     pthread_mutex_lock(&e->lock);
@@ -460,6 +553,9 @@ int copy_run(struct copy_params *p, struct error **errp)
     nw = (unsigned)MAX((uint64_t)1, MIN((uint64_t)nw, buf >> 20));
     e.window = MAX(ALIGN_DOWN(buf / nw, e.gran), e.gran);
     e.cursor = e.start;
+    if (p->job) {
+        job_progress_set_total(p->job, e.end - e.start);
+    }
     pthread_mutex_init(&e.lock, NULL);
     pthread_cond_init(&e.cond, NULL);
     pthread_mutex_init(&e.rl_lock, NULL);
@@ -503,7 +599,8 @@ int copy_run(struct copy_params *p, struct error **errp)
     }
     free(th);
     ret = e.ret;
-    if (!ret && p->cancel && __atomic_load_n(p->cancel, __ATOMIC_RELAXED)) {
+    if (!ret && ((p->cancel && __atomic_load_n(p->cancel, __ATOMIC_RELAXED)) ||
+                 (p->job && job_is_cancelled(p->job)))) {
         ret = -ECANCELED;
     }
     if (ret == 0 && !p->no_flush) {

@@ -17,6 +17,7 @@
 #include "lib/compiler.h"
 #include "lib/bitmap.h"
 #include "lib/block.h"
+#include "lib/job.h"
 
 #include <signal.h>
 
@@ -52,6 +53,21 @@ struct copy_params {
     void (*progress)(void *opaque, uint64_t done, uint64_t total);
     void *opaque;
     volatile sig_atomic_t *cancel; /* set to stop (between requests) */
+    /*
+     * A job (lib/job.h) the copy runs for: the workers stop at its pause
+     * points between requests, end when it is cancelled, follow its speed
+     * (instead of @bandwidth) and add to its progress.
+     */
+    struct job *job;
+    /*
+     * The target is written by others meanwhile (a guest, through the
+     * agent): each chunk of at most 1 MiB is classified and copied inside
+     * a serialising section of the target, so that no overlapping write
+     * of another thread lands in between (the copy never writes stale data
+     * over a newer write), and nothing is cached about what the target
+     * reads.
+     */
+    bool live;
 
     /* results */
     uint64_t bytes_written;      /* data bytes written to the target */

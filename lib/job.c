@@ -170,8 +170,10 @@ static bool id_wellformed(const char *id)
     return true;
 }
 
+static void job_free_ex(struct job *job, bool driver_part);
+
 struct job *job_create(struct job_list *jl, const struct job_driver *drv, const char *id,
-                       const char *device, uint64_t speed, bool auto_finalize,
+                       const char *device, int64_t speed, bool auto_finalize,
                        bool auto_dismiss, void *opaque, struct error **errp)
 {
     struct job *job, **pp;
@@ -195,7 +197,7 @@ struct job *job_create(struct job_list *jl, const struct job_driver *drv, const 
     job->opaque = opaque;
     job->auto_finalize = auto_finalize;
     job->auto_dismiss = auto_dismiss;
-    job->speed = speed;
+    job->speed = speed < 0 ? 0 : (uint64_t)speed;
     job->status = JOB_STATUS_UNDEFINED;
     pthread_mutex_init(&job->lock, NULL);
     pthread_cond_init(&job->cond, NULL);
@@ -203,10 +205,17 @@ struct job *job_create(struct job_list *jl, const struct job_driver *drv, const 
     }
     *pp = job;
     transition(job, JOB_STATUS_CREATED);
+    if (speed < 0) {
+        /* as QEMU: the job exists for a moment, then goes */
+        error_setg(errp, "Parameter 'speed' expects a non-negative value");
+        transition(job, JOB_STATUS_NULL);
+        job_free_ex(job, false);    /* @opaque stays the caller's */
+        return NULL;
+    }
     return job;
 }
 
-static void job_free(struct job *job)
+static void job_free_ex(struct job *job, bool driver_part)
 {
     struct job **pp;
 
@@ -215,7 +224,7 @@ static void job_free(struct job *job)
     if (*pp) {
         *pp = job->next;
     }
-    if (job->drv->free) {
+    if (driver_part && job->drv->free) {
         job->drv->free(job);
     }
     pthread_mutex_destroy(&job->lock);
@@ -224,6 +233,11 @@ static void job_free(struct job *job)
     free(job->device);
     free(job->id);
     free(job);
+}
+
+static void job_free(struct job *job)
+{
+    job_free_ex(job, true);
 }
 
 /* --- the end of a job (control thread) --- */
@@ -497,7 +511,7 @@ int job_set_speed(struct job *job, int64_t speed, struct error **errp)
         return ret;
     }
     if (speed < 0) {
-        error_setg(errp, "Invalid parameter 'speed'");
+        error_setg(errp, "Parameter 'speed' expects a non-negative value");
         return -EINVAL;
     }
     __atomic_store_n(&job->speed, (uint64_t)speed, __ATOMIC_RELAXED);
@@ -575,13 +589,40 @@ int job_dismiss(struct job *job, struct error **errp)
 
 void job_list_cancel_all(struct job_list *jl)
 {
-    for (struct job *j = jl->jobs; j; j = j->next) {
-        pthread_mutex_lock(&j->lock);
-        j->force_cancel = true;
-        __atomic_store_n(&j->cancelled, true, __ATOMIC_RELEASE);
-        pthread_cond_broadcast(&j->cond);
-        pthread_mutex_unlock(&j->lock);
+    struct job *j = jl->jobs;
+
+    while (j) {
+        struct job *next = j->next;     /* an abort may free @j */
+        if (j->status != JOB_STATUS_CONCLUDED && j->status != JOB_STATUS_NULL) {
+            if (j->finished) {
+                if (j->status == JOB_STATUS_PENDING || j->status == JOB_STATUS_WAITING) {
+                    j->ret = -ECANCELED;
+                    do_abort(j);
+                }
+            } else {
+                pthread_mutex_lock(&j->lock);
+                j->force_cancel = true;
+                if (j->user_paused) {
+                    j->user_paused = false;
+                    j->pause_count--;
+                }
+                __atomic_store_n(&j->cancelled, true, __ATOMIC_RELEASE);
+                pthread_cond_broadcast(&j->cond);
+                pthread_mutex_unlock(&j->lock);
+            }
+        }
+        j = next;
     }
+}
+
+int job_list_active(struct job_list *jl)
+{
+    int n = 0;
+
+    for (struct job *j = jl->jobs; j; j = j->next) {
+        n += j->status != JOB_STATUS_CONCLUDED && j->status != JOB_STATUS_NULL;
+    }
+    return n;
 }
 
 /* --- queries --- */

@@ -139,18 +139,24 @@ struct job {
 void job_list_init(struct job_list *jl, struct loop *loop,
                    void (*emit)(void *opaque, const char *name, json_object *data),
                    void *opaque);
-/* Cancel every job (force) and wait for each to end; for shutdown. */
+/*
+ * Shutdown: cancel every job that has not concluded (force); one that
+ * waits to be finalized is aborted at once, the others end through the
+ * loop as usual.
+ */
 void job_list_cancel_all(struct job_list *jl);
+/* How many jobs have not concluded yet. */
+int job_list_active(struct job_list *jl);
 struct job *job_find(struct job_list *jl, const char *id);
 /* The job working on disk @device (one at most), or NULL. */
 struct job *job_find_device(struct job_list *jl, const char *device);
 
 /*
  * Create a job (status created) with a unique @id (NULL: @device), in the
- * list; refused if the id is in use.  Then job_start() runs it.
+ * list; refused if the id is malformed or in use, or @speed is negative.  Then job_start() runs it.
  */
 struct job *job_create(struct job_list *jl, const struct job_driver *drv, const char *id,
-                       const char *device, uint64_t speed, bool auto_finalize,
+                       const char *device, int64_t speed, bool auto_finalize,
                        bool auto_dismiss, void *opaque, struct error **errp);
 void job_start(struct job *job);
 

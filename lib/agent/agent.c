@@ -293,7 +293,7 @@ static struct qmp_command *all_commands(void)
 {
     const struct qmp_command *parts[] = {
         agent_commands, agent_block_commands, agent_bitmap_commands,
-        agent_transaction_commands, agent_export_commands,
+        agent_transaction_commands, agent_export_commands, agent_job_commands,
     };
     struct qmp_command *all;
     size_t n = 0, k = 0;
@@ -372,6 +372,7 @@ int agent_run(const struct agent_config *cfg, void (*ready)(void *opaque), void 
 
     a->loop = loop_new();
     a->pool = workpool_new(AGENT_WORKERS);
+    agent_jobs_init(a);
     for (size_t i = 0; i < cfg->nr_disks; i++) {
         if (open_disk(a, &cfg->disks[i], &err) < 0) {
             agent_log(a, "%s", err->msg);
@@ -432,6 +433,11 @@ int agent_run(const struct agent_config *cfg, void (*ready)(void *opaque), void 
     }
     a->ready = true;
     loop_run(a->loop);
+    a->quitting = true;
+    if (agent_jobs_shutdown(a)) {
+        /* the jobs end through the loop; the last one quits it */
+        loop_run(a->loop);
+    }
     ret = 0;
 
 out:

@@ -10,7 +10,8 @@
  *
  * Files: agent.c (start, disks, shutdown, logging), state.c (the state
  * file), qmp-block.c (queries), qmp-bitmap.c (dirty bitmaps), transaction.c
- * (blockdev-snapshot-sync and transaction), qmp-export.c (block-export-*).
+ * (blockdev-snapshot-sync and transaction), qmp-export.c (block-export-*),
+ * qmp-job.c (block jobs: block-stream, the job verbs and queries).
  */
 #ifndef BLOCKCTL_LIB_AGENT_H
 #define BLOCKCTL_LIB_AGENT_H
@@ -19,6 +20,7 @@
 #include "lib/blk.h"
 #include "lib/block.h"
 #include "lib/error.h"
+#include "lib/job.h"
 #include "lib/loop.h"
 #include "lib/pool.h"
 #include "lib/qmp/qmp.h"
@@ -72,6 +74,7 @@ struct agent {
     struct qmp_server *qmp;
     struct agent_disk *disks;
     struct agent_export *exports;
+    struct job_list jobs;        /* qmp-job.c */
     int sigfd;
     bool quitting;
     bool ready;                  /* started: with use_syslog, log there from now on */
@@ -112,6 +115,17 @@ extern const struct qmp_command agent_block_commands[];
 extern const struct qmp_command agent_bitmap_commands[];
 extern const struct qmp_command agent_transaction_commands[];
 extern const struct qmp_command agent_export_commands[];
+extern const struct qmp_command agent_job_commands[];
+
+/* Jobs (qmp-job.c) */
+void agent_jobs_init(struct agent *a);
+/* Shutdown: cancel the jobs; true if some are still ending (the main loop
+ * then runs until they have, and quits). */
+bool agent_jobs_shutdown(struct agent *a);
+/* A disk with a job refuses graph changes: 0, or -EBUSY with QEMU's
+ * "Node 'NODE' is busy" error. */
+int agent_disk_check_busy(struct agent *a, struct agent_disk *d, const char *node,
+                          struct error **errp);
 
 /* Events (any thread) */
 void agent_event(struct agent *a, const char *name, json_object *data);

@@ -104,6 +104,9 @@ static int snap_prepare(struct agent *a, struct txn_action *act, struct error **
                    "can be snapshotted", device ? device : node, disk->name);
         return -EINVAL;
     }
+    if (agent_disk_check_busy(a, disk, device ? device : node, errp) < 0) {
+        return -EBUSY;
+    }
     if (disk->read_only) {
         error_setg(errp, "Disk '%s' is read-only", disk->name);
         return -EPERM;

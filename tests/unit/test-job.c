@@ -409,7 +409,7 @@ int main(void)
        "resume when not paused: %s", msg);
     struct verb_q sq = { .id = "j2", .verb = V_SPEED, .speed = -1 };
     on_ctl(verb_cb, &sq);
-    ok(sq.ret < 0 && !strcmp(sq.msg, "Invalid parameter 'speed'"), "negative speed: %s", sq.msg);
+    ok(sq.ret < 0 && !strcmp(sq.msg, "Parameter 'speed' expects a non-negative value"), "negative speed: %s", sq.msg);
     is_int(verb("j2", V_CANCEL, msg), 0, "cancel");
     ok(wait_ended(++ended), "the cancelled job ends");
     ok(events_are("JOB_STATUS_CHANGE:created JOB_STATUS_CHANGE:running "

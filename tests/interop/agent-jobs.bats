@@ -1,0 +1,201 @@
+#!/usr/bin/env bats
+# Live jobs through QMP, on blockctl agent and on qemu-storage-daemon 7.2
+# with the same disks: the same script gives the same replies and events
+# (tests/tools/qmp-script.py prints them, without what depends on timing),
+# and a live stream under a guest writer (tests/tools/guest-model.py) ends
+# with every acknowledged write in the image, on both servers.
+# SPDX-License-Identifier: GPL-2.0-or-later
+
+load ../helpers
+load ../copy-helpers
+bats_require_minimum_version 1.5.0
+
+PY=/usr/bin/python3
+TOOLS=$BATS_TEST_DIRNAME/../tools
+
+setup() {
+    requires_qemu
+    requires_cmd qemu-storage-daemon
+    "$PY" -c 'import nbd' 2>/dev/null || skip "no python3 nbd module"
+    cd "$BATS_TEST_TMPDIR" || return 1
+}
+
+teardown() {
+    copy_teardown
+}
+
+# the chain: base.qcow2 (data 0-32M) <- mid.qcow2 (1M-9M) <- top.qcow2 (0-64k)
+mkchain() {
+    qemu-img create -q -f qcow2 base.qcow2 64M &&
+        qio base.qcow2 'write -P 1 0 32M' &&
+        qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 mid.qcow2 &&
+        qio mid.qcow2 'write -P 2 1M 8M' 'write -z 20M 1M' &&
+        qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2 &&
+        qio top.qcow2 'write -P 3 0 64k' &&
+        qemu-img convert -O raw top.qcow2 before.raw
+}
+
+# serve blockctl|qsd: the chain as disk vda (nodes vda-1, vda-2 below the
+# top, as the agent names them); sets S (QMP socket) and URI
+serve() {
+    S=$(sock_path qmp)
+    local nbd
+    nbd=$(sock_path nbd)
+    echo "$BATS_TEST_TMPDIR/server.pid" >>"$BATS_TEST_TMPDIR/.servers"
+    if [ "$1" = blockctl ]; then
+        "$PROG" agent --qmp "$S" --nbd "unix:$nbd" --disk vda=top.qcow2 \
+            --daemonize --pidfile "$BATS_TEST_TMPDIR/server.pid" 3>&- ||
+            { fail "the agent did not start"; return 1; }
+    else
+        qemu-storage-daemon \
+            --blockdev driver=file,filename=base.qcow2,node-name=base-file \
+            --blockdev driver=qcow2,file=base-file,node-name=vda-2 \
+            --blockdev driver=file,filename=mid.qcow2,node-name=mid-file \
+            --blockdev driver=qcow2,file=mid-file,node-name=vda-1,backing=vda-2 \
+            --blockdev driver=file,filename=top.qcow2,node-name=top-file \
+            --blockdev driver=qcow2,file=top-file,node-name=vda,backing=vda-1 \
+            --nbd-server addr.type=unix,addr.path="$nbd" \
+            --export type=nbd,id=vda,node-name=vda,name=vda,writable=on \
+            --chardev socket,path="$S",server=on,wait=off,id=qmp0 --monitor chardev=qmp0 \
+            --daemonize --pidfile "$BATS_TEST_TMPDIR/server.pid" 3>&- ||
+            { fail "qemu-storage-daemon did not start"; return 1; }
+    fi
+    URI="nbd+unix:///vda?socket=$nbd"
+}
+
+stop_server() {
+    server_stop "$BATS_TEST_TMPDIR/server.pid"
+}
+
+script() {
+    timeout 60 "$PY" "$TOOLS/qmp-script.py" "$S" "$@"
+}
+
+# the same QMP script on both servers, fresh images each time
+both() {
+    local f
+    for f in blockctl qsd; do
+        rm -f ./*.qcow2 && mkchain && serve $f || return 1
+        script <"$1" >"out.$f" || { fail "$f: $(cat "out.$f")"; return 1; }
+        stop_server
+        qemu-img info -U top.qcow2 | grep '^backing file:' >"backing.$f" || true
+        qemu-img compare -q before.raw top.qcow2 || { fail "$f: top.qcow2 changed its view"; return 1; }
+        check_ok top.qcow2
+    done
+    diff -u out.qsd out.blockctl || fail "the agent's answers differ from qemu-storage-daemon's"
+    diff -u backing.qsd backing.blockctl || fail "backing files differ"
+}
+
+@test "block-stream and the job verbs: the agent answers as qemu-storage-daemon does" {
+    cat >s.qmp <<'EOF'
+block-stream {"device": "nodev"}
+block-stream {"device": "vda", "base": "nothere.qcow2"}
+block-stream {"device": "vda", "base-node": "nothere"}
+block-stream {"device": "vda", "base": "x", "base-node": "y"}
+block-stream {"device": "vda", "job-id": "1x"}
+block-stream {"device": "vda", "job-id": "j0", "speed": -1}
+block-stream {"device": "vda", "job-id": "j1", "speed": 1048576}
+block-stream {"device": "vda", "job-id": "j2"}
+block-job-set-speed {"device": "j1", "speed": -5}
+block-job-set-speed {"device": "nojob", "speed": 5}
+block-job-pause {"device": "nojob"}
+job-pause {"id": "nojob"}
+block-job-finalize {"id": "nojob"}
+job-dismiss {"id": "nojob"}
+block-job-complete {"device": "j1"}
+block-job-resume {"device": "j1"}
+block-job-pause {"device": "j1"}
+block-job-pause {"device": "j1"}
+wait JOB_STATUS_CHANGE id=j1 status=paused
+block-job-finalize {"id": "j1"}
+block-job-dismiss {"id": "j1"}
+block-job-cancel {"device": "j1"}
+block-job-resume {"device": "j1"}
+wait JOB_STATUS_CHANGE id=j1 status=running
+block-job-set-speed {"device": "j1", "speed": 2097152}
+block-job-cancel {"device": "j1"}
+wait JOB_STATUS_CHANGE id=j1 status=null
+query-block-jobs
+block-stream {"device": "vda", "job-id": "j3", "base-node": "vda-2", "auto-finalize": false, "auto-dismiss": false}
+wait BLOCK_JOB_PENDING id=j3
+query-jobs
+query-block-jobs
+job-dismiss {"id": "j3"}
+job-finalize {"id": "j3"}
+wait JOB_STATUS_CHANGE id=j3 status=concluded
+query-jobs
+job-dismiss {"id": "j3"}
+wait JOB_STATUS_CHANGE id=j3 status=null
+query-jobs
+EOF
+    both s.qmp
+    # the last stream kept base.qcow2 below top.qcow2
+    grep -q 'backing file: base.qcow2' backing.blockctl || fail "$(cat backing.blockctl)"
+    grep -q '"error"' out.blockctl
+    grep -q 'BLOCK_JOB_CANCELLED' out.blockctl
+}
+
+@test "block-stream without a base: the top stands alone, on both servers" {
+    cat >s.qmp <<'EOF'
+block-stream {"device": "vda", "job-id": "s"}
+wait JOB_STATUS_CHANGE id=s status=null
+query-block-jobs
+EOF
+    both s.qmp
+    [ ! -s backing.blockctl ] || fail "top.qcow2 still has $(cat backing.blockctl)"
+    grep -q 'BLOCK_JOB_COMPLETED' out.blockctl
+}
+
+# live_stream blockctl|qsd ARGS-JSON: stream while the guest writes; then
+# every acknowledged write is in top.qcow2 and the rest reads as before
+live_stream() {
+    rm -f ./*.qcow2 stop && mkchain && serve "$1" || return 1
+    bg_start w.out w.err "$PY" "$TOOLS/guest-model.py" write "$URI" model.json \
+        --rate 400 --seconds 60 --stop-file stop --span $((48 << 20))
+    local writer=$BG_PID
+    sleep 0.5
+    script >s.out <<EOF || { fail "$(cat s.out)"; return 1; }
+block-stream $2
+wait JOB_STATUS_CHANGE id=s status=null
+EOF
+    touch stop
+    bg_wait "$writer" 30
+    [ "$BG_STATUS" -eq 0 ] || { fail "the writer: $BG_STATUS $(cat w.out w.err)"; return 1; }
+    grep -q BLOCK_JOB_COMPLETED s.out || { fail "$(cat s.out)"; return 1; }
+    stop_server
+    "$PY" "$TOOLS/guest-model.py" expect before.raw model.json expect.raw
+    qemu-img compare expect.raw top.qcow2 || fail "$1: top.qcow2 lost an acknowledged write ($(cat w.out))"
+    check_ok top.qcow2
+    [ "$(jq .writes <w.out)" -gt 50 ] || fail "too few writes: $(cat w.out)"
+}
+
+@test "live stream under guest writes: every acknowledged write is in the top, on both servers" {
+    live_stream blockctl '{"device": "vda", "job-id": "s", "speed": 33554432}'
+    [ -z "$(qemu-img info top.qcow2 | grep '^backing file')" ] || fail "still backed"
+    live_stream qsd '{"device": "vda", "job-id": "s", "speed": 33554432}'
+}
+
+@test "live stream --base-node under guest writes keeps the base" {
+    live_stream blockctl '{"device": "vda", "job-id": "s", "base-node": "vda-2"}'
+    qemu-img info top.qcow2 | grep -q '^backing file: base.qcow2' ||
+        fail "$(qemu-img info top.qcow2)"
+}
+
+@test "a job's disk refuses a live snapshot until the job ends; quit cancels a running job" {
+    mkchain && serve blockctl
+    script >s.out <<'EOF'
+block-stream {"device": "vda", "job-id": "s", "speed": 65536}
+blockdev-snapshot-sync {"device": "vda", "snapshot-file": "snap.qcow2", "format": "qcow2"}
+EOF
+    grep -q "Node 'vda' is busy: block device is in use by block job: stream" s.out ||
+        fail "$(cat s.out)"
+    [ ! -e snap.qcow2 ]
+    local pid
+    pid=$(cat server.pid)
+    "$PY" "$BATS_TEST_DIRNAME/qmp-talk.py" "$S" '{"execute": "quit"}' >q.out
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    ! kill -0 "$pid" 2>/dev/null || fail "the agent did not stop"
+    qemu-img compare -q before.raw top.qcow2
+    qemu-img info top.qcow2 | grep -q '^backing file: mid.qcow2'
+    check_ok top.qcow2
+}
