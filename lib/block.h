@@ -558,6 +558,13 @@ void bdev_bitmap_undo_free(struct bitmap_undo *undo);
  * Apply @n operations all or none and, where persistent bitmaps changed,
  * store them in the image before returning (the `bitmap` command).
  */
+/*
+ * Bitmaps follow a disk onto a new top image @to (a pivot): each enabled
+ * bitmap of @from gets a namesake in @to (of the same granularity,
+ * persistent if it was and @to can store it) holding its bits.  Call with
+ * both drained.  0 or -errno.
+ */
+int bdev_bitmaps_follow(struct bdev *from, struct bdev *to, struct error **errp);
 int bdev_bitmap_apply(struct bdev *bd, const struct bitmap_op *ops, size_t n,
                       struct error **errp);
 /* Whether the persistent bitmaps changed since the driver stored them. */

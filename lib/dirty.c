@@ -653,3 +653,31 @@ char **bdev_bitmap_names(struct bdev *bd)
     }
     return names;
 }
+
+int bdev_bitmaps_follow(struct bdev *from, struct bdev *to, struct error **errp)
+{
+    struct bitmap_op *ops = NULL;
+    size_t n = 0;
+    bool can_store = !strcmp(bdev_format_name(to), "qcow2");
+    int ret = 0;
+
+    pthread_mutex_lock(&from->bitmap_lock);
+    for (struct bdev_bitmap *b = from->bitmaps; b; b = b->next) {
+        if (!b->enabled || !b->bm) {
+            continue;
+        }
+        ops = xrealloc(ops, (n + 2) * sizeof(*ops));
+        if (!bdev_bitmap_find(to, b->name)) {
+            ops[n++] = (struct bitmap_op){ .type = BITMAP_OP_ADD, .name = b->name,
+                                           .granularity = bitmap_granularity(b->bm),
+                                           .persistent = b->persistent && can_store };
+        }
+        ops[n++] = (struct bitmap_op){ .type = BITMAP_OP_MERGE, .name = b->name, .src = b->bm };
+    }
+    pthread_mutex_unlock(&from->bitmap_lock);
+    if (n) {
+        ret = bdev_bitmap_apply(to, ops, n, errp);
+    }
+    free(ops);
+    return ret;
+}

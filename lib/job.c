@@ -457,6 +457,52 @@ void job_progress_add_total(struct job *job, uint64_t more)
     __atomic_add_fetch(&job->progress_total, more, __ATOMIC_RELAXED);
 }
 
+bool job_cancel_forced(struct job *job)
+{
+    bool f;
+
+    pthread_mutex_lock(&job->lock);
+    f = job->force_cancel || !job->ready_sent;
+    pthread_mutex_unlock(&job->lock);
+    return f;
+}
+
+struct error_ev {
+    struct job *job;
+    json_object *data;
+};
+
+static void on_error_event(void *opaque)
+{
+    struct error_ev *e = opaque;
+
+    emit(e->job, "BLOCK_JOB_ERROR", e->data);
+    free(e);
+}
+
+void job_report_error(struct job *job, bool is_read, enum job_on_error action, int err)
+{
+    struct error_ev *e = xmalloc(sizeof(*e));
+    json_object *d = json_object_new_object();
+
+    json_object_object_add(d, "device", json_object_new_string(job->id));
+    json_object_object_add(d, "operation", json_object_new_string(is_read ? "read" : "write"));
+    json_object_object_add(d, "action", json_object_new_string(
+        action == JOB_ERR_IGNORE ? "ignore" : action == JOB_ERR_STOP ? "stop" : "report"));
+    e->job = job;
+    e->data = d;
+    loop_call(job->list->loop, on_error_event, e);
+    if (action == JOB_ERR_STOP) {
+        pthread_mutex_lock(&job->lock);
+        job->io_status = err == ENOSPC ? ENOSPC : EIO;
+        if (!job->user_paused) {
+            job->user_paused = true;
+            job->pause_count++;
+        }
+        pthread_mutex_unlock(&job->lock);
+    }
+}
+
 uint64_t job_speed(struct job *job)
 {
     return __atomic_load_n(&job->speed, __ATOMIC_RELAXED);
@@ -498,6 +544,7 @@ int job_user_resume(struct job *job, struct error **errp)
     pthread_mutex_lock(&job->lock);
     job->user_paused = false;
     job->pause_count--;
+    job->io_status = 0;
     pthread_cond_broadcast(&job->cond);
     pthread_mutex_unlock(&job->lock);
     return 0;

@@ -181,6 +181,15 @@ void job_progress_set_total(struct job *job, uint64_t total);
 void job_progress_add(struct job *job, uint64_t done);
 void job_progress_add_total(struct job *job, uint64_t more);
 uint64_t job_speed(struct job *job);
+/* Worker: was the cancel forced (or the job not ready when cancelled)? */
+bool job_cancel_forced(struct job *job);
+/*
+ * Worker: an I/O error (@is_read, -@err's errno) met under policy
+ * @action (JOB_ERR_IGNORE, _REPORT or _STOP): BLOCK_JOB_ERROR is sent;
+ * with _STOP the job pauses (io-status "failed" or "nospace") until
+ * resumed, at its next pause point.
+ */
+void job_report_error(struct job *job, bool is_read, enum job_on_error action, int err);
 
 /* query-block-jobs / query-jobs entries (new objects). */
 json_object *job_block_info(struct job *job);

@@ -294,6 +294,7 @@ static struct qmp_command *all_commands(void)
     const struct qmp_command *parts[] = {
         agent_commands, agent_block_commands, agent_bitmap_commands,
         agent_transaction_commands, agent_export_commands, agent_job_commands,
+        agent_mirror_commands,
     };
     struct qmp_command *all;
     size_t n = 0, k = 0;

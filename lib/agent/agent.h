@@ -116,6 +116,7 @@ extern const struct qmp_command agent_bitmap_commands[];
 extern const struct qmp_command agent_transaction_commands[];
 extern const struct qmp_command agent_export_commands[];
 extern const struct qmp_command agent_job_commands[];
+extern const struct qmp_command agent_mirror_commands[];
 
 /* Jobs (qmp-job.c) */
 void agent_jobs_init(struct agent *a);

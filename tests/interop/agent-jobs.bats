@@ -146,14 +146,20 @@ EOF
     grep -q 'BLOCK_JOB_COMPLETED' out.blockctl
 }
 
-# live_stream blockctl|qsd ARGS-JSON: stream while the guest writes; then
-# every acknowledged write is in top.qcow2 and the rest reads as before
-live_stream() {
+# guest_up blockctl|qsd: fresh images served, a guest writing (BG_PID)
+guest_up() {
     rm -f ./*.qcow2 stop && mkchain && serve "$1" || return 1
     bg_start w.out w.err "$PY" "$TOOLS/guest-model.py" write "$URI" model.json \
         --rate 400 --seconds 60 --stop-file stop --span $((48 << 20))
-    local writer=$BG_PID
     sleep 0.5
+}
+
+# live_stream blockctl|qsd ARGS-JSON: stream while the guest writes; then
+# every acknowledged write is in top.qcow2 and the rest reads as before
+live_stream() {
+    local writer
+    guest_up "$1" || return 1
+    writer=$BG_PID
     script >s.out <<EOF || { fail "$(cat s.out)"; return 1; }
 block-stream $2
 wait JOB_STATUS_CHANGE id=s status=null
@@ -196,6 +202,96 @@ EOF
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     ! kill -0 "$pid" 2>/dev/null || fail "the agent did not stop"
     qemu-img compare -q before.raw top.qcow2
+    qemu-img info top.qcow2 | grep -q '^backing file: mid.qcow2'
+    check_ok top.qcow2
+}
+
+@test "drive-mirror: errors, then a mirror to READY and a pivot: the agent answers as qemu-storage-daemon does" {
+    cat >s.qmp <<EOF2
+drive-mirror {"device": "nodev", "target": "$PWD/t.qcow2", "sync": "full"}
+drive-mirror {"device": "vda", "target": "$PWD/t.qcow2", "sync": "full", "granularity": 1000}
+drive-mirror {"device": "vda", "target": "$PWD/t.qcow2", "sync": "full", "granularity": 256}
+drive-mirror {"device": "vda", "target": "$PWD/t.qcow2", "sync": "full", "buf-size": -1}
+drive-mirror {"device": "vda", "target": "$PWD/nothere.qcow2", "sync": "full", "mode": "existing"}
+drive-mirror {"device": "vda", "target": "$PWD/t.qcow2", "sync": "full", "format": "nosuch"}
+drive-mirror {"device": "vda", "target": "$PWD/t.qcow2", "sync": "full", "job-id": "m1", "speed": -1}
+drive-mirror {"device": "vda", "target": "$PWD/t.qcow2", "sync": "top", "job-id": "m1", "format": "qcow2"}
+wait BLOCK_JOB_READY device=m1
+block-job-complete {"device": "m1"}
+wait JOB_STATUS_CHANGE id=m1 status=null
+query-block-jobs
+EOF2
+    local f
+    for f in blockctl qsd; do
+        rm -f ./*.qcow2 && mkchain && serve $f || return 1
+        script <s.qmp >"out.$f" || { fail "$f: $(cat "out.$f")"; return 1; }
+        stop_server
+        qemu-img compare -q before.raw t.qcow2 || fail "$f: the target does not read as the disk"
+        qemu-img info t.qcow2 | grep -q "^backing file: mid.qcow2" || fail "$f: $(qemu-img info t.qcow2)"
+        check_ok t.qcow2
+    done
+    diff -u out.qsd out.blockctl || fail "the agent's answers differ from qemu-storage-daemon's"
+}
+
+# live_mirror blockctl|qsd SYNC COPY-MODE complete|cancel: mirror under a
+# guest writer, to READY, then pivot (complete) or finish without (cancel)
+live_mirror() {
+    local writer
+    guest_up "$1" || return 1
+    writer=$BG_PID
+    script >s.out <<EOF2 || { fail "$(cat s.out)"; return 1; }
+drive-mirror {"device": "vda", "job-id": "m", "target": "$PWD/t.qcow2", "format": "qcow2", "sync": "$2", "copy-mode": "$3"}
+wait BLOCK_JOB_READY device=m
+sleep 0.5
+block-job-$4 {"device": "m"}
+wait JOB_STATUS_CHANGE id=m status=null
+EOF2
+    sleep 0.5
+    touch stop
+    bg_wait "$writer" 30
+    [ "$BG_STATUS" -eq 0 ] || { fail "the writer: $BG_STATUS $(cat w.out w.err)"; return 1; }
+    grep -q BLOCK_JOB_COMPLETED s.out || { fail "$(cat s.out)"; return 1; }
+    stop_server
+    "$PY" "$TOOLS/guest-model.py" expect before.raw model.json expect.raw
+    if [ "$4" = complete ]; then
+        # every write, before and after the pivot, is in the target
+        qemu-img compare expect.raw t.qcow2 || fail "$1: t.qcow2 lost an acknowledged write ($(cat w.out))"
+    else
+        qemu-img compare expect.raw top.qcow2 || fail "$1: top.qcow2 lost an acknowledged write ($(cat w.out))"
+    fi
+    check_ok top.qcow2 t.qcow2
+}
+
+@test "live mirror + pivot under guest writes: every acknowledged write is in the target, on both servers" {
+    live_mirror blockctl full background complete
+    live_mirror qsd full background complete
+}
+
+@test "live mirror sync=top, write-blocking, + pivot: the target keeps the source's backing" {
+    live_mirror blockctl top write-blocking complete
+    qemu-img info t.qcow2 | grep -q "^backing file: mid.qcow2" || fail "$(qemu-img info t.qcow2)"
+}
+
+@test "live mirror cancelled once ready: no pivot, the disk keeps every write, on both servers" {
+    live_mirror blockctl full background cancel
+    live_mirror qsd full background cancel
+}
+
+@test "the target's NBD server dies mid-mirror: the job fails, the guest goes on, the disk stays" {
+    mkchain && serve blockctl
+    qemu-img create -q -f raw t.raw 64M
+    nbd_serve tgt -f raw t.raw
+    script >s2.out <<EOF2
+drive-mirror {"device": "vda", "job-id": "m", "target": "$NBD_URI", "format": "raw", "mode": "existing", "sync": "full", "speed": 4194304}
+sleep 0.5
+run kill -9 \$(cat $NBD_PIDFILE)
+wait JOB_STATUS_CHANGE id=m status=null
+query-block-jobs
+EOF2
+    grep -q 'BLOCK_JOB_COMPLETED.*"error"' s2.out || fail "$(cat s2.out)"
+    # the guest still writes and reads, on the source
+    qemu-io -f raw -c 'write -P 0x5a 1M 64k' -c 'read -P 0x5a 1M 64k' "$URI" >/dev/null
+    stop_server
     qemu-img info top.qcow2 | grep -q '^backing file: mid.qcow2'
     check_ok top.qcow2
 }

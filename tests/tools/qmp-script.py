@@ -11,15 +11,18 @@
 #   wait EVENT [KEY=VALUE...]    wait (up to 30 s) for an event whose data
 #                                has those members (string values)
 #   sleep SECONDS
-# Members that depend on timing (offset, current-progress, busy) are
+#   run SHELL-COMMAND            run it (e.g. to kill a server meanwhile)
+# Members that depend on timing (offset, len, current-progress,
+# total-progress, busy) are
 # dropped from replies and events unless --keep-progress.
 # SPDX-License-Identifier: GPL-2.0-or-later
 import json
 import socket
+import subprocess
 import sys
 import time
 
-VOLATILE = ("offset", "current-progress", "busy")
+VOLATILE = ("offset", "current-progress", "busy", "len", "total-progress")
 
 
 def scrub(v, keep):
@@ -72,6 +75,8 @@ def main():
         word, _, rest = line.partition(" ")
         if word == "sleep":
             time.sleep(float(rest))
+        elif word == "run":
+            subprocess.run(rest, shell=True, check=False)
         elif word == "wait":
             name, *conds = rest.split()
             want = dict(c.split("=", 1) for c in conds)

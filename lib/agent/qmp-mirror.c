@@ -1,0 +1,555 @@
+/*
+ * blockctl - the agent's drive-mirror: copy a disk while the guest writes,
+ * then pivot onto the copy (block-job-complete) or leave it as a
+ * consistent copy of that moment (block-job-cancel once ready)
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * A write notifier on the source (the disk's top when the job starts)
+ * marks every guest write in the job's own dirty bitmap, from before the
+ * first byte is copied.  The job copies the source in bulk (the copy
+ * engine), then loops over the dirty bitmap: clear a region's bits, then
+ * copy it (a guest write meanwhile sets them again), until nothing is
+ * dirty: the job is ready, and goes on mirroring.  At the end, on the
+ * main loop with the disk drained, the little that is still dirty is
+ * copied, the target flushed and, for a pivot, the disk's top replaced by
+ * the target.  In write-blocking mode a guest write reaches the target
+ * before it completes, once the bulk copy is done.
+ */
+#include "lib/compiler.h"
+#include "lib/agent/agent.h"
+#include "lib/bitmap.h"
+#include "lib/copy.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+enum mirror_sync { SYNC_FULL, SYNC_TOP, SYNC_NONE };
+
+struct mirror_job {
+    struct agent *a;
+    struct agent_disk *d;
+    struct bdev *src;            /* our reference */
+    struct bdev *target;         /* our reference (until the disk takes it) */
+    char *target_name;
+    enum mirror_sync sync;
+    bool write_blocking;
+    enum job_on_error on_src_err, on_tgt_err;
+    struct dirty_bitmap *dirty;  /* guest writes not yet on the target */
+    struct bdev_write_notifier wn;
+    bool notifier_on;
+    bool bulk_done;              /* write-blocking applies from then on */
+    bool complete;               /* block-job-complete asked for the pivot */
+    uint64_t chunk;
+    uint8_t *buf;
+};
+
+/* --- guest writes (their threads) --- */
+
+static void mirror_after(struct bdev_write_notifier *n, uint64_t off, uint64_t len,
+                         unsigned flags, int ret)
+{
+    struct mirror_job *m = n->opaque;
+
+    (void)ret;
+    if (flags & BDEV_REQ_WRITE_UNCHANGED) {
+        return;
+    }
+    bitmap_set(m->dirty, off, len);
+}
+
+/*
+ * Write-blocking: the guest's data goes to the target first; the region
+ * is still marked dirty after the source write, and the copy loop, which
+ * copies a region inside a serialising section of the source, finds the
+ * same data there.  What this buys is a target that never falls behind:
+ * the guest runs at the target's pace.
+ */
+static int mirror_before(struct bdev_write_notifier *n, uint64_t off, uint64_t len,
+                         unsigned flags, const void *buf)
+{
+    struct mirror_job *m = n->opaque;
+    int ret;
+
+    if (!m->write_blocking || !__atomic_load_n(&m->bulk_done, __ATOMIC_ACQUIRE) ||
+        (flags & BDEV_REQ_WRITE_UNCHANGED)) {
+        return 0;
+    }
+    if (flags & BDEV_REQ_DISCARD) {
+        return 0;       /* the copy loop carries it over as what the source reads */
+    }
+    ret = buf ? bdev_pwrite(m->target, buf, len, off, 0)
+              : bdev_pwrite_zeroes(m->target, off, len, BDEV_REQ_MAY_UNMAP);
+    (void)ret;          /* a failure leaves the region dirty: copied again */
+    return 0;
+}
+
+/* --- the job's thread --- */
+
+/* Copy [off, off+len) from source to target inside a section of the source. */
+static int copy_region(struct mirror_job *m, uint64_t off, uint64_t len, bool *tgt_err)
+{
+    struct bdev_serial *sec = bdev_serialise_begin(m->src, off, len);
+    int ret;
+
+    /* bits first: a guest write from now on dirties the region again */
+    bitmap_reset(m->dirty, off, len);
+    ret = bdev_pread(m->src, m->buf, len, off);
+    *tgt_err = false;
+    if (ret == 0) {
+        ret = buffer_is_zero(m->buf, len)
+                  ? bdev_pwrite_zeroes(m->target, off, len, BDEV_REQ_MAY_UNMAP)
+                  : bdev_pwrite(m->target, m->buf, len, off, 0);
+        *tgt_err = ret < 0;
+    }
+    if (ret < 0) {
+        bitmap_set(m->dirty, off, len);
+    }
+    bdev_serialise_end(sec);
+    return ret;
+}
+
+/*
+ * One pass over what is dirty now (each region's bits cleared before it
+ * is copied).  0, or -errno (-ECANCELED when cancelled).
+ */
+static int copy_dirty(struct mirror_job *m, struct job *job, struct error **errp)
+{
+    uint64_t pos = 0, off, len;
+
+    while (bitmap_next_dirty(m->dirty, pos, m->chunk, &off, &len)) {
+        bool tgt_err;
+        int ret;
+
+        if (job && job_pause_point(job)) {
+            return -ECANCELED;
+        }
+        ret = copy_region(m, off, len, &tgt_err);
+        if (ret < 0) {
+            enum job_on_error pol = tgt_err ? m->on_tgt_err : m->on_src_err;
+            if (job && (pol == JOB_ERR_IGNORE)) {
+                job_report_error(job, !tgt_err, JOB_ERR_IGNORE, -ret);
+                pos = off + len;
+                continue;
+            }
+            if (job && (pol == JOB_ERR_STOP || (pol == JOB_ERR_ENOSPC && ret == -ENOSPC))) {
+                job_report_error(job, !tgt_err, JOB_ERR_STOP, -ret);
+                continue;           /* stopped until resumed; then retried */
+            }
+            if (job) {
+                job_report_error(job, !tgt_err, JOB_ERR_REPORT, -ret);
+            }
+            error_setg_errno(errp, -ret, "cannot %s '%s'", tgt_err ? "write to" : "read from",
+                             tgt_err ? m->target_name : m->src->filename);
+            return ret;
+        }
+        if (job) {
+            job_progress_add(job, len);
+        }
+        pos = off + len;
+    }
+    return 0;
+}
+
+static int mirror_run(struct job *job, struct error **errp)
+{
+    struct mirror_job *m = job->opaque;
+    uint64_t size = m->src->size;
+    int ret = 0;
+
+    job_progress_set_total(job, size);
+    if (m->sync != SYNC_NONE) {
+        struct copy_params cp;
+        memset(&cp, 0, sizeof(cp));
+        cp.src = m->src;
+        cp.dst = m->target;
+        cp.mode = m->sync == SYNC_TOP ? COPY_ABOVE : COPY_ALL;
+        cp.base = m->sync == SYNC_TOP ? m->src->backing : NULL;
+        cp.check_dst_zero = true;
+        cp.no_flush = true;
+        cp.job = job;
+        ret = copy_run(&cp, errp);
+        if (ret < 0) {
+            return ret;
+        }
+    } else {
+        job_progress_add(job, size);
+    }
+    __atomic_store_n(&m->bulk_done, true, __ATOMIC_RELEASE);
+
+    for (;;) {
+        uint64_t left = bitmap_dirty_bytes(m->dirty);
+
+        if (job_pause_point(job)) {
+            /* cancelled: once ready, without force, the copy is finished
+             * (no pivot) on the main loop; otherwise it is abandoned */
+            return job_cancel_forced(job) ? -ECANCELED : 0;
+        }
+        if (left == 0) {
+            if (!job->ready_sent) {
+                ret = bdev_flush(m->target);
+                if (ret < 0) {
+                    error_setg_errno(errp, -ret, "cannot flush '%s'", m->target_name);
+                    return ret;
+                }
+                job_set_ready(job);
+            }
+            if (__atomic_load_n(&m->complete, __ATOMIC_ACQUIRE)) {
+                return 0;
+            }
+            job_sleep_ns(job, 5 * 1000 * 1000);
+            continue;
+        }
+        job_progress_add_total(job, left);
+        ret = copy_dirty(m, job, errp);
+        if (ret == -ECANCELED) {
+            continue;           /* the pause point above decides */
+        }
+        if (ret < 0) {
+            return ret;
+        }
+    }
+}
+
+/* --- the main loop's part --- */
+
+static int mirror_complete(struct job *job, struct error **errp)
+{
+    struct mirror_job *m = job->opaque;
+
+    (void)errp;
+    __atomic_store_n(&m->complete, true, __ATOMIC_RELEASE);
+    pthread_mutex_lock(&job->lock);
+    pthread_cond_broadcast(&job->cond);
+    pthread_mutex_unlock(&job->lock);
+    return 0;
+}
+
+static void notifier_off(struct mirror_job *m)
+{
+    if (m->notifier_on) {
+        bdev_remove_write_notifier(m->src, &m->wn);
+        m->notifier_on = false;
+    }
+}
+
+/*
+ * The end of a successful run, disk drained: copy what is left (little:
+ * the job was ready), flush the target, then pivot (complete) or leave
+ * the target as a copy of this moment (cancel once ready).
+ */
+static int mirror_prepare(struct job *job, struct error **errp)
+{
+    struct mirror_job *m = job->opaque;
+    bool pivot = !job_is_cancelled(job);
+    int ret;
+
+    blk_drain_begin(m->d->blk);
+    ret = copy_dirty(m, NULL, errp);
+    if (ret == 0) {
+        ret = bdev_flush(m->target);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "cannot flush '%s'", m->target_name);
+        }
+    }
+    if (ret == 0) {
+        notifier_off(m);
+    }
+    if (ret == 0 && pivot) {
+        struct bdev *old;
+        if (m->sync == SYNC_TOP) {
+            bdev_set_backing(m->target, m->src->backing);
+        } else if (m->sync == SYNC_NONE) {
+            bdev_set_backing(m->target, m->src);
+        }
+        {
+            struct error *err = NULL;
+            if (bdev_bitmaps_follow(m->src, m->target, &err) < 0) {
+                agent_log(m->a, "disk %s: the bitmaps stay on %s: %s", m->d->name,
+                          m->src->filename, err->msg);
+                error_free(err);
+            }
+        }
+        m->target->node_name = agent_new_node_name(m->a, m->d);
+        old = blk_replace_root(m->d->blk, m->target);
+        m->target = NULL;       /* the disk's now */
+        bdev_unref(old);
+    }
+    blk_drain_end(m->d->blk);
+    if (ret == 0) {
+        struct error *err = NULL;
+        agent_log(m->a, "disk %s: mirror to %s %s", m->d->name, m->target_name,
+                  pivot ? "complete: the disk now uses it" : "finished (no pivot)");
+        if (pivot && agent_state_save(m->a, &err) < 0) {
+            agent_log(m->a, "%s", err->msg);
+            error_free(err);
+        }
+    }
+    return ret;
+}
+
+static void mirror_clean(struct job *job)
+{
+    struct mirror_job *m = job->opaque;
+
+    if (m->notifier_on) {
+        blk_drain_begin(m->d->blk);
+        notifier_off(m);
+        blk_drain_end(m->d->blk);
+    }
+}
+
+static void mirror_free(struct job *job)
+{
+    struct mirror_job *m = job->opaque;
+    struct error *err = NULL;
+
+    if (m->target && bdev_close(m->target, &err) < 0) {
+        agent_log(m->a, "mirror target %s: %s", m->target_name, err->msg);
+        error_free(err);
+    }
+    bdev_unref(m->src);
+    bitmap_free(m->dirty);
+    free(m->buf);
+    free(m->target_name);
+    free(m);
+}
+
+static void mirror_query(struct job *job, json_object *info)
+{
+    struct mirror_job *m = job->opaque;
+
+    (void)info;
+    (void)m;
+}
+
+static const struct job_driver mirror_driver = {
+    .type = "mirror",
+    .run = mirror_run,
+    .complete = mirror_complete,
+    .prepare = mirror_prepare,
+    .clean = mirror_clean,
+    .free = mirror_free,
+    .query = mirror_query,
+};
+
+/* --- drive-mirror --- */
+
+static const char *str_arg(json_object *args, const char *name)
+{
+    json_object *v;
+
+    return json_object_object_get_ex(args, name, &v) && v ? json_object_get_string(v) : NULL;
+}
+
+static enum job_on_error on_error(json_object *args, const char *name)
+{
+    const char *v = str_arg(args, name);
+
+    if (!v || !strcmp(v, "report")) {
+        return JOB_ERR_REPORT;
+    }
+    return !strcmp(v, "ignore") ? JOB_ERR_IGNORE
+           : !strcmp(v, "enospc") ? JOB_ERR_ENOSPC
+           : !strcmp(v, "stop") ? JOB_ERR_STOP
+                                : JOB_ERR_REPORT;
+}
+
+/* Create the target (mode absolute-paths) as QEMU does for drive-mirror. */
+static int create_target(struct mirror_job *m, const char *fmt, struct error **errp)
+{
+    struct optlist o = { 0 };
+    char size[32];
+    int ret;
+
+    if (!bdev_find_driver(fmt)) {
+        error_setg(errp, "Unknown file format '%s'", fmt);
+        return -EINVAL;
+    }
+    snprintf(size, sizeof(size), "%" PRIu64, m->src->size);
+    opts_set(&o, "size", size);
+    if ((m->sync == SYNC_TOP && m->src->backing) || m->sync == SYNC_NONE) {
+        /* named as the chain names it: relative to the target's folder if so */
+        struct bdev *b = m->sync == SYNC_NONE ? m->src : m->src->backing;
+        char *dir = bdev_dirname(m->target_name);
+        char *name = b->drv->is_protocol ? xstrdup(b->filename)
+                                         : bdev_backing_name_for_dir(dir, m->src, b);
+        opts_set(&o, "backing_file", name);
+        opts_set(&o, "backing_fmt", bdev_format_name(b));
+        free(name);
+        free(dir);
+    }
+    if ((m->sync == SYNC_TOP && m->src->backing) || m->sync == SYNC_NONE) {
+        const struct format_driver *drv = bdev_find_driver(fmt);
+        if (drv && !drv->supports_backing) {
+            opts_free(&o);
+            error_setg(errp, "Driver '%s' does not support backing files", fmt);
+            return -ENOTSUP;
+        }
+    }
+    ret = bdev_create(fmt, m->target_name, &o, BDEV_CREATE_FORCE, errp);
+    opts_free(&o);
+    return ret;
+}
+
+static int qmp_drive_mirror(json_object *args, json_object **ret, void *opaque,
+                            struct error **errp)
+{
+    struct agent *a = opaque;
+    const char *device = str_arg(args, "device");
+    const char *target = str_arg(args, "target");
+    const char *format = str_arg(args, "format");
+    const char *sync = str_arg(args, "sync");
+    const char *mode = str_arg(args, "mode");
+    const char *cmode = str_arg(args, "copy-mode");
+    const char *id = str_arg(args, "job-id");
+    json_object *v;
+    int64_t speed = 0, gran = 0, bufsz = 0;
+    struct agent_disk *d = NULL;
+    struct mirror_job *m;
+    struct bdev *src;
+    struct job *job;
+    bool existing = mode && !strcmp(mode, "existing");
+    int r;
+
+    (void)ret;
+    if (json_object_object_get_ex(args, "speed", &v)) {
+        speed = json_object_get_int64(v);
+    }
+    if (json_object_object_get_ex(args, "granularity", &v)) {
+        gran = json_object_get_int64(v);
+    }
+    if (json_object_object_get_ex(args, "buf-size", &v)) {
+        bufsz = json_object_get_int64(v);
+    }
+    src = agent_find_node(a, device, &d, NULL);
+    if (!src || !d) {
+        error_setg(errp, "Cannot find device='%s' nor node-name='%s'", device, device);
+        return -ENOENT;
+    }
+    if (!strcmp(sync, "incremental") || !strcmp(sync, "bitmap")) {
+        error_setg(errp, "Sync mode '%s' not supported", sync);
+        return -ENOTSUP;
+    }
+    if (gran && (gran < 512 || gran > 64 * 1024 * 1024)) {
+        error_setg(errp, "Parameter 'granularity' expects a value in range [512B, 64MB]");
+        return -EINVAL;
+    }
+    if (gran & (gran - 1)) {
+        error_setg(errp, "Parameter 'granularity' expects a power of 2");
+        return -EINVAL;
+    }
+    if (bufsz < 0) {
+        error_setg(errp, "Invalid parameter 'buf-size'");
+        return -EINVAL;
+    }
+    if (src != blk_root(d->blk)) {
+        error_setg(errp, "Mirroring '%s', an image below the top of disk '%s', is not "
+                   "supported: mirror the disk", device, d->name);
+        return -ENOTSUP;
+    }
+    if (agent_disk_check_busy(a, d, device, errp) < 0) {
+        return -EBUSY;
+    }
+    if (id && job_find(&a->jobs, id)) {
+        error_setg(errp, "Job ID '%s' already in use", id);
+        return -EEXIST;
+    }
+    m = xzalloc(sizeof(*m));
+    m->a = a;
+    m->d = d;
+    m->src = src;
+    bdev_ref(src);
+    m->target_name = xstrdup(target);
+    m->sync = !strcmp(sync, "top") ? SYNC_TOP : !strcmp(sync, "none") ? SYNC_NONE : SYNC_FULL;
+    m->write_blocking = cmode && !strcmp(cmode, "write-blocking");
+    m->on_src_err = on_error(args, "on-source-error");
+    m->on_tgt_err = on_error(args, "on-target-error");
+    m->chunk = 1 << 20;
+    m->buf = xmemalign(4096, m->chunk);
+    m->dirty = bitmap_new(src->size, gran ? (uint64_t)gran : 65536);
+    if (!format) {
+        format = bdev_format_name(src);
+    }
+    r = 0;
+    if (!existing) {
+        r = create_target(m, format, errp);
+    }
+    if (r == 0) {
+        struct error *err = NULL;
+        m->target = bdev_open(target, format, BDEV_O_RDWR | BDEV_O_NO_BACKING, &err);
+        r = m->target ? 0 : -EIO;
+        if (err && !strncmp(err->msg, "cannot open", 11)) {
+            /* QEMU's words */
+            char *m2 = xasprintf("Could not open%s", err->msg + 11);
+            free(err->msg);
+            err->msg = m2;
+        }
+        error_propagate(errp, err);
+    }
+    if (r == 0 && m->target->size < src->size) {
+        error_setg(errp, "Target '%s' is smaller than the source (%" PRIu64 " < %" PRIu64
+                   " bytes)", target, m->target->size, src->size);
+        r = -EINVAL;
+    }
+    if (r < 0) {
+        mirror_free(&(struct job){ .opaque = m });
+        return r;
+    }
+    job = job_create(&a->jobs, &mirror_driver, id ? id : (!strcmp(device, d->name) ? d->name : ""),
+                     d->name, speed, json_object_object_get_ex(args, "auto-finalize", &v)
+                                         ? json_object_get_boolean(v) : true,
+                     json_object_object_get_ex(args, "auto-dismiss", &v)
+                         ? json_object_get_boolean(v) : true, m, errp);
+    if (!job) {
+        mirror_free(&(struct job){ .opaque = m });
+        return -EINVAL;
+    }
+    /* from now on every guest write is marked */
+    m->wn.after = mirror_after;
+    m->wn.before = mirror_before;
+    m->wn.opaque = m;
+    blk_drain_begin(d->blk);
+    bdev_add_write_notifier(src, &m->wn);
+    m->notifier_on = true;
+    blk_drain_end(d->blk);
+    agent_log(a, "disk %s: job %s: mirror (sync %s%s) to %s", d->name, job->id, sync,
+              m->write_blocking ? ", write-blocking" : "", target);
+    job_start(job);
+    return 0;
+}
+
+static const char *const sync_values[] = { "top", "full", "none", "incremental", "bitmap", NULL };
+static const char *const mode_values[] = { "existing", "absolute-paths", NULL };
+static const char *const on_error_values[] = { "report", "ignore", "enospc", "stop", "auto",
+                                               NULL };
+static const char *const copy_mode_values[] = { "background", "write-blocking", NULL };
+
+static const struct qmp_arg mirror_args[] = {
+    { "job-id", QMP_STR, true, NULL },
+    { "device", QMP_STR, false, NULL },
+    { "target", QMP_STR, false, NULL },
+    { "format", QMP_STR, true, NULL },
+    { "node-name", QMP_STR, true, NULL },
+    { "replaces", QMP_STR, true, NULL },
+    { "sync", QMP_ENUM, false, sync_values },
+    { "mode", QMP_ENUM, true, mode_values },
+    { "speed", QMP_INT, true, NULL },
+    { "granularity", QMP_UINT32, true, NULL },
+    { "buf-size", QMP_INT, true, NULL },
+    { "on-source-error", QMP_ENUM, true, on_error_values },
+    { "on-target-error", QMP_ENUM, true, on_error_values },
+    { "unmap", QMP_BOOL, true, NULL },
+    { "copy-mode", QMP_ENUM, true, copy_mode_values },
+    { "auto-finalize", QMP_BOOL, true, NULL },
+    { "auto-dismiss", QMP_BOOL, true, NULL },
+    { NULL, 0, false, NULL },
+};
+
+const struct qmp_command agent_mirror_commands[] = {
+    { "drive-mirror", qmp_drive_mirror, mirror_args },
+    { NULL, NULL, NULL },
+};
