@@ -21,6 +21,7 @@
 #include "lib/error.h"
 
 #include <argp.h>
+#include <json-c/json.h>
 #include <signal.h>
 
 /* Exit status for usage errors: argp's EX_USAGE */
@@ -34,6 +35,7 @@ int cmd_compare(int argc, char **argv);
 int cmd_create(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_job(int argc, char **argv);
+int cmd_pivot(int argc, char **argv);
 int cmd_map(int argc, char **argv);
 int cmd_mirror(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
@@ -79,6 +81,35 @@ void copy_opts_nothing(const struct copy_opts *o);
 
 /* Does the -o string @opts ask for the option list ("help" or "?")? */
 bool opts_want_help(const char *opts);
+
+/* --- an agent's jobs (agentjob.c) --- */
+struct qmp_client;
+enum at_ready {
+    AT_READY_WAIT,      /* the wait ends at READY (the job goes on) */
+    AT_READY_PIVOT,     /* block-job-complete at READY, then wait for the end */
+    AT_READY_FINISH,    /* block-job-cancel at READY (no pivot), then the end */
+};
+struct job_wait {
+    const char *id;
+    bool wait;              /* agent_job_start: wait at all */
+    enum at_ready at_ready;
+    bool progress, progress_json;
+    bool cancel_on_signal;  /* Ctrl-C cancels the job (not --async) */
+    int timeout_s;          /* 0: none */
+};
+/*
+ * Wait for job @w->id: 0 done (or ready, with AT_READY_WAIT), 1 failed
+ * (said on stderr), 2 cancelled by someone else, 124 timed out, 130/143
+ * interrupted (the job cancelled unless !cancel_on_signal).
+ */
+int agent_job_wait(struct qmp_client *c, const struct job_wait *w);
+/* Run @cmd (@args taken over) that starts job @w->id, then wait if asked. */
+int agent_job_start(struct qmp_client *c, const char *cmd, json_object *args,
+                    const struct job_wait *w);
+/* block-job-VERB on @id (@extra: more arguments, taken over): 0, or 1 said. */
+int agent_job_verb(struct qmp_client *c, const char *verb, const char *id, json_object *extra);
+/* The query-block-jobs entry of @id (a new reference), or NULL. */
+json_object *agent_job_find(struct qmp_client *c, const char *id, struct error **errp);
 
 /* Set by SIGINT/SIGTERM once cancel_install() ran. */
 extern volatile sig_atomic_t cmd_cancel;

@@ -21,7 +21,11 @@ struct job_args {
     enum output_format output;
     const char *verb;
     const char *id;
+    const char *speed;
 };
+
+static const char *const verbs[] = { "list", "show", "pause", "resume", "cancel", "complete",
+                                     "wait", "set-speed", NULL };
 
 enum { OPT_AGENT = 0x100, OPT_OUTPUT, OPT_STATE_DIR };
 
@@ -48,17 +52,35 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         break;
     case ARGP_KEY_ARG:
         if (!a->verb) {
-            if (strcmp(arg, "list")) {
-                argp_error(state, "unknown action '%s' (list)", arg);
+            size_t i;
+            for (i = 0; verbs[i] && strcmp(verbs[i], arg); i++) {
+            }
+            if (!verbs[i]) {
+                argp_error(state, "unknown action '%s' (list, show, pause, resume, cancel, "
+                           "complete, wait, set-speed)", arg);
             }
             a->verb = arg;
+        } else if (!a->id && strcmp(a->verb, "list")) {
+            a->id = arg;
+        } else if (!a->speed && !strcmp(a->verb, "set-speed")) {
+            a->speed = arg;
         } else {
             argp_error(state, "unexpected argument '%s'", arg);
         }
         break;
     case ARGP_KEY_END:
         if (!a->verb) {
-            argp_error(state, "missing action (list)");
+            a->verb = "list";
+        }
+        if (strcmp(a->verb, "list") && !a->id) {
+            argp_error(state, "%s: which JOB?", a->verb);
+        }
+        if (!strcmp(a->verb, "set-speed") && !a->speed) {
+            argp_error(state, "set-speed JOB BYTES-PER-SECOND");
+        }
+        if (strcmp(a->verb, "list") && !remote_path(a->agent)) {
+            argp_error(state, "%s acts on an agent's job: --agent SOCKET (or $BLOCKCTL_AGENT)",
+                       a->verb);
         }
         break;
     default:
@@ -68,10 +90,14 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
 }
 
 static const struct argp job_argp = {
-    options, parse_opt, "list",
+    options, parse_opt, "[list]\nshow|pause|resume|cancel|complete|wait JOB\n"
+    "set-speed JOB BYTES-PER-SECOND",
     "List the block jobs of an agent (with --agent), or the jobs that were interrupted "
-    "(their journals in the state directory).\v"
-    "Exit status: 0 on success, 1 on error, 64 for usage errors.",
+    "(their journals in the state directory); show or control one job of an agent.  "
+    "cancel of a ready mirror ends it without pivot; complete pivots; wait waits until the "
+    "job ends or is ready.\v"
+    "Exit status: 0 on success, 1 on error (or, for wait, a failed job), 2 (wait) when the "
+    "job was cancelled, 64 for usage errors, 130/143 when interrupted.",
     NULL, NULL, NULL,
 };
 
@@ -237,11 +263,64 @@ static int list_journals(struct job_args *a)
     return 0;
 }
 
+/* show, pause, resume, cancel, complete, wait, set-speed on an agent's job */
+static int job_verb(struct job_args *a)
+{
+    struct error *err = NULL;
+    struct qmp_client *c = remote_connect(a->agent, &err);
+    int ret = 0;
+
+    if (!c) {
+        report(err);
+        return 1;
+    }
+    if (!strcmp(a->verb, "show")) {
+        json_object *j = agent_job_find(c, a->id, &err);
+        if (!j) {
+            if (err) {
+                report(err);
+            } else {
+                error_report("no job '%s' on the agent", a->id);
+            }
+            ret = 1;
+        } else if (a->output == OUTPUT_JSON) {
+            printf("%s\n", json_object_to_json_string_ext(j, JSON_C_TO_STRING_PRETTY |
+                                                                 JSON_C_TO_STRING_SPACED));
+        } else {
+            json_object_object_foreach(j, k, v) {
+                printf("%-14s %s\n", k, json_object_get_string(v));
+            }
+        }
+        json_object_put(j);
+    } else if (!strcmp(a->verb, "wait")) {
+        struct job_wait w = { .id = a->id, .wait = true, .at_ready = AT_READY_WAIT };
+        cancel_install();
+        ret = agent_job_wait(c, &w);
+    } else if (!strcmp(a->verb, "set-speed")) {
+        uint64_t sp;
+        if (size_parse(a->speed, &sp, 'B') < 0) {
+            error_report("set-speed: '%s' is not a number of bytes per second", a->speed);
+            ret = 64;
+        } else {
+            json_object *x = json_object_new_object();
+            json_object_object_add(x, "speed", json_object_new_int64((int64_t)sp));
+            ret = agent_job_verb(c, "set-speed", a->id, x);
+        }
+    } else {
+        ret = agent_job_verb(c, a->verb, a->id, NULL);
+    }
+    qmp_client_close(c);
+    return ret;
+}
+
 int cmd_job(int argc, char **argv)
 {
     struct job_args a = { 0 };
 
     argp_parse(&job_argp, argc, argv, 0, NULL, &a);
+    if (strcmp(a.verb, "list")) {
+        return job_verb(&a);
+    }
     if (remote_path(a.agent)) {
         return list_agent(&a);
     }

@@ -36,9 +36,10 @@ static const struct command commands[] = {
     { "compare", cmd_compare, "Compare the guest-visible contents of two images" },
     { "create", cmd_create, "Create a new image (raw or qcow2, with a backing file)" },
     { "info", cmd_info, "Show an image's format, size, backing chain and features" },
-    { "job", cmd_job, "List block jobs (of an agent, or interrupted ones)" },
+    { "job", cmd_job, "List and control block jobs (of an agent, or interrupted ones)" },
     { "map", cmd_map, "Show where an image's data lives, extent by extent" },
     { "mirror", cmd_mirror, "Copy a disk to a new file or an NBD export" },
+    { "pivot", cmd_pivot, "Switch an agent's disks onto their mirror copies" },
     { "snapshot", cmd_snapshot, "Create external snapshots of several disks at once" },
     { "stream", cmd_stream, "Pull backing data into an overlay (copy-on-read)" },
 };

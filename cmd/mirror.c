@@ -6,12 +6,14 @@
 #include "lib/bitmap.h"
 #include "lib/copy.h"
 #include "lib/io.h"
+#include "lib/remote.h"
 #include "formats/format.h"
 
 #include <argp.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 
@@ -20,6 +22,11 @@
 enum sync_mode { SYNC_FULL, SYNC_TOP, SYNC_NONE, SYNC_BITMAP };
 
 struct mirror_args {
+    const char *agent;
+    bool wait, async;
+    enum at_ready at_ready;
+    bool at_ready_set;
+    const char *copy_mode;
     const char *format;
     const char *out_format;
     const char *backing;
@@ -37,14 +44,14 @@ struct mirror_args {
     struct copy_opts copy;
 };
 
-enum { OPT_SYNC = 0x100, OPT_SHALLOW, OPT_BITMAP, OPT_CLEAR_BITMAP };
+enum { OPT_SYNC = 0x100, OPT_SHALLOW, OPT_BITMAP, OPT_CLEAR_BITMAP, OPT_AGENT, OPT_WAIT,
+       OPT_PIVOT, OPT_FINISH, OPT_COPY_MODE, OPT_ASYNC };
 
 static const struct argp_option options[] = {
     { "format", 'f', "FMT", 0, "Format of SOURCE; probed when omitted", 0 },
     { "force-share", 'U', NULL, 0, "Read SOURCE even while it is being written", 0 },
     { "target-format", 'O', "FMT", 0, "Format of TARGET (default: SOURCE's format)", 0 },
-    { "sync", OPT_SYNC, "MODE", 0, "full (default): the whole chain; top: the top image "
-      "only; none: nothing (an empty overlay); bitmap: the dirty clusters of --bitmap", 0 },
+    { "sync", OPT_SYNC, "MODE", 0, "full (default), top, none, or bitmap (--bitmap)", 0 },
     { "bitmap", OPT_BITMAP, "NAME", 0, "The dirty bitmap for --sync=bitmap", 0 },
     { "clear-bitmap", OPT_CLEAR_BITMAP, NULL, 0, "Clear that bitmap once TARGET is safe", 0 },
     { "shallow", OPT_SHALLOW, NULL, 0, "Same as --sync=top", 0 },
@@ -52,9 +59,14 @@ static const struct argp_option options[] = {
     { "compress", 'c', NULL, 0, "Write compressed clusters (qcow2 target)", 0 },
     { "options", 'o', "OPTS", 0, "Options for creating TARGET, as create -o", 0 },
     { "backing", 'B', "FILE", 0, "Backing file of the new TARGET", 0 },
-    { "cache", 't', "MODE", 0, "writeback (default): TARGET is flushed to disk before the "
-      "command ends; unsafe: it is not (qemu-img convert's default)", 0 },
+    { "cache", 't', "MODE", 0, "writeback (default) or unsafe (no flush at the end)", 0 },
     { "backing-format", 'F', "FMT", 0, "Format of that backing file", 0 },
+    { "agent", OPT_AGENT, "SOCKET", 0, "SOURCE is a disk of that agent (live)", 0 },
+    { "wait", OPT_WAIT, NULL, 0, "Live: wait until ready (and the end)", 0 },
+    { "pivot", OPT_PIVOT, NULL, 0, "--wait: once ready, switch the disk to TARGET", 0 },
+    { "finish", OPT_FINISH, NULL, 0, "--wait: once ready, end without pivot", 0 },
+    { "copy-mode", OPT_COPY_MODE, "MODE", 0, "Live: background or write-blocking", 0 },
+    { "async", OPT_ASYNC, NULL, 0, "--wait: Ctrl-C leaves the job running", 0 },
     { 0 }
 };
 
@@ -118,6 +130,29 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     case 'F':
         a->backing_fmt = arg;
         break;
+    case OPT_AGENT:
+        a->agent = arg;
+        break;
+    case OPT_WAIT:
+        a->wait = true;
+        break;
+    case OPT_ASYNC:
+        a->async = true;
+        break;
+    case OPT_PIVOT:
+    case OPT_FINISH:
+        if (a->at_ready_set) {
+            argp_error(state, "--pivot and --finish exclude each other");
+        }
+        a->at_ready_set = true;
+        a->at_ready = key == OPT_PIVOT ? AT_READY_PIVOT : AT_READY_FINISH;
+        break;
+    case OPT_COPY_MODE:
+        if (strcmp(arg, "background") && strcmp(arg, "write-blocking")) {
+            argp_error(state, "--copy-mode must be background or write-blocking, not '%s'", arg);
+        }
+        a->copy_mode = arg;
+        break;
     case 'o':
         append_opts(&a->opts, arg);
         break;
@@ -149,6 +184,13 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         if (a->clear_bitmap && a->sync != SYNC_BITMAP) {
             argp_error(state, "--clear-bitmap needs --sync=bitmap");
         }
+        if (!remote_path(a->agent) && (a->wait || a->at_ready_set || a->copy_mode || a->async)) {
+            argp_error(state, "--wait, --pivot, --finish, --copy-mode and --async go with "
+                       "--agent");
+        }
+        if (a->at_ready_set && !a->wait) {
+            argp_error(state, "--pivot and --finish need --wait");
+        }
         break;
     default:
         return ARGP_ERR_UNKNOWN;
@@ -160,12 +202,10 @@ static const struct argp_child children[] = { { &copy_opts_argp, 0, NULL, 0 }, {
 
 static const struct argp mirror_argp = {
     options, parse_opt, "SOURCE TARGET",
-    "Copy the disk SOURCE shows a guest to TARGET: a new file, an existing image (-n) or an "
-    "NBD URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH).\v"
-    "A new TARGET is written as TARGET.part and renamed when complete, so TARGET exists "
-    "only once the copy is whole.\n\n"
-    "Exit status: 0 on success, 1 on error, 64 for usage errors, 130/143 when "
-    "interrupted.",
+    "Copy the disk SOURCE shows to TARGET: a file, an image (-n) or an NBD URI.\v"
+    "A new TARGET exists only whole (TARGET.part until then). --agent: live.\n"
+    "Exit status: 0 on success, 1 on error, 2 when the live job was cancelled by another, "
+    "64 for usage errors, 130/143 when interrupted.",
     children, NULL, NULL,
 };
 
@@ -312,6 +352,67 @@ static int clear_chain_bitmap(struct bdev *src, const char *name, const char *ta
     return 0;
 }
 
+/* --agent: drive-mirror of the disk, job id = the disk's name */
+static int mirror_agent(struct mirror_args *a)
+{
+    static const char *const sync_names[] = { "full", "top", "none", "bitmap" };
+    struct error *err = NULL;
+    struct qmp_client *c;
+    struct remote_disk d = { 0 };
+    struct job_wait w = { .id = a->source, .wait = a->wait, .at_ready = a->at_ready,
+                          .progress = a->copy.progress, .progress_json = a->copy.progress_json,
+                          .cancel_on_signal = !a->async };
+    json_object *args;
+    char *target;
+    int ret;
+
+    if (a->sync == SYNC_BITMAP || a->compress || a->backing || a->opts || a->force_share) {
+        error_report("--sync=bitmap, -c, -B, -o and -U are for offline mirrors, not with "
+                     "--agent");
+        return 64;
+    }
+    c = remote_connect(a->agent, &err);
+    if (!c || remote_find_disk(c, a->source, &d, &err) < 0) {
+        report(err);
+        if (c) {
+            qmp_client_close(c);
+        }
+        return 1;
+    }
+    /* the agent may run elsewhere: a local TARGET by its absolute name */
+    if (strstr(a->target, "://") || a->target[0] == '/') {
+        target = xstrdup(a->target);
+    } else {
+        char *cwd = getcwd(NULL, 0);
+        target = xasprintf("%s/%s", cwd ? cwd : ".", a->target);
+        free(cwd);
+    }
+    args = json_object_new_object();
+    json_object_object_add(args, "device", json_object_new_string(d.node));
+    json_object_object_add(args, "job-id", json_object_new_string(a->source));
+    json_object_object_add(args, "target", json_object_new_string(target));
+    json_object_object_add(args, "sync", json_object_new_string(sync_names[a->sync]));
+    if (a->out_format) {
+        json_object_object_add(args, "format", json_object_new_string(a->out_format));
+    } else if (strstr(a->target, "://")) {
+        json_object_object_add(args, "format", json_object_new_string("raw"));
+    }
+    if (a->reuse || strstr(a->target, "://")) {
+        json_object_object_add(args, "mode", json_object_new_string("existing"));
+    }
+    if (a->copy_mode) {
+        json_object_object_add(args, "copy-mode", json_object_new_string(a->copy_mode));
+    }
+    if (a->copy.bandwidth) {
+        json_object_object_add(args, "speed", json_object_new_int64((int64_t)a->copy.bandwidth));
+    }
+    ret = agent_job_start(c, "drive-mirror", args, &w);
+    free(target);
+    remote_disk_free(&d);
+    qmp_client_close(c);
+    return ret;
+}
+
 int cmd_mirror(int argc, char **argv)
 {
     struct mirror_args a = { 0 };
@@ -327,6 +428,10 @@ int cmd_mirror(int argc, char **argv)
     int ret = 1, r;
 
     argp_parse(&mirror_argp, argc, argv, 0, NULL, &a);
+    if (remote_path(a.agent)) {
+        cancel_install();
+        return mirror_agent(&a);
+    }
     if (a.opts && opts_want_help(a.opts)) {
         /* the options of the format TARGET would have; nothing is copied */
         const struct format_driver *drv;

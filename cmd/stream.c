@@ -4,26 +4,34 @@
  */
 #include "lib/compiler.h"
 #include "lib/copy.h"
+#include "lib/remote.h"
 
 #include <argp.h>
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cmd/cmd.h"
 
 struct stream_args {
+    const char *agent;
+    bool wait, async;
     const char *format;
     const char *base;
     const char *top;
     struct copy_opts copy;
 };
 
-enum { OPT_BASE = 0x100 };
+enum { OPT_BASE = 0x100, OPT_AGENT, OPT_WAIT, OPT_ASYNC };
 
 static const struct argp_option options[] = {
     { "format", 'f', "FMT", 0, "Format of TOP; probed when omitted", 0 },
     { "base", OPT_BASE, "BASE", 0, "Keep BASE (an image of the chain) as the backing file", 0 },
+    { "agent", OPT_AGENT, "SOCKET", 0, "TOP is a disk of the agent at SOCKET: a live "
+      "block-stream job", 0 },
+    { "wait", OPT_WAIT, NULL, 0, "With --agent: wait for the job's end (Ctrl-C cancels it)", 0 },
+    { "async", OPT_ASYNC, NULL, 0, "With --wait: Ctrl-C stops waiting, the job goes on", 0 },
     { 0 }
 };
 
@@ -40,6 +48,15 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         break;
     case OPT_BASE:
         a->base = arg;
+        break;
+    case OPT_AGENT:
+        a->agent = arg;
+        break;
+    case OPT_WAIT:
+        a->wait = true;
+        break;
+    case OPT_ASYNC:
+        a->async = true;
         break;
     case ARGP_KEY_ARG:
         if (a->top) {
@@ -63,11 +80,48 @@ static const struct argp_child children[] = { { &copy_opts_argp, 0, NULL, 0 }, {
 static const struct argp stream_argp = {
     options, parse_opt, "TOP",
     "Copy into TOP everything it reads from its backing chain above BASE, then make BASE "
-    "(or nothing) its backing file.\v"
-    "Exit status: 0 on success, 1 on error, 64 for usage errors, 130/143 when "
-    "interrupted (TOP then still has its old backing file and reads the same).",
+    "(or nothing) its backing file.  With --agent, TOP is a disk, streamed live.\v"
+    "Exit status: 0 on success, 1 on error, 2 when the live job was cancelled by someone "
+    "else, 64 for usage errors, 130/143 when interrupted (TOP then still has its old "
+    "backing file and reads the same).",
     children, NULL, NULL,
 };
+
+/* --agent: block-stream of the disk's top, job id = the disk's name */
+static int stream_agent(struct stream_args *a)
+{
+    struct error *err = NULL;
+    struct qmp_client *c = remote_connect(a->agent, &err);
+    struct remote_disk d = { 0 };
+    struct job_wait w = { .id = a->top, .wait = a->wait, .progress = a->copy.progress,
+                          .progress_json = a->copy.progress_json,
+                          .cancel_on_signal = !a->async };
+    json_object *args;
+    int ret;
+
+    if (!c || remote_find_disk(c, a->top, &d, &err) < 0) {
+        report(err);
+        if (c) {
+            qmp_client_close(c);
+        }
+        return 1;
+    }
+    args = json_object_new_object();
+    json_object_object_add(args, "device", json_object_new_string(d.node));
+    json_object_object_add(args, "job-id", json_object_new_string(a->top));
+    if (a->base) {
+        char *abs = realpath(a->base, NULL);
+        json_object_object_add(args, "base", json_object_new_string(abs ? abs : a->base));
+        free(abs);
+    }
+    if (a->copy.bandwidth) {
+        json_object_object_add(args, "speed", json_object_new_int64((int64_t)a->copy.bandwidth));
+    }
+    ret = agent_job_start(c, "block-stream", args, &w);
+    remote_disk_free(&d);
+    qmp_client_close(c);
+    return ret;
+}
 
 int cmd_stream(int argc, char **argv)
 {
@@ -80,6 +134,13 @@ int cmd_stream(int argc, char **argv)
 
     argp_parse(&stream_argp, argc, argv, 0, NULL, &a);
     cancel_install();
+    if (remote_path(a.agent)) {
+        return stream_agent(&a);
+    }
+    if (a.wait || a.async) {
+        error_report("--wait and --async go with --agent");
+        return 64;
+    }
     top = bdev_open(a.top, a.format, BDEV_O_RDWR, &err);
     if (!top) {
         report(err);
