@@ -17,6 +17,14 @@
 #   BENCH_STRICT=1                  exit 1 when a target is missed
 #   QEMU_IMG=qemu-img QEMU_IO=qemu-io QEMU_NBD=qemu-nbd
 #   BENCH_CHAIN_MIB=2048              size of the chain of issues 3 and 4
+#   AGENT_BENCH_DIR=/dev/shm/...      where the agent-* rows make their
+#                                     images (tests/bench/agent.bash);
+#                                     BENCH_ONLY=agent runs only those
+#   QSD=qemu-storage-daemon NBD_WRITER=build/tests/tools/nbd-writer
+#
+# Non-time figures (throughputs, latencies, RSS: the agent-* rows) go
+# through `figure` (tests/bench/agent.bash) and are printed in a second
+# table: name, blockctl's value, the reference's, unit, ratio, target.
 #
 # Adding a benchmark (later issues): write a setup_NAME function that makes
 # its images under $D (skip the work when they already exist, for
@@ -70,6 +78,7 @@ nbd_stop_all() {
 }
 cleanup() {
     nbd_stop_all
+    agent_cleanup
     if [ -z "${BENCH_KEEP:-}" ]; then
         rm -rf "$D"
     else
@@ -79,6 +88,9 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
+
+# shellcheck source=tests/bench/agent.bash
+. "$(dirname "${BASH_SOURCE[0]}")/agent.bash"
 
 RESULTS=()      # "name|b_sec|q_sec|ratio|b_rss_mib|q_rss_mib|target|rss_target|verdict"
 MISSED=0
@@ -198,8 +210,9 @@ bench() {
 
 report() {
     local line name b q ratio brss qrss target rss_target verdict abs ref tgt
-    printf '\n%-24s %10s %10s %7s %12s %10s  %s\n' benchmark blockctl-s ref-s ratio \
-        blockctl-RSS ref-RSS "target (reference)"
+    [ "${#RESULTS[@]}" -eq 0 ] ||
+        printf '\n%-24s %10s %10s %7s %12s %10s  %s\n' benchmark blockctl-s ref-s ratio \
+            blockctl-RSS ref-RSS "target (reference)"
     for line in "${RESULTS[@]}"; do
         IFS='|' read -r name b q ratio brss qrss target rss_target verdict abs ref <<<"$line"
         tgt=
@@ -209,11 +222,13 @@ report() {
         printf '%-24s %10s %10s %7s %8s MiB %6s MiB  %s (%s)  %s\n' "$name" "$b" "$q" "$ratio" \
             "$brss" "$qrss" "$tgt" "$ref" "$verdict"
     done
+    report_figures
     echo
+    local total=$((${#RESULTS[@]} + ${#FIGURES[@]}))
     if [ "$MISSED" -eq 0 ] && [ "$FAILED" -eq 0 ]; then
-        echo "bench: all ${#RESULTS[@]} targets met"
+        echo "bench: all $total targets met"
     else
-        echo "bench: $MISSED of ${#RESULTS[@]} targets missed, $FAILED disagreements"
+        echo "bench: $MISSED of $total targets missed, $FAILED disagreements"
     fi
 }
 
@@ -581,6 +596,9 @@ main() {
             "$B mirror -f qcow2 --sync=bitmap --bitmap B -B $D/inc/full.qcow2 -F qcow2 -O qcow2 $D/inc/disk.qcow2 $D/t.inc.qcow2" \
             "$B mirror -f qcow2 -O qcow2 $D/inc/disk.qcow2 $D/t.full2.qcow2" 0.10 64
     fi
+
+    # ---- the agent: NBD export, guest latency, live snapshot, memory ----------
+    agent_rows
 
     report
     if [ "$FAILED" -gt 0 ]; then

@@ -1,0 +1,346 @@
+# The agent's figures for tests/bench/run.sh (sourced by it): blockctl
+# agent against qemu-nbd and qemu-storage-daemon on the same images, in
+# the same run.  Rows (all named agent-*, so BENCH_ONLY=agent runs just
+# these):
+#   agent-nbd-read          nbdcopy export -> null:, 1.5 GiB of data (qcow2),
+#                           agent vs qemu-nbd: MiB/s, target ratio >= 1.0
+#   agent-nbd-write         nbdcopy 1 GiB raw -> export (a new qcow2),
+#                           agent vs qemu-nbd: MiB/s, target ratio >= 1.0
+#   agent-randw-p99-500     guest 4 KiB random writes, open loop
+#   agent-randw-p99-2000    (tests/tools/nbd-writer), 500 and 2000 writes/s:
+#                           p99 latency from the scheduled time, agent vs
+#                           qemu-storage-daemon, target <= QSD's
+#   agent-snap-{1,4}disk-{idle,load}-rt    QMP transaction of
+#                           blockdev-snapshot-sync, 1 or 4 disks, idle or
+#                           at 500 writes/s on each disk: round trip (info)
+#   agent-snap-{1,4}disk-load-gap   the longest time a guest write that
+#                           overlapped the transaction took (<= 5 ms)
+#   agent-rss-4disk         the agent's VmHWM with 4 disks under load
+#                           (a writer at 2000 writes/s and an nbdcopy
+#                           backup read on each disk): <= 64 MiB
+# Every figure is the median of BENCH_RUNS runs; the servers alternate.
+# Images live on /dev/shm (AGENT_BENCH_DIR) so that the page cache, not
+# the disk, is what both servers see; everything is removed after.
+#
+# Cache modes are the same on all sides: the agent uses the page cache
+# (no O_DIRECT), qemu-nbd runs with --cache=writeback --aio=threads (its
+# defaults, given explicitly), qemu-storage-daemon's file nodes with
+# cache.direct=off,aio=threads.  nbdcopy uses 4 connections to each (both
+# servers advertise multi-conn).
+# SPDX-License-Identifier: GPL-2.0-or-later
+
+QSD=${QSD:-qemu-storage-daemon}
+if [ -n "${BENCH_KEEP:-}" ]; then
+    A=${AGENT_BENCH_DIR:-/dev/shm/blockctl-bench-agent}
+else
+    A=${AGENT_BENCH_DIR:-/dev/shm/blockctl-bench-agent.$$}
+fi
+WRITER=${NBD_WRITER:-$(dirname "$B")/build/tests/tools/nbd-writer}
+SNAPGAP=$(dirname "${BASH_SOURCE[0]}")/snap-gap.py
+AGENT_RD_MIB=1536
+AGENT_WR_MIB=1024
+AGENT_DISK_MIB=256
+
+FIGURES=()  # "name|b_value|q_value|unit|ratio|target|verdict|ref"
+
+# figure NAME B_VALUE REF_VALUE UNIT KIND TARGET REF
+#   a non-time figure: KIND is 'higher' (ratio b/ref >= TARGET), 'lower'
+#   (b <= ref * TARGET), 'max' (b <= TARGET, absolute) or 'info'.
+#   REF_VALUE may be '-' (no reference).
+figure() {
+    local name=$1 b=$2 q=$3 unit=$4 kind=$5 target=$6 ref=$7 ratio=- verdict=met tgt
+    if [ "$q" != - ] && [ "$b" != - ]; then
+        ratio=$(awk -v b="$b" -v q="$q" 'BEGIN { printf "%.2f", (q > 0 ? b / q : 99) }')
+    fi
+    case $kind in
+    higher) tgt="ratio>=$target"
+        awk -v r="$ratio" -v t="$target" 'BEGIN { exit !(r != "-" && r >= t) }' || verdict=MISSED ;;
+    lower) tgt="ratio<=$target"
+        awk -v r="$ratio" -v t="$target" 'BEGIN { exit !(r != "-" && r <= t) }' || verdict=MISSED ;;
+    max) tgt="<=$target $unit"
+        awk -v b="$b" -v t="$target" 'BEGIN { exit !(b != "-" && b <= t) }' || verdict=MISSED ;;
+    *) tgt=-; verdict=info ;;
+    esac
+    [ "$verdict" != MISSED ] || MISSED=$((MISSED + 1))
+    FIGURES+=("$name|$b|$q|$unit|$ratio|$tgt|$verdict|$ref")
+    printf 'bench: %s: blockctl %s %s, %s %s %s\n' "$name" "$b" "$unit" "$ref" "$q" "$unit" >&2
+}
+
+report_figures() {
+    local line name b q unit ratio tgt verdict ref
+    [ "${#FIGURES[@]}" -gt 0 ] || return 0
+    printf '\n%-28s %12s %12s %-6s %7s  %s\n' figure blockctl reference unit ratio "target (reference)"
+    for line in "${FIGURES[@]}"; do
+        IFS='|' read -r name b q unit ratio tgt verdict ref <<<"$line"
+        printf '%-28s %12s %12s %-6s %7s  %s (%s)  %s\n' "$name" "$b" "$q" "$unit" "$ratio" \
+            "$tgt" "$ref" "$verdict"
+    done
+}
+
+# ---- servers ------------------------------------------------------------
+# One server at a time, its pid in $A/srv.pid; srv_uri NAME gives the URI
+# of a disk's export.  Disk arguments are NAME=FILE (qcow2).
+
+srv_stop() {
+    local pf=$A/srv.pid pid k
+    [ -s "$pf" ] || return 0
+    pid=$(cat "$pf")
+    if kill "$pid" 2>/dev/null; then
+        for ((k = 0; k < 50; k++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$pid" 2>/dev/null
+    fi
+    rm -f "$pf" "$A/srv.nbd" "$A/srv.qmp"
+}
+
+SRV_KIND=
+srv_start() {
+    local kind=$1 d args=() n
+    shift
+    srv_stop
+    SRV_KIND=$kind
+    case $kind in
+    agent)
+        for d in "$@"; do args+=(--disk "$d,format=qcow2"); done
+        "$B" agent --qmp "$A/srv.qmp" --nbd "unix:$A/srv.nbd" "${args[@]}" \
+            --daemonize --pidfile "$A/srv.pid" >>"$A/srv.log" 2>&1 ;;
+    qemu-nbd)
+        [ $# -eq 1 ] || die "qemu-nbd serves one disk"
+        "$QEMU_NBD" -f qcow2 --cache=writeback --aio=threads -t -e 8 -k "$A/srv.nbd" \
+            --pid-file "$A/srv.pid" --fork "${1#*=}" >>"$A/srv.log" 2>&1 ;;
+    qsd)
+        args=(--chardev "socket,id=qmp0,path=$A/srv.qmp,server=on,wait=off"
+              --monitor chardev=qmp0 --nbd-server "addr.type=unix,addr.path=$A/srv.nbd")
+        for d in "$@"; do
+            n=${d%%=*}
+            args+=(--blockdev "driver=file,node-name=$n-file,filename=${d#*=},cache.direct=off,aio=threads"
+                   --blockdev "driver=qcow2,node-name=$n,file=$n-file"
+                   --export "type=nbd,id=$n-exp,node-name=$n,name=$n,writable=on")
+        done
+        "$QSD" "${args[@]}" --daemonize --pidfile "$A/srv.pid" >>"$A/srv.log" 2>&1 ;;
+    esac || die "starting $kind failed: $(tail -3 "$A/srv.log")"
+    [ -S "$A/srv.nbd" ] || die "$kind: no NBD socket"
+}
+
+srv_uri() {
+    if [ "$SRV_KIND" = qemu-nbd ]; then
+        echo "nbd+unix:///?socket=$A/srv.nbd"
+    else
+        echo "nbd+unix:///$1?socket=$A/srv.nbd"
+    fi
+}
+
+srv_hwm_kib() {
+    awk '/^VmHWM:/ { print $2 }' "/proc/$(cat "$A/srv.pid")/status"
+}
+
+# ---- data sets ------------------------------------------------------------
+
+setup_agent() {
+    local k
+    mkdir -p "$A" || die "cannot create $A"
+    [ -x "$WRITER" ] || die "no nbd-writer at $WRITER (make unit)"
+    command -v "$QSD" >/dev/null || die "$QSD is missing"
+    command -v nbdcopy >/dev/null || die "nbdcopy is missing"
+    [ -e "$A/rd.qcow2" ] && [ -e "$A/wr.raw" ] && return
+    echo "bench: making the agent's images in $A ..." >&2
+    "$QEMU_IMG" create -q -f qcow2 "$A/rd.qcow2" "${AGENT_RD_MIB}M" || die create
+    for ((k = 0; k < AGENT_RD_MIB; k += 128)); do
+        echo "write -P $((k / 128 + 1)) ${k}M 128M"
+    done | qio_batch "$A/rd.qcow2" qcow2
+    truncate -s "${AGENT_WR_MIB}M" "$A/wr.raw"
+    for ((k = 0; k < AGENT_WR_MIB; k += 128)); do
+        echo "write -P $((k / 128 + 101)) ${k}M 128M"
+    done | qio_batch "$A/wr.raw" raw
+}
+
+# fresh_disks N SIZE_MIB: $A/d0.qcow2 ... empty, and the snapshot files gone
+fresh_disks() {
+    local k
+    rm -f "$A"/d*.qcow2 "$A"/*-snap.qcow2
+    for ((k = 0; k < $1; k++)); do
+        "$QEMU_IMG" create -q -f qcow2 "$A/d$k.qcow2" "${2}M" || die create
+    done
+}
+
+disk_args() {
+    local k
+    for ((k = 0; k < $1; k++)); do echo "vd$k=$A/d$k.qcow2"; done
+}
+
+# now: seconds, for timing a command
+now_s() { echo "$EPOCHREALTIME"; }
+elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.6f", b - a }'; }
+
+# ---- the rows ------------------------------------------------------------
+
+# agent-nbd-read: nbdcopy export -> null: on each server, MiB/s
+bench_agent_read() {
+    local i kind t0 t bt=() qt=()
+    echo "bench: agent-nbd-read ..." >&2
+    for ((i = 0; i <= RUNS; i++)); do       # run 0 warms up
+        for kind in agent qemu-nbd; do
+            srv_start "$kind" "vda=$A/rd.qcow2"
+            t0=$(now_s)
+            nbdcopy -C 4 "$(srv_uri vda)" null: || die "nbdcopy from $kind failed"
+            t=$(elapsed "$t0")
+            srv_stop
+            [ "$i" -eq 0 ] && continue
+            if [ "$kind" = agent ]; then bt+=("$t"); else qt+=("$t"); fi
+        done
+    done
+    echo "bench: agent-nbd-read: agent ${bt[*]} s, qemu-nbd ${qt[*]} s" >&2
+    figure agent-nbd-read "$(mibs "$AGENT_RD_MIB" "$(median "${bt[@]}")")" \
+        "$(mibs "$AGENT_RD_MIB" "$(median "${qt[@]}")")" MiB/s higher 1.0 qemu-nbd
+}
+
+mibs() { awk -v m="$1" -v t="$2" 'BEGIN { printf "%.0f", m / t }'; }
+
+# agent-nbd-write: nbdcopy wr.raw -> export of a new qcow2, MiB/s
+bench_agent_write() {
+    local i kind t0 t bt=() qt=()
+    echo "bench: agent-nbd-write ..." >&2
+    for ((i = 0; i <= RUNS; i++)); do
+        for kind in agent qemu-nbd; do
+            fresh_disks 1 "$AGENT_WR_MIB"
+            srv_start "$kind" "vda=$A/d0.qcow2"
+            t0=$(now_s)
+            nbdcopy -C 4 "$A/wr.raw" "$(srv_uri vda)" || die "nbdcopy to $kind failed"
+            t=$(elapsed "$t0")
+            srv_stop
+            "$QEMU_IMG" compare -q -f raw -F qcow2 "$A/wr.raw" "$A/d0.qcow2" ||
+                die "agent-nbd-write: $kind's copy differs from the source"
+            [ "$i" -eq 0 ] && continue
+            if [ "$kind" = agent ]; then bt+=("$t"); else qt+=("$t"); fi
+        done
+    done
+    rm -f "$A"/d*.qcow2
+    echo "bench: agent-nbd-write: agent ${bt[*]} s, qemu-nbd ${qt[*]} s" >&2
+    figure agent-nbd-write "$(mibs "$AGENT_WR_MIB" "$(median "${bt[@]}")")" \
+        "$(mibs "$AGENT_WR_MIB" "$(median "${qt[@]}")")" MiB/s higher 1.0 qemu-nbd
+}
+
+# agent-randw-p99-RATE: nbd-writer at RATE on a new 1 GiB qcow2, p99 ms
+bench_agent_randw() {
+    local rate=$1 secs=${AGENT_WRITER_SECS:-4} i kind out p bp=() qp=() bm=() qm=()
+    echo "bench: agent-randw-p99-$rate ..." >&2
+    for ((i = 0; i < RUNS; i++)); do
+        for kind in agent qsd; do
+            fresh_disks 1 1024
+            srv_start "$kind" "vda=$A/d0.qcow2"
+            out=$("$WRITER" "$(srv_uri vda)" "$rate" "$secs" --seed $((i + 1))) ||
+                die "nbd-writer on $kind failed: $out"
+            srv_stop
+            p=$(jq -r .p99_ms <<<"$out")
+            if [ "$kind" = agent ]; then
+                bp+=("$p"); bm+=("$(jq -r .max_ms <<<"$out")")
+            else
+                qp+=("$p"); qm+=("$(jq -r .max_ms <<<"$out")")
+            fi
+        done
+    done
+    rm -f "$A"/d*.qcow2
+    echo "bench: agent-randw-p99-$rate: agent p99 ${bp[*]} (max ${bm[*]}), qsd p99 ${qp[*]} (max ${qm[*]}) ms" >&2
+    figure "agent-randw-p99-$rate" "$(median "${bp[@]}" | sed 's/0*$//;s/\.$//')" \
+        "$(median "${qp[@]}" | sed 's/0*$//;s/\.$//')" ms lower 1.0 qemu-storage-daemon
+}
+
+# agent-snap-Ndisk-MODE: the snapshot transaction on each server
+bench_agent_snap() {
+    local n=$1 mode=$2 i kind out rt gap w br=() qr=() bg=() qg=() key uris=() k names=()
+    local rate=0
+    [ "$mode" = load ] && rate=${AGENT_SNAP_RATE:-500}
+    echo "bench: agent-snap-${n}disk-$mode ..." >&2
+    for ((k = 0; k < n; k++)); do names+=("vd$k"); done
+    for ((i = 0; i < RUNS; i++)); do
+        for kind in agent qsd; do
+            fresh_disks "$n" "$AGENT_DISK_MIB"
+            # shellcheck disable=SC2046
+            srv_start "$kind" $(disk_args "$n")
+            key=device
+            [ "$kind" = qsd ] && key=node-name
+            uris=()
+            if [ "$rate" != 0 ]; then
+                for ((k = 0; k < n; k++)); do uris+=(--uri "$(srv_uri "vd$k")"); done
+            fi
+            out=$(/usr/bin/python3 "$SNAPGAP" --qmp "$A/srv.qmp" --key "$key" --dir "$A" \
+                --writer "$WRITER" --rate "$rate" --secs "${AGENT_SNAP_SECS:-3}" \
+                "${uris[@]}" "${names[@]}") || die "agent-snap-${n}disk-$mode on $kind failed"
+            srv_stop
+            read -r rt gap w <<<"$out"
+            if [ "$kind" = agent ]; then br+=("$rt"); bg+=("$gap"); else qr+=("$rt"); qg+=("$gap"); fi
+        done
+    done
+    rm -f "$A"/d*.qcow2 "$A"/*-snap.qcow2
+    echo "bench: agent-snap-${n}disk-$mode: agent rt ${br[*]} gap ${bg[*]}, qsd rt ${qr[*]} gap ${qg[*]} ms" >&2
+    figure "agent-snap-${n}disk-$mode-rt" "$(median "${br[@]}" | sed 's/0*$//;s/\.$//')" \
+        "$(median "${qr[@]}" | sed 's/0*$//;s/\.$//')" ms info - qemu-storage-daemon
+    if [ "$rate" != 0 ]; then
+        figure "agent-snap-${n}disk-$mode-gap" "$(median "${bg[@]}" | sed 's/0*$//;s/\.$//')" \
+            "$(median "${qg[@]}" | sed 's/0*$//;s/\.$//')" ms max 5 qemu-storage-daemon
+    fi
+}
+
+# agent-rss-4disk: VmHWM of each server with 4 disks, each written at 2000
+# writes/s and read whole by nbdcopy at the same time (a live backup)
+bench_agent_rss() {
+    local i kind k pids=() b=() q=() rate=${AGENT_RSS_RATE:-2000} secs=${AGENT_RSS_SECS:-3}
+    echo "bench: agent-rss-4disk ..." >&2
+    for ((i = 0; i < RUNS; i++)); do
+        for kind in agent qsd; do
+            fresh_disks 4 "$AGENT_DISK_MIB"
+            for ((k = 0; k < 4; k++)); do
+                "$QEMU_IO" -f qcow2 -c "write -P $((k + 7)) 0 ${AGENT_DISK_MIB}M" "$A/d$k.qcow2" >/dev/null ||
+                    die "filling d$k failed"
+            done
+            # shellcheck disable=SC2046
+            srv_start "$kind" $(disk_args 4)
+            pids=()
+            for ((k = 0; k < 4; k++)); do
+                "$WRITER" "$(srv_uri "vd$k")" "$rate" "$secs" --seed $((k + 1)) >/dev/null &
+                pids+=($!)
+                nbdcopy "$(srv_uri "vd$k")" null: &
+                pids+=($!)
+            done
+            for k in "${pids[@]}"; do
+                wait "$k" || die "agent-rss-4disk: a client of $kind failed"
+            done
+            if [ "$kind" = agent ]; then b+=("$(srv_hwm_kib)"); else q+=("$(srv_hwm_kib)"); fi
+            srv_stop
+        done
+    done
+    rm -f "$A"/d*.qcow2
+    echo "bench: agent-rss-4disk: agent ${b[*]} KiB, qsd ${q[*]} KiB" >&2
+    figure agent-rss-4disk "$(awk -v k="$(median "${b[@]}")" 'BEGIN { printf "%.1f", k / 1024 }')" \
+        "$(awk -v k="$(median "${q[@]}")" 'BEGIN { printf "%.1f", k / 1024 }')" MiB max 64 qemu-storage-daemon
+}
+
+agent_rows() {
+    want agent-nbd-read agent-nbd-write agent-randw-p99-500 agent-randw-p99-2000 \
+        agent-snap-1disk-idle-rt agent-snap-4disk-idle-rt agent-snap-1disk-load-rt \
+        agent-snap-1disk-load-gap agent-snap-4disk-load-rt agent-snap-4disk-load-gap \
+        agent-rss-4disk || return 0
+    setup_agent
+    want agent-nbd-read && bench_agent_read
+    want agent-nbd-write && bench_agent_write
+    want agent-randw-p99-500 && bench_agent_randw 500
+    want agent-randw-p99-2000 && bench_agent_randw 2000
+    want agent-snap-1disk-idle-rt && bench_agent_snap 1 idle
+    want agent-snap-4disk-idle-rt && bench_agent_snap 4 idle
+    want agent-snap-1disk-load-rt agent-snap-1disk-load-gap && bench_agent_snap 1 load
+    want agent-snap-4disk-load-rt agent-snap-4disk-load-gap && bench_agent_snap 4 load
+    want agent-rss-4disk && bench_agent_rss
+    srv_stop
+    [ -n "${BENCH_KEEP:-}" ] || rm -rf "$A"
+}
+
+agent_cleanup() {
+    srv_stop 2>/dev/null
+    if [ -z "${BENCH_KEEP:-}" ]; then
+        rm -rf "$A"
+    else
+        rm -f "$A"/d*.qcow2 "$A"/*-snap.qcow2 "$A"/srv.* "$A"/writer-*.log
+    fi
+}
