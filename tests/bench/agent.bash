@@ -139,21 +139,28 @@ srv_hwm_kib() {
 # ---- data sets ------------------------------------------------------------
 
 setup_agent() {
-    local k
     mkdir -p "$A" || die "cannot create $A"
     [ -x "$WRITER" ] || die "no nbd-writer at $WRITER (make unit)"
     command -v "$QSD" >/dev/null || die "$QSD is missing"
     command -v nbdcopy >/dev/null || die "nbdcopy is missing"
-    [ -e "$A/rd.qcow2" ] && [ -e "$A/wr.raw" ] && return
-    echo "bench: making the agent's images in $A ..." >&2
-    "$QEMU_IMG" create -q -f qcow2 "$A/rd.qcow2" "${AGENT_RD_MIB}M" || die create
-    for ((k = 0; k < AGENT_RD_MIB; k += 128)); do
-        echo "write -P $((k / 128 + 1)) ${k}M 128M"
-    done | qio_batch "$A/rd.qcow2" qcow2
-    truncate -s "${AGENT_WR_MIB}M" "$A/wr.raw"
-    for ((k = 0; k < AGENT_WR_MIB; k += 128)); do
-        echo "write -P $((k / 128 + 101)) ${k}M 128M"
-    done | qio_batch "$A/wr.raw" raw
+    command -v jq >/dev/null || die "jq is missing"
+}
+
+# IMG FMT MIB FIRST_PATTERN: a new image of MIB MiB, all data (128 MiB
+# runs of a byte), unless it is there (BENCH_KEEP)
+make_full() {
+    local img=$1 fmt=$2 mib=$3 p=$4 k
+    [ -e "$img" ] && return
+    echo "bench: making $img ..." >&2
+    if [ "$fmt" = raw ]; then
+        truncate -s "${mib}M" "$img.tmp"
+    else
+        "$QEMU_IMG" create -q -f "$fmt" "$img.tmp" "${mib}M" || die create
+    fi
+    for ((k = 0; k < mib; k += 128)); do
+        echo "write -P $((k / 128 + p)) ${k}M 128M"
+    done | qio_batch "$img.tmp" "$fmt"
+    mv "$img.tmp" "$img"
 }
 
 # fresh_disks N SIZE_MIB: $A/d0.qcow2 ... empty, and the snapshot files gone
@@ -180,6 +187,7 @@ elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.6f", b - a }'
 bench_agent_read() {
     local i kind t0 t bt=() qt=()
     echo "bench: agent-nbd-read ..." >&2
+    make_full "$A/rd.qcow2" qcow2 "$AGENT_RD_MIB" 1
     for ((i = 0; i <= RUNS; i++)); do       # run 0 warms up
         for kind in agent qemu-nbd; do
             srv_start "$kind" "vda=$A/rd.qcow2"
@@ -202,6 +210,7 @@ mibs() { awk -v m="$1" -v t="$2" 'BEGIN { printf "%.0f", m / t }'; }
 bench_agent_write() {
     local i kind t0 t bt=() qt=()
     echo "bench: agent-nbd-write ..." >&2
+    make_full "$A/wr.raw" raw "$AGENT_WR_MIB" 101
     for ((i = 0; i <= RUNS; i++)); do
         for kind in agent qemu-nbd; do
             fresh_disks 1 "$AGENT_WR_MIB"

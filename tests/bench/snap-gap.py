@@ -91,7 +91,7 @@ def main():
 
     actions = [{'type': 'blockdev-snapshot-sync',
                 'data': {a.key: d, 'snapshot-file': os.path.join(a.dir, d + '-snap.qcow2'),
-                         'format': 'qcow2'}} for d in a.disks]
+                         'snapshot-node-name': d + '-snap', 'format': 'qcow2'}} for d in a.disks]
     t0 = time.monotonic()
     q.send('transaction', {'actions': actions})
     r = q.answer()
