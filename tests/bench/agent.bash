@@ -17,7 +17,10 @@
 #                           overlapped the transaction took (<= 5 ms)
 #   agent-rss-4disk         the agent's VmHWM with 4 disks under load
 #                           (a writer at 2000 writes/s and an nbdcopy
-#                           backup read on each disk): <= 64 MiB
+#                           backup read on each disk, 1 connection each):
+#                           <= 64 MiB, QSD's alongside
+#   agent-rss-4disk-16conn  the same with nbdcopy's default 4 connections
+#                           per disk (16 in all)
 # Every figure is the median of BENCH_RUNS runs; the servers alternate.
 # Images live on /dev/shm (AGENT_BENCH_DIR) so that the page cache, not
 # the disk, is what both servers see; everything is removed after.
@@ -292,37 +295,38 @@ bench_agent_snap() {
     fi
 }
 
-# agent-rss-4disk: VmHWM of each server with 4 disks, each written at 2000
-# writes/s and read whole by nbdcopy at the same time (a live backup)
+# agent-rss-4disk[-16conn]: VmHWM of each server with 4 disks (256 MiB of
+# data each) under load: on each disk a guest writer at 2000 writes/s and
+# an nbdcopy backup read to null: at the same time, with 1 connection per
+# disk (4 in all) or nbdcopy's default 4 (16 in all)
 bench_agent_rss() {
-    local i kind k pids=() b=() q=() rate=${AGENT_RSS_RATE:-2000} secs=${AGENT_RSS_SECS:-3}
-    echo "bench: agent-rss-4disk ..." >&2
+    local conns=$1 name=agent-rss-4disk i kind k pids=() b=() q=()
+    local rate=${AGENT_RSS_RATE:-2000} secs=${AGENT_RSS_SECS:-3}
+    [ "$conns" = 1 ] || name=agent-rss-4disk-$((4 * conns))conn
+    echo "bench: $name ..." >&2
+    make_full "$A/full.qcow2" qcow2 "$AGENT_DISK_MIB" 7
     for ((i = 0; i < RUNS; i++)); do
         for kind in agent qsd; do
-            fresh_disks 4 "$AGENT_DISK_MIB"
-            for ((k = 0; k < 4; k++)); do
-                "$QEMU_IO" -f qcow2 -c "write -P $((k + 7)) 0 ${AGENT_DISK_MIB}M" "$A/d$k.qcow2" >/dev/null ||
-                    die "filling d$k failed"
-            done
+            for ((k = 0; k < 4; k++)); do cp "$A/full.qcow2" "$A/d$k.qcow2"; done
             # shellcheck disable=SC2046
             srv_start "$kind" $(disk_args 4)
             pids=()
             for ((k = 0; k < 4; k++)); do
                 "$WRITER" "$(srv_uri "vd$k")" "$rate" "$secs" --seed $((k + 1)) >/dev/null &
                 pids+=($!)
-                nbdcopy "$(srv_uri "vd$k")" null: &
+                nbdcopy -C "$conns" "$(srv_uri "vd$k")" null: &
                 pids+=($!)
             done
             for k in "${pids[@]}"; do
-                wait "$k" || die "agent-rss-4disk: a client of $kind failed"
+                wait "$k" || die "$name: a client of $kind failed"
             done
             if [ "$kind" = agent ]; then b+=("$(srv_hwm_kib)"); else q+=("$(srv_hwm_kib)"); fi
             srv_stop
         done
     done
     rm -f "$A"/d*.qcow2
-    echo "bench: agent-rss-4disk: agent ${b[*]} KiB, qsd ${q[*]} KiB" >&2
-    figure agent-rss-4disk "$(awk -v k="$(median "${b[@]}")" 'BEGIN { printf "%.1f", k / 1024 }')" \
+    echo "bench: $name: agent ${b[*]} KiB, qsd ${q[*]} KiB" >&2
+    figure "$name" "$(awk -v k="$(median "${b[@]}")" 'BEGIN { printf "%.1f", k / 1024 }')" \
         "$(awk -v k="$(median "${q[@]}")" 'BEGIN { printf "%.1f", k / 1024 }')" MiB max 64 qemu-storage-daemon
 }
 
@@ -330,7 +334,7 @@ agent_rows() {
     want agent-nbd-read agent-nbd-write agent-randw-p99-500 agent-randw-p99-2000 \
         agent-snap-1disk-idle-rt agent-snap-4disk-idle-rt agent-snap-1disk-load-rt \
         agent-snap-1disk-load-gap agent-snap-4disk-load-rt agent-snap-4disk-load-gap \
-        agent-rss-4disk || return 0
+        agent-rss-4disk agent-rss-4disk-16conn || return 0
     setup_agent
     want agent-nbd-read && bench_agent_read
     want agent-nbd-write && bench_agent_write
@@ -340,7 +344,8 @@ agent_rows() {
     want agent-snap-4disk-idle-rt && bench_agent_snap 4 idle
     want agent-snap-1disk-load-rt agent-snap-1disk-load-gap && bench_agent_snap 1 load
     want agent-snap-4disk-load-rt agent-snap-4disk-load-gap && bench_agent_snap 4 load
-    want agent-rss-4disk && bench_agent_rss
+    want agent-rss-4disk && bench_agent_rss 1
+    want agent-rss-4disk-16conn && bench_agent_rss 4
     srv_stop
     [ -n "${BENCH_KEEP:-}" ] || rm -rf "$A"
 }
