@@ -15,6 +15,9 @@
 # transaction (scheduled before its answer came, completed after it was
 # sent) took from its scheduled time to its completion ('-' when idle).
 # WRITES: the number of writes the writers completed (0 when idle).
+# OUT_P99_MS, OUT_MAX_MS: the p99 and the longest of the other writes (the
+# latency the guest sees anyway on this machine now: what GAP_MS is to be
+# read against; '-' when idle).
 # Exits 1 when the transaction fails or a writer reports an error.
 # SPDX-License-Identifier: GPL-2.0-or-later
 
@@ -103,6 +106,7 @@ def main():
 
     gap = None
     writes = 0
+    outside = []
     for log, p in writers:
         out, err = p.communicate(timeout=a.secs * 4 + 30)
         if p.returncode != 0:
@@ -116,12 +120,19 @@ def main():
                 sched, done = map(float, line.split())
                 if sched <= t1 and done >= t0:
                     gap = max(gap or 0.0, done - sched)
+                else:
+                    outside.append(done - sched)
         os.unlink(log)
     if load and gap is None:
         print('snap-gap: no guest write overlapped the transaction', file=sys.stderr)
         status = 1
-    print('%.3f %s %d' % ((t1 - t0) * 1000, '-' if gap is None else '%.3f' % (gap * 1000),
-                          writes))
+    outside.sort()
+
+    def ms(v):
+        return '-' if v is None else '%.3f' % (v * 1000)
+    print('%.3f %s %d %s %s' % ((t1 - t0) * 1000, ms(gap), writes,
+                                ms(outside[len(outside) * 99 // 100] if outside else None),
+                                ms(outside[-1] if outside else None)))
     return status
 
 
