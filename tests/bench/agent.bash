@@ -47,42 +47,6 @@ AGENT_RD_MIB=1536
 AGENT_WR_MIB=1024
 AGENT_DISK_MIB=256
 
-FIGURES=()  # "name|b_value|q_value|unit|ratio|target|verdict|ref"
-
-# figure NAME B_VALUE REF_VALUE UNIT KIND TARGET REF
-#   a non-time figure: KIND is 'higher' (ratio b/ref >= TARGET), 'lower'
-#   (b <= ref * TARGET), 'max' (b <= TARGET, absolute) or 'info'.
-#   REF_VALUE may be '-' (no reference).
-figure() {
-    local name=$1 b=$2 q=$3 unit=$4 kind=$5 target=$6 ref=$7 ratio=- verdict=met tgt
-    if [ "$q" != - ] && [ "$b" != - ]; then
-        ratio=$(awk -v b="$b" -v q="$q" 'BEGIN { printf "%.2f", (q > 0 ? b / q : 99) }')
-    fi
-    case $kind in
-    higher) tgt="ratio>=$target"
-        awk -v r="$ratio" -v t="$target" 'BEGIN { exit !(r != "-" && r >= t) }' || verdict=MISSED ;;
-    lower) tgt="ratio<=$target"
-        awk -v r="$ratio" -v t="$target" 'BEGIN { exit !(r != "-" && r <= t) }' || verdict=MISSED ;;
-    max) tgt="<=$target $unit"
-        awk -v b="$b" -v t="$target" 'BEGIN { exit !(b != "-" && b <= t) }' || verdict=MISSED ;;
-    *) tgt=-; verdict=info ;;
-    esac
-    [ "$verdict" != MISSED ] || MISSED=$((MISSED + 1))
-    FIGURES+=("$name|$b|$q|$unit|$ratio|$tgt|$verdict|$ref")
-    printf 'bench: %s: blockctl %s %s, %s %s %s\n' "$name" "$b" "$unit" "$ref" "$q" "$unit" >&2
-}
-
-report_figures() {
-    local line name b q unit ratio tgt verdict ref
-    [ "${#FIGURES[@]}" -gt 0 ] || return 0
-    printf '\n%-28s %12s %12s %-6s %7s  %s\n' figure blockctl reference unit ratio "target (reference)"
-    for line in "${FIGURES[@]}"; do
-        IFS='|' read -r name b q unit ratio tgt verdict ref <<<"$line"
-        printf '%-28s %12s %12s %-6s %7s  %s (%s)  %s\n' "$name" "$b" "$q" "$unit" "$ratio" \
-            "$tgt" "$ref" "$verdict"
-    done
-}
-
 # ---- servers ------------------------------------------------------------
 # One server at a time, its pid in $A/srv.pid; srv_uri NAME gives the URI
 # of a disk's export.  Disk arguments are NAME=FILE (qcow2).
@@ -239,7 +203,7 @@ bench_agent_write() {
 
 # agent-randw-p99-RATE: nbd-writer at RATE on a new 1 GiB qcow2, p99 ms
 bench_agent_randw() {
-    local rate=$1 secs=${AGENT_WRITER_SECS:-4} i kind out p bp=() qp=() bm=() qm=()
+    local rate=$1 secs=${AGENT_WRITER_SECS:-3} i kind out p bp=() qp=() bm=() qm=() b50=() q50=()
     echo "bench: agent-randw-p99-$rate ..." >&2
     for ((i = 0; i < RUNS; i++)); do
         for kind in agent qsd; do
@@ -250,14 +214,14 @@ bench_agent_randw() {
             srv_stop
             p=$(jq -r .p99_ms <<<"$out")
             if [ "$kind" = agent ]; then
-                bp+=("$p"); bm+=("$(jq -r .max_ms <<<"$out")")
+                bp+=("$p"); bm+=("$(jq -r .max_ms <<<"$out")"); b50+=("$(jq -r .p50_ms <<<"$out")")
             else
-                qp+=("$p"); qm+=("$(jq -r .max_ms <<<"$out")")
+                qp+=("$p"); qm+=("$(jq -r .max_ms <<<"$out")"); q50+=("$(jq -r .p50_ms <<<"$out")")
             fi
         done
     done
     rm -f "$A"/d*.qcow2
-    echo "bench: agent-randw-p99-$rate: agent p99 ${bp[*]} (max ${bm[*]}), qsd p99 ${qp[*]} (max ${qm[*]}) ms" >&2
+    echo "bench: agent-randw-p99-$rate: agent p99 ${bp[*]} (p50 ${b50[*]}; max ${bm[*]}), qsd p99 ${qp[*]} (p50 ${q50[*]}; max ${qm[*]}) ms" >&2
     figure "agent-randw-p99-$rate" "$(median "${bp[@]}" | sed 's/0*$//;s/\.$//')" \
         "$(median "${qp[@]}" | sed 's/0*$//;s/\.$//')" ms lower 1.0 qemu-storage-daemon
 }

@@ -23,7 +23,7 @@
 #   QSD=qemu-storage-daemon NBD_WRITER=build/tests/tools/nbd-writer
 #
 # Non-time figures (throughputs, latencies, RSS: the agent-* rows) go
-# through `figure` (tests/bench/agent.bash) and are printed in a second
+# through `figure` (below; used by tests/bench/agent.bash) and are printed in a second
 # table: name, blockctl's value, the reference's, unit, ratio, target.
 #
 # Adding a benchmark (later issues): write a setup_NAME function that makes
@@ -89,6 +89,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
+# the agent-* rows (agent_rows, agent_cleanup)
 # shellcheck source=tests/bench/agent.bash
 . "$(dirname "${BASH_SOURCE[0]}")/agent.bash"
 
@@ -230,6 +231,43 @@ report() {
     else
         echo "bench: $MISSED of $total targets missed, $FAILED disagreements"
     fi
+}
+
+FIGURES=()  # "name|b_value|q_value|unit|ratio|target|verdict|ref"
+
+# figure NAME B_VALUE REF_VALUE UNIT KIND TARGET REF
+#   a non-time figure (a throughput, a latency, a memory size), measured
+#   by the caller on both sides: KIND is 'higher' (ratio b/ref >= TARGET), 'lower'
+#   (b <= ref * TARGET), 'max' (b <= TARGET, absolute) or 'info'.
+#   REF_VALUE may be '-' (no reference).
+figure() {
+    local name=$1 b=$2 q=$3 unit=$4 kind=$5 target=$6 ref=$7 ratio=- verdict=met tgt
+    if [ "$q" != - ] && [ "$b" != - ]; then
+        ratio=$(awk -v b="$b" -v q="$q" 'BEGIN { printf "%.2f", (q > 0 ? b / q : 99) }')
+    fi
+    case $kind in
+    higher) tgt="ratio>=$target"
+        awk -v r="$ratio" -v t="$target" 'BEGIN { exit !(r != "-" && r >= t) }' || verdict=MISSED ;;
+    lower) tgt="ratio<=$target"
+        awk -v r="$ratio" -v t="$target" 'BEGIN { exit !(r != "-" && r <= t) }' || verdict=MISSED ;;
+    max) tgt="<=$target $unit"
+        awk -v b="$b" -v t="$target" 'BEGIN { exit !(b != "-" && b <= t) }' || verdict=MISSED ;;
+    *) tgt=-; verdict=info ;;
+    esac
+    [ "$verdict" != MISSED ] || MISSED=$((MISSED + 1))
+    FIGURES+=("$name|$b|$q|$unit|$ratio|$tgt|$verdict|$ref")
+    printf 'bench: %s: blockctl %s %s, %s %s %s\n' "$name" "$b" "$unit" "$ref" "$q" "$unit" >&2
+}
+
+report_figures() {
+    local line name b q unit ratio tgt verdict ref
+    [ "${#FIGURES[@]}" -gt 0 ] || return 0
+    printf '\n%-28s %12s %12s %-6s %7s  %s\n' figure blockctl reference unit ratio "target (reference)"
+    for line in "${FIGURES[@]}"; do
+        IFS='|' read -r name b q unit ratio tgt verdict ref <<<"$line"
+        printf '%-28s %12s %12s %-6s %7s  %s (%s)  %s\n' "$name" "$b" "$q" "$unit" "$ratio" \
+            "$tgt" "$ref" "$verdict"
+    done
 }
 
 # ---------------------------------------------------------------------------
