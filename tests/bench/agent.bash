@@ -102,6 +102,12 @@ srv_uri() {
     fi
 }
 
+# the server's CPU time so far (user + system), in seconds
+CLK_TCK=$(getconf CLK_TCK)
+srv_cpu_s() {
+    awk -v hz="$CLK_TCK" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/$(cat "$A/srv.pid")/stat"
+}
+
 srv_hwm_kib() {
     awk '/^VmHWM:/ { print $2 }' "/proc/$(cat "$A/srv.pid")/status"
 }
@@ -155,7 +161,7 @@ elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.6f", b - a }'
 
 # agent-nbd-read: nbdcopy export -> null: on each server, MiB/s
 bench_agent_read() {
-    local i kind t0 t bt=() qt=()
+    local i kind t0 t c bt=() qt=() bc=() qc=()
     echo "bench: agent-nbd-read ..." >&2
     make_full "$A/rd.qcow2" qcow2 "$AGENT_RD_MIB" 1
     for ((i = 0; i <= RUNS; i++)); do       # run 0 warms up
@@ -164,21 +170,25 @@ bench_agent_read() {
             t0=$(now_s)
             nbdcopy -C 4 "$(srv_uri vda)" null: || die "nbdcopy from $kind failed"
             t=$(elapsed "$t0")
+            c=$(srv_cpu_s)
             srv_stop
             [ "$i" -eq 0 ] && continue
-            if [ "$kind" = agent ]; then bt+=("$t"); else qt+=("$t"); fi
+            if [ "$kind" = agent ]; then bt+=("$t"); bc+=("$c"); else qt+=("$t"); qc+=("$c"); fi
         done
     done
-    echo "bench: agent-nbd-read: agent ${bt[*]} s, qemu-nbd ${qt[*]} s" >&2
+    echo "bench: agent-nbd-read: agent ${bt[*]} s (CPU ${bc[*]} s), qemu-nbd ${qt[*]} s (CPU ${qc[*]} s)" >&2
     figure agent-nbd-read "$(mibs "$AGENT_RD_MIB" "$(median "${bt[@]}")")" \
         "$(mibs "$AGENT_RD_MIB" "$(median "${qt[@]}")")" MiB/s higher 1.0 qemu-nbd
+    # the server's CPU time for the copy (what a busy machine makes it wait for)
+    figure agent-nbd-read-cpu "$(median "${bc[@]}" | sed 's/0*$//;s/\.$//')" \
+        "$(median "${qc[@]}" | sed 's/0*$//;s/\.$//')" s info - qemu-nbd
 }
 
 mibs() { awk -v m="$1" -v t="$2" 'BEGIN { printf "%.0f", m / t }'; }
 
 # agent-nbd-write: nbdcopy wr.raw -> export of a new qcow2, MiB/s
 bench_agent_write() {
-    local i kind t0 t bt=() qt=()
+    local i kind t0 t c bt=() qt=() bc=() qc=()
     echo "bench: agent-nbd-write ..." >&2
     make_full "$A/wr.raw" raw "$AGENT_WR_MIB" 101
     for ((i = 0; i <= RUNS; i++)); do
@@ -188,17 +198,20 @@ bench_agent_write() {
             t0=$(now_s)
             nbdcopy -C 4 "$A/wr.raw" "$(srv_uri vda)" || die "nbdcopy to $kind failed"
             t=$(elapsed "$t0")
+            c=$(srv_cpu_s)
             srv_stop
             "$QEMU_IMG" compare -q -f raw -F qcow2 "$A/wr.raw" "$A/d0.qcow2" ||
                 die "agent-nbd-write: $kind's copy differs from the source"
             [ "$i" -eq 0 ] && continue
-            if [ "$kind" = agent ]; then bt+=("$t"); else qt+=("$t"); fi
+            if [ "$kind" = agent ]; then bt+=("$t"); bc+=("$c"); else qt+=("$t"); qc+=("$c"); fi
         done
     done
     rm -f "$A"/d*.qcow2
-    echo "bench: agent-nbd-write: agent ${bt[*]} s, qemu-nbd ${qt[*]} s" >&2
+    echo "bench: agent-nbd-write: agent ${bt[*]} s (CPU ${bc[*]} s), qemu-nbd ${qt[*]} s (CPU ${qc[*]} s)" >&2
     figure agent-nbd-write "$(mibs "$AGENT_WR_MIB" "$(median "${bt[@]}")")" \
         "$(mibs "$AGENT_WR_MIB" "$(median "${qt[@]}")")" MiB/s higher 1.0 qemu-nbd
+    figure agent-nbd-write-cpu "$(median "${bc[@]}" | sed 's/0*$//;s/\.$//')" \
+        "$(median "${qc[@]}" | sed 's/0*$//;s/\.$//')" s info - qemu-nbd
 }
 
 # agent-randw-p99-RATE: nbd-writer at RATE on a new 1 GiB qcow2, p99 ms
