@@ -6,6 +6,8 @@
 #                           agent vs qemu-nbd: MiB/s, target ratio >= 1.0
 #   agent-nbd-write         nbdcopy 1 GiB raw -> export (a new qcow2),
 #                           agent vs qemu-nbd: MiB/s, target ratio >= 1.0
+#   agent-nbd-{read,write}-cpu  the server's CPU seconds for that copy
+#                           (info: what a busy machine does not blur)
 #   agent-randw-p99-500     guest 4 KiB random writes, open loop
 #   agent-randw-p99-2000    (tests/tools/nbd-writer), 500 and 2000 writes/s:
 #                           p99 latency from the scheduled time, agent vs
@@ -15,6 +17,9 @@
 #                           at 500 writes/s on each disk: round trip (info)
 #   agent-snap-{1,4}disk-load-gap   the longest time a guest write that
 #                           overlapped the transaction took (<= 5 ms)
+#   agent-snap-{1,4}disk-load-p99-other  p99 of the other writes of the
+#                           same runs (info): the latency floor of the
+#                           machine then, to read the gap against
 #   agent-rss-4disk         the agent's VmHWM with 4 disks under load
 #                           (a writer at 2000 writes/s and an nbdcopy
 #                           backup read on each disk, 1 connection each):
