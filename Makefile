@@ -143,7 +143,7 @@ crash: deps test-deps
 	@PROG=$(CURDIR)/$(if $(filter build,$(BUILD)),blockctl,$(BIN)) tests/crash/matrix.sh
 
 bench: deps test-deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory all test-tools
 	@tests/bench/run.sh $(CURDIR)/blockctl
 
 clean:

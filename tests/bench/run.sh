@@ -17,6 +17,14 @@
 #   BENCH_STRICT=1                  exit 1 when a target is missed
 #   QEMU_IMG=qemu-img QEMU_IO=qemu-io QEMU_NBD=qemu-nbd
 #   BENCH_CHAIN_MIB=2048              size of the chain of issues 3 and 4
+#   AGENT_BENCH_DIR=/dev/shm/...      where the agent-* rows make their
+#                                     images (tests/bench/agent.bash);
+#                                     BENCH_ONLY=agent runs only those
+#   QSD=qemu-storage-daemon NBD_WRITER=build/tests/tools/nbd-writer
+#
+# Non-time figures (throughputs, latencies, RSS: the agent-* rows) go
+# through `figure` (below; used by tests/bench/agent.bash) and are printed in a second
+# table: name, blockctl's value, the reference's, unit, ratio, target.
 #
 # Adding a benchmark (later issues): write a setup_NAME function that makes
 # its images under $D (skip the work when they already exist, for
@@ -70,6 +78,7 @@ nbd_stop_all() {
 }
 cleanup() {
     nbd_stop_all
+    agent_cleanup
     if [ -z "${BENCH_KEEP:-}" ]; then
         rm -rf "$D"
     else
@@ -79,6 +88,10 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
+
+# the agent-* rows (agent_rows, agent_cleanup)
+# shellcheck source=tests/bench/agent.bash
+. "$(dirname "${BASH_SOURCE[0]}")/agent.bash"
 
 RESULTS=()      # "name|b_sec|q_sec|ratio|b_rss_mib|q_rss_mib|target|rss_target|verdict"
 MISSED=0
@@ -198,8 +211,9 @@ bench() {
 
 report() {
     local line name b q ratio brss qrss target rss_target verdict abs ref tgt
-    printf '\n%-24s %10s %10s %7s %12s %10s  %s\n' benchmark blockctl-s ref-s ratio \
-        blockctl-RSS ref-RSS "target (reference)"
+    [ "${#RESULTS[@]}" -eq 0 ] ||
+        printf '\n%-24s %10s %10s %7s %12s %10s  %s\n' benchmark blockctl-s ref-s ratio \
+            blockctl-RSS ref-RSS "target (reference)"
     for line in "${RESULTS[@]}"; do
         IFS='|' read -r name b q ratio brss qrss target rss_target verdict abs ref <<<"$line"
         tgt=
@@ -209,12 +223,51 @@ report() {
         printf '%-24s %10s %10s %7s %8s MiB %6s MiB  %s (%s)  %s\n' "$name" "$b" "$q" "$ratio" \
             "$brss" "$qrss" "$tgt" "$ref" "$verdict"
     done
+    report_figures
     echo
+    local total=$((${#RESULTS[@]} + ${#FIGURES[@]}))
     if [ "$MISSED" -eq 0 ] && [ "$FAILED" -eq 0 ]; then
-        echo "bench: all ${#RESULTS[@]} targets met"
+        echo "bench: all $total targets met"
     else
-        echo "bench: $MISSED of ${#RESULTS[@]} targets missed, $FAILED disagreements"
+        echo "bench: $MISSED of $total targets missed, $FAILED disagreements"
     fi
+}
+
+FIGURES=()  # "name|b_value|q_value|unit|ratio|target|verdict|ref"
+
+# figure NAME B_VALUE REF_VALUE UNIT KIND TARGET REF
+#   a non-time figure (a throughput, a latency, a memory size), measured
+#   by the caller on both sides: KIND is 'higher' (ratio b/ref >= TARGET), 'lower'
+#   (b <= ref * TARGET), 'max' (b <= TARGET, absolute) or 'info'.
+#   REF_VALUE may be '-' (no reference).
+figure() {
+    local name=$1 b=$2 q=$3 unit=$4 kind=$5 target=$6 ref=$7 ratio=- verdict=met tgt
+    if [ "$q" != - ] && [ "$b" != - ]; then
+        ratio=$(awk -v b="$b" -v q="$q" 'BEGIN { printf "%.2f", (q > 0 ? b / q : 99) }')
+    fi
+    case $kind in
+    higher) tgt="ratio>=$target"
+        awk -v r="$ratio" -v t="$target" 'BEGIN { exit !(r != "-" && r >= t) }' || verdict=MISSED ;;
+    lower) tgt="ratio<=$target"
+        awk -v r="$ratio" -v t="$target" 'BEGIN { exit !(r != "-" && r <= t) }' || verdict=MISSED ;;
+    max) tgt="<=$target $unit"
+        awk -v b="$b" -v t="$target" 'BEGIN { exit !(b != "-" && b <= t) }' || verdict=MISSED ;;
+    *) tgt=-; verdict=info ;;
+    esac
+    [ "$verdict" != MISSED ] || MISSED=$((MISSED + 1))
+    FIGURES+=("$name|$b|$q|$unit|$ratio|$tgt|$verdict|$ref")
+    printf 'bench: %s: blockctl %s %s, %s %s %s\n' "$name" "$b" "$unit" "$ref" "$q" "$unit" >&2
+}
+
+report_figures() {
+    local line name b q unit ratio tgt verdict ref
+    [ "${#FIGURES[@]}" -gt 0 ] || return 0
+    printf '\n%-28s %12s %12s %-6s %7s  %s\n' figure blockctl reference unit ratio "target (reference)"
+    for line in "${FIGURES[@]}"; do
+        IFS='|' read -r name b q unit ratio tgt verdict ref <<<"$line"
+        printf '%-28s %12s %12s %-6s %7s  %s (%s)  %s\n' "$name" "$b" "$q" "$unit" "$ratio" \
+            "$tgt" "$ref" "$verdict"
+    done
 }
 
 # ---------------------------------------------------------------------------
@@ -581,6 +634,9 @@ main() {
             "$B mirror -f qcow2 --sync=bitmap --bitmap B -B $D/inc/full.qcow2 -F qcow2 -O qcow2 $D/inc/disk.qcow2 $D/t.inc.qcow2" \
             "$B mirror -f qcow2 -O qcow2 $D/inc/disk.qcow2 $D/t.full2.qcow2" 0.10 64
     fi
+
+    # ---- the agent: NBD export, guest latency, live snapshot, memory ----------
+    agent_rows
 
     report
     if [ "$FAILED" -gt 0 ]; then

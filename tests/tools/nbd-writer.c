@@ -4,12 +4,15 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  *
  *   nbd-writer URI RATE SECONDS [--flush-every N] [--fua] [--seed S]
- *              [--span BYTES] [--stop-file F]
+ *              [--span BYTES] [--stop-file F] [--log FILE]
  *
  * Writes are scheduled at fixed times (RATE per second); each one's
  * latency is measured from its scheduled time, so a stalled server shows
  * up as latency even while nothing can be sent.  Prints one JSON line:
  * {"writes", "errors", "flushes", "p50_ms", "p99_ms", "max_ms"}.
+ * --log FILE: also write each write's scheduled and completion times
+ * (CLOCK_MONOTONIC seconds, one "SCHED DONE" line per write) to FILE, so
+ * that a caller can see what the writes overlapping an event went through.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -34,7 +37,7 @@ struct req {
 };
 
 static struct req reqs[MAX_IN_FLIGHT];
-static double *lat;
+static double *lat, *sched_at;     /* latency and scheduled time per write */
 static size_t nlat, caplat;
 static uint64_t errors, flushes;
 static volatile sig_atomic_t stop;
@@ -59,7 +62,12 @@ static int done_cb(void *opaque, int *error)
         if (nlat == caplat) {
             caplat = caplat ? caplat * 2 : 4096;
             lat = realloc(lat, caplat * sizeof(*lat));
+            sched_at = realloc(sched_at, caplat * sizeof(*sched_at));
+            if (!lat || !sched_at) {
+                abort();
+            }
         }
+        sched_at[nlat] = r->sched;
         lat[nlat++] = l;
     } else {
         flushes++;
@@ -93,7 +101,7 @@ static void on_term(int sig)
 
 int main(int argc, char **argv)
 {
-    const char *uri, *stop_file = NULL;
+    const char *uri, *stop_file = NULL, *log_file = NULL;
     double rate, secs, start, next;
     unsigned flush_every = 0, seed = 1;
     uint64_t span = 0, size, i = 0;
@@ -102,7 +110,7 @@ int main(int argc, char **argv)
 
     if (argc < 4) {
         fprintf(stderr, "usage: %s URI RATE SECONDS [--flush-every N] [--fua] [--seed S] "
-                "[--span BYTES] [--stop-file F]\n", argv[0]);
+                "[--span BYTES] [--stop-file F] [--log FILE]\n", argv[0]);
         return 2;
     }
     uri = argv[1];
@@ -119,6 +127,8 @@ int main(int argc, char **argv)
             span = strtoull(argv[++k], NULL, 0);
         } else if (!strcmp(argv[k], "--stop-file") && k + 1 < argc) {
             stop_file = argv[++k];
+        } else if (!strcmp(argv[k], "--log") && k + 1 < argc) {
+            log_file = argv[++k];
         } else {
             fprintf(stderr, "%s: unknown option '%s'\n", argv[0], argv[k]);
             return 2;
@@ -195,11 +205,27 @@ int main(int argc, char **argv)
     }
     nbd_shutdown(h, 0);
     nbd_close(h);
+    if (log_file) {
+        FILE *f = fopen(log_file, "w");
+
+        if (!f) {
+            fprintf(stderr, "%s: %s: %s\n", argv[0], log_file, strerror(errno));
+            return 1;
+        }
+        for (size_t k = 0; k < nlat; k++) {
+            fprintf(f, "%.6f %.6f\n", sched_at[k], sched_at[k] + lat[k]);
+        }
+        if (fclose(f) != 0) {
+            fprintf(stderr, "%s: %s: %s\n", argv[0], log_file, strerror(errno));
+            return 1;
+        }
+    }
     qsort(lat, nlat, sizeof(*lat), cmp);
     printf("{\"writes\": %zu, \"errors\": %" PRIu64 ", \"flushes\": %" PRIu64
            ", \"p50_ms\": %.3f, \"p99_ms\": %.3f, \"max_ms\": %.3f}\n",
            nlat, errors, flushes, nlat ? lat[nlat / 2] * 1000 : 0.0,
            nlat ? lat[nlat * 99 / 100] * 1000 : 0.0, nlat ? lat[nlat - 1] * 1000 : 0.0);
     free(lat);
+    free(sched_at);
     return errors ? 1 : 0;
 }
