@@ -43,6 +43,12 @@ struct mirror_job {
     bool notifier_on;
     bool bulk_done;              /* write-blocking applies from then on */
     bool complete;               /* block-job-complete asked for the pivot */
+    /*
+     * An active commit: the target is @src's own backing image @base,
+     * reopened read-write for the job; what lies above it is copied down
+     * and the pivot makes it the disk's top (it keeps its backing).
+     */
+    bool commit;
     uint64_t chunk;
     uint8_t *buf;
 };
@@ -166,8 +172,8 @@ static int mirror_run(struct job *job, struct error **errp)
         memset(&cp, 0, sizeof(cp));
         cp.src = m->src;
         cp.dst = m->target;
-        cp.mode = m->sync == SYNC_TOP ? COPY_ABOVE : COPY_ALL;
-        cp.base = m->sync == SYNC_TOP ? m->src->backing : NULL;
+        cp.mode = m->sync == SYNC_TOP || m->commit ? COPY_ABOVE : COPY_ALL;
+        cp.base = m->commit ? m->target : m->sync == SYNC_TOP ? m->src->backing : NULL;
         cp.check_dst_zero = true;
         cp.no_flush = true;
         cp.job = job;
@@ -260,7 +266,9 @@ static int mirror_prepare(struct job *job, struct error **errp)
     }
     if (ret == 0 && pivot) {
         struct bdev *old;
-        if (m->sync == SYNC_TOP) {
+        if (m->commit) {
+            /* the base keeps its own backing file */
+        } else if (m->sync == SYNC_TOP) {
             bdev_set_backing(m->target, m->src->backing);
         } else if (m->sync == SYNC_NONE) {
             bdev_set_backing(m->target, m->src);
@@ -273,7 +281,9 @@ static int mirror_prepare(struct job *job, struct error **errp)
                 error_free(err);
             }
         }
-        m->target->node_name = agent_new_node_name(m->a, m->d);
+        if (!m->target->node_name) {
+            m->target->node_name = agent_new_node_name(m->a, m->d);
+        }
         old = blk_replace_root(m->d->blk, m->target);
         m->target = NULL;       /* the disk's now */
         bdev_unref(old);
@@ -281,8 +291,8 @@ static int mirror_prepare(struct job *job, struct error **errp)
     blk_drain_end(m->d->blk);
     if (ret == 0) {
         struct error *err = NULL;
-        agent_log(m->a, "disk %s: mirror to %s %s", m->d->name, m->target_name,
-                  pivot ? "complete: the disk now uses it" : "finished (no pivot)");
+        agent_log(m->a, "disk %s: %s %s %s", m->d->name, m->commit ? "commit into" : "mirror to",
+                  m->target_name, pivot ? "complete: the disk now uses it" : "finished (no pivot)");
         if (pivot && agent_state_save(m->a, &err) < 0) {
             agent_log(m->a, "%s", err->msg);
             error_free(err);
@@ -307,7 +317,14 @@ static void mirror_free(struct job *job)
     struct mirror_job *m = job->opaque;
     struct error *err = NULL;
 
-    if (m->target && bdev_close(m->target, &err) < 0) {
+    if (m->target && m->commit) {
+        /* no pivot: the base is a backing image again */
+        if (bdev_reopen(m->target, 0, &err) < 0) {
+            agent_log(m->a, "commit base %s: %s", m->target_name, err->msg);
+            error_free(err);
+        }
+        bdev_unref(m->target);
+    } else if (m->target && bdev_close(m->target, &err) < 0) {
         agent_log(m->a, "mirror target %s: %s", m->target_name, err->msg);
         error_free(err);
     }
@@ -334,6 +351,89 @@ static const struct job_driver mirror_driver = {
     .clean = mirror_clean,
     .free = mirror_free,
     .query = mirror_query,
+};
+
+/* an active commit: the mirror's machinery, QEMU's job type */
+static const struct job_driver active_commit_driver = {
+    .type = "commit",
+    .run = mirror_run,
+    .complete = mirror_complete,
+    .prepare = mirror_prepare,
+    .clean = mirror_clean,
+    .free = mirror_free,
+    .query = mirror_query,
+};
+
+/* --- an intermediate commit: copy TOP down into BASE, then drop what
+ * lies between (the image above TOP is relinked onto BASE) --- */
+
+struct commit_job {
+    struct agent *a;
+    struct agent_disk *d;
+    struct bdev *top, *base, *above;   /* our references */
+    char *backing_file;                /* recorded in @above */
+};
+
+static int commit_run(struct job *job, struct error **errp)
+{
+    struct commit_job *c = job->opaque;
+    struct copy_params cp;
+
+    memset(&cp, 0, sizeof(cp));
+    cp.src = c->top;
+    cp.dst = c->base;
+    cp.mode = COPY_ABOVE;
+    cp.base = c->base;
+    cp.check_dst_zero = true;
+    cp.job = job;
+    return copy_run(&cp, errp);
+}
+
+static int commit_prepare(struct job *job, struct error **errp)
+{
+    struct commit_job *c = job->opaque;
+    struct error *err = NULL;
+    int ret;
+
+    blk_drain_begin(c->d->blk);
+    ret = c->above->drv->change_backing(c->above, c->backing_file, bdev_format_name(c->base),
+                                        errp);
+    if (ret == 0) {
+        bdev_set_backing(c->above, c->base);
+    }
+    blk_drain_end(c->d->blk);
+    if (ret == 0) {
+        agent_log(c->a, "disk %s: committed %s into %s", c->d->name, c->top->filename,
+                  c->base->filename);
+        if (agent_state_save(c->a, &err) < 0) {
+            agent_log(c->a, "%s", err->msg);
+            error_free(err);
+        }
+    }
+    return ret;
+}
+
+static void commit_free(struct job *job)
+{
+    struct commit_job *c = job->opaque;
+    struct error *err = NULL;
+
+    if (bdev_reopen(c->base, 0, &err) < 0) {
+        agent_log(c->a, "commit base %s: %s", c->base->filename, err->msg);
+        error_free(err);
+    }
+    bdev_unref(c->top);
+    bdev_unref(c->base);
+    bdev_unref(c->above);
+    free(c->backing_file);
+    free(c);
+}
+
+static const struct job_driver commit_driver = {
+    .type = "commit",
+    .run = commit_run,
+    .prepare = commit_prepare,
+    .free = commit_free,
 };
 
 /* --- drive-mirror --- */
@@ -522,6 +622,174 @@ static int qmp_drive_mirror(json_object *args, json_object **ret, void *opaque,
     return 0;
 }
 
+static bool in_chain_below(struct bdev *top, struct bdev *b)
+{
+    for (struct bdev *x = top->backing; x; x = x->backing) {
+        if (x == b) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static int qmp_block_commit(json_object *args, json_object **ret, void *opaque,
+                            struct error **errp)
+{
+    struct agent *a = opaque;
+    const char *device = str_arg(args, "device");
+    const char *top_node = str_arg(args, "top-node"), *top_file = str_arg(args, "top");
+    const char *base_node = str_arg(args, "base-node"), *base_file = str_arg(args, "base");
+    const char *bfile = str_arg(args, "backing-file");
+    const char *id = str_arg(args, "job-id");
+    struct agent_disk *d = NULL;
+    struct bdev *disk_top, *top, *base = NULL;
+    struct job *job;
+    json_object *v;
+    int64_t speed = json_object_object_get_ex(args, "speed", &v) ? json_object_get_int64(v) : 0;
+    bool auto_fin = json_object_object_get_ex(args, "auto-finalize", &v)
+                        ? json_object_get_boolean(v) : true;
+    bool auto_dis = json_object_object_get_ex(args, "auto-dismiss", &v)
+                        ? json_object_get_boolean(v) : true;
+    int r;
+
+    (void)ret;
+    disk_top = agent_find_node(a, device, &d, NULL);
+    if (!disk_top || !d) {
+        error_setg(errp, "Device '%s' not found", device);
+        error_set_class(errp, QMP_ERR_DEVICE_NOT_FOUND);
+        return -ENOENT;
+    }
+    disk_top = blk_root(d->blk);
+    if (top_node && top_file) {
+        error_setg(errp, "'top-node' and 'top' are mutually exclusive");
+        return -EINVAL;
+    }
+    if (base_node && base_file) {
+        error_setg(errp, "'base-node' and 'base' are mutually exclusive");
+        return -EINVAL;
+    }
+    top = disk_top;
+    if (top_node) {
+        top = agent_find_node(a, top_node, NULL, NULL);
+        if (!top) {
+            error_setg(errp, "Cannot find device='' nor node-name='%s'", top_node);
+            return -ENOENT;
+        }
+    } else if (top_file) {
+        top = bdev_chain_find(disk_top, top_file);
+        if (!top) {
+            error_setg(errp, "Top image file %s not found", top_file);
+            return -ENOENT;
+        }
+    }
+    if (base_node) {
+        base = agent_find_node(a, base_node, NULL, NULL);
+        if (!base) {
+            error_setg(errp, "Cannot find device='' nor node-name='%s'", base_node);
+            return -ENOENT;
+        }
+    } else if (base_file) {
+        base = top->backing ? bdev_chain_find(top->backing, base_file) : NULL;
+        if (!base) {
+            error_setg(errp, "Can't find '%s' in the backing chain", base_file);
+            return -ENOENT;
+        }
+    } else {
+        for (base = top; base->backing; base = base->backing) {
+        }
+    }
+    if (top == base) {
+        error_setg(errp, "cannot commit an image into itself");
+        return -EINVAL;
+    }
+    if (top != disk_top && !in_chain_below(disk_top, top)) {
+        error_setg(errp, "'%s' is not in this backing file chain", top_node ? top_node : top_file);
+        return -EINVAL;
+    }
+    if (!in_chain_below(top, base)) {
+        error_setg(errp, "'%s' is not in this backing file chain",
+                   base_node ? base_node : base->node_name ? base->node_name : base->filename);
+        return -EINVAL;
+    }
+    if (agent_disk_check_busy(a, d, device, errp) < 0) {
+        return -EBUSY;
+    }
+    if (d->read_only) {
+        error_setg(errp, "Block node is read-only");
+        return -EPERM;
+    }
+    if (id && job_find(&a->jobs, id)) {
+        error_setg(errp, "Job ID '%s' already in use", id);
+        return -EEXIST;
+    }
+    if (!id) {
+        id = !strcmp(device, d->name) ? d->name : "";
+    }
+    /* the base is written: read-write for the job's time */
+    blk_drain_begin(d->blk);
+    r = bdev_reopen(base, BDEV_O_RDWR, errp);
+    blk_drain_end(d->blk);
+    if (r < 0) {
+        return r;
+    }
+    if (top == disk_top) {
+        struct mirror_job *m = xzalloc(sizeof(*m));
+        m->a = a;
+        m->d = d;
+        m->src = top;
+        bdev_ref(top);
+        m->target = base;
+        bdev_ref(base);
+        m->commit = true;
+        m->target_name = xstrdup(base->filename);
+        m->sync = SYNC_TOP;
+        m->on_src_err = m->on_tgt_err = on_error(args, "on-error");
+        m->chunk = 1 << 20;
+        m->buf = xmemalign(4096, m->chunk);
+        m->dirty = bitmap_new(top->size, 65536);
+        job = job_create(&a->jobs, &active_commit_driver, id, d->name, speed, auto_fin, auto_dis,
+                         m, errp);
+        if (!job) {
+            mirror_free(&(struct job){ .opaque = m });
+            return -EINVAL;
+        }
+        m->wn.after = mirror_after;
+        m->wn.before = mirror_before;
+        m->wn.opaque = m;
+        blk_drain_begin(d->blk);
+        bdev_add_write_notifier(top, &m->wn);
+        m->notifier_on = true;
+        blk_drain_end(d->blk);
+        agent_log(a, "disk %s: job %s: active commit of %s into %s", d->name, job->id,
+                  top->filename, base->filename);
+    } else {
+        struct commit_job *c = xzalloc(sizeof(*c));
+        struct bdev *above = disk_top;
+        while (above->backing != top) {
+            above = above->backing;
+        }
+        c->a = a;
+        c->d = d;
+        c->top = top;
+        c->base = base;
+        c->above = above;
+        bdev_ref(top);
+        bdev_ref(base);
+        bdev_ref(above);
+        c->backing_file = bfile ? xstrdup(bfile) : bdev_backing_name_for(above, disk_top, base);
+        job = job_create(&a->jobs, &commit_driver, id, d->name, speed, auto_fin, auto_dis, c,
+                         errp);
+        if (!job) {
+            commit_free(&(struct job){ .opaque = c });
+            return -EINVAL;
+        }
+        agent_log(a, "disk %s: job %s: commit of %s into %s", d->name, job->id, top->filename,
+                  base->filename);
+    }
+    job_start(job);
+    return 0;
+}
+
 static const char *const sync_values[] = { "top", "full", "none", "incremental", "bitmap", NULL };
 static const char *const mode_values[] = { "existing", "absolute-paths", NULL };
 static const char *const on_error_values[] = { "report", "ignore", "enospc", "stop", "auto",
@@ -549,7 +817,24 @@ static const struct qmp_arg mirror_args[] = {
     { NULL, 0, false, NULL },
 };
 
+static const struct qmp_arg commit_args[] = {
+    { "job-id", QMP_STR, true, NULL },
+    { "device", QMP_STR, false, NULL },
+    { "base-node", QMP_STR, true, NULL },
+    { "base", QMP_STR, true, NULL },
+    { "top-node", QMP_STR, true, NULL },
+    { "top", QMP_STR, true, NULL },
+    { "backing-file", QMP_STR, true, NULL },
+    { "speed", QMP_INT, true, NULL },
+    { "on-error", QMP_ENUM, true, on_error_values },
+    { "filter-node-name", QMP_STR, true, NULL },
+    { "auto-finalize", QMP_BOOL, true, NULL },
+    { "auto-dismiss", QMP_BOOL, true, NULL },
+    { NULL, 0, false, NULL },
+};
+
 const struct qmp_command agent_mirror_commands[] = {
     { "drive-mirror", qmp_drive_mirror, mirror_args },
+    { "block-commit", qmp_block_commit, commit_args },
     { NULL, NULL, NULL },
 };

@@ -235,3 +235,61 @@ EOF2
     qemu-img info top.qcow2 | grep -q '^backing file: mid.qcow2'
     check_ok top.qcow2
 }
+
+@test "block-commit: errors, an intermediate commit, then an active commit and its pivot: as qemu-storage-daemon" {
+    cat >s.qmp <<'EOF2'
+block-commit {"device": "nodev"}
+block-commit {"device": "vda", "top-node": "nothere"}
+block-commit {"device": "vda", "base-node": "nothere"}
+block-commit {"device": "vda", "top-node": "vda-2", "base-node": "vda-1"}
+block-commit {"device": "vda", "top-node": "vda-1", "base-node": "vda-1"}
+block-commit {"device": "vda", "top": "x", "top-node": "vda-1"}
+block-commit {"device": "vda", "base": "x", "base-node": "vda-1"}
+block-commit {"device": "vda", "base": "nothere.qcow2"}
+block-commit {"device": "vda", "top": "nothere.qcow2"}
+block-commit {"device": "vda", "job-id": "c1", "top-node": "vda-1"}
+wait JOB_STATUS_CHANGE id=c1 status=null
+block-commit {"device": "vda", "job-id": "c2"}
+wait BLOCK_JOB_READY device=c2
+query-block-jobs
+block-job-complete {"device": "c2"}
+wait JOB_STATUS_CHANGE id=c2 status=null
+query-block-jobs
+EOF2
+    local f
+    for f in blockctl qsd; do
+        rm -f ./*.qcow2 && mkchain && serve $f || return 1
+        script <s.qmp >"out.$f" || { fail "$f: $(cat "out.$f")"; return 1; }
+        # the disk now writes into base.qcow2
+        qemu-io -f raw -c 'write -P 0x42 2M 64k' "$URI" >/dev/null
+        stop_server
+        qemu-img info top.qcow2 | grep -q '^backing file: base.qcow2' || fail "$f: $(qemu-img info top.qcow2)"
+        cp before.raw exp.raw
+        QIO_FMT=raw qio exp.raw 'write -P 0x42 2M 64k'
+        qemu-img compare exp.raw base.qcow2 || fail "$f: base.qcow2 does not hold the disk"
+        check_ok base.qcow2 top.qcow2
+    done
+    diff -u out.qsd out.blockctl || fail "the agent's answers differ from qemu-storage-daemon's"
+}
+
+@test "live active commit under guest writes, then pivot: every acknowledged write is in the base" {
+    local writer
+    guest_up blockctl || return 1
+    writer=$BG_PID
+    script >s.out <<'EOF2' || { fail "$(cat s.out)"; return 1; }
+block-commit {"device": "vda", "job-id": "c"}
+wait BLOCK_JOB_READY device=c
+sleep 0.5
+block-job-complete {"device": "c"}
+wait JOB_STATUS_CHANGE id=c status=null
+EOF2
+    sleep 0.5
+    touch stop
+    bg_wait "$writer" 30
+    [ "$BG_STATUS" -eq 0 ] || { fail "the writer: $(cat w.out w.err)"; return 1; }
+    grep -q BLOCK_JOB_COMPLETED s.out || { fail "$(cat s.out)"; return 1; }
+    stop_server
+    "$PY" "$TOOLS/guest-model.py" expect before.raw model.json expect.raw
+    qemu-img compare expect.raw base.qcow2 || fail "base.qcow2 lost an acknowledged write ($(cat w.out))"
+    check_ok base.qcow2
+}
