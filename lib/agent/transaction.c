@@ -185,6 +185,15 @@ static int snap_prepare(struct agent *a, struct txn_action *act, struct error **
             opts_set(&o, "backing_fmt", bdev_format_name(top));
         }
         free(bname);
+        dir = bdev_dirname(file);
+        r = access(dir, W_OK) < 0 ? -errno : 0;
+        free(dir);
+        if (r < 0) {
+            /* QEMU's words for a file it cannot make */
+            opts_free(&o);
+            error_setg(errp, "Could not create '%s': %s", file, strerror(-r));
+            return r;
+        }
         r = bdev_create(fmt, file, &o, 0, errp);
         opts_free(&o);
         if (r < 0) {
