@@ -16,6 +16,17 @@ ROOT=$(cd "$BATS_TEST_DIRNAME/../.." && pwd)
 NBD_WRITER=${NBD_WRITER:-$ROOT/${BUILD:-build}/tests/tools/nbd-writer}
 PY=/usr/bin/python3
 
+# setup, teardown: each test in its own folder (vm/, new/), servers stopped
+setup() {
+    requires_agent
+    cd "$BATS_TEST_TMPDIR" || return 1
+    mkdir -p vm new
+}
+
+teardown() {
+    copy_teardown
+}
+
 requires_agent() {
     requires_qemu
     [ -x "$PY" ] || skip "no $PY"

@@ -15,16 +15,6 @@ load ../copy-helpers
 load ../agent-helpers
 bats_require_minimum_version 1.5.0
 
-setup() {
-    requires_agent
-    cd "$BATS_TEST_TMPDIR" || return 1
-    mkdir -p vm new
-}
-
-teardown() {
-    copy_teardown
-}
-
 # The guest's writes: data, zeroes, unaligned, and one across clusters
 GUEST_WRITES=('write -P 1 0 4k' 'write -P 2 1M 64k' 'write -z 3M 128k' 'write -P 3 5000k 3k'
     'write -P 4 8188k 8k' 'write -P 5 15M 1M')

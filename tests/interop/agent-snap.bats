@@ -21,16 +21,6 @@ SECS=4
 RATE=1500
 [ -z "${AGENT_FULL:-}" ] || { SECS=20; RATE=4000; }
 
-setup() {
-    requires_agent
-    cd "$BATS_TEST_TMPDIR" || return 1
-    mkdir -p vm new
-}
-
-teardown() {
-    copy_teardown
-}
-
 # disks N: vm/vd{a,b,...}.qcow2, 64M, data in the first 8M (qemu-io), and
 # their raw views (vm/NAME.base.raw); sets DISKS (NAME=FILE...)
 disks() {
