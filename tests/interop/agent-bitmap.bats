@@ -65,6 +65,11 @@ stored() {
     QSD_BITMAPS=b0 daemon_up qsd "vda=$PWD/vm/q.qcow2"
     gw "nbd+unix:///vda?socket=$AN"
     gw "$(disk_uri vda)"
+    # and a few thousand random 4k writes, the same on both (one seed)
+    if [ -x "$NBD_WRITER" ]; then
+        "$NBD_WRITER" "nbd+unix:///vda?socket=$AN" 3000 1 --seed 7 >w1.out || fail "writer: $(cat w1.out)"
+        "$NBD_WRITER" "$(disk_uri vda)" 3000 1 --seed 7 >w2.out || fail "writer: $(cat w2.out)"
+    fi
     theirs=$(dirty "$(disk_uri vda)" b0)
     ours=$(dirty "nbd+unix:///vda?socket=$AN" b0)
     [ "$theirs" != "[]" ] || fail "QSD's b0 is empty"
@@ -228,6 +233,17 @@ cli_test() {
     [ "$status" -eq 0 ] || fail "--dump: $stderr"
     [ "$(jq -c '[.[] | [.start, .length]]' <<<"$output")" = "$want" ] || fail "--dump: $output"
     [ "$(dirty "$uri" b)" = "$want" ] || fail "the meta context reads $(dirty "$uri" b)"
+    # stored at the stop; offline, mirror --sync=bitmap copies the union
+    daemon_down
+    run --separate-stderr "$PROG" mirror --sync=bitmap --bitmap b -O qcow2 new/s2.qcow2 inc.qcow2
+    [ "$status" -eq 0 ] || fail "mirror --sync=bitmap: $stderr"
+    [ "$(qemu-img map --output=json inc.qcow2 | jq -c '[.[] | select(.data) | [.start, .length]]')" = "$want" ] ||
+        fail "the incremental copy holds $(qemu-img map --output=json inc.qcow2)"
+    # restarted from its state file, the agent is on s2 with the bitmaps
+    daemon_up blockctl "vda=$PWD/vm/vda.qcow2"
+    [ "$("$PROG" info --agent "$QMP" --output=json vda | jq -r .filename)" = "$PWD/new/s2.qcow2" ] ||
+        fail "restarted on $("$PROG" info --agent "$QMP" --output=json vda | jq -r .filename)"
+    [ "$(dirty "$uri" b)" = "$want" ] || fail "after the restart: $(dirty "$uri" b)"
     # clearing the disk's b clears it down the chain
     run --separate-stderr "$PROG" bitmap --agent "$QMP" --clear vda b
     [ "$status" -eq 0 ] || fail "--clear: $stderr"

@@ -17,19 +17,19 @@ load ../copy-helpers
 load ../agent-helpers
 bats_require_minimum_version 1.5.0
 
-SECS=4
+SECS=3
 RATE=1500
 [ -z "${AGENT_FULL:-}" ] || { SECS=20; RATE=4000; }
 
-# disks N: vm/vd{a,b,...}.qcow2, 64M, data in the first 8M (qemu-io), and
+# disks N: vm/vd{a,b,...}.qcow2, 32M, data in the first 4M (qemu-io), and
 # their raw views (vm/NAME.base.raw); sets DISKS (NAME=FILE...)
 disks() {
     local i name
     DISKS=()
     for ((i = 0; i < $1; i++)); do
         name=vd$(printf "\\x$(printf %x $((97 + i)))")
-        mkq "vm/$name.qcow2" 64M || return 1
-        qio "vm/$name.qcow2" "write -P $((i + 1)) 0 8M" || return 1
+        mkq "vm/$name.qcow2" 32M || return 1
+        qio "vm/$name.qcow2" "write -P $((i + 1)) 0 4M" || return 1
         to_raw "vm/$name.qcow2" "vm/$name.base.raw" || return 1
         DISKS+=("$name=$PWD/vm/$name.qcow2")
     done
@@ -119,7 +119,7 @@ fail_txn_test() {
     requires_writer
     disks 4
     daemon_up "$1" "${DISKS[@]}"
-    writer_start w "$(disk_uri vdc)" "$RATE" 3
+    writer_start w "$(disk_uri vdc)" "$RATE" 2
     tops >tops.before
     [ "$(wc -l <tops.before)" -eq 4 ] || fail "tops: $(cat tops.before)"
     local r
