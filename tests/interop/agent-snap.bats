@@ -55,6 +55,10 @@ top() {
     cksum new/s1.qcow2 >old2.sum
     writer_wait w
     [ "$(top vda)" = "$PWD/new/s2.qcow2" ] || fail "vda is on $(top vda)"
+    # the old tops were reopened read-only, the top is writable
+    [ "$(qmp_ok '{"execute": "query-named-block-nodes"}' | jq -c '[.[] | [(.file | sub(".*/"; "")), .ro]]')" = \
+        '[["s2.qcow2",false],["s1.qcow2",true],["vda.qcow2",true]]' ] ||
+        fail "read-only: $(qmp_ok '{"execute": "query-named-block-nodes"}' | jq -c '[.[] | [.file, .ro]]')"
     # the backing names are what offline snapshot writes for the same names
     # (the agent's are absolute: so are they)
     backing_is new/s2.qcow2 "$PWD/new/s1.qcow2" qcow2

@@ -235,12 +235,15 @@ int main(int argc, char **argv)
 
         while (t >= next && !stop && next < start + secs) {
             struct req *r = free_req();
-            uint64_t blk = ((uint64_t)rand() * RAND_MAX + (uint64_t)rand()) % (span / BLOCK);
+            uint64_t blk;
             nbd_completion_callback cb = { .callback = done_cb };
 
             if (!r) {
                 break;      /* the server is behind: the latency grows */
             }
+            /* (drawn only now: a seed gives the same blocks however slow
+             * the server) */
+            blk = ((uint64_t)rand() * RAND_MAX + (uint64_t)rand()) % (span / BLOCK);
             while (reading[blk]) {
                 blk = (blk + 1) % (span / BLOCK);     /* never under a read */
             }
