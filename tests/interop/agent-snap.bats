@@ -107,16 +107,13 @@ fail_txn() {
         $a""d\", \"snapshot-file\": \"$PWD/new/d.qcow2$b""d\"}}]}}"
 }
 
-# tops: every disk's top image file, through query-named-block-nodes of
-# the export's node (works on both)
+# tops: every disk's top image file: the node its export is on, and that
+# node's file (query-block-exports, query-named-block-nodes: both have them)
 tops() {
-    local n node
-    for n in vda vdb vdc vdd; do
-        node=$(qmp_ok '{"execute": "query-block-exports"}' | jq -r --arg n "$n" '.[] | select(.id == $n) | ."node-name"')
-        [ -n "$node" ] || { fail "no export $n"; return 1; }
-        qmp_ok '{"execute": "query-named-block-nodes"}' |
-            jq -r --arg n "$node" '.[] | select(."node-name" == $n) | .file'
-    done
+    local r
+    r=$(qmp '{"execute": "query-block-exports"}' '{"execute": "query-named-block-nodes"}') || return 1
+    jq -rs '(.[1].return | map({(."node-name"): .file}) | add) as $f |
+        .[0].return | sort_by(.id) | .[] | $f[."node-name"]' <<<"$r"
 }
 
 fail_txn_test() {
