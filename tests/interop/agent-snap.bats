@@ -19,7 +19,8 @@ bats_require_minimum_version 1.5.0
 
 SECS=3
 RATE=1500
-[ -z "${AGENT_FULL:-}" ] || { SECS=20; RATE=4000; }
+NSNAP=2
+[ -z "${AGENT_FULL:-}" ] || { SECS=20; RATE=4000; NSNAP=8; }
 
 # disks N: vm/vd{a,b,...}.qcow2, 32M, data in the first 4M (qemu-io), and
 # their raw views (vm/NAME.base.raw); sets DISKS (NAME=FILE...)
@@ -40,35 +41,54 @@ top() {
     "$PROG" info --agent "$QMP" --output=json "$1" | jq -r .filename
 }
 
-@test "[blockctl] live snapshots of one disk under guest writes: no write lost, no stale read, old tops frozen" {
+# snap_one_test FLAVOUR: NSNAP snapshots of one disk while the guest writes
+snap_one_test() {
     requires_writer
     disks 1
-    daemon_up blockctl "${DISKS[@]}"
+    daemon_up "$1" "${DISKS[@]}"
     writer_start w "$(disk_uri vda)" "$RATE" "$SECS"
-    sleep 1
-    run --separate-stderr "$PROG" snapshot --agent "$QMP" vda new/s1.qcow2
-    [ "$status" -eq 0 ] || fail "snapshot 1: $stderr"
-    cksum vm/vda.qcow2 >old1.sum
-    sleep 1
-    # a relative overlay name, from another folder
-    (cd new && "$PROG" snapshot -q --agent "$QMP" vda s2.qcow2) || fail "snapshot 2 failed"
-    cksum new/s1.qcow2 >old2.sum
+    local k prev=$PWD/vm/vda.qcow2 files=(vm/vda.qcow2) ro=false
+    for ((k = 1; k <= NSNAP; k++)); do
+        sleep "$(bc <<<"scale=2; $SECS / ($NSNAP + 1)")"
+        if [ "$k" -eq 2 ]; then
+            # a relative overlay name, from another folder
+            (cd new && "$PROG" snapshot -q --agent "$QMP" vda s2.qcow2) || fail "snapshot 2 failed"
+        else
+            run --separate-stderr "$PROG" snapshot --agent "$QMP" vda "new/s$k.qcow2"
+            [ "$status" -eq 0 ] || fail "$1: snapshot $k: $stderr"
+        fi
+        cksum "$prev" >"old$k.sum"
+        files+=("new/s$k.qcow2")
+        prev=$PWD/new/s$k.qcow2
+        ro="$ro,true"
+    done
     writer_wait w
-    [ "$(top vda)" = "$PWD/new/s2.qcow2" ] || fail "vda is on $(top vda)"
-    # the old tops were reopened read-only, the top is writable
-    [ "$(qmp_ok '{"execute": "query-named-block-nodes"}' | jq -c '[.[] | [(.file | sub(".*/"; "")), .ro]]')" = \
-        '[["s2.qcow2",false],["s1.qcow2",true],["vda.qcow2",true]]' ] ||
-        fail "read-only: $(qmp_ok '{"execute": "query-named-block-nodes"}' | jq -c '[.[] | [.file, .ro]]')"
-    # the backing names are what offline snapshot writes for the same names
-    # (the agent's are absolute: so are they)
-    backing_is new/s2.qcow2 "$PWD/new/s1.qcow2" qcow2
-    backing_is new/s1.qcow2 "$PWD/vm/vda.qcow2" qcow2
-    # nothing wrote the old tops after their snapshot
-    [ "$(cksum vm/vda.qcow2)" = "$(cat old1.sum)" ] || fail "vda.qcow2 changed after the snapshot"
-    [ "$(cksum new/s1.qcow2)" = "$(cat old2.sum)" ] || fail "s1.qcow2 changed after the snapshot"
+    [ "$(top vda)" = "$prev" ] || fail "$1: vda is on $(top vda)"
+    if [ "$1" = blockctl ]; then
+        # the old tops were reopened read-only, the top is writable
+        [ "$(qmp_ok '{"execute": "query-named-block-nodes"}' | jq -c '[.[] | .ro]')" = "[$ro]" ] ||
+            fail "read-only: $(qmp_ok '{"execute": "query-named-block-nodes"}' | jq -c '[.[] | [.file, .ro]]')"
+    fi
+    for ((k = 1; k <= NSNAP; k++)); do
+        # the backing name is the old top's as the daemon opened it
+        # (absolute here, as offline snapshot writes for absolute names)
+        backing_is "${files[$k]}" "$PWD/${files[$((k - 1))]}" qcow2
+        # and nothing wrote the old top after the snapshot
+        [ "$(cksum "$PWD/${files[$((k - 1))]}")" = "$(cat "old$k.sum")" ] ||
+            fail "$1: ${files[$((k - 1))]} changed after the snapshot"
+    done
     daemon_down
-    check_ok vm/vda.qcow2 new/s1.qcow2 new/s2.qcow2
-    model_check w new/s2.qcow2 vm/vda.base.raw
+    check_ok "${files[@]}"
+    model_check w "$prev" vm/vda.base.raw
+}
+
+@test "[blockctl] live snapshots of one disk under guest writes: no write lost, no stale read, old tops frozen" {
+    snap_one_test blockctl
+}
+
+@test "[qsd] live snapshots of one disk under guest writes (the same checks)" {
+    requires_qsd
+    snap_one_test qsd
 }
 
 @test "[blockctl] one transaction over four disks under guest writes: all switch, nothing lost" {
