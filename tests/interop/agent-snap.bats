@@ -192,6 +192,8 @@ $s{"node-name": "vda", "snapshot-file": "@D@/nodir/x.qcow2", "snapshot-node-name
 $s{"node-name": "vda", "snapshot-file": "@D@/vm/other.qcow2", "snapshot-node-name": "s1"}}$t{"error": "Failed to get \"write\" lock"}
 $s{"node-name": "vda", "snapshot-file": "@D@/new/ok.qcow2", "snapshot-node-name": "s1"}}$t{"return": {}}
 $s{"node-name": "s1", "snapshot-file": "@D@/new/ok2.qcow2", "snapshot-node-name": "s1"}}$t{"error": "New overlay node-name already in use"}
+{"execute": "transaction", "arguments": {"actions": [{"type": "blockdev-snapshot-sync", "data": {"node-name": "s1", "snapshot-file": "@D@/new/t.qcow2", "snapshot-node-name": "t1"}}, {"type": "block-dirty-bitmap-add", "data": {"node": "t1", "name": "tb"}}]}}$t{"return": {}}
+{"execute": "block-dirty-bitmap-remove", "arguments": {"node": "t1", "name": "tb"}}$t{"return": {}}
 EOF
 }
 
@@ -208,10 +210,10 @@ snap_script_test() {
     daemon_up "$1" "vda=$PWD/vm/vda.qcow2"
     snap_script >script
     qmp_script script
-    # the one that worked: vda's export is on the overlay
-    qmp_ok '{"execute": "query-block-exports"}' | jq -e '.[] | select(.id == "vda") | ."node-name" == "s1"' >/dev/null ||
-        fail "$1: the export is not on s1: $(qmp_ok '{"execute": "query-block-exports"}')"
-    [ -e new/ok.qcow2 ] || fail "no overlay"
+    # the ones that worked: vda's export is on the last overlay
+    qmp_ok '{"execute": "query-block-exports"}' | jq -e '.[] | select(.id == "vda") | ."node-name" == "t1"' >/dev/null ||
+        fail "$1: the export is not on t1: $(qmp_ok '{"execute": "query-block-exports"}')"
+    [ -e new/ok.qcow2 ] && [ -e new/t.qcow2 ] || fail "no overlay"
     [ "$1" = qsd ] || [ ! -e new/x.qcow2 ] || fail "$1 left new/x.qcow2"
     : "$keep"
 }
