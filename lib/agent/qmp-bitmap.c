@@ -260,6 +260,14 @@ static int bm_prepare(struct agent *a, struct txn_action *act, struct error **er
                 not_found(errp, sname);
                 return -ENOENT;
             }
+            /* a source may be busy, never inconsistent (QEMU's rule) */
+            for (struct bdev *l = sb; l; l = agent_find_disk(a, sn) ? l->backing : NULL) {
+                struct bdev_bitmap *sbm = bdev_bitmap_find(l, sname);
+                if (sbm && sbm->inconsistent) {
+                    error_setg(errp, "Bitmap '%s' is inconsistent and cannot be used", sname);
+                    return -EINVAL;
+                }
+            }
         }
         s->sources = srcs;
     }
