@@ -202,6 +202,20 @@ cli_test() {
     one_line_error "qemu:dirty-bitmap:b1"
 }
 
+# per_image: [name, recording, persistent, count] of the bitmaps of
+# vda.qcow2, s1 and s2 (a line each) in ./per-node; PER_IMAGE: as expected
+per_image() {
+    local n nodes
+    nodes=$(qmp_ok '{"execute": "query-named-block-nodes"}') || return 1
+    for n in vda.qcow2 s1.qcow2 s2.qcow2; do
+        jq -c --arg f "$n" '[.[] | select(.file | endswith($f)) | ."dirty-bitmaps"[] |
+            [.name, .recording, .persistent, .count]]' <<<"$nodes"
+    done >per-node
+}
+PER_IMAGE='[["b",false,true,131072]]
+[["b",false,true,131072]]
+[["b",true,true,131072]]'
+
 @test "[blockctl] a bitmap follows its disk across live snapshots; --dump and the meta context read the union" {
     requires_cmd nbdinfo
     mkq vm/vda.qcow2 16M
@@ -218,15 +232,8 @@ cli_test() {
     [ "$status" -eq 0 ] || fail "snapshot 2: $stderr"
     qemu-io -f raw -c 'write -P 3 8M 128k' "$uri" >/dev/null
     # each old top's b stopped recording; the top's records
-    local n nodes
-    nodes=$(qmp_ok '{"execute": "query-named-block-nodes"}')
-    for n in vda.qcow2 s1.qcow2 s2.qcow2; do
-        jq -c --arg f "$n" '[.[] | select(.file | endswith($f)) | ."dirty-bitmaps"[] |
-            [.name, .recording, .persistent, .count]]' <<<"$nodes"
-    done >per-node
-    [ "$(cat per-node)" = '[["b",false,true,131072]]
-[["b",false,true,131072]]
-[["b",true,true,131072]]' ] || fail "per image: $(cat per-node)"
+    per_image
+    [ "$(cat per-node)" = "$PER_IMAGE" ] || fail "per image: $(cat per-node)"
     # the disk's b is the union of the three
     local want='[[0,65536],[1048576,65536],[4194304,65536],[8388608,131072]]'
     run --separate-stderr "$PROG" bitmap --agent "$QMP" --dump --output=json vda b
@@ -245,14 +252,8 @@ cli_test() {
         fail "restarted on $("$PROG" info --agent "$QMP" --output=json vda | jq -r .filename)"
     # the old tops' bitmaps (read-only images: read when asked) are listed
     # as they were stored
-    nodes=$(qmp_ok '{"execute": "query-named-block-nodes"}') || fail "query-named-block-nodes failed"
-    for n in vda.qcow2 s1.qcow2 s2.qcow2; do
-        jq -c --arg f "$n" '[.[] | select(.file | endswith($f)) | ."dirty-bitmaps"[] |
-            [.name, .recording, .persistent, .count]]' <<<"$nodes"
-    done >per-node
-    [ "$(cat per-node)" = '[["b",false,true,131072]]
-[["b",false,true,131072]]
-[["b",true,true,131072]]' ] || fail "per image after the restart: $(cat per-node)"
+    per_image
+    [ "$(cat per-node)" = "$PER_IMAGE" ] || fail "per image after the restart: $(cat per-node)"
     [ "$(dirty "$uri" b)" = "$want" ] || fail "after the restart: $(dirty "$uri" b)"
     # clearing the disk's b clears it down the chain
     run --separate-stderr "$PROG" bitmap --agent "$QMP" --clear vda b
