@@ -17,7 +17,7 @@ load ../copy-helpers
 load ../agent-helpers
 bats_require_minimum_version 1.5.0
 
-SECS=3
+SECS=2
 RATE=1500
 NSNAP=2
 [ -z "${AGENT_FULL:-}" ] || { SECS=20; RATE=4000; NSNAP=8; }
