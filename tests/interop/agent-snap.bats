@@ -49,7 +49,7 @@ snap_one_test() {
     writer_start w "$(disk_uri vda)" "$RATE" "$SECS"
     local k prev=$PWD/vm/vda.qcow2 files=(vm/vda.qcow2) ro=false
     for ((k = 1; k <= NSNAP; k++)); do
-        sleep "$(bc <<<"scale=2; $SECS / ($NSNAP + 1)")"
+        sleep "$(awk -v s="$SECS" -v n="$NSNAP" 'BEGIN { printf "%.2f", s / (n + 1) }')"
         if [ "$k" -eq 2 ]; then
             # a relative overlay name, from another folder
             (cd new && "$PROG" snapshot -q --agent "$QMP" vda s2.qcow2) || fail "snapshot 2 failed"
