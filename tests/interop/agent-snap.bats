@@ -119,12 +119,12 @@ snap_one_test() {
 # the failing transaction: two good snapshots, then one whose overlay
 # cannot be created, then a good one
 fail_txn() {
-    local a="{\"type\": \"blockdev-snapshot-sync\", \"data\": {\"node-name\": \"vd" b="\", \"snapshot-node-name\": \"ov-"
-    qmp "{\"execute\": \"transaction\", \"arguments\": {\"actions\": [
-        $a""a\", \"snapshot-file\": \"$PWD/new/a.qcow2$b""a\"}},
-        $a""b\", \"snapshot-file\": \"$PWD/new/b.qcow2$b""b\"}},
-        $a""c\", \"snapshot-file\": \"$PWD/nodir/c.qcow2$b""c\"}},
-        $a""d\", \"snapshot-file\": \"$PWD/new/d.qcow2$b""d\"}}]}}"
+    local acts=() d
+    for d in a:new/a b:new/b c:nodir/c d:new/d; do
+        acts+=("$(printf '{"type": "blockdev-snapshot-sync", "data": {"node-name": "vd%s", "snapshot-file": "%s/%s.qcow2", "snapshot-node-name": "ov-%s"}}' \
+            "${d%%:*}" "$PWD" "${d#*:}" "${d%%:*}")")
+    done
+    qmp "{\"execute\": \"transaction\", \"arguments\": {\"actions\": [$(IFS=,; echo "${acts[*]}")]}}"
 }
 
 # tops: every disk's top image file: the node its export is on, and that
