@@ -502,21 +502,20 @@ static int qmp_transaction(json_object *args, json_object **ret, void *opaque,
     struct agent *a = opaque;
     json_object *list, *props;
     struct txn_action *acts;
+    const char *cm = NULL, *stop = NULL;
     size_t n;
     int r;
 
     (void)ret;
     json_object_object_get_ex(args, "actions", &list);
     if (json_object_object_get_ex(args, "properties", &props)) {
-        const char *cm = txn_str(props, "completion-mode");
         if (!json_object_is_type(props, json_type_object)) {
             error_setg(errp, "Invalid parameter type for 'properties', expected: object");
             return -EINVAL;
         }
-        if (cm && strcmp(cm, "individual")) {
-            error_setg(errp, "Action 'blockdev-snapshot-sync' does not support Transaction "
-                       "property completion-mode = %s", cm);
-            return -ENOTSUP;
+        cm = txn_str(props, "completion-mode");
+        if (cm && !strcmp(cm, "individual")) {
+            cm = NULL;
         }
     }
     n = json_object_array_length(list);
@@ -544,8 +543,13 @@ static int qmp_transaction(json_object *args, json_object **ret, void *opaque,
             goto fail;
         }
         if (!strcmp(type, "abort")) {
-            error_setg(errp, "Transaction aborted using Abort action");
-            goto fail;
+            /* (as QEMU: once every action's arguments are checked, the
+             * first action that cannot run says why) */
+            stop = stop ? stop : type;
+            continue;
+        }
+        if (cm && !stop) {
+            stop = type;    /* no action of ours supports grouped completion */
         }
         ops = find_ops(type);
         if (!ops) {
@@ -562,6 +566,16 @@ static int qmp_transaction(json_object *args, json_object **ret, void *opaque,
         }
         acts[i].ops = ops;
         acts[i].data = data;
+    }
+    if (stop && !strcmp(stop, "abort")) {
+        error_setg(errp, "Transaction aborted using Abort action");
+        goto fail;
+    }
+    if (stop) {
+        error_setg(errp, "Action '%s' does not support Transaction property completion-mode = %s",
+                   stop, cm);
+        free(acts);
+        return -ENOTSUP;
     }
     r = txn_run(a, acts, n, errp);
     free(acts);

@@ -122,6 +122,9 @@ ${a}disable", "arguments": {"node": "zz", "name": "b1"}}$t{"error": "Node 'zz' n
 {"execute": "transaction", "arguments": {"actions": [{"type": "block-dirty-bitmap-add", "data": {"node": "vda", "name": "t1"}}, {"type": "block-dirty-bitmap-add", "data": {"node": "vda", "name": "t2"}}, {"type": "block-dirty-bitmap-add", "data": {"node": "vda", "name": "t1"}}]}}$t{"error": "Bitmap already exists: t1"}
 {"execute": "transaction", "arguments": {"actions": [{"type": "block-dirty-bitmap-clear", "data": {"node": "vda", "name": "b1"}}, {"type": "block-dirty-bitmap-enable", "data": {"node": "vda", "name": "p2"}}, {"type": "block-dirty-bitmap-remove", "data": {"node": "vda", "name": "zz"}}]}}$t{"error": "Dirty bitmap 'zz' not found"}
 {"execute": "transaction", "arguments": {"actions": [{"type": "block-dirty-bitmap-add", "data": {"node": "vda", "name": "a1", "granularity": 4096}}, {"type": "block-dirty-bitmap-merge", "data": {"node": "vda", "target": "a1", "bitmaps": ["b1"]}}, {"type": "block-dirty-bitmap-disable", "data": {"node": "vda", "name": "a1"}}]}}$t{"return": {}}
+{"execute": "transaction", "arguments": {"actions": [{"type": "block-dirty-bitmap-add", "data": {"node": "vda", "name": "x"}}], "properties": {"completion-mode": "grouped"}}}$t{"error": "Action 'block-dirty-bitmap-add' does not support Transaction property completion-mode = grouped"}
+{"execute": "transaction", "arguments": {"actions": [{"type": "block-dirty-bitmap-add", "data": {"node": "vda", "name": "x"}}, {"type": "abort", "data": {}}]}}$t{"error": "Transaction aborted using Abort action"}
+{"execute": "transaction", "arguments": {"actions": []}}$t{"return": {}}
 ${a}add", "arguments": {"node": "vda", "name": "gone", "persistent": true}}$t{"return": {}}
 ${a}remove", "arguments": {"node": "vda", "name": "gone"}}$t{"return": {}}
 ${a}remove", "arguments": {"node": "vda", "name": "gone"}}$t{"error": "Dirty bitmap 'gone' not found"}

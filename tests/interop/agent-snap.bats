@@ -190,6 +190,7 @@ $s{"node-name": "nosuch", "snapshot-file": "@D@/new/x.qcow2", "snapshot-node-nam
 $s{"snapshot-file": "@D@/new/x.qcow2", "snapshot-node-name": "s1"}}$t{"error": "Cannot find device='' nor node-name=''"}
 $s{"node-name": "vda", "snapshot-file": "@D@/nodir/x.qcow2", "snapshot-node-name": "s1"}}$t{"error": "Could not create '@D@/nodir/x.qcow2': No such file or directory"}
 $s{"node-name": "vda", "snapshot-file": "@D@/vm/other.qcow2", "snapshot-node-name": "s1"}}$t{"error": "Failed to get \"write\" lock"}
+{"execute": "transaction", "arguments": {"actions": [{"type": "blockdev-snapshot-sync", "data": {"node-name": "vda", "snapshot-file": "@D@/new/x.qcow2", "snapshot-node-name": "s1"}}], "properties": {"completion-mode": "grouped"}}}$t{"error": "Action 'blockdev-snapshot-sync' does not support Transaction property completion-mode = grouped"}
 $s{"node-name": "vda", "snapshot-file": "@D@/new/ok.qcow2", "snapshot-node-name": "s1"}}$t{"return": {}}
 $s{"node-name": "s1", "snapshot-file": "@D@/new/ok2.qcow2", "snapshot-node-name": "s1"}}$t{"error": "New overlay node-name already in use"}
 {"execute": "transaction", "arguments": {"actions": [{"type": "blockdev-snapshot-sync", "data": {"node-name": "s1", "snapshot-file": "@D@/new/t.qcow2", "snapshot-node-name": "t1"}}, {"type": "block-dirty-bitmap-add", "data": {"node": "t1", "name": "tb"}}]}}$t{"return": {}}
