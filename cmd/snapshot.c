@@ -222,6 +222,41 @@ static char *absolute(const char *p)
     return xasprintf("%s/%s", cwd, p);
 }
 
+/* Is @name the node name of a node in @nodes (query-named-block-nodes), or
+ * one of the @n names in @taken? */
+static bool name_taken(json_object *nodes, char **taken, int n, const char *name)
+{
+    for (size_t i = 0; nodes && i < json_object_array_length(nodes); i++) {
+        json_object *v;
+        if (json_object_object_get_ex(json_object_array_get_idx(nodes, i), "node-name", &v) &&
+            !strcmp(json_object_get_string(v), name)) {
+            return true;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        if (taken[i] && !strcmp(taken[i], name)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * A node name for the overlay of @node: QEMU wants one when the disk is
+ * named by its node (a qemu-storage-daemon has no devices).  "NODE-sN",
+ * the first that is free (under QEMU's 32-byte limit: "snap-N" otherwise).
+ */
+static char *overlay_node_name(json_object *nodes, char **taken, int n, const char *node)
+{
+    for (unsigned k = 1;; k++) {
+        char *name = strlen(node) < 24 ? xasprintf("%s-s%u", node, k) : xasprintf("snap-%u", k);
+        if (!name_taken(nodes, taken, n, name)) {
+            return name;
+        }
+        free(name);
+    }
+}
+
 /*
  * Live: one QMP transaction of blockdev-snapshot-sync actions, so that all
  * the disks switch at once or none does.  With -o, the overlays are made
@@ -236,7 +271,8 @@ static int do_agent(struct snapshot_args *a)
     struct remote_disk *d = xcalloc(n, sizeof(*d));
     char **files = xcalloc(n, sizeof(*files));
     bool *made = xcalloc(n, sizeof(*made));
-    json_object *actions;
+    char **snodes = xcalloc(n, sizeof(*snodes));
+    json_object *actions, *nodes = NULL;
 
     if (!c) {
         report(err);
@@ -259,6 +295,10 @@ static int do_agent(struct snapshot_args *a)
                 goto out;
             }
         }
+    }
+    if (qmp_client_execute(c, "query-named-block-nodes", NULL, &nodes, &err) < 0) {
+        report(err);
+        goto out;
     }
     actions = json_object_new_array();
     for (int i = 0; i < n; i++) {
@@ -295,6 +335,10 @@ static int do_agent(struct snapshot_args *a)
         json_object_object_add(data, d[i].device ? "device" : "node-name",
                                json_object_new_string(d[i].device ? d[i].device : d[i].node));
         json_object_object_add(data, "snapshot-file", json_object_new_string(files[i]));
+        if (!d[i].device) {
+            snodes[i] = overlay_node_name(nodes, snodes, n, d[i].node);
+            json_object_object_add(data, "snapshot-node-name", json_object_new_string(snodes[i]));
+        }
         json_object_object_add(data, "format", json_object_new_string("qcow2"));
         if (a->opts) {
             json_object_object_add(data, "mode", json_object_new_string("existing"));
@@ -324,7 +368,10 @@ out:
         }
         remote_disk_free(&d[i]);
         free(files[i]);
+        free(snodes[i]);
     }
+    free(snodes);
+    json_object_put(nodes);
     free(d);
     free(files);
     free(made);

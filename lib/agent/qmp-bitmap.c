@@ -62,17 +62,92 @@ static void not_found(struct error **errp, const char *name)
     error_setg(errp, "Dirty bitmap '%s' not found", name);
 }
 
-static int resolve(struct agent *a, struct txn_action *act, const char *node,
+/*
+ * The node argument, with QEMU's error when there is none:
+ * block-dirty-bitmap-add looks the node up as a device or a node name, the
+ * others as a node ("Node 'X' not found").
+ */
+static struct bdev *find_node(struct agent *a, const char *node, bool add,
+                              struct agent_disk **d, struct error **errp)
+{
+    struct bdev *bd = agent_find_node(a, node, d, NULL);
+
+    if (!bd) {
+        if (add) {
+            error_setg(errp, "Cannot find device='%s' nor node-name='%s'", node, node);
+        } else {
+            error_setg(errp, "Node '%s' not found", node);
+        }
+    }
+    return bd;
+}
+
+static int resolve(struct agent *a, struct txn_action *act, const char *node, bool add,
                    struct bm_state *s, struct error **errp)
 {
     struct agent_disk *d = NULL;
 
-    s->node = agent_find_node(a, node, &d, errp);
+    s->node = find_node(a, node, add, &d, errp);
     if (!s->node) {
         return -ENOENT;
     }
     act->disk = d;
     s->union_target = agent_find_disk(a, node) != NULL;
+    return 0;
+}
+
+/* The name QEMU gives a node in messages: its device's if it is a disk's top */
+static const char *device_or_node(struct agent *a, struct bdev *bd)
+{
+    for (struct agent_disk *d = a->disks; d; d = d->next) {
+        if (blk_root(d->blk) == bd) {
+            return d->name;
+        }
+    }
+    return bd->node_name ? bd->node_name : "";
+}
+
+/* block-dirty-bitmap-add's checks, in QEMU's order and words */
+static int check_add(struct agent *a, struct bm_state *s, json_object *d, const char *name,
+                     struct error **errp)
+{
+    struct bdev *top = s->node;
+    json_object *gv;
+    int64_t g = txn_int(d, "granularity", 0);
+    bool has_g = json_object_object_get_ex(d, "granularity", &gv);
+
+    if (has_g && (g < 0 || g > (int64_t)UINT32_MAX)) {
+        error_setg(errp, "Parameter 'granularity' expects uint32_t");
+        return -EINVAL;
+    }
+    if (!*name) {
+        error_setg(errp, "Bitmap name cannot be empty");
+        return -EINVAL;
+    }
+    if (has_g && (g < 512 || !IS_POWER_OF_2((uint64_t)g))) {
+        error_setg(errp, "Granularity must be power of 2 and at least 512");
+        return -EINVAL;
+    }
+    if (txn_bool(d, "persistent", false)) {
+        if (strlen(name) > 1023) {
+            error_setg(errp, "Can't make bitmap '%s' persistent in '%s': Name length exceeds "
+                       "maximum (1023 characters)", name, device_or_node(a, top));
+            return -EINVAL;
+        }
+        if (top->read_only) {
+            error_setg(errp, "Cannot store persistent bitmaps in a read-only image '%s'",
+                       top->filename);
+            return -EPERM;
+        }
+    }
+    if (s->union_target ? bdev_bitmap_in_chain(top, name) : !!bdev_bitmap_find(top, name)) {
+        error_setg(errp, "Bitmap already exists: %s", name);
+        return -EEXIST;
+    }
+    if (strlen(name) > 1023) {
+        error_setg(errp, "Bitmap name too long: %s", name);
+        return -EINVAL;
+    }
     return 0;
 }
 
@@ -87,25 +162,16 @@ static int bm_prepare(struct agent *a, struct txn_action *act, struct error **er
     int ret;
 
     act->state = s;
-    ret = resolve(a, act, node, s, errp);
+    ret = resolve(a, act, node, !strcmp(type, "add"), s, errp);
     if (ret < 0) {
         return ret;
     }
     top = s->node;
     if (!strcmp(type, "add")) {
         int64_t g = txn_int(d, "granularity", 0);
-        if (s->union_target ? bdev_bitmap_in_chain(top, name) : !!bdev_bitmap_find(top, name)) {
-            error_setg(errp, "Bitmap already exists: %s", name);
-            return -EEXIST;
-        }
-        if (g && (g < 512 || !IS_POWER_OF_2((uint64_t)g) || g > (1LL << 31))) {
-            error_setg(errp, "Granularity must be power of 2 and at least 512");
-            return -EINVAL;
-        }
-        if (txn_bool(d, "persistent", false) && top->read_only) {
-            error_setg(errp, "Cannot store persistent bitmaps in a read-only image '%s'",
-                       top->filename);
-            return -EPERM;
+        ret = check_add(a, s, d, name, errp);
+        if (ret < 0) {
+            return ret;
         }
         add_op(s, top, (struct bitmap_op){ .type = BITMAP_OP_ADD, .name = name,
                                            .granularity = (uint64_t)g,
@@ -185,7 +251,7 @@ static int bm_prepare(struct agent *a, struct txn_action *act, struct error **er
                            "BlockDirtyBitmapOrStr", i);
                 return -EINVAL;
             }
-            sb = agent_find_node(a, sn, NULL, errp);
+            sb = find_node(a, sn, false, NULL, errp);
             if (!sb) {
                 return -ENOENT;
             }
@@ -193,6 +259,14 @@ static int bm_prepare(struct agent *a, struct txn_action *act, struct error **er
                                        : !bdev_bitmap_find(sb, sname)) {
                 not_found(errp, sname);
                 return -ENOENT;
+            }
+            /* a source may be busy, never inconsistent (QEMU's rule) */
+            for (struct bdev *l = sb; l; l = agent_find_disk(a, sn) ? l->backing : NULL) {
+                struct bdev_bitmap *sbm = bdev_bitmap_find(l, sname);
+                if (sbm && sbm->inconsistent) {
+                    error_setg(errp, "Bitmap '%s' is inconsistent and cannot be used", sname);
+                    return -EINVAL;
+                }
             }
         }
         s->sources = srcs;
@@ -326,8 +400,17 @@ static const struct qmp_arg merge_args[] = {
     { NULL, 0, false, NULL },
 };
 
+/* The disk of the node argument (the one to drain) */
+static struct agent_disk *bm_locate(struct agent *a, struct txn_action *act)
+{
+    struct agent_disk *d = NULL;
+    const char *node = txn_str(act->data, "node");
+
+    return node && agent_find_node(a, node, &d, NULL) ? d : NULL;
+}
+
 #define BM_OPS(t, args) \
-    { "block-dirty-bitmap-" t, args, bm_prepare, bm_apply, bm_undo, bm_finish }
+    { "block-dirty-bitmap-" t, args, bm_prepare, bm_apply, bm_undo, bm_finish, bm_locate }
 
 const struct txn_ops txn_bitmap_ops[] = {
     BM_OPS("add", add_args),
@@ -336,7 +419,7 @@ const struct txn_ops txn_bitmap_ops[] = {
     BM_OPS("enable", name_args),
     BM_OPS("disable", name_args),
     BM_OPS("merge", merge_args),
-    { NULL, NULL, NULL, NULL, NULL, NULL },
+    { NULL, NULL, NULL, NULL, NULL, NULL, NULL },
 };
 
 static int run_one(json_object *args, void *opaque, size_t k, struct error **errp)

@@ -12,6 +12,7 @@
  */
 #include "lib/compiler.h"
 #include "lib/agent/txn.h"
+#include "lib/file.h"
 #include "lib/opts.h"
 
 #include <errno.h>
@@ -51,6 +52,33 @@ int64_t txn_int(json_object *args, const char *key, int64_t dflt)
 
 /* --- blockdev-snapshot-sync --- */
 
+/* QEMU's rule for a node name: a letter, then letters, digits, '-', '.',
+ * '_', under 32 bytes in all. */
+static bool node_name_ok(const char *n)
+{
+    size_t len = strlen(n);
+
+    if (!len || len > 31 || !((n[0] >= 'a' && n[0] <= 'z') || (n[0] >= 'A' && n[0] <= 'Z'))) {
+        return false;
+    }
+    return strspn(n, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._") == len;
+}
+
+/* Does another process hold @file open for writing (QEMU's image locks)? */
+static bool locked_by_another(const char *file)
+{
+    struct error *err = NULL;
+    struct bfile *f = bfile_open(file, PERM_CONSISTENT_READ | PERM_WRITE, PERM_ALL, &err);
+
+    if (!f) {
+        bool locked = err && strstr(err->msg, "lock");
+        error_free(err);
+        return locked;
+    }
+    bfile_close(f, PERM_CONSISTENT_READ | PERM_WRITE, PERM_ALL);
+    return false;
+}
+
 struct snap {
     struct bdev *old_top;
     struct bdev *overlay;        /* our reference until applied */
@@ -75,29 +103,24 @@ static int snap_prepare(struct agent *a, struct txn_action *act, struct error **
     if (!fmt) {
         fmt = "qcow2";
     }
-    if (!device && !node) {
-        error_setg(errp, "Cannot find device= nor node_name=");
-        error_set_class(errp, QMP_ERR_DEVICE_NOT_FOUND);
-        return -EINVAL;
-    }
+    /* QEMU's checks, in QEMU's order and words */
     if (device && node) {
         /* QEMU takes the device when both are given; so do we, if they agree */
-        struct bdev *b1 = agent_find_node(a, device, &disk, errp);
-        struct bdev *b2 = b1 ? agent_find_node(a, node, NULL, errp) : NULL;
-        if (!b1 || !b2) {
-            return -ENOENT;
-        }
-        if (b1 != b2) {
+        struct bdev *b1 = agent_find_node(a, device, &disk, NULL);
+        struct bdev *b2 = b1 ? agent_find_node(a, node, NULL, NULL) : NULL;
+        if (b1 && b2 && b1 != b2) {
             error_setg(errp, "device '%s' and node-name '%s' are different nodes", device,
                        node);
             return -EINVAL;
         }
         top = b1;
     } else {
-        top = agent_find_node(a, device ? device : node, &disk, errp);
-        if (!top) {
-            return -ENOENT;
-        }
+        top = device || node ? agent_find_node(a, device ? device : node, &disk, NULL) : NULL;
+    }
+    if (!top) {
+        error_setg(errp, "Cannot find device='%s' nor node-name='%s'", device ? device : "",
+                   node ? node : "");
+        return -ENOENT;
     }
     if (top != blk_root(disk->blk)) {
         error_setg(errp, "The node '%s' is not the top of disk '%s'; only a disk's top image "
@@ -111,15 +134,34 @@ static int snap_prepare(struct agent *a, struct txn_action *act, struct error **
         error_setg(errp, "Disk '%s' is read-only", disk->name);
         return -EPERM;
     }
+    if (node && !snode) {
+        error_setg(errp, "New overlay node-name missing");
+        return -EINVAL;
+    }
     if (snode && (agent_find_disk(a, snode) || agent_find_node(a, snode, NULL, NULL))) {
-        error_setg(errp, "Duplicate nodes with node-name='%s'", snode);
+        error_setg(errp, "New overlay node-name already in use");
         return -EEXIST;
     }
+    if (snode && !node_name_ok(snode)) {
+        error_setg(errp, "Invalid node-name: '%s'", snode);
+        return -EINVAL;
+    }
     if (!bdev_find_driver(fmt) || bdev_find_driver(fmt)->is_protocol) {
-        error_setg(errp, "Unknown driver '%s'", fmt);
+        error_setg(errp, "Unknown file format '%s'", fmt);
+        return -EINVAL;
+    }
+    if (!existing && strcmp(fmt, "qcow2")) {
+        error_setg(errp, "Backing file not supported for file format '%s'", fmt);
         return -EINVAL;
     }
     if (!existing && stat(file, &st) == 0) {
+        /* QEMU would overwrite it unless another process has it open: we
+         * never overwrite (blockctl's own rule), but name a lock as QEMU */
+        if (locked_by_another(file)) {
+            error_setg(errp, "Failed to get \"write\" lock");
+            error_append_hint(errp, "Is another process using the image [%s]?", file);
+            return -EAGAIN;
+        }
         error_setg(errp, "'%s' already exists", file);
         error_append_hint(errp, "Use mode 'existing' to use an overlay made beforehand");
         return -EEXIST;
@@ -146,11 +188,14 @@ static int snap_prepare(struct agent *a, struct txn_action *act, struct error **
             opts_set(&o, "backing_fmt", bdev_format_name(top));
         }
         free(bname);
-        if (strcmp(fmt, "qcow2")) {
+        dir = bdev_dirname(file);
+        r = access(dir, W_OK) < 0 ? -errno : 0;
+        free(dir);
+        if (r < 0) {
+            /* QEMU's words for a file it cannot make */
             opts_free(&o);
-            error_setg(errp, "Format '%s' cannot have a backing file: the overlay must be qcow2",
-                       fmt);
-            return -EINVAL;
+            error_setg(errp, "Could not create '%s': %s", file, strerror(-r));
+            return r;
         }
         r = bdev_create(fmt, file, &o, 0, errp);
         opts_free(&o);
@@ -344,6 +389,10 @@ int txn_run(struct agent *a, struct txn_action *acts, size_t n, struct error **e
     int ret = 0;
 
     for (i = 0; i < n && ret == 0; i++) {
+        if (acts[i].ops->locate) {
+            acts[i].disk = acts[i].ops->locate(a, &acts[i]);
+            continue;
+        }
         ret = acts[i].ops->prepare(a, &acts[i], errp);
         acts[i].prepared = true;
     }
@@ -373,6 +422,13 @@ int txn_run(struct agent *a, struct txn_action *acts, size_t n, struct error **e
             bdev_drain_begin(tops[k]);
         }
         for (i = 0; i < n && ret == 0; i++) {
+            if (acts[i].ops->locate) {
+                ret = acts[i].ops->prepare(a, &acts[i], errp);
+                acts[i].prepared = true;
+                if (ret < 0) {
+                    break;
+                }
+            }
             if (acts[i].ops->apply) {
                 ret = acts[i].ops->apply(a, &acts[i], errp);
                 acts[i].applied = ret == 0;
@@ -449,21 +505,20 @@ static int qmp_transaction(json_object *args, json_object **ret, void *opaque,
     struct agent *a = opaque;
     json_object *list, *props;
     struct txn_action *acts;
+    const char *cm = NULL, *stop = NULL;
     size_t n;
     int r;
 
     (void)ret;
     json_object_object_get_ex(args, "actions", &list);
     if (json_object_object_get_ex(args, "properties", &props)) {
-        const char *cm = txn_str(props, "completion-mode");
         if (!json_object_is_type(props, json_type_object)) {
             error_setg(errp, "Invalid parameter type for 'properties', expected: object");
             return -EINVAL;
         }
-        if (cm && strcmp(cm, "individual")) {
-            error_setg(errp, "Action 'blockdev-snapshot-sync' does not support Transaction "
-                       "property completion-mode = %s", cm);
-            return -ENOTSUP;
+        cm = txn_str(props, "completion-mode");
+        if (cm && !strcmp(cm, "individual")) {
+            cm = NULL;
         }
     }
     n = json_object_array_length(list);
@@ -491,8 +546,13 @@ static int qmp_transaction(json_object *args, json_object **ret, void *opaque,
             goto fail;
         }
         if (!strcmp(type, "abort")) {
-            error_setg(errp, "Transaction aborted using Abort action");
-            goto fail;
+            /* (as QEMU: once every action's arguments are checked, the
+             * first action that cannot run says why) */
+            stop = stop ? stop : type;
+            continue;
+        }
+        if (cm && !stop) {
+            stop = type;    /* no action of ours supports grouped completion */
         }
         ops = find_ops(type);
         if (!ops) {
@@ -509,6 +569,16 @@ static int qmp_transaction(json_object *args, json_object **ret, void *opaque,
         }
         acts[i].ops = ops;
         acts[i].data = data;
+    }
+    if (stop && !strcmp(stop, "abort")) {
+        error_setg(errp, "Transaction aborted using Abort action");
+        goto fail;
+    }
+    if (stop) {
+        error_setg(errp, "Action '%s' does not support Transaction property completion-mode = %s",
+                   stop, cm);
+        free(acts);
+        return -ENOTSUP;
     }
     r = txn_run(a, acts, n, errp);
     free(acts);

@@ -7,6 +7,10 @@
  * command, which are one-action transactions) runs in four steps:
  *   prepare  outside any drain: checks, and the slow work that changes
  *            nothing the guest sees (creating and opening an overlay);
+ *            or, for an action with a locate hook (the quick bitmap
+ *            actions), inside the drain just before its apply, so that
+ *            its checks see what the earlier actions did, as in QEMU
+ *            (add a bitmap, then merge into it);
  *   apply    with every disk involved drained, in order: the switch
  *            (a new top, bitmap changes); quick and, after prepare, not
  *            expected to fail, but may (then the applied ones are undone);
@@ -28,6 +32,9 @@ struct txn_ops {
     int (*apply)(struct agent *a, struct txn_action *act, struct error **errp);
     void (*undo)(struct agent *a, struct txn_action *act);
     void (*finish)(struct agent *a, struct txn_action *act, bool committed);
+    /* If set: the disk to drain (NULL if none: prepare says why), and
+     * prepare runs drained, right before apply. */
+    struct agent_disk *(*locate)(struct agent *a, struct txn_action *act);
 };
 
 struct txn_action {
