@@ -21,6 +21,16 @@ static json_object *dirty_bitmaps(struct bdev *bd)
 {
     json_object *a = json_object_new_array();
 
+    /* contents not read yet (a read-only image's) are read now, out of
+     * the lock (the list is the control thread's: b stays); an
+     * inconsistent bitmap has none: it counts 0, as in QEMU */
+    for (struct bdev_bitmap *b = bd->bitmaps; b; b = b->next) {
+        struct dirty_bitmap *copy = NULL;
+
+        if (!b->bm && !b->inconsistent && bdev_bitmap_get(bd, b->name, &copy, NULL) == 0) {
+            bitmap_free(copy);
+        }
+    }
     pthread_mutex_lock(&bd->bitmap_lock);
     for (struct bdev_bitmap *b = bd->bitmaps; b; b = b->next) {
         json_object *o = json_object_new_object();
@@ -28,8 +38,9 @@ static json_object *dirty_bitmaps(struct bdev *bd)
         add(o, "recording", json_object_new_boolean(b->enabled));
         add(o, "persistent", json_object_new_boolean(b->persistent));
         add(o, "busy", json_object_new_boolean(b->busy > 0));
-        add(o, "count", json_object_new_int64((int64_t)bitmap_dirty_bytes(b->bm)));
-        add(o, "granularity", json_object_new_int64((int64_t)bitmap_granularity(b->bm)));
+        add(o, "count", json_object_new_int64(b->bm ? (int64_t)bitmap_dirty_bytes(b->bm) : 0));
+        add(o, "granularity", json_object_new_int64(b->bm ? (int64_t)bitmap_granularity(b->bm)
+                                                          : (int64_t)b->granularity));
         if (b->inconsistent) {
             add(o, "inconsistent", json_object_new_boolean(true));
         }

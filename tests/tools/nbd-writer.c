@@ -144,12 +144,16 @@ int main(int argc, char **argv)
 
         while (t >= next && !stop && next < start + secs) {
             struct req *r = free_req();
-            uint64_t blk = ((uint64_t)rand() * RAND_MAX + (uint64_t)rand()) % (span / BLOCK);
             nbd_completion_callback cb = { .callback = done_cb };
+            uint64_t blk, hi;
 
             if (!r) {
                 break;      /* the server is behind: the latency grows */
             }
+            /* one pair of draws per write, in this order, so that a model
+             * (tests/interop/writer-model.py) can tell where write i went */
+            hi = (uint64_t)rand();
+            blk = (hi * RAND_MAX + (uint64_t)rand()) % (span / BLOCK);
             r->busy = true;
             r->flush = false;
             r->sched = next;
