@@ -1,0 +1,408 @@
+#!/usr/bin/env bats
+# `blockctl agent`'s life: a clean stop (SIGTERM, SIGINT, QMP quit) flushes,
+# stores the bitmaps out of use, releases the image locks, removes its
+# sockets and exits 0; --daemonize and --pidfile; a restart from the state
+# file alone after a live snapshot opens the new top; SIGKILL under a
+# guest's writes leaves the image qemu-img check clean (leaks at most) and
+# every acknowledged FUA write in it (tests/interop/writer-model.py); a
+# second agent, qemu-img, qemu-io and blockctl's offline commands are kept
+# off a served disk by QEMU's image locks.  The oracles are qemu-img,
+# qemu-io, qemu-nbd + nbdinfo (a stored bitmap's contents).
+# AGENT_FULL=1: SIGKILL at more moments, and during a live snapshot.
+# SPDX-License-Identifier: GPL-2.0-or-later
+
+load ../helpers
+load ../copy-helpers
+bats_require_minimum_version 1.5.0
+
+PY=/usr/bin/python3
+WRITER=${NBD_WRITER:-$TESTS_DIR/../${BUILD:-build}/tests/tools/nbd-writer}
+
+setup() {
+    requires_qemu
+    "$PROG" agent --help >/dev/null 2>&1 || skip "no agent"
+    cd "$BATS_TEST_TMPDIR" || return 1
+    QMP=$(sock_path qmp)
+    NBD=$(sock_path nbd)
+    AG_PID=
+}
+
+teardown() {
+    copy_teardown
+}
+
+# ag_start ARGS...: the agent in the foreground (logging to agent.log)
+# with --qmp $QMP --nbd unix:$NBD, once it says ready; sets AG_PID
+ag_start() {
+    local n=200
+    : >agent.log
+    bg_start agent.out agent.log "$PROG" agent --qmp "$QMP" --nbd "unix:$NBD" "$@"
+    AG_PID=$BG_PID
+    until grep -q 'blockctl agent: ready' agent.log; do
+        kill -0 "$AG_PID" 2>/dev/null || { fail "the agent died: $(cat agent.log)"; return 1; }
+        [ $n -gt 0 ] || { fail "the agent is not ready: $(cat agent.log)"; return 1; }
+        sleep 0.05
+        n=$((n - 1))
+    done
+}
+
+# ag_stop [SIGNAL]: signal the agent (TERM), wait; it must exit 0 within
+# 20 s, having removed its sockets
+ag_stop() {
+    kill -"${1:-TERM}" "$AG_PID"
+    bg_wait "$AG_PID" 20
+    AG_PID=
+    [ "$BG_STATUS" -eq 0 ] || { fail "the agent exited $BG_STATUS: $(cat agent.log)"; return 1; }
+    sockets_gone
+}
+
+sockets_gone() {
+    [ ! -e "$QMP" ] || { fail "the QMP socket is left behind"; return 1; }
+    [ ! -e "$NBD" ] || { fail "the NBD socket is left behind"; return 1; }
+}
+
+uri() {
+    echo "nbd+unix:///$1?socket=$NBD"
+}
+
+# gw DISK CMDS...: qemu-io commands through the agent's export DISK
+gw() {
+    local d=$1
+    shift
+    QIO_FMT=raw qio "$(uri "$d")" "$@"
+}
+
+# qmp MESSAGE...: qmp-talk.py on $QMP; $output holds the replies (line 3 on)
+qmp() {
+    run --separate-stderr "$PY" "$BATS_TEST_DIRNAME/qmp-talk.py" "$QMP" "$@"
+    [ "$status" -eq 0 ] || { fail "qmp-talk: $stderr"; return 1; }
+}
+
+# in_use IMG BITMAP: qemu-img info's flags for it, "in-use" or "clean"
+bitmap_flags() {
+    qemu-img info -U --output=json "$1" |
+        jq -r --arg b "$2" '."format-specific".data.bitmaps[] | select(.name == $b) |
+        if (.flags | index("in-use")) then "in-use" else "clean" end'
+}
+
+# dirty IMG BITMAP: the dirty ranges of the stored bitmap, as qemu-nbd
+# serves them (qemu:dirty-bitmap), "[[start,length],...]"
+dirty() {
+    local s
+    s=$(sock_path bm)
+    qemu-nbd -r -f qcow2 -B "$2" -k "$s" -x d "$1" 3>&- &
+    local p=$!
+    echo "$p" >>"$BATS_TEST_TMPDIR/.bgpids"
+    wait_file "$s" 10 || return 1
+    nbdinfo --map="qemu:dirty-bitmap:$2" --json "nbd+unix:///d?socket=$s" |
+        jq -c '[.[] | select(.type == 1) | [.offset, .length]]'
+    kill "$p"
+    wait "$p" 2>/dev/null || true
+}
+
+@test "SIGTERM: each event logged on one line; flushed, bitmaps stored out of use, locks released, sockets removed, exit 0" {
+    requires_cmd qemu-nbd nbdinfo
+    mkq d.qcow2 16M
+    qemu-img bitmap --add d.qcow2 b
+    qemu-img create -q -f raw r.raw 4M
+    ag_start --disk "vda=$PWD/d.qcow2" --disk "vdb=$PWD/r.raw,format=raw"
+    [ "$(stat -c %a "$QMP")" = 600 ] && [ "$(stat -c %a "$NBD")" = 600 ] ||
+        fail "socket modes $(stat -c %a "$QMP" "$NBD")"
+    [ "$(bitmap_flags d.qcow2 b)" = in-use ] || fail "the served bitmap is not marked in use"
+    gw vda 'write -P 5 1M 64k' 'write -P 6 5M 4k'
+    gw vdb 'write -P 7 0 8k'
+    # SIGHUP is ignored
+    kill -HUP "$AG_PID"
+    sleep 0.2
+    gw vda 'read -P 5 1M 64k'
+    ag_stop TERM
+    # one line per event, each with the time and who speaks
+    local l
+    while IFS= read -r l; do
+        [[ $l =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}\ [0-9:.]+\ blockctl\ agent:\ [^[:cntrl:]]+$ ]] ||
+            fail "log line: '$l'"
+    done <agent.log
+    grep -q 'disk vda: .*d.qcow2 (qcow2)' agent.log
+    grep -q 'disk vdb: .*r.raw (raw)' agent.log
+    grep -q 'SIGHUP ignored' agent.log
+    grep -q 'Terminated: shutting down' agent.log
+    [[ $(tail -n 1 agent.log) == *'blockctl agent: stopped' ]] || fail "last line: $(tail -n 1 agent.log)"
+    # locks released: qemu-io opens both read-write, without -U, and reads
+    # what the guest wrote; the bitmap is stored out of use, holding the writes
+    qio d.qcow2 'read -P 5 1M 64k' 'read -P 6 5M 4k'
+    QIO_FMT=raw qio r.raw 'read -P 7 0 8k'
+    [ "$(bitmap_flags d.qcow2 b)" = clean ] || fail "the bitmap is still in use after the stop"
+    [ "$(dirty d.qcow2 b)" = "[[1048576,65536],[5242880,65536]]" ] || fail "bitmap b holds $(dirty d.qcow2 b)"
+    qemu_clean d.qcow2
+}
+
+@test "QMP quit and SIGINT: the reply, then the same clean stop" {
+    mkq d.qcow2 8M
+    qemu-img bitmap --add d.qcow2 b
+    ag_start --disk "vda=d.qcow2"
+    gw vda 'write -P 9 0 64k'
+    qmp '{"execute": "quit", "id": "q"}'
+    [ "${lines[2]}" = $'{"return": {}, "id": "q"}\r' ] || fail "$output"
+    [ "${lines[3]}" = "<EOF>" ] || fail "$output"
+    bg_wait "$AG_PID" 20
+    [ "$BG_STATUS" -eq 0 ] || fail "quit: the agent exited $BG_STATUS: $(cat agent.log)"
+    sockets_gone
+    grep -q 'quit: shutting down' agent.log
+    qio d.qcow2 'read -P 9 0 64k'
+    [ "$(bitmap_flags d.qcow2 b)" = clean ]
+    qemu_clean d.qcow2
+    ag_start --disk "vda=d.qcow2"
+    gw vda 'write -P 10 64k 64k'
+    ag_stop INT
+    grep -q 'Interrupt: shutting down' agent.log
+    qio d.qcow2 'read -P 9 0 64k' 'read -P 10 64k 64k'
+    [ "$(bitmap_flags d.qcow2 b)" = clean ]
+}
+
+@test "--daemonize returns once it serves, --pidfile names it and goes at the stop; a failed start exits 1 and leaves nothing" {
+    mkq d.qcow2 8M
+    qemu-img bitmap --add d.qcow2 b
+    echo "$BATS_TEST_TMPDIR/a.pid" >>"$BATS_TEST_TMPDIR/.servers"
+    run --separate-stderr timeout 20 "$PROG" agent --qmp "$QMP" --nbd "unix:$NBD" \
+        --disk vda=d.qcow2 --daemonize --pidfile a.pid 3>&-
+    [ "$status" -eq 0 ] || fail "exit $status: $stderr"
+    # ready when it returns: the sockets are there and serve
+    [ -S "$QMP" ] && [ -S "$NBD" ] || fail "no sockets when --daemonize returned"
+    local pid
+    pid=$(cat a.pid)
+    [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" || fail "pid file: '$pid'"
+    # it is a daemon: its own session, no terminal, not our child
+    [ "$(ps -o sid= -p "$pid" | tr -d ' ')" = "$pid" ] || fail "not a session leader"
+    gw vda 'write -P 3 0 4k'
+    qmp '{"execute": "query-block"}'
+    [ "$(jq -r '.return[0].device' <<<"${lines[2]}")" = vda ] || fail "$output"
+    # relative names were taken from the directory it started in
+    [ "$(jq -r '.return[0].inserted.file' <<<"${lines[2]}")" = "$PWD/d.qcow2" ] || fail "$output"
+    kill -TERM "$pid"
+    local n=200
+    while kill -0 "$pid" 2>/dev/null && [ $n -gt 0 ]; do sleep 0.05; n=$((n - 1)); done
+    ! kill -0 "$pid" 2>/dev/null || fail "the daemon did not stop"
+    [ ! -e a.pid ] || fail "the pid file is left behind"
+    sockets_gone
+    qio d.qcow2 'read -P 3 0 4k'
+    [ "$(bitmap_flags d.qcow2 b)" = clean ]
+    # a start that fails: exit 1 before going to the background, one line
+    # naming what failed, no pid file, no socket
+    run --separate-stderr timeout 20 "$PROG" agent --qmp "$QMP" --nbd "unix:$NBD" \
+        --disk vda=nosuch.qcow2 --daemonize --pidfile a.pid 3>&-
+    [ "$status" -eq 1 ] || fail "a missing disk: exit $status"
+    one_line_error nosuch.qcow2
+    [ ! -e a.pid ] || fail "a pid file for an agent that did not start"
+    sockets_gone
+}
+
+@test "the state file follows a live snapshot, replaced whole; a restart from it alone opens the new top" {
+    mkq d.qcow2 16M
+    ag_start --state st.json --disk "vda=$PWD/d.qcow2"
+    jq -e '.disks[0].name == "vda"' st.json >/dev/null || fail "state: $(cat st.json)"
+    [ "$(jq -r '.disks[0].file' st.json)" = "$PWD/d.qcow2" ] || fail "state: $(cat st.json)"
+    gw vda 'write -P 1 0 1M'
+    local ino nodes
+    ino=$(stat -c %i st.json)
+    qmp '{"execute": "blockdev-snapshot-sync", "arguments": {"device": "vda", "snapshot-file": "'"$PWD"'/s1.qcow2", "format": "qcow2"}}'
+    [ "${lines[2]}" = $'{"return": {}}\r' ] || fail "$output"
+    # replaced (a new file renamed over it), not rewritten in place; no
+    # temporary left beside it
+    [ "$(stat -c %i st.json)" != "$ino" ] || fail "the state file was rewritten in place"
+    [ "$(ls -A | grep -c '^st\.json')" -eq 1 ] || fail "left beside the state file: $(ls -A)"
+    [ "$(jq -r '.disks[0].file' st.json)" = "$PWD/s1.qcow2" ] || fail "state: $(cat st.json)"
+    gw vda 'write -P 2 1M 1M'
+    qmp '{"execute": "query-named-block-nodes"}'
+    nodes=$(jq -c '[.return[] | [."node-name", .file]] | sort' <<<"${lines[2]}")
+    ag_stop
+    backing_is s1.qcow2 "$PWD/d.qcow2" qcow2
+    # the restart knows nothing but the state file
+    ag_start --state st.json
+    qmp '{"execute": "query-block"}'
+    [ "$(jq -r '.return[0].inserted.file' <<<"${lines[2]}")" = "$PWD/s1.qcow2" ] ||
+        fail "the restarted agent's top: ${lines[2]}"
+    qmp '{"execute": "query-named-block-nodes"}'
+    [ "$(jq -c '[.return[] | [."node-name", .file]] | sort' <<<"${lines[2]}")" = "$nodes" ] ||
+        fail "node names changed across the restart: $nodes -> ${lines[2]}"
+    gw vda 'read -P 1 0 1M' 'read -P 2 1M 1M' 'write -P 3 2M 64k'
+    ag_stop
+    # the guest's writes since the snapshot are in the overlay, the base
+    # holds only what came before
+    qio d.qcow2 'read -P 1 0 1M' 'read -P 0 1M 2M'
+    qio s1.qcow2 'read -P 1 0 1M' 'read -P 2 1M 1M' 'read -P 3 2M 64k'
+    qemu_clean d.qcow2
+    qemu_clean s1.qcow2
+    # a --disk the state file already has is ignored (it knows where the
+    # disk moved); a new one is added
+    qemu-img create -q -f raw e.raw 1M
+    ag_start --state st.json --disk "vda=$PWD/d.qcow2" --disk "vdb=$PWD/e.raw,format=raw"
+    qmp '{"execute": "query-block"}'
+    [ "$(jq -r '[.return[] | .device + "=" + .inserted.file] | join(" ")' <<<"${lines[2]}")" = \
+        "vda=$PWD/s1.qcow2 vdb=$PWD/e.raw" ] || fail "${lines[2]}"
+    ag_stop
+    [ "$(jq -r '[.disks[].name] | join(" ")' st.json)" = "vda vdb" ] || fail "$(cat st.json)"
+}
+
+# kill9 SEED DELAY [SNAPSHOT]: kill -9 the agent DELAY seconds into the
+# guest's FUA writes (and flushes) to a qcow2 disk with a bitmap (while a
+# live snapshot runs, with SNAPSHOT); then every image is check clean or
+# leaks only, the bitmap is left marked in use (never trusted), the model
+# holds, and a new agent serves the disk again
+kill9() {
+    local seed=$1 delay=$2 span=$((8 << 20)) imgs=(d.qcow2) rc=0 top=d.qcow2
+    rm -f d.qcow2 s*.qcow2 d.raw st.json w.out w.err
+    mkq d.qcow2 16M
+    qemu-img bitmap --add d.qcow2 b
+    ag_start --state st.json --disk "vda=$PWD/d.qcow2"
+    "$WRITER" "$(uri vda)" 4000 30 --fua --flush-every 16 --seed "$seed" --span "$span" \
+        >w.out 2>w.err 3>&- &
+    local wp=$!
+    echo "$wp" >>"$BATS_TEST_TMPDIR/.bgpids"
+    local n=200
+    until grep -q "uses export 'vda'" agent.log; do
+        [ $n -gt 0 ] || { fail "the writer did not connect: $(cat w.err)"; return 1; }
+        sleep 0.05
+        n=$((n - 1))
+    done
+    sleep "$delay"
+    if [ -n "${3:-}" ]; then
+        "$PY" "$BATS_TEST_DIRNAME/qmp-talk.py" "$QMP" \
+            '{"execute": "blockdev-snapshot-sync", "arguments": {"device": "vda", "snapshot-file": "'"$PWD"'/s1.qcow2", "format": "qcow2"}}' \
+            >/dev/null 2>&1 &
+        sleep 0.0$((RANDOM % 10))
+    fi
+    kill -KILL "$AG_PID"
+    wait "$AG_PID" 2>/dev/null || true
+    AG_PID=
+    bg_wait "$wp" 20
+    [ "$BG_STATUS" -ne 124 ] || { fail "the writer hung after the kill"; return 1; }
+    [ "$BG_STATUS" -ne 2 ] || { fail "the writer: $(cat w.err)"; return 1; }
+    [ -e s1.qcow2 ] && imgs+=(s1.qcow2)
+    check_ok_or_leaks "${imgs[@]}" || return 1
+    [ "$(bitmap_flags d.qcow2 b)" = in-use ] ||
+        { fail "the bitmap of a killed agent is not left in use"; return 1; }
+    # the disk as the state file has it (the overlay, if the snapshot got
+    # that far) reads as the model says
+    top=$(basename "$(jq -r '.disks[0].file' st.json)")
+    qemu-img convert -O raw "$top" d.raw
+    "$PY" "$BATS_TEST_DIRNAME/writer-model.py" d.raw "$seed" "$span" >model.out || rc=$?
+    [ "$rc" -eq 0 ] || { fail "seed $seed, kill after ${delay}s: $(cat model.out)"; return 1; }
+    # stale sockets replaced, the locks free: a new agent serves it, and
+    # says the bitmap is inconsistent
+    ag_start --state st.json || return 1
+    qmp '{"execute": "query-block"}' || return 1
+    [ "$(jq -r '.return[0].inserted.file' <<<"${lines[2]}")" = "$PWD/$top" ] ||
+        { fail "the restarted agent's top: $output"; return 1; }
+    gw vda 'read -P 0 8M 1M' || return 1
+    ag_stop || return 1
+    check_ok_or_leaks "${imgs[@]}"
+}
+
+@test "SIGKILL under the guest's writes: qemu-img check clean or leaks only, every acknowledged write kept" {
+    [ -x "$WRITER" ] || skip "no $WRITER (make unit)"
+    kill9 7 1.5
+    grep -q 'model holds' model.out
+    # the inconsistent bitmap is shown as such, counting nothing
+    ag_start --state st.json
+    qmp '{"execute": "query-block"}'
+    [ "$(jq -c '.return[0].inserted."dirty-bitmaps"[] | [.name, .inconsistent, .count]' <<<"${lines[2]}")" = \
+        '["b",true,0]' ] || fail "${lines[2]}"
+    ag_stop
+}
+
+@test "AGENT_FULL: SIGKILL at several moments, and during live snapshots" {
+    [ -n "${AGENT_FULL:-}" ] || skip "AGENT_FULL=1 runs it"
+    [ -x "$WRITER" ] || skip "no $WRITER (make unit)"
+    local i
+    for i in 1 2 3 4 5 6; do
+        kill9 $((100 + i)) "0.$((RANDOM % 9 + 1))" || return 1
+    done
+    for i in 1 2 3 4 5 6; do
+        kill9 $((200 + i)) "0.$((RANDOM % 9 + 3))" snap || return 1
+    done
+}
+
+@test "a second agent on a served disk is refused in one line; the first goes on" {
+    mkq d.qcow2 8M
+    ag_start --disk "vda=$PWD/d.qcow2"
+    gw vda 'write -P 4 0 64k'
+    local q2 n2
+    q2=$(sock_path qmp2)
+    n2=$(sock_path nbd2)
+    run --separate-stderr timeout 20 "$PROG" agent --qmp "$q2" --nbd "unix:$n2" --disk "vdb=$PWD/d.qcow2"
+    [ "$status" -eq 1 ] || fail "a second agent on the disk: exit $status"
+    one_line_error d.qcow2
+    [[ $stderr == *lock* ]] || fail "the error does not say why: $stderr"
+    [ ! -e "$q2" ] && [ ! -e "$n2" ] || fail "the refused agent left sockets"
+    # read-only too: the first agent does not share writing
+    run --separate-stderr timeout 20 "$PROG" agent --qmp "$q2" --nbd "unix:$n2" \
+        --disk "vdb=$PWD/d.qcow2,read-only=on"
+    [ "$status" -eq 1 ] || fail "a second, read-only agent on the disk: exit $status"
+    one_line_error d.qcow2
+    # nor on the first one's sockets, even with another disk
+    mkq e.qcow2 1M
+    run --separate-stderr timeout 20 "$PROG" agent --qmp "$QMP" --nbd "unix:$n2" --disk "vdb=$PWD/e.qcow2"
+    [ "$status" -eq 1 ] || fail "a second agent on the QMP socket: exit $status"
+    [[ $stderr == *"'$QMP': a server is already listening on it"* ]] || fail "$stderr"
+    run --separate-stderr timeout 20 "$PROG" agent --qmp "$q2" --nbd "unix:$NBD" --disk "vdb=$PWD/e.qcow2"
+    [ "$status" -eq 1 ] || fail "a second agent on the NBD socket: exit $status"
+    [[ $stderr == *"'$NBD': another server is listening on it"* ]] || fail "$stderr"
+    [ ! -e "$q2" ] || fail "the refused agent left its QMP socket"
+    # the first still serves both
+    gw vda 'read -P 4 0 64k' 'write -P 5 64k 64k'
+    qmp '{"execute": "query-block"}'
+    [ "$(jq -r '.return[0].device' <<<"${lines[2]}")" = vda ] || fail "$output"
+    ag_stop
+    qio d.qcow2 'read -P 4 0 64k' 'read -P 5 64k 64k'
+}
+
+@test "while served: qemu-img, qemu-io and blockctl's offline commands refuse to write the disk, and leave it alone" {
+    mkq base.qcow2 8M
+    mkq d.qcow2 8M "backing_file=$PWD/base.qcow2,backing_fmt=qcow2"
+    qemu-img bitmap --add d.qcow2 b
+    ag_start --disk "vda=$PWD/d.qcow2"
+    gw vda 'write -P 8 0 64k'
+    local sum c
+    sum=$(cat d.qcow2 base.qcow2 | md5sum)
+    # QEMU's tools
+    run qemu-io -c 'write 0 4k' d.qcow2
+    [[ $output == *'Failed to get "write" lock'* ]] || fail "qemu-io write: $output"
+    run -1 qemu-img resize d.qcow2 16M
+    [[ $output == *lock* ]] || fail "qemu-img resize: $output"
+    run -1 qemu-img bitmap --add d.qcow2 c
+    [[ $output == *lock* ]] || fail "qemu-img bitmap: $output"
+    run -1 qemu-img commit d.qcow2
+    [[ $output == *lock* ]] || fail "qemu-img commit: $output"
+    run -1 qemu-img snapshot -c s d.qcow2
+    [[ $output == *lock* ]] || fail "qemu-img snapshot: $output"
+    # blockctl's offline commands, each refused in its own words, naming
+    # the image, none of them touching it
+    for c in "snapshot d.qcow2 $PWD/s.qcow2" "bitmap --add d.qcow2 x" "bitmap --clear d.qcow2 b" \
+        "commit d.qcow2" "check -r leaks d.qcow2" "stream d.qcow2"; do
+        # shellcheck disable=SC2086
+        run --separate-stderr timeout 20 "$PROG" $c
+        failed_cleanly || fail "blockctl $c"
+        [[ $stderr == *d.qcow2* && $stderr == *lock* ]] || fail "blockctl $c: $stderr"
+    done
+    [ ! -e s.qcow2 ] || fail "the refused snapshot left its overlay"
+    [ "$(cat d.qcow2 base.qcow2 | md5sum)" = "$sum" ] || fail "a refused command changed the images"
+    # reading while shared (-U) is allowed, and sees what the guest wrote
+    qemu-io -U -f qcow2 -c 'read -P 8 0 64k' d.qcow2 | grep -q 'read 65536/65536' ||
+        fail "qemu-io -U cannot read the served disk"
+    ag_stop
+    qio d.qcow2 'write -P 9 0 4k'
+}
+
+@test "while served: blockctl's offline commands point at --agent" {
+    mkq d.qcow2 8M
+    qemu-img bitmap --add d.qcow2 b
+    ag_start --disk "vda=$PWD/d.qcow2"
+    local c
+    for c in "snapshot d.qcow2 $PWD/s.qcow2" "bitmap --add d.qcow2 x" "commit d.qcow2"; do
+        # shellcheck disable=SC2086
+        run --separate-stderr timeout 20 "$PROG" $c
+        failed_cleanly || fail "blockctl $c"
+        [[ $stderr == *--agent* ]] || fail "blockctl $c does not point at --agent: $stderr"
+    done
+    ag_stop
+}
