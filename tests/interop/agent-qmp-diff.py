@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 spec = importlib.util.spec_from_file_location(
     'qmp_diff', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'qmp-diff.py'))
@@ -202,28 +201,8 @@ def main():
     d = args.dir or tempfile.mkdtemp(prefix='agent-qmp-diff.')
     qemu = start_qsd(args.qsd, args.image, d)
     ours = qd.Server('ours', [args.agent_socket] * 3, Running())
-    failed = ran = 0
     try:
-        for n, (name, steps, opts) in enumerate(CASES):
-            if args.only and not any(o in name for o in args.only):
-                continue
-            if any(o in name for o in args.skip):
-                continue
-            ran += 1
-            t0 = time.time()
-            tq = [qd.normalise(t, opts) for t in qd.run_case(qemu, n, steps, opts)]
-            to = [qd.normalise(t, opts) for t in qd.run_case(ours, n, steps, opts)]
-            if tq != to:
-                failed += 1
-                print('DIFF %s' % name)
-                for i, (a, b) in enumerate(zip(tq, to)):
-                    if a != b:
-                        print('  client %d, qemu-storage-daemon:\n%s  agent:\n%s' %
-                              (i, qd.indent(a), qd.indent(b)))
-            elif args.verbose:
-                print('same %s (%.1f s)' % (name, time.time() - t0))
-                for t in tq:
-                    print(qd.indent(t), end='')
+        ran, failed = qd.compare(qemu, ours, CASES, args.only, args.skip, args.verbose)
     finally:
         qemu.proc.terminate()
         qemu.proc.wait()
