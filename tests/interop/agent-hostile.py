@@ -9,6 +9,7 @@
 # caller holds), TIMEOUT: its handshake timeout (s).
 # SPDX-License-Identifier: GPL-2.0-or-later
 
+import collections
 import socket
 import struct
 import sys
@@ -180,16 +181,21 @@ for _ in range(limit + 3):
         conns.append(dial())
     except OSError:
         break
-greeted = refused = 0
-for c in conns:
+
+
+def greeting(c):
+    """what a new connection gets: the greeting, a hang-up, or silence"""
     c.settimeout(3)
     try:
-        take(c, 18)
-        greeted += 1
+        return 'greeted' if take(c, 18)[:8] == NBDMAGIC else 'garbage'
     except (EOFError, ConnectionResetError):
-        refused += 1
+        return 'refused'
     except socket.timeout:
-        pass
+        return 'silent'
+
+
+got = collections.Counter(greeting(c) for c in conns)
+greeted, refused = got['greeted'], got['refused']
 report('beyond %d more clients, refused: %d greeted, %d refused' % (limit, greeted, refused),
        greeted == limit and refused == 3)
 t0 = time.time()

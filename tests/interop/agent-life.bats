@@ -13,6 +13,7 @@
 
 load ../helpers
 load ../copy-helpers
+load ../agent-helpers
 bats_require_minimum_version 1.5.0
 
 PY=/usr/bin/python3
@@ -31,45 +32,11 @@ teardown() {
     copy_teardown
 }
 
-# ag_start ARGS...: the agent in the foreground (logging to agent.log)
-# with --qmp $QMP --nbd unix:$NBD, once it says ready; sets AG_PID
-ag_start() {
-    local n=200
-    : >agent.log
-    bg_start agent.out agent.log "$PROG" agent --qmp "$QMP" --nbd "unix:$NBD" "$@"
-    AG_PID=$BG_PID
-    until grep -q 'blockctl agent: ready' agent.log; do
-        kill -0 "$AG_PID" 2>/dev/null || { fail "the agent died: $(cat agent.log)"; return 1; }
-        [ $n -gt 0 ] || { fail "the agent is not ready: $(cat agent.log)"; return 1; }
-        sleep 0.05
-        n=$((n - 1))
-    done
-}
-
-# ag_stop [SIGNAL]: signal the agent (TERM), wait; it must exit 0 within
-# 20 s, having removed its sockets
-ag_stop() {
-    kill -"${1:-TERM}" "$AG_PID"
-    bg_wait "$AG_PID" 20
-    AG_PID=
-    [ "$BG_STATUS" -eq 0 ] || { fail "the agent exited $BG_STATUS: $(cat agent.log)"; return 1; }
-    sockets_gone
-}
-
-sockets_gone() {
-    [ ! -e "$QMP" ] || { fail "the QMP socket is left behind"; return 1; }
-    [ ! -e "$NBD" ] || { fail "the NBD socket is left behind"; return 1; }
-}
-
-uri() {
-    echo "nbd+unix:///$1?socket=$NBD"
-}
-
 # gw DISK CMDS...: qemu-io commands through the agent's export DISK
 gw() {
     local d=$1
     shift
-    QIO_FMT=raw qio "$(uri "$d")" "$@"
+    QIO_FMT=raw qio "$(ag_uri "$d")" "$@"
 }
 
 # qmp MESSAGE...: qmp-talk.py on $QMP; $output holds the replies (line 3 on)
@@ -78,7 +45,7 @@ qmp() {
     [ "$status" -eq 0 ] || { fail "qmp-talk: $stderr"; return 1; }
 }
 
-# in_use IMG BITMAP: qemu-img info's flags for it, "in-use" or "clean"
+# bitmap_flags IMG BITMAP: qemu-img info's flags for it, "in-use" or "clean"
 bitmap_flags() {
     qemu-img info -U --output=json "$1" |
         jq -r --arg b "$2" '."format-specific".data.bitmaps[] | select(.name == $b) |
@@ -146,7 +113,7 @@ dirty() {
     [ "${lines[3]}" = "<EOF>" ] || fail "$output"
     bg_wait "$AG_PID" 20
     [ "$BG_STATUS" -eq 0 ] || fail "quit: the agent exited $BG_STATUS: $(cat agent.log)"
-    sockets_gone
+    ag_sockets_gone
     grep -q 'quit: shutting down' agent.log
     qio d.qcow2 'read -P 9 0 64k'
     [ "$(bitmap_flags d.qcow2 b)" = clean ]
@@ -183,7 +150,7 @@ dirty() {
     while kill -0 "$pid" 2>/dev/null && [ $n -gt 0 ]; do sleep 0.05; n=$((n - 1)); done
     ! kill -0 "$pid" 2>/dev/null || fail "the daemon did not stop"
     [ ! -e a.pid ] || fail "the pid file is left behind"
-    sockets_gone
+    ag_sockets_gone
     qio d.qcow2 'read -P 3 0 4k'
     [ "$(bitmap_flags d.qcow2 b)" = clean ]
     # a start that fails: exit 1 before going to the background, one line
@@ -193,7 +160,7 @@ dirty() {
     [ "$status" -eq 1 ] || fail "a missing disk: exit $status"
     one_line_error nosuch.qcow2
     [ ! -e a.pid ] || fail "a pid file for an agent that did not start"
-    sockets_gone
+    ag_sockets_gone
 }
 
 @test "the state file follows a live snapshot, replaced whole; a restart from it alone opens the new top" {
@@ -202,13 +169,18 @@ dirty() {
     jq -e '.disks[0].name == "vda"' st.json >/dev/null || fail "state: $(cat st.json)"
     [ "$(jq -r '.disks[0].file' st.json)" = "$PWD/d.qcow2" ] || fail "state: $(cat st.json)"
     gw vda 'write -P 1 0 1M'
-    local ino nodes
-    ino=$(stat -c %i st.json)
+    local before nodes held
+    # the file as it is, held open: replaced, it keeps its old contents
+    # (and its inode number cannot be reused meanwhile)
+    before=$(cat st.json)
+    exec {held}<st.json
     qmp '{"execute": "blockdev-snapshot-sync", "arguments": {"device": "vda", "snapshot-file": "'"$PWD"'/s1.qcow2", "format": "qcow2"}}'
     [ "${lines[2]}" = $'{"return": {}}\r' ] || fail "$output"
     # replaced (a new file renamed over it), not rewritten in place; no
     # temporary left beside it
-    [ "$(stat -c %i st.json)" != "$ino" ] || fail "the state file was rewritten in place"
+    [ "$(stat -c %i st.json)" != "$(stat -L -c %i "/dev/fd/$held")" ] && [ "$(cat <&"$held")" = "$before" ] ||
+        { exec {held}<&-; fail "the state file was rewritten in place"; }
+    exec {held}<&-
     [ "$(ls -A | grep -c '^st\.json')" -eq 1 ] || fail "left beside the state file: $(ls -A)"
     [ "$(jq -r '.disks[0].file' st.json)" = "$PWD/s1.qcow2" ] || fail "state: $(cat st.json)"
     gw vda 'write -P 2 1M 1M'
@@ -254,7 +226,7 @@ kill9() {
     mkq d.qcow2 16M
     qemu-img bitmap --add d.qcow2 b
     ag_start --state st.json --disk "vda=$PWD/d.qcow2"
-    "$WRITER" "$(uri vda)" 4000 30 --fua --flush-every 16 --seed "$seed" --span "$span" \
+    "$WRITER" "$(ag_uri vda)" 4000 30 --fua --flush-every 16 --seed "$seed" --span "$span" \
         >w.out 2>w.err 3>&- &
     local wp=$!
     echo "$wp" >>"$BATS_TEST_TMPDIR/.bgpids"

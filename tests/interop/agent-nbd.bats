@@ -11,6 +11,7 @@
 
 load ../helpers
 load ../copy-helpers
+load ../agent-helpers
 bats_require_minimum_version 1.5.0
 
 PY=/usr/bin/python3
@@ -34,31 +35,6 @@ teardown() {
     copy_teardown
 }
 
-# ag_start ARGS...: the agent in the foreground (log: agent.log) once ready
-ag_start() {
-    local n=200
-    : >agent.log
-    bg_start agent.out agent.log "$PROG" agent --qmp "$QMP" --nbd "unix:$NBD" "$@"
-    AG_PID=$BG_PID
-    until grep -q 'blockctl agent: ready' agent.log; do
-        kill -0 "$AG_PID" 2>/dev/null || { fail "the agent died: $(cat agent.log)"; return 1; }
-        [ $n -gt 0 ] || { fail "the agent is not ready: $(cat agent.log)"; return 1; }
-        sleep 0.05
-        n=$((n - 1))
-    done
-}
-
-# ag_stop: SIGTERM; exit 0, no sanitizer report
-ag_stop() {
-    kill -TERM "$AG_PID"
-    bg_wait "$AG_PID" 20
-    [ "$BG_STATUS" -eq 0 ] || { fail "the agent exited $BG_STATUS: $(cat agent.log)"; return 1; }
-    if grep -qiE 'addresssanitizer|runtime error|threadsanitizer' agent.log; then
-        fail "sanitizer report: $(cat agent.log)"
-        return 1
-    fi
-}
-
 # qsd_start BLOCKDEV-AND-EXPORT-ARGS...: qemu-storage-daemon with an NBD
 # server on a UNIX socket; sets QSD_NBD
 qsd_start() {
@@ -74,20 +50,16 @@ qsd_stop() {
     QSD_PID=
 }
 
-uri() {
-    echo "nbd+unix:///$1?socket=${2:-$NBD}"
-}
-
 # nbd_view SOCKET EXPORT...: what nbdinfo (all of it, and its maps of both
 # contexts) and qemu-img map say of the exports, the socket's name masked
 nbd_view() {
     local s=$1 e
     shift
     for e in "$@"; do
-        nbdinfo --json "$(uri "$e" "$s")" | jq -S 'del(.exports[].uri)' || return 1
-        nbdinfo --map "$(uri "$e" "$s")" || return 1
-        nbdinfo --map=qemu:allocation-depth "$(uri "$e" "$s")" || return 1
-        qemu-img map -f raw --output=json "$(uri "$e" "$s")" || return 1
+        nbdinfo --json "$(ag_uri "$e" "$s")" | jq -S 'del(.exports[].uri)' || return 1
+        nbdinfo --map "$(ag_uri "$e" "$s")" || return 1
+        nbdinfo --map=qemu:allocation-depth "$(ag_uri "$e" "$s")" || return 1
+        qemu-img map -f raw --output=json "$(ag_uri "$e" "$s")" || return 1
     done
 }
 
@@ -121,21 +93,21 @@ nbd_view() {
     mkq d.qcow2 32M "backing_file=$PWD/base.qcow2,backing_fmt=qcow2"
     qemu-img create -q -f raw r.raw 32M
     ag_start --disk "vda=$PWD/d.qcow2" --disk "vdb=$PWD/r.raw,format=raw"
-    QIO_FMT=raw qio "$(uri vda)" 'read -P 1 0 4M' 'write -P 5 3M 2M' 'write -z 0 64k' \
+    QIO_FMT=raw qio "$(ag_uri vda)" 'read -P 1 0 4M' 'write -P 5 3M 2M' 'write -z 0 64k' \
         'discard 16M 1M' 'aio_write -P 6 20M 64k' 'aio_flush' 'read -P 5 3M 2M' 'read -P 0 0 64k'
     # what the export reads is what qemu-img reads from the image
-    qemu-img compare -U -f raw -F qcow2 "$(uri vda)" d.qcow2 || fail "the export differs from d.qcow2"
-    run -0 qemu-img info -f raw --output=json "$(uri vda)"
+    qemu-img compare -U -f raw -F qcow2 "$(ag_uri vda)" d.qcow2 || fail "the export differs from d.qcow2"
+    run -0 qemu-img info -f raw --output=json "$(ag_uri vda)"
     [ "$(jq '."virtual-size"' <<<"$output")" = 33554432 ] || fail "$output"
     # nbdcopy out of vda, into vdb, each with 4 connections
-    nbdcopy --connections=4 "$(uri vda)" out.raw
+    nbdcopy --connections=4 "$(ag_uri vda)" out.raw
     qemu-img convert -U -O raw d.qcow2 ref.raw
     cmp out.raw ref.raw || fail "nbdcopy out of the export differs"
-    nbdcopy --connections=4 ref.raw "$(uri vdb)"
-    nbdcopy "$(uri vdb)" back.raw
+    nbdcopy --connections=4 ref.raw "$(ag_uri vdb)"
+    nbdcopy "$(ag_uri vdb)" back.raw
     cmp back.raw ref.raw || fail "nbdcopy into vdb and back differs"
     # qemu-img convert into an export, then the agent stops and the image holds it
-    qemu-img convert -n -f qcow2 -O raw base.qcow2 "$(uri vdb)"
+    qemu-img convert -n -f qcow2 -O raw base.qcow2 "$(ag_uri vdb)"
     ag_stop
     qemu-img compare -f raw -F qcow2 r.raw base.qcow2 || fail "r.raw does not hold what was converted into it"
     qemu_clean d.qcow2
@@ -185,7 +157,7 @@ while off < 8 << 20:
 print("extents", ext)
 h.shutdown()
 EOF
-    run -0 "$PY" sh.py "$(uri vda)" ref.raw
+    run -0 "$PY" sh.py "$(ag_uri vda)" ref.raw
     local ours=$output
     [ "${lines[0]}" = "flags True True True True True True True True False True" ] || fail "$output"
     [ "${lines[1]}" = "block size 1 4096 33554432" ] || fail "$output"
@@ -196,7 +168,7 @@ EOF
     # as the agent does)
     qsd_start --blockdev "driver=file,node-name=vda,filename=$PWD/q.raw,discard=unmap" \
         --export type=nbd,id=vda,node-name=vda,name=vda,writable=on
-    run -0 "$PY" sh.py "$(uri vda "$QSD_NBD")" ref.raw
+    run -0 "$PY" sh.py "$(ag_uri vda "$QSD_NBD")" ref.raw
     qsd_stop
     [ "$ours" = "$output" ] || fail "the agent said:
 $ours
@@ -208,69 +180,62 @@ $output"
 }
 
 @test "errors: past the end EINVAL/ENOSPC, a read-only disk EPERM, 32 MiB cap EINVAL; the shared ones as qemu-storage-daemon" {
-    qemu-img create -q -f raw r.raw 8M
+    qemu-img create -q -f raw r.raw 40M
+    # one line of NAME=RESULT (an errno name or ok), in this order
     cat >errs.py <<'EOF'
 import nbd, sys
-def call(f, *a):
-    try:
-        f(*a)
-        return "ok"
-    except nbd.Error as e:
-        return str(e.errno)
 h = nbd.NBD()
 h.set_strict_mode(0)
 h.connect_uri(sys.argv[1])
 end = h.get_size()
-print("ro", h.is_read_only())
-print("read past end", call(h.pread, 4096, end - 512))
-print("cache past end", call(h.cache, 4096, end))
-print("read 32M", call(h.pread, 32 << 20, 0) if end >= 32 << 20 else "ok")
-print("read past cap", call(h.pread, (32 << 20) + 512, 0))
-print("read", call(h.pread, 4096, end - 4096))
-print("flush", call(h.flush))
-print("write past end", call(h.pwrite, b"x" * 4096, end - 512))
-print("zero past end", call(h.zero, 4096, end))
-print("trim past end", call(h.trim, 4096, end))
-print("write", call(h.pwrite, b"y" * 4096, 0))
-print("zero", call(h.zero, 4096, 0))
-print("trim", call(h.trim, 4096, 0))
-print("connected", call(h.pread, 512, 0))
+probes = [
+    ("read-past-end", h.pread, 4096, end - 512),
+    ("cache-past-end", h.cache, 4096, end),
+    ("read-32M", h.pread, 32 << 20, 0),
+    ("read-past-cap", h.pread, (32 << 20) + 512, 0),
+    ("read", h.pread, 4096, end - 4096),
+    ("flush", h.flush),
+    ("write-past-end", h.pwrite, b"x" * 4096, end - 512),
+    ("zero-past-end", h.zero, 4096, end),
+    ("trim-past-end", h.trim, 4096, end),
+    ("write", h.pwrite, b"y" * 4096, 0),
+    ("zero", h.zero, 4096, 0),
+    ("trim", h.trim, 4096, 0),
+    ("connected", h.pread, 512, 0),
+]
+out = ["ro=%s" % h.is_read_only()]
+for name, fn, *args in probes:
+    try:
+        fn(*args)
+        out.append(name + "=ok")
+    except nbd.Error as e:
+        out.append("%s=%s" % (name, e.errno))
+print(" ".join(out))
 EOF
+    local common="read-past-end=EINVAL cache-past-end=EINVAL read-32M=ok read-past-cap=EINVAL read=ok flush=ok"
     ag_start --disk "vda=$PWD/r.raw,format=raw"
-    run -0 "$PY" errs.py "$(uri vda)"
-    printf '%s\n' "${lines[@]:0:7}" >agent-rw.common
-    [ "${lines[0]}" = "ro False" ] || fail "$output"
-    [ "${lines[7]}" = "write past end ENOSPC" ] || fail "$output"
-    [ "${lines[8]}" = "zero past end ENOSPC" ] || fail "$output"
-    [ "${lines[9]}" = "trim past end EINVAL" ] || fail "$output"
-    [ "${lines[10]}" = "write ok" ] && [ "${lines[11]}" = "zero ok" ] && [ "${lines[12]}" = "trim ok" ] || fail "$output"
-    [ "${lines[13]}" = "connected ok" ] || fail "$output"
+    run -0 "$PY" errs.py "$(ag_uri vda)"
+    [ "$output" = "ro=False $common write-past-end=ENOSPC zero-past-end=ENOSPC trim-past-end=EINVAL write=ok zero=ok trim=ok connected=ok" ] ||
+        fail "read-write: $output"
     ag_stop
-    # a read-only disk
     ag_start --disk "vda=$PWD/r.raw,format=raw,read-only=on"
-    run -0 "$PY" errs.py "$(uri vda)"
-    printf '%s\n' "${lines[@]:1:6}" >agent-ro.common
-    [ "${lines[0]}" = "ro True" ] || fail "$output"
-    [ "${lines[7]}" = "write past end EPERM" ] || fail "$output"
-    [ "${lines[10]}" = "write EPERM" ] && [ "${lines[11]}" = "zero EPERM" ] && [ "${lines[12]}" = "trim EPERM" ] ||
-        fail "$output"
-    [ "${lines[13]}" = "connected ok" ] || fail "$output"
+    run -0 "$PY" errs.py "$(ag_uri vda)"
+    [ "$output" = "ro=True $common write-past-end=EPERM zero-past-end=EPERM trim-past-end=EPERM write=EPERM zero=EPERM trim=EPERM connected=ok" ] ||
+        fail "read-only: $output"
     # a read-only disk is shared with readers
     qemu-io -r -f raw -c 'read 0 4k' r.raw | grep -q 'read 4096/4096' || fail "qemu-io -r cannot read it"
     ag_stop
-    # the reads, cap and flush as qemu-storage-daemon answers them (QEMU
+    # the reads, the cap and flush are qemu-storage-daemon's answers (QEMU
     # 7.2 says EINVAL where the NBD spec asks for ENOSPC and EPERM)
-    qsd_start --blockdev "driver=file,node-name=vda,filename=$PWD/r.raw" \
-        --export type=nbd,id=vda,node-name=vda,name=vda,writable=on
-    run -0 "$PY" errs.py "$(uri vda "$QSD_NBD")"
-    printf '%s\n' "${lines[@]:0:7}" >qsd-rw.common
-    qsd_stop
-    diff -u qsd-rw.common agent-rw.common || fail "read-write: the agent differs from qemu-storage-daemon"
-    qsd_start --blockdev "driver=file,node-name=vda,filename=$PWD/r.raw,read-only=on" \
-        --export type=nbd,id=vda,node-name=vda,name=vda
-    run -0 "$PY" errs.py "$(uri vda "$QSD_NBD")"
-    printf '%s\n' "${lines[@]:1:6}" >qsd-ro.common
-    diff -u qsd-ro.common agent-ro.common || fail "read-only: the agent differs from qemu-storage-daemon"
+    local ro
+    for ro in off on; do
+        qsd_start --blockdev "driver=file,node-name=vda,filename=$PWD/r.raw,read-only=$ro" \
+            --export "type=nbd,id=vda,node-name=vda,name=vda,writable=$([ $ro = on ] && echo off || echo on)"
+        run -0 "$PY" errs.py "$(ag_uri vda "$QSD_NBD")"
+        qsd_stop
+        [ "$(cut -d' ' -f2-7 <<<"$output")" = "$common" ] ||
+            fail "qemu-storage-daemon (read-only=$ro) answers $output"
+    done
 }
 
 @test "hostile NBD clients are disconnected, the idle ones at the handshake timeout; a guest writing meanwhile goes on" {
@@ -292,7 +257,7 @@ h.flush()
 h.shutdown()
 print("guest wrote", n)
 EOF
-    "$PY" guest.py "$(uri vdb)" stop >guest.out 2>&1 3>&- &
+    "$PY" guest.py "$(ag_uri vdb)" stop >guest.out 2>&1 3>&- &
     local guest=$!
     echo "$guest" >>"$BATS_TEST_TMPDIR/.bgpids"
     sleep 0.3
@@ -311,7 +276,7 @@ EOF
     grep -q 'handshake timed out' agent.log
     grep -q 'refused: 100 clients already connected' agent.log
     # the agent still serves both sockets
-    QIO_FMT=raw qio "$(uri vda)" 'write -P 9 0 1M' 'read -P 9 0 1M'
+    QIO_FMT=raw qio "$(ag_uri vda)" 'write -P 9 0 1M' 'read -P 9 0 1M'
     run -0 "$PY" "$BATS_TEST_DIRNAME/qmp-talk.py" "$QMP" '{"execute": "query-block-jobs"}'
     [ "${lines[2]}" = $'{"return": []}\r' ] || fail "$output"
     ag_stop
@@ -420,4 +385,25 @@ EOF
     run -0 "$PY" "$BATS_TEST_DIRNAME/qmp-talk.py" "$QMP" '{"execute": "query-block-jobs"}'
     [ "${lines[2]}" = $'{"return": []}\r' ] || fail "$output"
     ag_stop
+}
+
+@test "--nbd twice: a UNIX socket and TCP (IPv4, and IPv6 where there is ::1) serve the same disks; the stop closes both" {
+    qemu-img create -q -f raw r.raw 4M
+    local port port6 args=()
+    port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    args=(--nbd "tcp:127.0.0.1:$port")
+    if port6=$("$PY" -c 'import socket; s = socket.socket(socket.AF_INET6); s.bind(("::1", 0)); print(s.getsockname()[1])' 2>/dev/null); then
+        args+=(--nbd "tcp:[::1]:$port6")
+    fi
+    ag_start "${args[@]}" --disk "vda=$PWD/r.raw,format=raw"
+    QIO_FMT=raw qio "nbd://127.0.0.1:$port/vda" 'write -P 7 0 1M'
+    QIO_FMT=raw qio "$(ag_uri vda)" 'read -P 7 0 1M' 'write -P 8 1M 1M'
+    if [ -n "$port6" ]; then
+        QIO_FMT=raw qio "nbd://[::1]:$port6/vda" 'read -P 8 1M 1M'
+    fi
+    run -0 nbdinfo --size "nbd://127.0.0.1:$port/vda"
+    [ "$output" = 4194304 ] || fail "$output"
+    ag_stop
+    run ! nbdinfo --size "nbd://127.0.0.1:$port/vda"
+    QIO_FMT=raw qio r.raw 'read -P 7 0 1M' 'read -P 8 1M 1M'
 }

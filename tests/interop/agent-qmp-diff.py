@@ -14,6 +14,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -198,18 +199,14 @@ def main():
                     help='leave out cases whose name contains this')
     ap.add_argument('only', nargs='*')
     args = ap.parse_args()
-    d = args.dir or tempfile.mkdtemp(prefix='agent-qmp-diff.')
-    qemu = start_qsd(args.qsd, args.image, d)
-    ours = qd.Server('ours', [args.agent_socket] * 3, Running())
-    try:
+    with contextlib.ExitStack() as cleanup:
+        d = args.dir or cleanup.enter_context(tempfile.TemporaryDirectory(prefix='agent-qmp-diff.'))
+        qemu = start_qsd(args.qsd, args.image, d)
+        cleanup.callback(lambda p: (p.terminate(), p.wait()), qemu.proc)
+        ours = qd.Server('ours', [args.agent_socket] * 3, Running())
         ran, failed = qd.compare(qemu, ours, CASES, args.only, args.skip, args.verbose)
-    finally:
-        qemu.proc.terminate()
-        qemu.proc.wait()
-        if not args.dir:
-            shutil.rmtree(d, ignore_errors=True)
     print('%d cases, %d differ' % (ran, failed))
-    return 1 if failed else 0
+    return int(failed > 0)
 
 
 if __name__ == '__main__':
