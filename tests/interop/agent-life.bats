@@ -8,7 +8,8 @@
 # second agent, qemu-img, qemu-io and blockctl's offline commands are kept
 # off a served disk by QEMU's image locks.  The oracles are qemu-img,
 # qemu-io, qemu-nbd + nbdinfo (a stored bitmap's contents).
-# AGENT_FULL=1: SIGKILL at more moments, and during a live snapshot.
+# AGENT_FULL=1: SIGKILL at more moments, SIGKILL and SIGTERM during live
+# snapshots.
 # SPDX-License-Identifier: GPL-2.0-or-later
 
 load ../helpers
@@ -215,13 +216,15 @@ dirty() {
     [ "$(jq -r '[.disks[].name] | join(" ")' st.json)" = "vda vdb" ] || fail "$(cat st.json)"
 }
 
-# kill9 SEED DELAY [SNAPSHOT]: kill -9 the agent DELAY seconds into the
-# guest's FUA writes (and flushes) to a qcow2 disk with a bitmap (while a
-# live snapshot runs, with SNAPSHOT); then every image is check clean or
-# leaks only, the bitmap is left marked in use (never trusted), the model
-# holds, and a new agent serves the disk again
-kill9() {
-    local seed=$1 delay=$2 span=$((8 << 20)) imgs=(d.qcow2) rc=0 top=d.qcow2
+# under_writes SIGNAL SEED DELAY [SNAPSHOT]: signal the agent DELAY seconds
+# into the guest's FUA writes (and flushes) to a qcow2 disk with a bitmap
+# (while a live snapshot runs, with SNAPSHOT).  KILL: every image is then
+# check clean or leaks only and the bitmap is left marked in use (never
+# trusted); TERM: the agent drains and exits 0, the images are check clean
+# and the bitmap is stored out of use.  Either way the model holds and a
+# new agent serves the disk again from the state file.
+under_writes() {
+    local sig=$1 seed=$2 delay=$3 span=$((8 << 20)) imgs=(d.qcow2) rc=0 top want n=200
     rm -f d.qcow2 s*.qcow2 d.raw st.json w.out w.err
     mkq d.qcow2 16M
     qemu-img bitmap --add d.qcow2 b
@@ -230,37 +233,45 @@ kill9() {
         >w.out 2>w.err 3>&- &
     local wp=$!
     echo "$wp" >>"$BATS_TEST_TMPDIR/.bgpids"
-    local n=200
     until grep -q "uses export 'vda'" agent.log; do
         [ $n -gt 0 ] || { fail "the writer did not connect: $(cat w.err)"; return 1; }
         sleep 0.05
         n=$((n - 1))
     done
     sleep "$delay"
-    if [ -n "${3:-}" ]; then
+    if [ -n "${4:-}" ]; then
         "$PY" "$BATS_TEST_DIRNAME/qmp-talk.py" "$QMP" \
             '{"execute": "blockdev-snapshot-sync", "arguments": {"device": "vda", "snapshot-file": "'"$PWD"'/s1.qcow2", "format": "qcow2"}}' \
             >/dev/null 2>&1 &
         sleep 0.0$((RANDOM % 10))
     fi
-    kill -KILL "$AG_PID"
-    wait "$AG_PID" 2>/dev/null || true
-    AG_PID=
+    if [ "$sig" = KILL ]; then
+        kill -KILL "$AG_PID"
+        wait "$AG_PID" 2>/dev/null || true
+        AG_PID=
+        want=in-use
+    else
+        ag_stop "$sig" || return 1
+        want=clean
+    fi
     bg_wait "$wp" 20
-    [ "$BG_STATUS" -ne 124 ] || { fail "the writer hung after the kill"; return 1; }
+    [ "$BG_STATUS" -ne 124 ] || { fail "the writer hung after the $sig"; return 1; }
     [ "$BG_STATUS" -ne 2 ] || { fail "the writer: $(cat w.err)"; return 1; }
     [ -e s1.qcow2 ] && imgs+=(s1.qcow2)
-    check_ok_or_leaks "${imgs[@]}" || return 1
+    if [ "$sig" = KILL ]; then
+        check_ok_or_leaks "${imgs[@]}" || return 1
+    else
+        check_ok "${imgs[@]}" || return 1
+    fi
     # the disk as the state file has it (the overlay, if the snapshot got
-    # that far): its bitmap is left in use, and it reads as the model says
+    # that far): its bitmap, and what it reads, as the model says
     top=$(basename "$(jq -r '.disks[0].file' st.json)")
-    [ "$(bitmap_flags "$top" b)" = in-use ] ||
-        { fail "the bitmap of a killed agent is not left in use in $top"; return 1; }
+    [ "$(bitmap_flags "$top" b)" = "$want" ] ||
+        { fail "after SIG$sig the bitmap in $top is not $want"; return 1; }
     qemu-img convert -O raw "$top" d.raw
     "$PY" "$BATS_TEST_DIRNAME/writer-model.py" d.raw "$seed" "$span" >model.out || rc=$?
-    [ "$rc" -eq 0 ] || { fail "seed $seed, kill after ${delay}s: $(cat model.out)"; return 1; }
-    # stale sockets replaced, the locks free: a new agent serves it, and
-    # says the bitmap is inconsistent
+    [ "$rc" -eq 0 ] || { fail "seed $seed, SIG$sig after ${delay}s: $(cat model.out)"; return 1; }
+    # stale sockets replaced, the locks free: a new agent serves it
     ag_start --state st.json || return 1
     qmp '{"execute": "query-block"}' || return 1
     [ "$(jq -r '.return[0].inserted.file' <<<"${lines[2]}")" = "$PWD/$top" ] ||
@@ -270,9 +281,16 @@ kill9() {
     check_ok_or_leaks "${imgs[@]}"
 }
 
+@test "SIGTERM under the guest's writes: drained, exit 0, check clean, bitmap stored out of use, every acknowledged write kept" {
+    [ -x "$WRITER" ] || skip "no $WRITER (make unit)"
+    under_writes TERM 11 1
+    grep -q 'model holds' model.out
+    grep -q 'Terminated: shutting down' agent.log
+}
+
 @test "SIGKILL under the guest's writes: qemu-img check clean or leaks only, every acknowledged write kept" {
     [ -x "$WRITER" ] || skip "no $WRITER (make unit)"
-    kill9 7 1.5
+    under_writes KILL 7 1.5
     grep -q 'model holds' model.out
     # the inconsistent bitmap is shown as such, counting nothing
     ag_start --state st.json
@@ -282,15 +300,18 @@ kill9() {
     ag_stop
 }
 
-@test "AGENT_FULL: SIGKILL at several moments, and during live snapshots" {
+@test "AGENT_FULL: SIGKILL at several moments, SIGKILL and SIGTERM during live snapshots" {
     [ -n "${AGENT_FULL:-}" ] || skip "AGENT_FULL=1 runs it"
     [ -x "$WRITER" ] || skip "no $WRITER (make unit)"
     local i
     for i in 1 2 3 4 5 6; do
-        kill9 $((100 + i)) "0.$((RANDOM % 9 + 1))" || return 1
+        under_writes KILL $((100 + i)) "0.$((RANDOM % 9 + 1))" || return 1
     done
     for i in 1 2 3 4 5 6; do
-        kill9 $((200 + i)) "0.$((RANDOM % 9 + 3))" snap || return 1
+        under_writes KILL $((200 + i)) "0.$((RANDOM % 9 + 3))" snap || return 1
+    done
+    for i in 1 2 3; do
+        under_writes TERM $((300 + i)) "0.$((RANDOM % 9 + 3))" snap || return 1
     done
 }
 
