@@ -53,6 +53,14 @@ bitmap_flags() {
         if (.flags | index("in-use")) then "in-use" else "clean" end'
 }
 
+# chain_bitmap_flags IMG BITMAP: for each image of IMG's chain that has
+# BITMAP, top first, "in-use" or "clean"
+chain_bitmap_flags() {
+    qemu-img info -U --backing-chain --output=json "$1" |
+        jq -r --arg b "$2" '[.[] | ."format-specific".data.bitmaps // [] | .[] | select(.name == $b) |
+        if (.flags | index("in-use")) then "in-use" else "clean" end] | join(" ")'
+}
+
 # dirty IMG BITMAP: the dirty ranges of the stored bitmap, as qemu-nbd
 # serves them (qemu:dirty-bitmap), "[[start,length],...]"
 dirty() {
@@ -224,7 +232,7 @@ dirty() {
 # and the bitmap is stored out of use.  Either way the model holds and a
 # new agent serves the disk again from the state file.
 under_writes() {
-    local sig=$1 seed=$2 delay=$3 span=$((8 << 20)) imgs=(d.qcow2) rc=0 top want n=200
+    local sig=$1 seed=$2 delay=$3 span=$((8 << 20)) imgs=(d.qcow2) rc=0 top n=200
     rm -f d.qcow2 s*.qcow2 d.raw st.json w.out w.err
     mkq d.qcow2 16M
     qemu-img bitmap --add d.qcow2 b
@@ -249,10 +257,8 @@ under_writes() {
         kill -KILL "$AG_PID"
         wait "$AG_PID" 2>/dev/null || true
         AG_PID=
-        want=in-use
     else
         ag_stop "$sig" || return 1
-        want=clean
     fi
     bg_wait "$wp" 20
     [ "$BG_STATUS" -ne 124 ] || { fail "the writer hung after the $sig"; return 1; }
@@ -264,10 +270,19 @@ under_writes() {
         check_ok "${imgs[@]}" || return 1
     fi
     # the disk as the state file has it (the overlay, if the snapshot got
-    # that far): its bitmap, and what it reads, as the model says
+    # that far): its bitmap b (the union down the chain) is never trusted
+    # after a kill (some image's b is in use), all stored after a stop;
+    # what it reads is as the model says
     top=$(basename "$(jq -r '.disks[0].file' st.json)")
-    [ "$(bitmap_flags "$top" b)" = "$want" ] ||
-        { fail "after SIG$sig the bitmap in $top is not $want"; return 1; }
+    local flags
+    flags=$(chain_bitmap_flags "$top" b)
+    if [ "$sig" = KILL ]; then
+        [[ $flags == *in-use* ]] ||
+            { fail "after SIGKILL bitmap b looks consistent down the chain of $top: $flags"; return 1; }
+    else
+        [ "${flags%% *}" = clean ] && [[ $flags != *in-use* ]] ||
+            { fail "after SIG$sig bitmap b down the chain of $top: $flags"; return 1; }
+    fi
     qemu-img convert -O raw "$top" d.raw
     "$PY" "$BATS_TEST_DIRNAME/writer-model.py" d.raw "$seed" "$span" >model.out || rc=$?
     [ "$rc" -eq 0 ] || { fail "seed $seed, SIG$sig after ${delay}s: $(cat model.out)"; return 1; }
@@ -298,6 +313,37 @@ under_writes() {
     [ "$(jq -c '.return[0].inserted."dirty-bitmaps"[] | [.name, .inconsistent, .count]' <<<"${lines[2]}")" = \
         '["b",true,0]' ] || fail "${lines[2]}"
     ag_stop
+}
+
+# Known failure, reported (formats/qcow2: an image opened without bitmaps
+# never tracks them, and a flush stores new ones out of use; the snapshot
+# (lib/agent/transaction.c) does not store the overlay's before the old
+# top's namesake is stored disabled): the test passes once fixed.
+@test "after a live snapshot the bitmap in the overlay is in use on disk: a kill leaves the disk's bitmap untrusted" {
+    requires_cmd qemu-nbd nbdinfo
+    mkq d.qcow2 16M
+    qemu-img bitmap --add d.qcow2 b
+    ag_start --state st.json --disk "vda=$PWD/d.qcow2"
+    gw vda 'write -P 1 0 64k'
+    qmp '{"execute": "blockdev-snapshot-sync", "arguments": {"device": "vda", "snapshot-file": "'"$PWD"'/s1.qcow2", "format": "qcow2"}}'
+    [ "${lines[2]}" = $'{"return": {}}\r' ] || fail "$output"
+    local right_after after_flush
+    right_after=$(chain_bitmap_flags s1.qcow2 b)
+    gw vda 'write -P 2 1M 64k' 'flush' 'write -P 3 2M 64k' 'flush'
+    after_flush=$(chain_bitmap_flags s1.qcow2 b)
+    kill -KILL "$AG_PID"
+    wait "$AG_PID" 2>/dev/null || true
+    AG_PID=
+    check_ok_or_leaks d.qcow2 s1.qcow2
+    # what a backup by bitmap b would take now: the union, as QEMU reads
+    # the stored bitmaps (qemu-nbd), if it can be trusted at all
+    local flags
+    flags=$(chain_bitmap_flags s1.qcow2 b)
+    if [[ $flags != *in-use* ]]; then
+        skip "known failure, reported: b down the chain is '$flags' after the kill ('$right_after' right after the snapshot, '$after_flush' after flushes), the overlay's holding $(dirty s1.qcow2 b) though 1M and 2M were written"
+    fi
+    [[ $right_after == in-use* && $after_flush == in-use* ]] ||
+        fail "the overlay's b: '$right_after' after the snapshot, '$after_flush' after flushes"
 }
 
 @test "AGENT_FULL: SIGKILL at several moments, SIGKILL and SIGTERM during live snapshots" {
