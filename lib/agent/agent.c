@@ -127,8 +127,8 @@ struct bdev *agent_find_node(struct agent *a, const char *name, struct agent_dis
     }
     bd = find_node_name(a, name, disk);
     if (!bd) {
-        error_setg(errp, "Cannot find device=%s nor node_name=%s", name, name);
-        error_set_class(errp, QMP_ERR_DEVICE_NOT_FOUND);
+        /* QEMU 7.2's bdrv_lookup_bs(name, name), a GenericError */
+        error_setg(errp, "Cannot find device='%s' nor node-name='%s'", name, name);
     }
     return bd;
 }

@@ -91,7 +91,8 @@ struct agent_disk *agent_find_disk(struct agent *a, const char *name);
 /*
  * Resolve a QMP node argument: a disk name (its current top) or a node
  * name of an image in some disk's chain.  *disk (if non-NULL) gets the
- * disk.  NULL and a DeviceNotFound-class error when nothing matches.
+ * disk.  NULL and QEMU's GenericError "Cannot find device='NAME' nor
+ * node-name='NAME'" when nothing matches.
  */
 struct bdev *agent_find_node(struct agent *a, const char *name, struct agent_disk **disk,
                              struct error **errp);

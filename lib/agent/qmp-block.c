@@ -1,6 +1,6 @@
 /*
- * blockctl - the agent's queries: query-block, query-named-block-nodes
- * (query-block-jobs and query-jobs are in qmp-job.c)
+ * blockctl - the agent's queries: query-block, query-named-block-nodes,
+ * query-block-jobs, query-jobs
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #include "lib/compiler.h"
@@ -21,10 +21,12 @@ static json_object *dirty_bitmaps(struct bdev *bd)
 {
     json_object *a = json_object_new_array();
 
-    /* a read-only image's bitmaps are read when first needed: now (the
-     * list changes only in this thread) */
+    /* contents not read yet (a read-only image's) are read now, out of
+     * the lock (the list is the control thread's: b stays); an
+     * inconsistent bitmap has none: it counts 0, as in QEMU */
     for (struct bdev_bitmap *b = bd->bitmaps; b; b = b->next) {
         struct dirty_bitmap *copy = NULL;
+
         if (!b->bm && !b->inconsistent && bdev_bitmap_get(bd, b->name, &copy, NULL) == 0) {
             bitmap_free(copy);
         }
@@ -36,10 +38,9 @@ static json_object *dirty_bitmaps(struct bdev *bd)
         add(o, "recording", json_object_new_boolean(b->enabled));
         add(o, "persistent", json_object_new_boolean(b->persistent));
         add(o, "busy", json_object_new_boolean(b->busy > 0));
-        /* (no contents: an inconsistent bitmap, or one that could not be read) */
         add(o, "count", json_object_new_int64(b->bm ? (int64_t)bitmap_dirty_bytes(b->bm) : 0));
         add(o, "granularity", json_object_new_int64(b->bm ? (int64_t)bitmap_granularity(b->bm)
-                                                           : (int64_t)b->granularity));
+                                                          : (int64_t)b->granularity));
         if (b->inconsistent) {
             add(o, "inconsistent", json_object_new_boolean(true));
         }
@@ -139,6 +140,16 @@ static int query_named_block_nodes(json_object *args, json_object **ret, void *o
     return 0;
 }
 
+static int query_block_jobs(json_object *args, json_object **ret, void *opaque,
+                            struct error **errp)
+{
+    (void)args;
+    (void)opaque;
+    (void)errp;
+    *ret = json_object_new_array();
+    return 0;
+}
+
 static const struct qmp_arg named_nodes_args[] = {
     { "flat", QMP_BOOL, true, NULL },
     { NULL, 0, false, NULL },
@@ -147,5 +158,7 @@ static const struct qmp_arg named_nodes_args[] = {
 const struct qmp_command agent_block_commands[] = {
     { "query-block", query_block, NULL },
     { "query-named-block-nodes", query_named_block_nodes, named_nodes_args },
+    { "query-block-jobs", query_block_jobs, NULL },
+    { "query-jobs", query_block_jobs, NULL },
     { NULL, NULL, NULL },
 };

@@ -102,8 +102,10 @@ static int block_export_add(json_object *args, json_object **ret, void *opaque,
         error_setg(errp, "Block export id '%s' is already in use", id);
         return -EEXIST;
     }
-    bd = agent_find_node(a, node, &d, errp);
+    bd = agent_find_node(a, node, &d, NULL);
     if (!bd) {
+        /* QEMU looks up a node name only: bdrv_lookup_bs(NULL, node) */
+        error_setg(errp, "Cannot find device='' nor node-name='%s'", node);
         return -ENOENT;
     }
     if (bd == blk_root(d->blk)) {

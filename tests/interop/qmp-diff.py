@@ -387,6 +387,32 @@ def normalise(t, opts):
     return t
 
 
+def compare(qemu, ours, cases, only, skip, verbose):
+    """run @cases on both servers (those named with a string of @only, if
+    any, and none of @skip); print the differences; (cases run, differing)"""
+    failed = ran = 0
+    for n, (name, steps, opts) in enumerate(cases):
+        if only and not any(o in name for o in only):
+            continue
+        if any(o in name for o in skip):
+            continue
+        ran += 1
+        tq = [normalise(t, opts) for t in run_case(qemu, n, steps, opts)]
+        to = [normalise(t, opts) for t in run_case(ours, n, steps, opts)]
+        if tq != to:
+            failed += 1
+            print('DIFF %s' % name)
+            for i, (a, b) in enumerate(zip(tq, to)):
+                if a != b:
+                    print('  client %d, qemu-storage-daemon:\n%s  ours:\n%s' %
+                          (i, indent(a), indent(b)))
+        elif verbose:
+            print('same %s' % name)
+            for t in tq:
+                print(indent(t), end='')
+    return ran, failed
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--qmp-host', required=True)
@@ -397,26 +423,8 @@ def main():
     args = ap.parse_args()
     d = args.dir or tempfile.mkdtemp(prefix='qmp-diff.')
     qemu, ours = start(args, d)
-    failed = 0
-    ran = 0
     try:
-        for n, (name, steps, opts) in enumerate(CASES):
-            if args.only and not any(o in name for o in args.only):
-                continue
-            ran += 1
-            tq = [normalise(t, opts) for t in run_case(qemu, n, steps, opts)]
-            to = [normalise(t, opts) for t in run_case(ours, n, steps, opts)]
-            if tq != to:
-                failed += 1
-                print('DIFF %s' % name)
-                for i, (a, b) in enumerate(zip(tq, to)):
-                    if a != b:
-                        print('  client %d, qemu-storage-daemon:\n%s  ours:\n%s' %
-                              (i, indent(a), indent(b)))
-            elif args.verbose:
-                print('same %s' % name)
-                for t in tq:
-                    print(indent(t), end='')
+        ran, failed = compare(qemu, ours, CASES, args.only, [], args.verbose)
     finally:
         for s in (qemu, ours):
             if s.proc.poll() is None:

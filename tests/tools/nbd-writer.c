@@ -247,15 +247,18 @@ int main(int argc, char **argv)
 
         while (t >= next && !stop && next < start + secs) {
             struct req *r = free_req();
-            uint64_t blk;
             nbd_completion_callback cb = { .callback = done_cb };
+            uint64_t blk, hi;
 
             if (!r) {
                 break;      /* the server is behind: the latency grows */
             }
-            /* (drawn only now: a seed gives the same blocks however slow
-             * the server) */
-            blk = ((uint64_t)rand() * RAND_MAX + (uint64_t)rand()) % (span / BLOCK);
+            /* drawn only now, one pair of draws per write, in this order: a
+             * seed gives the same blocks however slow the server, and a
+             * model (tests/interop/writer-model.py) can tell where write i
+             * went (--read-every moves a write off a block being read) */
+            hi = (uint64_t)rand();
+            blk = (hi * RAND_MAX + (uint64_t)rand()) % (span / BLOCK);
             while (reading[blk]) {
                 blk = (blk + 1) % (span / BLOCK);     /* never under a read */
             }
