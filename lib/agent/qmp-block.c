@@ -1,6 +1,6 @@
 /*
- * blockctl - the agent's queries: query-block, query-named-block-nodes,
- * query-block-jobs, query-jobs
+ * blockctl - the agent's queries: query-block, query-named-block-nodes
+ * (query-block-jobs and query-jobs are in qmp-job.c)
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #include "lib/compiler.h"
@@ -140,16 +140,6 @@ static int query_named_block_nodes(json_object *args, json_object **ret, void *o
     return 0;
 }
 
-static int query_block_jobs(json_object *args, json_object **ret, void *opaque,
-                            struct error **errp)
-{
-    (void)args;
-    (void)opaque;
-    (void)errp;
-    *ret = json_object_new_array();
-    return 0;
-}
-
 static const struct qmp_arg named_nodes_args[] = {
     { "flat", QMP_BOOL, true, NULL },
     { NULL, 0, false, NULL },
@@ -158,7 +148,5 @@ static const struct qmp_arg named_nodes_args[] = {
 const struct qmp_command agent_block_commands[] = {
     { "query-block", query_block, NULL },
     { "query-named-block-nodes", query_named_block_nodes, named_nodes_args },
-    { "query-block-jobs", query_block_jobs, NULL },
-    { "query-jobs", query_block_jobs, NULL },
     { NULL, NULL, NULL },
 };
