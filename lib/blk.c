@@ -11,6 +11,7 @@
 struct blk {
     char *name;
     bool read_only;
+    bool copy_on_read;
     pthread_mutex_t lock;
     pthread_cond_t cond;
     struct bdev *root;          /* guarded by lock; stable while in_flight */
@@ -118,10 +119,51 @@ static int blk_exit(struct blk *blk, enum blk_io_op op, int ret)
     return ret;
 }
 
+void blk_set_copy_on_read(struct blk *blk, bool on)
+{
+    blk->copy_on_read = on;
+}
+
+/*
+ * Copy-on-read: what the read found below the top is written into the top
+ * (as an unchanged write: no bitmap records it), inside a serialising
+ * section, so that a guest write to the range is never overwritten by the
+ * older data read here.  A failure to copy up is not the read's failure.
+ */
+static int read_copy_up(struct bdev *bd, void *buf, size_t len, uint64_t off)
+{
+    struct bdev_serial *sec = bdev_serialise_begin(bd, off, len);
+    uint64_t pos = off, end = off + len;
+    int ret = bdev_pread(bd, buf, len, off);
+
+    while (ret == 0 && pos < end) {
+        struct bdev_map m;
+        const uint8_t *p = (const uint8_t *)buf + (pos - off);
+
+        if (bdev_block_status_above(bd, bd->backing, pos, end - pos, &m) < 0 || !m.len) {
+            break;
+        }
+        m.len = MIN(m.len, end - pos);
+        if (!(m.status & BDEV_BLOCK_ALLOCATED)) {
+            if (buffer_is_zero(p, m.len)) {
+                bdev_pwrite_zeroes(bd, pos, m.len, BDEV_REQ_WRITE_UNCHANGED);
+            } else {
+                bdev_pwrite(bd, p, m.len, pos, BDEV_REQ_WRITE_UNCHANGED);
+            }
+        }
+        pos += m.len;
+    }
+    bdev_serialise_end(sec);
+    return ret;
+}
+
 int blk_pread(struct blk *blk, void *buf, size_t len, uint64_t off)
 {
     struct bdev *bd = blk_enter(blk);
 
+    if (blk->copy_on_read && !blk->read_only && bd->backing) {
+        return blk_exit(blk, BLK_IO_READ, read_copy_up(bd, buf, len, off));
+    }
     return blk_exit(blk, BLK_IO_READ, bdev_pread(bd, buf, len, off));
 }
 

@@ -55,6 +55,9 @@ void blk_set_error_hook(struct blk *blk,
                         void (*hook)(struct blk *blk, enum blk_io_op op, int err, void *opaque),
                         void *opaque);
 
+/* Copy-on-read: reads copy what they find below the top into it. */
+void blk_set_copy_on_read(struct blk *blk, bool on);
+
 /* Guest I/O, as bdev_*() on the current top (flags: BDEV_REQ_*). */
 int blk_pread(struct blk *blk, void *buf, size_t len, uint64_t off);
 int blk_pwrite(struct blk *blk, const void *buf, size_t len, uint64_t off, unsigned flags);

@@ -120,7 +120,8 @@ static int check_locks(struct bfile *f, unsigned held, unsigned unshared,
             r = byte_taken(f->fd, LOCK_SHARED_BASE + i);
             if (r) {
                 error_setg(errp, "'%s': Failed to get \"%s\" lock", f->path, perm_names[i]);
-                error_append_hint(errp, "Is another process using the image [%s]?", f->path);
+                error_append_hint(errp, "Is another process using the image [%s]? (If a blockctl "
+                                  "agent serves it, use --agent.)", f->path);
                 return -EAGAIN;
             }
         }
@@ -129,7 +130,8 @@ static int check_locks(struct bfile *f, unsigned held, unsigned unshared,
             if (r) {
                 error_setg(errp, "'%s': Failed to get shared \"%s\" lock", f->path,
                            perm_names[i]);
-                error_append_hint(errp, "Is another process using the image [%s]?", f->path);
+                error_append_hint(errp, "Is another process using the image [%s]? (If a blockctl "
+                                  "agent serves it, use --agent.)", f->path);
                 return -EAGAIN;
             }
         }

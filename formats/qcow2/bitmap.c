@@ -567,6 +567,7 @@ int qcow2_bitmaps_register(struct qcow2 *s, bool track, struct error **errp)
     bool any = false;
     int ret;
 
+    s->bitmaps_track = track;
     if (!s->has_bitmaps_ext) {
         return 0;
     }
@@ -696,8 +697,8 @@ int qcow2_bitmap_check_list(struct bdev *bd, const char **names, size_t n, struc
 int qcow2_bitmap_store_hook(struct bdev *bd, bool in_use, struct error **errp)
 {
     struct qcow2 *s = bd->opaque;
-    struct qcow2_bitmap *old = s->bitmaps, *list;
-    uint32_t old_nb = s->nb_bitmaps, nb = 0;
+    struct qcow2_bitmap *old, *list;
+    uint32_t old_nb, nb = 0;
     uint64_t *dropped_off, *gens;
     uint32_t *dropped_size;
     struct bdev_bitmap **ents;
@@ -723,11 +724,12 @@ int qcow2_bitmap_store_hook(struct bdev *bd, bool in_use, struct error **errp)
     pthread_mutex_unlock(&bd->bitmap_lock);
 
     list = xcalloc(nent + 1, sizeof(*list));
+    pthread_mutex_lock(&s->lock);
+    old = s->bitmaps;
+    old_nb = s->nb_bitmaps;
     kept = xcalloc(old_nb + 1, sizeof(*kept));
     dropped_off = xcalloc(old_nb + 1, sizeof(*dropped_off));
     dropped_size = xcalloc(old_nb + 1, sizeof(*dropped_size));
-
-    pthread_mutex_lock(&s->lock);
     for (size_t k = 0; k < nent; k++) {
         struct bdev_bitmap *e = ents[k];
         struct qcow2_bitmap *q = &list[nb++];

@@ -977,7 +977,7 @@ static int qcow2_flush(struct bdev *bd)
     pthread_mutex_unlock(&s->lock);
     if (ret == 0 && !s->read_only && !s->corrupt && bd->bitmaps_changed) {
         /* bitmaps added or removed: the directory follows at a flush */
-        ret = qcow2_bitmap_store_hook(bd, s->bitmaps_loaded_rw, NULL);
+        ret = qcow2_bitmap_store_hook(bd, true, NULL);
     }
     if (ret == 0) {
         ret = io_fdatasync(s->fd);

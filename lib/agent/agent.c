@@ -192,6 +192,7 @@ static int open_disk(struct agent *a, const struct agent_disk_spec *s, struct er
     d->read_only = s->read_only;
     d->copy_on_read = s->copy_on_read;
     d->blk = blk_new(s->name, bd, s->read_only);
+    blk_set_copy_on_read(d->blk, s->copy_on_read);
     blk_set_error_hook(d->blk, io_error_hook, a);
     /* node names kept from the state file, the rest made up */
     for (struct bdev *b = bd; b && s->node_names && s->node_names[i]; b = b->backing, i++) {

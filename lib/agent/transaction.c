@@ -308,6 +308,11 @@ static void snap_finish(struct agent *a, struct txn_action *act, bool committed)
         bdev_bitmap_undo_free(s->bm_new);
         /* the disk holds the overlay now; the overlay holds the old top */
         bdev_unref(s->old_top);
+        if (bdev_bitmaps_store(s->overlay, &err) < 0) {
+            agent_log(a, "disk %s: %s", act->disk->name, err->msg);
+            error_free(err);
+            err = NULL;
+        }
         if (bdev_reopen(s->old_top, 0, &err) < 0) {
             agent_log(a, "disk %s: cannot make '%s' read-only: %s", act->disk->name,
                       s->old_top->filename, err->msg);
