@@ -143,11 +143,12 @@ enum {
 #define NBDSRV_REQ_IOV (2 * NBDSRV_MAX_READ_CHUNKS + 4)
 /* Chunk header bytes of one request: 32 per chunk at most. */
 #define NBDSRV_REQ_HDR (32 * (NBDSRV_MAX_READ_CHUNKS + 2))
-/* Per connection: payload bytes in flight (at least one request goes). */
-#define NBDSRV_CONN_BUDGET (32u << 20)
+/* Per connection: payload bytes in flight (at least one request goes);
+ * 4 MiB is 16 requests of 256 KiB, as QEMU allows a client 16 requests. */
+#define NBDSRV_CONN_BUDGET (4u << 20)
 /* Request buffers kept for reuse: per connection and in all. */
-#define NBDSRV_CONN_CACHE (8u << 20)
-#define NBDSRV_TOTAL_CACHE (128u << 20)
+#define NBDSRV_CONN_CACHE (4u << 20)
+#define NBDSRV_TOTAL_CACHE (32u << 20)
 /* Chunk of a CACHE request read at a time. */
 #define NBDSRV_CACHE_CHUNK (1u << 20)
 /* Send buffer asked for UNIX sockets (the kernel caps it at wmem_max). */
