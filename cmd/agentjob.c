@@ -120,7 +120,7 @@ static int act_at_ready(struct qmp_client *c, const struct job_wait *w, bool *ac
 
 int agent_job_wait(struct qmp_client *c, const struct job_wait *w)
 {
-    double t0 = now_s(), last_poll = 0;
+    double t0 = now_s(), last_poll = 0, gone_at = 0;
     bool acted = false, seen = false;
     struct error *err = NULL;
 
@@ -154,7 +154,10 @@ int agent_job_wait(struct qmp_client *c, const struct job_wait *w)
                 return 1;
             }
             if (!j) {
-                if (!seen) {
+                /* gone: its last events may still be queued; else it never was */
+                if (!seen && gone_at == 0) {
+                    gone_at = now_s();
+                } else if (!seen && now_s() - gone_at > 1.0) {
                     end_progress(w);
                     error_report("no job '%s' on the agent", w->id);
                     return 1;

@@ -4,15 +4,21 @@
  */
 #include "lib/compiler.h"
 #include "lib/copy.h"
+#include "lib/remote.h"
 
 #include <argp.h>
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cmd/cmd.h"
 
 struct commit_args {
+    const char *agent;
+    bool wait, async, active;
+    enum at_ready at_ready;
+    bool at_ready_set;
     const char *format;
     const char *top;
     const char *base;
@@ -21,13 +27,21 @@ struct commit_args {
     struct copy_opts copy;
 };
 
-enum { OPT_TOP = 0x100, OPT_BASE };
+enum { OPT_TOP = 0x100, OPT_BASE, OPT_AGENT, OPT_WAIT, OPT_ASYNC, OPT_ACTIVE, OPT_PIVOT,
+       OPT_KEEP_OVERLAY };
 
 static const struct argp_option options[] = {
     { "format", 'f', "FMT", 0, "Format of IMAGE; probed when omitted", 0 },
     { "top", OPT_TOP, "TOP", 0, "Commit from TOP (an image of the chain; default IMAGE)", 0 },
     { "base", OPT_BASE, "BASE", 0, "Commit into BASE (default: TOP's backing file)", 0 },
     { "keep", 'd', NULL, 0, "Keep TOP's data (do not empty it afterwards)", 0 },
+    { "agent", OPT_AGENT, "SOCKET", 0, "IMAGE is a disk of that agent (live)", 0 },
+    { "active", OPT_ACTIVE, NULL, 0, "Live: TOP is the disk's top (an active commit)", 0 },
+    { "wait", OPT_WAIT, NULL, 0, "Live: wait for the end (active: until ready)", 0 },
+    { "pivot", OPT_PIVOT, NULL, 0, "--active --wait: once ready, switch the disk to BASE", 0 },
+    { "keep-overlay", OPT_KEEP_OVERLAY, NULL, 0, "--active --wait: once ready, end, no pivot",
+      0 },
+    { "async", OPT_ASYNC, NULL, 0, "--wait: Ctrl-C leaves the job running", 0 },
     { 0 }
 };
 
@@ -51,6 +65,26 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     case 'd':
         a->keep = true;
         break;
+    case OPT_AGENT:
+        a->agent = arg;
+        break;
+    case OPT_WAIT:
+        a->wait = true;
+        break;
+    case OPT_ASYNC:
+        a->async = true;
+        break;
+    case OPT_ACTIVE:
+        a->active = true;
+        break;
+    case OPT_PIVOT:
+    case OPT_KEEP_OVERLAY:
+        if (a->at_ready_set) {
+            argp_error(state, "--pivot and --keep-overlay exclude each other");
+        }
+        a->at_ready_set = true;
+        a->at_ready = key == OPT_PIVOT ? AT_READY_PIVOT : AT_READY_FINISH;
+        break;
     case ARGP_KEY_ARG:
         if (a->image) {
             argp_error(state, "unexpected argument '%s'", arg);
@@ -60,6 +94,13 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     case ARGP_KEY_END:
         if (!a->image) {
             argp_error(state, "missing image file name");
+        }
+        if (!remote_path(a->agent) && (a->wait || a->active || a->at_ready_set || a->async)) {
+            argp_error(state, "--active, --wait, --pivot, --keep-overlay and --async go with "
+                       "--agent");
+        }
+        if (a->at_ready_set && !(a->wait && a->active)) {
+            argp_error(state, "--pivot and --keep-overlay need --active and --wait");
         }
         break;
     default:
@@ -74,10 +115,101 @@ static const struct argp commit_argp = {
     options, parse_opt, "IMAGE",
     "Merge into BASE everything from TOP down to just above BASE, and re-point the image "
     "above TOP at BASE, so that IMAGE reads the same before and after.\v"
-    "Exit status: 0 on success, 1 on error, 64 for usage errors, 130/143 when "
-    "interrupted (the chain then still reads as before).",
+    "--agent: IMAGE is a disk, committed live (BASE: the chain's bottom by default).\n"
+    "Exit status: 0 on success, 1 on error, 2 when the live job was cancelled by another, "
+    "64 for usage errors, 130/143 when interrupted (the chain still reads as before).",
     children, NULL, NULL,
 };
+
+static char *abs_name(const char *f)
+{
+    char *r = realpath(f, NULL);
+
+    return r ? r : xstrdup(f);
+}
+
+/* --agent: block-commit on the disk, job id = the disk's name */
+static int commit_agent(struct commit_args *a)
+{
+    struct error *err = NULL;
+    struct qmp_client *c;
+    struct remote_disk d = { 0 };
+    struct job_wait w = { .id = a->image, .wait = a->wait,
+                          .at_ready = a->at_ready_set ? a->at_ready : AT_READY_WAIT,
+                          .progress = a->copy.progress, .progress_json = a->copy.progress_json,
+                          .cancel_on_signal = !a->async };
+    json_object *args, *file;
+    bool top_is_top = true;
+    int ret;
+
+    if (a->keep || a->format) {
+        error_report("-d and -f are for offline commits, not with --agent");
+        return 64;
+    }
+    c = remote_connect(a->agent, &err);
+    if (!c || remote_find_disk(c, a->image, &d, &err) < 0) {
+        report(err);
+        if (c) {
+            qmp_client_close(c);
+        }
+        return 1;
+    }
+    if (a->top) {
+        /* is TOP the disk's top image? */
+        char *t = abs_name(a->top), *f = NULL;
+        if (json_object_object_get_ex(d.image, "filename", &file)) {
+            f = abs_name(json_object_get_string(file));
+        }
+        top_is_top = f && !strcmp(t, f);
+        free(t);
+        free(f);
+    }
+    if (top_is_top && !a->active) {
+        error_report("committing the top of disk '%s' is an active commit: add --active",
+                     a->image);
+        remote_disk_free(&d);
+        qmp_client_close(c);
+        return 1;
+    }
+    if (!top_is_top && a->active) {
+        error_report("--active commits the disk's top; '%s' is below it", a->top);
+        remote_disk_free(&d);
+        qmp_client_close(c);
+        return 1;
+    }
+    args = json_object_new_object();
+    json_object_object_add(args, "device", json_object_new_string(d.node));
+    json_object_object_add(args, "job-id", json_object_new_string(a->image));
+    /* TOP and BASE by their node names (files are named differently by
+     * each server) */
+    for (int k = 0; k < 2; k++) {
+        const char *f = k ? a->base : (top_is_top ? NULL : a->top);
+        struct remote_disk n = { 0 };
+        char *name;
+        if (!f) {
+            continue;
+        }
+        name = abs_name(f);
+        if (remote_find_disk(c, name, &n, &err) < 0) {
+            free(name);
+            json_object_put(args);
+            report(err);
+            remote_disk_free(&d);
+            qmp_client_close(c);
+            return 1;
+        }
+        json_object_object_add(args, k ? "base-node" : "top-node", json_object_new_string(n.node));
+        remote_disk_free(&n);
+        free(name);
+    }
+    if (a->copy.bandwidth) {
+        json_object_object_add(args, "speed", json_object_new_int64((int64_t)a->copy.bandwidth));
+    }
+    ret = agent_job_start(c, "block-commit", args, &w);
+    remote_disk_free(&d);
+    qmp_client_close(c);
+    return ret;
+}
 
 int cmd_commit(int argc, char **argv)
 {
@@ -90,6 +222,9 @@ int cmd_commit(int argc, char **argv)
 
     argp_parse(&commit_argp, argc, argv, 0, NULL, &a);
     cancel_install();
+    if (remote_path(a.agent)) {
+        return commit_agent(&a);
+    }
     img = bdev_open(a.image, a.format, 0, &err);
     if (!img) {
         report(err);

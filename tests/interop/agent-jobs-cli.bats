@@ -116,3 +116,23 @@ teardown() {
     qemu-io -f qcow2 -c 'read -P 0x77 0 4k' top.qcow2 >/dev/null
     check_ok top.qcow2 t.qcow2
 }
+
+@test "commit --agent: --top below the top, then --active --wait --pivot, on both servers; the top needs --active" {
+    local f
+    for f in blockctl qsd; do
+        rm -f ./*.qcow2 && mkchain && serve $f || return 1
+        run --separate-stderr "$PROG" commit --agent "$S" vda
+        [ "$status" -eq 1 ] && [[ $stderr == *"add --active"* ]] || fail "$f: $status $stderr"
+        run --separate-stderr "$PROG" commit --agent "$S" --top mid.qcow2 --wait vda
+        [ "$status" -eq 0 ] || fail "$f: intermediate: exit $status: $stderr"
+        run --separate-stderr "$PROG" commit --agent "$S" --active --wait --pivot vda
+        [ "$status" -eq 0 ] || fail "$f: active: exit $status: $stderr"
+        qemu-io -f raw -c 'write -P 0x42 2M 64k' "$URI" >/dev/null
+        stop_server
+        qemu-img info top.qcow2 | grep -q '^backing file: base.qcow2' || fail "$f: $(qemu-img info top.qcow2)"
+        cp before.raw exp.raw
+        QIO_FMT=raw qio exp.raw 'write -P 0x42 2M 64k'
+        qemu-img compare exp.raw base.qcow2 || fail "$f: base.qcow2 does not hold the disk"
+        check_ok base.qcow2
+    done
+}
