@@ -113,13 +113,9 @@ static int check_add(struct agent *a, struct bm_state *s, json_object *d, const 
 {
     struct bdev *top = s->node;
     json_object *gv;
-    int64_t g = txn_int(d, "granularity", 0);
+    int64_t g = txn_int(d, "granularity", 0);    /* a uint32 (checked) */
     bool has_g = json_object_object_get_ex(d, "granularity", &gv);
 
-    if (has_g && (g < 0 || g > (int64_t)UINT32_MAX)) {
-        error_setg(errp, "Parameter 'granularity' expects uint32_t");
-        return -EINVAL;
-    }
     if (!*name) {
         error_setg(errp, "Bitmap name cannot be empty");
         return -EINVAL;
@@ -242,14 +238,10 @@ static int bm_prepare(struct agent *a, struct txn_action *act, struct error **er
             if (json_object_is_type(e, json_type_string)) {
                 sn = node;
                 sname = json_object_get_string(e);
-            } else if (json_object_is_type(e, json_type_object) && txn_str(e, "node") &&
-                       txn_str(e, "name")) {
+            } else {
+                /* {node, name}: the arguments' check saw to it */
                 sn = txn_str(e, "node");
                 sname = txn_str(e, "name");
-            } else {
-                error_setg(errp, "Invalid parameter type for 'bitmaps[%zu]', expected: "
-                           "BlockDirtyBitmapOrStr", i);
-                return -EINVAL;
             }
             sb = find_node(a, sn, false, NULL, errp);
             if (!sb) {
@@ -378,25 +370,35 @@ static void bm_finish(struct agent *a, struct txn_action *act, bool committed)
     act->state = NULL;
 }
 
-static const struct qmp_arg add_args[] = {
+const struct qmp_arg txn_bitmap_add_args[] = {
     { "node", QMP_STR, false, NULL },
     { "name", QMP_STR, false, NULL },
-    { "granularity", QMP_INT, true, NULL },
+    { "granularity", QMP_UINT32, true, NULL },
     { "persistent", QMP_BOOL, true, NULL },
     { "disabled", QMP_BOOL, true, NULL },
     { NULL, 0, false, NULL },
 };
 
-static const struct qmp_arg name_args[] = {
+const struct qmp_arg txn_bitmap_name_args[] = {
     { "node", QMP_STR, false, NULL },
     { "name", QMP_STR, false, NULL },
     { NULL, 0, false, NULL },
 };
 
-static const struct qmp_arg merge_args[] = {
+/* QAPI's BlockDirtyBitmapOrStr: a bitmap of the target's node, or {node, name} */
+static const struct qmp_arg merge_source_branches[] = {
+    { "", QMP_STR, false, NULL },
+    { "", QMP_OBJECT, false, NULL, .members = txn_bitmap_name_args },
+    { NULL, 0, false, NULL },
+};
+static const struct qmp_arg merge_source = { "", QMP_ALTERNATE, false, NULL,
+                                             .branches = merge_source_branches,
+                                             .type_name = "BlockDirtyBitmapOrStr" };
+
+const struct qmp_arg txn_bitmap_merge_args[] = {
     { "node", QMP_STR, false, NULL },
     { "target", QMP_STR, false, NULL },
-    { "bitmaps", QMP_ARRAY, false, NULL },
+    { "bitmaps", QMP_ARRAY, false, NULL, .element = &merge_source },
     { NULL, 0, false, NULL },
 };
 
@@ -413,12 +415,12 @@ static struct agent_disk *bm_locate(struct agent *a, struct txn_action *act)
     { "block-dirty-bitmap-" t, args, bm_prepare, bm_apply, bm_undo, bm_finish, bm_locate }
 
 const struct txn_ops txn_bitmap_ops[] = {
-    BM_OPS("add", add_args),
-    BM_OPS("remove", name_args),
-    BM_OPS("clear", name_args),
-    BM_OPS("enable", name_args),
-    BM_OPS("disable", name_args),
-    BM_OPS("merge", merge_args),
+    BM_OPS("add", txn_bitmap_add_args),
+    BM_OPS("remove", txn_bitmap_name_args),
+    BM_OPS("clear", txn_bitmap_name_args),
+    BM_OPS("enable", txn_bitmap_name_args),
+    BM_OPS("disable", txn_bitmap_name_args),
+    BM_OPS("merge", txn_bitmap_merge_args),
     { NULL, NULL, NULL, NULL, NULL, NULL, NULL },
 };
 
@@ -479,12 +481,12 @@ static int qmp_bm_dump(json_object *args, json_object **ret, void *opaque, struc
 }
 
 const struct qmp_command agent_bitmap_commands[] = {
-    { "x-blockctl-dirty-bitmap-dump", qmp_bm_dump, name_args },
-    { "block-dirty-bitmap-add", qmp_bm_add, add_args },
-    { "block-dirty-bitmap-remove", qmp_bm_remove, name_args },
-    { "block-dirty-bitmap-clear", qmp_bm_clear, name_args },
-    { "block-dirty-bitmap-enable", qmp_bm_enable, name_args },
-    { "block-dirty-bitmap-disable", qmp_bm_disable, name_args },
-    { "block-dirty-bitmap-merge", qmp_bm_merge, merge_args },
+    { "x-blockctl-dirty-bitmap-dump", qmp_bm_dump, txn_bitmap_name_args },
+    { "block-dirty-bitmap-add", qmp_bm_add, txn_bitmap_add_args },
+    { "block-dirty-bitmap-remove", qmp_bm_remove, txn_bitmap_name_args },
+    { "block-dirty-bitmap-clear", qmp_bm_clear, txn_bitmap_name_args },
+    { "block-dirty-bitmap-enable", qmp_bm_enable, txn_bitmap_name_args },
+    { "block-dirty-bitmap-disable", qmp_bm_disable, txn_bitmap_name_args },
+    { "block-dirty-bitmap-merge", qmp_bm_merge, txn_bitmap_merge_args },
     { NULL, NULL, NULL },
 };

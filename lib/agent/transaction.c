@@ -515,12 +515,9 @@ static int qmp_transaction(json_object *args, json_object **ret, void *opaque,
     int r;
 
     (void)ret;
+    /* the arguments are checked (transaction_args) */
     json_object_object_get_ex(args, "actions", &list);
     if (json_object_object_get_ex(args, "properties", &props)) {
-        if (!json_object_is_type(props, json_type_object)) {
-            error_setg(errp, "Invalid parameter type for 'properties', expected: object");
-            return -EINVAL;
-        }
         cm = txn_str(props, "completion-mode");
         if (cm && !strcmp(cm, "individual")) {
             cm = NULL;
@@ -532,24 +529,7 @@ static int qmp_transaction(json_object *args, json_object **ret, void *opaque,
         json_object *act = json_object_array_get_idx(list, i), *data = NULL;
         const char *type = txn_str(act, "type");
         const struct txn_ops *ops;
-        bool known = false;
 
-        if (!json_object_is_type(act, json_type_object)) {
-            error_setg(errp, "Invalid parameter type for 'actions[%zu]', expected: object", i);
-            goto fail;
-        }
-        if (!type) {
-            error_setg(errp, "Parameter 'actions[%zu].type' is missing", i);
-            goto fail;
-        }
-        for (size_t k = 0; txn_types[k]; k++) {
-            known |= !strcmp(txn_types[k], type);
-        }
-        if (!known) {
-            error_setg(errp, "Parameter 'actions[%zu].type' does not accept value '%s'", i,
-                       type);
-            goto fail;
-        }
         if (!strcmp(type, "abort")) {
             /* (as QEMU: once every action's arguments are checked, the
              * first action that cannot run says why) */
@@ -564,14 +544,7 @@ static int qmp_transaction(json_object *args, json_object **ret, void *opaque,
             error_setg(errp, "Action '%s' is not supported by blockctl's agent", type);
             goto fail;
         }
-        if (!json_object_object_get_ex(act, "data", &data) ||
-            !json_object_is_type(data, json_type_object)) {
-            error_setg(errp, "Parameter 'actions[%zu].data' is missing", i);
-            goto fail;
-        }
-        if (qmp_check_args(data, ops->args, errp) < 0) {
-            goto fail;
-        }
+        json_object_object_get_ex(act, "data", &data);
         acts[i].ops = ops;
         acts[i].data = data;
     }
@@ -594,9 +567,59 @@ fail:
     return -EINVAL;
 }
 
+/*
+ * QAPI's TransactionAction: a union on "type" whose variants hold the
+ * action's arguments in "data" (any object for the actions the agent does
+ * not run: they are refused once all the arguments are checked).
+ */
+#define TXN_DATA(var, members_)                                             \
+    static const struct qmp_arg var[] = {                                   \
+        { "data", QMP_OBJECT, false, NULL, .members = members_ },           \
+        { NULL, 0, false, NULL },                                           \
+    }
+static const struct qmp_arg no_members[] = { { NULL, 0, false, NULL } };
+TXN_DATA(abort_data, no_members);
+TXN_DATA(bitmap_add_data, txn_bitmap_add_args);
+TXN_DATA(bitmap_name_data, txn_bitmap_name_args);
+TXN_DATA(bitmap_merge_data, txn_bitmap_merge_args);
+TXN_DATA(snapshot_data, snapshot_args);
+TXN_DATA(other_data, NULL);
+
+static const struct qmp_variant action_variants[] = {
+    { "abort", abort_data },
+    { "block-dirty-bitmap-add", bitmap_add_data },
+    { "block-dirty-bitmap-remove", bitmap_name_data },
+    { "block-dirty-bitmap-clear", bitmap_name_data },
+    { "block-dirty-bitmap-enable", bitmap_name_data },
+    { "block-dirty-bitmap-disable", bitmap_name_data },
+    { "block-dirty-bitmap-merge", bitmap_merge_data },
+    { "blockdev-backup", other_data },
+    { "blockdev-snapshot", other_data },
+    { "blockdev-snapshot-internal-sync", other_data },
+    { "blockdev-snapshot-sync", snapshot_data },
+    { "drive-backup", other_data },
+    { NULL, NULL },
+};
+
+static const struct qmp_arg action_base[] = {
+    { "type", QMP_ENUM, false, txn_types },
+    { NULL, 0, false, NULL },
+};
+
+static const struct qmp_arg action_arg = { "", QMP_OBJECT, false, NULL, .members = action_base,
+                                           .discriminator = "type",
+                                           .variants = action_variants };
+
+static const char *const completion_modes[] = { "individual", "grouped", NULL };
+
+static const struct qmp_arg properties_members[] = {
+    { "completion-mode", QMP_ENUM, true, completion_modes },
+    { NULL, 0, false, NULL },
+};
+
 static const struct qmp_arg transaction_args[] = {
-    { "actions", QMP_ARRAY, false, NULL },
-    { "properties", QMP_OBJECT, true, NULL },
+    { "actions", QMP_ARRAY, false, NULL, .element = &action_arg },
+    { "properties", QMP_OBJECT, true, NULL, .members = properties_members },
     { NULL, 0, false, NULL },
 };
 

@@ -47,6 +47,10 @@ struct txn_action {
 
 extern const struct txn_ops txn_snapshot_ops;
 extern const struct txn_ops txn_bitmap_ops[];   /* ends with type NULL */
+/* The bitmap actions' arguments (QAPI's BlockDirtyBitmapAdd,
+ * BlockDirtyBitmap, BlockDirtyBitmapMerge) */
+extern const struct qmp_arg txn_bitmap_add_args[], txn_bitmap_name_args[],
+    txn_bitmap_merge_args[];
 
 /* Run @n actions as one transaction. */
 int txn_run(struct agent *a, struct txn_action *acts, size_t n, struct error **errp);

@@ -82,12 +82,40 @@ static const char *type_name(enum qmp_type t)
     case QMP_ARRAY:
         return "array";
     case QMP_ANY:
+    case QMP_ALTERNATE:
         break;
     }
     return "any";
 }
 
-static int check_members(json_object *obj, const struct qmp_arg *args, const char *prefix,
+/* Does @v have the JSON type of @a's values (an alternate's branch)? */
+static bool json_type_fits(json_object *v, enum qmp_type t)
+{
+    switch (t) {
+    case QMP_STR:
+    case QMP_ENUM:
+        return json_object_is_type(v, json_type_string);
+    case QMP_INT:
+    case QMP_UINT64:
+    case QMP_UINT32:
+        return json_object_is_type(v, json_type_int);
+    case QMP_NUMBER:
+        return json_object_is_type(v, json_type_int) || json_object_is_type(v, json_type_double);
+    case QMP_BOOL:
+        return json_object_is_type(v, json_type_boolean);
+    case QMP_OBJECT:
+        return json_object_is_type(v, json_type_object);
+    case QMP_ARRAY:
+        return json_object_is_type(v, json_type_array);
+    case QMP_ANY:
+        return true;
+    case QMP_ALTERNATE:
+        break;
+    }
+    return false;
+}
+
+static int check_members(json_object *obj, const struct qmp_arg *obj_arg, const char *prefix,
                          struct error **errp);
 static int check_value(json_object **vp, const struct qmp_arg *a, const char *name,
                        const char *bare, struct error **errp);
@@ -164,9 +192,18 @@ static int check_value(json_object **vp, const struct qmp_arg *a, const char *na
         break;
     case QMP_OBJECT:
         if (json_object_is_type(v, json_type_object)) {
-            return a->members ? check_members(v, a->members, name, errp) : 0;
+            return a->members ? check_members(v, a, name, errp) : 0;
         }
         break;
+    case QMP_ALTERNATE:
+        for (const struct qmp_arg *b = a->branches; b && b->name; b++) {
+            if (json_type_fits(v, b->type)) {
+                return check_value(vp, b, name, bare, errp);
+            }
+        }
+        error_setg(errp, "Invalid parameter type for '%s', expected: %s", bare ? bare : "null",
+                   a->type_name);
+        return -EINVAL;
     case QMP_ARRAY:
         if (json_object_is_type(v, json_type_array)) {
             size_t n = json_object_array_length(v);
@@ -360,7 +397,8 @@ static void gtable_remove(struct gtable *t, const char *key)
     gtable_maybe_resize(t);
 }
 
-static const char *unexpected_member(json_object *obj, const struct qmp_arg *args)
+static const char *unexpected_member(json_object *obj, const struct qmp_arg *args,
+                                     const struct qmp_arg *more)
 {
     size_t n = json_object_object_length(obj);
     const char **keys = xcalloc(n ? n : 1, sizeof(*keys));
@@ -377,6 +415,9 @@ static const char *unexpected_member(json_object *obj, const struct qmp_arg *arg
     for (const struct qmp_arg *a = args; a && a->name; a++) {
         gtable_remove(&t, a->name);
     }
+    for (const struct qmp_arg *a = more; a && a->name; a++) {
+        gtable_remove(&t, a->name);
+    }
     for (unsigned i = 0; i < t.size && !found; i++) {
         if (t.hashes[i] >= 2) {
             found = t.keys[i];
@@ -389,11 +430,10 @@ static const char *unexpected_member(json_object *obj, const struct qmp_arg *arg
     return found;
 }
 
-static int check_members(json_object *obj, const struct qmp_arg *args, const char *prefix,
-                         struct error **errp)
+/* Check the members @args lists; count in *known those present. */
+static int check_member_list(json_object *obj, const struct qmp_arg *args, const char *prefix,
+                             size_t *known, struct error **errp)
 {
-    size_t n = json_object_object_length(obj), known = 0;
-
     for (const struct qmp_arg *a = args; a && a->name; a++) {
         json_object *v, *v0;
         char *name;
@@ -410,7 +450,7 @@ static int check_members(json_object *obj, const struct qmp_arg *args, const cha
             }
             continue;
         }
-        known++;
+        (*known)++;
         name = prefix ? xasprintf("%s.%s", prefix, a->name) : xstrdup(a->name);
         v0 = v;
         r = check_value(&v, a, name, a->name, errp);
@@ -422,8 +462,52 @@ static int check_members(json_object *obj, const struct qmp_arg *args, const cha
             return r;
         }
     }
+    return 0;
+}
+
+/* The members of a union's variant (NULL if none) */
+static const struct qmp_arg *variant_members(json_object *obj, const struct qmp_arg *obj_arg)
+{
+    const char *tag = NULL;
+    json_object *v;
+
+    if (!obj_arg->discriminator) {
+        return NULL;
+    }
+    if (json_object_object_get_ex(obj, obj_arg->discriminator, &v)) {
+        tag = json_object_get_string(v);
+    }
+    for (const struct qmp_variant *var = obj_arg->variants; tag && var && var->tag; var++) {
+        if (!strcmp(var->tag, tag)) {
+            return var->members;
+        }
+    }
+    return NULL;
+}
+
+/*
+ * Check the object @obj against @obj_arg: the members (the base's, then
+ * the variant's for a union), then the unknown ones.
+ */
+static int check_members(json_object *obj, const struct qmp_arg *obj_arg, const char *prefix,
+                         struct error **errp)
+{
+    size_t n = json_object_object_length(obj), known = 0;
+    const struct qmp_arg *more;
+    int r;
+
+    r = check_member_list(obj, obj_arg->members, prefix, &known, errp);
+    if (r < 0) {
+        return r;
+    }
+    /* the discriminator is a known value now */
+    more = variant_members(obj, obj_arg);
+    r = check_member_list(obj, more, prefix, &known, errp);
+    if (r < 0) {
+        return r;
+    }
     if (known < n) {
-        const char *key = unexpected_member(obj, args);
+        const char *key = unexpected_member(obj, obj_arg->members, more);
         if (prefix) {
             error_setg(errp, "Parameter '%s.%s' is unexpected", prefix, key);
         } else {
@@ -436,7 +520,9 @@ static int check_members(json_object *obj, const struct qmp_arg *args, const cha
 
 int qmp_check_args(json_object *args, const struct qmp_arg *table, struct error **errp)
 {
-    return check_members(args, table, NULL, errp);
+    const struct qmp_arg top = { "", QMP_OBJECT, false, NULL, .members = table };
+
+    return check_members(args, &top, NULL, errp);
 }
 
 /* --- built-in commands --- */
@@ -604,7 +690,7 @@ json_object *qmp_dispatch(const struct qmp_dispatch *d, json_object *msg, bool *
     } else {
         args = json_object_new_object();
     }
-    if (check_members(args, cmd->args, NULL, &err) == 0) {
+    if (qmp_check_args(args, cmd->args, &err) == 0) {
         int r;
         if (cmd->fn) {
             r = cmd->fn(args, &ret, d->opaque, &err);

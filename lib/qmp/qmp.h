@@ -70,6 +70,18 @@ enum qmp_type {
                      * 2^64 (the arguments then hold it as a uint64: read
                      * it with json_object_get_uint64) */
     QMP_UINT32,     /* QAPI 'uint32': as QMP_UINT64, then at most 2^32-1 */
+    QMP_ALTERNATE,  /* QAPI alternate: the one of @branches whose JSON type
+                     * the value has; otherwise "Invalid parameter type for
+                     * 'NAME', expected: TYPE_NAME" (NAME bare, "null" in a
+                     * list, as QEMU) */
+};
+
+struct qmp_arg;
+
+/* A variant of a union (QMP_OBJECT with a discriminator) */
+struct qmp_variant {
+    const char *tag;                  /* NULL ends the list */
+    const struct qmp_arg *members;    /* what the object has besides the base */
 };
 
 struct qmp_arg {
@@ -83,6 +95,16 @@ struct qmp_arg {
     /* QMP_ARRAY: if set, what each element must be (its name is unused;
      * errors name 'NAME[i]') */
     const struct qmp_arg *element;
+    /* QMP_OBJECT with @members: a union (QAPI's flat union) if set: the
+     * member of @members (a QMP_ENUM) whose value picks the variant; the
+     * variant's members are checked after the base's, and the unknown
+     * members after both.  A tag without a variant adds no members. */
+    const char *discriminator;
+    const struct qmp_variant *variants;
+    /* QMP_ALTERNATE: one branch per JSON type (names unused, NULL name
+     * ends) and the QAPI type's name */
+    const struct qmp_arg *branches;
+    const char *type_name;
 };
 
 /*

@@ -298,10 +298,9 @@ EOF
     ag_stop
 }
 
-# Replies that differ from qemu-storage-daemon's in code that is not this
-# suite's to change (see the cases' comments in agent-qmp-diff.py): known
-# failures, reported; the test passes once they agree.
-@test "QMP: known differences from qemu-storage-daemon (qmp-bitmap.c, transaction.c)" {
+# The cases that once differed (lib/agent/qmp-bitmap.c, transaction.c and
+# the union and alternate checks of lib/qmp/dispatch.c), on their own.
+@test "QMP: granularity types, transaction members, merge sources and node lookups get qemu-storage-daemon's replies" {
     mkq d.qcow2 16M
     ag_start --disk "vda=$PWD/d.qcow2"
     run --separate-stderr timeout 60 "$PY" "$BATS_TEST_DIRNAME/agent-qmp-diff.py" \
@@ -310,8 +309,7 @@ EOF
     ag_stop
     [[ $output =~ ([0-9]+)\ cases,\ ([0-9]+)\ differ ]] || fail "$output $stderr"
     [ "${BASH_REMATCH[1]}" -eq 4 ] || fail "$output"
-    [ "${BASH_REMATCH[2]}" -eq 0 ] ||
-        skip "known failure, reported: $(grep '^DIFF' <<<"$output" | tr '\n' ';')"
+    [ "${BASH_REMATCH[2]}" -eq 0 ] || fail "$(grep '^DIFF' <<<"$output" | tr '\n' ';') $output"
 }
 
 @test "QMP limits on the agent: over 1 MiB and over 128 Ki tokens refused with one error; many clients at once; the socket's mode" {

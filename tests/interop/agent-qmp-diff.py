@@ -102,15 +102,17 @@ case('other bitmap commands',
      ex('block-dirty-bitmap-disable', '{"node": {}, "name": "b"}'),
      ex('block-dirty-bitmap-merge', '{"node": "vda", "target": "b"}'),
      ex('block-dirty-bitmap-merge', '{"node": "vda", "target": "b", "bitmaps": "a"}'))
-# known to differ (lib/agent/qmp-bitmap.c): a merge source object is
-# checked for its members before any lookup
+# a merge source (an alternate: a string or {node, name}) is checked
+# before any lookup
 case('merge sources',
      ex('block-dirty-bitmap-merge', '{"node": "vda", "target": "b", "bitmaps": [{}]}'),
-     ex('block-dirty-bitmap-merge', '{"node": "vda", "target": "b", "bitmaps": [{"node": "vda"}]}'))
-# Known to differ (agent-nbd.bats lists them as known failures): unknown
-# nodes, worded as QEMU does by lib/agent/qmp-bitmap.c and transaction.c on
-# branch h-agtests; granularity, a uint32 in QEMU (a string or a negative
-# number: "Parameter 'granularity' expects uint64" / "uint32_t").
+     ex('block-dirty-bitmap-merge', '{"node": "vda", "target": "b", "bitmaps": [{"node": "vda"}]}'),
+     ex('block-dirty-bitmap-merge', '{"node": "nosuch", "target": "b", "bitmaps": ["a", 1]}'),
+     ex('block-dirty-bitmap-merge',
+        '{"node": "vda", "target": "b", "bitmaps": [{"node": "vda", "name": "a", "z": 1}]}'),
+     ex('block-dirty-bitmap-merge', '{"node": "vda", "target": "b", "bitmaps": [{"node": 1, "name": "a"}]}'))
+# unknown nodes, worded as QEMU; granularity, a uint32 in QEMU (a string or
+# a negative number: "Parameter 'granularity' expects uint64" / "uint32_t")
 case('granularity types',
      ex('block-dirty-bitmap-add', '{"node": "vda", "name": "b", "granularity": "64k"}'),
      ex('block-dirty-bitmap-add', '{"node": "vda", "name": "b", "granularity": -1}'))
@@ -125,12 +127,18 @@ case('transaction arguments',
      ex('transaction', '{"actions": [{"data": {}}]}'),
      ex('transaction', '{"actions": [{"type": "block-dirty-bitmap-add"}]}'),
      ex('transaction', '{"actions": [], "foo": 1}'))
-# known to differ (lib/agent/transaction.c): where a bad member of an action
-# is named, and completion-mode's enum
+# where a bad member of an action (a union on "type") is named, and
+# properties' members; the action's members are checked before the
+# arguments' unknown members
 case('transaction members',
      ex('transaction', '{"actions": [{"type": "nope", "data": {}}]}'),
      ex('transaction', '{"actions": [{"type": "block-dirty-bitmap-add", "data": {"node": 1, "name": "b"}}]}'),
-     ex('transaction', '{"actions": [], "properties": {"completion-mode": "x"}}'))
+     ex('transaction', '{"actions": [], "properties": {"completion-mode": "x"}}'),
+     ex('transaction', '{"actions": [], "properties": {"z": 1}}'),
+     ex('transaction', '{"foo": 1, "actions": [{"type": "abort"}]}'),
+     ex('transaction', '{"actions": [{"type": "abort", "data": {"x": 1}}]}'),
+     ex('transaction', '{"actions": [{"type": "block-dirty-bitmap-add", "data": {"node": "vda", '
+                       '"name": "b", "granularity": "x"}, "q": 1}]}'))
 case('export and query arguments',
      ex('block-export-del'),
      ex('block-export-del', '{"id": 1}'),
