@@ -65,7 +65,7 @@ static const struct argp_option options[] = {
     { "wait", OPT_WAIT, NULL, 0, "Live: wait until ready (and the end)", 0 },
     { "pivot", OPT_PIVOT, NULL, 0, "--wait: once ready, switch the disk to TARGET", 0 },
     { "finish", OPT_FINISH, NULL, 0, "--wait: once ready, end without pivot", 0 },
-    { "copy-mode", OPT_COPY_MODE, "MODE", 0, "Live: background or write-blocking", 0 },
+    { "copy-mode", OPT_COPY_MODE, "MODE", 0, "Live: auto, background or write-blocking", 0 },
     { "async", OPT_ASYNC, NULL, 0, "--wait: Ctrl-C leaves the job running", 0 },
     { 0 }
 };
@@ -148,8 +148,9 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         a->at_ready = key == OPT_PIVOT ? AT_READY_PIVOT : AT_READY_FINISH;
         break;
     case OPT_COPY_MODE:
-        if (strcmp(arg, "background") && strcmp(arg, "write-blocking")) {
-            argp_error(state, "--copy-mode must be background or write-blocking, not '%s'", arg);
+        if (strcmp(arg, "background") && strcmp(arg, "write-blocking") && strcmp(arg, "auto")) {
+            argp_error(state, "--copy-mode must be auto, background or write-blocking, not '%s'",
+                       arg);
         }
         a->copy_mode = arg;
         break;
@@ -400,8 +401,10 @@ static int mirror_agent(struct mirror_args *a)
     if (a->reuse || strstr(a->target, "://")) {
         json_object_object_add(args, "mode", json_object_new_string("existing"));
     }
-    if (a->copy_mode) {
-        json_object_object_add(args, "copy-mode", json_object_new_string(a->copy_mode));
+    if (a->copy_mode || d.blockctl) {
+        /* auto by default where the server has it (a blockctl agent) */
+        json_object_object_add(args, "copy-mode",
+                               json_object_new_string(a->copy_mode ? a->copy_mode : "auto"));
     }
     if (a->copy.bandwidth) {
         json_object_object_add(args, "speed", json_object_new_int64((int64_t)a->copy.bandwidth));

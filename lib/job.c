@@ -442,6 +442,39 @@ void job_set_ready(struct job *job)
     pthread_mutex_unlock(&job->lock);
 }
 
+void job_unset_ready(struct job *job)
+{
+    pthread_mutex_lock(&job->lock);
+    if (job->ready_sent) {
+        job->ready_sent = false;
+        request_status(job, JOB_STATUS_READY, JOB_STATUS_RUNNING);
+    }
+    pthread_mutex_unlock(&job->lock);
+}
+
+struct job_ev {
+    struct job *job;
+    char *name;
+    json_object *data;
+};
+
+static void on_job_event(void *opaque)
+{
+    struct job_ev *e = opaque;
+
+    emit(e->job, e->name, e->data);
+    free(e->name);
+    free(e);
+}
+
+void job_event(struct job *job, const char *name, json_object *data)
+{
+    struct job_ev *e = xmalloc(sizeof(*e));
+
+    *e = (struct job_ev){ job, xstrdup(name), data };
+    loop_call(job->list->loop, on_job_event, e);
+}
+
 void job_progress_set_total(struct job *job, uint64_t total)
 {
     __atomic_store_n(&job->progress_total, total, __ATOMIC_RELAXED);
@@ -467,31 +500,15 @@ bool job_cancel_forced(struct job *job)
     return f;
 }
 
-struct error_ev {
-    struct job *job;
-    json_object *data;
-};
-
-static void on_error_event(void *opaque)
-{
-    struct error_ev *e = opaque;
-
-    emit(e->job, "BLOCK_JOB_ERROR", e->data);
-    free(e);
-}
-
 void job_report_error(struct job *job, bool is_read, enum job_on_error action, int err)
 {
-    struct error_ev *e = xmalloc(sizeof(*e));
     json_object *d = json_object_new_object();
 
     json_object_object_add(d, "device", json_object_new_string(job->id));
     json_object_object_add(d, "operation", json_object_new_string(is_read ? "read" : "write"));
     json_object_object_add(d, "action", json_object_new_string(
         action == JOB_ERR_IGNORE ? "ignore" : action == JOB_ERR_STOP ? "stop" : "report"));
-    e->job = job;
-    e->data = d;
-    loop_call(job->list->loop, on_error_event, e);
+    job_event(job, "BLOCK_JOB_ERROR", d);
     if (action == JOB_ERR_STOP) {
         pthread_mutex_lock(&job->lock);
         job->io_status = err == ENOSPC ? ENOSPC : EIO;

@@ -176,6 +176,10 @@ void job_sleep_ns(struct job *job, uint64_t ns);
 bool job_is_cancelled(struct job *job);
 /* Worker: the job is ready (ready for block-job-complete), or no more. */
 void job_set_ready(struct job *job);
+/* Worker: no longer ready (the target fell behind): back to running. */
+void job_unset_ready(struct job *job);
+/* Any thread: send event @name (@data taken over) from the control thread. */
+void job_event(struct job *job, const char *name, json_object *data);
 /* Worker: progress. */
 void job_progress_set_total(struct job *job, uint64_t total);
 void job_progress_add(struct job *job, uint64_t done);

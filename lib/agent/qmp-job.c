@@ -39,7 +39,7 @@ static int64_t arg_int(json_object *args, const char *name, int64_t dflt)
     return json_object_object_get_ex(args, name, &v) && v ? json_object_get_int64(v) : dflt;
 }
 
-static void job_event(void *opaque, const char *name, json_object *data)
+static void emit_job_event(void *opaque, const char *name, json_object *data)
 {
     agent_event(opaque, name, data);
 }
@@ -56,7 +56,7 @@ static void jobs_changed(void *opaque)
 
 void agent_jobs_init(struct agent *a)
 {
-    job_list_init(&a->jobs, a->loop, job_event, a);
+    job_list_init(&a->jobs, a->loop, emit_job_event, a);
     a->jobs.changed = jobs_changed;
 }
 

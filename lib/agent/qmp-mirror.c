@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 enum mirror_sync { SYNC_FULL, SYNC_TOP, SYNC_NONE };
@@ -36,7 +37,14 @@ struct mirror_job {
     struct bdev *target;         /* our reference (until the disk takes it) */
     char *target_name;
     enum mirror_sync sync;
-    bool write_blocking;
+    bool write_blocking;         /* atomic: copy-mode auto switches it on */
+    bool auto_mode;              /* copy-mode auto */
+    uint64_t dirtied;            /* atomic: bytes guest writes marked */
+    /* auto: the current one-second window, and how many in a row the
+     * guest dirtied more than the job copied */
+    double win_start;
+    uint64_t win_copied, win_dirtied0;
+    int behind;
     enum job_on_error on_src_err, on_tgt_err;
     struct dirty_bitmap *dirty;  /* guest writes not yet on the target */
     struct bdev_write_notifier wn;
@@ -55,24 +63,35 @@ struct mirror_job {
 
 /* --- guest writes (their threads) --- */
 
+/* Set by mirror_before when this thread's write reached the target. */
+static __thread bool wb_done;
+
 static void mirror_after(struct bdev_write_notifier *n, uint64_t off, uint64_t len,
                          unsigned flags, int ret)
 {
     struct mirror_job *m = n->opaque;
 
-    (void)ret;
     if (flags & BDEV_REQ_WRITE_UNCHANGED) {
+        wb_done = false;
         return;
     }
+    __atomic_add_fetch(&m->dirtied, len, __ATOMIC_RELAXED);
+    if (wb_done && ret == 0) {
+        /* write-blocking: the target has it already (a copy of the region
+         * waits for this write, in its section, or came before it) */
+        wb_done = false;
+        return;
+    }
+    wb_done = false;
     bitmap_set(m->dirty, off, len);
 }
 
 /*
- * Write-blocking: the guest's data goes to the target first; the region
- * is still marked dirty after the source write, and the copy loop, which
- * copies a region inside a serialising section of the source, finds the
- * same data there.  What this buys is a target that never falls behind:
- * the guest runs at the target's pace.
+ * Write-blocking: the guest's data goes to the target first, and the
+ * region is not marked dirty (unless that failed): the copy loop copies a
+ * region inside a serialising section of the source, which such a write
+ * waits for or which waits for it.  The target never falls behind: the
+ * guest runs at the target's pace.
  */
 static int mirror_before(struct bdev_write_notifier *n, uint64_t off, uint64_t len,
                          unsigned flags, const void *buf)
@@ -80,16 +99,16 @@ static int mirror_before(struct bdev_write_notifier *n, uint64_t off, uint64_t l
     struct mirror_job *m = n->opaque;
     int ret;
 
-    if (!m->write_blocking || !__atomic_load_n(&m->bulk_done, __ATOMIC_ACQUIRE) ||
-        (flags & BDEV_REQ_WRITE_UNCHANGED)) {
-        return 0;
-    }
-    if (flags & BDEV_REQ_DISCARD) {
-        return 0;       /* the copy loop carries it over as what the source reads */
+    wb_done = false;
+    if (!__atomic_load_n(&m->write_blocking, __ATOMIC_ACQUIRE) ||
+        !__atomic_load_n(&m->bulk_done, __ATOMIC_ACQUIRE) ||
+        (flags & (BDEV_REQ_WRITE_UNCHANGED | BDEV_REQ_DISCARD))) {
+        return 0;   /* (a discard: the copy loop carries over what the source reads) */
     }
     ret = buf ? bdev_pwrite(m->target, buf, len, off, 0)
               : bdev_pwrite_zeroes(m->target, off, len, BDEV_REQ_MAY_UNMAP);
-    (void)ret;          /* a failure leaves the region dirty: copied again */
+    /* a failure leaves the region to be marked dirty: copied again */
+    wb_done = ret == 0;
     return 0;
 }
 
@@ -118,6 +137,65 @@ static int copy_region(struct mirror_job *m, uint64_t off, uint64_t len, bool *t
     return ret;
 }
 
+static double mono_now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/*
+ * copy-mode auto: once the guest has dirtied more than the job copied in
+ * each of 3 seconds in a row, the mirror turns write-blocking (guest
+ * writes then reach the target before they complete: the copy
+ * converges), with a BLOCKCTL_JOB_COPY_MODE event.
+ */
+#define AUTO_BEHIND_SECS 3
+
+static void auto_check(struct mirror_job *m, struct job *job)
+{
+    double now = mono_now();
+    uint64_t d = __atomic_load_n(&m->dirtied, __ATOMIC_RELAXED);
+
+    if (!m->auto_mode || __atomic_load_n(&m->write_blocking, __ATOMIC_ACQUIRE)) {
+        return;
+    }
+    if (m->win_start == 0) {
+        m->win_start = now;
+        m->win_dirtied0 = d;
+        m->win_copied = 0;
+        return;
+    }
+    if (now - m->win_start < 1.0) {
+        return;
+    }
+    m->behind = d - m->win_dirtied0 > m->win_copied ? m->behind + 1 : 0;
+    m->win_start = now;
+    m->win_dirtied0 = d;
+    m->win_copied = 0;
+    if (m->behind >= AUTO_BEHIND_SECS) {
+        json_object *e = json_object_new_object();
+        __atomic_store_n(&m->write_blocking, true, __ATOMIC_RELEASE);
+        json_object_object_add(e, "device", json_object_new_string(job->id));
+        json_object_object_add(e, "copy-mode", json_object_new_string("write-blocking"));
+        job_event(job, "BLOCKCTL_JOB_COPY_MODE", e);
+    }
+}
+
+/* Dirty bytes past which a ready mirror is ready no more (a pivot would
+ * stall the guest while they are copied). */
+#define REVOKE_READY_BYTES (32ull << 20)
+
+/* Between regions: copy-mode auto's look, and READY revoked if need be. */
+static void watch_progress(struct mirror_job *m, struct job *job)
+{
+    auto_check(m, job);
+    if (job->ready_sent && bitmap_dirty_bytes(m->dirty) > REVOKE_READY_BYTES) {
+        job_unset_ready(job);
+    }
+}
+
 /*
  * One pass over what is dirty now (each region's bits cleared before it
  * is copied).  0, or -errno (-ECANCELED when cancelled).
@@ -130,8 +208,11 @@ static int copy_dirty(struct mirror_job *m, struct job *job, struct error **errp
         bool tgt_err;
         int ret;
 
-        if (job && job_pause_point(job)) {
-            return -ECANCELED;
+        if (job) {
+            watch_progress(m, job);
+            if (job_pause_point(job)) {
+                return -ECANCELED;
+            }
         }
         ret = copy_region(m, off, len, &tgt_err);
         if (ret < 0) {
@@ -153,7 +234,18 @@ static int copy_dirty(struct mirror_job *m, struct job *job, struct error **errp
             return ret;
         }
         if (job) {
+            uint64_t speed = job_speed(job);
             job_progress_add(job, len);
+            m->win_copied += len;
+            if (speed) {
+                /* the speed limit, in slices: set-speed and the watch act at once */
+                double until = mono_now() + (double)len / (double)speed;
+                while (mono_now() < until && !job_is_cancelled(job) &&
+                       job_speed(job) == speed) {
+                    job_sleep_ns(job, 100 * 1000 * 1000);
+                    watch_progress(m, job);
+                }
+            }
         }
         pos = off + len;
     }
@@ -189,6 +281,7 @@ static int mirror_run(struct job *job, struct error **errp)
     for (;;) {
         uint64_t left = bitmap_dirty_bytes(m->dirty);
 
+        watch_progress(m, job);
         if (job_pause_point(job)) {
             /* cancelled: once ready, without force, the copy is finished
              * (no pivot) on the main loop; otherwise it is abandoned */
@@ -266,8 +359,8 @@ static int mirror_prepare(struct job *job, struct error **errp)
     }
     if (ret == 0 && pivot) {
         struct bdev *old;
-        if (m->commit) {
-            /* the base keeps its own backing file */
+        if (m->commit || m->target->backing) {
+            /* the base keeps its own backing file; a new target has its own */
         } else if (m->sync == SYNC_TOP) {
             bdev_set_backing(m->target, m->src->backing);
         } else if (m->sync == SYNC_NONE) {
@@ -335,12 +428,16 @@ static void mirror_free(struct job *job)
     free(m);
 }
 
+/* copy-mode auto: which mode it is in now (QEMU's jobs have no such member) */
 static void mirror_query(struct job *job, json_object *info)
 {
     struct mirror_job *m = job->opaque;
 
-    (void)info;
-    (void)m;
+    if (m->auto_mode) {
+        json_object_object_add(info, "copy-mode", json_object_new_string(
+            __atomic_load_n(&m->write_blocking, __ATOMIC_ACQUIRE) ? "write-blocking"
+                                                                 : "background"));
+    }
 }
 
 static const struct job_driver mirror_driver = {
@@ -566,6 +663,7 @@ static int qmp_drive_mirror(json_object *args, json_object **ret, void *opaque,
     m->target_name = xstrdup(target);
     m->sync = !strcmp(sync, "top") ? SYNC_TOP : !strcmp(sync, "none") ? SYNC_NONE : SYNC_FULL;
     m->write_blocking = cmode && !strcmp(cmode, "write-blocking");
+    m->auto_mode = cmode && !strcmp(cmode, "auto");
     m->on_src_err = on_error(args, "on-source-error");
     m->on_tgt_err = on_error(args, "on-target-error");
     m->chunk = 1 << 20;
@@ -589,6 +687,14 @@ static int qmp_drive_mirror(json_object *args, json_object **ret, void *opaque,
             err->msg = m2;
         }
         error_propagate(errp, err);
+    }
+    if (r == 0 && !existing && m->sync != SYNC_FULL && m->target->drv->supports_backing) {
+        /*
+         * The target's backing in memory from the start (it was opened
+         * without): a partial write into one of its clusters (write-blocking)
+         * copies the rest of the cluster from there, as the file says.
+         */
+        bdev_set_backing(m->target, m->sync == SYNC_NONE ? src : src->backing);
     }
     if (r == 0 && m->target->size < src->size) {
         error_setg(errp, "Target '%s' is smaller than the source (%" PRIu64 " < %" PRIu64
@@ -794,7 +900,7 @@ static const char *const sync_values[] = { "top", "full", "none", "incremental",
 static const char *const mode_values[] = { "existing", "absolute-paths", NULL };
 static const char *const on_error_values[] = { "report", "ignore", "enospc", "stop", "auto",
                                                NULL };
-static const char *const copy_mode_values[] = { "background", "write-blocking", NULL };
+static const char *const copy_mode_values[] = { "background", "write-blocking", "auto", NULL };
 
 static const struct qmp_arg mirror_args[] = {
     { "job-id", QMP_STR, true, NULL },

@@ -293,3 +293,56 @@ EOF2
     qemu-img compare expect.raw base.qcow2 || fail "base.qcow2 lost an acknowledged write ($(cat w.out))"
     check_ok base.qcow2
 }
+
+# mirror_script SCRIPT: under a guest writer, run the QMP script, stop the
+# writer, then every acknowledged write must be in t.qcow2 (pivoted)
+mirror_script() {
+    local writer
+    guest_up blockctl || return 1
+    writer=$BG_PID
+    script >s.out <"$1" || { fail "$(cat s.out)"; return 1; }
+    sleep 0.5
+    touch stop
+    bg_wait "$writer" 30
+    [ "$BG_STATUS" -eq 0 ] || { fail "the writer: $(cat w.out w.err)"; return 1; }
+    stop_server
+    "$PY" "$TOOLS/guest-model.py" expect before.raw model.json expect.raw
+    qemu-img compare expect.raw t.qcow2 || fail "t.qcow2 lost an acknowledged write ($(cat w.out))"
+    check_ok t.qcow2
+}
+
+@test "a ready mirror that falls behind is ready no more, then ready again; complete is refused meanwhile" {
+    cat >m.qmp <<EOF2
+drive-mirror {"device": "vda", "job-id": "m", "target": "$PWD/t.qcow2", "format": "qcow2", "sync": "full"}
+wait BLOCK_JOB_READY device=m
+block-job-set-speed {"device": "m", "speed": 65536}
+wait JOB_STATUS_CHANGE id=m status=running
+block-job-complete {"device": "m"}
+block-job-set-speed {"device": "m", "speed": 0}
+wait BLOCK_JOB_READY device=m
+block-job-complete {"device": "m"}
+wait JOB_STATUS_CHANGE id=m status=null
+EOF2
+    mirror_script m.qmp
+    grep -q "Job 'm' in state 'running' cannot accept command verb 'complete'" s.out || fail "$(cat s.out)"
+    [ "$(grep -c '^BLOCK_JOB_READY' s.out)" -eq 2 ] || fail "$(cat s.out)"
+    ! grep -q '! timed out' s.out || fail "$(cat s.out)"
+}
+
+@test "copy-mode auto: a guest faster than the copy turns the mirror write-blocking, and it converges" {
+    cat >m.qmp <<EOF2
+drive-mirror {"device": "vda", "job-id": "m", "target": "$PWD/t.qcow2", "format": "qcow2", "sync": "full", "copy-mode": "auto"}
+wait BLOCK_JOB_READY device=m
+block-job-set-speed {"device": "m", "speed": 16384}
+wait BLOCKCTL_JOB_COPY_MODE device=m copy-mode=write-blocking
+query-block-jobs
+block-job-set-speed {"device": "m", "speed": 0}
+sleep 1
+wait BLOCK_JOB_READY device=m
+block-job-complete {"device": "m"}
+wait JOB_STATUS_CHANGE id=m status=null
+EOF2
+    mirror_script m.qmp
+    grep -q '"copy-mode": "write-blocking"' s.out || fail "$(cat s.out)"
+    ! grep -q '! timed out' s.out || fail "$(cat s.out)"
+}
