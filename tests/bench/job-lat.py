@@ -5,8 +5,8 @@
 # the disk.
 #
 #   job-lat.py --qmp SOCK --job mirror|stream|commit [--target FILE]
-#              [--copy-mode MODE] [--pre S] [--hold S]
-#              [--writer PATH --uri URI --rate R --dir DIR] DEVICE
+#              [--copy-mode MODE] [--speed BYTES/S] [--pre S] [--hold S]
+#              [--writer PATH --uri URI --rate R --dir DIR] [--keep-log] DEVICE
 #
 # mirror: drive-mirror sync=full to a new qcow2 FILE, wait for
 # BLOCK_JOB_READY, --hold seconds, then block-job-complete (the pivot) and
@@ -29,7 +29,8 @@
 #   gap_ms       the longest time, from its scheduled time to its
 #                completion, of a write that overlapped the completion
 #                (scheduled before BLOCK_JOB_COMPLETED came, done after
-#                block-job-complete was sent): the pivot gap
+#                block-job-complete was sent): the pivot gap (when none
+#                did, the first write scheduled after the completion)
 #   writes       the writes the writer completed
 # Latencies are null when there was no writer (or no such write).
 # Exits 1 when the job fails or the writer reports an error.
@@ -58,12 +59,16 @@ def main():
     ap.add_argument('--job', required=True, choices=['mirror', 'stream', 'commit'])
     ap.add_argument('--target')
     ap.add_argument('--copy-mode')
+    ap.add_argument('--speed', type=int, help="the job's speed limit (bytes/s)")
     ap.add_argument('--pre', type=float, default=1.0)
     ap.add_argument('--hold', type=float, default=0.5)
     ap.add_argument('--writer')
     ap.add_argument('--uri')
     ap.add_argument('--rate', type=float, default=0)
     ap.add_argument('--dir', default='.')
+    ap.add_argument('--keep-log', action='store_true',
+                    help='keep DIR/job-lat-writer.log ("SCHED DONE" per write) and add '
+                         'the job times (t0, t_ready, t_c0, t_done) to the JSON line')
     ap.add_argument('device')
     a = ap.parse_args()
 
@@ -91,6 +96,8 @@ def main():
     else:
         cmd, args = 'block-stream', {'device': a.device, 'job-id': jid}
 
+    if a.speed:
+        args['speed'] = a.speed
     status = 0
     t0 = time.monotonic()
     r = q.call(cmd, args)
@@ -141,7 +148,7 @@ def main():
             status = 1
         else:
             res['writes'] = json.loads(out)['writes']
-            before, during, gap = [], [], None
+            before, during, gap, first_after = [], [], None, None
             end = t_ready if t_ready is not None else float('inf')
             with open(log) as f:
                 for line in f:
@@ -153,11 +160,20 @@ def main():
                     if t_c0 is not None and t_done is not None and sched <= t_done and \
                             done >= t_c0:
                         gap = max(gap or 0.0, done - sched)
-            os.unlink(log)
+                    elif t_done is not None and sched > t_done and first_after is None:
+                        first_after = done - sched
+            if gap is None and t_c0 is not None:
+                # a completion quicker than the gap between two writes: the
+                # first write after it is the one that would have waited
+                gap = first_after
+            if not a.keep_log:
+                os.unlink(log)
             res.update(before_p50_ms=pct(before, 50), before_p99_ms=pct(before, 99),
                        during_p50_ms=pct(during, 50), during_p99_ms=pct(during, 99),
                        during_max_ms=pct(during, 100), during_n=len(during),
                        gap_ms=None if gap is None else gap * 1000)
+    if a.keep_log:
+        res.update(t0=t0, t_ready=t_ready, t_c0=t_c0, t_done=t_done)
     print(json.dumps(res))
     return status
 
