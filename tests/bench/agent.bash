@@ -266,7 +266,7 @@ bench_agent_snap() {
             if [ "$rate" != 0 ]; then
                 for ((k = 0; k < n; k++)); do uris+=(--uri "$(srv_uri "vd$k")"); done
             fi
-            out=$(/usr/bin/python3 "$SNAPGAP" --qmp "$A/srv.qmp" --key "$key" --dir "$A" \
+            out=$(/usr/bin/python3 -B "$SNAPGAP" --qmp "$A/srv.qmp" --key "$key" --dir "$A" \
                 --writer "$WRITER" --rate "$rate" --secs "${AGENT_SNAP_SECS:-2}" \
                 "${uris[@]}" "${names[@]}") || die "agent-snap-${n}disk-$mode on $kind failed"
             srv_stop

@@ -20,6 +20,11 @@
 #   AGENT_BENCH_DIR=/dev/shm/...      where the agent-* rows make their
 #                                     images (tests/bench/agent.bash);
 #                                     BENCH_ONLY=agent runs only those
+#                                     (and the jobs-* rows of
+#                                     tests/bench/jobs.bash: BENCH_ONLY=jobs;
+#                                     JOBS_BENCH_RUNS=N rounds, default
+#                                     BENCH_RUNS; JOBS_VERBOSE=1 prints
+#                                     every run's figures)
 #   QSD=qemu-storage-daemon NBD_WRITER=build/tests/tools/nbd-writer
 #
 # Non-time figures (throughputs, latencies, RSS: the agent-* rows) go
@@ -92,6 +97,9 @@ trap 'exit 130' INT TERM HUP
 # the agent-* rows (agent_rows, agent_cleanup)
 # shellcheck source=tests/bench/agent.bash
 . "$(dirname "${BASH_SOURCE[0]}")/agent.bash"
+# the jobs-* rows (jobs_rows; they use agent.bash's servers)
+# shellcheck source=tests/bench/jobs.bash
+. "$(dirname "${BASH_SOURCE[0]}")/jobs.bash"
 
 RESULTS=()      # "name|b_sec|q_sec|ratio|b_rss_mib|q_rss_mib|target|rss_target|verdict"
 MISSED=0
@@ -637,6 +645,9 @@ main() {
 
     # ---- the agent: NBD export, guest latency, live snapshot, memory ----------
     agent_rows
+
+    # ---- live jobs through the agent (issue 10) ------------------------------
+    jobs_rows
 
     report
     if [ "$FAILED" -gt 0 ]; then

@@ -24,45 +24,11 @@
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 
-
-class Qmp:
-    def __init__(self, path):
-        self.s = socket.socket(socket.AF_UNIX)
-        self.s.connect(path)
-        self.s.settimeout(30)
-        self.buf = b''
-        self.read()                      # greeting
-        self.call('qmp_capabilities')
-
-    def read(self):
-        while b'\n' not in self.buf:
-            d = self.s.recv(1 << 16)
-            if not d:
-                raise EOFError('QMP connection closed')
-            self.buf += d
-        line, self.buf = self.buf.split(b'\n', 1)
-        return json.loads(line)
-
-    def send(self, cmd, args=None):
-        msg = {'execute': cmd}
-        if args is not None:
-            msg['arguments'] = args
-        self.s.sendall(json.dumps(msg).encode())
-
-    def answer(self):
-        while True:
-            m = self.read()
-            if 'return' in m or 'error' in m:
-                return m
-
-    def call(self, cmd, args=None):
-        self.send(cmd, args)
-        return self.answer()
+from benchqmp import Qmp
 
 
 def main():
