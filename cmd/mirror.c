@@ -367,9 +367,13 @@ static int mirror_agent(struct mirror_args *a)
     char *target;
     int ret;
 
-    if (a->sync == SYNC_BITMAP || a->compress || a->backing || a->opts || a->force_share) {
-        error_report("--sync=bitmap, -c, -B, -o and -U are for offline mirrors, not with "
-                     "--agent");
+    if (a->compress || a->backing || a->opts || a->force_share) {
+        error_report("-c, -B, -o and -U are for offline mirrors, not with --agent");
+        return 64;
+    }
+    if (a->sync == SYNC_BITMAP && !a->reuse && !strstr(a->target, "://")) {
+        error_report("--sync=bitmap copies into a TARGET that holds the disk as it was when "
+                     "the bitmap began: -n (--reuse-external)");
         return 64;
     }
     c = remote_connect(a->agent, &err);
@@ -408,6 +412,13 @@ static int mirror_agent(struct mirror_args *a)
     }
     if (a->copy.bandwidth) {
         json_object_object_add(args, "speed", json_object_new_int64((int64_t)a->copy.bandwidth));
+    }
+    if (a->sync == SYNC_BITMAP) {
+        /* a blockctl agent's own (QEMU 7.2's mirror has no sync bitmap) */
+        json_object_object_add(args, "bitmap", json_object_new_string(a->bitmap));
+        if (a->clear_bitmap) {
+            json_object_object_add(args, "clear-bitmap", json_object_new_boolean(true));
+        }
     }
     ret = agent_job_start(c, "drive-mirror", args, &w);
     free(target);

@@ -137,7 +137,7 @@ char *agent_new_node_name(struct agent *a, struct agent_disk *d)
 {
     for (;;) {
         char *n = xasprintf("%s-%u", d->name, d->next_node++);
-        if (!agent_find_disk(a, n) && !find_node_name(a, n, NULL)) {
+        if (!agent_find_disk(a, n) && !find_node_name(a, n, NULL) && !agent_node_exists(a, n)) {
             return n;
         }
         free(n);
@@ -295,7 +295,7 @@ static struct qmp_command *all_commands(void)
     const struct qmp_command *parts[] = {
         agent_commands, agent_block_commands, agent_bitmap_commands,
         agent_transaction_commands, agent_export_commands, agent_job_commands,
-        agent_mirror_commands,
+        agent_mirror_commands, agent_node_commands,
     };
     struct qmp_command *all;
     size_t n = 0, k = 0;
@@ -455,6 +455,7 @@ out:
     if (a->nbd) {
         nbdsrv_free(a->nbd);
     }
+    agent_nodes_free(a);
     if (close_disks(a) < 0) {
         ret = 1;
     }

@@ -75,6 +75,7 @@ struct agent {
     struct agent_disk *disks;
     struct agent_export *exports;
     struct job_list jobs;        /* qmp-job.c */
+    struct agent_node *nodes;    /* blockdev-add's (qmp-node.c) */
     int sigfd;
     bool quitting;
     bool ready;                  /* started: with use_syslog, log there from now on (atomic: pool threads log) */
@@ -118,6 +119,18 @@ extern const struct qmp_command agent_transaction_commands[];
 extern const struct qmp_command agent_export_commands[];
 extern const struct qmp_command agent_job_commands[];
 extern const struct qmp_command agent_mirror_commands[];
+extern const struct qmp_command agent_node_commands[];
+
+/* Nodes of blockdev-add (qmp-node.c) */
+struct agent_node;
+bool agent_node_exists(struct agent *a, const char *name);
+/* The image of node @name (a file node is opened raw), or NULL and QEMU's error. */
+struct bdev *agent_node_bdev(struct agent *a, const char *name, struct error **errp);
+/* A pivot made @bd a disk's top: its node (if one) is the disk's from now on. */
+void agent_node_adopted(struct agent *a, struct bdev *bd);
+void agent_nodes_free(struct agent *a);
+/* The opened nodes, one after the other (NULL: the first; returns NULL after the last). */
+struct bdev *agent_nodes_next(struct agent *a, struct bdev *prev);
 
 /* Jobs (qmp-job.c) */
 void agent_jobs_init(struct agent *a);

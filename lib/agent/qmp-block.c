@@ -136,6 +136,14 @@ static int query_named_block_nodes(json_object *args, json_object **ret, void *o
             json_object_array_add(list, o);
         }
     }
+    for (struct bdev *b = agent_nodes_next(a, NULL); b; b = agent_nodes_next(a, b)) {
+        json_object *o = device_info(b, chain, errp);
+        if (!o) {
+            json_object_put(list);
+            return -EIO;
+        }
+        json_object_array_add(list, o);
+    }
     *ret = list;
     return 0;
 }

@@ -28,7 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
-enum mirror_sync { SYNC_FULL, SYNC_TOP, SYNC_NONE };
+enum mirror_sync { SYNC_FULL, SYNC_TOP, SYNC_NONE, SYNC_BITMAP };
 
 struct mirror_job {
     struct agent *a;
@@ -52,6 +52,8 @@ struct mirror_job {
     bool bulk_done;              /* write-blocking applies from then on */
     bool complete;               /* block-job-complete asked for the pivot */
     bool switched;               /* the disk uses the target (a grouped pivot did it) */
+    char *bitmap;                /* sync bitmap: copy what it marks (blockctl's) */
+    bool clear_bitmap;           /* ... and clear it at the end, drained */
     /*
      * An active commit: the target is @src's own backing image @base,
      * reopened read-write for the job; what lies above it is copied down
@@ -241,9 +243,11 @@ static int copy_dirty(struct mirror_job *m, struct job *job, struct error **errp
             if (speed) {
                 /* the speed limit, in slices: set-speed and the watch act at once */
                 double until = mono_now() + (double)len / (double)speed;
-                while (mono_now() < until && !job_should_yield(job) &&
+                double now;
+                while ((now = mono_now()) < until && !job_should_yield(job) &&
                        job_speed(job) == speed) {
-                    job_sleep_ns(job, 100 * 1000 * 1000);
+                    double step = until - now < 0.1 ? until - now : 0.1;
+                    job_sleep_ns(job, (uint64_t)(step * 1e9) + 1);
                     watch_progress(m, job);
                 }
             }
@@ -259,8 +263,10 @@ static int mirror_run(struct job *job, struct error **errp)
     uint64_t size = m->src->size;
     int ret = 0;
 
-    job_progress_set_total(job, size);
-    if (m->sync != SYNC_NONE) {
+    job_progress_set_total(job, m->sync == SYNC_BITMAP ? 0 : size);
+    if (m->sync == SYNC_BITMAP) {
+        /* the bitmap's regions are in m->dirty: the dirty loop copies them */
+    } else if (m->sync != SYNC_NONE) {
         struct copy_params cp;
         memset(&cp, 0, sizeof(cp));
         cp.src = m->src;
@@ -347,6 +353,20 @@ static int mirror_catch_up(struct mirror_job *m, struct error **errp)
             error_setg_errno(errp, -ret, "cannot flush '%s'", m->target_name);
         }
     }
+    if (ret == 0 && m->clear_bitmap) {
+        /* the target holds what it marked, and no write is in flight */
+        struct bitmap_op op = { .type = BITMAP_OP_CLEAR, .name = m->bitmap };
+        struct bitmap_undo *undo = NULL;
+        struct error *err = NULL;
+        if (bdev_bitmap_apply_undo(m->src, &op, 1, &undo, &err) < 0) {
+            agent_log(m->a, "disk %s: bitmap %s not cleared: %s", m->d->name, m->bitmap,
+                      err->msg);
+            error_free(err);
+        } else {
+            bdev_bitmap_undo_free(undo);
+        }
+        m->clear_bitmap = false;
+    }
     return ret;
 }
 
@@ -372,6 +392,7 @@ static void mirror_switch(struct mirror_job *m)
     if (!m->target->node_name) {
         m->target->node_name = agent_new_node_name(m->a, m->d);
     }
+    agent_node_adopted(m->a, m->target);     /* a blockdev-add node: the disk's now */
     old = blk_replace_root(m->d->blk, m->target);
     m->target = NULL;       /* the disk's now */
     bdev_unref(old);
@@ -530,6 +551,7 @@ static void mirror_free(struct job *job)
     }
     bdev_unref(m->src);
     bitmap_free(m->dirty);
+    free(m->bitmap);
     free(m->buf);
     free(m->target_name);
     free(m);
@@ -704,30 +726,25 @@ static int create_target(struct mirror_job *m, const char *fmt, struct error **e
     return ret;
 }
 
-static int qmp_drive_mirror(json_object *args, json_object **ret, void *opaque,
-                            struct error **errp)
+/*
+ * What drive-mirror and blockdev-mirror share, before the target: the
+ * checks of the source and the arguments, then the job's state (no
+ * target yet), or NULL with QEMU's error.
+ */
+static struct mirror_job *mirror_new(struct agent *a, json_object *args, struct error **errp)
 {
-    struct agent *a = opaque;
     const char *device = str_arg(args, "device");
-    const char *target = str_arg(args, "target");
-    const char *format = str_arg(args, "format");
     const char *sync = str_arg(args, "sync");
-    const char *mode = str_arg(args, "mode");
     const char *cmode = str_arg(args, "copy-mode");
     const char *id = str_arg(args, "job-id");
+    const char *bitmap = str_arg(args, "bitmap");
     json_object *v;
-    int64_t speed = 0, gran = 0, bufsz = 0;
+    int64_t gran = 0, bufsz = 0;
     struct agent_disk *d = NULL;
     struct mirror_job *m;
     struct bdev *src;
-    struct job *job;
-    bool existing = mode && !strcmp(mode, "existing");
-    int r;
+    bool clear = json_object_object_get_ex(args, "clear-bitmap", &v) && json_object_get_boolean(v);
 
-    (void)ret;
-    if (json_object_object_get_ex(args, "speed", &v)) {
-        speed = json_object_get_int64(v);
-    }
     if (json_object_object_get_ex(args, "granularity", &v)) {
         gran = json_object_get_int64(v);
     }
@@ -737,43 +754,62 @@ static int qmp_drive_mirror(json_object *args, json_object **ret, void *opaque,
     src = agent_find_node(a, device, &d, NULL);
     if (!src || !d) {
         error_setg(errp, "Cannot find device='%s' nor node-name='%s'", device, device);
-        return -ENOENT;
+        return NULL;
     }
-    if (!strcmp(sync, "incremental") || !strcmp(sync, "bitmap")) {
+    if (!strcmp(sync, "incremental") || (!strcmp(sync, "bitmap") && !bitmap)) {
         error_setg(errp, "Sync mode '%s' not supported", sync);
-        return -ENOTSUP;
+        return NULL;
+    }
+    if (bitmap && strcmp(sync, "bitmap")) {
+        error_setg(errp, "Parameter 'bitmap' goes with sync mode 'bitmap'");
+        return NULL;
+    }
+    if (clear && !bitmap) {
+        error_setg(errp, "Parameter 'clear-bitmap' goes with sync mode 'bitmap'");
+        return NULL;
     }
     if (gran && (gran < 512 || gran > 64 * 1024 * 1024)) {
         error_setg(errp, "Parameter 'granularity' expects a value in range [512B, 64MB]");
-        return -EINVAL;
+        return NULL;
     }
     if (gran & (gran - 1)) {
         error_setg(errp, "Parameter 'granularity' expects a power of 2");
-        return -EINVAL;
+        return NULL;
     }
     if (bufsz < 0) {
         error_setg(errp, "Invalid parameter 'buf-size'");
-        return -EINVAL;
+        return NULL;
     }
     if (src != blk_root(d->blk)) {
         error_setg(errp, "Mirroring '%s', an image below the top of disk '%s', is not "
                    "supported: mirror the disk", device, d->name);
-        return -ENOTSUP;
+        return NULL;
     }
     if (agent_disk_check_busy(a, d, device, errp) < 0) {
-        return -EBUSY;
+        return NULL;
+    }
+    if (bitmap) {
+        struct dirty_bitmap *u = NULL;
+        if (bdev_bitmap_union(src, bitmap, &u, errp) < 0) {
+            return NULL;
+        }
+        bitmap_free(u);
     }
     if (id && job_find(&a->jobs, id)) {
         error_setg(errp, "Job ID '%s' already in use", id);
-        return -EEXIST;
+        return NULL;
     }
     m = xzalloc(sizeof(*m));
     m->a = a;
     m->d = d;
     m->src = src;
     bdev_ref(src);
-    m->target_name = xstrdup(target);
-    m->sync = !strcmp(sync, "top") ? SYNC_TOP : !strcmp(sync, "none") ? SYNC_NONE : SYNC_FULL;
+    m->sync = !strcmp(sync, "top")    ? SYNC_TOP
+              : !strcmp(sync, "none")   ? SYNC_NONE
+              : !strcmp(sync, "bitmap") ? SYNC_BITMAP
+                                        : SYNC_FULL;
+    m->bitmap = bitmap ? xstrdup(bitmap) : NULL;
+    m->clear_bitmap = clear;
     m->write_blocking = cmode && !strcmp(cmode, "write-blocking");
     m->auto_mode = cmode && !strcmp(cmode, "auto");
     m->on_src_err = on_error(args, "on-source-error");
@@ -781,10 +817,95 @@ static int qmp_drive_mirror(json_object *args, json_object **ret, void *opaque,
     m->chunk = 1 << 20;
     m->buf = xmemalign(4096, m->chunk);
     m->dirty = bitmap_new(src->size, gran ? (uint64_t)gran : 65536);
-    if (!format) {
-        format = bdev_format_name(src);
+    return m;
+}
+
+/* The target is there: check its size, create the job, mark from now on, start. */
+static int mirror_launch(struct agent *a, json_object *args, struct mirror_job *m,
+                         struct error **errp)
+{
+    const char *device = str_arg(args, "device"), *id = str_arg(args, "job-id");
+    struct agent_disk *d = m->d;
+    int64_t speed = 0;
+    struct job *job;
+    json_object *v;
+
+    if (json_object_object_get_ex(args, "speed", &v)) {
+        speed = json_object_get_int64(v);
     }
-    r = 0;
+    if (m->target->size < m->src->size) {
+        error_setg(errp, "Target '%s' is smaller than the source (%" PRIu64 " < %" PRIu64
+                   " bytes)", m->target_name, m->target->size, m->src->size);
+        mirror_free(&(struct job){ .opaque = m });
+        return -EINVAL;
+    }
+    job = job_create(&a->jobs, &mirror_driver, id ? id : (!strcmp(device, d->name) ? d->name : ""),
+                     d->name, speed, json_object_object_get_ex(args, "auto-finalize", &v)
+                                         ? json_object_get_boolean(v) : true,
+                     json_object_object_get_ex(args, "auto-dismiss", &v)
+                         ? json_object_get_boolean(v) : true, m, errp);
+    if (!job) {
+        mirror_free(&(struct job){ .opaque = m });
+        return -EINVAL;
+    }
+    /* from now on every guest write is marked */
+    m->wn.after = mirror_after;
+    m->wn.before = mirror_before;
+    m->wn.opaque = m;
+    blk_drain_begin(d->blk);
+    if (m->bitmap) {
+        /* what the bitmap marks now, and every write from now on */
+        struct dirty_bitmap *u = NULL;
+        struct error *err = NULL;
+        uint64_t pos = 0, off, len;
+        if (bdev_bitmap_union(m->src, m->bitmap, &u, &err) < 0) {
+            /* (checked by mirror_new, on this thread: it cannot be gone) */
+            bitmap_set_all(m->dirty);
+            agent_log(a, "disk %s: bitmap %s: %s: copying everything", d->name, m->bitmap,
+                      err->msg);
+            error_free(err);
+            u = bitmap_new(m->src->size, 65536);
+        }
+        while (bitmap_next_dirty(u, pos, UINT64_MAX, &off, &len)) {
+            bitmap_set(m->dirty, off, len);
+            pos = off + len;
+        }
+        bitmap_free(u);
+    }
+    bdev_add_write_notifier(m->src, &m->wn);
+    m->notifier_on = true;
+    blk_drain_end(d->blk);
+    agent_log(a, "disk %s: job %s: mirror (sync %s%s) to %s", d->name, job->id,
+              str_arg(args, "sync"), m->write_blocking ? ", write-blocking" : "", m->target_name);
+    job_start(job);
+    return 0;
+}
+
+static int qmp_drive_mirror(json_object *args, json_object **ret, void *opaque,
+                            struct error **errp)
+{
+    struct agent *a = opaque;
+    const char *target = str_arg(args, "target");
+    const char *format = str_arg(args, "format");
+    const char *mode = str_arg(args, "mode");
+    bool existing = mode && !strcmp(mode, "existing");
+    struct mirror_job *m = mirror_new(a, args, errp);
+    int r = 0;
+
+    (void)ret;
+    if (!m) {
+        return -EINVAL;
+    }
+    m->target_name = xstrdup(target);
+    if (m->sync == SYNC_BITMAP && !existing) {
+        error_setg(errp, "Sync mode 'bitmap' copies into a target that holds the disk as it "
+                   "was when the bitmap began: mode 'existing'");
+        mirror_free(&(struct job){ .opaque = m });
+        return -EINVAL;
+    }
+    if (!format) {
+        format = bdev_format_name(m->src);
+    }
     if (!existing) {
         r = create_target(m, format, errp);
     }
@@ -806,38 +927,61 @@ static int qmp_drive_mirror(json_object *args, json_object **ret, void *opaque,
          * without): a partial write into one of its clusters (write-blocking)
          * copies the rest of the cluster from there, as the file says.
          */
-        bdev_set_backing(m->target, m->sync == SYNC_NONE ? src : src->backing);
-    }
-    if (r == 0 && m->target->size < src->size) {
-        error_setg(errp, "Target '%s' is smaller than the source (%" PRIu64 " < %" PRIu64
-                   " bytes)", target, m->target->size, src->size);
-        r = -EINVAL;
+        bdev_set_backing(m->target, m->sync == SYNC_NONE ? m->src : m->src->backing);
     }
     if (r < 0) {
         mirror_free(&(struct job){ .opaque = m });
         return r;
     }
-    job = job_create(&a->jobs, &mirror_driver, id ? id : (!strcmp(device, d->name) ? d->name : ""),
-                     d->name, speed, json_object_object_get_ex(args, "auto-finalize", &v)
-                                         ? json_object_get_boolean(v) : true,
-                     json_object_object_get_ex(args, "auto-dismiss", &v)
-                         ? json_object_get_boolean(v) : true, m, errp);
-    if (!job) {
+    return mirror_launch(a, args, m, errp);
+}
+
+/* blockdev-mirror: the target is a node of blockdev-add, kept as opened */
+static int qmp_blockdev_mirror(json_object *args, json_object **ret, void *opaque,
+                               struct error **errp)
+{
+    struct agent *a = opaque;
+    const char *target = str_arg(args, "target");
+    struct agent_disk *td = NULL;
+    struct bdev *tbd;
+    struct mirror_job *m;
+
+    (void)ret;
+    if (agent_find_node(a, target, &td, NULL)) {
+        struct agent_disk *sd = NULL;
+        agent_find_node(a, str_arg(args, "device"), &sd, NULL);
+        if (sd && sd == td) {
+            error_setg(errp, "Can't mirror node into itself");
+        } else {
+            error_setg(errp, "Node '%s' is in use by disk '%s'", target, td ? td->name : "?");
+        }
+        return -EINVAL;
+    }
+    if (!agent_node_exists(a, target)) {
+        error_setg(errp, "Cannot find device='%s' nor node-name='%s'", target, target);
+        return -ENOENT;
+    }
+    m = mirror_new(a, args, errp);
+    if (!m) {
+        return -EINVAL;
+    }
+    tbd = agent_node_bdev(a, target, errp);
+    if (tbd && tbd->read_only) {
+        error_setg(errp, "Target node '%s' is read-only", target);
+        tbd = NULL;
+    }
+    if (tbd && __atomic_load_n(&tbd->refcnt, __ATOMIC_ACQUIRE) > 1) {
+        error_setg(errp, "Node '%s' is in use", target);
+        tbd = NULL;
+    }
+    if (!tbd) {
         mirror_free(&(struct job){ .opaque = m });
         return -EINVAL;
     }
-    /* from now on every guest write is marked */
-    m->wn.after = mirror_after;
-    m->wn.before = mirror_before;
-    m->wn.opaque = m;
-    blk_drain_begin(d->blk);
-    bdev_add_write_notifier(src, &m->wn);
-    m->notifier_on = true;
-    blk_drain_end(d->blk);
-    agent_log(a, "disk %s: job %s: mirror (sync %s%s) to %s", d->name, job->id, sync,
-              m->write_blocking ? ", write-blocking" : "", target);
-    job_start(job);
-    return 0;
+    m->target = tbd;
+    bdev_ref(tbd);
+    m->target_name = xstrdup(tbd->filename);
+    return mirror_launch(a, args, m, errp);
 }
 
 static bool in_chain_below(struct bdev *top, struct bdev *b)
@@ -1030,6 +1174,28 @@ static const struct qmp_arg mirror_args[] = {
     { "on-target-error", QMP_ENUM, true, on_error_values },
     { "unmap", QMP_BOOL, true, NULL },
     { "copy-mode", QMP_ENUM, true, copy_mode_values },
+    { "bitmap", QMP_STR, true, NULL },          /* blockctl's: sync bitmap */
+    { "clear-bitmap", QMP_BOOL, true, NULL },   /* blockctl's */
+    { "auto-finalize", QMP_BOOL, true, NULL },
+    { "auto-dismiss", QMP_BOOL, true, NULL },
+    { NULL, 0, false, NULL },
+};
+
+static const struct qmp_arg blockdev_mirror_args[] = {
+    { "job-id", QMP_STR, true, NULL },
+    { "device", QMP_STR, false, NULL },
+    { "target", QMP_STR, false, NULL },
+    { "replaces", QMP_STR, true, NULL },
+    { "sync", QMP_ENUM, false, sync_values },
+    { "speed", QMP_INT, true, NULL },
+    { "granularity", QMP_UINT32, true, NULL },
+    { "buf-size", QMP_INT, true, NULL },
+    { "on-source-error", QMP_ENUM, true, on_error_values },
+    { "on-target-error", QMP_ENUM, true, on_error_values },
+    { "filter-node-name", QMP_STR, true, NULL },
+    { "copy-mode", QMP_ENUM, true, copy_mode_values },
+    { "bitmap", QMP_STR, true, NULL },          /* blockctl's: sync bitmap */
+    { "clear-bitmap", QMP_BOOL, true, NULL },   /* blockctl's */
     { "auto-finalize", QMP_BOOL, true, NULL },
     { "auto-dismiss", QMP_BOOL, true, NULL },
     { NULL, 0, false, NULL },
@@ -1053,6 +1219,7 @@ static const struct qmp_arg commit_args[] = {
 
 const struct qmp_command agent_mirror_commands[] = {
     { "drive-mirror", qmp_drive_mirror, mirror_args },
+    { "blockdev-mirror", qmp_blockdev_mirror, blockdev_mirror_args },
     { "block-commit", qmp_block_commit, commit_args },
     { NULL, NULL, NULL },
 };

@@ -522,6 +522,9 @@ int qmp_check_args(json_object *args, const struct qmp_arg *table, struct error 
 {
     const struct qmp_arg top = { "", QMP_OBJECT, false, NULL, .members = table };
 
+    if (table && table[0].name && !table[0].name[0] && table[0].discriminator) {
+        return check_members(args, &table[0], NULL, errp);   /* boxed: the union itself */
+    }
     return check_members(args, &top, NULL, errp);
 }
 

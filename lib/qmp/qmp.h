@@ -84,6 +84,11 @@ struct qmp_variant {
     const struct qmp_arg *members;    /* what the object has besides the base */
 };
 
+/*
+ * A command's argument table is a list of members; or, for a command whose
+ * arguments are a union (QAPI's boxed arguments, e.g. blockdev-add), a
+ * single entry named "" of type QMP_OBJECT with a discriminator.
+ */
 struct qmp_arg {
     const char *name;             /* NULL ends the list */
     enum qmp_type type;

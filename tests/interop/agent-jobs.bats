@@ -425,3 +425,74 @@ EOF2
     [[ "$output" == *"'vda' pivoted"*"'vdb' pivoted"* ]] || fail "$output"
     two_disks_check t1.qcow2 t2.qcow2
 }
+
+@test "blockdev-add, blockdev-mirror to that node, pivot, blockdev-del: as qemu-storage-daemon" {
+    cat >s.qmp <<EOF2
+run qemu-img create -q -f qcow2 $PWD/t.qcow2 64M
+run qemu-img create -q -f raw $PWD/r.raw 64M
+blockdev-add {"driver": "qcow2", "node-name": "tgt", "file": {"driver": "file", "filename": "$PWD/t.qcow2"}}
+blockdev-add {"driver": "qcow2", "node-name": "tgt", "file": {"driver": "file", "filename": "$PWD/t.qcow2"}}
+blockdev-add {"driver": "qcow2", "file": {"driver": "file", "filename": "$PWD/t.qcow2"}}
+blockdev-add {"driver": "file", "node-name": "nf", "filename": "$PWD/nothere"}
+blockdev-add {"driver": "nosuch", "node-name": "y"}
+blockdev-add {"driver": "qcow2", "node-name": "x", "file": "nonode"}
+blockdev-add {"driver": "file", "node-name": "rf", "filename": "$PWD/r.raw"}
+blockdev-add {"driver": "raw", "node-name": "r", "file": "rf"}
+blockdev-add {"driver": "raw", "node-name": "x", "file": "rf", "bogus": 1}
+blockdev-mirror {"device": "vda", "job-id": "m", "target": "nonode", "sync": "full"}
+blockdev-mirror {"device": "vda", "job-id": "m", "target": "vda", "sync": "full"}
+blockdev-mirror {"device": "vda", "job-id": "m", "target": "tgt", "sync": "bitmap"}
+blockdev-mirror {"device": "vda", "job-id": "m", "target": "tgt", "sync": "full", "format": "raw"}
+blockdev-del {"node-name": "nonode"}
+blockdev-del {"node-name": "rf"}
+blockdev-del {"node-name": "r"}
+blockdev-del {"node-name": "rf"}
+blockdev-mirror {"device": "vda", "job-id": "m", "target": "tgt", "sync": "full"}
+blockdev-del {"node-name": "tgt"}
+wait BLOCK_JOB_READY device=m
+block-job-complete {"device": "m"}
+wait JOB_STATUS_CHANGE id=m status=null
+EOF2
+    both s.qmp
+    # the disk ended on the node's image, with everything
+    qemu-img compare -q before.raw t.qcow2 || fail "t.qcow2 differs"
+    check_ok t.qcow2
+    grep -q "Duplicate nodes with node-name='tgt'" out.blockctl || fail "$(cat out.blockctl)"
+}
+
+@test "live sync=bitmap (blockctl's): an incremental mirror into the last full copy, then pivot; clear-bitmap" {
+    guest_up blockctl || return 1
+    local writer=$BG_PID
+    script >s.out <<EOF2 || fail "$(cat s.out)"
+block-dirty-bitmap-add {"node": "vda", "name": "b", "persistent": true}
+drive-mirror {"device": "vda", "job-id": "m", "target": "$PWD/full.qcow2", "format": "qcow2", "sync": "full"}
+wait BLOCK_JOB_READY device=m
+block-job-cancel {"device": "m"}
+wait JOB_STATUS_CHANGE id=m status=null
+drive-mirror {"device": "vda", "job-id": "m", "target": "$PWD/x.qcow2", "sync": "bitmap", "bitmap": "b"}
+drive-mirror {"device": "vda", "job-id": "m", "target": "$PWD/x.qcow2", "sync": "full", "bitmap": "b"}
+drive-mirror {"device": "vda", "job-id": "m", "target": "$PWD/x.qcow2", "sync": "bitmap", "bitmap": "nob", "mode": "existing"}
+EOF2
+    grep -q "mode 'existing'" s.out || fail "$(cat s.out)"
+    grep -q "Parameter 'bitmap' goes with sync mode 'bitmap'" s.out || fail "$(cat s.out)"
+    [ "$(grep -c '"error"' s.out)" -eq 3 ] || fail "$(cat s.out)"
+    cp full.qcow2 inc.qcow2
+    sleep 1
+    run "$PROG" mirror --agent "$S" --sync=bitmap --bitmap b --clear-bitmap -n -O qcow2 \
+        --wait --pivot vda "$PWD/inc.qcow2"
+    [ "$status" -eq 0 ] || fail "$status: $output"
+    # the bitmap went along, cleared at the switch: it holds only the writes since
+    local after
+    after=$("$PY" "$BATS_TEST_DIRNAME/qmp-talk.py" "$S" '{"execute": "query-block"}' |
+        grep -o '"count": [0-9]*' | head -1 | grep -o '[0-9]*')
+    [ -n "$after" ] && [ "$after" -lt $((8 << 20)) ] || fail "bitmap count after: $after"
+    sleep 0.5
+    touch stop
+    bg_wait "$writer" 30
+    [ "$BG_STATUS" -eq 0 ] || fail "the writer: $(cat w.out w.err)"
+    stop_server
+    "$PY" "$TOOLS/guest-model.py" expect before.raw model.json expect.raw
+    # the last full copy plus the bitmap's regions: every acknowledged write
+    qemu-img compare -q expect.raw inc.qcow2 || fail "inc.qcow2 lost an acknowledged write"
+    check_ok inc.qcow2 full.qcow2
+}
