@@ -91,6 +91,7 @@ struct stream_job {
     struct bdev *top;            /* our reference */
     struct bdev *base;           /* NULL: everything below the top is pulled in */
     char *backing_file;          /* the name recorded in the top in the end */
+    bool reopened;               /* an image below the disk's top, read-write for the job */
 };
 
 static int stream_run(struct job *job, struct error **errp)
@@ -150,6 +151,14 @@ static void stream_free(struct job *job)
 {
     struct stream_job *s = job->opaque;
 
+    if (s->reopened) {
+        struct error *err = NULL;
+        /* a backing image again */
+        if (bdev_reopen(s->top, 0, &err) < 0) {
+            agent_log(s->a, "stream into %s: %s", s->top->filename, err->msg);
+            error_free(err);
+        }
+    }
     bdev_unref(s->top);
     if (s->base) {
         bdev_unref(s->base);
@@ -195,6 +204,7 @@ static int qmp_block_stream(json_object *args, json_object **ret, void *opaque,
     struct stream_job *s;
     struct job *job;
     int64_t speed = arg_int(args, "speed", 0);
+    bool reopen;
 
     (void)ret;
     top = agent_find_node(a, device, &d, NULL);
@@ -228,11 +238,6 @@ static int qmp_block_stream(json_object *args, json_object **ret, void *opaque,
             return -EINVAL;
         }
     }
-    if (top != blk_root(d->blk)) {
-        error_setg(errp, "Streaming into '%s', an image below the top of disk '%s', is not "
-                   "supported: stream the disk's top", device, d->name);
-        return -ENOTSUP;
-    }
     if (agent_disk_check_busy(a, d, device, errp) < 0) {
         return -EBUSY;
     }
@@ -245,10 +250,20 @@ static int qmp_block_stream(json_object *args, json_object **ret, void *opaque,
                    bdev_format_name(top));
         return -ENOTSUP;
     }
+    /*
+     * An image below the top: the guest only reads it, through the images
+     * above, and sees the same data before and after each copy (it comes
+     * from below); the job alone writes it, reopened read-write meanwhile.
+     */
+    reopen = top != blk_root(d->blk) && top->backing && top->backing != base && top->read_only;
+    if (reopen && bdev_reopen(top, BDEV_O_RDWR, errp) < 0) {
+        return -EIO;
+    }
     s = xzalloc(sizeof(*s));
     s->a = a;
     s->d = d;
     s->top = top;
+    s->reopened = reopen;
     bdev_ref(top);
     s->base = base;
     if (base) {

@@ -496,3 +496,16 @@ EOF2
     qemu-img compare -q expect.raw inc.qcow2 || fail "inc.qcow2 lost an acknowledged write"
     check_ok inc.qcow2 full.qcow2
 }
+
+@test "live stream into an image below the top (vda-1 = mid.qcow2) under guest writes, on both servers" {
+    local f
+    for f in blockctl qsd; do
+        live_stream $f '{"device": "vda-1", "job-id": "s", "speed": 33554432}' || return 1
+        # mid holds the base's data now and stands alone; the top still sits on it
+        [ -z "$(qemu-img info mid.qcow2 | grep '^backing file')" ] || fail "$f: mid still backed"
+        qemu-img info top.qcow2 | grep -q '^backing file: mid.qcow2' || fail "$f: top relinked"
+        ! qemu-io -r -f qcow2 -c 'read -P 1 0 1M' -c 'read -P 1 24M 8M' mid.qcow2 | grep -q Pattern ||
+            fail "$f: the base's data is not in mid"
+        check_ok mid.qcow2
+    done
+}
