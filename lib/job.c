@@ -51,7 +51,7 @@ static const bool verbs[JOB_VERB__MAX][JOB_STATUS__MAX] = {
     [JOB_VERB_PAUSE] = { 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0 },
     [JOB_VERB_RESUME] = { 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0 },
     [JOB_VERB_SET_SPEED] = { 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0 },
-    [JOB_VERB_COMPLETE] = { 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0 },
+    [JOB_VERB_COMPLETE] = { 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0 },
     [JOB_VERB_FINALIZE] = { 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0 },
     [JOB_VERB_DISMISS] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0 },
 };
