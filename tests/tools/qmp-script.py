@@ -41,7 +41,10 @@ def main():
     s = socket.socket(socket.AF_UNIX)
     s.connect(args[0])
     s.settimeout(30)
-    f = s.makefile("rw")
+    # read through a binary file and write to the socket: a text file's
+    # write drops what it had read ahead (an event that came in one piece
+    # with the reply before it would be lost)
+    f = s.makefile("rb")
     events = []
     seen = 0        # events already matched by a wait
 
@@ -59,8 +62,7 @@ def main():
         msg = {"execute": cmd}
         if arguments is not None:
             msg["arguments"] = arguments
-        f.write(json.dumps(msg) + "\n")
-        f.flush()
+        s.sendall((json.dumps(msg) + "\n").encode())
         while True:
             r = read()
             if r is not None:
