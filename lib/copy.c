@@ -106,8 +106,13 @@ static void rate_limit(struct engine *e, uint64_t n)
     }
     pthread_mutex_unlock(&e->rl_lock);
     while (wait > 0 && !cancelled(e)) {
-        double step = MIN(wait, 0.1);
+        double step = MIN(wait, 0.1), t0 = now_s();
         if (e->p->job) {
+            /* a pause stops here (the time paused counts), not after a
+             * rush past the limit (no section is held unless live) */
+            if (!e->p->live && job_pause_point(e->p->job)) {
+                break;
+            }
             job_sleep_ns(e->p->job, (uint64_t)(step * 1e9));
             if (job_speed(e->p->job) != bw) {
                 break;      /* set-speed: the next request counts at the new rate */
@@ -116,7 +121,7 @@ static void rate_limit(struct engine *e, uint64_t n)
             struct timespec ts = { (time_t)step, (long)((step - (double)(time_t)step) * 1e9) };
             nanosleep(&ts, NULL);
         }
-        wait -= step;
+        wait -= MAX(step, now_s() - t0);
     }
 }
 
