@@ -30,13 +30,13 @@ teardown() {
 # writing while the QMP script runs (its output: out.SERVER); then the
 # guest stopped (it must have seen no error), the server stopped and
 # expect.raw made (what the disk must read as).  $PRE, if set, runs
-# before the script.
+# before the script; $QMP_OPTS are qmp-script.py's options.
 under_guest() {
     local writer
     guest_up "$1" || return 1
     writer=$BG_PID
     if [ -n "${PRE:-}" ]; then $PRE || return 1; fi
-    script <"$2" >"out.$1" || { fail "$1: $(cat "out.$1")"; return 1; }
+    script ${QMP_OPTS:-} <"$2" >"out.$1" || { fail "$1: $(cat "out.$1")"; return 1; }
     ! grep -q '^! timed out' "out.$1" || { fail "$1: $(cat "out.$1")"; return 1; }
     touch stop
     bg_wait "$writer" 30
@@ -64,10 +64,12 @@ has() {
     grep -qE "$2" "out.$1" || { fail "$1: no '$2' in: $(cat "out.$1")"; return 1; }
 }
 
-# agree [SED-SCRIPT]: both servers' outputs are the same (after SED-SCRIPT)
+# agree [SED-SCRIPT]: both servers' outputs are the same (after SED-SCRIPT;
+# an event repeated in a row counts once: qemu-storage-daemon reports an
+# error once per request that failed, the agent once)
 agree() {
     local f
-    for f in blockctl qsd; do sed -E "${1:-}" "out.$f" >"norm.$f"; done
+    for f in blockctl qsd; do sed -E "${1:-}" "out.$f" | uniq >"norm.$f"; done
     diff -u norm.qsd norm.blockctl || fail "the agent's answers differ from qemu-storage-daemon's"
 }
 
@@ -240,4 +242,175 @@ EOF
         done
         agree
     done
+}
+
+# --- 3. the target's server killed
+
+# the error's words are each server's own; repeated events are one
+NORM_ERR='s/("error": )"[^"]*"/\1"E"/g'
+
+@test "the target's qemu-nbd killed mid-mirror (on-target-error=report): the job fails, the guest goes on, the disk stays on the source" {
+    cat >s.qmp <<EOF
+drive-mirror {"device": "vda", "job-id": "m", "target": "nbd+unix:///?socket=$(sock_path tgt)", "format": "raw", "mode": "existing", "sync": "full", "speed": 8388608, "on-target-error": "report"}
+sleep 0.5
+run kill -9 \$(cat $BATS_TEST_TMPDIR/tgt.pid)
+wait JOB_STATUS_CHANGE id=m status=null
+sleep 0.5
+query-block-jobs
+EOF
+    local f
+    for f in blockctl qsd; do
+        PRE="nbd_target raw" under_guest $f s.qmp || return 1
+        has $f '^BLOCK_JOB_COMPLETED .*"error"' && on_source $f || return 1
+    done
+    agree "$NORM_ERR"
+}
+
+# --- 4. a full target
+
+# tmpfs_up SIZE: a tmpfs of SIZE at tfs/ (TMPFS), or skip
+tmpfs_up() {
+    [ -z "${TMPFS:-}" ] || return 0
+    TMPFS=$BATS_TEST_TMPDIR/tfs
+    mkdir -p "$TMPFS"
+    mount -t tmpfs -o size="$1" tmpfs "$TMPFS" 2>/dev/null || { TMPFS=; skip "cannot mount a tmpfs"; }
+}
+
+# small_target: the tmpfs emptied and small again
+small_target() {
+    rm -f "$TMPFS"/* && mount -o remount,size=8M "$TMPFS"
+}
+
+# pivoted_full SERVER: pivoted onto the target on the tmpfs, every write there
+pivoted_full() {
+    has "$1" '^BLOCK_JOB_COMPLETED \{"device": "m", "speed": 0, "type": "mirror"\}$' &&
+        holds "$1" "$TMPFS/t.qcow2" qcow2 && check_ok "$TMPFS/t.qcow2"
+}
+
+# full_target POLICY: a mirror onto a full target, with that policy, then
+# the target's filesystem grown: it goes on to READY and pivots
+full_target() {
+    local f
+    tmpfs_up 8M
+    {
+        echo "drive-mirror {\"device\": \"vda\", \"job-id\": \"m\", \"target\": \"$TMPFS/t.qcow2\", \"format\": \"qcow2\", \"sync\": \"full\", \"on-target-error\": \"$1\"}"
+        echo "wait BLOCK_JOB_ERROR device=m"
+        if [ "$1" != ignore ]; then
+            echo "wait JOB_STATUS_CHANGE id=m status=paused"
+            echo "query-block-jobs"
+            echo "block-job-complete {\"device\": \"m\"}"
+        fi
+        echo "run mount -o remount,size=128M $TMPFS"
+        [ "$1" = ignore ] || echo "block-job-resume {\"device\": \"m\"}"
+        echo "wait BLOCK_JOB_READY device=m"
+        echo "block-job-complete {\"device\": \"m\"}"
+        echo "wait JOB_STATUS_CHANGE id=m status=null"
+    } >s.qmp
+    for f in blockctl qsd; do
+        PRE=small_target under_guest $f s.qmp || return 1
+        if [ "$1" = ignore ]; then
+            has $f '^BLOCK_JOB_ERROR \{"action": "ignore"' || return 1
+        else
+            has $f '"io-status": "nospace", "paused": true' || return 1
+        fi
+        pivoted_full $f || return 1
+    done
+    agree "$NORM_ERR"
+}
+
+@test "a full target (on-target-error=enospc): the job stops with nospace; the disk grown, resumed, it pivots" {
+    full_target enospc
+}
+
+@test "a full target (on-target-error=stop, then ignore): stopped, or going on, until the disk grows; then it pivots" {
+    full_target stop
+    full_target ignore
+}
+
+# --- 5. pause, resume, set-speed under load
+
+# offsets SERVER: the offset in each query-block-jobs reply, one a line
+offsets() {
+    grep -A1 '^> query-block-jobs' "out.$1" | grep '^{' | jq '.return[0].offset'
+}
+
+# (qmp-script.py --keep-progress: what depends on timing, taken out)
+NORM_PROGRESS='s/"(busy|len|offset|current-progress|total-progress)": [a-z0-9]+, //g'
+
+@test "pause, resume and set-speed during a mirror under load: the speed bounds progress, pause holds it, then it pivots" {
+    local f o burst speed=$((8 << 20))
+    cat >s.qmp <<EOF
+drive-mirror {"device": "vda", "job-id": "m", "target": "$PWD/t.qcow2", "format": "qcow2", "sync": "full", "speed": $speed}
+sleep 0.5
+query-block-jobs
+sleep 1
+query-block-jobs
+block-job-pause {"device": "m"}
+wait JOB_STATUS_CHANGE id=m status=paused
+sleep 0.2
+query-block-jobs
+sleep 0.5
+query-block-jobs
+block-job-resume {"device": "m"}
+sleep 0.5
+query-block-jobs
+block-job-set-speed {"device": "m", "speed": 0}
+wait BLOCK_JOB_READY device=m
+block-job-pause {"device": "m"}
+wait JOB_STATUS_CHANGE id=m status=standby
+block-job-complete {"device": "m"}
+block-job-resume {"device": "m"}
+wait JOB_STATUS_CHANGE id=m status=null
+EOF
+    for f in blockctl qsd; do
+        QMP_OPTS=--keep-progress under_guest $f s.qmp || return 1
+        mapfile -t o < <(offsets $f)
+        [ "${#o[@]}" -eq 5 ] || { fail "$f: $(cat out.$f)"; return 1; }
+        # the speed, with slack for the time the commands take (20%) and
+        # for the unit of progress: the agent's copy window (4 MiB), the
+        # buffer qemu-storage-daemon fills at once (16 MiB)
+        burst=$((4 << 20))
+        [ $f = blockctl ] || burst=$((16 << 20))
+        [ "${o[1]}" -gt 0 ] && [ $((o[1] - o[0])) -le $((speed * 12 / 10 + burst)) ] &&
+            [ "${o[1]}" -le $((speed * 18 / 10 + burst)) ] ||
+            { fail "$f: ${o[0]} at 0.5 s, then ${o[1]} 1 s later, at $speed bytes/s"; return 1; }
+        # a pause stops the copy where it is, without a rush past the speed
+        [ "${o[2]}" -le $((speed * 2 * 12 / 10 + burst)) ] ||
+            { fail "$f: ${o[2]} when paused after 2 s at $speed bytes/s"; return 1; }
+        [ "${o[3]}" -eq "${o[2]}" ] || { fail "$f: paused, yet ${o[2]} then ${o[3]}"; return 1; }
+        [ "${o[4]}" -gt "${o[3]}" ] || { fail "$f: resumed, yet ${o[3]} then ${o[4]}"; return 1; }
+        has $f '^BLOCK_JOB_COMPLETED' && holds $f t.qcow2 && check_ok t.qcow2 || return 1
+    done
+    agree "$NORM_PROGRESS"
+}
+
+# --- 6. write-blocking and auto at 2000 writes/s
+
+# fast_mirror SERVER COPY-MODE: at 2000 writes/s, the mirror converges to
+# READY and pivots with every write
+fast_mirror() {
+    cat >s.qmp <<EOF
+drive-mirror {"device": "vda", "job-id": "m", "target": "$PWD/t.qcow2", "format": "qcow2", "sync": "full", "copy-mode": "$2"}
+wait BLOCK_JOB_READY device=m
+sleep ${FAST_SECS:-1}
+block-job-complete {"device": "m"}
+wait JOB_STATUS_CHANGE id=m status=null
+EOF
+    GUEST_RATE=2000 under_guest "$1" s.qmp || return 1
+    has "$1" '^BLOCK_JOB_COMPLETED \{"device": "m", "speed": 0, "type": "mirror"\}$' &&
+        holds "$1" t.qcow2 && check_ok t.qcow2 || return 1
+    # the guest did write fast (a slow one would prove nothing)
+    [ "$(jq .writes <w.out)" -ge 1000 ] || { fail "$1: $(cat w.out)"; return 1; }
+    echo "# $1 $2: $(cat w.out)" >&3
+    cp "out.$1" "out.$1.$2"
+}
+
+@test "write-blocking at 2000 writes/s converges to READY and pivots with every write, on both servers" {
+    fast_mirror blockctl write-blocking
+    fast_mirror qsd write-blocking
+    agree
+}
+
+@test "copy-mode auto at 2000 writes/s converges to READY and pivots with every write" {
+    fast_mirror blockctl auto
 }
