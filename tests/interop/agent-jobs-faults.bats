@@ -6,13 +6,18 @@
 # and the same outcome: cancel in every state, a qemu-nbd target (migration
 # without shared storage), that target's server killed, a full target,
 # pause/resume/set-speed, write-blocking and auto at 2000 writes/s.
-# AGENT_FULL=1: longer runs.
+# AGENT_FULL=1: longer runs at 2000 writes/s, a raw qemu-nbd target, the
+# stop policy on a full target.
 # SPDX-License-Identifier: GPL-2.0-or-later
 
 load ../helpers
 load ../copy-helpers
 load ../jobs-helpers
 bats_require_minimum_version 1.5.0
+
+# seconds a ready mirror goes on under 2000 writes/s before its pivot
+FAST_SECS=0.5
+[ -z "${AGENT_FULL:-}" ] || FAST_SECS=5
 
 setup() {
     jobs_setup
@@ -393,7 +398,7 @@ fast_mirror() {
     cat >s.qmp <<EOF
 drive-mirror {"device": "vda", "job-id": "m", "target": "$PWD/t.qcow2", "format": "qcow2", "sync": "full", "copy-mode": "$2"}
 wait BLOCK_JOB_READY device=m
-sleep ${FAST_SECS:-1}
+sleep $FAST_SECS
 block-job-complete {"device": "m"}
 wait JOB_STATUS_CHANGE id=m status=null
 EOF

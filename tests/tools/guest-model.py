@@ -131,7 +131,8 @@ def prefix(args):
     if len(img) < len(state):
         print("%s is shorter than %s" % (image, before), file=sys.stderr)
         return 1
-    img = img[:len(state)]
+    if len(img) > len(state):
+        img = img[:len(state)]
     # the last write the image holds names K: at most one write per
     # offset can be the one it shows, the newest of them bounds K
     k = 0
@@ -143,7 +144,7 @@ def prefix(args):
         if seq > k:
             break
         state[off:off + BLOCK] = block_for(seq)
-    if bytes(state) != img:
+    if state != img:
         for i in range(0, len(img), BLOCK):
             if state[i:i + BLOCK] != img[i:i + BLOCK]:
                 print("%s is no copy of the disk as of write %d: it differs at %d"
