@@ -127,13 +127,24 @@ TSAN_FLAGS = -O1 -g -fsanitize=thread
 tsan: deps test-deps
 	@$(MAKE) --no-print-directory BUILD=build-tsan CFLAGS="$(TSAN_FLAGS)" \
 	    LDFLAGS="-fsanitize=thread" build-tsan/blockctl unit
-	@TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+	@rm -rf build-tsan/reports && mkdir -p build-tsan/reports
+	@TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:log_path=$(CURDIR)/build-tsan/reports/tsan \
 	    PROG=$(CURDIR)/build-tsan/blockctl BUILD=build-tsan \
-	    ONLY='build-tsan/tests/unit/|nbdsrv|qmp|agent' tests/run.sh
+	    ONLY='build-tsan/tests/unit/|nbdsrv|qmp|agent' tests/run.sh; rc=$$?; \
+	if ls build-tsan/reports/tsan.* >/dev/null 2>&1; then \
+	    cat build-tsan/reports/tsan.*; echo "tsan: reports above (a daemonized agent's too)"; exit 1; fi; \
+	exit $$rc
 
 FUZZ_FLAGS = -O1 -g -fsanitize=fuzzer,address,undefined
 fuzz: deps
 	@scripts/fuzz.sh
+
+# The agent's long runs (AGENT_FULL=1: longer writers, more snapshots,
+# kill -9 at several moments), beside the samples make check runs
+.PHONY: agent-full
+agent-full: deps test-deps
+	@$(MAKE) --no-print-directory all unit
+	@AGENT_FULL=1 ONLY='agent-' tests/run.sh
 
 # The whole fault matrix (tests/crash/lib.bash): every point, every
 # operation; prints a table per operation and every failure

@@ -252,3 +252,88 @@ int agent_job_start(struct qmp_client *c, const char *cmd, json_object *args,
     }
     return agent_job_wait(c, w);
 }
+
+int agent_jobs_wait_end(struct qmp_client *c, char *const *ids, int n)
+{
+    int *res = xcalloc((size_t)n, sizeof(*res)), left = n, ret = 0;
+    double *gone = xcalloc((size_t)n, sizeof(*gone)), last_poll = now_s();
+    struct error *err = NULL;
+
+    for (int i = 0; i < n; i++) {
+        res[i] = -1;
+    }
+    while (left > 0) {
+        json_object *ev = qmp_client_event(c, 200), *d = NULL;
+        const char *name, *dev;
+
+        if (cmd_cancel) {
+            error_report("interrupted: the jobs go on");
+            ret = cancel_exit_status();
+            break;
+        }
+        if (ev) {
+            name = jstr(ev, "event");
+            json_object_object_get_ex(ev, "data", &d);
+            dev = jstr(d, "device");
+            for (int i = 0; i < n && name && dev; i++) {
+                if (res[i] >= 0 || strcmp(dev, ids[i])) {
+                    continue;
+                }
+                if (!strcmp(name, "BLOCK_JOB_COMPLETED")) {
+                    const char *e = jstr(d, "error");
+                    if (e) {
+                        error_report("job '%s' failed: %s", ids[i], e);
+                    }
+                    res[i] = e ? 1 : 0;
+                    left--;
+                } else if (!strcmp(name, "BLOCK_JOB_CANCELLED")) {
+                    error_report("job '%s' was cancelled", ids[i]);
+                    res[i] = 2;
+                    left--;
+                }
+            }
+            json_object_put(ev);
+            continue;
+        }
+        if (now_s() - last_poll < 0.5) {
+            continue;
+        }
+        /* no event for a while: a job gone without one was never ours */
+        last_poll = now_s();
+        for (int i = 0; i < n; i++) {
+            json_object *j;
+            if (res[i] >= 0) {
+                continue;
+            }
+            j = agent_job_find(c, ids[i], &err);
+            if (err) {
+                report(err);
+                err = NULL;
+                res[i] = 1;
+                left--;
+            } else if (j) {
+                gone[i] = 0;
+                json_object_put(j);
+            } else if (gone[i] == 0) {
+                gone[i] = now_s();
+            } else if (now_s() - gone[i] > 1.0) {
+                error_report("no job '%s' on the agent", ids[i]);
+                res[i] = 1;
+                left--;
+            }
+        }
+    }
+    for (int i = 0; i < n && !ret; i++) {
+        if (res[i] > 0) {
+            ret = res[i];
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        if (res[i] == 0) {
+            printf("'%s' pivoted\n", ids[i]);
+        }
+    }
+    free(res);
+    free(gone);
+    return ret;
+}

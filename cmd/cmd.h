@@ -103,6 +103,12 @@ struct job_wait {
  * interrupted (the job cancelled unless !cancel_on_signal).
  */
 int agent_job_wait(struct qmp_client *c, const struct job_wait *w);
+/*
+ * Wait for the end of jobs @ids (completed already: a grouped pivot),
+ * printing "'ID' pivoted" for each that completed: 0, 1 failed, 2
+ * cancelled, 130/143 interrupted (the jobs go on).
+ */
+int agent_jobs_wait_end(struct qmp_client *c, char *const *ids, int n);
 /* Run @cmd (@args taken over) that starts job @w->id, then wait if asked. */
 int agent_job_start(struct qmp_client *c, const char *cmd, json_object *args,
                     const struct job_wait *w);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cmd/cmd.h"
 
@@ -72,21 +73,135 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
 
 static const struct argp pivot_argp = {
     options, parse_opt, "DISK...",
-    "Switch each DISK onto the target of its mirror job (the job named DISK, as blockctl "
-    "mirror --agent names it), once the job is ready: block-job-complete, then wait for "
-    "the job's end.  The disks are pivoted one after the other, in the order given.\v"
+    "Switch each DISK onto the target of its mirror (or active commit) job (the job named "
+    "DISK, as blockctl mirror --agent names it), once the job is ready, then wait for the "
+    "job's end.  Several DISKs of a blockctl agent pivot together in one drain, all or "
+    "none; with another server, one after the other.\v"
     "Exit status: 0 when every DISK pivoted, 1 on error (a job not ready without --wait, "
     "or failed), 124 when --timeout passed, 64 for usage errors, 130/143 when interrupted "
     "(the jobs go on).",
     NULL, NULL, NULL,
 };
 
+/* not --wait: job @id must be ready now.  0, or 1 said. */
+static int ready_now(struct qmp_client *c, const char *id)
+{
+    struct error *err = NULL;
+    json_object *j = agent_job_find(c, id, &err), *st;
+    int ret = 0;
+
+    if (err) {
+        report(err);
+        return 1;
+    }
+    if (!j) {
+        error_report("no job '%s' on the agent (start one with blockctl mirror --agent)", id);
+        return 1;
+    }
+    json_object_object_get_ex(j, "status", &st);
+    if (strcmp(json_object_get_string(st), "ready")) {
+        error_report("job '%s' is not ready (%s); pivot --wait waits for it", id,
+                     json_object_get_string(st));
+        ret = 1;
+    }
+    json_object_put(j);
+    return ret;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* --timeout's seconds left (at least 1), or 0 for none */
+static int time_left(const struct pivot_args *a, double t0)
+{
+    int left;
+
+    if (!a->timeout) {
+        return 0;
+    }
+    left = a->timeout - (int)(now_s() - t0);
+    return left < 1 ? 1 : left;
+}
+
+/* One disk after the other: block-job-complete each once ready. */
+static int pivot_each(struct qmp_client *c, const struct pivot_args *a, double t0)
+{
+    int ret = 0;
+
+    for (int i = 0; i < a->n && !ret; i++) {
+        struct job_wait w = { .id = a->disks[i], .wait = true, .at_ready = AT_READY_PIVOT,
+                              .timeout_s = time_left(a, t0) };
+        ret = a->wait ? 0 : ready_now(c, a->disks[i]);
+        if (!ret) {
+            ret = agent_job_wait(c, &w);
+        }
+        if (ret == 0) {
+            printf("'%s' pivoted\n", a->disks[i]);
+        }
+    }
+    return ret;
+}
+
+/*
+ * A blockctl agent: all the disks in one drain, all or none (a
+ * transaction of block-job-complete actions), once every job is ready.
+ */
+static int pivot_grouped(struct qmp_client *c, const struct pivot_args *a, double t0)
+{
+    int ret = 0;
+
+    for (;;) {
+        json_object *args, *acts;
+        struct error *err = NULL;
+
+        for (int i = 0; i < a->n && !ret; i++) {
+            struct job_wait w = { .id = a->disks[i], .wait = true, .at_ready = AT_READY_WAIT,
+                                  .timeout_s = time_left(a, t0) };
+            ret = a->wait ? agent_job_wait(c, &w) : ready_now(c, a->disks[i]);
+        }
+        if (ret) {
+            return ret;
+        }
+        args = json_object_new_object();
+        acts = json_object_new_array();
+        for (int i = 0; i < a->n; i++) {
+            json_object *act = json_object_new_object(), *data = json_object_new_object();
+            json_object_object_add(data, "device", json_object_new_string(a->disks[i]));
+            json_object_object_add(act, "type", json_object_new_string("block-job-complete"));
+            json_object_object_add(act, "data", data);
+            json_object_array_add(acts, act);
+        }
+        json_object_object_add(args, "actions", acts);
+        if (qmp_client_execute(c, "transaction", args, NULL, &err) == 0) {
+            break;
+        }
+        /* a job fell behind between its READY and the pivot: wait again */
+        if (!a->wait || !strstr(err->msg, "cannot be completed")) {
+            error_report("pivot: %s (no disk was switched)", err->msg);
+            error_free(err);
+            return 1;
+        }
+        error_free(err);
+        if (a->timeout && now_s() - t0 > a->timeout) {
+            error_report("the jobs were not ready together after %d s", a->timeout);
+            return 124;
+        }
+    }
+    return agent_jobs_wait_end(c, a->disks, a->n);
+}
+
 int cmd_pivot(int argc, char **argv)
 {
     struct pivot_args a = { 0 };
     struct error *err = NULL;
     struct qmp_client *c;
-    int ret = 0;
+    double t0 = now_s();
+    int ret;
 
     argp_parse(&pivot_argp, argc, argv, 0, NULL, &a);
     cancel_install();
@@ -96,37 +211,7 @@ int cmd_pivot(int argc, char **argv)
         free(a.disks);
         return 1;
     }
-    for (int i = 0; i < a.n && !ret; i++) {
-        struct job_wait w = { .id = a.disks[i], .wait = true, .at_ready = AT_READY_PIVOT,
-                              .cancel_on_signal = false, .timeout_s = a.timeout };
-        if (!a.wait) {
-            json_object *j = agent_job_find(c, a.disks[i], &err), *st;
-            if (err) {
-                report(err);
-                ret = 1;
-                break;
-            }
-            if (!j) {
-                error_report("no job '%s' on the agent (start one with blockctl mirror "
-                             "--agent)", a.disks[i]);
-                ret = 1;
-                break;
-            }
-            json_object_object_get_ex(j, "status", &st);
-            if (strcmp(json_object_get_string(st), "ready")) {
-                error_report("job '%s' is not ready (%s); pivot --wait waits for it",
-                             a.disks[i], json_object_get_string(st));
-                json_object_put(j);
-                ret = 1;
-                break;
-            }
-            json_object_put(j);
-        }
-        ret = agent_job_wait(c, &w);
-        if (ret == 0) {
-            printf("'%s' pivoted\n", a.disks[i]);
-        }
-    }
+    ret = a.n > 1 && remote_is_blockctl(c) ? pivot_grouped(c, &a, t0) : pivot_each(c, &a, t0);
     qmp_client_close(c);
     free(a.disks);
     return ret;

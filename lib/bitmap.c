@@ -271,6 +271,19 @@ bool bitmap_next_dirty(struct dirty_bitmap *bm, uint64_t start, uint64_t max_len
     return true;
 }
 
+/* Two bitmaps' locks, always in the same order (their addresses): no
+ * thread holds one while waiting for the other in the opposite order. */
+static void lock_two(struct dirty_bitmap *a, struct dirty_bitmap *b)
+{
+    if ((uintptr_t)a > (uintptr_t)b) {
+        struct dirty_bitmap *t = a;
+        a = b;
+        b = t;
+    }
+    pthread_mutex_lock(&a->lock);
+    pthread_mutex_lock(&b->lock);
+}
+
 void bitmap_merge(struct dirty_bitmap *dst, struct dirty_bitmap *src)
 {
     uint64_t pos = 0, off, len;
@@ -279,8 +292,7 @@ void bitmap_merge(struct dirty_bitmap *dst, struct dirty_bitmap *src)
         return;
     }
     if (dst->gran_bits == src->gran_bits && dst->nbits >= src->nbits) {
-        pthread_mutex_lock(&src->lock);
-        pthread_mutex_lock(&dst->lock);
+        lock_two(src, dst);
         for (uint64_t w = 0; w < src->nwords; w++) {
             uint64_t old = dst->l0[w], nw = old | src->l0[w];
             if (nw != old) {
@@ -363,8 +375,7 @@ void bitmap_assign(struct dirty_bitmap *dst, struct dirty_bitmap *src)
     if (dst == src) {
         return;
     }
-    pthread_mutex_lock(&src->lock);
-    pthread_mutex_lock(&dst->lock);
+    lock_two(src, dst);
     memcpy(dst->l0, src->l0, src->nwords * sizeof(uint64_t));
     memcpy(dst->l1, src->l1, n1 * sizeof(uint64_t));
     memcpy(dst->l2, src->l2, DIV_ROUND_UP(n1, WORD_BITS) * sizeof(uint64_t));

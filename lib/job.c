@@ -230,6 +230,7 @@ static void job_free_ex(struct job *job, bool driver_part)
     pthread_mutex_destroy(&job->lock);
     pthread_cond_destroy(&job->cond);
     free(job->error);
+    free(job->run_error);
     free(job->device);
     free(job->id);
     free(job);
@@ -303,6 +304,12 @@ static void on_finished(void *opaque)
     pthread_join(job->thread, NULL);
     job->thread_started = false;
     job->finished = true;
+    job->ret = job->run_ret;
+    if (job->run_error) {
+        free(job->error);
+        job->error = job->run_error;
+        job->run_error = NULL;
+    }
     pthread_mutex_lock(&job->lock);
     if (job->ret == 0 && job->cancelled && job->force_cancel) {
         job->ret = -ECANCELED;
@@ -332,10 +339,14 @@ static void *job_thread(void *opaque)
     int ret = job->drv->run(job, &err);
 
     if (ret < 0 && ret != -ECANCELED) {
-        job->error = xstrdup(err ? err->msg : strerror(-ret));
+        job->run_error = xstrdup(err ? err->msg : strerror(-ret));
     }
     error_free(err);
-    job->ret = ret;     /* read by on_finished after the join */
+    job->run_ret = ret;     /* read by on_finished after the join */
+    pthread_mutex_lock(&job->lock);
+    job->worker_done = true;
+    pthread_cond_broadcast(&job->cond);
+    pthread_mutex_unlock(&job->lock);
     loop_call(job->list->loop, on_finished, job);
     return NULL;
 }
@@ -407,9 +418,26 @@ bool job_pause_point(struct job *job)
         request_status(job, ready ? JOB_STATUS_STANDBY : JOB_STATUS_PAUSED,
                        ready ? JOB_STATUS_READY : JOB_STATUS_RUNNING);
     }
+    while (job->quiesce_count > 0 && !job->cancelled) {
+        /* the control thread works on the job's state meanwhile: no event */
+        job->quiesced = true;
+        pthread_cond_broadcast(&job->cond);
+        pthread_cond_wait(&job->cond, &job->lock);
+    }
+    job->quiesced = false;
     c = job->cancelled;
     pthread_mutex_unlock(&job->lock);
     return c;
+}
+
+bool job_should_yield(struct job *job)
+{
+    bool r;
+
+    pthread_mutex_lock(&job->lock);
+    r = job->cancelled || job->pause_count > 0 || job->quiesce_count > 0;
+    pthread_mutex_unlock(&job->lock);
+    return r;
 }
 
 void job_sleep_ns(struct job *job, uint64_t ns)
@@ -425,7 +453,7 @@ void job_sleep_ns(struct job *job, uint64_t ns)
     }
     pthread_mutex_lock(&job->lock);
     job->busy = false;
-    if (!job->cancelled && !job->pause_count) {
+    if (!job->cancelled && !job->pause_count && !job->quiesce_count) {
         pthread_cond_timedwait(&job->cond, &job->lock, &ts);
     }
     job->busy = true;
@@ -592,8 +620,8 @@ int job_user_cancel(struct job *job, bool force, struct error **errp)
     if (ret < 0) {
         return ret;
     }
-    /* a job not yet ready has nothing to finish early: cancelling it is forced */
-    if (!job->ready_sent) {
+    /* a job not ready has nothing to finish early: cancelling it is forced */
+    if (job->status != JOB_STATUS_READY && job->status != JOB_STATUS_STANDBY) {
         force = true;
     }
     pthread_mutex_lock(&job->lock);
@@ -614,7 +642,7 @@ int job_user_cancel(struct job *job, bool force, struct error **errp)
     return 0;
 }
 
-int job_complete(struct job *job, struct error **errp)
+int job_can_complete(struct job *job, struct error **errp)
 {
     int ret = apply_verb(job, JOB_VERB_COMPLETE, errp);
 
@@ -625,7 +653,47 @@ int job_complete(struct job *job, struct error **errp)
         error_setg(errp, "The active block job '%s' cannot be completed", job->id);
         return -EINVAL;
     }
-    return job->drv->complete(job, errp);
+    return 0;
+}
+
+int job_complete(struct job *job, struct error **errp)
+{
+    int ret = job_can_complete(job, errp);
+
+    return ret < 0 ? ret : job->drv->complete(job, errp);
+}
+
+bool job_quiesce(struct job *job)
+{
+    bool parked;
+
+    pthread_mutex_lock(&job->lock);
+    job->quiesce_count++;
+    pthread_cond_broadcast(&job->cond);
+    while (!job->quiesced && !job->paused && !job->worker_done) {
+        pthread_cond_wait(&job->cond, &job->lock);
+    }
+    parked = !job->worker_done;
+    pthread_mutex_unlock(&job->lock);
+    return parked;
+}
+
+void job_unquiesce(struct job *job)
+{
+    pthread_mutex_lock(&job->lock);
+    job->quiesce_count--;
+    pthread_cond_broadcast(&job->cond);
+    pthread_mutex_unlock(&job->lock);
+}
+
+bool job_is_ready(struct job *job)
+{
+    bool r;
+
+    pthread_mutex_lock(&job->lock);
+    r = job->ready_sent && !job->cancelled && !job->worker_done;
+    pthread_mutex_unlock(&job->lock);
+    return r;
 }
 
 int job_finalize(struct job *job, struct error **errp)
@@ -695,14 +763,16 @@ json_object *job_block_info(struct job *job)
 {
     json_object *o = block_event_data(job);
     bool paused;
+    int io;
 
     pthread_mutex_lock(&job->lock);
     paused = job->pause_count > 0;
+    io = job->io_status;
     json_object_object_add(o, "busy", json_object_new_boolean(job->busy));
     pthread_mutex_unlock(&job->lock);
     json_object_object_add(o, "paused", json_object_new_boolean(paused));
     json_object_object_add(o, "io-status", json_object_new_string(
-        job->io_status == ENOSPC ? "nospace" : job->io_status ? "failed" : "ok"));
+        io == ENOSPC ? "nospace" : io ? "failed" : "ok"));
     json_object_object_add(o, "ready", json_object_new_boolean(
         job->status == JOB_STATUS_READY || job->status == JOB_STATUS_STANDBY));
     json_object_object_add(o, "status", json_object_new_string(job_status_name(job->status)));

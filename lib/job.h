@@ -126,6 +126,9 @@ struct job {
     bool force_cancel;
     bool busy;
     bool user_paused;
+    unsigned quiesce_count;    /* job_quiesce(): the worker parks, no event */
+    bool quiesced;             /* the worker is parked for that */
+    bool worker_done;          /* run() returned */
 
     uint64_t progress_current; /* atomics */
     uint64_t progress_total;
@@ -134,6 +137,8 @@ struct job {
 
     pthread_t thread;
     bool thread_started;
+    int run_ret;               /* the worker's result, read after the join */
+    char *run_error;
 };
 
 void job_list_init(struct job_list *jl, struct loop *loop,
@@ -166,11 +171,24 @@ int job_user_resume(struct job *job, struct error **errp);
 int job_set_speed(struct job *job, int64_t speed, struct error **errp);
 int job_user_cancel(struct job *job, bool force, struct error **errp);
 int job_complete(struct job *job, struct error **errp);
+/* Would block-job-complete be accepted now?  0, or -errno with QEMU's message. */
+int job_can_complete(struct job *job, struct error **errp);
+/*
+ * Control thread: park the worker at its next pause point without a
+ * status change (a grouped pivot works on the job's state meanwhile).
+ * False if the worker has ended instead.  Undo with job_unquiesce().
+ */
+bool job_quiesce(struct job *job);
+void job_unquiesce(struct job *job);
+/* Any thread: ready, and neither cancelled nor ended. */
+bool job_is_ready(struct job *job);
 int job_finalize(struct job *job, struct error **errp);
 int job_dismiss(struct job *job, struct error **errp);
 
 /* Worker: stop here while paused; true once the job is cancelled. */
 bool job_pause_point(struct job *job);
+/* Worker: should it reach a pause point soon (cancel, pause, quiesce)? */
+bool job_should_yield(struct job *job);
 /* Worker: sleep up to @ns nanoseconds (shorter if cancelled or paused). */
 void job_sleep_ns(struct job *job, uint64_t ns);
 bool job_is_cancelled(struct job *job);

@@ -70,7 +70,7 @@ void remote_disk_free(struct remote_disk *d)
     memset(d, 0, sizeof(*d));
 }
 
-static bool is_blockctl(struct qmp_client *c)
+bool remote_is_blockctl(struct qmp_client *c)
 {
     json_object *v = NULL;
     const char *pkg;
@@ -144,7 +144,7 @@ int remote_find_disk(struct qmp_client *c, const char *name, struct remote_disk 
 
     memset(out, 0, sizeof(*out));
     out->name = xstrdup(name);
-    out->blockctl = is_blockctl(c);
+    out->blockctl = remote_is_blockctl(c);
     if (qmp_client_execute(c, "query-block", NULL, &blocks, errp) < 0) {
         free(names);
         return -EIO;

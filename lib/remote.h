@@ -30,6 +30,8 @@ struct qmp_client *remote_connect(const char *path, struct error **errp);
 /* The socket path to use: @path or $BLOCKCTL_AGENT, or NULL. */
 const char *remote_path(const char *path);
 
+/* Is the server blockctl's agent (query-version's package)? */
+bool remote_is_blockctl(struct qmp_client *c);
 int remote_find_disk(struct qmp_client *c, const char *name, struct remote_disk *out,
                      struct error **errp);
 void remote_disk_free(struct remote_disk *d);

@@ -34,7 +34,7 @@ void agent_log(struct agent *a, const char *fmt, ...)
         return;
     }
     va_end(ap);
-    if (a && a->cfg.use_syslog && a->ready) {
+    if (a && a->cfg.use_syslog && __atomic_load_n(&a->ready, __ATOMIC_ACQUIRE)) {
         syslog(LOG_INFO, "%s", msg);
     } else {
         struct timespec ts;
@@ -433,7 +433,7 @@ int agent_run(const struct agent_config *cfg, void (*ready)(void *opaque), void 
     if (ready) {
         ready(opaque);
     }
-    a->ready = true;
+    __atomic_store_n(&a->ready, true, __ATOMIC_RELEASE);
     loop_run(a->loop);
     a->quitting = true;
     if (agent_jobs_shutdown(a)) {

@@ -77,7 +77,7 @@ struct agent {
     struct job_list jobs;        /* qmp-job.c */
     int sigfd;
     bool quitting;
-    bool ready;                  /* started: with use_syslog, log there from now on */
+    bool ready;                  /* started: with use_syslog, log there from now on (atomic: pool threads log) */
 };
 
 /* Run the agent until SIGTERM, SIGINT or QMP quit; returns the exit status. */
@@ -124,6 +124,9 @@ void agent_jobs_init(struct agent *a);
 /* Shutdown: cancel the jobs; true if some are still ending (the main loop
  * then runs until they have, and quits). */
 bool agent_jobs_shutdown(struct agent *a);
+/* Grouped pivot of mirror / active commit jobs: all or none (qmp-mirror.c). */
+int agent_jobs_complete_group(struct agent *a, struct job **jobs, size_t n,
+                              struct error **errp);
 /* A disk with a job refuses graph changes: 0, or -EBUSY with QEMU's
  * "Node 'NODE' is busy" error. */
 int agent_disk_check_busy(struct agent *a, struct agent_disk *d, const char *node,

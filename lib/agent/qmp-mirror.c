@@ -51,6 +51,7 @@ struct mirror_job {
     bool notifier_on;
     bool bulk_done;              /* write-blocking applies from then on */
     bool complete;               /* block-job-complete asked for the pivot */
+    bool switched;               /* the disk uses the target (a grouped pivot did it) */
     /*
      * An active commit: the target is @src's own backing image @base,
      * reopened read-write for the job; what lies above it is copied down
@@ -240,7 +241,7 @@ static int copy_dirty(struct mirror_job *m, struct job *job, struct error **errp
             if (speed) {
                 /* the speed limit, in slices: set-speed and the watch act at once */
                 double until = mono_now() + (double)len / (double)speed;
-                while (mono_now() < until && !job_is_cancelled(job) &&
+                while (mono_now() < until && !job_should_yield(job) &&
                        job_speed(job) == speed) {
                     job_sleep_ns(job, 100 * 1000 * 1000);
                     watch_progress(m, job);
@@ -350,10 +351,68 @@ static void notifier_off(struct mirror_job *m)
     }
 }
 
+/* Drained: copy what is still dirty (little: the job was ready), flush the target. */
+static int mirror_catch_up(struct mirror_job *m, struct error **errp)
+{
+    int ret = copy_dirty(m, NULL, errp);
+
+    if (ret == 0) {
+        ret = bdev_flush(m->target);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "cannot flush '%s'", m->target_name);
+        }
+    }
+    return ret;
+}
+
+/* Drained, caught up: the disk's top becomes the target. */
+static void mirror_switch(struct mirror_job *m)
+{
+    struct error *err = NULL;
+    struct bdev *old;
+
+    notifier_off(m);
+    if (m->commit || m->target->backing) {
+        /* the base keeps its own backing file; a new target has its own */
+    } else if (m->sync == SYNC_TOP) {
+        bdev_set_backing(m->target, m->src->backing);
+    } else if (m->sync == SYNC_NONE) {
+        bdev_set_backing(m->target, m->src);
+    }
+    if (bdev_bitmaps_follow(m->src, m->target, &err) < 0) {
+        agent_log(m->a, "disk %s: the bitmaps stay on %s: %s", m->d->name, m->src->filename,
+                  err->msg);
+        error_free(err);
+    }
+    if (!m->target->node_name) {
+        m->target->node_name = agent_new_node_name(m->a, m->d);
+    }
+    old = blk_replace_root(m->d->blk, m->target);
+    m->target = NULL;       /* the disk's now */
+    bdev_unref(old);
+    m->switched = true;
+}
+
+static void log_end(struct mirror_job *m, bool pivot)
+{
+    agent_log(m->a, "disk %s: %s %s %s", m->d->name, m->commit ? "commit into" : "mirror to",
+              m->target_name, pivot ? "complete: the disk now uses it" : "finished (no pivot)");
+}
+
+static void save_state(struct agent *a)
+{
+    struct error *err = NULL;
+
+    if (agent_state_save(a, &err) < 0) {
+        agent_log(a, "%s", err->msg);
+        error_free(err);
+    }
+}
+
 /*
- * The end of a successful run, disk drained: copy what is left (little:
- * the job was ready), flush the target, then pivot (complete) or leave
- * the target as a copy of this moment (cancel once ready).
+ * The end of a successful run, disk drained: copy what is left, flush the
+ * target, then pivot (complete) or leave the target as a copy of this
+ * moment (cancel once ready).  A grouped pivot may have switched already.
  */
 static int mirror_prepare(struct job *job, struct error **errp)
 {
@@ -361,50 +420,98 @@ static int mirror_prepare(struct job *job, struct error **errp)
     bool pivot = !job_is_cancelled(job);
     int ret;
 
-    blk_drain_begin(m->d->blk);
-    ret = copy_dirty(m, NULL, errp);
-    if (ret == 0) {
-        ret = bdev_flush(m->target);
-        if (ret < 0) {
-            error_setg_errno(errp, -ret, "cannot flush '%s'", m->target_name);
-        }
+    if (m->switched) {
+        return 0;
     }
+    blk_drain_begin(m->d->blk);
+    ret = mirror_catch_up(m, errp);
     if (ret == 0) {
         notifier_off(m);
-    }
-    if (ret == 0 && pivot) {
-        struct bdev *old;
-        if (m->commit || m->target->backing) {
-            /* the base keeps its own backing file; a new target has its own */
-        } else if (m->sync == SYNC_TOP) {
-            bdev_set_backing(m->target, m->src->backing);
-        } else if (m->sync == SYNC_NONE) {
-            bdev_set_backing(m->target, m->src);
+        if (pivot) {
+            mirror_switch(m);
         }
-        {
-            struct error *err = NULL;
-            if (bdev_bitmaps_follow(m->src, m->target, &err) < 0) {
-                agent_log(m->a, "disk %s: the bitmaps stay on %s: %s", m->d->name,
-                          m->src->filename, err->msg);
-                error_free(err);
-            }
-        }
-        if (!m->target->node_name) {
-            m->target->node_name = agent_new_node_name(m->a, m->d);
-        }
-        old = blk_replace_root(m->d->blk, m->target);
-        m->target = NULL;       /* the disk's now */
-        bdev_unref(old);
     }
     blk_drain_end(m->d->blk);
     if (ret == 0) {
-        struct error *err = NULL;
-        agent_log(m->a, "disk %s: %s %s %s", m->d->name, m->commit ? "commit into" : "mirror to",
-                  m->target_name, pivot ? "complete: the disk now uses it" : "finished (no pivot)");
-        if (pivot && agent_state_save(m->a, &err) < 0) {
-            agent_log(m->a, "%s", err->msg);
-            error_free(err);
+        log_end(m, pivot);
+        if (pivot) {
+            save_state(m->a);
         }
+    }
+    return ret;
+}
+
+static bool is_mirror(struct job *job);
+
+/*
+ * Grouped pivot: every job ready, their workers parked, all the disks
+ * drained at once; each target caught up and flushed, and only if all
+ * succeed, every disk switched; then the jobs end as after
+ * block-job-complete.  On failure no disk has moved and the jobs go on.
+ */
+int agent_jobs_complete_group(struct agent *a, struct job **jobs, size_t n, struct error **errp)
+{
+    size_t parked = 0, i;
+    int ret = 0;
+
+    for (i = 0; i < n && ret == 0; i++) {
+        for (size_t k = 0; k < i; k++) {
+            if (jobs[k] == jobs[i]) {
+                error_setg(errp, "Job '%s' is named twice", jobs[i]->id);
+                return -EINVAL;
+            }
+        }
+        ret = job_can_complete(jobs[i], errp);
+        if (ret == 0 && (!is_mirror(jobs[i]) ||
+                         __atomic_load_n(&((struct mirror_job *)jobs[i]->opaque)->complete,
+                                         __ATOMIC_ACQUIRE))) {
+            error_setg(errp, "The active block job '%s' cannot be completed", jobs[i]->id);
+            ret = -EINVAL;
+        }
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    for (parked = 0; parked < n; parked++) {
+        if (!job_quiesce(jobs[parked]) || !job_is_ready(jobs[parked])) {
+            error_setg(errp, "The active block job '%s' cannot be completed (no longer ready)",
+                       jobs[parked]->id);
+            job_unquiesce(jobs[parked]);
+            ret = -EAGAIN;
+            break;
+        }
+    }
+    /* what the guests dirtied lately, while they still run: the drain is short */
+    for (i = 0; i < parked && ret == 0; i++) {
+        struct mirror_job *m = jobs[i]->opaque;
+        ret = copy_dirty(m, NULL, errp);
+    }
+    if (ret == 0) {
+        for (i = 0; i < n; i++) {
+            struct mirror_job *m = jobs[i]->opaque;
+            blk_drain_begin(m->d->blk);
+        }
+        for (i = 0; i < n && ret == 0; i++) {
+            ret = mirror_catch_up(jobs[i]->opaque, errp);
+        }
+        for (i = 0; i < n && ret == 0; i++) {
+            struct mirror_job *m = jobs[i]->opaque;
+            mirror_switch(m);
+            __atomic_store_n(&m->complete, true, __ATOMIC_RELEASE);
+        }
+        for (i = n; i-- > 0;) {
+            struct mirror_job *m = jobs[i]->opaque;
+            blk_drain_end(m->d->blk);
+        }
+    }
+    if (ret == 0) {
+        for (i = 0; i < n; i++) {
+            log_end(jobs[i]->opaque, true);
+        }
+        save_state(a);
+    }
+    for (i = 0; i < parked; i++) {
+        job_unquiesce(jobs[i]);
     }
     return ret;
 }
@@ -475,6 +582,11 @@ static const struct job_driver active_commit_driver = {
     .free = mirror_free,
     .query = mirror_query,
 };
+
+static bool is_mirror(struct job *job)
+{
+    return job->drv == &mirror_driver || job->drv == &active_commit_driver;
+}
 
 /* --- an intermediate commit: copy TOP down into BASE, then drop what
  * lies between (the image above TOP is relinked onto BASE) --- */

@@ -501,8 +501,58 @@ static const char *const txn_types[] = {
     "abort", "block-dirty-bitmap-add", "block-dirty-bitmap-remove", "block-dirty-bitmap-clear",
     "block-dirty-bitmap-enable", "block-dirty-bitmap-disable", "block-dirty-bitmap-merge",
     "blockdev-backup", "blockdev-snapshot", "blockdev-snapshot-internal-sync",
-    "blockdev-snapshot-sync", "drive-backup", NULL,
+    "blockdev-snapshot-sync", "drive-backup",
+    "block-job-complete",       /* blockctl's: a grouped pivot */
+    NULL,
 };
+
+/*
+ * Actions block-job-complete (blockctl's own): the mirror and active
+ * commit jobs they name pivot together, in one drain, all or none.  They
+ * make up the whole transaction.
+ */
+static int grouped_pivot(struct agent *a, json_object *list, struct error **errp)
+{
+    size_t n = json_object_array_length(list);
+    struct job **jobs = xcalloc(n + 1, sizeof(*jobs));
+    int r = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        json_object *act = json_object_array_get_idx(list, i), *data = NULL;
+        const char *dev;
+
+        if (strcmp(txn_str(act, "type"), "block-job-complete")) {
+            error_setg(errp, "Action '%s' cannot be in a transaction with block-job-complete",
+                       txn_str(act, "type"));
+            r = -EINVAL;
+            break;
+        }
+        json_object_object_get_ex(act, "data", &data);
+        dev = txn_str(data, "device");
+        jobs[i] = job_find(&a->jobs, dev);
+        if (!jobs[i]) {
+            error_setg(errp, "Block job '%s' not found", dev);
+            error_set_class(errp, QMP_ERR_DEVICE_NOT_ACTIVE);
+            r = -ENOENT;
+            break;
+        }
+    }
+    if (r == 0) {
+        r = agent_jobs_complete_group(a, jobs, n, errp);
+    }
+    free(jobs);
+    return r;
+}
+
+static bool has_pivot(json_object *list)
+{
+    for (size_t i = 0; i < json_object_array_length(list); i++) {
+        if (!strcmp(txn_str(json_object_array_get_idx(list, i), "type"), "block-job-complete")) {
+            return true;
+        }
+    }
+    return false;
+}
 
 static int qmp_transaction(json_object *args, json_object **ret, void *opaque,
                            struct error **errp)
@@ -522,6 +572,9 @@ static int qmp_transaction(json_object *args, json_object **ret, void *opaque,
         if (cm && !strcmp(cm, "individual")) {
             cm = NULL;
         }
+    }
+    if (has_pivot(list)) {
+        return grouped_pivot(a, list, errp);
     }
     n = json_object_array_length(list);
     acts = xcalloc(n + 1, sizeof(*acts));
@@ -584,6 +637,11 @@ TXN_DATA(bitmap_name_data, txn_bitmap_name_args);
 TXN_DATA(bitmap_merge_data, txn_bitmap_merge_args);
 TXN_DATA(snapshot_data, snapshot_args);
 TXN_DATA(other_data, NULL);
+static const struct qmp_arg job_complete_members[] = {
+    { "device", QMP_STR, false, NULL },
+    { NULL, 0, false, NULL },
+};
+TXN_DATA(job_complete_data, job_complete_members);
 
 static const struct qmp_variant action_variants[] = {
     { "abort", abort_data },
@@ -598,6 +656,7 @@ static const struct qmp_variant action_variants[] = {
     { "blockdev-snapshot-internal-sync", other_data },
     { "blockdev-snapshot-sync", snapshot_data },
     { "drive-backup", other_data },
+    { "block-job-complete", job_complete_data },
     { NULL, NULL },
 };
 

@@ -346,3 +346,82 @@ EOF2
     grep -q '"copy-mode": "write-blocking"' s.out || fail "$(cat s.out)"
     ! grep -q '! timed out' s.out || fail "$(cat s.out)"
 }
+
+# two disks, vda (the chain) and vdb, each with a guest writer (W1, W2)
+two_disks_up() {
+    mkchain && qemu-img create -q -f qcow2 b.qcow2 64M && qio b.qcow2 'write -P 7 0 16M' &&
+        qemu-img convert -O raw b.qcow2 b-before.raw || return 1
+    S=$(sock_path qmp)
+    local nbd
+    nbd=$(sock_path nbd)
+    echo "$BATS_TEST_TMPDIR/server.pid" >>"$BATS_TEST_TMPDIR/.servers"
+    "$PROG" agent --qmp "$S" --nbd "unix:$nbd" --disk vda=top.qcow2 --disk vdb=b.qcow2 \
+        --state state.json --daemonize --pidfile "$BATS_TEST_TMPDIR/server.pid" 3>&- ||
+        { fail "the agent did not start"; return 1; }
+    bg_start w1.out w1.err "$PY" "$TOOLS/guest-model.py" write "nbd+unix:///vda?socket=$nbd" \
+        m1.json --rate 300 --seconds 60 --stop-file stop --span $((48 << 20))
+    W1=$BG_PID
+    bg_start w2.out w2.err "$PY" "$TOOLS/guest-model.py" write "nbd+unix:///vdb?socket=$nbd" \
+        m2.json --rate 300 --seconds 60 --stop-file stop --span $((48 << 20))
+    W2=$BG_PID
+    sleep 0.5
+}
+
+# the writers stop; every acknowledged write of vda is in $1, of vdb in $2
+two_disks_check() {
+    touch stop
+    bg_wait "$W1" 30
+    [ "$BG_STATUS" -eq 0 ] || { fail "writer 1: $(cat w1.out w1.err)"; return 1; }
+    bg_wait "$W2" 30
+    [ "$BG_STATUS" -eq 0 ] || { fail "writer 2: $(cat w2.out w2.err)"; return 1; }
+    stop_server
+    "$PY" "$TOOLS/guest-model.py" expect before.raw m1.json e1.raw &&
+        "$PY" "$TOOLS/guest-model.py" expect b-before.raw m2.json e2.raw || return 1
+    qemu-img compare -q e1.raw "$1" || { fail "vda: $1 lost an acknowledged write"; return 1; }
+    qemu-img compare -q e2.raw "$2" || { fail "vdb: $2 lost an acknowledged write"; return 1; }
+    check_ok "$1" "$2"
+}
+
+@test "grouped pivot: two disks switch in one transaction of block-job-complete actions, all or none" {
+    two_disks_up || return 1
+    script >s.out <<EOF2 || fail "$(cat s.out)"
+drive-mirror {"device": "vda", "job-id": "m1", "target": "$PWD/t1.qcow2", "format": "qcow2", "sync": "full"}
+drive-mirror {"device": "vdb", "job-id": "m2", "target": "$PWD/t2.qcow2", "format": "qcow2", "sync": "full", "speed": 1048576}
+wait BLOCK_JOB_READY device=m1
+transaction {"actions": [{"type": "block-job-complete", "data": {"device": "m1"}}, {"type": "block-job-complete", "data": {"device": "m2"}}]}
+transaction {"actions": [{"type": "block-job-complete", "data": {"device": "m1"}}, {"type": "block-dirty-bitmap-add", "data": {"node": "vda", "name": "b"}}]}
+transaction {"actions": [{"type": "block-job-complete", "data": {"device": "m1"}}, {"type": "block-job-complete", "data": {"device": "nojob"}}]}
+transaction {"actions": [{"type": "block-job-complete", "data": {"device": "m1"}}, {"type": "block-job-complete", "data": {"device": "m1"}}]}
+query-block-jobs
+block-job-set-speed {"device": "m2", "speed": 0}
+wait BLOCK_JOB_READY device=m2
+transaction {"actions": [{"type": "block-job-complete", "data": {"device": "m1"}}, {"type": "block-job-complete", "data": {"device": "m2"}}]}
+wait JOB_STATUS_CHANGE id=m1 status=null
+wait JOB_STATUS_CHANGE id=m2 status=null
+query-block
+EOF2
+    # m2 not ready yet: refused, and nothing moved
+    grep -q "Job 'm2' in state 'running' cannot accept command verb 'complete'" s.out || fail "$(cat s.out)"
+    grep -q "cannot be in a transaction with block-job-complete" s.out || fail "$(cat s.out)"
+    grep -q "Block job 'nojob' not found" s.out || fail "$(cat s.out)"
+    grep -q "Job 'm1' is named twice" s.out || fail "$(cat s.out)"
+    [ "$(grep -c '^BLOCK_JOB_COMPLETED' s.out)" -eq 2 ] || fail "$(cat s.out)"
+    # both disks on their targets, in the graph and the state file
+    grep -q "t1.qcow2" state.json && grep -q "t2.qcow2" state.json || fail "$(cat state.json)"
+    two_disks_check t1.qcow2 t2.qcow2
+}
+
+@test "pivot vda vdb: the CLI pivots two disks of an agent together; one not ready: neither moves" {
+    two_disks_up || return 1
+    "$PROG" mirror --agent "$S" vda "$PWD/t1.qcow2" -O qcow2
+    "$PROG" mirror --agent "$S" vdb "$PWD/t2.qcow2" -O qcow2 --bandwidth 1M
+    "$PROG" job --agent "$S" wait vda
+    run "$PROG" pivot --agent "$S" vda vdb
+    [ "$status" -eq 1 ] || fail "$status: $output"
+    [[ "$output" == *"job 'vdb' is not ready"* ]] || fail "$output"
+    "$PROG" job --agent "$S" set-speed vdb 0
+    run timeout 60 "$PROG" pivot --agent "$S" --wait --timeout 50 vda vdb
+    [ "$status" -eq 0 ] || fail "$status: $output"
+    [[ "$output" == *"'vda' pivoted"*"'vdb' pivoted"* ]] || fail "$output"
+    two_disks_check t1.qcow2 t2.qcow2
+}
