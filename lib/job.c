@@ -518,6 +518,13 @@ void job_progress_add_total(struct job *job, uint64_t more)
     __atomic_add_fetch(&job->progress_total, more, __ATOMIC_RELAXED);
 }
 
+void job_progress_set_remaining(struct job *job, uint64_t remaining)
+{
+    __atomic_store_n(&job->progress_total, __atomic_load_n(&job->progress_current,
+                                                           __ATOMIC_RELAXED) + remaining,
+                     __ATOMIC_RELAXED);
+}
+
 bool job_cancel_forced(struct job *job)
 {
     bool f;

@@ -237,6 +237,7 @@ static int copy_dirty(struct mirror_job *m, struct job *job, struct error **errp
         if (job) {
             uint64_t speed = job_speed(job);
             job_progress_add(job, len);
+            job_progress_set_remaining(job, bitmap_dirty_bytes(m->dirty));
             m->win_copied += len;
             if (speed) {
                 /* the speed limit, in slices: set-speed and the watch act at once */
@@ -318,7 +319,7 @@ static int mirror_run(struct job *job, struct error **errp)
             job_sleep_ns(job, 5 * 1000 * 1000);
             continue;
         }
-        job_progress_add_total(job, left);
+        job_progress_set_remaining(job, left);
         ret = copy_dirty(m, job, errp);
         if (ret == -ECANCELED) {
             continue;           /* the pause point above decides */
