@@ -385,6 +385,10 @@ EOF
             { fail "$f: ${o[2]} when paused after 2 s at $speed bytes/s"; return 1; }
         [ "${o[3]}" -eq "${o[2]}" ] || { fail "$f: paused, yet ${o[2]} then ${o[3]}"; return 1; }
         [ "${o[4]}" -gt "${o[3]}" ] || { fail "$f: resumed, yet ${o[3]} then ${o[4]}"; return 1; }
+        # the offset never passes len (done plus what is left)
+        [ "$(grep -E '^BLOCK_JOB_(READY|COMPLETED) ' out.$f | cut -d ' ' -f 2- |
+            jq -s 'map(select(.offset > .len)) | length')" -eq 0 ] ||
+            { fail "$f: offset past len: $(grep '^BLOCK_JOB' out.$f)"; return 1; }
         has $f '^BLOCK_JOB_COMPLETED' && holds $f t.qcow2 && check_ok t.qcow2 || return 1
     done
     agree "$NORM_PROGRESS"
