@@ -24,6 +24,10 @@ struct engine {
     int ret;                /* first error */
     struct bdev *err_bd;    /* image that failed */
     const char *err_what;
+    /* the window each worker works on (UINT64_MAX: none): where a copy
+     * that stopped can start again */
+    uint64_t *active;
+    unsigned nactive;
 
     /*
      * A range of the target known to read zero (from its block status).
@@ -102,8 +106,13 @@ static void rate_limit(struct engine *e, uint64_t n)
     }
     pthread_mutex_unlock(&e->rl_lock);
     while (wait > 0 && !cancelled(e)) {
-        double step = MIN(wait, 0.1);
+        double step = MIN(wait, 0.1), t0 = now_s();
         if (e->p->job) {
+            /* a pause stops here (the time paused counts), not after a
+             * rush past the limit (no section is held unless live) */
+            if (!e->p->live && job_pause_point(e->p->job)) {
+                break;
+            }
             job_sleep_ns(e->p->job, (uint64_t)(step * 1e9));
             if (job_speed(e->p->job) != bw) {
                 break;      /* set-speed: the next request counts at the new rate */
@@ -112,7 +121,7 @@ static void rate_limit(struct engine *e, uint64_t n)
             struct timespec ts = { (time_t)step, (long)((step - (double)(time_t)step) * 1e9) };
             nanosleep(&ts, NULL);
         }
-        wait -= step;
+        wait -= MAX(step, now_s() - t0);
     }
 }
 
@@ -502,16 +511,23 @@ static void *worker(void *opaque)
 {
     struct engine *e = opaque;
     uint8_t *buf = xmemalign(4096, e->window);
-    uint64_t ws, we;
+    uint64_t ws, we, *slot;
 
+    pthread_mutex_lock(&e->lock);
+    slot = &e->active[e->nactive++];
+    pthread_mutex_unlock(&e->lock);
     while (next_window(e, &ws, &we)) {
-        int ret = e->p->mode == COPY_BITMAP ? do_window_bitmap(e, buf, ws, we)
-                                             : do_window_status(e, buf, ws, we);
+        int ret;
+
+        __atomic_store_n(slot, ws, __ATOMIC_RELAXED);
+        ret = e->p->mode == COPY_BITMAP ? do_window_bitmap(e, buf, ws, we)
+                                        : do_window_status(e, buf, ws, we);
         if (ret < 0) {
-            break;
+            break;          /* (the window stays in its slot: not done) */
         }
         pthread_mutex_lock(&e->lock);
         e->done += we - ws;
+        *slot = UINT64_MAX;
         pthread_mutex_unlock(&e->lock);
         if (e->p->job && !(e->p->live && e->p->mode != COPY_BITMAP)) {
             job_progress_add(e->p->job, we - ws);
@@ -537,7 +553,7 @@ int copy_run(struct copy_params *p, struct error **errp)
 
     memset(&e, 0, sizeof(e));
     e.p = p;
-    e.start = 0;
+    e.start = MIN(p->start, p->src->size);
     e.end = MIN(p->src->size, p->dst->size);
     if (p->compress && !cg) {
         error_setg(errp, "'%s': format '%s' does not support compression", p->dst->filename,
@@ -554,7 +570,10 @@ int copy_run(struct copy_params *p, struct error **errp)
     e.window = MAX(ALIGN_DOWN(buf / nw, e.gran), e.gran);
     e.cursor = e.start;
     if (p->job) {
-        job_progress_set_total(p->job, e.end - e.start);
+        /* (a copy started again past 0 adds its part to what was done) */
+        job_progress_set_total(p->job, (e.start ? __atomic_load_n(&p->job->progress_current,
+                                                                   __ATOMIC_RELAXED) : 0) +
+                                           e.end - e.start);
     }
     pthread_mutex_init(&e.lock, NULL);
     pthread_cond_init(&e.cond, NULL);
@@ -563,6 +582,10 @@ int copy_run(struct copy_params *p, struct error **errp)
     e.tokens = 0;
 
     th = xcalloc(nw, sizeof(*th));
+    e.active = xmalloc(nw * sizeof(*e.active));
+    for (unsigned i = 0; i < nw; i++) {
+        e.active[i] = UINT64_MAX;
+    }
     pthread_mutex_lock(&e.lock);
     for (unsigned i = 0; i < nw; i++) {
         if (pthread_create(&th[i], NULL, worker, &e) == 0) {
@@ -572,6 +595,7 @@ int copy_run(struct copy_params *p, struct error **errp)
     if (!e.running) {
         pthread_mutex_unlock(&e.lock);
         free(th);
+        free(e.active);
         error_setg(errp, "cannot start copy threads");
         return -EAGAIN;
     }
@@ -598,6 +622,12 @@ int copy_run(struct copy_params *p, struct error **errp)
         }
     }
     free(th);
+    p->stopped_at = e.cursor;
+    for (unsigned i = 0; i < e.nactive; i++) {
+        p->stopped_at = MIN(p->stopped_at, e.active[i]);
+    }
+    free(e.active);
+    p->failed = e.err_bd;
     ret = e.ret;
     if (!ret && ((p->cancel && __atomic_load_n(p->cancel, __ATOMIC_RELAXED)) ||
                  (p->job && job_is_cancelled(p->job)))) {

@@ -69,9 +69,15 @@ struct copy_params {
      */
     bool live;
 
+    uint64_t start;              /* copy from here (a copy started again) */
+
     /* results */
     uint64_t bytes_written;      /* data bytes written to the target */
     uint64_t bytes_zeroed;       /* bytes written as zeroes */
+    /* After a failure or a cancel: everything below @stopped_at was
+     * copied, and @failed is the image that failed (NULL: none). */
+    uint64_t stopped_at;
+    struct bdev *failed;
 };
 
 /*

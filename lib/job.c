@@ -51,7 +51,7 @@ static const bool verbs[JOB_VERB__MAX][JOB_STATUS__MAX] = {
     [JOB_VERB_PAUSE] = { 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0 },
     [JOB_VERB_RESUME] = { 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0 },
     [JOB_VERB_SET_SPEED] = { 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0 },
-    [JOB_VERB_COMPLETE] = { 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0 },
+    [JOB_VERB_COMPLETE] = { 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0 },
     [JOB_VERB_FINALIZE] = { 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0 },
     [JOB_VERB_DISMISS] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0 },
 };
@@ -516,6 +516,13 @@ void job_progress_add(struct job *job, uint64_t done)
 void job_progress_add_total(struct job *job, uint64_t more)
 {
     __atomic_add_fetch(&job->progress_total, more, __ATOMIC_RELAXED);
+}
+
+void job_progress_set_remaining(struct job *job, uint64_t remaining)
+{
+    __atomic_store_n(&job->progress_total, __atomic_load_n(&job->progress_current,
+                                                           __ATOMIC_RELAXED) + remaining,
+                     __ATOMIC_RELAXED);
 }
 
 bool job_cancel_forced(struct job *job)

@@ -202,6 +202,8 @@ void job_event(struct job *job, const char *name, json_object *data);
 void job_progress_set_total(struct job *job, uint64_t total);
 void job_progress_add(struct job *job, uint64_t done);
 void job_progress_add_total(struct job *job, uint64_t more);
+/* The total becomes what is done plus @remaining (QEMU's len = offset + what is left). */
+void job_progress_set_remaining(struct job *job, uint64_t remaining);
 uint64_t job_speed(struct job *job);
 /* Worker: was the cancel forced (or the job not ready when cancelled)? */
 bool job_cancel_forced(struct job *job);

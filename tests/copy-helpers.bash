@@ -289,6 +289,15 @@ nbdkit_serve() {
     NBD_URI="nbd+unix:///?socket=$NBD_SOCK"
 }
 
+# running PID: PID is a process that has not exited (a daemon's zombie,
+# waiting for a slow init to reap it, has: it holds no file or lock)
+running() {
+    local st
+    kill -0 "$1" 2>/dev/null || return 1
+    st=$(cut -d ')' -f 2 "/proc/$1/stat" 2>/dev/null | cut -d ' ' -f 2) || return 1
+    [ "$st" != Z ]
+}
+
 # server_stop PIDFILE [SIGNAL]: stop a server and wait until it is gone
 # (it has then flushed and released its locks)
 server_stop() {
@@ -296,8 +305,8 @@ server_stop() {
     pid=$(cat "$1" 2>/dev/null) || return 0
     [ -n "$pid" ] || return 0
     kill -"${2:-TERM}" "$pid" 2>/dev/null || return 0
-    while kill -0 "$pid" 2>/dev/null && [ $n -gt 0 ]; do sleep 0.05; n=$((n - 1)); done
-    if kill -0 "$pid" 2>/dev/null; then
+    while running "$pid" && [ $n -gt 0 ]; do sleep 0.05; n=$((n - 1)); done
+    if running "$pid"; then
         kill -KILL "$pid" 2>/dev/null
         sleep 0.2
     fi

@@ -62,11 +62,13 @@ script() {
     timeout 60 "$PY" "$TOOLS/qmp-script.py" "$S" "$@"
 }
 
-# guest_up blockctl|qsd: fresh images served, a guest writing (BG_PID)
+# guest_up blockctl|qsd: fresh images served, a guest writing (BG_PID) at
+# GUEST_RATE writes per second (400 unless set)
 guest_up() {
     rm -f ./*.qcow2 stop && mkchain && serve "$1" || return 1
     bg_start w.out w.err "$PY" "$TOOLS/guest-model.py" write "$URI" model.json \
-        --rate 400 --seconds 60 --stop-file stop --span $((48 << 20))
+        --rate "${GUEST_RATE:-400}" --seconds 60 --stop-file stop --span $((48 << 20)) \
+        --log log.txt
     sleep 0.5
 }
 

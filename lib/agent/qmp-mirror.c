@@ -239,6 +239,7 @@ static int copy_dirty(struct mirror_job *m, struct job *job, struct error **errp
         if (job) {
             uint64_t speed = job_speed(job);
             job_progress_add(job, len);
+            job_progress_set_remaining(job, bitmap_dirty_bytes(m->dirty));
             m->win_copied += len;
             if (speed) {
                 /* the speed limit, in slices: set-speed and the watch act at once */
@@ -276,7 +277,22 @@ static int mirror_run(struct job *job, struct error **errp)
         cp.check_dst_zero = true;
         cp.no_flush = true;
         cp.job = job;
-        ret = copy_run(&cp, errp);
+        /* an error follows the job's policy, as in the dirty loop: a copy
+         * stopped (resumed) or ignoring it starts again where it stopped */
+        while ((ret = copy_run(&cp, errp)) < 0 && ret != -ECANCELED) {
+            bool tgt = cp.failed == m->target;
+            enum job_on_error pol = tgt ? m->on_tgt_err : m->on_src_err;
+            if (pol == JOB_ERR_ENOSPC) {
+                pol = ret == -ENOSPC ? JOB_ERR_STOP : JOB_ERR_REPORT;
+            }
+            job_report_error(job, !tgt, pol, -ret);
+            if (pol == JOB_ERR_REPORT) {
+                return ret;
+            }
+            error_free(*errp);
+            *errp = NULL;
+            cp.start = cp.stopped_at;
+        }
         if (ret < 0) {
             return ret;
         }
@@ -309,7 +325,7 @@ static int mirror_run(struct job *job, struct error **errp)
             job_sleep_ns(job, 5 * 1000 * 1000);
             continue;
         }
-        job_progress_add_total(job, left);
+        job_progress_set_remaining(job, left);
         ret = copy_dirty(m, job, errp);
         if (ret == -ECANCELED) {
             continue;           /* the pause point above decides */

@@ -396,8 +396,8 @@ query-block-jobs
 block-job-set-speed {"device": "m2", "speed": 0}
 wait BLOCK_JOB_READY device=m2
 transaction {"actions": [{"type": "block-job-complete", "data": {"device": "m1"}}, {"type": "block-job-complete", "data": {"device": "m2"}}]}
-wait JOB_STATUS_CHANGE id=m1 status=null
-wait JOB_STATUS_CHANGE id=m2 status=null
+waitany JOB_STATUS_CHANGE id=m1 status=null
+waitany JOB_STATUS_CHANGE id=m2 status=null
 query-block
 EOF2
     # m2 not ready yet: refused, and nothing moved

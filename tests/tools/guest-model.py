@@ -3,7 +3,7 @@
 # written: the model that a live operation's result is checked against.
 #
 #   guest-model.py write URI MODEL [--rate N] [--seconds S] [--stop-file F]
-#                  [--span BYTES] [--seed N] [--flush-every N]
+#                  [--span BYTES] [--seed N] [--flush-every N] [--log LOG]
 #       Random 4 KiB writes (one at a time, paced at RATE per second) until
 #       SECONDS pass or F exists; each block's contents name the write
 #       (its sequence number), so stale data cannot pass for new.  A write
@@ -11,9 +11,14 @@
 #       number of the last acknowledged write) is written at the end, and
 #       one line of JSON on stdout: {"writes", "errors", "max_ms"}.
 #       Server errors end the run with exit 1 (the model is still written).
+#       LOG: every acknowledged write in order, one "SEQ OFFSET" a line.
 #   guest-model.py expect BEFORE MODEL OUT
 #       OUT: the raw image BEFORE (raw) with every write of MODEL applied:
 #       what the disk must read as (compare it with qemu-img compare).
+#   guest-model.py prefix BEFORE LOG IMAGE
+#       IMAGE (raw) must read as BEFORE with the first K writes of LOG
+#       applied, for some K (a copy of the disk as of one moment: the
+#       writer has one write in flight at a time); prints K, or exits 1.
 # SPDX-License-Identifier: GPL-2.0-or-later
 import json
 import os
@@ -47,6 +52,7 @@ def write(args):
     span = opt(args, "--span", 0, int)
     seed = opt(args, "--seed", 1, int)
     flush_every = opt(args, "--flush-every", 50, int)
+    log_path = opt(args, "--log", None)
     uri, model_path = args
     h = nbd.NBD()
     h.connect_uri(uri)
@@ -54,6 +60,7 @@ def write(args):
     span = min(span or size, size) // BLOCK
     rng = random.Random(seed)
     model = {}
+    log = []
     seq = 0
     errors = 0
     max_lat = 0.0
@@ -73,6 +80,7 @@ def write(args):
             try:
                 h.pwrite(block_for(seq), off)
                 model[off] = seq
+                log.append((seq, off))
                 if flush_every and seq % flush_every == 0:
                     h.flush()
             except nbd.Error as e:
@@ -87,6 +95,9 @@ def write(args):
         print("flush: %s" % e, file=sys.stderr)
     with open(model_path, "w") as f:
         json.dump({str(k): v for k, v in model.items()}, f)
+    if log_path:
+        with open(log_path, "w") as f:
+            f.writelines("%d %d\n" % w for w in log)
     print(json.dumps({"writes": seq, "errors": errors,
                       "max_ms": round(max_lat * 1000, 3)}))
     return 1 if errors else 0
@@ -109,11 +120,48 @@ def expect(args):
     return 0
 
 
+def prefix(args):
+    before, log_path, image = args
+    with open(log_path) as f:
+        log = [tuple(int(x) for x in line.split()) for line in f if line.strip()]
+    with open(image, "rb") as f:
+        img = f.read()
+    with open(before, "rb") as f:
+        state = bytearray(f.read())
+    if len(img) < len(state):
+        print("%s is shorter than %s" % (image, before), file=sys.stderr)
+        return 1
+    if len(img) > len(state):
+        img = img[:len(state)]
+    # the last write the image holds names K: at most one write per
+    # offset can be the one it shows, the newest of them bounds K
+    k = 0
+    for seq, off in log:
+        head = struct.unpack_from("<QQ", img, off)
+        if head[0] == 0x6d6f64656c000000 and head[1] == seq:
+            k = max(k, seq)
+    for seq, off in log:
+        if seq > k:
+            break
+        state[off:off + BLOCK] = block_for(seq)
+    if state != img:
+        for i in range(0, len(img), BLOCK):
+            if state[i:i + BLOCK] != img[i:i + BLOCK]:
+                print("%s is no copy of the disk as of write %d: it differs at %d"
+                      % (image, k, i), file=sys.stderr)
+                break
+        return 1
+    print(k)
+    return 0
+
+
 def main():
-    if len(sys.argv) < 2 or sys.argv[1] not in ("write", "expect"):
-        print(__doc__ if __doc__ else "usage: guest-model.py write|expect ...", file=sys.stderr)
+    cmds = {"write": write, "expect": expect, "prefix": prefix}
+    if len(sys.argv) < 2 or sys.argv[1] not in cmds:
+        print(__doc__ if __doc__ else "usage: guest-model.py write|expect|prefix ...",
+              file=sys.stderr)
         return 2
-    return (write if sys.argv[1] == "write" else expect)(sys.argv[2:])
+    return cmds[sys.argv[1]](sys.argv[2:])
 
 
 if __name__ == "__main__":

@@ -9,7 +9,12 @@
 # SCRIPT lines:
 #   COMMAND [JSON-ARGS]          send it, wait for the reply
 #   wait EVENT [KEY=VALUE...]    wait (up to 30 s) for an event whose data
-#                                has those members (string values)
+#                                has those members (string values), after
+#                                the one the last wait found
+#   waitany EVENT [KEY=VALUE...] the same, for an event that came after the
+#                                last command was sent, whatever waits
+#                                found meanwhile (events whose order is not
+#                                defined: two jobs ending)
 #   sleep SECONDS
 #   run SHELL-COMMAND            run it (e.g. to kill a server meanwhile)
 # Members that depend on timing (offset, len, current-progress,
@@ -41,9 +46,14 @@ def main():
     s = socket.socket(socket.AF_UNIX)
     s.connect(args[0])
     s.settimeout(30)
-    f = s.makefile("rw")
+    # read through a binary file and write to the socket: a text file's
+    # write drops what it had read ahead (an event that came in one piece
+    # with the reply before it would be lost)
+    f = s.makefile("rb")
     events = []
     seen = 0        # events already matched by a wait
+    sent = 0        # events that came before the last command was sent
+    failed = False
 
     def read():
         line = f.readline()
@@ -56,11 +66,12 @@ def main():
         return m
 
     def execute(cmd, arguments=None):
+        nonlocal sent
+        sent = len(events)
         msg = {"execute": cmd}
         if arguments is not None:
             msg["arguments"] = arguments
-        f.write(json.dumps(msg) + "\n")
-        f.flush()
+        s.sendall((json.dumps(msg) + "\n").encode())
         while True:
             r = read()
             if r is not None:
@@ -77,17 +88,17 @@ def main():
             time.sleep(float(rest))
         elif word == "run":
             subprocess.run(rest, shell=True, check=False)
-        elif word == "wait":
+        elif word in ("wait", "waitany"):
             name, *conds = rest.split()
             want = dict(c.split("=", 1) for c in conds)
             deadline = time.monotonic() + 30
             found = False
             while not found:
-                for i in range(seen, len(events)):
+                for i in range(seen if word == "wait" else sent, len(events)):
                     e = events[i]
                     d = e.get("data") or {}
                     if e["event"] == name and all(str(d.get(k)) == v for k, v in want.items()):
-                        seen = i + 1
+                        seen = max(seen, i + 1)
                         found = True
                         break
                 if found:
@@ -95,7 +106,15 @@ def main():
                 if time.monotonic() > deadline:
                     print("! timed out waiting for %s %s" % (name, want))
                     break
-                read()
+                try:
+                    read()
+                except TimeoutError:
+                    # (the socket cannot be read after that: what came is shown)
+                    print("! timed out waiting for %s %s" % (name, want))
+                    failed = True
+                    break
+            if failed:
+                break
         else:
             arguments = json.loads(rest) if rest else None
             r = execute(word, arguments)
@@ -104,7 +123,7 @@ def main():
     print("events:")
     for e in events:
         print("%s %s" % (e["event"], json.dumps(scrub(e.get("data"), keep), sort_keys=True)))
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -368,6 +368,7 @@ int main(void)
        !job_transition_allowed(JOB_STATUS_CONCLUDED, JOB_STATUS_RUNNING),
        "transitions as QEMU's table");
     ok(job_verb_allowed(JOB_VERB_COMPLETE, JOB_STATUS_READY) &&
+       job_verb_allowed(JOB_VERB_COMPLETE, JOB_STATUS_STANDBY) &&
        !job_verb_allowed(JOB_VERB_COMPLETE, JOB_STATUS_RUNNING) &&
        job_verb_allowed(JOB_VERB_DISMISS, JOB_STATUS_CONCLUDED) &&
        !job_verb_allowed(JOB_VERB_CANCEL, JOB_STATUS_CONCLUDED),
