@@ -307,7 +307,7 @@ server_stop() {
     kill -"${2:-TERM}" "$pid" 2>/dev/null || return 0
     while running "$pid" && [ $n -gt 0 ]; do sleep 0.05; n=$((n - 1)); done
     if running "$pid"; then
-        kill -KILL "$pid" 2>/dev/null
+        kill -KILL "$pid" 2>/dev/null || true   # (it may have just gone)
         sleep 0.2
     fi
     rm -f "$1"
