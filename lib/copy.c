@@ -499,6 +499,9 @@ static bool next_window(struct engine *e, uint64_t *ws, uint64_t *we)
         }
         end = MIN(ALIGN_DOWN(s, e->window) + e->window, e->end);
         e->cursor = end;
+        if (e->p->claimed && __atomic_load_n(e->p->claimed, __ATOMIC_RELAXED) < end) {
+            __atomic_store_n(e->p->claimed, end, __ATOMIC_SEQ_CST);
+        }
         *ws = s;
         *we = end;
         got = true;
@@ -513,6 +516,9 @@ static void *worker(void *opaque)
     uint8_t *buf = xmemalign(4096, e->window);
     uint64_t ws, we, *slot;
 
+    if (e->p->job) {
+        job_thread_background();
+    }
     pthread_mutex_lock(&e->lock);
     slot = &e->active[e->nactive++];
     pthread_mutex_unlock(&e->lock);

@@ -70,6 +70,13 @@ struct copy_params {
     bool live;
 
     uint64_t start;              /* copy from here (a copy started again) */
+    /*
+     * If set: raised (never lowered) to the end of each window before the
+     * window is read, with a sequentially consistent store.  A live job's
+     * after-write hook reads it: a guest write wholly at or past it needs
+     * no marking, the copy will read it yet.
+     */
+    uint64_t *claimed;
 
     /* results */
     uint64_t bytes_written;      /* data bytes written to the target */

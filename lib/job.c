@@ -9,7 +9,10 @@
 #include <ctype.h>
 #include <errno.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 static const char *const status_names[JOB_STATUS__MAX] = {
     [JOB_STATUS_UNDEFINED] = "undefined", [JOB_STATUS_CREATED] = "created",
@@ -332,11 +335,27 @@ static void on_finished(void *opaque)
     do_finalize(job);
 }
 
+void job_thread_background(void)
+{
+    id_t tid = (id_t)syscall(SYS_gettid);
+    int prio;
+
+    errno = 0;
+    prio = getpriority(PRIO_PROCESS, tid);
+    if (errno == 0 && prio < 19) {
+        /* (on Linux a thread id names one thread here) */
+        (void)setpriority(PRIO_PROCESS, tid, MIN(prio + 10, 19));
+    }
+}
+
 static void *job_thread(void *opaque)
 {
     struct job *job = opaque;
     struct error *err = NULL;
-    int ret = job->drv->run(job, &err);
+    int ret;
+
+    job_thread_background();
+    ret = job->drv->run(job, &err);
 
     if (ret < 0 && ret != -ECANCELED) {
         job->run_error = xstrdup(err ? err->msg : strerror(-ret));

@@ -189,6 +189,12 @@ int job_dismiss(struct job *job, struct error **errp);
 bool job_pause_point(struct job *job);
 /* Worker: should it reach a pause point soon (cancel, pause, quiesce)? */
 bool job_should_yield(struct job *job);
+/*
+ * Make the calling thread a background one (nice 10 above the process):
+ * a job's copy threads then give way to the guest's requests, which wake
+ * up and run first when both want a CPU.  Best effort.
+ */
+void job_thread_background(void);
 /* Worker: sleep up to @ns nanoseconds (shorter if cancelled or paused). */
 void job_sleep_ns(struct job *job, uint64_t ns);
 bool job_is_cancelled(struct job *job);

@@ -5,6 +5,8 @@
 #   BUILD  where the unit test binaries are (default: build)
 #   JOBS   suites run in parallel (default: number of CPUs)
 #   ONLY   run only suites whose path matches this regular expression
+#          (ONLY=agent-jobs JOBS=1 tests/run.sh, or make check ONLY=...)
+# A "# done:" line is printed as each suite ends; then every suite's TAP.
 # SPDX-License-Identifier: GPL-2.0-or-later
 set -u
 cd "$(dirname "$0")/.."
@@ -34,6 +36,9 @@ run_suite() {
     *) "$t" >"$log" 2>&1 ;;
     esac
     echo "# exit status $? after $((SECONDS - start))s" >>"$log"
+    # one line as each suite ends (the whole TAP follows at the end, in order)
+    echo "# done: $t: $(grep -cE '^ok ' "$log") ok, $(grep -cE '^not ok ' "$log") not ok," \
+        "$((SECONDS - start))s"
 }
 
 i=0

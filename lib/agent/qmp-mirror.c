@@ -50,6 +50,9 @@ struct mirror_job {
     struct bdev_write_notifier wn;
     bool notifier_on;
     bool bulk_done;              /* write-blocking applies from then on */
+    /* the bulk copy's claimed windows end here (atomic): a guest write at
+     * or past it is read by the bulk copy yet, and not marked */
+    uint64_t claimed;
     bool complete;               /* block-job-complete asked for the pivot */
     bool switched;               /* the disk uses the target (a grouped pivot did it) */
     char *bitmap;                /* sync bitmap: copy what it marks (blockctl's) */
@@ -86,6 +89,14 @@ static void mirror_after(struct bdev_write_notifier *n, uint64_t off, uint64_t l
         return;
     }
     wb_done = false;
+    if (!__atomic_load_n(&m->bulk_done, __ATOMIC_ACQUIRE)) {
+        /* (the write is complete: a window claimed after this load reads it) */
+        uint64_t c = __atomic_load_n(&m->claimed, __ATOMIC_SEQ_CST);
+        if (off >= c) {
+            return;
+        }
+        len = MIN(len, c - off);
+    }
     bitmap_set(m->dirty, off, len);
 }
 
@@ -277,6 +288,7 @@ static int mirror_run(struct job *job, struct error **errp)
         cp.check_dst_zero = true;
         cp.no_flush = true;
         cp.job = job;
+        cp.claimed = &m->claimed;
         /* an error follows the job's policy, as in the dirty loop: a copy
          * stopped (resumed) or ignoring it starts again where it stopped */
         while ((ret = copy_run(&cp, errp)) < 0 && ret != -ECANCELED) {
@@ -824,6 +836,8 @@ static struct mirror_job *mirror_new(struct agent *a, json_object *args, struct 
               : !strcmp(sync, "none")   ? SYNC_NONE
               : !strcmp(sync, "bitmap") ? SYNC_BITMAP
                                         : SYNC_FULL;
+    /* no bulk copy: every guest write is marked */
+    m->claimed = m->sync == SYNC_NONE || m->sync == SYNC_BITMAP ? UINT64_MAX : 0;
     m->bitmap = bitmap ? xstrdup(bitmap) : NULL;
     m->clear_bitmap = clear;
     m->write_blocking = cmode && !strcmp(cmode, "write-blocking");
