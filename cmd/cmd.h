@@ -69,6 +69,8 @@ struct copy_opts {
     uint64_t bandwidth;     /* --bandwidth, bytes/s */
     uint64_t buf_size;      /* --buf-size */
     unsigned requests;      /* --requests: copies in flight */
+    const char *state_dir;  /* --state-dir: where the job journal goes */
+    const char *resume;     /* --resume ID (job resume): go on with that job */
 };
 extern const struct argp copy_opts_argp;
 struct copy_params;
@@ -122,5 +124,41 @@ extern volatile sig_atomic_t cmd_cancel;
 void cancel_install(void);
 /* Exit status for an interrupted operation: 128 + the signal (130, 143). */
 int cancel_exit_status(void);
+
+/* --- journals of offline jobs (jobjournal.c) --- */
+struct journal;
+struct copy_params;
+struct job_journal {
+    struct journal *j;
+    struct bdev *dst;       /* flushed before each checkpoint */
+    const char *state;      /* the resumed journal's state (NULL: a new job) */
+    uint64_t copied;        /* the resumed journal's "copied" */
+};
+/*
+ * A new journal for a @type job run as @argv, or (--resume) the journal
+ * of the job being resumed.  0, or 1 (said).
+ */
+int job_journal_begin(struct job_journal *jj, const struct copy_opts *o, const char *type,
+                      int argc, char **argv);
+/*
+ * Resuming: are the images named (a NULL-terminated list of keys; keys
+ * the journal lacks are skipped) still those the job used?  0, or 1
+ * (said; the journal is left as it is).  0 for a new job.
+ */
+int job_journal_check(struct job_journal *jj, ...) __attribute__((sentinel));
+/* Record a step (state @state, saved): 0, or 1 (said). */
+int job_journal_step(struct job_journal *jj, const char *state);
+/* Checkpoints of the copy into @dst: a flush, then "copied" saved.  The
+ * journal is saved (with the total): 0, or 1 (said). */
+int job_journal_checkpoints(struct job_journal *jj, struct copy_params *cp, struct bdev *dst);
+/* The job ended (done, or rolled back): the journal goes. */
+void job_journal_end(struct job_journal *jj);
+/* The job stopped and can be resumed: the journal stays (says how). */
+void job_journal_keep(struct job_journal *jj);
+/* Is the process that wrote journal object @j still running it? */
+bool job_journal_running(json_object *j);
+/* Resume or abort interrupted job @id (cmd/job.c): the exit status. */
+int job_journal_resume(const char *state_dir, const char *id);
+int job_journal_abort(const char *state_dir, const char *id);
 
 #endif

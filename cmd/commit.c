@@ -4,6 +4,7 @@
  */
 #include "lib/compiler.h"
 #include "lib/copy.h"
+#include "lib/journal.h"
 #include "lib/remote.h"
 
 #include <argp.h>
@@ -211,12 +212,42 @@ static int commit_agent(struct commit_args *a)
     return ret;
 }
 
+/* Resumed after the relink: empty TOP (unless -d) and end the job. */
+static int commit_resume_empty(struct job_journal *jj, bool keep)
+{
+    const char *path = journal_image_path(jj->j, "top");
+    struct error *err = NULL;
+    struct bdev *top;
+    int r;
+
+    if (!keep) {
+        top = bdev_open(path, NULL, BDEV_O_RDWR | BDEV_O_NO_BACKING, &err);
+        if (!top) {
+            report(err);
+            return 1;
+        }
+        r = bdev_make_empty(top);
+        if (r < 0 && r != -ENOTSUP) {
+            bdev_report_io_error(top, "cannot empty", r);
+            bdev_unref(top);
+            return 1;
+        }
+        if (bdev_close(top, &err) < 0) {
+            report(err);
+            return 1;
+        }
+    }
+    job_journal_end(jj);
+    return 0;
+}
+
 int cmd_commit(int argc, char **argv)
 {
     struct commit_args a = { 0 };
     struct error *err = NULL;
     struct copy_params cp;
     struct bdev *img, *top, *base, *parent;
+    struct job_journal jj = { 0 };
     char *name = NULL;
     int ret = 1, r;
 
@@ -230,7 +261,18 @@ int cmd_commit(int argc, char **argv)
         report(err);
         return 1;
     }
+    if (job_journal_begin(&jj, &a.copy, "commit", argc, argv)) {
+        goto out;
+    }
+    if (job_journal_check(&jj, "image", "top", "base", NULL)) {
+        goto out;
+    }
     top = a.top ? bdev_chain_find(img, a.top) : img;
+    if (!top && jj.state && !strcmp(jj.state, "finishing")) {
+        /* resumed after the relink: TOP is out of the chain; empty it */
+        ret = commit_resume_empty(&jj, a.keep);
+        goto out;
+    }
     if (!top) {
         error_report("'%s' is not in the backing chain of '%s'", a.top, a.image);
         goto out;
@@ -261,6 +303,16 @@ int cmd_commit(int argc, char **argv)
         goto out;
     }
 
+    if (!jj.state) {
+        journal_add_image(jj.j, "image", a.image, JR_WRITE);
+        journal_add_image(jj.j, "top", top->filename, JR_WRITE);
+        journal_add_image(jj.j, "base", base->filename, JR_WRITE);
+        journal_set_str(jj.j, "authoritative", journal_image_path(jj.j, "image"));
+    }
+    if (job_journal_step(&jj, jj.state && !strcmp(jj.state, "finishing") ? "finishing"
+                                                                          : "copying")) {
+        goto out;
+    }
     if (base->size < top->size) {
         /* as qemu-img commit: the base grows to the size of what is committed */
         if (bdev_truncate(base, top->size, &err) < 0) {
@@ -275,8 +327,19 @@ int cmd_commit(int argc, char **argv)
     cp.base = base;
     cp.check_dst_zero = true;
     copy_opts_apply(&a.copy, &cp);
+    if (jj.state) {
+        /* (resumed: after the copy, nothing is left to copy) */
+        cp.start = !strcmp(jj.state, "finishing") ? top->size : jj.copied;
+    }
+    if (job_journal_checkpoints(&jj, &cp, base)) {
+        goto out;
+    }
     r = copy_run(&cp, &err);
     copy_opts_finish(&a.copy);
+    if (jj.state && r == 0) {
+        fprintf(stderr, "blockctl: job %s: copied %" PRIu64 " bytes from offset %" PRIu64 "\n",
+                jj.j->id, cp.bytes_written + cp.bytes_zeroed, cp.start);
+    }
     if (r == -ECANCELED) {
         error_report("interrupted: the chain of '%s' still reads as before; '%s' holds part of "
                      "the committed data; run commit again to finish", a.image, base->filename);
@@ -289,6 +352,9 @@ int cmd_commit(int argc, char **argv)
         goto out;
     }
 
+    if (job_journal_step(&jj, "finishing")) {
+        goto out;
+    }
     /*
      * The image above TOP read zeroes past TOP's end; on BASE it would
      * read BASE there: keep the zeroes, in it (as qemu-img rebase does).
@@ -326,8 +392,19 @@ int cmd_commit(int argc, char **argv)
             goto out;
         }
     }
+    job_journal_end(&jj);
     ret = 0;
 out:
+    if (jj.j) {
+        /* stopped while copying: the chain reads as before (nothing to
+         * finish); after the copy, resume finishes it */
+        if (jj.j && journal_get_str(jj.j, "state") &&
+            !strcmp(journal_get_str(jj.j, "state"), "finishing")) {
+            job_journal_keep(&jj);
+        } else {
+            job_journal_end(&jj);
+        }
+    }
     free(name);
     if (bdev_close(img, &err) < 0) {
         report(err);

@@ -76,7 +76,7 @@ int cancel_exit_status(void)
     return 128 + (cancel_signal ? cancel_signal : SIGINT);
 }
 
-enum { OPT_PROGRESS = 0x200, OPT_BANDWIDTH, OPT_BUF_SIZE, OPT_REQUESTS };
+enum { OPT_PROGRESS = 0x200, OPT_BANDWIDTH, OPT_BUF_SIZE, OPT_REQUESTS, OPT_STATE_DIR, OPT_RESUME };
 
 static const struct argp_option copy_options[] = {
     { "progress", 'p', "json", OPTION_ARG_OPTIONAL,
@@ -84,6 +84,8 @@ static const struct argp_option copy_options[] = {
     { "bandwidth", OPT_BANDWIDTH, "RATE", 0, "Copy at most RATE bytes per second (k, M, G)", 0 },
     { "buf-size", OPT_BUF_SIZE, "SIZE", 0, "Copy buffer for all requests in flight (16M)", 0 },
     { "requests", OPT_REQUESTS, "N", 0, "Copies in flight at once (1-64, default 4)", 0 },
+    { "state-dir", OPT_STATE_DIR, "DIR", 0, "Where the job journal goes (blockctl-job(1))", 0 },
+    { "resume", OPT_RESUME, "ID", OPTION_HIDDEN, "(job resume: go on with job ID)", 0 },
     { 0 }
 };
 
@@ -109,6 +111,12 @@ static error_t copy_parse(int key, char *arg, struct argp_state *state)
         if (o->buf_size < (64u << 10) || o->buf_size > (1ULL << 30)) {
             argp_error(state, "--buf-size must be between 64k and 1G");
         }
+        break;
+    case OPT_STATE_DIR:
+        o->state_dir = arg;
+        break;
+    case OPT_RESUME:
+        o->resume = arg;
         break;
     case OPT_REQUESTS: {
         char *end;

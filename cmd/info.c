@@ -4,6 +4,7 @@
  */
 #include "lib/compiler.h"
 #include "lib/imageinfo.h"
+#include "lib/journal.h"
 #include "lib/jw.h"
 #include "lib/remote.h"
 #include "lib/size.h"
@@ -127,6 +128,29 @@ static json_object *agent_images(struct info_args *a, struct error **errp)
     return list;
 }
 
+/* On stderr: the interrupted jobs (journals) that used @path. */
+static void note_interrupted_jobs(const char *path)
+{
+    json_object *jobs = journal_find_image(NULL, path);
+
+    for (size_t i = 0; i < json_object_array_length(jobs); i++) {
+        json_object *j = json_object_array_get_idx(jobs, i), *v;
+        const char *id = json_object_object_get_ex(j, "id", &v) ? json_object_get_string(v) : "?";
+        const char *type = json_object_object_get_ex(j, "type", &v) ? json_object_get_string(v)
+                                                                      : "?";
+        const char *auth = json_object_object_get_ex(j, "authoritative", &v)
+                               ? json_object_get_string(v)
+                               : "?";
+        if (job_journal_running(j)) {
+            continue;
+        }
+        fprintf(stderr, "blockctl: note: '%s' is part of interrupted %s job %s; '%s' holds the "
+                "disk; 'blockctl job resume %s' finishes the job, 'blockctl job abort %s' "
+                "rolls it back\n", path, type, id, auth, id, id);
+    }
+    json_object_put(jobs);
+}
+
 int cmd_info(int argc, char **argv)
 {
     struct info_args a = { 0 };
@@ -164,5 +188,8 @@ int cmd_info(int argc, char **argv)
     }
     jw_free(&w);
     json_object_put(imgs);
+    if (!remote_path(a.agent) && !strstr(a.file, "://")) {
+        note_interrupted_jobs(a.file);
+    }
     return 0;
 }

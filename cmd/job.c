@@ -3,6 +3,7 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #include "lib/compiler.h"
+#include "lib/journal.h"
 #include "lib/jw.h"
 #include "lib/remote.h"
 #include "lib/size.h"
@@ -25,7 +26,7 @@ struct job_args {
 };
 
 static const char *const verbs[] = { "list", "show", "pause", "resume", "cancel", "complete",
-                                     "wait", "set-speed", NULL };
+                                     "wait", "set-speed", "abort", NULL };
 
 enum { OPT_AGENT = 0x100, OPT_OUTPUT, OPT_STATE_DIR };
 
@@ -57,7 +58,7 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
             }
             if (!verbs[i]) {
                 argp_error(state, "unknown action '%s' (list, show, pause, resume, cancel, "
-                           "complete, wait, set-speed)", arg);
+                           "complete, wait, set-speed, abort)", arg);
             }
             a->verb = arg;
         } else if (!a->id && strcmp(a->verb, "list")) {
@@ -78,9 +79,14 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         if (!strcmp(a->verb, "set-speed") && !a->speed) {
             argp_error(state, "set-speed JOB BYTES-PER-SECOND");
         }
-        if (strcmp(a->verb, "list") && !remote_path(a->agent)) {
+        if (strcmp(a->verb, "list") && strcmp(a->verb, "show") && strcmp(a->verb, "resume") &&
+            strcmp(a->verb, "abort") && !remote_path(a->agent)) {
             argp_error(state, "%s acts on an agent's job: --agent SOCKET (or $BLOCKCTL_AGENT)",
                        a->verb);
+        }
+        if (!strcmp(a->verb, "abort") && remote_path(a->agent)) {
+            argp_error(state, "abort acts on an interrupted job: without --agent (an agent's "
+                       "job is cancelled: cancel JOB)");
         }
         break;
     default:
@@ -91,11 +97,12 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
 
 static const struct argp job_argp = {
     options, parse_opt, "[list]\nshow|pause|resume|cancel|complete|wait JOB\n"
-    "set-speed JOB BYTES-PER-SECOND",
+    "set-speed JOB BYTES-PER-SECOND\nshow|resume|abort ID",
     "List the block jobs of an agent (with --agent), or the jobs that were interrupted "
     "(their journals in the state directory); show or control one job of an agent.  "
     "cancel of a ready mirror ends it without pivot; complete pivots; wait waits until the "
-    "job ends or is ready.\v"
+    "job ends or is ready.  Without --agent: resume finishes an interrupted job, copying "
+    "only what it had not copied; abort rolls it back.\v"
     "Exit status: 0 on success, 1 on error (or, for wait, a failed job), 2 (wait) when the "
     "job was cancelled, 64 for usage errors, 130/143 when interrupted.",
     NULL, NULL, NULL,
@@ -186,80 +193,96 @@ static int list_agent(struct job_args *a)
     return 0;
 }
 
-/* The state directory: --state-dir, $BLOCKCTL_STATE_DIR, /var/lib/blockctl
- * for root, $XDG_STATE_HOME/blockctl (~/.local/state/blockctl) otherwise. */
-static char *state_dir(const char *opt)
+/* "12.3%" of an interrupted job's copy ("-" when it has no total) */
+static void job_progress_str(json_object *j, char *buf, size_t len)
 {
-    const char *e = getenv("BLOCKCTL_STATE_DIR"), *x = getenv("XDG_STATE_HOME");
-    const char *home = getenv("HOME");
+    int64_t total = jint(j, "total"), copied = jint(j, "copied");
 
-    if (opt) {
-        return xstrdup(opt);
+    if (total > 0) {
+        snprintf(buf, len, "%.1f%%", (double)copied * 100.0 / (double)total);
+    } else {
+        snprintf(buf, len, "-");
     }
-    if (e && *e) {
-        return xstrdup(e);
-    }
-    if (geteuid() == 0) {
-        return xstrdup("/var/lib/blockctl");
-    }
-    if (x && *x) {
-        return xasprintf("%s/blockctl", x);
-    }
-    return xasprintf("%s/.local/state/blockctl", home ? home : "");
 }
 
 /* Jobs interrupted before they finished: the journals they left. */
 static int list_journals(struct job_args *a)
 {
-    char *dir = state_dir(a->state_dir), *jdir = xasprintf("%s/jobs", dir);
-    DIR *d = opendir(jdir);
-    struct dirent *de;
-    size_t n = 0;
+    struct error *err = NULL;
+    json_object *all;
+    size_t n;
 
-    if (a->output == OUTPUT_JSON) {
-        printf("[");
-    }
-    if (!d && errno != ENOENT) {
-        error_report("cannot read '%s': %s", jdir, strerror(errno));
-        free(dir);
-        free(jdir);
+    if (journal_list(a->state_dir, &all, &err) < 0) {
+        report(err);
+        json_object_put(all);
         return 1;
     }
-    while (d && (de = readdir(d))) {
-        size_t l = strlen(de->d_name);
-        char *path;
-        json_object *j;
-
-        if (l < 6 || strcmp(de->d_name + l - 5, ".json")) {
-            continue;
-        }
-        path = xasprintf("%s/%s", jdir, de->d_name);
-        j = json_object_from_file(path);
-        if (!j) {
-            error_report("'%s': not a job journal", path);
-        } else if (a->output == OUTPUT_JSON) {
-            printf("%s%s", n ? ", " : "", json_object_to_json_string_ext(j, JSON_C_TO_STRING_SPACED));
-        } else {
-            if (!n) {
-                printf("%-16s %-8s %-12s %s\n", "ID", "TYPE", "STATE", "AUTHORITATIVE");
-            }
-            printf("%-16s %-8s %-12s %s\n", jstr(j, "id", "?"), jstr(j, "type", "?"),
-                   jstr(j, "state", "?"), jstr(j, "authoritative", "?"));
-        }
-        n += j != NULL;
-        json_object_put(j);
-        free(path);
-    }
-    if (d) {
-        closedir(d);
+    n = json_object_array_length(all);
+    for (size_t i = 0; i < n; i++) {
+        json_object *j = json_object_array_get_idx(all, i);
+        json_object_object_add(j, "running", json_object_new_boolean(job_journal_running(j)));
     }
     if (a->output == OUTPUT_JSON) {
-        printf("]\n");
+        printf("%s\n", json_object_to_json_string_ext(all, JSON_C_TO_STRING_PRETTY |
+                                                               JSON_C_TO_STRING_SPACED |
+                                                               JSON_C_TO_STRING_NOSLASHESCAPE));
     } else if (!n) {
         printf("No interrupted jobs\n");
+    } else {
+        printf("%-32s %-7s %-12s %-16s %-7s %s\n", "ID", "TYPE", "STATUS", "STEP", "COPIED",
+               "AUTHORITATIVE");
+        for (size_t i = 0; i < n; i++) {
+            json_object *j = json_object_array_get_idx(all, i);
+            char prog[32];
+            job_progress_str(j, prog, sizeof(prog));
+            printf("%-32s %-7s %-12s %-16s %-7s %s\n", jstr(j, "id", "?"), jstr(j, "type", "?"),
+                   jbool(j, "running") ? "running" : "interrupted", jstr(j, "state", "?"), prog,
+                   jstr(j, "authoritative", "?"));
+        }
     }
-    free(dir);
-    free(jdir);
+    json_object_put(all);
+    return 0;
+}
+
+/* show ID of an interrupted job: its journal */
+static int show_journal(struct job_args *a)
+{
+    struct error *err = NULL;
+    struct journal *j = journal_load(a->state_dir, a->id, &err);
+    json_object *images;
+    char prog[32];
+
+    if (!j) {
+        report(err);
+        return 1;
+    }
+    json_object_object_add(j->root, "running", json_object_new_boolean(job_journal_running(j->root)));
+    if (a->output == OUTPUT_JSON) {
+        printf("%s\n", json_object_to_json_string_ext(j->root, JSON_C_TO_STRING_PRETTY |
+                                                                   JSON_C_TO_STRING_SPACED |
+                                                                   JSON_C_TO_STRING_NOSLASHESCAPE));
+        journal_free(j);
+        return 0;
+    }
+    job_progress_str(j->root, prog, sizeof(prog));
+    printf("id:            %s\n", j->id);
+    printf("type:          %s\n", jstr(j->root, "type", "?"));
+    printf("status:        %s\n", jbool(j->root, "running") ? "running" : "interrupted");
+    printf("step:          %s\n", jstr(j->root, "state", "?"));
+    printf("started:       %s\n", jstr(j->root, "started", "?"));
+    printf("copied:        %" PRId64 " of %" PRId64 " bytes (%s)\n", jint(j->root, "copied"),
+           jint(j->root, "total"), prog);
+    printf("authoritative: %s\n", jstr(j->root, "authoritative", "?"));
+    if (json_object_object_get_ex(j->root, "images", &images)) {
+        json_object_object_foreach(images, k, v) {
+            printf("%-14s %s\n", k, jstr(v, "path", "?"));
+        }
+    }
+    if (!jbool(j->root, "running")) {
+        printf("Run 'blockctl job resume %s' to finish it, or 'blockctl job abort %s' to roll "
+               "it back.\n", j->id, j->id);
+    }
+    journal_free(j);
     return 0;
 }
 
@@ -318,6 +341,18 @@ int cmd_job(int argc, char **argv)
     struct job_args a = { 0 };
 
     argp_parse(&job_argp, argc, argv, 0, NULL, &a);
+    if (!remote_path(a.agent)) {
+        if (!strcmp(a.verb, "show")) {
+            return show_journal(&a);
+        }
+        if (!strcmp(a.verb, "resume")) {
+            cancel_install();
+            return job_journal_resume(a.state_dir, a.id);
+        }
+        if (!strcmp(a.verb, "abort")) {
+            return job_journal_abort(a.state_dir, a.id);
+        }
+    }
     if (strcmp(a.verb, "list")) {
         return job_verb(&a);
     }

@@ -5,6 +5,7 @@
 #include "lib/compiler.h"
 #include "lib/bitmap.h"
 #include "lib/copy.h"
+#include "lib/journal.h"
 #include "lib/io.h"
 #include "lib/remote.h"
 #include "formats/format.h"
@@ -59,7 +60,7 @@ static const struct argp_option options[] = {
     { "compress", 'c', NULL, 0, "Write compressed clusters (qcow2 target)", 0 },
     { "options", 'o', "OPTS", 0, "Options for creating TARGET, as create -o", 0 },
     { "backing", 'B', "FILE", 0, "Backing file of the new TARGET", 0 },
-    { "cache", 't', "MODE", 0, "writeback (default) or unsafe (no flush at the end)", 0 },
+    { "cache", 't', "MODE", 0, "writeback (default) or unsafe (no final flush)", 0 },
     { "backing-format", 'F', "FMT", 0, "Format of that backing file", 0 },
     { "agent", OPT_AGENT, "SOCKET", 0, "SOURCE is a disk of that agent (live)", 0 },
     { "wait", OPT_WAIT, NULL, 0, "Live: wait until ready (and the end)", 0 },
@@ -427,6 +428,57 @@ static int mirror_agent(struct mirror_args *a)
     return ret;
 }
 
+/*
+ * Resuming into the TARGET.part a killed mirror left: its leaks (clusters
+ * allocated after the last checkpoint) are repaired quietly.  false when
+ * it is not sound (a power failure under its unordered writes): the
+ * mirror then starts it anew.
+ */
+static bool part_usable(const char *part, const char *fmt)
+{
+    struct error *err = NULL;
+    struct check_result r;
+    struct bdev *bd = bdev_open(part, fmt, BDEV_O_RDWR | BDEV_O_CHECK | BDEV_O_NO_BACKING, &err);
+    int saved = dup(STDERR_FILENO), null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    bool ok;
+
+    if (!bd) {
+        error_free(err);
+        if (saved >= 0) {
+            close(saved);
+        }
+        if (null >= 0) {
+            close(null);
+        }
+        return false;
+    }
+    memset(&r, 0, sizeof(r));
+    /* (the driver's check prints what it finds: not a user's business here) */
+    if (saved >= 0 && null >= 0) {
+        fflush(stderr);
+        dup2(null, STDERR_FILENO);
+    }
+    ok = !bd->drv->check || (bd->drv->check(bd, &r, CHECK_FIX_LEAKS, &err) == 0 &&
+                             !r.corruptions && !r.check_errors);
+    if (saved >= 0 && null >= 0) {
+        fflush(stderr);
+        dup2(saved, STDERR_FILENO);
+    }
+    if (saved >= 0) {
+        close(saved);
+    }
+    if (null >= 0) {
+        close(null);
+    }
+    error_free(err);
+    err = NULL;
+    if (bdev_close(bd, &err) < 0) {
+        error_free(err);
+        ok = false;
+    }
+    return ok;
+}
+
 int cmd_mirror(int argc, char **argv)
 {
     struct mirror_args a = { 0 };
@@ -437,7 +489,8 @@ int cmd_mirror(int argc, char **argv)
     struct dirty_bitmap *dirty = NULL;
     char *part = NULL, *bname = NULL;
     const char *fmt, *bfmt = NULL;
-    bool nbd_target, created = false;
+    bool nbd_target, created = false, skip_copy = false, keep_journal = false;
+    struct job_journal jj = { 0 };
     struct stat st;
     int ret = 1, r;
 
@@ -503,6 +556,14 @@ int cmd_mirror(int argc, char **argv)
     }
     nbd_target = nbd_is_uri(a.target);
     fmt = a.out_format ? a.out_format : bdev_format_name(src);
+    /* the journal: written before anything changes (see job_journal_begin) */
+    if (job_journal_begin(&jj, &a.copy, "mirror", argc, argv)) {
+        goto out;
+    }
+    if (jj.state && strcmp(jj.state, "clearing-bitmap") &&
+        job_journal_check(&jj, "source", NULL)) {
+        goto out;
+    }
 
     if (nbd_target || a.reuse) {
         if (a.sync == SYNC_NONE && !a.reuse) {
@@ -521,6 +582,23 @@ int cmd_mirror(int argc, char **argv)
                          "match", a.target, dst->size, a.source, src->size);
             goto out;
         }
+        if (!jj.state) {
+            journal_add_image(jj.j, "source", a.source, JR_READ);
+            journal_add_image(jj.j, "target", a.target, JR_WRITE);
+            journal_set_str(jj.j, "authoritative", journal_image_path(jj.j, "source"));
+        }
+        if (job_journal_step(&jj, "copying")) {
+            goto out;
+        }
+        /* from now on TARGET is changing: a failure leaves the job to resume
+         * (a new TARGET.part is removed instead: nothing is left to finish) */
+        keep_journal = true;
+    } else if (jj.state && (!strcmp(jj.state, "installing") ||
+                            !strcmp(jj.state, "clearing-bitmap")) &&
+               journal_image_path(jj.j, "part") &&
+               stat(journal_image_path(jj.j, "part"), &st) < 0 && stat(a.target, &st) == 0) {
+        /* (resumed: TARGET.part was renamed into place already) */
+        skip_copy = true;
     } else {
         const struct format_driver *drv = bdev_find_driver(fmt);
         char *dir;
@@ -531,6 +609,8 @@ int cmd_mirror(int argc, char **argv)
         }
         if (stat(a.target, &st) == 0) {
             error_report("'%s' already exists; use -n to copy into it", a.target);
+            journal_free(jj.j);
+            jj.j = NULL;
             goto out;
         }
         if (a.opts && opts_parse(&o, a.opts, drv->create_opts, &err) < 0) {
@@ -579,6 +659,30 @@ int cmd_mirror(int argc, char **argv)
          * running mirror is writing is locked, and refused.
          */
         part = xasprintf("%s.part", a.target);
+        if (jj.state && (!strcmp(jj.state, "copying") || !strcmp(jj.state, "installing")) &&
+            journal_check_image(jj.j, "part", NULL) == 0 && part_usable(part, fmt)) {
+            /* resumed: go on with the TARGET.part it was writing */
+            created = true;
+            dst = bdev_open(part, fmt, BDEV_O_RDWR | BDEV_O_UNORDERED, &err);
+            if (!dst) {
+                report(err);
+                goto out;
+            }
+            skip_copy = !strcmp(jj.state, "installing");
+            goto copy;
+        }
+        if (!jj.state) {
+            journal_add_image(jj.j, "source", a.source, JR_READ);
+            journal_add_image(jj.j, "target", a.target, JR_WRITE);
+            journal_set_str(jj.j, "authoritative", journal_image_path(jj.j, "source"));
+        }
+        /* (resumed without a usable TARGET.part: a new copy from the start) */
+        journal_set_u64(jj.j, "copied", 0);
+        jj.copied = 0;
+        jj.state = NULL;
+        if (job_journal_step(&jj, "creating")) {
+            goto out;
+        }
         if (stat(part, &st) == 0) {
             struct bfile *f = bfile_open(part, BDEV_CREATE_PERM, 0, &err);
             if (!f) {
@@ -611,8 +715,13 @@ int cmd_mirror(int argc, char **argv)
             free(tmp);
         }
         created = true;
+        journal_add_image(jj.j, "part", part, JR_WRITE);
+        if (job_journal_step(&jj, "copying")) {
+            goto out;
+        }
         /* a new image: a power failure makes it garbage anyway, so no
-         * ordering syncs while it is built (it is flushed at the end) */
+         * ordering syncs while it is built (it is flushed at the end, and
+         * at each checkpoint of the journal) */
         dst = bdev_open(part, fmt,
                         BDEV_O_RDWR | BDEV_O_UNORDERED |
                         /* nothing is copied: its backing file (SOURCE) need not open twice */
@@ -622,24 +731,36 @@ int cmd_mirror(int argc, char **argv)
             goto out;
         }
     }
-    if (a.compress && !dst->drv->pwrite_compressed) {
+copy:
+    if (!skip_copy && a.compress && !dst->drv->pwrite_compressed) {
         error_report("'%s': format '%s' has no compressed clusters", a.target, dst->drv->name);
         goto out;
     }
 
-    if (a.sync != SYNC_NONE) {
+    if (a.sync != SYNC_NONE && !skip_copy) {
         memset(&cp, 0, sizeof(cp));
         cp.src = src;
         cp.dst = dst;
         cp.mode = a.sync == SYNC_TOP ? COPY_ABOVE : a.sync == SYNC_BITMAP ? COPY_BITMAP : COPY_ALL;
         cp.base = a.sync == SYNC_TOP ? src->backing : NULL;
         cp.bitmap = dirty;
-        cp.dst_is_zero = created && !dst->backing_file;
+        /* (resumed: past "copied" the target may hold anything) */
+        cp.dst_is_zero = created && !dst->backing_file && !jj.state;
         cp.check_dst_zero = !cp.dst_is_zero;
         cp.compress = a.compress;
         cp.no_flush = a.unsafe;
+        if (jj.state && !strcmp(jj.state, "copying")) {
+            cp.start = jj.copied;
+        }
         copy_opts_apply(&a.copy, &cp);
+        if (job_journal_checkpoints(&jj, &cp, dst)) {
+            goto out;
+        }
         r = copy_run(&cp, &err);
+        if (jj.state && r == 0) {
+            fprintf(stderr, "blockctl: job %s: copied %" PRIu64 " bytes from offset %" PRIu64
+                    "\n", jj.j->id, cp.bytes_written + cp.bytes_zeroed, cp.start);
+        }
         copy_opts_finish(&a.copy);
         if (r == -ECANCELED) {
             error_report("interrupted: '%s' is incomplete%s", a.target,
@@ -657,13 +778,17 @@ int cmd_mirror(int argc, char **argv)
     } else {
         copy_opts_nothing(&a.copy);
     }
-    if (bdev_close(dst, &err) < 0) {
+    if (dst && bdev_close(dst, &err) < 0) {
         dst = NULL;
         report(err);
         goto out;
     }
     dst = NULL;
     if (created) {
+        if (job_journal_step(&jj, "installing")) {
+            goto out;
+        }
+
         /*
          * Never replace a TARGET that appeared meanwhile.  A failed folder
          * sync takes TARGET back: the same mirror can simply be run again.
@@ -678,17 +803,30 @@ int cmd_mirror(int argc, char **argv)
             goto out;
         }
     }
-    if (a.clear_bitmap && clear_chain_bitmap(src, a.bitmap, a.target) < 0) {
-        goto out;
+    if (a.clear_bitmap) {
+        /* (a failure now leaves a complete TARGET: the job is over) */
+        keep_journal = false;
+        if (job_journal_step(&jj, "clearing-bitmap") ||
+            clear_chain_bitmap(src, a.bitmap, a.target) < 0) {
+            goto out;
+        }
     }
+    job_journal_end(&jj);
     ret = 0;
 out:
     bitmap_free(dirty);
     if (dst) {
         bdev_unref(dst);
     }
-    if (created && part) {
+    if (created && part && !keep_journal) {
         unlink(part);
+    }
+    if (ret != 0 && jj.j) {
+        if (keep_journal) {
+            job_journal_keep(&jj);
+        } else {
+            job_journal_end(&jj);       /* (nothing to finish: rolled back) */
+        }
     }
     bdev_unref(src);
     opts_free(&o);

@@ -4,6 +4,7 @@
  */
 #include "lib/compiler.h"
 #include "lib/copy.h"
+#include "lib/journal.h"
 #include "lib/remote.h"
 
 #include <argp.h>
@@ -129,6 +130,7 @@ int cmd_stream(int argc, char **argv)
     struct error *err = NULL;
     struct copy_params cp;
     struct bdev *top, *base = NULL;
+    struct job_journal jj = { 0 };
     char *new_backing = NULL;
     int ret = 1, r;
 
@@ -151,6 +153,24 @@ int cmd_stream(int argc, char **argv)
                      top->drv->name);
         goto out;
     }
+    if (job_journal_begin(&jj, &a.copy, "stream", argc, argv)) {
+        goto out;
+    }
+    if (job_journal_check(&jj, "top", "base", NULL)) {
+        goto out;
+    }
+    if (jj.state && !strcmp(jj.state, "relinking")) {
+        /* resumed after the copy: (again) the one header write */
+        const char *b = journal_get_str(jj.j, "new-backing");
+        const char *bf = journal_get_str(jj.j, "new-backing-format");
+        if (top->drv->change_backing(top, b, bf, &err) < 0) {
+            report(err);
+            goto out;
+        }
+        job_journal_end(&jj);
+        ret = 0;
+        goto out;
+    }
     if (a.base) {
         base = top->backing ? bdev_chain_find(top->backing, a.base) : NULL;
         if (!base) {
@@ -160,11 +180,21 @@ int cmd_stream(int argc, char **argv)
     }
     if (!top->backing) {
         /* nothing to pull in */
+        job_journal_end(&jj);
         ret = 0;
         goto out;
     }
     if (base) {
         new_backing = bdev_backing_name_for(top, top, base);
+    }
+    if (!jj.state) {
+        journal_add_image(jj.j, "top", a.top, JR_WRITE);
+        if (base) {
+            journal_add_image(jj.j, "base", base->filename, JR_READ);
+        }
+        journal_set_str(jj.j, "authoritative", journal_image_path(jj.j, "top"));
+        journal_set_str(jj.j, "new-backing", new_backing);
+        journal_set_str(jj.j, "new-backing-format", base ? bdev_format_name(base) : NULL);
     }
 
     memset(&cp, 0, sizeof(cp));
@@ -177,8 +207,18 @@ int cmd_stream(int argc, char **argv)
     cp.zero_over_below = true;
     cp.below = base;
     copy_opts_apply(&a.copy, &cp);
+    if (jj.state) {
+        cp.start = jj.copied;
+    }
+    if (job_journal_step(&jj, "copying") || job_journal_checkpoints(&jj, &cp, top)) {
+        goto out;
+    }
     r = copy_run(&cp, &err);
     copy_opts_finish(&a.copy);
+    if (jj.state && r == 0) {
+        fprintf(stderr, "blockctl: job %s: copied %" PRIu64 " bytes from offset %" PRIu64 "\n",
+                jj.j->id, cp.bytes_written + cp.bytes_zeroed, cp.start);
+    }
     if (r == -ECANCELED) {
         error_report("interrupted: '%s' keeps its backing file '%s' and reads as before; run "
                      "stream again to finish", a.top, top->backing_file);
@@ -191,12 +231,20 @@ int cmd_stream(int argc, char **argv)
                      top->backing_file);
         goto out;
     }
-    if (top->drv->change_backing(top, new_backing, base ? bdev_format_name(base) : NULL, &err) < 0) {
-        report(err);
+    if (job_journal_step(&jj, "relinking")) {
         goto out;
     }
+    if (top->drv->change_backing(top, new_backing, base ? bdev_format_name(base) : NULL, &err) < 0) {
+        report(err);
+        job_journal_keep(&jj);      /* (the header write may have happened: resume says) */
+        goto out;
+    }
+    job_journal_end(&jj);
     ret = 0;
 out:
+    if (jj.j) {
+        job_journal_end(&jj);       /* (stopped: the chain reads as before) */
+    }
     free(new_backing);
     if (bdev_close(top, &err) < 0) {
         report(err);

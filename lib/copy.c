@@ -479,8 +479,8 @@ static int do_window_bitmap(struct engine *e, uint8_t *buf, uint64_t ws, uint64_
     return 0;
 }
 
-/* Next window to work on, or false when there is none. */
-static bool next_window(struct engine *e, uint64_t *ws, uint64_t *we)
+/* Next window to work on (recorded in @slot), or false when there is none. */
+static bool next_window(struct engine *e, uint64_t *slot, uint64_t *ws, uint64_t *we)
 {
     bool got = false;
 
@@ -504,6 +504,7 @@ static bool next_window(struct engine *e, uint64_t *ws, uint64_t *we)
         }
         *ws = s;
         *we = end;
+        *slot = s;      /* (under the lock: a checkpoint sees it claimed) */
         got = true;
     }
     pthread_mutex_unlock(&e->lock);
@@ -522,10 +523,9 @@ static void *worker(void *opaque)
     pthread_mutex_lock(&e->lock);
     slot = &e->active[e->nactive++];
     pthread_mutex_unlock(&e->lock);
-    while (next_window(e, &ws, &we)) {
+    while (next_window(e, slot, &ws, &we)) {
         int ret;
 
-        __atomic_store_n(slot, ws, __ATOMIC_RELAXED);
         ret = e->p->mode == COPY_BITMAP ? do_window_bitmap(e, buf, ws, we)
                                         : do_window_status(e, buf, ws, we);
         if (ret < 0) {
@@ -550,6 +550,8 @@ static void *worker(void *opaque)
 int copy_run(struct copy_params *p, struct error **errp)
 {
     struct engine e;
+    struct error *cp_err = NULL;
+    double cp_last = now_s();
     unsigned nw = p->workers ? p->workers : 4;
     uint64_t buf = p->buf_size ? p->buf_size : (16u << 20);
     uint64_t cg = p->dst->drv->compress_granularity ? p->dst->drv->compress_granularity(p->dst)
@@ -620,6 +622,20 @@ int copy_run(struct copy_params *p, struct error **errp)
             p->progress(p->opaque, done, e.end - e.start);
             pthread_mutex_lock(&e.lock);
         }
+        if (p->checkpoint && e.running && !e.ret && now_s() - cp_last >= p->checkpoint_secs) {
+            uint64_t below = e.cursor;
+            int r;
+            for (unsigned i = 0; i < e.nactive; i++) {
+                below = MIN(below, e.active[i]);
+            }
+            pthread_mutex_unlock(&e.lock);
+            r = p->checkpoint(p->checkpoint_opaque, below, &cp_err);
+            cp_last = now_s();
+            pthread_mutex_lock(&e.lock);
+            if (r < 0 && !e.ret) {
+                __atomic_store_n(&e.ret, r, __ATOMIC_RELAXED);
+            }
+        }
     }
     pthread_mutex_unlock(&e.lock);
     for (unsigned i = 0; i < nw; i++) {
@@ -649,7 +665,10 @@ int copy_run(struct copy_params *p, struct error **errp)
     if (ret == 0 && p->progress) {
         p->progress(p->opaque, e.end - e.start, e.end - e.start);
     }
-    if (ret < 0 && ret != -ECANCELED) {
+    if (cp_err && ret < 0) {
+        error_propagate(errp, cp_err);      /* (the checkpoint failed first) */
+        cp_err = NULL;
+    } else if (ret < 0 && ret != -ECANCELED) {
         char *detail = e.err_bd ? bdev_last_error(e.err_bd) : NULL;
         if (detail) {
             error_setg(errp, "%s", detail);
@@ -659,6 +678,7 @@ int copy_run(struct copy_params *p, struct error **errp)
         }
         free(detail);
     }
+    error_free(cp_err);
     pthread_mutex_destroy(&e.lock);
     pthread_cond_destroy(&e.cond);
     pthread_mutex_destroy(&e.rl_lock);

@@ -77,6 +77,16 @@ struct copy_params {
      * no marking, the copy will read it yet.
      */
     uint64_t *claimed;
+    /*
+     * If set: called from copy_run's thread every @checkpoint_secs (and
+     * not at the end) with @below, an offset everything under which is
+     * written to the target (not flushed: the callback flushes it before
+     * it records it).  A negative return stops the copy with that error
+     * (*errp set by the callback).
+     */
+    int (*checkpoint)(void *opaque, uint64_t below, struct error **errp);
+    void *checkpoint_opaque;
+    double checkpoint_secs;
 
     /* results */
     uint64_t bytes_written;      /* data bytes written to the target */

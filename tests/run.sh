@@ -15,6 +15,8 @@ BUILD=${BUILD:-build}
 JOBS=${JOBS:-$(nproc 2>/dev/null || echo 2)}
 out=$(mktemp -d "${TMPDIR:-/tmp}/blockctl-tests.XXXXXX")
 trap 'rm -rf "$out"' EXIT
+# job journals of the commands the tests run go here, not to /var/lib/blockctl
+export BLOCKCTL_STATE_DIR=${BLOCKCTL_STATE_DIR:-$out/state}
 
 suites=()
 for t in "$BUILD"/tests/unit/test-*; do

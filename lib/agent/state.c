@@ -13,6 +13,7 @@
 #include "lib/compiler.h"
 #include "lib/agent/agent.h"
 #include "lib/io.h"
+#include "lib/journal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -59,9 +60,7 @@ int agent_state_save(struct agent *a, struct error **errp)
 {
     const char *path = a->cfg.state_path;
     json_object *root, *disks;
-    const char *text;
-    char *tmp;
-    int fd, ret;
+    int ret;
 
     if (!path) {
         return 0;
@@ -73,40 +72,10 @@ int agent_state_save(struct agent *a, struct error **errp)
         json_object_array_add(disks, disk_json(d));
     }
     json_object_object_add(root, "disks", disks);
-    text = json_object_to_json_string_ext(root, JSON_C_TO_STRING_PRETTY |
-                                                    JSON_C_TO_STRING_NOSLASHESCAPE);
-    tmp = xasprintf("%s.tmp", path);
-    fd = io_open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (fd < 0) {
-        ret = fd;
-        error_setg_errno(errp, -ret, "cannot write state file '%s'", tmp);
-        goto out;
-    }
-    ret = io_pwrite(fd, text, strlen(text), 0);
-    if (ret == 0) {
-        ret = io_pwrite(fd, "\n", 1, strlen(text));
-    }
-    if (ret == 0) {
-        ret = io_fsync(fd);
-    }
-    io_close(fd);
+    ret = json_file_replace(path, root, 0600, errp);
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "cannot write state file '%s'", tmp);
-        unlink(tmp);
-        goto out;
+        error_prefix(errp, "state file: ");
     }
-    ret = io_rename(tmp, path);
-    if (ret < 0) {
-        error_setg_errno(errp, -ret, "cannot replace state file '%s'", path);
-        unlink(tmp);
-        goto out;
-    }
-    ret = io_dirsync(path);
-    if (ret < 0) {
-        error_setg_errno(errp, -ret, "cannot sync the folder of state file '%s'", path);
-    }
-out:
-    free(tmp);
     json_object_put(root);
     return ret;
 }
