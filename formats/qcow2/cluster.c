@@ -1644,6 +1644,23 @@ int qcow2_preallocate(struct qcow2 *s, uint64_t size, bool write_zeroes, bool fa
     return qcow2_preallocate_range(s, 0, size, write_zeroes, falloc, errp);
 }
 
+/* Write the header with the new size (locks held); on failure the old one stays. */
+static int record_size(struct qcow2 *s, uint64_t size)
+{
+    uint64_t old_size = s->size;
+    int ret;
+
+    s->size = size;
+    ret = qcow2_write_header(s, NULL);
+    if (ret == 0) {
+        ret = qcow2_order_sync(s);
+    }
+    if (ret < 0) {
+        s->size = old_size;
+    }
+    return ret;
+}
+
 /*
  * Shrink to @size, as QEMU does: the clusters past the new end are
  * dropped, the L2 tables wholly past it freed (the L1 table keeps its
@@ -1658,7 +1675,7 @@ static int shrink(struct bdev *bd, uint64_t size, struct error **errp)
     struct qcow2 *s = bd->opaque;
     uint64_t cs = s->cluster_size, l2_span = cs << s->l2_bits;
     uint64_t start = ALIGN_UP(size, cs), end = ALIGN_UP(s->size, cs);
-    uint64_t new_l1 = DIV_ROUND_UP(size, l2_span), old_size = s->size;
+    uint64_t new_l1 = DIV_ROUND_UP(size, l2_span);
     int ret = 0;
 
     if (start > size && size < s->size) {
@@ -1692,17 +1709,7 @@ static int shrink(struct bdev *bd, uint64_t size, struct error **errp)
         ret = qcow2_order_sync(s);
     }
     if (ret == 0) {
-        s->size = size;
-        ret = qcow2_write_header(s, NULL);
-        if (ret == 0) {
-            ret = qcow2_flush_metadata(s);
-        }
-        if (ret == 0) {
-            ret = qcow2_order_sync(s);
-        }
-        if (ret < 0) {
-            s->size = old_size;
-        }
+        ret = record_size(s, size);
     }
     qcow2_map_unlock(s);
     qcow2_meta_unlock(s);
@@ -1805,14 +1812,7 @@ int qcow2_truncate(struct bdev *bd, uint64_t size, struct error **errp)
             }
         }
     } else {
-        s->size = size;
-        ret = qcow2_write_header(s, NULL);
-        if (ret == 0) {
-            ret = qcow2_order_sync(s);
-        }
-        if (ret < 0) {
-            s->size = old_size;
-        }
+        ret = record_size(s, size);
     }
     qcow2_map_unlock(s);
     qcow2_meta_unlock(s);
