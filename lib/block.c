@@ -249,7 +249,7 @@ static const struct format_driver *probe_backing(const char *overlay, const char
             error_setg(errp, "'%s': backing file '%s' has no recorded format and is a qcow2 "
                        "image with a backing file of its own", overlay, path);
             error_append_hint(errp, "Record the backing format, e.g. with "
-                              "'qemu-img rebase -u -F qcow2 -b %s %s'", path, overlay);
+                              "'blockctl rebase -u -F qcow2 -b %s %s'", path, overlay);
             return NULL;
         }
     }

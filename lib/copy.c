@@ -321,7 +321,9 @@ static int read_below(struct engine *e, uint8_t *buf, uint64_t off, uint64_t len
 static int copy_data(struct engine *e, uint8_t *buf, uint64_t off, uint64_t len)
 {
     struct copy_params *p = e->p;
-    uint64_t g = e->gran, pos, run_start;
+    /* rebase: sector by sector, as qemu-img compares (the bitmaps then
+     * record the same writes) */
+    uint64_t g = p->diff_below ? 512 : e->gran, pos, run_start;
     uint8_t *bbuf = p->diff_below ? buf + e->window : NULL;
     enum gran_class run = GRAN_DATA;
     int ret;

@@ -45,8 +45,8 @@ struct copy_params {
     struct bdev *below;
     /*
      * Rebase: @below is the target's new backing image (NULL: none); data
-     * is written only where it differs from what @below reads, one target
-     * cluster at a time (clusters that read the same are left alone).
+     * is written only where it differs from what @below reads, compared
+     * 512 bytes at a time (what reads the same is left alone).
      * Goes with zero_over_below.
      */
     bool diff_below;
