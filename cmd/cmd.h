@@ -36,6 +36,8 @@ int cmd_create(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_job(int argc, char **argv);
 int cmd_pivot(int argc, char **argv);
+int cmd_rebase(int argc, char **argv);
+int cmd_resize(int argc, char **argv);
 int cmd_map(int argc, char **argv);
 int cmd_mirror(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);

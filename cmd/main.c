@@ -40,6 +40,8 @@ static const struct command commands[] = {
     { "map", cmd_map, "Show where an image's data lives, extent by extent" },
     { "mirror", cmd_mirror, "Copy a disk to a new file or an NBD export" },
     { "pivot", cmd_pivot, "Switch an agent's disks onto their mirror copies" },
+    { "rebase", cmd_rebase, "Change an image's backing file, keeping what it reads" },
+    { "resize", cmd_resize, "Grow or shrink an image's virtual size" },
     { "snapshot", cmd_snapshot, "Create external snapshots of several disks at once" },
     { "stream", cmd_stream, "Pull backing data into an overlay (copy-on-read)" },
 };

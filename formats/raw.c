@@ -293,6 +293,26 @@ static int raw_truncate(struct bdev *bd, uint64_t size, struct error **errp)
     return 0;
 }
 
+static int raw_preallocate(struct bdev *bd, uint64_t start, uint64_t end,
+                           enum bdev_prealloc mode, struct error **errp)
+{
+    int ret = 0;
+
+    if (mode != BDEV_PREALLOC_FALLOC && mode != BDEV_PREALLOC_FULL) {
+        error_setg(errp, "Unsupported preallocation mode: %s", bdev_prealloc_name(mode));
+        return -ENOTSUP;
+    }
+    if (end <= start) {
+        return 0;
+    }
+    ret = mode == BDEV_PREALLOC_FALLOC ? io_fallocate(bd->file->fd, 0, start, end - start)
+                                       : write_zero_range(bd->file->fd, start, end - start);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "'%s': cannot preallocate", bd->filename);
+    }
+    return ret;
+}
+
 const struct format_driver raw_driver = {
     .name = "raw",
     .create_opts = raw_create_opts,
@@ -302,6 +322,7 @@ const struct format_driver raw_driver = {
     .close = raw_close,
     .reopen = raw_reopen,
     .truncate = raw_truncate,
+    .preallocate = raw_preallocate,
     .pread = raw_pread,
     .pwrite = raw_pwrite,
     .pwrite_zeroes = raw_pwrite_zeroes,

@@ -249,7 +249,7 @@ static const struct format_driver *probe_backing(const char *overlay, const char
             error_setg(errp, "'%s': backing file '%s' has no recorded format and is a qcow2 "
                        "image with a backing file of its own", overlay, path);
             error_append_hint(errp, "Record the backing format, e.g. with "
-                              "'qemu-img rebase -u -F qcow2 -b %s %s'", path, overlay);
+                              "'blockctl rebase -u -F qcow2 -b %s %s'", path, overlay);
             return NULL;
         }
     }
@@ -1280,6 +1280,58 @@ int bdev_truncate(struct bdev *bd, uint64_t size, struct error **errp)
             error_setg_errno(errp, -ret, "'%s': cannot zero the new area", bd->filename);
         }
     }
+    return ret;
+}
+
+static const char *const prealloc_names[] = {
+    [BDEV_PREALLOC_OFF] = "off", [BDEV_PREALLOC_METADATA] = "metadata",
+    [BDEV_PREALLOC_FALLOC] = "falloc", [BDEV_PREALLOC_FULL] = "full",
+};
+
+int bdev_prealloc_parse(const char *name, enum bdev_prealloc *out)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(prealloc_names); i++) {
+        if (!strcmp(name, prealloc_names[i])) {
+            *out = (enum bdev_prealloc)i;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+const char *bdev_prealloc_name(enum bdev_prealloc p)
+{
+    return (size_t)p < ARRAY_SIZE(prealloc_names) ? prealloc_names[p] : "?";
+}
+
+int bdev_resize(struct bdev *bd, uint64_t size, enum bdev_prealloc prealloc,
+                struct error **errp)
+{
+    uint64_t old = bd->size;
+    int ret;
+
+    if (prealloc != BDEV_PREALLOC_OFF) {
+        if (size <= old) {
+            error_setg(errp, "Preallocation can only be used for growing images");
+            return -EINVAL;
+        }
+        if (!bd->drv->preallocate) {
+            error_setg(errp, "Unsupported preallocation mode: %s", bdev_prealloc_name(prealloc));
+            return -ENOTSUP;
+        }
+        /* ask before resizing: a mode the driver refuses changes nothing */
+        ret = bd->drv->preallocate(bd, old, old, prealloc, errp);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    ret = bdev_truncate(bd, size, errp);
+    if (ret < 0 || prealloc == BDEV_PREALLOC_OFF) {
+        return ret;
+    }
+    bdev_drain_begin(bd);
+    ret = bd->drv->preallocate(bd, old, bd->size, prealloc, errp);
+    bdev_drain_end(bd);
     return ret;
 }
 

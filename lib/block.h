@@ -66,6 +66,17 @@ struct bdev;
 struct bdev_req;
 struct dirty_bitmap;
 
+/* Preallocation of a grown area (QEMU's PreallocMode) */
+enum bdev_prealloc {
+    BDEV_PREALLOC_OFF,
+    BDEV_PREALLOC_METADATA,      /* qcow2: clusters mapped, data not written */
+    BDEV_PREALLOC_FALLOC,        /* fallocate(2) the space */
+    BDEV_PREALLOC_FULL,          /* write zeroes */
+};
+/* Parse "off", "metadata", "falloc", "full"; -EINVAL otherwise. */
+int bdev_prealloc_parse(const char *name, enum bdev_prealloc *out);
+const char *bdev_prealloc_name(enum bdev_prealloc p);
+
 /*
  * A dirty bitmap kept by the block layer for one image: enabled ones are
  * marked after every successful write to the image (not those flagged
@@ -210,6 +221,10 @@ struct format_driver {
     int (*check)(struct bdev *bd, struct check_result *res, unsigned fix,
                  struct error **errp);
     int (*truncate)(struct bdev *bd, uint64_t size, struct error **errp);
+    /* Preallocate [start, end) of an image just grown to @end (optional;
+     * QEMU's "Unsupported preallocation mode" where a mode is not). */
+    int (*preallocate)(struct bdev *bd, uint64_t start, uint64_t end,
+                       enum bdev_prealloc mode, struct error **errp);
     /* Record a new backing file name and format (NULL: none). */
     int (*change_backing)(struct bdev *bd, const char *file, const char *fmt,
                           struct error **errp);
@@ -365,6 +380,13 @@ int bdev_flush(struct bdev *bd);
 void bdev_start_writeback(struct bdev *bd);
 /* Grow (or shrink, where the format can) the virtual size. */
 int bdev_truncate(struct bdev *bd, uint64_t size, struct error **errp);
+/*
+ * The same, preallocating a grown area with @prealloc (refused for a
+ * shrink, with QEMU's message).  The persistent bitmaps follow (a grown
+ * area clean, a cut one dropped), as QEMU resizes them.
+ */
+int bdev_resize(struct bdev *bd, uint64_t size, enum bdev_prealloc prealloc,
+                struct error **errp);
 /* Make @bd's own layer empty (reads fall through to its backing); -ENOTSUP
  * where the format cannot. */
 int bdev_make_empty(struct bdev *bd);

@@ -279,15 +279,53 @@ static int write_data(struct engine *e, const uint8_t *buf, uint64_t off, uint64
     return 0;
 }
 
+/* What a granule of copied data needs */
+enum gran_class { GRAN_SAME, GRAN_ZERO, GRAN_DATA };
+
+static int write_run(struct engine *e, enum gran_class c, const uint8_t *buf, uint64_t off,
+                     uint64_t len)
+{
+    switch (c) {
+    case GRAN_ZERO:
+        return write_zero(e, off, len);
+    case GRAN_DATA:
+        return write_data(e, buf, off, len);
+    default:
+        return 0;
+    }
+}
+
+/* Read what @below (NULL: nothing) reads at [off, off+len) into @buf. */
+static int read_below(struct engine *e, uint8_t *buf, uint64_t off, uint64_t len)
+{
+    struct bdev *bd = e->p->below;
+    uint64_t n = bd && off < bd->size ? MIN(len, bd->size - off) : 0;
+    int ret;
+
+    if (n) {
+        ret = bdev_pread(bd, buf, n, off);
+        if (ret < 0) {
+            fail(e, ret, bd, "cannot read from");
+            return ret;
+        }
+    }
+    memset(buf + n, 0, len - n);
+    return 0;
+}
+
 /*
  * Copy [off, off+len) which the source has as data: read it, then write
- * the non-zero granules and treat runs of zero granules as zeroes.
+ * the non-zero granules and treat runs of zero granules as zeroes (with
+ * diff_below, granules that @below reads the same are left out).
  */
 static int copy_data(struct engine *e, uint8_t *buf, uint64_t off, uint64_t len)
 {
     struct copy_params *p = e->p;
-    uint64_t g = e->gran, pos, run_start;
-    bool run_zero;
+    /* rebase: sector by sector, as qemu-img compares (the bitmaps then
+     * record the same writes) */
+    uint64_t g = p->diff_below ? 512 : e->gran, pos, run_start;
+    uint8_t *bbuf = p->diff_below ? buf + e->window : NULL;
+    enum gran_class run = GRAN_DATA;
     int ret;
 
     ret = bdev_pread(p->src, buf, len, off);
@@ -295,29 +333,35 @@ static int copy_data(struct engine *e, uint8_t *buf, uint64_t off, uint64_t len)
         fail(e, ret, p->src, "cannot read from");
         return ret;
     }
+    if (bbuf && (ret = read_below(e, bbuf, off, len)) < 0) {
+        return ret;
+    }
     /* granules aligned to absolute offsets */
     pos = off;
     run_start = off;
-    run_zero = false;
     while (pos < off + len) {
         uint64_t gend = MIN(ALIGN_DOWN(pos, g) + g, off + len);
-        bool z = buffer_is_zero(buf + (pos - off), gend - pos);
+        enum gran_class c;
+
+        if (bbuf && !memcmp(buf + (pos - off), bbuf + (pos - off), gend - pos)) {
+            c = GRAN_SAME;
+        } else {
+            c = buffer_is_zero(buf + (pos - off), gend - pos) ? GRAN_ZERO : GRAN_DATA;
+        }
         if (pos == run_start) {
-            run_zero = z;
-        } else if (z != run_zero) {
-            ret = run_zero ? write_zero(e, run_start, pos - run_start)
-                           : write_data(e, buf + (run_start - off), run_start, pos - run_start);
+            run = c;
+        } else if (c != run) {
+            ret = write_run(e, run, buf + (run_start - off), run_start, pos - run_start);
             if (ret < 0) {
                 return ret;
             }
             run_start = pos;
-            run_zero = z;
+            run = c;
         }
         pos = gend;
     }
     if (pos > run_start) {
-        ret = run_zero ? write_zero(e, run_start, pos - run_start)
-                       : write_data(e, buf + (run_start - off), run_start, pos - run_start);
+        ret = write_run(e, run, buf + (run_start - off), run_start, pos - run_start);
     }
     return ret;
 }
@@ -514,7 +558,8 @@ static bool next_window(struct engine *e, uint64_t *slot, uint64_t *ws, uint64_t
 static void *worker(void *opaque)
 {
     struct engine *e = opaque;
-    uint8_t *buf = xmemalign(4096, e->window);
+    /* (diff_below: a second window for what the new backing reads) */
+    uint8_t *buf = xmemalign(4096, e->window * (e->p->diff_below ? 2 : 1));
     uint64_t ws, we, *slot;
 
     if (e->p->job) {

@@ -43,6 +43,13 @@ struct copy_params {
      */
     bool zero_over_below;
     struct bdev *below;
+    /*
+     * Rebase: @below is the target's new backing image (NULL: none); data
+     * is written only where it differs from what @below reads, compared
+     * 512 bytes at a time (what reads the same is left alone).
+     * Goes with zero_over_below.
+     */
+    bool diff_below;
     bool compress;               /* compressed writes (whole target clusters) */
     bool unchanged;              /* copy-on-read: the target's guest view does not change */
     bool no_flush;               /* do not flush the target at the end (-t unsafe) */

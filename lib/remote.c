@@ -65,6 +65,7 @@ void remote_disk_free(struct remote_disk *d)
     free(d->name);
     free(d->node);
     free(d->device);
+    free(d->top_node);
     json_object_put(d->image);
     json_object_put(d->bitmaps);
     memset(d, 0, sizeof(*d));
@@ -164,6 +165,7 @@ int remote_find_disk(struct qmp_client *c, const char *name, struct remote_disk 
                                                                        : str(ins, "node-name"));
             out->image = json_object_get(member(ins, "image"));
             out->bitmaps = json_object_get(member(ins, "dirty-bitmaps"));
+            out->top_node = str(ins, "node-name") ? xstrdup(str(ins, "node-name")) : NULL;
             ret = 0;
             goto out;
         }
@@ -185,6 +187,7 @@ int remote_find_disk(struct qmp_client *c, const char *name, struct remote_disk 
                     goto out;
                 }
                 out->node = xstrdup(node);
+                out->top_node = xstrdup(node);
                 out->image = json_object_get(member(n, "image"));
                 out->bitmaps = json_object_get(member(n, "dirty-bitmaps"));
                 json_object_put(n);
@@ -197,6 +200,7 @@ int remote_find_disk(struct qmp_client *c, const char *name, struct remote_disk 
      * bitmaps of that image alone) */
     if ((n = find_node(c, name, strchr(name, '/') != NULL, NULL))) {
         out->node = xstrdup(str(n, "node-name") ? str(n, "node-name") : name);
+        out->top_node = xstrdup(out->node);
         out->image = json_object_get(member(n, "image"));
         out->bitmaps = json_object_get(member(n, "dirty-bitmaps"));
         json_object_put(n);

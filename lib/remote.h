@@ -20,6 +20,7 @@ struct remote_disk {
     char *name;          /* as asked */
     char *node;          /* what to pass as `node`/`node-name` */
     char *device;        /* the device name, or NULL (a qemu-storage-daemon's export) */
+    char *top_node;      /* the node name of the disk's top image, or NULL */
     bool blockctl;       /* the server is a blockctl agent (union bitmaps etc.) */
     json_object *image;  /* ImageInfo of the top, with "backing-image" nested */
     json_object *bitmaps;/* BlockDirtyInfo list of the top node */

@@ -44,8 +44,8 @@ run "$B" mirror -O raw top.qcow2 expected.raw
 echo
 echo "== stream: pull the whole chain into a copy of top (it then stands alone)"
 for f in base mid top; do cp $f.qcow2 s-$f.qcow2; done
-qemu-img rebase -u -b s-base.qcow2 -F qcow2 s-mid.qcow2
-qemu-img rebase -u -b s-mid.qcow2 -F qcow2 s-top.qcow2
+"$B" rebase -u -b s-base.qcow2 -F qcow2 s-mid.qcow2
+"$B" rebase -u -b s-mid.qcow2 -F qcow2 s-top.qcow2
 run "$B" stream -p s-top.qcow2
 run "$B" info s-top.qcow2
 run "$B" compare s-top.qcow2 expected.raw
@@ -53,8 +53,8 @@ run "$B" compare s-top.qcow2 expected.raw
 echo
 echo "== commit: merge mid and top of another copy into its base"
 for f in base mid top; do cp $f.qcow2 c-$f.qcow2; done
-qemu-img rebase -u -b c-base.qcow2 -F qcow2 c-mid.qcow2
-qemu-img rebase -u -b c-mid.qcow2 -F qcow2 c-top.qcow2
+"$B" rebase -u -b c-base.qcow2 -F qcow2 c-mid.qcow2
+"$B" rebase -u -b c-mid.qcow2 -F qcow2 c-top.qcow2
 run "$B" commit --top c-top.qcow2 --base c-base.qcow2 c-top.qcow2
 run "$B" info --backing-chain c-top.qcow2
 run "$B" compare c-base.qcow2 expected.raw

@@ -1550,18 +1550,18 @@ out:
     return ret;
 }
 
-int qcow2_preallocate(struct qcow2 *s, uint64_t size, bool write_zeroes, bool falloc,
-                      struct error **errp)
+int qcow2_preallocate_range(struct qcow2 *s, uint64_t start, uint64_t end, bool write_zeroes,
+                            bool falloc, struct error **errp)
 {
     uint64_t cs = s->cluster_size;
     uint64_t l2_span = cs << s->l2_bits;
-    uint64_t data_start = UINT64_MAX, data_end = 0;
     int ret = 0;
 
     qcow2_meta_lock(s);
     qcow2_map_lock(s);
-    for (uint64_t off = 0; off < size; off += l2_span) {
-        uint64_t n = DIV_ROUND_UP(MIN(l2_span, size - off), cs);
+    for (uint64_t off = ALIGN_DOWN(start, cs); off < end;) {
+        uint64_t span_end = MIN(ALIGN_DOWN(off, l2_span) + l2_span, end);
+        uint64_t n = DIV_ROUND_UP(span_end - off, cs), k = 0, j = 0;
         uint8_t *l2;
         unsigned idx;
         int64_t h;
@@ -1570,50 +1570,61 @@ int qcow2_preallocate(struct qcow2 *s, uint64_t size, bool write_zeroes, bool fa
         if (ret < 0) {
             break;
         }
-        h = qcow2_alloc_clusters(s, n);
+        /* only clusters that have nothing yet (a grown image keeps its data) */
+        for (uint64_t i = 0; i < n; i++) {
+            uint64_t bm;
+            k += qcow2_l2_get(s, l2, idx + i, &bm) == 0 && bm == 0;
+        }
+        h = k ? qcow2_alloc_clusters(s, k) : 0;
         if (h < 0) {
             qcow2_cache_put(&s->l2_cache, l2);
             ret = (int)h;
             break;
         }
-        for (uint64_t i = 0; i < n; i++) {
+        for (uint64_t i = 0; i < n && k; i++) {
+            uint64_t bm;
+            if (qcow2_l2_get(s, l2, idx + i, &bm) != 0 || bm != 0) {
+                continue;
+            }
             /*
              * With subclusters, as QEMU: the clusters get their place in
              * the file but every subcluster stays unallocated, so that a
              * backing file still shows through (and reads are zero without
              * one) until the guest writes.
              */
-            qcow2_l2_set(s, l2, idx + i, (h + i * cs) | QCOW2_OFLAG_COPIED, 0);
+            qcow2_l2_set(s, l2, idx + i, (h + j++ * cs) | QCOW2_OFLAG_COPIED, 0);
         }
         qcow2_cache_mark_dirty(&s->l2_cache, l2);
         qcow2_cache_put(&s->l2_cache, l2);
-        data_start = MIN(data_start, (uint64_t)h);
-        data_end = MAX(data_end, (uint64_t)h + n * cs);
+        off = span_end;
+        if (!k) {
+            continue;
+        }
         /* Extend the file so the data clusters lie inside it (sparse). */
-        if (!write_zeroes && !falloc && data_end > s->file_size) {
-            ret = io_ftruncate(s->fd, data_end);
+        if (!write_zeroes && !falloc && (uint64_t)h + k * cs > s->file_size) {
+            ret = io_ftruncate(s->fd, h + k * cs);
             if (ret < 0) {
                 break;
             }
-            qcow2_note_file_end(s, data_end);
+            qcow2_note_file_end(s, h + k * cs);
         }
         if (falloc) {
-            ret = io_fallocate(s->fd, 0, h, n * cs);
+            ret = io_fallocate(s->fd, 0, h, k * cs);
             if (ret < 0) {
                 break;
             }
-            qcow2_note_file_end(s, h + n * cs);
+            qcow2_note_file_end(s, h + k * cs);
         }
         if (write_zeroes) {
-            uint8_t *z = xzalloc(MIN(n * cs, (uint64_t)1 << 20));
-            for (uint64_t p = 0; p < n * cs && ret == 0; p += 1u << 20) {
-                ret = io_pwrite(s->fd, z, MIN(n * cs - p, (uint64_t)1 << 20), h + p);
+            uint8_t *z = xzalloc(MIN(k * cs, (uint64_t)1 << 20));
+            for (uint64_t p = 0; p < k * cs && ret == 0; p += 1u << 20) {
+                ret = io_pwrite(s->fd, z, MIN(k * cs - p, (uint64_t)1 << 20), h + p);
             }
             free(z);
             if (ret < 0) {
                 break;
             }
-            qcow2_note_file_end(s, h + n * cs);
+            qcow2_note_file_end(s, h + k * cs);
         }
     }
     if (ret == 0) {
@@ -1627,6 +1638,99 @@ int qcow2_preallocate(struct qcow2 *s, uint64_t size, bool write_zeroes, bool fa
     return ret;
 }
 
+int qcow2_preallocate(struct qcow2 *s, uint64_t size, bool write_zeroes, bool falloc,
+                      struct error **errp)
+{
+    return qcow2_preallocate_range(s, 0, size, write_zeroes, falloc, errp);
+}
+
+/* Write the header with the new size (locks held); on failure the old one stays. */
+static int record_size(struct qcow2 *s, uint64_t size)
+{
+    uint64_t old_size = s->size;
+    int ret;
+
+    s->size = size;
+    ret = qcow2_write_header(s, NULL);
+    if (ret == 0) {
+        ret = qcow2_order_sync(s);
+    }
+    if (ret < 0) {
+        s->size = old_size;
+    }
+    return ret;
+}
+
+/*
+ * Shrink to @size, as QEMU does: the clusters past the new end are
+ * dropped, the L2 tables wholly past it freed (the L1 table keeps its
+ * size), then the header records the size.  The tail of the last cluster
+ * is zeroed first, so that growing the image again shows none of it.  A
+ * crash part-way leaves the old size with the area past the new end
+ * partly dropped (reading zero or the backing file's data): running the
+ * shrink again finishes it.
+ */
+static int shrink(struct bdev *bd, uint64_t size, struct error **errp)
+{
+    struct qcow2 *s = bd->opaque;
+    uint64_t cs = s->cluster_size, l2_span = cs << s->l2_bits;
+    uint64_t start = ALIGN_UP(size, cs), end = ALIGN_UP(s->size, cs);
+    uint64_t new_l1 = DIV_ROUND_UP(size, l2_span);
+    int ret = 0;
+
+    if (start > size && size < s->size) {
+        ret = qcow2_pwrite_zeroes(bd, size, MIN(start, s->size) - size, 0);
+    }
+    for (uint64_t off = start; off < end && ret == 0;) {
+        uint64_t n = MIN(end - off, l2_span - (off & (l2_span - 1)));
+        uint64_t done;
+        ret = modify_chunk(s, off, n, ZOP_UNMAP, 0, &done, NULL);
+        off += n;
+    }
+    qcow2_meta_lock(s);
+    qcow2_map_lock(s);
+    if (ret == 0) {
+        ret = qcow2_flush_metadata(s);
+    }
+    for (uint64_t i = new_l1; i < s->l1_size && ret == 0; i++) {
+        uint64_t l2off = s->l1[i] & QCOW2_L1E_OFFSET_MASK;
+        if (!l2off) {
+            continue;
+        }
+        ret = qcow2_set_l1_entry(s, (uint32_t)i, 0);
+        if (ret == 0) {
+            qcow2_cache_discard(&s->l2_cache, l2off);
+            /* freed once the L1 write is synced */
+            s->tables_unsynced = true;
+            qcow2_queue_decref(s, l2off, 1);
+        }
+    }
+    if (ret == 0) {
+        ret = qcow2_order_sync(s);
+    }
+    if (ret == 0) {
+        ret = record_size(s, size);
+    }
+    qcow2_map_unlock(s);
+    qcow2_meta_unlock(s);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "'%s': cannot shrink", bd->filename);
+        return ret;
+    }
+    bd->size = ALIGN_DOWN(size, 512);
+    return 0;
+}
+
+int qcow2_preallocate_grown(struct bdev *bd, uint64_t start, uint64_t end,
+                            enum bdev_prealloc mode, struct error **errp)
+{
+    if (end <= start) {
+        return 0;
+    }
+    return qcow2_preallocate_range(bd->opaque, start, end, mode == BDEV_PREALLOC_FULL,
+                                   mode == BDEV_PREALLOC_FALLOC, errp);
+}
+
 int qcow2_truncate(struct bdev *bd, uint64_t size, struct error **errp)
 {
     struct qcow2 *s = bd->opaque;
@@ -1636,9 +1740,9 @@ int qcow2_truncate(struct bdev *bd, uint64_t size, struct error **errp)
     uint64_t old_size = s->size;
     int ret = 0;
 
-    if (size < s->size) {
-        error_setg(errp, "'%s': shrinking a qcow2 image is not supported", bd->filename);
-        return -ENOTSUP;
+    if (size & 511) {
+        error_setg(errp, "The new size must be a multiple of 512");
+        return -EINVAL;
     }
     if (s->version == 2 && s->nb_snapshots) {
         /* v2 snapshots do not record their size: as QEMU, refuse */
@@ -1650,6 +1754,9 @@ int qcow2_truncate(struct bdev *bd, uint64_t size, struct error **errp)
         error_setg(errp, "'%s': %" PRIu64 " bytes is too large for this cluster size",
                    bd->filename, size);
         return -EFBIG;
+    }
+    if (size < s->size) {
+        return shrink(bd, size, errp);
     }
     qcow2_meta_lock(s);
     qcow2_map_lock(s);
@@ -1705,14 +1812,7 @@ int qcow2_truncate(struct bdev *bd, uint64_t size, struct error **errp)
             }
         }
     } else {
-        s->size = size;
-        ret = qcow2_write_header(s, NULL);
-        if (ret == 0) {
-            ret = qcow2_order_sync(s);
-        }
-        if (ret < 0) {
-            s->size = old_size;
-        }
+        ret = record_size(s, size);
     }
     qcow2_map_unlock(s);
     qcow2_meta_unlock(s);

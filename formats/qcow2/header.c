@@ -1523,6 +1523,7 @@ const struct format_driver qcow2_driver = {
     .check = qcow2_check,
     .change_backing = qcow2_change_backing,
     .truncate = qcow2_truncate,
+    .preallocate = qcow2_preallocate_grown,
     .pread = qcow2_pread,
     .pwrite = qcow2_pwrite,
     .pwrite_zeroes = qcow2_pwrite_zeroes,

@@ -432,11 +432,16 @@ int qcow2_discard(struct bdev *bd, uint64_t off, uint64_t len);
 int qcow2_pwrite_compressed(struct bdev *bd, const void *buf, size_t len, uint64_t off);
 int qcow2_make_empty(struct bdev *bd);
 int qcow2_truncate(struct bdev *bd, uint64_t size, struct error **errp);
+int qcow2_preallocate_grown(struct bdev *bd, uint64_t start, uint64_t end,
+                            enum bdev_prealloc mode, struct error **errp);
 int qcow2_block_status(struct bdev *bd, uint64_t off, uint64_t len, uint64_t *pnum,
                        uint64_t *map, unsigned *status);
 /* Allocate L2 tables and data clusters for [0, size) (preallocation). */
 int qcow2_preallocate(struct qcow2 *s, uint64_t size, bool write_zeroes, bool falloc,
                       struct error **errp);
+/* The same for the clusters of [start, end) that have nothing allocated yet. */
+int qcow2_preallocate_range(struct qcow2 *s, uint64_t start, uint64_t end, bool write_zeroes,
+                            bool falloc, struct error **errp);
 /* Decompressed-read of the compressed cluster described by @l2e into @out. */
 int qcow2_read_compressed(struct qcow2 *s, uint64_t l2e, uint8_t *out);
 void qcow2_compressed_range(struct qcow2 *s, uint64_t l2e, uint64_t *off, uint64_t *bytes);

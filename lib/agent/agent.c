@@ -296,6 +296,7 @@ static struct qmp_command *all_commands(void)
         agent_commands, agent_block_commands, agent_bitmap_commands,
         agent_transaction_commands, agent_export_commands, agent_job_commands,
         agent_mirror_commands, agent_node_commands,
+        agent_resize_commands,
     };
     struct qmp_command *all;
     size_t n = 0, k = 0;

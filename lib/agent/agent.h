@@ -11,7 +11,8 @@
  * Files: agent.c (start, disks, shutdown, logging), state.c (the state
  * file), qmp-block.c (queries), qmp-bitmap.c (dirty bitmaps), transaction.c
  * (blockdev-snapshot-sync and transaction), qmp-export.c (block-export-*),
- * qmp-job.c (block jobs: block-stream, the job verbs and queries).
+ * qmp-job.c (block jobs: block-stream, the job verbs and queries),
+ * qmp-resize.c (block_resize, change-backing-file).
  */
 #ifndef BLOCKCTL_LIB_AGENT_H
 #define BLOCKCTL_LIB_AGENT_H
@@ -120,6 +121,7 @@ extern const struct qmp_command agent_export_commands[];
 extern const struct qmp_command agent_job_commands[];
 extern const struct qmp_command agent_mirror_commands[];
 extern const struct qmp_command agent_node_commands[];
+extern const struct qmp_command agent_resize_commands[];
 
 /* Nodes of blockdev-add (qmp-node.c) */
 struct agent_node;

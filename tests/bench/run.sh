@@ -542,7 +542,7 @@ main() {
     # ---- issue 3: the copy engine on a 2 GiB chain --------------------------
     local S=$D/chain/top.qcow2 U
     if want mirror-qcow2 mirror-qcow2-durable mirror-raw-raw-durable \
-        mirror-zstd stream-all stream-base commit mirror-nbd-qcow2 \
+        mirror-zstd stream-all stream-base rebase-base rebase-flatten commit mirror-nbd-qcow2 \
         mirror-nbd-raw mirror-nbd-vs-nbdcopy mirror-raw-raw; then
         setup_chain
         warm "$D"/chain/*.qcow2 "$D/chain.raw"
@@ -581,6 +581,18 @@ main() {
         bench stream-base \
             "$B stream -f qcow2 --base $D/w/base.qcow2 $D/w/top.qcow2" \
             "$QEMU_IMG rebase -f qcow2 -b $D/w/base.qcow2 -F qcow2 $D/w/top.qcow2" 0.8 64
+    fi
+    if want rebase-base; then
+        PREP_B=fresh_chain PREP_Q=fresh_chain \
+        bench rebase-base \
+            "$B rebase -f qcow2 -b base.qcow2 -F qcow2 $D/w/top.qcow2" \
+            "$QEMU_IMG rebase -f qcow2 -b base.qcow2 -F qcow2 $D/w/top.qcow2" 0.8 64
+    fi
+    if want rebase-flatten; then
+        PREP_B=fresh_chain PREP_Q=fresh_chain \
+        bench rebase-flatten \
+            "$B rebase -f qcow2 -b '' $D/w/top.qcow2" \
+            "$QEMU_IMG rebase -f qcow2 -b '' $D/w/top.qcow2" 0.8 64
     fi
     if want commit; then
         PREP_B=fresh_chain PREP_Q=fresh_chain \
