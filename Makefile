@@ -6,6 +6,7 @@ PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
 MANDIR ?= $(PREFIX)/share/man
 SYSTEMDDIR ?= $(PREFIX)/lib/systemd/system
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 DESTDIR ?=
 
 BUILD ?= build
@@ -107,12 +108,26 @@ install: all
 	sed 's|/usr/local/bin/blockctl|$(BINDIR)/blockctl|' dist/blockctl-agent@.service \
 	    >$(DESTDIR)$(SYSTEMDDIR)/blockctl-agent@.service
 	chmod 644 $(DESTDIR)$(SYSTEMDDIR)/blockctl-agent@.service
+	sed 's|/usr/local/bin/blockctl|$(BINDIR)/blockctl|' dist/blockctl-backup \
+	    >$(DESTDIR)$(BINDIR)/blockctl-backup
+	chmod 755 $(DESTDIR)$(BINDIR)/blockctl-backup
+	for u in blockctl-backup@.service blockctl-backup@.timer; do \
+	    sed 's|/usr/local/bin/blockctl|$(BINDIR)/blockctl|' dist/$$u >$(DESTDIR)$(SYSTEMDDIR)/$$u; \
+	    chmod 644 $(DESTDIR)$(SYSTEMDDIR)/$$u; \
+	done
+	install -Dm644 dist/bash-completion/blockctl $(DESTDIR)$(BASHCOMPDIR)/blockctl
+	for c in $$(./blockctl --list-commands); do \
+	    ln -sf blockctl $(DESTDIR)$(BASHCOMPDIR)/blockctl-$$c; \
+	done
 
 uninstall:
 	for c in $$(./blockctl --list-commands); do rm -f $(DESTDIR)$(BINDIR)/blockctl-$$c; done
 	rm -f $(DESTDIR)$(BINDIR)/blockctl
 	for p in $(MANS); do n=$$(basename $$p); s=$${n##*.}; rm -f $(DESTDIR)$(MANDIR)/man$$s/$$n; done
 	rm -f $(DESTDIR)$(SYSTEMDDIR)/blockctl-agent@.service
+	rm -f $(DESTDIR)$(BINDIR)/blockctl-backup $(DESTDIR)$(SYSTEMDDIR)/blockctl-backup@.service \
+	    $(DESTDIR)$(SYSTEMDDIR)/blockctl-backup@.timer $(DESTDIR)$(BASHCOMPDIR)/blockctl
+	for c in $$(./blockctl --list-commands); do rm -f $(DESTDIR)$(BASHCOMPDIR)/blockctl-$$c; done
 
 ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 asan: deps test-deps
@@ -152,6 +167,13 @@ agent-full: deps test-deps
 crash: deps test-deps
 	@$(MAKE) --no-print-directory all
 	@PROG=$(CURDIR)/$(if $(filter build,$(BUILD)),blockctl,$(BIN)) tests/crash/matrix.sh
+
+# dist/blockctl-backup for 300 nights, offline and live (make check runs
+# 300 offline and 30 live)
+.PHONY: backup-test
+backup-test: deps test-deps
+	@$(MAKE) --no-print-directory all
+	@BACKUP_LIVE_NIGHTS=300 PROG=$(CURDIR)/blockctl bats --tap tests/interop/backup.bats
 
 bench: deps test-deps
 	@$(MAKE) --no-print-directory all test-tools

@@ -36,7 +36,7 @@ struct bitmap_args {
 
 enum {
     OPT_ADD = 0x100, OPT_REMOVE, OPT_CLEAR, OPT_ENABLE, OPT_DISABLE, OPT_MERGE, OPT_DISABLED,
-    OPT_LIST, OPT_DUMP, OPT_OUTPUT, OPT_AGENT,
+    OPT_LIST, OPT_DUMP, OPT_OUTPUT, OPT_AGENT, OPT_SALVAGE,
 };
 
 static const struct argp_option options[] = {
@@ -46,6 +46,7 @@ static const struct argp_option options[] = {
     { "enable", OPT_ENABLE, NULL, 0, "Make NAME record writes", 0 },
     { "disable", OPT_DISABLE, NULL, 0, "Stop NAME recording writes", 0 },
     { "merge", OPT_MERGE, "SOURCE", 0, "Merge bitmap SOURCE into NAME", 0 },
+    { "salvage", OPT_SALVAGE, NULL, 0, "Set every bit of NAME and make it consistent", 0 },
     { "source-file", 'b', "FILE", 0, "Image holding the --merge SOURCE bitmaps", 0 },
     { "source-format", 'F', "FMT", 0, "Format of that image", 0 },
     { "granularity", 'g', "SIZE", 0, "Granularity for --add (512 to 2G, power of two)", 0 },
@@ -93,6 +94,9 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     case OPT_MERGE:
         add_op(a, BITMAP_OP_MERGE, arg, state);
         break;
+    case OPT_SALVAGE:
+        add_op(a, BITMAP_OP_SALVAGE, NULL, state);
+        break;
     case 'b':
         a->src_image = arg;
         break;
@@ -139,7 +143,7 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     case ARGP_KEY_END:
         if (a->list + a->dump + (a->nops > 0) != 1) {
             argp_error(state, "give either actions (--add, --remove, --clear, --enable, "
-                       "--disable, --merge), or --list, or --dump");
+                       "--disable, --merge, --salvage), or --list, or --dump");
         }
         if (!a->image) {
             argp_error(state, "missing image file name");
@@ -152,6 +156,11 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         }
         if (a->force_share && a->nops) {
             argp_error(state, "-U is only for --list and --dump");
+        }
+        for (size_t i = 0; remote_path(a->agent) && a->nops > 1 && i < a->nops; i++) {
+            if (a->ops[i].type == BITMAP_OP_SALVAGE) {
+                argp_error(state, "with --agent, --salvage must be the only action");
+            }
         }
         break;
     default:
@@ -301,6 +310,7 @@ static int do_dump(struct bitmap_args *a)
 static const char *const op_names[] = {
     [BITMAP_OP_ADD] = "add", [BITMAP_OP_REMOVE] = "remove", [BITMAP_OP_CLEAR] = "clear",
     [BITMAP_OP_ENABLE] = "enable", [BITMAP_OP_DISABLE] = "disable", [BITMAP_OP_MERGE] = "merge",
+    [BITMAP_OP_SALVAGE] = "salvage",
 };
 
 static const char *jstr(json_object *o, const char *key)
@@ -488,6 +498,27 @@ static int agent_actions(struct bitmap_args *a, struct qmp_client *c, struct rem
     return 0;
 }
 
+/* --salvage with --agent: a blockctl agent's command of its own */
+static int agent_salvage(struct bitmap_args *a, struct qmp_client *c, struct remote_disk *d)
+{
+    struct error *err = NULL;
+    json_object *args = json_object_new_object();
+
+    if (!d->blockctl) {
+        error_report("'%s': the agent is not a blockctl agent: it cannot salvage bitmap "
+                     "'%s' (remove it and add it again)", a->image, a->name);
+        json_object_put(args);
+        return 1;
+    }
+    json_object_object_add(args, "node", json_object_new_string(d->node));
+    json_object_object_add(args, "name", json_object_new_string(a->name));
+    if (qmp_client_execute(c, "x-blockctl-block-dirty-bitmap-salvage", args, NULL, &err) < 0) {
+        report(err);
+        return 1;
+    }
+    return 0;
+}
+
 static int do_agent(struct bitmap_args *a)
 {
     struct error *err = NULL;
@@ -504,8 +535,10 @@ static int do_agent(struct bitmap_args *a)
         qmp_client_close(c);
         return 1;
     }
-    ret = a->list ? agent_list(a, c, &d) : a->dump ? agent_dump(a, c, &d)
-                                                   : agent_actions(a, c, &d);
+    ret = a->list ? agent_list(a, c, &d)
+          : a->dump ? agent_dump(a, c, &d)
+          : a->ops[0].type == BITMAP_OP_SALVAGE ? agent_salvage(a, c, &d)
+          : agent_actions(a, c, &d);
     remote_disk_free(&d);
     qmp_client_close(c);
     return ret;

@@ -59,12 +59,14 @@ static const struct command *find_command(const char *name)
 struct top_args {
     int cmd_index;
     bool list;
+    bool list_formats;
 };
 
-enum { OPT_LIST_COMMANDS = 0x100 };
+enum { OPT_LIST_COMMANDS = 0x100, OPT_LIST_FORMATS };
 
 static const struct argp_option top_options[] = {
     { "list-commands", OPT_LIST_COMMANDS, NULL, OPTION_HIDDEN, "List the subcommands", 0 },
+    { "list-formats", OPT_LIST_FORMATS, NULL, OPTION_HIDDEN, "List the image formats", 0 },
     { 0 }
 };
 
@@ -77,12 +79,15 @@ static error_t top_parse(int key, char *arg, struct argp_state *state)
     case OPT_LIST_COMMANDS:
         a->list = true;
         break;
+    case OPT_LIST_FORMATS:
+        a->list_formats = true;
+        break;
     case ARGP_KEY_ARG:
         a->cmd_index = state->next - 1;
         state->next = state->argc;
         break;
     case ARGP_KEY_END:
-        if (!a->cmd_index && !a->list) {
+        if (!a->cmd_index && !a->list && !a->list_formats) {
             argp_usage(state);
         }
         break;
@@ -185,6 +190,15 @@ int main(int argc, char **argv)
     if (a.list) {
         for (size_t i = 0; i < ARRAY_SIZE(commands); i++) {
             printf("%s\n", commands[i].name);
+        }
+        return 0;
+    }
+    if (a.list_formats) {
+        /* the formats -f and -O take (for shell completion) */
+        for (const struct format_driver *const *d = bdev_drivers(); *d; d++) {
+            if (!(*d)->is_protocol) {
+                printf("%s\n", (*d)->name);
+            }
         }
         return 0;
     }

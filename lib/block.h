@@ -90,6 +90,7 @@ struct bdev_bitmap {
     bool enabled;
     bool persistent;
     bool inconsistent;           /* stored in use by a crash: never trusted */
+    bool stored_enabled;         /* enabled as stored (an inconsistent one: for salvage) */
     bool flags_changed;          /* enabled changed since the driver stored it */
     unsigned busy;               /* used by a job: not to be changed */
     uint64_t stored_gen;         /* bm's generation when last stored or loaded */
@@ -119,6 +120,8 @@ enum bitmap_op_type {
     BITMAP_OP_ENABLE,
     BITMAP_OP_DISABLE,
     BITMAP_OP_MERGE,
+    BITMAP_OP_SALVAGE,          /* every bit set, consistent (an inconsistent one: enabled
+                                   as it was stored) */
 };
 
 struct bitmap_op {

@@ -59,6 +59,7 @@ void bdev_bitmap_register(struct bdev *bd, const char *name, uint64_t granularit
     b->enabled = enabled && !inconsistent;
     b->persistent = persistent;
     b->inconsistent = inconsistent;
+    b->stored_enabled = enabled;
     b->stored_gen = bm ? bitmap_gen(bm) : 0;
     pthread_mutex_lock(&bd->bitmap_lock);
     for (pp = &bd->bitmaps; *pp; pp = &(*pp)->next) {
@@ -186,15 +187,18 @@ bool bdev_bitmap_in_chain(struct bdev *bd, const char *name)
 
 /* --- operations --- */
 
-enum undo_kind { UNDO_ADDED, UNDO_REMOVED, UNDO_CONTENTS, UNDO_ENABLED };
+enum undo_kind { UNDO_ADDED, UNDO_REMOVED, UNDO_CONTENTS, UNDO_ENABLED, UNDO_SALVAGED };
 
 struct undo_step {
     enum undo_kind kind;
     struct bdev_bitmap *b;           /* ADDED, REMOVED: the entry itself */
     struct bdev_bitmap *prev;        /* REMOVED: where it was (NULL: at the head) */
     char *name;                      /* CONTENTS, ENABLED */
-    struct dirty_bitmap *old;        /* CONTENTS: the bits before */
-    bool was_enabled;                /* ENABLED */
+    struct dirty_bitmap *old;        /* CONTENTS, SALVAGED: the bits before (SALVAGED: may be
+                                        NULL) */
+    bool was_enabled;                /* ENABLED, SALVAGED */
+    bool was_inconsistent;           /* SALVAGED */
+    uint64_t old_stored_gen;         /* SALVAGED */
 };
 
 struct bitmap_undo {
@@ -298,6 +302,10 @@ static int validate(struct bdev *bd, const struct bitmap_op *ops, size_t n, stru
         }
         if (op->type == BITMAP_OP_REMOVE) {
             sim[idx].name = NULL;
+            continue;
+        }
+        if (op->type == BITMAP_OP_SALVAGE) {
+            sim[idx].consistent = true;
             continue;
         }
         if (!sim[idx].consistent) {
@@ -434,6 +442,22 @@ int bdev_bitmap_apply_undo(struct bdev *bd, const struct bitmap_op *ops, size_t 
                                         .old = bitmap_copy(b->bm) });
             bitmap_clear_all(b->bm);
             break;
+        case BITMAP_OP_SALVAGE:
+            /* the old bits (if any) are kept for undo; the new ones say
+             * "everything changed", which is true of any bitmap */
+            push(u, (struct undo_step){ .kind = UNDO_SALVAGED, .name = xstrdup(b->name),
+                                        .old = b->bm, .was_enabled = b->enabled,
+                                        .was_inconsistent = b->inconsistent,
+                                        .old_stored_gen = b->stored_gen });
+            b->bm = bitmap_new(bd->size, b->granularity);
+            bitmap_set_all(b->bm);
+            if (b->inconsistent) {
+                b->enabled = b->stored_enabled;
+                b->inconsistent = false;
+            }
+            b->stored_gen = ~bitmap_gen(b->bm);    /* to be stored */
+            b->flags_changed = true;
+            break;
         case BITMAP_OP_MERGE: {
             struct dirty_bitmap *src = op->src;
             push(u, (struct undo_step){ .kind = UNDO_CONTENTS, .name = xstrdup(b->name),
@@ -504,6 +528,17 @@ void bdev_bitmap_undo(struct bitmap_undo *u)
             b = find_locked(bd, st->name, NULL);
             if (b) {
                 bitmap_assign(b->bm, st->old);
+            }
+            break;
+        case UNDO_SALVAGED:
+            b = find_locked(bd, st->name, NULL);
+            if (b) {
+                bitmap_free(b->bm);
+                b->bm = st->old;
+                st->old = NULL;
+                b->enabled = st->was_enabled;
+                b->inconsistent = st->was_inconsistent;
+                b->stored_gen = st->old_stored_gen;
             }
             break;
         }

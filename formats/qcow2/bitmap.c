@@ -766,6 +766,10 @@ int qcow2_bitmap_store_hook(struct bdev *bd, bool in_use, struct error **errp)
         if (q->bm) {
             q->flags = (q->flags & ~(BME_FLAG_AUTO | BME_FLAG_IN_USE)) |
                        (e->enabled ? BME_FLAG_AUTO : 0);
+            if (q->extra_size && !(q->flags & BME_FLAG_EXTRA_DATA_COMPAT)) {
+                /* salvaged: extra data nobody can read would keep it unusable */
+                q->extra_size = 0;
+            }
         }
     }
     for (uint32_t j = 0; j < old_nb; j++) {

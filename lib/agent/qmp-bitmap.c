@@ -9,6 +9,8 @@
  *   remove, clear     every image of the chain that has NAME
  *   enable, disable   the top's NAME
  *   merge             into the top's NAME; each source is the union too
+ *   salvage           (x-blockctl-block-dirty-bitmap-salvage, not a transaction
+ *                     action) every image of the chain that has NAME
  * The changes are made with the disk drained, and persistent bitmaps are
  * stored in their images before the command returns.
  */
@@ -150,7 +152,7 @@ static int check_add(struct agent *a, struct bm_state *s, json_object *d, const 
 static int bm_prepare(struct agent *a, struct txn_action *act, struct error **errp)
 {
     json_object *d = act->data;
-    const char *type = act->ops->type + strlen("block-dirty-bitmap-");
+    const char *type = strrchr(act->ops->type, '-') + 1;
     const char *node = txn_str(d, "node");
     const char *name = txn_str(d, strcmp(type, "merge") ? "name" : "target");
     struct bm_state *s = xzalloc(sizeof(*s));
@@ -173,8 +175,9 @@ static int bm_prepare(struct agent *a, struct txn_action *act, struct error **er
                                            .granularity = (uint64_t)g,
                                            .disabled = txn_bool(d, "disabled", false),
                                            .persistent = txn_bool(d, "persistent", false) });
-    } else if (!strcmp(type, "remove") || !strcmp(type, "clear")) {
-        enum bitmap_op_type t = type[0] == 'r' ? BITMAP_OP_REMOVE : BITMAP_OP_CLEAR;
+    } else if (!strcmp(type, "remove") || !strcmp(type, "clear") || !strcmp(type, "salvage")) {
+        enum bitmap_op_type t = type[0] == 'r' ? BITMAP_OP_REMOVE
+                                : type[0] == 'c' ? BITMAP_OP_CLEAR : BITMAP_OP_SALVAGE;
         bool any = false;
         for (struct bdev *l = top; l; l = s->union_target ? l->backing : NULL) {
             struct bdev_bitmap *b = bdev_bitmap_find(l, name);
@@ -445,6 +448,24 @@ BM_CMD(qmp_bm_disable, 4)
 BM_CMD(qmp_bm_merge, 5)
 
 /*
+ * x-blockctl-block-dirty-bitmap-salvage {node, name}: every bit of NAME
+ * set, and an inconsistent one (left in use by a crash) made consistent,
+ * recording again if it was; for a disk name, every namesake down the
+ * chain.  blockctl's own: QEMU has no way to do this.
+ */
+static const struct txn_ops salvage_ops =
+    BM_OPS("salvage", txn_bitmap_name_args);
+
+static int qmp_bm_salvage(json_object *args, json_object **ret, void *opaque,
+                          struct error **errp)
+{
+    struct txn_action act = { .ops = &salvage_ops, .data = args };
+
+    (void)ret;
+    return txn_run(opaque, &act, 1, errp);
+}
+
+/*
  * x-blockctl-dirty-bitmap-dump {node, name}: the dirty extents, as
  * [{"start", "length"}] (the union down the chain for a disk name).
  */
@@ -482,6 +503,7 @@ static int qmp_bm_dump(json_object *args, json_object **ret, void *opaque, struc
 
 const struct qmp_command agent_bitmap_commands[] = {
     { "x-blockctl-dirty-bitmap-dump", qmp_bm_dump, txn_bitmap_name_args },
+    { "x-blockctl-block-dirty-bitmap-salvage", qmp_bm_salvage, txn_bitmap_name_args },
     { "block-dirty-bitmap-add", qmp_bm_add, txn_bitmap_add_args },
     { "block-dirty-bitmap-remove", qmp_bm_remove, txn_bitmap_name_args },
     { "block-dirty-bitmap-clear", qmp_bm_clear, txn_bitmap_name_args },

@@ -143,6 +143,13 @@ wait_inuse() {
     fail "$1: bitmap $2 never got the in-use flag"
 }
 
+# qio_held IMG NAME: a qemu-io that writes, then sleeps with IMG open
+# (BG_PID), once it has loaded bitmap NAME (in use on disk)
+qio_held() {
+    bg_start qio.out qio.err qemu-io -f qcow2 -c 'write -P 2 1M 64k' -c 'sleep 100000' "$1"
+    wait_inuse "$1" "$2" 10
+}
+
 # is_inconsistent IMG NAME: after the writer died: blockctl --list (human
 # and JSON) and qemu-img info say so; --dump, --clear, --enable, --merge
 # and mirror --sync=bitmap refuse it saying why; --remove works and leaves
@@ -558,10 +565,8 @@ BATCHES
     ok_bc bitmap --add d.qcow2 b
     ok_bc bitmap --add -g 4k --disabled d.qcow2 frozen
     qio d.qcow2 'write -P 1 0 64k'
-    # a qemu-io that writes, then sleeps with the image open
-    bg_start qio.out qio.err qemu-io -f qcow2 -c 'write -P 2 1M 64k' -c 'sleep 100000' d.qcow2
+    qio_held d.qcow2 b
     local pid=$BG_PID
-    wait_inuse d.qcow2 b 10
     # while it runs, -U lists the bitmaps as in use (and --dump refuses them)
     run --separate-stderr "$PROG" bitmap -U --list --output=json d.qcow2
     [ "$status" -eq 0 ] || fail "-U --list exited $status: $stderr"
@@ -743,4 +748,133 @@ EOF
     dump_agrees base.qcow2 bb "[]"
     [ "$(qemu-img info --output=json top.qcow2 | jq '[."format-specific".data.bitmaps[] | select(.flags | index("in-use"))] | length')" = 0 ] ||
         fail "bitmaps left in use: $(qbitmaps top.qcow2)"
+}
+
+# ------------------------------------------------------------ --salvage
+
+# salvaged IMG NAME GRAN SIZE FLAGS_JSON: NAME is consistent again, as
+# qemu-img info (no in-use flag; FLAGS_JSON) and qemu-img check see it,
+# and every bit is set: qemu-nbd -B exports the whole disk as dirty, and
+# blockctl --list / --dump say so too
+salvaged() {
+    local img=$1 name=$2 gran=$3 size=$4
+    bm_is "$img" "$name" "$gran" "$5" || return 1
+    qemu_clean "$img" || return 1
+    same_ranges "$img $name: qemu-nbd -B after --salvage" "$(nbd_ranges "$img" "$name")" "[[0,$size]]" || return 1
+    same_ranges "$img $name: --dump after --salvage" "$(bc_ranges "$img" "$name")" "[[0,$size]]" || return 1
+    [ "$(bc_field "$img" "$name" .inconsistent)" = false ] || { fail "--list: $name still inconsistent"; return 1; }
+    [ "$(bc_field "$img" "$name" .count)" = "$size" ] || { fail "--list: $name count $(bc_field "$img" "$name" .count), want $size"; return 1; }
+}
+
+@test "--salvage after kill -9 of qemu-io: in-use flag gone (qemu-img info), check clean, every bit set (qemu-nbd -B); the other bitmap untouched; it records again" {
+    local size=$(((16 << 20) + 7680))
+    mkq d.qcow2 "$size"
+    ok_bc bitmap --add d.qcow2 b
+    ok_bc bitmap --add -g 4k --disabled d.qcow2 frozen
+    qio d.qcow2 'write -P 1 0 64k'
+    qio_held d.qcow2 b
+    kill -KILL "$BG_PID"
+    bg_wait "$BG_PID" 5
+    inuse_flag d.qcow2 b && inuse_flag d.qcow2 frozen || fail "the kill left no bitmap in use: $(qbitmaps d.qcow2)"
+    ok_bc bitmap --salvage d.qcow2 b
+    salvaged d.qcow2 b 65536 "$size" '["auto"]'
+    # only b: frozen is still in use, and refused
+    inuse_flag d.qcow2 frozen || fail "--salvage b changed frozen: $(qbitmaps d.qcow2)"
+    [ "$(bc_field d.qcow2 frozen .inconsistent)" = true ] || fail "frozen is no longer inconsistent"
+    ok_bc bitmap --salvage d.qcow2 frozen
+    # disabled it was, disabled it stays
+    salvaged d.qcow2 frozen 4096 "$size" '[]'
+    # b is a working bitmap again: cleared, it records qemu-io's writes
+    ok_bc bitmap --clear d.qcow2 b
+    qio d.qcow2 'write -P 3 5M 4k'
+    dump_agrees d.qcow2 b "$(want_ranges 65536 "$size" $((5 * M)):4096)"
+    same_ranges "frozen records nothing" "$(nbd_ranges d.qcow2 frozen)" "[[0,$size]]"
+    qemu_clean d.qcow2
+}
+
+@test "--salvage after kill -9 of blockctl agent (offline, then through a restarted agent): consistent, all set, incremental copies work on" {
+    mkq d.qcow2 8M
+    ok_bc bitmap --add d.qcow2 backup
+    local q nbd
+    q=$(sock_path q) nbd=$(sock_path n)
+    echo "$BATS_TEST_TMPDIR/agent.pid" >>"$BATS_TEST_TMPDIR/.servers"
+    "$PROG" agent --qmp "$q" --nbd "unix:$nbd" --state agent.state --disk "vda=$PWD/d.qcow2" \
+        --daemonize --pidfile "$BATS_TEST_TMPDIR/agent.pid" 3>&- 2>/dev/null || fail "the agent did not start"
+    QIO_FMT=raw qio "nbd+unix:///vda?socket=$nbd" 'write -P 5 2M 64k'
+    server_stop "$BATS_TEST_TMPDIR/agent.pid" KILL
+    inuse_flag d.qcow2 backup || fail "kill -9 of the agent left no bitmap in use: $(qbitmaps d.qcow2)"
+    cp d.qcow2 d2.qcow2
+    # offline
+    ok_bc bitmap --salvage d.qcow2 backup
+    salvaged d.qcow2 backup 65536 $((8 * M)) '["auto"]'
+    # an incremental copy by it takes everything, and reads as the disk
+    mkq full.qcow2 8M
+    to_raw d.qcow2 d.raw
+    ok_bc mirror --sync=bitmap --bitmap backup --clear-bitmap -B full.qcow2 -F qcow2 -O qcow2 d.qcow2 inc.qcow2
+    reads_as inc.qcow2 d.raw
+    [ "$(bc_ranges d.qcow2 backup)" = "[]" ] || fail "not cleared after the copy"
+    # live: a restarted agent sees it inconsistent; --salvage --agent fixes it
+    "$PROG" agent --qmp "$q" --nbd "unix:$nbd" --disk "vda=$PWD/d2.qcow2" \
+        --daemonize --pidfile "$BATS_TEST_TMPDIR/agent.pid" 3>&- 2>/dev/null || fail "the agent did not restart"
+    run --separate-stderr "$PROG" bitmap --agent "$q" --list --output=json vda
+    [ "$(jq -r '.[0].inconsistent' <<<"$output")" = true ] || fail "restarted agent: $output"
+    run --separate-stderr "$PROG" bitmap --agent "$q" --salvage --clear vda backup
+    [ "$status" -eq 64 ] || fail "--agent --salvage --clear exited $status"
+    ok_bc bitmap --agent "$q" --salvage vda backup
+    run --separate-stderr "$PROG" bitmap --agent "$q" --list --output=json vda
+    [ "$(jq -c '.[0] | [.inconsistent, .recording, .count]' <<<"$output")" = "[false,true,$((8 * M))]" ] ||
+        fail "after --agent --salvage: $output"
+    ok_bc bitmap --agent "$q" --clear vda backup
+    QIO_FMT=raw qio "nbd+unix:///vda?socket=$nbd" 'write -P 6 3M 4k'
+    run --separate-stderr "$PROG" bitmap --agent "$q" --dump --output=json vda backup
+    [ "$(jq -c '[.[] | [.start, .length]]' <<<"$output")" = "[[$((3 * M)),65536]]" ] || fail "records: $output"
+    server_stop "$BATS_TEST_TMPDIR/agent.pid"
+    bm_is d2.qcow2 backup 65536 '["auto"]'
+    qemu_clean d2.qcow2
+    dump_agrees d2.qcow2 backup "[[$((3 * M)),$((3 * M + 65536))]]"
+}
+
+@test "--salvage of an in-use flag set by editing the directory; of a consistent bitmap; with --clear after it; errors and faults change nothing" {
+    mkq d.qcow2 4M
+    ok_bc bitmap --add d.qcow2 b
+    ok_bc bitmap --add -g 1M d.qcow2 c
+    qio d.qcow2 'write -P 1 64k 4k'
+    # the first entry's flags (offset 12 in the directory entry): | in-use
+    local dir flags
+    dir=$(qedit d.qcow2 bmdir | cut -d ' ' -f 3)
+    flags=$(qedit d.qcow2 u32 $((dir + 12)))
+    qedit d.qcow2 u32 $((dir + 12)) $((flags | 1))
+    inuse_flag d.qcow2 b || fail "the edit did not set in-use: $(qbitmaps d.qcow2)"
+    [ "$(bc_field d.qcow2 b .inconsistent)" = true ] || fail "not inconsistent after the edit"
+    # errors: nothing changes
+    local sum
+    sum=$(cksum <d.qcow2)
+    run --separate-stderr "$PROG" bitmap --salvage d.qcow2 nosuch
+    failed_cleanly
+    one_line_error nosuch
+    run --separate-stderr env BLOCKCTL_FAULT='pwrite:*:eio:d.qcow2' "$PROG" bitmap --salvage d.qcow2 b
+    failed_cleanly
+    inuse_flag d.qcow2 b || fail "a failed --salvage cleared in-use"
+    qemu-img check d.qcow2 >/dev/null || [ $? -eq 3 ] || fail "a failed --salvage left $(qemu-img check d.qcow2)"
+    run --separate-stderr "$PROG" check -r leaks d.qcow2
+    [ "$status" -eq 0 ] || fail "check -r leaks exited $status: $stderr"
+    run --separate-stderr "$PROG" bitmap --salvage d.qcow2
+    [ "$status" -eq 64 ] || fail "no NAME exited $status"
+    run --separate-stderr "$PROG" bitmap --salvage -U d.qcow2 b
+    [ "$status" -eq 64 ] || fail "-U exited $status"
+    to_raw d.qcow2 r.raw
+    qemu-img create -q -f raw r2.raw 4M
+    run --separate-stderr "$PROG" bitmap --salvage r2.raw b
+    failed_cleanly
+    # --salvage then --clear, in one call: consistent and empty
+    ok_bc bitmap --salvage --clear d.qcow2 b
+    bm_is d.qcow2 b 65536 '["auto"]'
+    dump_agrees d.qcow2 b "[]"
+    qemu_clean d.qcow2
+    # a consistent bitmap: every bit set
+    ok_bc bitmap --salvage d.qcow2 c
+    salvaged d.qcow2 c $M $((4 * M)) '["auto"]'
+    # the data never changed
+    to_raw d.qcow2 r3.raw
+    cmp r.raw r3.raw
 }
