@@ -188,8 +188,8 @@ static void progress_cb(void *opaque, uint64_t done, uint64_t total)
 static void salvaged(void *opaque, uint64_t off, uint64_t len, int err)
 {
     (void)opaque;
-    error_report("error while reading offset %" PRIu64 " (%" PRIu64 " bytes): %s; "
-                 "written as zeroes", off, len, strerror(-err));
+    error_report("warning: error while reading offset %" PRIu64 ": %s (%" PRIu64 " bytes "
+                 "written as zeroes)", off, strerror(-err), len);
 }
 
 /*
@@ -209,11 +209,10 @@ static int copy_bitmaps(struct bdev *src, struct bdev *dst, bool skip_broken)
         }
         if (b->inconsistent) {
             if (skip_broken) {
-                fprintf(stderr, "blockctl: warning: skipping inconsistent bitmap '%s'\n",
-                        b->name);
+                error_report("warning: Skipping inconsistent bitmap '%s'", b->name);
                 continue;
             }
-            error_report("cannot copy inconsistent bitmap '%s' of '%s': try "
+            error_report("Cannot copy inconsistent bitmap '%s' of '%s': try "
                          "--skip-broken-bitmaps, or remove it (bitmap --remove)", b->name,
                          src->filename);
             return 1;
@@ -349,10 +348,16 @@ int cmd_convert(int argc, char **argv)
         memset(&cp, 0, sizeof(cp));
         cp.src = src[i];
         cp.dst = t.dst;
-        cp.mode = COPY_ALL;
+        /*
+         * -B: OUTPUT's backing file holds what SOURCE's backing chain
+         * does (qemu-img's assumption): only SOURCE's top layer is copied.
+         */
+        cp.mode = a.backing ? COPY_ABOVE : COPY_ALL;
+        cp.base = a.backing ? src[i]->backing : NULL;
         cp.dst_offset = pr.base;
         cp.dst_is_zero = (t.created && !t.dst->backing_file) || a.target_is_zero;
-        cp.check_dst_zero = !cp.dst_is_zero;
+        /* -B: zeroes written as zeroes over the backing file, as qemu-img does */
+        cp.check_dst_zero = !cp.dst_is_zero && !a.backing;
         cp.compress = a.compress;
         cp.sparse_size = a.sparse_size;
         cp.no_sparse = a.no_sparse;

@@ -83,8 +83,8 @@ int target_open(struct copy_target *t)
             return 1;
         }
         if (t->dst->size < t->size) {
-            error_report("'%s' is %" PRIu64 " bytes, smaller than the %" PRIu64 " bytes to "
-                         "copy into it", t->name, t->dst->size, t->size);
+            error_report("'%s': output file is smaller than input file (%" PRIu64 " < %" PRIu64
+                         " bytes)", t->name, t->dst->size, t->size);
             return 1;
         }
         return 0;
