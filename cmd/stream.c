@@ -44,7 +44,7 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         state->child_inputs[0] = &a->copy;
         break;
     case 'f':
-        a->format = arg;
+        a->format = parse_format_arg(arg, "-f", state);
         break;
     case OPT_BASE:
         a->base = arg;
