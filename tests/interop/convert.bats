@@ -210,7 +210,7 @@ matrix() {
     QIO_FMT=raw qio o.b 'read -P 0 64k 64k' 'read -P 2 128k 64k'
 }
 
-@test "convert -n: into an existing image of the same size, or larger (its tail untouched), as qemu-img" {
+@test "convert -n and mirror -n: into an existing image of the same size, or larger (its tail untouched), as qemu-img" {
     use_chain qcow2
     local t
     for t in raw qcow2; do
@@ -227,6 +227,11 @@ matrix() {
         cmp -n $CHAIN_BYTES b.raw "$V/top.raw"
         QIO_FMT=$t qio o.b "read -P 0x77 32M 16M"
         [ $t = raw ] || qemu-img check -q o.b
+        # mirror -n: the same
+        qemu-img create -q -f $t m.$t 48M
+        QIO_FMT=$t qio m.$t 'write -P 0x77 0 48M'
+        run -0 --separate-stderr "$PROG" mirror -n -O $t c/top.qcow2 m.$t
+        qemu-img compare -q -f $t -F $t m.$t o.q
         # the same size: as the source
         qemu-img create -q -f $t s.$t 32M
         QIO_FMT=$t qio s.$t 'write -P 0x77 0 32M'
