@@ -99,7 +99,7 @@ static void parse_disk(struct agent_args *a, const char *arg, struct argp_state 
         *v++ = '\0';
         if (!strcmp(opt, "format")) {
             free(d.format);
-            d.format = xstrdup(v);
+            d.format = xstrdup(parse_format_arg(v, "--disk format=", state));
         } else if (!strcmp(opt, "read-only") || !strcmp(opt, "readonly")) {
             if (!parse_onoff(v, &d.read_only)) {
                 argp_error(state, "--disk '%s': read-only takes on or off", arg);

@@ -101,7 +101,7 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         a->src_image = arg;
         break;
     case 'F':
-        a->src_format = arg;
+        a->src_format = parse_format_arg(arg, "-F", state);
         break;
     case 'g':
         a->granularity = parse_size_arg(arg, "granularity", state);
@@ -114,7 +114,7 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         a->disabled = true;
         break;
     case 'f':
-        a->format = arg;
+        a->format = parse_format_arg(arg, "-f", state);
         break;
     case OPT_LIST:
         a->list = true;

@@ -32,6 +32,7 @@ int cmd_bitmap(int argc, char **argv);
 int cmd_check(int argc, char **argv);
 int cmd_commit(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
 int cmd_create(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_job(int argc, char **argv);
@@ -49,6 +50,31 @@ enum output_format { OUTPUT_HUMAN, OUTPUT_JSON };
 enum output_format parse_output_format(const char *arg, struct argp_state *state);
 /* Parse a size argument for an option; exits with EXIT_USAGE when bad. */
 uint64_t parse_size_arg(const char *arg, const char *what, struct argp_state *state);
+/*
+ * Option values checked where they are parsed, exiting EXIT_USAGE with
+ * what is valid: a format for -f/-F (@opt names the option), one that
+ * can be created for -O; -S (0: *no_sparse); -m (1..16); a cache mode
+ * for -t/-T (true for unsafe; none and directsync are refused).
+ */
+const char *parse_format_arg(const char *arg, const char *opt, struct argp_state *state);
+const char *parse_out_format_arg(const char *arg, const char *opt, struct argp_state *state);
+void parse_sparse_arg(const char *arg, uint64_t *size, bool *no_sparse,
+                      struct argp_state *state);
+unsigned parse_coroutines_arg(const char *arg, struct argp_state *state);
+bool parse_cache_arg(const char *arg, const char *opt, struct argp_state *state);
+/*
+ * -o lists: parse @str (NULL: nothing) against @drv's options into @o, or
+ * check a whole list with the driver's check_create; 0, or EXIT_USAGE
+ * with the reason said (@file, if any, named).  create_opts_validate
+ * does both for a list on its own (a command's -o before anything is
+ * opened).
+ */
+struct format_driver;
+int create_opts_parse(const struct format_driver *drv, const char *str, struct optlist *o,
+                      const char *file);
+int create_opts_check(const struct format_driver *drv, const struct optlist *o,
+                      const char *file);
+int create_opts_validate(const char *fmt, const char *str);
 /* Print an error, free it and clear the variable (so it can be reused). */
 #define report(err) \
     do { \
@@ -75,6 +101,9 @@ struct copy_opts {
     const char *resume;     /* --resume ID (job resume): go on with that job */
 };
 extern const struct argp copy_opts_argp;
+/* --state-dir (and the hidden --resume ID) of the journaled copies: a
+ * second child, with the same struct copy_opts as its input */
+extern const struct argp journal_opts_argp;
 struct copy_params;
 /* Fill the engine's parameters from the options (progress, limits, cancel flag). */
 void copy_opts_apply(const struct copy_opts *o, struct copy_params *p);
@@ -85,6 +114,43 @@ void copy_opts_nothing(const struct copy_opts *o);
 
 /* Does the -o string @opts ask for the option list ("help" or "?")? */
 bool opts_want_help(const char *opts);
+
+/* --- the target of an offline copy: mirror, convert (target.c) --- */
+struct copy_target {
+    /* in */
+    const char *name;       /* TARGET as given: a file or an NBD URI */
+    const char *fmt;        /* its format (a new one: required) */
+    const struct optlist *o; /* a new one: create options (size included) */
+    uint64_t size;          /* bytes to copy: an existing one must be at least as large */
+    bool reuse;             /* -n: write an existing image in place */
+    bool replace;           /* a new TARGET replaces an existing file (convert) */
+    bool unsafe;            /* -t unsafe: an NBD target without ordering flushes */
+    bool no_backing;        /* open a new one without its backing file */
+    struct job_journal *jj; /* the job's journal (NULL: none) */
+    /* out */
+    struct bdev *dst;
+    bool created;           /* dst is TARGET.part, removed unless installed */
+    bool resumed;           /* dst is the TARGET.part of the job resumed */
+    bool copied;            /* resumed after the copy: nothing to copy */
+    bool installed;         /* resumed after TARGET.part was put in place */
+    bool keep_journal;      /* a failure leaves the job to resume (an -n target) */
+    char *part;
+    char *path;             /* where a symbolic link TARGET points (replaced there) */
+};
+/*
+ * Refuse (one line said) a TARGET that is an image of @src's chain, or
+ * whose TARGET.part would be: true when refused.  @cmd names the command.
+ */
+bool target_refuse_own_chain(struct bdev *src, const char *source, const char *target,
+                             bool reuse, const char *cmd);
+/* Open or create the target: 0, or the exit status (said). */
+int target_open(struct copy_target *t);
+/* copy_run() into it: 0, or the exit status (said: interrupted, failed). */
+int target_copy(struct copy_target *t, struct copy_params *cp);
+/* Close it and put a new one in place: 0, or 1 (said). */
+int target_install(struct copy_target *t);
+/* Drop what is left (a TARGET.part not installed is removed). */
+void target_cleanup(struct copy_target *t);
 
 /* --- an agent's jobs (agentjob.c) --- */
 struct qmp_client;

@@ -53,9 +53,10 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     switch (key) {
     case ARGP_KEY_INIT:
         state->child_inputs[0] = &a->copy;
+        state->child_inputs[1] = &a->copy;
         break;
     case 'f':
-        a->format = arg;
+        a->format = parse_format_arg(arg, "-f", state);
         break;
     case OPT_TOP:
         a->top = arg;
@@ -110,7 +111,9 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
-static const struct argp_child children[] = { { &copy_opts_argp, 0, NULL, 0 }, { 0 } };
+static const struct argp_child children[] = { { &copy_opts_argp, 0, NULL, 0 },
+                                              { &journal_opts_argp, 0, NULL, 0 },
+                                              { 0 } };
 
 static const struct argp commit_argp = {
     options, parse_opt, "IMAGE",

@@ -9,7 +9,9 @@
 #include <time.h>
 
 #include <argp.h>
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cmd/cmd.h"
@@ -80,10 +82,15 @@ enum { OPT_PROGRESS = 0x200, OPT_BANDWIDTH, OPT_BUF_SIZE, OPT_REQUESTS, OPT_STAT
 
 static const struct argp_option copy_options[] = {
     { "progress", 'p', "json", OPTION_ARG_OPTIONAL,
-      "Show progress (-p: percentage on stderr; --progress=json: JSON lines on stdout)", 0 },
+      "Progress: % on stderr (-p) or JSON lines (=json)", 0 },
     { "bandwidth", OPT_BANDWIDTH, "RATE", 0, "Copy at most RATE bytes per second (k, M, G)", 0 },
     { "buf-size", OPT_BUF_SIZE, "SIZE", 0, "Copy buffer for all requests in flight (16M)", 0 },
     { "requests", OPT_REQUESTS, "N", 0, "Copies in flight at once (1-64, default 4)", 0 },
+    { 0 }
+};
+
+/* The journaled copies' options (stream, commit, mirror): the same input. */
+static const struct argp_option journal_options[] = {
     { "state-dir", OPT_STATE_DIR, "DIR", 0, "Where the job journal goes (blockctl-job(1))", 0 },
     { "resume", OPT_RESUME, "ID", OPTION_HIDDEN, "(job resume: go on with job ID)", 0 },
     { 0 }
@@ -134,6 +141,8 @@ static error_t copy_parse(int key, char *arg, struct argp_state *state)
 }
 
 const struct argp copy_opts_argp = { copy_options, copy_parse, NULL, NULL, NULL, NULL, NULL };
+const struct argp journal_opts_argp = { journal_options, copy_parse, NULL, NULL, NULL, NULL,
+                                        NULL };
 
 static void progress_cb(void *opaque, uint64_t done, uint64_t total)
 {
@@ -201,3 +210,140 @@ void append_opts(char **dst, const char *arg)
     }
 }
 
+
+/* "raw, qcow2": the formats -f (or, @create, -O) takes */
+static char *format_list(bool create)
+{
+    const struct format_driver *const *d = bdev_drivers();
+    char *list = xstrdup("");
+
+    for (size_t i = 0; d[i]; i++) {
+        char *j;
+        if (d[i]->is_protocol || (create && !d[i]->create)) {
+            continue;
+        }
+        j = xasprintf("%s%s%s", list, *list ? ", " : "", d[i]->name);
+        free(list);
+        list = j;
+    }
+    return list;
+}
+
+static const char *format_arg(const char *arg, const char *opt, bool create,
+                              struct argp_state *state)
+{
+    const struct format_driver *drv = bdev_find_driver(arg);
+
+    if (!drv || drv->is_protocol || (create && !drv->create)) {
+        char *list = format_list(create);
+        argp_error(state, "invalid format '%s' for %s (valid: %s)", arg, opt,
+                     list);
+        free(list);
+    }
+    return arg;
+}
+
+const char *parse_format_arg(const char *arg, const char *opt, struct argp_state *state)
+{
+    return format_arg(arg, opt, false, state);
+}
+
+const char *parse_out_format_arg(const char *arg, const char *opt, struct argp_state *state)
+{
+    return format_arg(arg, opt, true, state);
+}
+
+int create_opts_parse(const struct format_driver *drv, const char *str, struct optlist *o,
+                      const char *file)
+{
+    struct error *err = NULL;
+
+    if (str && opts_parse(o, str, drv->create_opts, &err) < 0) {
+        if (file) {
+            error_prefix(&err, "'%s': ", file);
+        }
+        report(err);
+        return EXIT_USAGE;
+    }
+    return 0;
+}
+
+int create_opts_check(const struct format_driver *drv, const struct optlist *o,
+                      const char *file)
+{
+    struct error *err = NULL;
+
+    if (drv->check_create && drv->check_create(file ? file : "", o, &err) < 0) {
+        if (!file && err && !strncmp(err->msg, "'': ", 4)) {
+            /* no file yet: the message is about the -o list alone */
+            memmove(err->msg, err->msg + 4, strlen(err->msg + 4) + 1);
+        }
+        report(err);
+        return EXIT_USAGE;
+    }
+    return 0;
+}
+
+int create_opts_validate(const char *fmt, const char *str)
+{
+    const struct format_driver *drv = bdev_find_driver(fmt);
+    struct optlist o = { 0 };
+    int r;
+
+    if (!drv || !str || opts_want_help(str)) {
+        return 0;
+    }
+    r = create_opts_parse(drv, str, &o, NULL);
+    if (r == 0) {
+        r = create_opts_check(drv, &o, NULL);
+    }
+    opts_free(&o);
+    return r;
+}
+
+void parse_sparse_arg(const char *arg, uint64_t *size, bool *no_sparse,
+                      struct argp_state *state)
+{
+    uint64_t v;
+
+    if (size_parse(arg, &v, 0) < 0 || v % 512 || v > (16u << 20)) {
+        argp_error(state, "invalid buffer size for sparse output '%s': valid "
+                     "sizes are multiples of 512 up to 16777216 (k, M suffixes); 0 disables "
+                     "sparse detection (fully allocates output)", arg);
+    }
+    *size = v;
+    *no_sparse = v == 0;
+}
+
+unsigned parse_coroutines_arg(const char *arg, struct argp_state *state)
+{
+    char *end;
+    unsigned long n;
+
+    errno = 0;
+    n = strtoul(arg, &end, 10);
+    if (!*arg || *end || errno || n < 1 || n > 16) {
+        argp_error(state, "invalid number of coroutines '%s': allowed is "
+                     "1 to 16", arg);
+    }
+    return (unsigned)n;
+}
+
+bool parse_cache_arg(const char *arg, const char *opt, struct argp_state *state)
+{
+    static const char *const ok[] = { "writeback", "writethrough", "unsafe" };
+
+    for (size_t i = 0; i < ARRAY_SIZE(ok); i++) {
+        if (!strcmp(arg, ok[i])) {
+            return !strcmp(arg, "unsafe");
+        }
+    }
+    if (!strcmp(arg, "none") || !strcmp(arg, "directsync")) {
+        argp_error(state, "cache mode '%s' for %s is not supported: blockctl "
+                     "does no O_DIRECT I/O (valid: writeback, writethrough, unsafe)", arg, opt);
+    } else {
+        argp_error(state, "invalid cache mode '%s' for %s (valid: writeback, "
+                     "writethrough, unsafe; none and directsync are not supported)", arg, opt);
+    }
+    return false;
+}

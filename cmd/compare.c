@@ -50,10 +50,10 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
 
     switch (key) {
     case 'f':
-        a->fmt1 = arg;
+        a->fmt1 = parse_format_arg(arg, "-f", state);
         break;
     case 'F':
-        a->fmt2 = arg;
+        a->fmt2 = parse_format_arg(arg, "-F", state);
         break;
     case 's':
         a->strict = true;

@@ -47,14 +47,14 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
 
     switch (key) {
     case 'f':
-        a->format = arg;
+        a->format = parse_out_format_arg(arg, "-f", state);
         break;
     case 'b':
         a->backing = arg;
         break;
     case 'F':
     case 'B':
-        a->backing_fmt = arg;
+        a->backing_fmt = parse_format_arg(arg, "-F", state);
         break;
     case 'u':
         a->unsafe = true;
@@ -160,13 +160,10 @@ int cmd_create(int argc, char **argv)
         goto out;
     }
     if (a.opts) {
-        if (opts_parse(&o, a.opts, drv->create_opts, &err) < 0) {
-            if (a.file) {
-                error_prefix(&err, "'%s': ", a.file);
-            }
-            report(err);
+        if ((ret = create_opts_parse(drv, a.opts, &o, a.file)) != 0) {
             goto out;
         }
+        ret = 1;
         if (opts_get(&o, "help") || opts_get(&o, "?")) {
             opts_print_help(drv->name, drv->create_opts);
             ret = 0;
@@ -193,6 +190,7 @@ int cmd_create(int argc, char **argv)
         if (r < 0 || size > INT64_MAX) {
             error_report("invalid image size '%s': use a number of bytes with an optional "
                          "suffix k, M, G, T, P or E (at most 8E-1)", a.size);
+            ret = EXIT_USAGE;
             goto out;
         }
         if (opts_get(&o, "size")) {
@@ -203,6 +201,7 @@ int cmd_create(int argc, char **argv)
     } else if (opts_get(&o, "size")) {
         if (opts_get_size(&o, "size", &size, &err) < 0) {
             report(err);
+            ret = EXIT_USAGE;
             goto out;
         }
         have_size = true;
@@ -236,9 +235,11 @@ int cmd_create(int argc, char **argv)
             free(full);
             goto out;
         }
-        if (!bdev_find_driver(bfmt)) {
-            error_report("'%s': unknown backing file format '%s'", a.file, bfmt);
+        if (!bdev_find_driver(bfmt) || bdev_find_driver(bfmt)->is_protocol) {
+            error_report("'%s': unknown backing file format '%s' (valid: raw, qcow2)", a.file,
+                         bfmt);
             free(full);
+            ret = EXIT_USAGE;
             goto out;
         }
         if (!a.unsafe) {
@@ -269,13 +270,16 @@ int cmd_create(int argc, char **argv)
         error_report("'%s': image creation needs a size", a.file);
         goto out;
     }
+    /* qemu-img creates whole sectors (the Formatting line shows the size asked) */
+    snprintf(sizebuf, sizeof(sizebuf), "%" PRIu64, ALIGN_UP(size, 512));
+    opts_set(&o, "size", sizebuf);
+    if ((ret = create_opts_check(drv, &o, a.file)) != 0) {
+        goto out;
+    }
+    ret = 1;
     if (!a.quiet) {
         print_formatting(a.file, drv->name, &o, size);
     }
-    /* qemu-img creates whole sectors (the Formatting line shows the size asked) */
-    size = ALIGN_UP(size, 512);
-    snprintf(sizebuf, sizeof(sizebuf), "%" PRIu64, size);
-    opts_set(&o, "size", sizebuf);
     {
         struct stat st;
         bool existed = stat(a.file, &st) == 0;

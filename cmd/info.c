@@ -42,7 +42,7 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
 
     switch (key) {
     case 'f':
-        a->format = arg;
+        a->format = parse_format_arg(arg, "-f", state);
         break;
     case 'U':
         a->force_share = true;

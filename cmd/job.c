@@ -322,7 +322,8 @@ static int job_verb(struct job_args *a)
     } else if (!strcmp(a->verb, "set-speed")) {
         uint64_t sp;
         if (size_parse(a->speed, &sp, 'B') < 0) {
-            error_report("set-speed: '%s' is not a number of bytes per second", a->speed);
+            error_report("set-speed: '%s' is not a number of bytes per second (digits with an "
+                         "optional suffix k, M, G, T, P or E)", a->speed);
             ret = 64;
         } else {
             json_object *x = json_object_new_object();

@@ -34,6 +34,7 @@ static const struct command commands[] = {
     { "check", cmd_check, "Check an image's consistency, and repair it (-r)" },
     { "commit", cmd_commit, "Merge an overlay (or part of the chain) into its base" },
     { "compare", cmd_compare, "Compare the guest-visible contents of two images" },
+    { "convert", cmd_convert, "Convert images to another format (qemu-img convert's options)" },
     { "create", cmd_create, "Create a new image (raw or qcow2, with a backing file)" },
     { "info", cmd_info, "Show an image's format, size, backing chain and features" },
     { "job", cmd_job, "List and control block jobs (of an agent, or interrupted ones)" },

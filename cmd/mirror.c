@@ -42,6 +42,8 @@ struct mirror_args {
     bool compress;
     bool unsafe;
     bool force_share;
+    uint64_t sparse_size;
+    bool no_sparse;
     struct copy_opts copy;
 };
 
@@ -56,11 +58,15 @@ static const struct argp_option options[] = {
     { "bitmap", OPT_BITMAP, "NAME", 0, "The dirty bitmap for --sync=bitmap", 0 },
     { "clear-bitmap", OPT_CLEAR_BITMAP, NULL, 0, "Clear that bitmap once TARGET is safe", 0 },
     { "shallow", OPT_SHALLOW, NULL, 0, "Same as --sync=top", 0 },
-    { "reuse-external", 'n', NULL, 0, "Copy into an existing TARGET (same size)", 0 },
+    { "reuse-external", 'n', NULL, 0, "Copy into an existing TARGET (at least as large)", 0 },
     { "compress", 'c', NULL, 0, "Write compressed clusters (qcow2 target)", 0 },
     { "options", 'o', "OPTS", 0, "Options for creating TARGET, as create -o", 0 },
     { "backing", 'B', "FILE", 0, "Backing file of the new TARGET", 0 },
-    { "cache", 't', "MODE", 0, "writeback (default) or unsafe (no final flush)", 0 },
+    { "cache", 't', "MODE", 0, "writeback (default), writethrough, unsafe", 0 },
+    { NULL, 'S', "SIZE", 0, "Sparse: zero runs of SIZE (4k); 0: none", 0 },
+    { NULL, 'r', "RATE", OPTION_HIDDEN, "Same as --bandwidth", 0 },
+    { NULL, 'm', "N", OPTION_HIDDEN, "Same as --requests (1-16)", 0 },
+    { NULL, 'W', NULL, OPTION_HIDDEN, "Out-of-order writes (always)", 0 },
     { "backing-format", 'F', "FMT", 0, "Format of that backing file", 0 },
     { "agent", OPT_AGENT, "SOCKET", 0, "SOURCE is a disk of that agent (live)", 0 },
     { "wait", OPT_WAIT, NULL, 0, "Live: wait until ready (and the end)", 0 },
@@ -78,12 +84,24 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     switch (key) {
     case ARGP_KEY_INIT:
         state->child_inputs[0] = &a->copy;
+        state->child_inputs[1] = &a->copy;
         break;
     case 'f':
-        a->format = arg;
+        a->format = parse_format_arg(arg, "-f", state);
         break;
     case 'O':
-        a->out_format = arg;
+        a->out_format = parse_out_format_arg(arg, "-O", state);
+        break;
+    case 'S':
+        parse_sparse_arg(arg, &a->sparse_size, &a->no_sparse, state);
+        break;
+    case 'r':
+        a->copy.bandwidth = parse_size_arg(arg, "rate limit", state);
+        break;
+    case 'm':
+        a->copy.requests = parse_coroutines_arg(arg, state);
+        break;
+    case 'W':
         break;
     case 'U':
         a->force_share = true;
@@ -120,16 +138,10 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         a->backing = arg;
         break;
     case 't':
-        if (!strcmp(arg, "unsafe")) {
-            a->unsafe = true;
-        } else if (!strcmp(arg, "writeback")) {
-            a->unsafe = false;
-        } else {
-            argp_error(state, "-t must be writeback or unsafe, not '%s'", arg);
-        }
+        a->unsafe = parse_cache_arg(arg, "-t", state);
         break;
     case 'F':
-        a->backing_fmt = arg;
+        a->backing_fmt = parse_format_arg(arg, "-F", state);
         break;
     case OPT_AGENT:
         a->agent = arg;
@@ -200,7 +212,9 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
-static const struct argp_child children[] = { { &copy_opts_argp, 0, NULL, 0 }, { 0 } };
+static const struct argp_child children[] = { { &copy_opts_argp, 0, NULL, 0 },
+                                              { &journal_opts_argp, 0, NULL, 0 },
+                                              { 0 } };
 
 static const struct argp mirror_argp = {
     options, parse_opt, "SOURCE TARGET",
@@ -275,48 +289,6 @@ static const char *detect_backing_format(const char *path, struct error **errp)
     }
     bdev_unref(bd);
     return fmt;
-}
-
-/*
- * Writing an image of SOURCE's own chain would change what SOURCE (and
- * any other overlay of a backing file) reads, and the copy would read what
- * it is writing: refuse TARGET, or the TARGET.part a new TARGET is written
- * as, when it is an image of that chain (by device and inode, or the same
- * NBD URI).  qemu-img convert is refused the same by its locks.
- */
-static bool refuse_own_chain(struct bdev *src, const char *source, const char *target,
-                             bool reuse)
-{
-    char *part = NULL;
-    const char *name = target;
-    struct bdev *hit = bdev_chain_find(src, target);
-
-    if (!hit && !reuse && !nbd_is_uri(target)) {
-        part = xasprintf("%s.part", target);
-        hit = bdev_chain_find(src, part);
-        name = part;
-    }
-    if (!hit) {
-        free(part);
-        return false;
-    }
-    {
-        /* TARGET, or "TARGET.part (where the new TARGET is written)" */
-        char *what = part ? xasprintf("'%s' (where the new '%s' is written)", part, target)
-                          : xasprintf("'%s'", target);
-        if (hit == src) {
-            error_report("%s is the source '%s' itself: mirror cannot write it", what, source);
-        } else if (!strcmp(name, hit->filename)) {
-            error_report("%s is in the backing chain of '%s': mirror cannot write it", what,
-                         source);
-        } else {
-            error_report("%s is '%s' of the backing chain of '%s': mirror cannot write it",
-                         what, hit->filename, source);
-        }
-        free(what);
-    }
-    free(part);
-    return true;
 }
 
 /*
@@ -428,70 +400,19 @@ static int mirror_agent(struct mirror_args *a)
     return ret;
 }
 
-/*
- * Resuming into the TARGET.part a killed mirror left: its leaks (clusters
- * allocated after the last checkpoint) are repaired quietly.  false when
- * it is not sound (a power failure under its unordered writes): the
- * mirror then starts it anew.
- */
-static bool part_usable(const char *part, const char *fmt)
-{
-    struct error *err = NULL;
-    struct check_result r;
-    struct bdev *bd = bdev_open(part, fmt, BDEV_O_RDWR | BDEV_O_CHECK | BDEV_O_NO_BACKING, &err);
-    int saved = dup(STDERR_FILENO), null = open("/dev/null", O_WRONLY | O_CLOEXEC);
-    bool ok;
-
-    if (!bd) {
-        error_free(err);
-        if (saved >= 0) {
-            close(saved);
-        }
-        if (null >= 0) {
-            close(null);
-        }
-        return false;
-    }
-    memset(&r, 0, sizeof(r));
-    /* (the driver's check prints what it finds: not a user's business here) */
-    if (saved >= 0 && null >= 0) {
-        fflush(stderr);
-        dup2(null, STDERR_FILENO);
-    }
-    ok = !bd->drv->check || (bd->drv->check(bd, &r, CHECK_FIX_LEAKS, &err) == 0 &&
-                             !r.corruptions && !r.check_errors);
-    if (saved >= 0 && null >= 0) {
-        fflush(stderr);
-        dup2(saved, STDERR_FILENO);
-    }
-    if (saved >= 0) {
-        close(saved);
-    }
-    if (null >= 0) {
-        close(null);
-    }
-    error_free(err);
-    err = NULL;
-    if (bdev_close(bd, &err) < 0) {
-        error_free(err);
-        ok = false;
-    }
-    return ok;
-}
-
 int cmd_mirror(int argc, char **argv)
 {
     struct mirror_args a = { 0 };
     struct error *err = NULL;
     struct copy_params cp;
     struct optlist o = { 0 };
-    struct bdev *src = NULL, *dst = NULL;
+    struct copy_target t = { 0 };
+    struct bdev *src = NULL;
     struct dirty_bitmap *dirty = NULL;
-    char *part = NULL, *bname = NULL;
+    char *bname = NULL;
     const char *fmt, *bfmt = NULL;
-    bool nbd_target, created = false, skip_copy = false, keep_journal = false;
     struct job_journal jj = { 0 };
-    struct stat st;
+    bool nbd_target;
     int ret = 1, r;
 
     argp_parse(&mirror_argp, argc, argv, 0, NULL, &a);
@@ -536,7 +457,7 @@ int cmd_mirror(int argc, char **argv)
         report(err);
         goto out;
     }
-    if (refuse_own_chain(src, a.source, a.target, a.reuse)) {
+    if (target_refuse_own_chain(src, a.source, a.target, a.reuse, "mirror")) {
         goto out;
     }
     if (a.sync == SYNC_BITMAP) {
@@ -556,49 +477,30 @@ int cmd_mirror(int argc, char **argv)
     }
     nbd_target = nbd_is_uri(a.target);
     fmt = a.out_format ? a.out_format : bdev_format_name(src);
+    t.name = a.target;
+    t.fmt = a.out_format;
+    t.size = src->size;
+    t.reuse = a.reuse;
+    t.unsafe = a.unsafe;
     /* the journal: written before anything changes (see job_journal_begin) */
     if (job_journal_begin(&jj, &a.copy, "mirror", argc, argv)) {
         goto out;
     }
-    if (jj.state && strcmp(jj.state, "clearing-bitmap") &&
-        job_journal_check(&jj, "source", NULL)) {
+    if (jj.state && strcmp(jj.state, "clearing-bitmap") && job_journal_check(&jj, "source", NULL)) {
         goto out;
     }
+    if (!jj.state) {
+        journal_add_image(jj.j, "source", a.source, JR_READ);
+        journal_add_image(jj.j, "target", a.target, JR_WRITE);
+        journal_set_str(jj.j, "authoritative", journal_image_path(jj.j, "source"));
+    }
+    t.jj = &jj;
 
     if (nbd_target || a.reuse) {
         if (a.sync == SYNC_NONE && !a.reuse) {
             error_report("--sync=none makes a new overlay: it cannot go to an NBD export");
             goto out;
         }
-        /* With its chain: whether the target already reads zero depends on it. */
-        dst = bdev_open(a.target, nbd_target ? NULL : a.out_format,
-                        BDEV_O_RDWR | (nbd_target && a.unsafe ? BDEV_O_UNORDERED : 0), &err);
-        if (!dst) {
-            report(err);
-            goto out;
-        }
-        if (dst->size != src->size) {
-            error_report("'%s' is %" PRIu64 " bytes but '%s' is %" PRIu64 " bytes: sizes must "
-                         "match", a.target, dst->size, a.source, src->size);
-            goto out;
-        }
-        if (!jj.state) {
-            journal_add_image(jj.j, "source", a.source, JR_READ);
-            journal_add_image(jj.j, "target", a.target, JR_WRITE);
-            journal_set_str(jj.j, "authoritative", journal_image_path(jj.j, "source"));
-        }
-        if (job_journal_step(&jj, "copying")) {
-            goto out;
-        }
-        /* from now on TARGET is changing: a failure leaves the job to resume
-         * (a new TARGET.part is removed instead: nothing is left to finish) */
-        keep_journal = true;
-    } else if (jj.state && (!strcmp(jj.state, "installing") ||
-                            !strcmp(jj.state, "clearing-bitmap")) &&
-               journal_image_path(jj.j, "part") &&
-               stat(journal_image_path(jj.j, "part"), &st) < 0 && stat(a.target, &st) == 0) {
-        /* (resumed: TARGET.part was renamed into place already) */
-        skip_copy = true;
     } else {
         const struct format_driver *drv = bdev_find_driver(fmt);
         char *dir;
@@ -607,15 +509,8 @@ int cmd_mirror(int argc, char **argv)
             error_report("cannot create a target of format '%s'", fmt);
             goto out;
         }
-        if (stat(a.target, &st) == 0) {
-            error_report("'%s' already exists; use -n to copy into it", a.target);
-            journal_free(jj.j);
-            jj.j = NULL;
-            goto out;
-        }
-        if (a.opts && opts_parse(&o, a.opts, drv->create_opts, &err) < 0) {
-            error_prefix(&err, "'%s': ", a.target);
-            report(err);
+        if ((r = create_opts_parse(drv, a.opts, &o, a.target)) != 0) {
+            ret = r;
             goto out;
         }
         /* The target's backing file, if it gets one. */
@@ -654,183 +549,76 @@ int cmd_mirror(int argc, char **argv)
             snprintf(sz, sizeof(sz), "%" PRIu64, src->size);
             opts_set(&o, "size", sz);
         }
-        /*
-         * A TARGET.part left by a killed mirror is replaced; one that a
-         * running mirror is writing is locked, and refused.
-         */
-        part = xasprintf("%s.part", a.target);
-        if (jj.state && (!strcmp(jj.state, "copying") || !strcmp(jj.state, "installing")) &&
-            journal_check_image(jj.j, "part", NULL) == 0 && part_usable(part, fmt)) {
-            /* resumed: go on with the TARGET.part it was writing */
-            created = true;
-            dst = bdev_open(part, fmt, BDEV_O_RDWR | BDEV_O_UNORDERED, &err);
-            if (!dst) {
-                report(err);
-                goto out;
-            }
-            skip_copy = !strcmp(jj.state, "installing");
-            goto copy;
-        }
-        if (!jj.state) {
-            journal_add_image(jj.j, "source", a.source, JR_READ);
-            journal_add_image(jj.j, "target", a.target, JR_WRITE);
-            journal_set_str(jj.j, "authoritative", journal_image_path(jj.j, "source"));
-        }
-        /* (resumed without a usable TARGET.part: a new copy from the start) */
-        journal_set_u64(jj.j, "copied", 0);
-        jj.copied = 0;
-        jj.state = NULL;
-        if (job_journal_step(&jj, "creating")) {
+        if ((r = create_opts_check(drv, &o, a.target)) != 0) {
+            ret = r;
             goto out;
         }
-        if (stat(part, &st) == 0) {
-            struct bfile *f = bfile_open(part, BDEV_CREATE_PERM, 0, &err);
-            if (!f) {
-                error_prefix(&err, "another mirror seems to be writing '%s': ", a.target);
-                report(err);
-                goto out;
-            }
-            bfile_close(f, BDEV_CREATE_PERM, 0);
-        }
-        /*
-         * TARGET.part itself appears only as a whole (empty) image: it is
-         * built under a hidden name first, so that a kill while creating it
-         * leaves no half-made image behind (the next mirror replaces it).
-         */
-        {
-            char *tmp;
-            r = bdev_create_hidden(fmt, part, &o, &tmp, &err);
-            if (r == 0) {
-                r = io_rename(tmp, part);
-                if (r < 0) {
-                    error_setg_errno(&err, -r, "cannot rename '%s' to '%s'", tmp, part);
-                }
-            }
-            if (r < 0) {
-                unlink(tmp);
-                free(tmp);
-                report(err);
-                goto out;
-            }
-            free(tmp);
-        }
-        created = true;
-        journal_add_image(jj.j, "part", part, JR_WRITE);
-        if (job_journal_step(&jj, "copying")) {
-            goto out;
-        }
-        /* a new image: a power failure makes it garbage anyway, so no
-         * ordering syncs while it is built (it is flushed at the end, and
-         * at each checkpoint of the journal) */
-        dst = bdev_open(part, fmt,
-                        BDEV_O_RDWR | BDEV_O_UNORDERED |
-                        /* nothing is copied: its backing file (SOURCE) need not open twice */
-                        (a.sync == SYNC_NONE ? BDEV_O_NO_BACKING : 0), &err);
-        if (!dst) {
-            report(err);
-            goto out;
-        }
+        t.fmt = fmt;
+        t.o = &o;
+        /* nothing is copied: its backing file (SOURCE) need not open twice */
+        t.no_backing = a.sync == SYNC_NONE;
     }
-copy:
-    if (!skip_copy && a.compress && !dst->drv->pwrite_compressed) {
-        error_report("'%s': format '%s' has no compressed clusters", a.target, dst->drv->name);
+    if ((r = target_open(&t)) != 0) {
+        ret = r;
+        goto out;
+    }
+    if (t.installed) {
+        goto installed;     /* (resumed: TARGET.part was renamed into place already) */
+    }
+    if (a.compress && !t.dst->drv->pwrite_compressed) {
+        error_report("'%s': format '%s' has no compressed clusters", a.target,
+                     t.dst->drv->name);
         goto out;
     }
 
-    if (a.sync != SYNC_NONE && !skip_copy) {
+    if (a.sync != SYNC_NONE && !t.copied) {
         memset(&cp, 0, sizeof(cp));
         cp.src = src;
-        cp.dst = dst;
+        cp.dst = t.dst;
         cp.mode = a.sync == SYNC_TOP ? COPY_ABOVE : a.sync == SYNC_BITMAP ? COPY_BITMAP : COPY_ALL;
         cp.base = a.sync == SYNC_TOP ? src->backing : NULL;
         cp.bitmap = dirty;
-        /* (resumed: past "copied" the target may hold anything) */
-        cp.dst_is_zero = created && !dst->backing_file && !jj.state;
+        cp.dst_is_zero = t.created && !t.dst->backing_file;
         cp.check_dst_zero = !cp.dst_is_zero;
         cp.compress = a.compress;
         cp.no_flush = a.unsafe;
-        if (jj.state && !strcmp(jj.state, "copying")) {
-            cp.start = jj.copied;
-        }
+        cp.sparse_size = a.sparse_size;
+        cp.no_sparse = a.no_sparse;
         copy_opts_apply(&a.copy, &cp);
-        if (job_journal_checkpoints(&jj, &cp, dst)) {
-            goto out;
-        }
-        r = copy_run(&cp, &err);
-        if (jj.state && r == 0) {
-            fprintf(stderr, "blockctl: job %s: copied %" PRIu64 " bytes from offset %" PRIu64
-                    "\n", jj.j->id, cp.bytes_written + cp.bytes_zeroed, cp.start);
-        }
+        r = target_copy(&t, &cp);
         copy_opts_finish(&a.copy);
-        if (r == -ECANCELED) {
-            error_report("interrupted: '%s' is incomplete%s", a.target,
-                         created ? " and was removed" : "; do not use it");
-            ret = cancel_exit_status();
-            goto out;
-        }
-        if (r < 0) {
-            report(err);
-            if (!created) {
-                error_report("'%s' is incomplete; do not use it", a.target);
-            }
+        if (r != 0) {
+            ret = r;
             goto out;
         }
     } else {
         copy_opts_nothing(&a.copy);
     }
-    if (dst && bdev_close(dst, &err) < 0) {
-        dst = NULL;
-        report(err);
+    if (target_install(&t) != 0) {
         goto out;
     }
-    dst = NULL;
-    if (created) {
-        if (job_journal_step(&jj, "installing")) {
-            goto out;
-        }
-
-        /*
-         * Never replace a TARGET that appeared meanwhile.  A failed folder
-         * sync takes TARGET back: the same mirror can simply be run again.
-         */
-        bool renamed;
-        r = bdev_create_install(part, a.target, 0, &renamed, &err);
-        if (renamed) {
-            created = false;
-        }
-        if (r < 0) {
-            report(err);
-            goto out;
-        }
-    }
+installed:
     if (a.clear_bitmap) {
         /* (a failure now leaves a complete TARGET: the job is over) */
-        keep_journal = false;
+        t.keep_journal = false;
         if (job_journal_step(&jj, "clearing-bitmap") ||
             clear_chain_bitmap(src, a.bitmap, a.target) < 0) {
             goto out;
         }
     }
-    job_journal_end(&jj);
     ret = 0;
 out:
     bitmap_free(dirty);
-    if (dst) {
-        bdev_unref(dst);
-    }
-    if (created && part && !keep_journal) {
-        unlink(part);
-    }
-    if (ret != 0 && jj.j) {
-        if (keep_journal) {
+    target_cleanup(&t);
+    if (jj.j) {
+        if (ret != 0 && t.keep_journal) {
             job_journal_keep(&jj);
         } else {
-            job_journal_end(&jj);       /* (nothing to finish: rolled back) */
+            job_journal_end(&jj);   /* done, or rolled back */
         }
     }
     bdev_unref(src);
     opts_free(&o);
-    free(part);
     free(bname);
     free(a.opts);
     return ret;

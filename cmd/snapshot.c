@@ -47,7 +47,7 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
 
     switch (key) {
     case 'F':
-        a->format = arg;
+        a->format = parse_format_arg(arg, "-F", state);
         break;
     case 'l':
         a->list = true;
@@ -63,6 +63,9 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         break;
     case 'o':
         append_opts(&a->opts, arg);
+        if (create_opts_validate("qcow2", arg) != 0) {
+            exit(EXIT_USAGE);
+        }
         break;
     case ARGP_KEY_ARGS:
         a->args = state->argv + state->next;

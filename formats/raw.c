@@ -46,13 +46,11 @@ static int write_zero_range(int fd, uint64_t off, uint64_t len)
     return ret;
 }
 
-static int raw_create(const char *filename, const struct optlist *o, unsigned flags,
-                      struct error **errp)
+static int raw_check_create(const char *filename, const struct optlist *o,
+                            struct error **errp)
 {
     const char *prealloc = opts_get(o, "preallocation");
     uint64_t size = 0;
-    struct bfile *f;
-    int ret;
 
     if (opts_get_size(o, "size", &size, errp) < 0) {
         return -EINVAL;
@@ -63,10 +61,26 @@ static int raw_create(const char *filename, const struct optlist *o, unsigned fl
     }
     if (prealloc && strcmp(prealloc, "off") && strcmp(prealloc, "falloc") &&
         strcmp(prealloc, "full")) {
-        error_setg(errp, "'%s': unsupported preallocation mode '%s' for format 'raw'",
-                   filename, prealloc);
+        error_setg(errp, "'%s': unsupported preallocation mode '%s' for format 'raw' (valid: "
+                   "off, falloc, full)", filename, prealloc);
         return -EINVAL;
     }
+    return 0;
+}
+
+static int raw_create(const char *filename, const struct optlist *o, unsigned flags,
+                      struct error **errp)
+{
+    const char *prealloc = opts_get(o, "preallocation");
+    uint64_t size = 0;
+    struct bfile *f;
+    int ret;
+
+    ret = raw_check_create(filename, o, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    (void)opts_get_size(o, "size", &size, NULL);
     f = bdev_create_file(filename, flags, errp);
     if (!f) {
         return -EIO;
@@ -318,6 +332,7 @@ const struct format_driver raw_driver = {
     .create_opts = raw_create_opts,
     .probe = raw_probe,
     .create = raw_create,
+    .check_create = raw_check_create,
     .open = raw_open,
     .close = raw_close,
     .reopen = raw_reopen,

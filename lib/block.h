@@ -213,6 +213,9 @@ struct format_driver {
      */
     int (*create)(const char *filename, const struct optlist *o, unsigned flags,
                   struct error **errp);
+    /* check_create (optional): would create accept @o?  The same
+     * errors as create gives for the option values, nothing written. */
+    int (*check_create)(const char *filename, const struct optlist *o, struct error **errp);
     /* open: bd->filename and bd->perm/bd->shared are set; must set
      * bd->size and, if any, bd->backing_file / bd->backing_format. */
     int (*open)(struct bdev *bd, unsigned flags, struct error **errp);

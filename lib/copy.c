@@ -15,6 +15,8 @@ struct engine {
     uint64_t start, end;
     uint64_t window;        /* bytes per window */
     uint64_t gran;          /* zero detection / compression granularity */
+    uint64_t d;             /* the target's offset of source offset 0 */
+    uint8_t *zerobuf;       /* no_sparse: zeroes written as data, e->window bytes */
 
     pthread_mutex_t lock;
     pthread_cond_t cond;
@@ -182,7 +184,7 @@ static bool dst_reads_zero(struct engine *e, uint64_t off, uint64_t len)
             continue;
         }
         /* ask about the rest of the image: one answer may cover many extents */
-        if (bdev_block_status_above(e->p->dst, NULL, off, e->end - off, &m) < 0 ||
+        if (bdev_block_status_above(e->p->dst, NULL, off + e->d, e->end - off, &m) < 0 ||
             !(m.status & BDEV_BLOCK_ZERO)) {
             return false;
         }
@@ -218,18 +220,30 @@ static bool range_reads_zero(struct bdev *bd, uint64_t off, uint64_t len)
     return true;
 }
 
+static int write_data(struct engine *e, const uint8_t *buf, uint64_t off, uint64_t len);
+
 static int write_zero(struct engine *e, uint64_t off, uint64_t len)
 {
     struct copy_params *p = e->p;
     int ret;
 
+    if (p->no_sparse) {
+        /* -S 0: the target allocated everywhere, zeroes as data */
+        for (uint64_t o = 0; o < len; o += e->window) {
+            ret = write_data(e, e->zerobuf, off + o, MIN(e->window, len - o));
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        return 0;
+    }
     if (p->dst_is_zero || (p->zero_over_below && range_reads_zero(p->below, off, len))) {
         return 0;
     }
     if (p->check_dst_zero && dst_reads_zero(e, off, len)) {
         return 0;
     }
-    ret = bdev_pwrite_zeroes(p->dst, off, len,
+    ret = bdev_pwrite_zeroes(p->dst, off + e->d, len,
                              BDEV_REQ_MAY_UNMAP | (p->unchanged ? BDEV_REQ_WRITE_UNCHANGED : 0));
     if (ret < 0) {
         fail(e, ret, p->dst, "cannot write zeroes to");
@@ -249,17 +263,29 @@ static int write_data(struct engine *e, const uint8_t *buf, uint64_t off, uint64
         return -ECANCELED;
     }
     if (p->compress) {
+        /*
+         * Whole target clusters (or the target's tail) compressed; a
+         * piece of a cluster (a source that does not end on the grid,
+         * the edge of a window) is written as it is.
+         */
         uint64_t cs = e->gran;
-        for (uint64_t o = 0; o < len; o += cs) {
-            uint64_t n = MIN(cs, len - o);
-            ret = bdev_pwrite_compressed(p->dst, buf + o, n, off + o);
+        for (uint64_t o = 0; o < len;) {
+            uint64_t at = off + o + e->d;
+            uint64_t n = MIN(cs - (at & (cs - 1)), len - o);
+            if (!(at & (cs - 1)) && (n == cs || at + n == p->dst->size)) {
+                ret = bdev_pwrite_compressed(p->dst, buf + o, n, at);
+            } else {
+                ret = bdev_pwrite(p->dst, buf + o, n, at, 0);
+            }
             if (ret < 0) {
                 fail(e, ret, p->dst, "cannot write to");
                 return ret;
             }
+            o += n;
         }
     } else {
-        ret = bdev_pwrite(p->dst, buf, len, off, p->unchanged ? BDEV_REQ_WRITE_UNCHANGED : 0);
+        ret = bdev_pwrite(p->dst, buf, len, off + e->d,
+                          p->unchanged ? BDEV_REQ_WRITE_UNCHANGED : 0);
         if (ret < 0) {
             fail(e, ret, p->dst, "cannot write to");
             return ret;
@@ -313,6 +339,39 @@ static int read_below(struct engine *e, uint8_t *buf, uint64_t off, uint64_t len
     return 0;
 }
 
+/* --salvage: read [off, off+len) 512 bytes at a time; what fails reads zero */
+static int salvage_read(struct engine *e, uint8_t *buf, uint64_t off, uint64_t len)
+{
+    struct copy_params *p = e->p;
+    uint64_t bad = 0, bad_len = 0;
+    int bad_err = 0;
+
+    for (uint64_t o = 0; o < len; o += 512) {
+        uint64_t n = MIN((uint64_t)512, len - o);
+        int r = bdev_pread(p->src, buf + o, n, off + o);
+        if (r == -ECANCELED || cancelled(e)) {
+            return -ECANCELED;
+        }
+        if (r < 0) {
+            memset(buf + o, 0, n);
+            if (bad_len && bad + bad_len == off + o && bad_err == r) {
+                bad_len += n;
+                continue;
+            }
+            if (bad_len && p->salvaged) {
+                p->salvaged(p->opaque, bad, bad_len, bad_err);
+            }
+            bad = off + o;
+            bad_len = n;
+            bad_err = r;
+        }
+    }
+    if (bad_len && p->salvaged) {
+        p->salvaged(p->opaque, bad, bad_len, bad_err);
+    }
+    return 0;
+}
+
 /*
  * Copy [off, off+len) which the source has as data: read it, then write
  * the non-zero granules and treat runs of zero granules as zeroes (with
@@ -329,6 +388,9 @@ static int copy_data(struct engine *e, uint8_t *buf, uint64_t off, uint64_t len)
     int ret;
 
     ret = bdev_pread(p->src, buf, len, off);
+    if (ret < 0 && p->salvage) {
+        ret = salvage_read(e, buf, off, len);
+    }
     if (ret < 0) {
         fail(e, ret, p->src, "cannot read from");
         return ret;
@@ -336,17 +398,18 @@ static int copy_data(struct engine *e, uint8_t *buf, uint64_t off, uint64_t len)
     if (bbuf && (ret = read_below(e, bbuf, off, len)) < 0) {
         return ret;
     }
-    /* granules aligned to absolute offsets */
+    /* granules aligned to the target's offsets */
     pos = off;
     run_start = off;
     while (pos < off + len) {
-        uint64_t gend = MIN(ALIGN_DOWN(pos, g) + g, off + len);
+        uint64_t gend = MIN(ALIGN_DOWN(pos + e->d, g) + g - e->d, off + len);
         enum gran_class c;
 
         if (bbuf && !memcmp(buf + (pos - off), bbuf + (pos - off), gend - pos)) {
             c = GRAN_SAME;
         } else {
-            c = buffer_is_zero(buf + (pos - off), gend - pos) ? GRAN_ZERO : GRAN_DATA;
+            c = !p->no_sparse && buffer_is_zero(buf + (pos - off), gend - pos) ? GRAN_ZERO
+                                                                                : GRAN_DATA;
         }
         if (pos == run_start) {
             run = c;
@@ -364,6 +427,16 @@ static int copy_data(struct engine *e, uint8_t *buf, uint64_t off, uint64_t len)
         ret = write_run(e, run, buf + (run_start - off), run_start, pos - run_start);
     }
     return ret;
+}
+
+/* [*a, *b): [off, off+len) widened to the target's cluster grid, within [ws, we) */
+static void widen(struct engine *e, uint64_t off, uint64_t len, uint64_t ws, uint64_t we,
+                  uint64_t *a, uint64_t *b)
+{
+    uint64_t lo = ALIGN_DOWN(off + e->d, e->gran), hi = ALIGN_UP(off + len + e->d, e->gran);
+
+    *a = lo >= ws + e->d ? lo - e->d : ws;
+    *b = MIN(hi - e->d, we);
 }
 
 static int do_range_status(struct engine *e, uint8_t *buf, uint64_t ws, uint64_t we)
@@ -386,6 +459,12 @@ static int do_range_status(struct engine *e, uint8_t *buf, uint64_t ws, uint64_t
             next_n = 0;
         } else {
             ret = classify(e, pos, we - pos, &cls, &n);
+            if (ret < 0 && e->p->salvage) {
+                /* --salvage: read it (what cannot be read becomes zeroes) */
+                cls = EXT_DATA;
+                n = MIN(we - pos, (uint64_t)65536);
+                ret = 0;
+            }
             if (ret < 0) {
                 fail(e, ret, e->p->src, "cannot get the block status of");
                 return ret;
@@ -394,6 +473,9 @@ static int do_range_status(struct engine *e, uint8_t *buf, uint64_t ws, uint64_t
         /* coalesce following extents of the same class (data from several layers) */
         while (pos + n < we) {
             ret = classify(e, pos + n, we - pos - n, &c2, &n2);
+            if (ret < 0 && e->p->salvage) {
+                break;      /* that extent's own turn salvages it */
+            }
             if (ret < 0) {
                 fail(e, ret, e->p->src, "cannot get the block status of");
                 return ret;
@@ -407,9 +489,10 @@ static int do_range_status(struct engine *e, uint8_t *buf, uint64_t ws, uint64_t
             n += n2;
         }
         if (e->p->compress && cls != EXT_SKIP) {
-            /* compression works on whole clusters: widen to the cluster grid */
-            uint64_t a = ALIGN_DOWN(pos, e->gran);
-            uint64_t b = MIN(ALIGN_UP(pos + n, e->gran), we);
+            /* compression works on whole clusters: widen to the target's
+             * cluster grid (within the window) */
+            uint64_t a, b;
+            widen(e, pos, n, ws, we, &a, &b);
             if (cls == EXT_ZERO && a == pos && (b == pos + n)) {
                 ret = write_zero(e, pos, n);
             } else {
@@ -481,7 +564,7 @@ static int do_window_status(struct engine *e, uint8_t *buf, uint64_t ws, uint64_
             }
             rl_prepaid = true;
         }
-        sec = bdev_serialise_begin(e->p->dst, pos, end - pos);
+        sec = bdev_serialise_begin(e->p->dst, pos + e->d, end - pos);
         ret = do_range_status(e, buf, pos, end);
         bdev_serialise_end(sec);
         rl_prepaid = false;
@@ -510,8 +593,9 @@ static int do_window_bitmap(struct engine *e, uint8_t *buf, uint64_t ws, uint64_
             return -ECANCELED;
         }
         if (e->p->compress) {
-            uint64_t a = ALIGN_DOWN(off, e->gran), b = MIN(ALIGN_UP(off + len, e->gran), we);
-            off = MAX(a, pos);
+            uint64_t a, b;
+            widen(e, off, len, pos, we, &a, &b);
+            off = a;
             len = b - off;
         }
         ret = copy_data(e, buf, off, len);
@@ -606,21 +690,32 @@ int copy_run(struct copy_params *p, struct error **errp)
 
     memset(&e, 0, sizeof(e));
     e.p = p;
-    e.start = MIN(p->start, p->src->size);
-    e.end = MIN(p->src->size, p->dst->size);
+    e.d = p->dst_offset;
+    e.end = MIN(p->src->size, p->dst->size > e.d ? p->dst->size - e.d : 0);
+    e.start = MIN(p->start, e.end);
     if (p->compress && !cg) {
         error_setg(errp, "'%s': format '%s' does not support compression", p->dst->filename,
                    p->dst->drv->name);
         return -ENOTSUP;
     }
-    /* granularity: the target's cluster where it has one, else 4 KiB */
+    /* granularity: the target's cluster where it has one, else 4 KiB;
+     * or the -S size when larger */
     e.gran = cg ? cg : 4096;
+    if (!p->compress && p->sparse_size > e.gran) {
+        while (e.gran < p->sparse_size && e.gran < (1u << 30)) {
+            e.gran <<= 1;
+        }
+    }
     if (p->mode == COPY_BITMAP) {
         e.gran = MAX(e.gran, MIN(bitmap_granularity(p->bitmap), cg ? cg : 4096));
     }
     /* windows of at least 1 MiB where the buffer allows, one per worker */
     nw = (unsigned)MAX((uint64_t)1, MIN((uint64_t)nw, buf >> 20));
     e.window = MAX(ALIGN_DOWN(buf / nw, e.gran), e.gran);
+    if (p->no_sparse) {
+        e.zerobuf = xmemalign(4096, e.window);
+        memset(e.zerobuf, 0, e.window);
+    }
     e.cursor = e.start;
     if (p->job) {
         /* (a copy started again past 0 adds its part to what was done) */
@@ -727,5 +822,6 @@ int copy_run(struct copy_params *p, struct error **errp)
     pthread_mutex_destroy(&e.lock);
     pthread_cond_destroy(&e.cond);
     pthread_mutex_destroy(&e.rl_lock);
+    free(e.zerobuf);
     return ret;
 }

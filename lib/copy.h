@@ -94,6 +94,30 @@ struct copy_params {
     int (*checkpoint)(void *opaque, uint64_t below, struct error **errp);
     void *checkpoint_opaque;
     double checkpoint_secs;
+    /*
+     * Source offset OFF is written at OFF + @dst_offset of the target (the
+     * sources of convert, one after the other); the copy stops at the
+     * target's end.
+     */
+    uint64_t dst_offset;
+    /*
+     * Zero detection in the data read (qemu-img's -S): runs of zeroes of
+     * at least @sparse_size bytes, on a grid of that size, are written as
+     * zeroes (0: 4 KiB, or the target's cluster when compressing; rounded
+     * up to a power of two of at least 4 KiB).  @no_sparse (-S 0):
+     * nothing is detected and zero extents are written as data too, so the
+     * whole target is allocated.
+     */
+    uint64_t sparse_size;
+    bool no_sparse;
+    /*
+     * qemu-img's --salvage: a source range that cannot be read (or whose
+     * status cannot be had) is read again 512 bytes at a time, and what
+     * still fails is written as zeroes; @salvaged (from a worker thread)
+     * is told of each such range, and the copy goes on.
+     */
+    bool salvage;
+    void (*salvaged)(void *opaque, uint64_t off, uint64_t len, int err);
 
     /* results */
     uint64_t bytes_written;      /* data bytes written to the target */

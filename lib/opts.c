@@ -81,7 +81,14 @@ int opts_parse(struct optlist *l, const char *str, const struct opt_desc *desc,
             return -EINVAL;
         }
         if (desc && strcmp(key, "help") && strcmp(key, "?") && !find_desc(desc, key)) {
-            error_setg(errp, "invalid parameter '%s'", key);
+            char *valid = xstrdup("");
+            for (const struct opt_desc *d = desc; d->name; d++) {
+                char *j = xasprintf("%s%s%s", valid, *valid ? ", " : "", d->name);
+                free(valid);
+                valid = j;
+            }
+            error_setg(errp, "invalid parameter '%s' (valid: %s)", key, valid);
+            free(valid);
             free(key);
             free(val);
             return -EINVAL;
@@ -144,7 +151,8 @@ int opts_get_size(const struct optlist *l, const char *key, uint64_t *out, struc
         return 0;
     }
     if (size_parse(v, out, 0) < 0) {
-        error_setg(errp, "parameter '%s' expects a size, not '%s'", key, v);
+        error_setg(errp, "parameter '%s' expects a size, not '%s' (digits with an optional "
+                   "suffix k, M, G, T, P or E)", key, v);
         return -EINVAL;
     }
     return 1;

@@ -1360,6 +1360,14 @@ static int parse_create_opts(const char *fn, const struct optlist *o, struct cre
     return 0;
 }
 
+static int qcow2_check_create(const char *filename, const struct optlist *o,
+                              struct error **errp)
+{
+    struct create_params p;
+
+    return parse_create_opts(filename, o, &p, errp);
+}
+
 int qcow2_create(const char *filename, const struct optlist *o, unsigned flags,
                  struct error **errp)
 {
@@ -1514,6 +1522,7 @@ const struct format_driver qcow2_driver = {
     .priv_size = sizeof(struct qcow2),
     .supports_backing = true,
     .create_opts = qcow2_create_opts,
+    .check_create = qcow2_check_create,
     .probe = qcow2_probe,
     .create = qcow2_create,
     .open = qcow2_open,

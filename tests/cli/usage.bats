@@ -135,9 +135,9 @@ setup() {
     run -63 "$PROG" check -f raw -r all "$BATS_FILE_TMPDIR/r.raw"
 }
 
-@test "info -f with an unknown format exits 1" {
-    run -1 --separate-stderr "$PROG" info -f bogus "$BATS_FILE_TMPDIR/a.qcow2"
-    [ -n "$stderr" ]
+@test "info -f with an unknown format exits 64, listing the formats" {
+    run -64 --separate-stderr "$PROG" info -f bogus "$BATS_FILE_TMPDIR/a.qcow2"
+    [[ $stderr == *"valid: raw, qcow2"* ]]
 }
 
 @test "info on a folder exits 1" {
@@ -272,8 +272,8 @@ EOF
     [ ! -e x.raw ]
 }
 
-@test "create with an unknown format fails" {
-    run -1 "$PROG" create -f bogus x.img 1M
+@test "create with an unknown format is a usage error" {
+    run -64 "$PROG" create -f bogus x.img 1M
     [ ! -e x.img ]
 }
 

@@ -349,7 +349,7 @@ EOF
     [ "$errs" -eq 0 ]
 }
 
-@test "invalid -o values are refused as qemu-img refuses them" {
+@test "invalid -o values are refused as qemu-img refuses them (exit 64: a usage error)" {
     local opts errs=0 rc1 rc2
     while IFS= read -r opts; do
         rm -f x.qcow2
@@ -358,7 +358,7 @@ EOF
         rm -f x.qcow2
         qemu-img create -q -f qcow2 -o "$opts" x.qcow2 4M >/dev/null 2>&1 || rc2=$?
         [ "$rc2" -eq 1 ]
-        if [ "$rc1" -ne 1 ]; then
+        if [ "$rc1" -ne 64 ] || [ -e x.qcow2 ]; then
             printf -- '-o %s: blockctl exited %d, qemu-img %d\n' "$opts" "$rc1" "$rc2" >&2
             errs=$((errs + 1))
         fi

@@ -1,0 +1,119 @@
+#!/usr/bin/env bats
+# Every invalid option value is a usage error (exit 64) whose message lists
+# what is valid, in every command that takes the option: formats (-f, -F,
+# -O, --disk format=), -o lists (unknown keys, values of the wrong type,
+# values the format refuses), sizes (10Q) and the qemu-img convert flags
+# (-S, -m, -r, -t, -T). Nothing is created or changed.
+# SPDX-License-Identifier: GPL-2.0-or-later
+
+load ../helpers
+bats_require_minimum_version 1.5.0
+
+setup_file() {
+    requires_qemu
+    cd "$BATS_FILE_TMPDIR" || return 1
+    mkq a.qcow2 1M
+    qio a.qcow2 'write -P 1 0 64k'
+    cksum a.qcow2 >a.sum
+}
+
+setup() {
+    requires_qemu
+    # (bats keeps its own files in the test's folder: work in another)
+    mkdir -p "$BATS_TEST_TMPDIR/w"
+    cd "$BATS_TEST_TMPDIR/w" || return 1
+    A=$BATS_FILE_TMPDIR/a.qcow2
+}
+
+# usage WANT ARGS...: blockctl ARGS exits 64, its message says WANT, nothing
+# new in the folder, a.qcow2 unchanged
+usage() {
+    local want=$1
+    shift
+    run --separate-stderr timeout 30 "$PROG" "$@"
+    [ "$status" -eq 64 ] || { fail "blockctl $* exited $status: $stderr"; return 1; }
+    [[ $stderr == *"$want"* ]] || { fail "blockctl $*: the message does not say '$want': $stderr"; return 1; }
+    [ -z "$(ls -A)" ] || { fail "blockctl $* left: $(ls -A)"; return 1; }
+    [ "$(cd "$BATS_FILE_TMPDIR" && cksum a.qcow2)" = "$(cat "$BATS_FILE_TMPDIR/a.sum")" ] ||
+        { fail "blockctl $* changed a.qcow2"; return 1; }
+}
+
+FMTS="valid: raw, qcow2"
+
+@test "-f with an unknown format: 64 in every command, naming the formats" {
+    local c
+    for c in info check map stream commit; do
+        usage "$FMTS" $c -f vmdk "$A"
+    done
+    usage "$FMTS" compare -f vmdk "$A" "$A"
+    usage "$FMTS" compare -F vmdk "$A" "$A"
+    usage "$FMTS" mirror -f vmdk "$A" t.qcow2
+    usage "$FMTS" convert -f vmdk "$A" t.raw
+    usage "$FMTS" bitmap -f vmdk --add "$A" b
+    usage "$FMTS" bitmap -F vmdk --merge x -b "$A" "$A" b
+    usage "$FMTS" snapshot -F vmdk "$A" s.qcow2
+    usage "$FMTS" create -f qcow2 -b "$A" -F vmdk t.qcow2
+    usage "$FMTS" create -f qcow2 -o backing_file="$A",backing_fmt=vmdk t.qcow2
+    usage "$FMTS" mirror -O qcow2 -B "$A" -F vmdk "$A" t.qcow2
+    usage "$FMTS" convert -O qcow2 -B "$A" -F vmdk "$A" t.qcow2
+    usage "$FMTS" agent --qmp q.sock --nbd unix:n.sock --disk vda="$A",format=vmdk
+    # a protocol is not a format
+    usage "$FMTS" info -f nbd "$A"
+}
+
+@test "-O (create -f) with a format that cannot be created: 64, naming the formats" {
+    usage "$FMTS" create -f qcow t.img 1M
+    usage "$FMTS" mirror -O qcow "$A" t.img
+    usage "$FMTS" convert -O qcow "$A" t.img
+    usage "$FMTS" convert -O vmdk "$A" t.img
+}
+
+@test "-o with an unknown key: 64, listing the format's keys" {
+    usage "cluster_size" create -f qcow2 -o cluster_szie=4k t.qcow2 1M
+    usage "preallocation" create -f raw -o cluster_size=4k t.raw 1M
+    usage "cluster_size" mirror -O qcow2 -o cluster_szie=4k "$A" t.qcow2
+    usage "cluster_size" convert -O qcow2 -o cluster_szie=4k "$A" t.qcow2
+    usage "cluster_size" snapshot -o cluster_szie=4k "$A" s.qcow2
+}
+
+@test "-o with a bad value: 64, saying what is valid" {
+    usage "power of two" create -f qcow2 -o cluster_size=3k t.qcow2 1M
+    usage "expects a size" create -f qcow2 -o cluster_size=10Q t.qcow2 1M
+    usage "zlib or zstd" create -f qcow2 -o compression_type=lz4 t.qcow2 1M
+    usage "'on' or 'off'" create -f qcow2 -o lazy_refcounts=maybe t.qcow2 1M
+    usage "off, falloc, full" create -f raw -o preallocation=sparse t.raw 1M
+    usage "power of two" mirror -O qcow2 -o cluster_size=3k "$A" t.qcow2
+    usage "power of two" convert -O qcow2 -o cluster_size=3k "$A" t.qcow2
+    usage "expects a size" convert -O qcow2 -o cluster_size=10Q "$A" t.qcow2
+    usage "power of two" snapshot -o cluster_size=3k "$A" s.qcow2
+    usage "zlib or zstd" snapshot -o compression_type=lz4 "$A" s.qcow2
+}
+
+@test "sizes such as 10Q: 64 in every command that takes one" {
+    local suffixes="k, M, G, T, P"
+    usage "$suffixes" create -f qcow2 t.qcow2 10Q
+    usage "$suffixes" create -f qcow2 -o size=10Q t.qcow2
+    usage "$suffixes" map --start-offset 10Q "$A"
+    usage "$suffixes" map --max-length 10Q "$A"
+    usage "$suffixes" bitmap --add -g 10Q "$A" b
+    usage "$suffixes" mirror --bandwidth 10Q "$A" t.qcow2
+    usage "$suffixes" mirror -r 10Q "$A" t.qcow2
+    usage "$suffixes" mirror --buf-size 10Q "$A" t.qcow2
+    usage "$suffixes" stream --bandwidth 10Q "$A"
+    usage "$suffixes" commit --bandwidth 10Q "$A"
+    usage "$suffixes" convert -r 10Q "$A" t.raw
+    usage "multiples of 512" convert -S 10Q "$A" t.raw
+    usage "multiples of 512" mirror -S 10Q "$A" t.qcow2
+    usage "multiples of 512" convert -S 1000 "$A" t.raw
+}
+
+@test "-m, -t and -T values: 64, saying what is valid" {
+    usage "1 to 16" convert -m 17 "$A" t.raw
+    usage "1 to 16" convert -m x "$A" t.raw
+    usage "1 to 16" mirror -m 0 "$A" t.qcow2
+    usage "writeback, writethrough, unsafe" convert -t bogus "$A" t.raw
+    usage "writeback, writethrough, unsafe" convert -T bogus "$A" t.raw
+    usage "writeback, writethrough, unsafe" mirror -t bogus "$A" t.qcow2
+    usage "O_DIRECT" mirror -t none "$A" t.qcow2
+    usage "O_DIRECT" convert -t directsync "$A" t.raw
+}
