@@ -392,7 +392,16 @@ static int expand_l2(struct qcow2 *s, uint64_t l2off, bool backing, const uint8_
             goto out;
         }
         qcow2_note_file_end(s, host + cs);
-        fix[j].entry = host | (l2rc == 1 ? QCOW2_OFLAG_COPIED : 0);
+        if (fix[j].entry & QCOW2_L2E_OFFSET_MASK) {
+            /*
+             * A cluster kept: its own refcount decides, as the entry had it
+             * (QEMU 7.2 sets COPIED from the L2 table's refcount here, which
+             * qemu-img check then finds wrong for a cluster a snapshot shares).
+             */
+            fix[j].entry = host | (fix[j].entry & QCOW2_OFLAG_COPIED);
+        } else {
+            fix[j].entry = host | (l2rc == 1 ? QCOW2_OFLAG_COPIED : 0);
+        }
     }
     /* the zeroes and their refcounts on disk before the entries that point at them */
     ret = qcow2_flush_refblocks(s);
