@@ -88,14 +88,14 @@ static void print_json(const struct measure_info *m)
 {
     struct jw w;
 
-    /* qemu-img's key order (a QDict's) */
+    /* qemu-img's key order (a QDict's), and its signed integers (QAPI 'int') */
     jw_init(&w, true);
     jw_object_begin(&w);
     if (m->has_bitmaps) {
-        jw_kv_uint(&w, "bitmaps", m->bitmaps);
+        jw_kv_int(&w, "bitmaps", (int64_t)m->bitmaps);
     }
-    jw_kv_uint(&w, "required", m->required);
-    jw_kv_uint(&w, "fully-allocated", m->fully_allocated);
+    jw_kv_int(&w, "required", (int64_t)m->required);
+    jw_kv_int(&w, "fully-allocated", (int64_t)m->fully_allocated);
     jw_object_end(&w);
     printf("%s\n", jw_text(&w));
     jw_free(&w);

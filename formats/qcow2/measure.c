@@ -113,7 +113,7 @@ int qcow2_measure(const struct optlist *o, struct bdev *in, struct measure_info 
     v = opts_get(o, "preallocation");
     if (v && strcmp(v, "off") && strcmp(v, "metadata") && strcmp(v, "falloc") &&
         strcmp(v, "full")) {
-        error_setg(errp, "Invalid parameter value: %s", v);
+        error_setg(errp, "invalid parameter value: %s", v);
         return -EINVAL;
     }
     /* as QEMU: an empty backing_file= counts as one */
