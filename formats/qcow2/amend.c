@@ -275,6 +275,7 @@ static int change_refcount_order(struct qcow2 *s, unsigned order, const struct a
     }
     ret = io_pwrite(s->fd, buf, nt * cs, (uint64_t)off);
     if (ret == 0) {
+        qcow2_note_file_end(s, (uint64_t)off + (nt + nb) * cs);
         ret = io_fdatasync(s->fd);
     }
     if (ret < 0) {
@@ -334,6 +335,7 @@ out:
 struct zfix {
     unsigned idx;
     uint64_t entry;
+    uint64_t old;     /* a shared cluster the entry leaves, or 0 */
 };
 
 /* Zero clusters of the L2 table at @l2off turned into what v2 can hold. */
@@ -361,6 +363,7 @@ static int expand_l2(struct qcow2 *s, uint64_t l2off, bool backing, const uint8_
         fix = xrealloc(fix, (nfix + 1) * sizeof(*fix));
         fix[nfix].idx = i;
         fix[nfix].entry = e;
+        fix[nfix].old = 0;
         nfix++;
     }
     qcow2_cache_put(&s->l2_cache, l2);
@@ -368,9 +371,26 @@ static int expand_l2(struct qcow2 *s, uint64_t l2off, bool backing, const uint8_
         return 0;
     }
     for (size_t j = 0; j < nfix; j++) {
-        uint64_t host = fix[j].entry & QCOW2_L2E_OFFSET_MASK;
+        uint64_t host = fix[j].entry & QCOW2_L2E_OFFSET_MASK, rc = 0;
+        if (host) {
+            ret = qcow2_get_refcount(s, host >> s->cluster_bits, &rc);
+            if (ret < 0) {
+                goto out;
+            }
+            if (rc > l2rc) {
+                /*
+                 * Another L2 table (a snapshot's) holds data there: zeroes
+                 * go to a cluster of this table's own (QEMU 7.2 writes them
+                 * in place, over the snapshot's data), and this table's
+                 * references to the old one go once the table is written.
+                 */
+                fix[j].old = host;
+                host = 0;
+                fix[j].entry &= ~(QCOW2_L2E_OFFSET_MASK | QCOW2_OFLAG_COPIED);
+            }
+        }
         if (!host) {
-            if (!backing) {
+            if (!backing && !fix[j].old) {
                 fix[j].entry = 0; /* unallocated reads as zero too */
                 continue;
             }
@@ -420,6 +440,11 @@ static int expand_l2(struct qcow2 *s, uint64_t l2off, bool backing, const uint8_
     }
     qcow2_cache_mark_dirty(&s->l2_cache, l2);
     qcow2_cache_put(&s->l2_cache, l2);
+    for (size_t j = 0; j < nfix; j++) {
+        for (uint64_t r = 0; fix[j].old && r < l2rc; r++) {
+            qcow2_queue_decref(s, fix[j].old, 1);
+        }
+    }
     ret = qcow2_flush_metadata(s);
 out:
     free(fix);
