@@ -31,7 +31,7 @@ static const struct argp_option options[] = {
     { "size", OPT_SIZEARG, "SIZE", 0, "Measure an empty image of SIZE bytes (no FILE)", 0 },
     { "format", 'f', "FMT", 0, "Format of FILE (raw, qcow2); probed when omitted", 0 },
     { "output-format", 'O', "FMT", 0, "Format of the new image: raw (default) or qcow2", 0 },
-    { "options", 'o', "OPTS", 0, "Its options key=val[,...], as create -o takes them", 0 },
+    { "options", 'o', "OPTS", 0, "Options of the new image, key=val[,...]", 0 },
     { "snapshot", 'l', "SNAPSHOT", 0, "Measure FILE's internal snapshot (ID or name)", 0 },
     { "force-share", 'U', NULL, 0, "Open FILE sharing it with a writer", 0 },
     { "output", OPT_OUTPUT, "FMT", 0, "Output format: human (default) or json", 0 },
