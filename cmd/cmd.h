@@ -28,6 +28,7 @@
 #define EXIT_USAGE 64
 
 int cmd_agent(int argc, char **argv);
+int cmd_amend(int argc, char **argv);
 int cmd_bitmap(int argc, char **argv);
 int cmd_check(int argc, char **argv);
 int cmd_commit(int argc, char **argv);
@@ -40,6 +41,7 @@ int cmd_pivot(int argc, char **argv);
 int cmd_rebase(int argc, char **argv);
 int cmd_resize(int argc, char **argv);
 int cmd_map(int argc, char **argv);
+int cmd_measure(int argc, char **argv);
 int cmd_mirror(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
 int cmd_stream(int argc, char **argv);

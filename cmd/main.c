@@ -30,6 +30,7 @@ struct command {
 /* Keep sorted. */
 static const struct command commands[] = {
     { "agent", cmd_agent, "Serve disks over NBD with QMP control (live operations)" },
+    { "amend", cmd_amend, "Change a qcow2 image's options in place (compat, refcount_bits...)" },
     { "bitmap", cmd_bitmap, "Manage persistent dirty bitmaps (add, remove, merge, dump)" },
     { "check", cmd_check, "Check an image's consistency, and repair it (-r)" },
     { "commit", cmd_commit, "Merge an overlay (or part of the chain) into its base" },
@@ -39,6 +40,7 @@ static const struct command commands[] = {
     { "info", cmd_info, "Show an image's format, size, backing chain and features" },
     { "job", cmd_job, "List and control block jobs (of an agent, or interrupted ones)" },
     { "map", cmd_map, "Show where an image's data lives, extent by extent" },
+    { "measure", cmd_measure, "Show how large a new image of some format would be" },
     { "mirror", cmd_mirror, "Copy a disk to a new file or an NBD export" },
     { "pivot", cmd_pivot, "Switch an agent's disks onto their mirror copies" },
     { "rebase", cmd_rebase, "Change an image's backing file, keeping what it reads" },

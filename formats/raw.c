@@ -327,6 +327,26 @@ static int raw_preallocate(struct bdev *bd, uint64_t start, uint64_t end,
     return ret;
 }
 
+/* qemu-img measure -O raw: every byte of the virtual size is in the file. */
+static int raw_measure(const struct optlist *o, struct bdev *in, struct measure_info *out,
+                       struct error **errp)
+{
+    uint64_t size = 0;
+
+    if (in) {
+        size = in->size;
+    } else if (opts_get_size(o, "size", &size, errp) < 0) {
+        return -EINVAL;
+    } else {
+        size = ALIGN_UP(size, 512);
+    }
+    out->required = size;
+    out->fully_allocated = size;
+    out->has_bitmaps = false;
+    out->bitmaps = 0;
+    return 0;
+}
+
 const struct format_driver raw_driver = {
     .name = "raw",
     .create_opts = raw_create_opts,
@@ -344,4 +364,5 @@ const struct format_driver raw_driver = {
     .discard = raw_discard,
     .flush = raw_flush,
     .block_status = raw_block_status,
+    .measure = raw_measure,
 };

@@ -195,6 +195,22 @@ struct check_result {
 
 enum { CHECK_FIX_LEAKS = 1u << 0, CHECK_FIX_ERRORS = 1u << 1 };
 
+/* qemu-img measure's figures (QEMU's BlockMeasureInfo) */
+struct measure_info {
+    uint64_t required;
+    uint64_t fully_allocated;
+    bool has_bitmaps;
+    uint64_t bitmaps;
+};
+
+/* What bdev_amend's caller asks beyond the options */
+struct amend_ctl {
+    bool force;
+    /* progress (0..100), or NULL */
+    void (*progress)(double percent, void *opaque);
+    void *opaque;
+};
+
 struct format_driver {
     const char *name;                /* "raw", "qcow2", "nbd" */
     size_t priv_size;                /* bytes lib/block.c allocates for bd->opaque */
@@ -289,6 +305,29 @@ struct format_driver {
      * changed the file's locks already.
      */
     int (*reopen)(struct bdev *bd, unsigned flags, struct error **errp);
+
+    /*
+     * measure (optional): the sizes a new image of this format needs
+     * (qemu-img measure) for the guest data of @in or, @in NULL, for an
+     * empty image of the size in @o ("size").  @o passed the type checks
+     * of bdev_measure (lib/measure.c).
+     */
+    int (*measure)(const struct optlist *o, struct bdev *in, struct measure_info *out,
+                   struct error **errp);
+    /*
+     * Make internal snapshot @id / @name (NULL: either matches) what a
+     * read-only image shows until it is closed (qemu-img's -l).
+     */
+    int (*snapshot_load_tmp)(struct bdev *bd, const char *id, const char *name,
+                             struct error **errp);
+    /*
+     * amend (optional): change the options of @bd in place, as qemu-img
+     * amend does; @o holds only keys of @amend_opts, type-checked
+     * (lib/amend.c).
+     */
+    const struct opt_desc *amend_opts;
+    int (*amend)(struct bdev *bd, const struct optlist *o, const struct amend_ctl *ctl,
+                 struct error **errp);
 };
 
 struct bdev {
@@ -458,6 +497,32 @@ void bdev_remove_write_notifier(struct bdev *bd, struct bdev_write_notifier *n);
 
 /* Fill @out; the caller frees it with image_info_free(). */
 int bdev_get_info(struct bdev *bd, struct image_info *out, struct error **errp);
+
+/*
+ * lib/measure.c: -o lists checked as QemuOpts checks them (its messages:
+ * "Invalid parameter 'x'", "Parameter 'x' expects ..."), against the
+ * descriptions @a and @b (either may be NULL); parsed into @out.
+ */
+int bdev_opts_check(const char *str, const struct opt_desc *a, const struct opt_desc *b,
+                    struct optlist *out, struct error **errp);
+/* The options qemu-img measure -O FMT takes: @drv's create options and the file's. */
+int bdev_measure_opts(const struct format_driver *drv, const char *str, struct optlist *out,
+                      struct error **errp);
+/* qemu-img measure: sizes a new @drv image needs for @in (NULL: "size" of @o). */
+int bdev_measure(const struct format_driver *drv, const struct optlist *o, struct bdev *in,
+                 struct measure_info *out, struct error **errp);
+/*
+ * Show internal snapshot @spec of read-only @bd instead of its current
+ * contents until it is closed: an ID or a name (the ID tried first), or
+ * "snapshot.id=ID[,snapshot.name=NAME]" (qemu-img's -l).
+ */
+int bdev_snapshot_load_tmp(struct bdev *bd, const char *spec, struct error **errp);
+/* The options qemu-img amend takes for @drv, parsed into @out (with its messages). */
+int bdev_amend_opts(const struct format_driver *drv, const char *str, struct optlist *out,
+                    struct error **errp);
+/* Change @bd's options in place (read-write, its chain opened): qemu-img amend. */
+int bdev_amend(struct bdev *bd, const struct optlist *o, const struct amend_ctl *ctl,
+               struct error **errp);
 
 /*
  * Resolve a backing file name recorded in @overlay_name's image: absolute

@@ -1546,4 +1546,8 @@ const struct format_driver qcow2_driver = {
     .bitmap_check_add = qcow2_bitmap_check_add,
     .bitmap_check_list = qcow2_bitmap_check_list,
     .bitmap_store = qcow2_bitmap_store_hook,
+    .measure = qcow2_measure,
+    .snapshot_load_tmp = qcow2_snapshot_load_tmp,
+    .amend_opts = qcow2_amend_opts,
+    .amend = qcow2_amend,
 };

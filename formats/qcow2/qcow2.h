@@ -455,6 +455,8 @@ int qcow2_decompress(int type, void *dst, size_t dst_len, const void *src, size_
 /* snapshot.c */
 int qcow2_read_snapshots(struct qcow2 *s, struct error **errp);
 void qcow2_free_snapshots(struct qcow2 *s);
+/* The L1 table of snapshot @i, in host order (the caller frees it); 0 or -errno. */
+int qcow2_snapshot_read_l1(struct qcow2 *s, uint32_t i, uint64_t **out);
 
 /* bitmap.c */
 int qcow2_read_bitmap_dir(struct qcow2 *s, struct error **errp);
@@ -483,6 +485,17 @@ int qcow2_bitmap_store_hook(struct bdev *bd, bool in_use, struct error **errp);
 
 /* check.c */
 int qcow2_check(struct bdev *bd, struct check_result *res, unsigned fix, struct error **errp);
+
+/* measure.c */
+int qcow2_measure(const struct optlist *o, struct bdev *in, struct measure_info *out,
+                  struct error **errp);
+int qcow2_snapshot_load_tmp(struct bdev *bd, const char *id, const char *name,
+                            struct error **errp);
+
+/* amend.c */
+extern const struct opt_desc qcow2_amend_opts[];
+int qcow2_amend(struct bdev *bd, const struct optlist *o, const struct amend_ctl *ctl,
+                struct error **errp);
 
 /* create (header.c) */
 int qcow2_create(const char *filename, const struct optlist *o, unsigned flags,

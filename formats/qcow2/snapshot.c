@@ -118,3 +118,21 @@ fail:
     qcow2_free_snapshots(s);
     return -EINVAL;
 }
+
+int qcow2_snapshot_read_l1(struct qcow2 *s, uint32_t i, uint64_t **out)
+{
+    struct qcow2_snapshot *sn = &s->snapshots[i];
+    size_t bytes = (size_t)sn->l1_size * 8;
+    uint64_t *l1 = xzalloc(bytes ? bytes : 8);
+    ssize_t n = bytes ? io_pread(s->fd, l1, bytes, sn->l1_offset) : 0;
+
+    if (n < 0 || (size_t)n != bytes) {
+        free(l1);
+        return n < 0 ? (int)n : -EIO;
+    }
+    for (uint32_t k = 0; k < sn->l1_size; k++) {
+        l1[k] = be64toh(l1[k]);
+    }
+    *out = l1;
+    return 0;
+}
