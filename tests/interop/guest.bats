@@ -90,10 +90,10 @@ guest_boot() {
         -device virtio-blk-pci,drive=disk0 "$@" 3>&-
 }
 
-# last_ack [CONSOLE]: the last record the guest acknowledged (a line is
-# whole once its \r is out: the console writes \r\n)
+# last_ack: the last record the guest acknowledged (a line is whole once
+# its \r is out: the console writes \r\n)
 last_ack() {
-    awk '/^ACK [0-9]+\r$/ { n = $2 + 0 } END { print n + 0 }' "${1:-$CON}"
+    awk '/^ACK [0-9]+\r$/ { n = $2 + 0 } END { print n + 0 }' "$CON"
 }
 
 # wait_acks_past N SECS: until the guest has acknowledged more than N
@@ -234,13 +234,15 @@ mirror_again() {
     [ "$(last_ack)" -eq "$a" ] || fail "records $a..$(last_ack) acknowledged with no server"
     # the state file alone
     rm -f "$G/agent.pid"
+    local t0=$SECONDS
     agent_start
     top_is "$G/disk.qcow2" -
     no_job
     # the guest's NBD client reconnects and the guest goes on
     wait_acks_past "$a" 30
     guest_sane
-    echo "# kill -9 at ${off}/${len} bytes of the mirror, record $a; the guest resumed" >&3
+    echo "# kill -9 at ${off}/${len} bytes of the mirror, record $a; the guest went on" \
+        "$((SECONDS - t0))s after the restart" >&3
     mirror_again
     top_is "$G/m2.qcow2" -
     no_job
