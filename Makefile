@@ -161,6 +161,15 @@ agent-full: deps test-deps
 	@$(MAKE) --no-print-directory all unit
 	@AGENT_FULL=1 ONLY='agent-' tests/run.sh
 
+# A real guest end to end (tests/interop/guest.bats, also part of make
+# check): a TCG Linux guest on the agent's NBD export, live jobs under it
+.PHONY: guest-test
+guest-test: deps test-deps
+	@scripts/deps.sh guest
+	@$(MAKE) --no-print-directory all
+	@PROG=$(CURDIR)/$(if $(filter build,$(BUILD)),blockctl,$(BIN)) BUILD=$(BUILD) \
+	    ONLY='interop/guest\.bats' tests/run.sh
+
 # The whole fault matrix (tests/crash/lib.bash): every point, every
 # operation; prints a table per operation and every failure
 .PHONY: crash

@@ -2,6 +2,8 @@
 # Install what blockctl needs on Debian/Ubuntu, if it is missing.
 #   scripts/deps.sh build   compiler and libraries
 #   scripts/deps.sh test    the peers the tests run against (qemu, nbd tools, bats)
+#   scripts/deps.sh guest   what tests/interop/guest.bats boots: qemu-system-x86,
+#                           a Debian kernel, busybox-static, cpio, libc.a
 # SPDX-License-Identifier: GPL-2.0-or-later
 set -e
 
@@ -9,7 +11,10 @@ case "$1" in
 build) pkgs="gcc make pkg-config perl zlib1g-dev libzstd-dev libnbd-dev libjson-c-dev" ;;
 test) pkgs="bats jq qemu-utils qemu-system-common libnbd-bin python3 python3-libnbd nbdkit" ;;
 fuzz) pkgs="clang libclang-rt-dev" ;;
-*) echo "usage: $0 build|test|fuzz" >&2; exit 64 ;;
+# (without qemu's recommends: no GUI, no UEFI firmware)
+guest) pkgs="qemu-system-x86 linux-image-amd64 busybox-static cpio libc6-dev"
+    opts=--no-install-recommends ;;
+*) echo "usage: $0 build|test|fuzz|guest" >&2; exit 64 ;;
 esac
 
 missing=
@@ -29,4 +34,4 @@ else
 fi
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq >/dev/null || true
-$sudo apt-get install -y -qq $missing >/dev/null
+$sudo apt-get install -y -qq ${opts:-} $missing >/dev/null
