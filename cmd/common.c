@@ -273,13 +273,17 @@ int create_opts_check(const struct format_driver *drv, const struct optlist *o,
 {
     struct error *err = NULL;
 
-    if (drv->check_create && drv->check_create(file ? file : "", o, &err) < 0) {
+    int r;
+
+    if (drv->check_create && (r = drv->check_create(file ? file : "", o, &err)) < 0) {
         if (!file && err && !strncmp(err->msg, "'': ", 4)) {
             /* no file yet: the message is about the -o list alone */
             memmove(err->msg, err->msg + 4, strlen(err->msg + 4) + 1);
         }
         report(err);
-        return EXIT_USAGE;
+        /* a value that is wrong is a usage error; options that are each
+         * right but do not go together fail as in qemu-img */
+        return r == -EINVAL ? EXIT_USAGE : 1;
     }
     return 0;
 }

@@ -1341,17 +1341,17 @@ static int parse_create_opts(const char *fn, const struct optlist *o, struct cre
     }
     if (p->backing && strlen(p->backing) > QCOW2_MAX_BACKING_NAME) {
         error_setg(errp, "'%s': backing file name too long", fn);
-        return -EINVAL;
+        return -ENOTSUP;     /* (options that do not go together: exit 1) */
     }
     if (p->backing_fmt && !p->backing) {
         error_setg(errp, "'%s': a backing format cannot be given without a backing file", fn);
-        return -EINVAL;
+        return -ENOTSUP;     /* (options that do not go together: exit 1) */
     }
     if (p->backing && p->prealloc && !p->ext_l2) {
         /* preallocated clusters would hide the backing file's data */
         error_setg(errp, "'%s': a backing file and preallocation can only be used together "
                    "with extended_l2=on", fn);
-        return -EINVAL;
+        return -ENOTSUP;     /* (options that do not go together: exit 1) */
     }
     if (p->backing_fmt && (strlen(p->backing_fmt) > 15 || !*p->backing_fmt)) {
         error_setg(errp, "'%s': invalid backing format name '%s'", fn, p->backing_fmt);

@@ -463,14 +463,14 @@ static int mirror_prepare(struct job *job, struct error **errp)
         notifier_off(m);
         if (pivot) {
             mirror_switch(m);
+            /* still drained: no write lands on the new top before the
+             * state file names it (a restarted agent opens it) */
+            save_state(m->a);
         }
     }
     blk_drain_end(m->d->blk);
     if (ret == 0) {
         log_end(m, pivot);
-        if (pivot) {
-            save_state(m->a);
-        }
     }
     return ret;
 }
@@ -533,6 +533,9 @@ int agent_jobs_complete_group(struct agent *a, struct job **jobs, size_t n, stru
             mirror_switch(m);
             __atomic_store_n(&m->complete, true, __ATOMIC_RELEASE);
         }
+        if (ret == 0) {
+            save_state(a);      /* (still drained, as in mirror_prepare) */
+        }
         for (i = n; i-- > 0;) {
             struct mirror_job *m = jobs[i]->opaque;
             blk_drain_end(m->d->blk);
@@ -542,7 +545,6 @@ int agent_jobs_complete_group(struct agent *a, struct job **jobs, size_t n, stru
         for (i = 0; i < n; i++) {
             log_end(jobs[i]->opaque, true);
         }
-        save_state(a);
     }
     for (i = 0; i < parked; i++) {
         job_unquiesce(jobs[i]);

@@ -82,7 +82,7 @@ has() {
     touch disk.qcow2 sub/x.qcow2
     [ "$(comp blockctl info di)" = disk.qcow2 ] || fail "info di: $(comp blockctl info di)"
     [ "$(comp blockctl info sub/)" = sub/x.qcow2 ] || fail "info sub/: $(comp blockctl info sub/)"
-    [ "$(comp blockctl job '')" = "$(printf '%s\n' cancel complete list pause resume set-speed show wait | sort)" ] ||
+    [ "$(comp blockctl job '')" = "$(printf '%s\n' abort cancel complete list pause resume set-speed show wait | sort)" ] ||
         fail "job: $(comp blockctl job '')"
     [ "$(comp blockctl job s)" = "$(printf 'set-speed\nshow')" ] || fail "job s: $(comp blockctl job s)"
 }

@@ -67,14 +67,15 @@ teardown() {
 
 @test "create: an -o value of the wrong type fails before 'Formatting', naming the file" {
     for o in lazy_refcounts=maybe extended_l2=foo refcount_bits=x cluster_size=64KiB; do
-        run -1 --separate-stderr "$PROG" create -f qcow2 -o "$o" x.qcow2 1M
+        # (an invalid option value is a usage error: 64; qemu-img says 1)
+        run -64 --separate-stderr "$PROG" create -f qcow2 -o "$o" x.qcow2 1M
         [ -z "$output" ] || fail "-o $o printed on stdout: $output"
         [[ $stderr == *x.qcow2* ]] || fail "-o $o: $stderr"
         [ ! -e x.qcow2 ]
         run -1 qemu-img create -f qcow2 -o "$o" y.qcow2 1M
         [ -z "$output" ] || [[ $output != *Formatting* ]] || fail "qemu-img printed Formatting"
     done
-    run -1 "$PROG" create -f qcow2 -o "" x.qcow2 1M
+    run -64 "$PROG" create -f qcow2 -o "" x.qcow2 1M
     [ ! -e x.qcow2 ]
 }
 
