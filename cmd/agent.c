@@ -24,6 +24,7 @@ struct agent_args {
     const char **nbd;
     size_t nr_nbd;
     const char *state;
+    const char *state_dir;
     const char *pidfile;
     bool daemonize;
     mode_t mode;
@@ -33,6 +34,7 @@ struct agent_args {
 
 enum {
     OPT_QMP = 0x100, OPT_NBD, OPT_DISK, OPT_STATE, OPT_DAEMONIZE, OPT_PIDFILE, OPT_SOCKET_MODE,
+    OPT_STATE_DIR,
 };
 
 static const struct argp_option options[] = {
@@ -41,6 +43,7 @@ static const struct argp_option options[] = {
     { "disk", OPT_DISK, "NAME=FILE[,OPTS]", 0,
       "A disk: format=FMT, read-only=on, copy-on-read=on", 0 },
     { "state", OPT_STATE, "FILE", 0, "State file: which image each disk uses now", 0 },
+    { "state-dir", OPT_STATE_DIR, "DIR", 0, "Where the jobs' journals go (blockctl-job(1))", 0 },
     { "daemonize", OPT_DAEMONIZE, NULL, 0, "Run in the background once ready", 0 },
     { "pidfile", OPT_PIDFILE, "FILE", 0, "Write the agent's process id to FILE", 0 },
     { "socket-mode", OPT_SOCKET_MODE, "MODE", 0, "Mode of the UNIX sockets (0600)", 0 },
@@ -156,6 +159,9 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         break;
     case OPT_STATE:
         a->state = absolute(arg);
+        break;
+    case OPT_STATE_DIR:
+        a->state_dir = absolute(arg);
         break;
     case OPT_DAEMONIZE:
         a->daemonize = true;
@@ -367,6 +373,7 @@ int cmd_agent(int argc, char **argv)
     cfg.socket_mode = a.mode;
     cfg.nbd_addrs = a.nbd;
     cfg.state_path = a.state;
+    cfg.state_dir = a.state_dir;
     cfg.disks = specs;
     cfg.use_syslog = a.daemonize;
     cfg.nr_disks = nspecs;

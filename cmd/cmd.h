@@ -229,6 +229,10 @@ void job_journal_keep(struct job_journal *jj);
 bool job_journal_running(json_object *j);
 /* Resume or abort interrupted job @id (cmd/job.c): the exit status. */
 int job_journal_resume(const char *state_dir, const char *id);
+/* An interrupted job of an agent (the agent gone): bring its target in
+ * step offline, then end it, or (@pivot) name the target in the agent's
+ * state file: the exit status. */
+int job_journal_finish_live(const char *state_dir, const char *id, bool pivot);
 int job_journal_abort(const char *state_dir, const char *id);
 
 #endif

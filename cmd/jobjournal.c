@@ -13,6 +13,8 @@
 #include "lib/compiler.h"
 #include "lib/copy.h"
 #include "lib/journal.h"
+#include "lib/bitmap.h"
+#include "lib/wib.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -23,9 +25,6 @@
 #include <unistd.h>
 
 #include "cmd/cmd.h"
-
-/* Seconds between two checkpoints of a copy (each one flushes the target). */
-#define CHECKPOINT_SECS 5.0
 
 int job_journal_begin(struct job_journal *jj, const struct copy_opts *o, const char *type,
                       int argc, char **argv)
@@ -122,8 +121,7 @@ int job_journal_checkpoints(struct job_journal *jj, struct copy_params *cp, stru
     if (!cp->no_flush) {
         /* (without flushes nothing copied is sure to be there: resume starts at 0) */
         cp->checkpoint = checkpoint;
-        const char *e = getenv("BLOCKCTL_CHECKPOINT_SECS");     /* (tests) */
-        cp->checkpoint_secs = e && *e ? strtod(e, NULL) : CHECKPOINT_SECS;
+        cp->checkpoint_secs = journal_checkpoint_secs();
         cp->checkpoint_opaque = jj;
     }
     return job_journal_step(jj, journal_get_str(jj->j, "state"));
@@ -158,7 +156,7 @@ bool job_journal_running(json_object *j)
     FILE *f;
     size_t n;
 
-    if (pid <= 0 || pid == getpid() || (kill((pid_t)pid, 0) < 0 && errno == ESRCH)) {
+    if (pid == getpid() || !journal_pid_alive(pid)) {
         return false;
     }
     snprintf(path, sizeof(path), "/proc/%lld/cmdline", (long long)pid);
@@ -195,6 +193,242 @@ static struct journal *load_interrupted(const char *state_dir, const char *id)
     return j;
 }
 
+/* --- a live job of an agent that is gone (killed, the host crashed) --- */
+
+static bool jbool_member(json_object *o, const char *key)
+{
+    json_object *v;
+
+    return json_object_object_get_ex(o, key, &v) && json_object_get_boolean(v);
+}
+
+/* The file the agent's state file names for disk @disk (allocated), or NULL. */
+static char *state_top(const char *state, const char *disk)
+{
+    json_object *root = state ? json_object_from_file(state) : NULL, *disks, *v;
+    char *file = NULL;
+
+    if (root && json_object_object_get_ex(root, "disks", &disks) &&
+        json_object_is_type(disks, json_type_array)) {
+        for (size_t i = 0; i < json_object_array_length(disks); i++) {
+            json_object *d = json_object_array_get_idx(disks, i);
+            if (json_object_object_get_ex(d, "name", &v) && !strcmp(json_object_get_string(v), disk) &&
+                json_object_object_get_ex(d, "file", &v)) {
+                file = xstrdup(json_object_get_string(v));
+            }
+        }
+    }
+    json_object_put(root);
+    return file;
+}
+
+/* Name @file (format @fmt) as disk @disk's top in the agent's state file. */
+static int state_set_top(const char *state, const char *disk, const char *file, const char *fmt)
+{
+    json_object *root = json_object_from_file(state), *disks, *v;
+    struct error *err = NULL;
+    bool found = false;
+    int r;
+
+    if (!root || !json_object_object_get_ex(root, "disks", &disks) ||
+        !json_object_is_type(disks, json_type_array)) {
+        error_report("'%s': not an agent's state file", state);
+        json_object_put(root);
+        return 1;
+    }
+    for (size_t i = 0; i < json_object_array_length(disks); i++) {
+        json_object *d = json_object_array_get_idx(disks, i);
+        if (json_object_object_get_ex(d, "name", &v) && !strcmp(json_object_get_string(v), disk)) {
+            json_object_object_add(d, "file", json_object_new_string(file));
+            json_object_object_add(d, "format", json_object_new_string(fmt));
+            /* (the restarted agent names the new chain's images) */
+            json_object_object_add(d, "node-names", json_object_new_array());
+            found = true;
+        }
+    }
+    if (!found) {
+        error_report("'%s' has no disk '%s'", state, disk);
+        json_object_put(root);
+        return 1;
+    }
+    r = json_file_replace(state, root, 0600, &err);
+    json_object_put(root);
+    if (r < 0) {
+        report(err);
+        return 1;
+    }
+    return 0;
+}
+
+/*
+ * Bring a live mirror's (or active commit's) target in step with its
+ * source, offline: what the bulk copy had not done (from "copied") and
+ * the regions the write-intent bitmap marks.  The target flushed: 0, or
+ * 1 (said).
+ */
+static int live_catch_up(struct journal *j)
+{
+    const char *src_path = journal_image_path(j, "source"), *tgt_path = journal_image_path(j, "target");
+    const char *wpath = journal_get_str(j, "write-intent-bitmap");
+    const char *tfmt = journal_get_str(j, "target-format"), *type = journal_get_str(j, "type");
+    json_object *qa = NULL, *v;
+    struct error *err = NULL;
+    struct bdev *src = NULL, *dst = NULL;
+    struct dirty_bitmap *marked = NULL;
+    struct wib *w = NULL;
+    uint64_t copied = journal_get_u64(j, "copied"), done = 0, pos = 0, off, len;
+    bool commit = type && !strcmp(type, "commit"), top = false;
+    int ret = 1, r;
+
+    json_object_object_get_ex(j->root, "qmp-args", &qa);
+    if (qa && json_object_object_get_ex(qa, "sync", &v)) {
+        top = !strcmp(json_object_get_string(v), "top");
+    }
+    if (job_journal_check(&(struct job_journal){ .j = j, .state = "copying" }, "source", "target",
+                          NULL)) {
+        return 1;
+    }
+    src = bdev_open(src_path, NULL, 0, &err);
+    if (src) {
+        /* (an active commit's target is the source's own base, in its chain) */
+        dst = commit ? bdev_chain_find(src, tgt_path) : bdev_open(tgt_path, tfmt, BDEV_O_RDWR, &err);
+        if (commit && dst && bdev_reopen(dst, BDEV_O_RDWR, &err) < 0) {
+            dst = NULL;
+        } else if (commit && !dst && !err) {
+            error_setg(&err, "'%s' is no longer below '%s'", tgt_path, src_path);
+        }
+    }
+    if (!src || !dst) {
+        report(err);
+        goto out;
+    }
+    w = wib_open(wpath, &err);
+    if (!w) {
+        report(err);
+        goto out;
+    }
+    marked = bitmap_new(src->size, wib_granularity(w));
+    while (wib_next(w, pos, &off, &len)) {
+        bitmap_set(marked, off, len);
+        pos = off + len;
+    }
+    for (int pass = 0; pass < 2; pass++) {
+        struct copy_params cp;
+        memset(&cp, 0, sizeof(cp));
+        cp.src = src;
+        cp.dst = dst;
+        cp.check_dst_zero = true;
+        cp.no_flush = pass == 0;
+        if (pass == 0) {
+            /* what the bulk copy had yet to do, as it would have */
+            if (copied >= src->size) {
+                continue;
+            }
+            cp.mode = commit || top ? COPY_ABOVE : COPY_ALL;
+            cp.base = commit ? dst : top ? src->backing : NULL;
+            cp.start = copied;
+        } else {
+            /* the regions the guest may have written since they were copied */
+            cp.mode = COPY_BITMAP;
+            cp.bitmap = marked;
+        }
+        r = copy_run(&cp, &err);
+        if (r < 0) {
+            report(err);
+            goto out;
+        }
+        done += cp.bytes_written + cp.bytes_zeroed;
+    }
+    r = bdev_flush(dst);
+    if (r < 0) {
+        bdev_report_io_error(dst, "cannot flush", r);
+        goto out;
+    }
+    fprintf(stderr, "blockctl: job %s: copied %" PRIu64 " bytes from offset %" PRIu64
+            " and the marked regions\n", j->id, done, copied);
+    ret = 0;
+out:
+    bitmap_free(marked);
+    wib_close(w, false);
+    if (dst && !commit && bdev_close(dst, &err) < 0) {
+        report(err);
+        ret = 1;
+    }
+    if (src && bdev_close(src, &err) < 0) {
+        report(err);
+        ret = 1;
+    }
+    return ret;
+}
+
+/* Drop the journal of a live job (and its write-intent bitmap): 0, or 1. */
+static int live_end(struct journal *j)
+{
+    struct error *err = NULL;
+    const char *wpath = journal_get_str(j, "write-intent-bitmap");
+
+    if (wpath) {
+        unlink(wpath);
+    }
+    if (journal_end(j, &err) < 0) {
+        report(err);
+        return 1;
+    }
+    return 0;
+}
+
+int job_journal_finish_live(const char *state_dir, const char *id, bool pivot)
+{
+    struct journal *j = load_interrupted(state_dir, id);
+    const char *state, *disk, *src, *tgt;
+    char *top = NULL, *full_id;
+    int ret = 1;
+
+    if (!j) {
+        return 1;
+    }
+    if (!jbool_member(j->root, "live")) {
+        error_report("job %s is not an agent's job%s", j->id,
+                     pivot ? ": only a mirror of an agent pivots" : "");
+        journal_free(j);
+        return 1;
+    }
+    state = journal_get_str(j, "agent-state");
+    disk = journal_get_str(j, "disk");
+    src = journal_image_path(j, "source");
+    tgt = journal_image_path(j, "target");
+    top = state && disk ? state_top(state, disk) : NULL;
+    full_id = xstrdup(j->id);
+    if (top && tgt && !strcmp(top, tgt)) {
+        /* the pivot was done, and named in the state file, before the crash */
+        printf("Job %s had pivoted: '%s' holds disk %s\n", full_id, tgt, disk);
+        ret = live_end(j);
+        j = NULL;
+    } else if (pivot && !state) {
+        error_report("job %s: its agent kept no state file (--state): nothing to pivot", j->id);
+    } else if (live_catch_up(j) == 0) {
+        if (pivot && state_set_top(state, disk, tgt, journal_get_str(j, "target-format")) != 0) {
+            error_report("job %s: '%s' and '%s' agree; the agent still opens '%s'", j->id, src,
+                         tgt, src);
+        } else {
+            if (pivot) {
+                printf("Pivoted: '%s' holds disk %s (in '%s')\n", tgt, disk, state);
+            } else {
+                printf("'%s' and '%s' agree; '%s' holds disk %s\n", src, tgt, src, disk);
+            }
+            ret = live_end(j);
+            j = NULL;
+        }
+    }
+    if (ret == 0) {
+        printf("Job %s finished\n", full_id);
+    }
+    free(full_id);
+    free(top);
+    journal_free(j);
+    return ret;
+}
+
 int job_journal_resume(const char *state_dir, const char *id)
 {
     struct journal *j = load_interrupted(state_dir, id);
@@ -209,6 +443,10 @@ int job_journal_resume(const char *state_dir, const char *id)
     }
     type = journal_get_str(j, "type");
     cwd = journal_get_str(j, "cwd");
+    if (jbool_member(j->root, "live")) {
+        journal_free(j);
+        return job_journal_finish_live(state_dir, id, false);
+    }
     if (!json_object_object_get_ex(j->root, "argv", &argv_o) ||
         !json_object_is_type(argv_o, json_type_array) || !type ||
         (strcmp(type, "mirror") && strcmp(type, "stream") && strcmp(type, "commit"))) {
@@ -259,6 +497,26 @@ int job_journal_abort(const char *state_dir, const char *id)
     }
     type = journal_get_str(j, "type") ?: "?";
     state = journal_get_str(j, "state") ?: "?";
+    if (jbool_member(j->root, "live")) {
+        const char *st = journal_get_str(j, "agent-state"), *disk = journal_get_str(j, "disk");
+        const char *tgt = journal_image_path(j, "target");
+        char *top = st && disk ? state_top(st, disk) : NULL;
+        if (top && tgt && !strcmp(top, tgt)) {
+            printf("The job had pivoted: '%s' holds disk %s\n", tgt, disk);
+        } else {
+            printf("'%s' is incomplete: do not use it\n", tgt ? tgt : "?");
+            printf("'%s' holds the disk\n", journal_image_path(j, "source") ?: "?");
+        }
+        free(top);
+        full_id = xstrdup(j->id);
+        if (live_end(j) != 0) {
+            free(full_id);
+            return 1;
+        }
+        printf("Job %s aborted\n", full_id);
+        free(full_id);
+        return 0;
+    }
     if (!strcmp(type, "mirror")) {
         const char *part = journal_image_path(j, "part"), *target = journal_image_path(j, "target");
         if (part && journal_check_image(j, "part", &err) == 0) {

@@ -18,16 +18,18 @@ struct pivot_args {
     const char *agent;
     bool wait;
     int timeout;
+    const char *state_dir;
     char **disks;
     int n;
 };
 
-enum { OPT_AGENT = 0x100, OPT_WAIT, OPT_TIMEOUT };
+enum { OPT_AGENT = 0x100, OPT_WAIT, OPT_TIMEOUT, OPT_STATE_DIR };
 
 static const struct argp_option options[] = {
     { "agent", OPT_AGENT, "SOCKET", 0, "The agent's QMP socket (or $BLOCKCTL_AGENT)", 0 },
     { "wait", OPT_WAIT, NULL, 0, "Wait until each job is ready, instead of failing", 0 },
     { "timeout", OPT_TIMEOUT, "SEC", 0, "With --wait: give up after SEC seconds (exit 124)", 0 },
+    { "state-dir", OPT_STATE_DIR, "DIR", 0, "Without --agent: where the journals are", 0 },
     { 0 }
 };
 
@@ -39,6 +41,9 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     switch (key) {
     case OPT_AGENT:
         a->agent = arg;
+        break;
+    case OPT_STATE_DIR:
+        a->state_dir = arg;
         break;
     case OPT_WAIT:
         a->wait = true;
@@ -57,9 +62,10 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         if (!a->n) {
             argp_error(state, "no DISK given");
         }
-        if (!remote_path(a->agent)) {
+        if (!remote_path(a->agent) && (a->n != 1 || a->wait)) {
             argp_error(state, "pivot acts on an agent's disks: --agent SOCKET (or "
-                       "$BLOCKCTL_AGENT) is needed");
+                       "$BLOCKCTL_AGENT) is needed (without it: pivot ID, an interrupted "
+                       "mirror's journal)");
         }
         if (a->timeout && !a->wait) {
             argp_error(state, "--timeout goes with --wait");
@@ -72,7 +78,7 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
 }
 
 static const struct argp pivot_argp = {
-    options, parse_opt, "DISK...",
+    options, parse_opt, "DISK...\nID",
     "Switch each DISK onto the target of its mirror (or active commit) job (the job named "
     "DISK, as blockctl mirror --agent names it), once the job is ready, then wait for the "
     "job's end.  Several DISKs of a blockctl agent pivot together in one drain, all or "
@@ -204,6 +210,12 @@ int cmd_pivot(int argc, char **argv)
     int ret;
 
     argp_parse(&pivot_argp, argc, argv, 0, NULL, &a);
+    if (!remote_path(a.agent)) {
+        /* an interrupted live mirror, its agent gone: finish it and switch */
+        int r = job_journal_finish_live(a.state_dir, a.disks[0], true);
+        free(a.disks);
+        return r;
+    }
     cancel_install();
     c = remote_connect(a.agent, &err);
     if (!c) {

@@ -7,6 +7,8 @@
 #include "lib/io.h"
 
 #include <dirent.h>
+#include <signal.h>
+#include <stdio.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -35,6 +37,36 @@ char *journal_state_dir(const char *opt)
         return xasprintf("%s/blockctl", x);
     }
     return xasprintf("%s/.local/state/blockctl", home ? home : "");
+}
+
+bool journal_pid_alive(int64_t pid)
+{
+    char path[64], buf[256];
+    const char *p;
+    FILE *f;
+    size_t n;
+
+    if (pid <= 0 || (kill((pid_t)pid, 0) < 0 && errno == ESRCH)) {
+        return false;
+    }
+    snprintf(path, sizeof(path), "/proc/%lld/stat", (long long)pid);
+    f = fopen(path, "r");
+    if (!f) {
+        return true;
+    }
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* "PID (COMM) STATE ...": a zombie has gone, but for its parent */
+    p = strrchr(buf, ')');
+    return !(p && p[1] == ' ' && p[2] == 'Z');
+}
+
+double journal_checkpoint_secs(void)
+{
+    const char *e = getenv("BLOCKCTL_CHECKPOINT_SECS");
+
+    return e && *e ? strtod(e, NULL) : 5.0;
 }
 
 int json_file_replace(const char *path, json_object *root, int mode, struct error **errp)
@@ -142,7 +174,13 @@ struct journal *journal_new(const char *state_dir, const char *type, int argc, c
     j = xzalloc(sizeof(*j));
     localtime_r(&t, &tm);
     strftime(stamp, sizeof(stamp), "%Y%m%d-%H%M%S", &tm);
-    j->id = xasprintf("%s-%s-%ld", type, stamp, (long)getpid());
+    {
+        /* (an agent starts several jobs: a count after its process id) */
+        static unsigned seq;
+        unsigned n = __atomic_fetch_add(&seq, 1, __ATOMIC_RELAXED);
+        j->id = n ? xasprintf("%s-%s-%ld-%u", type, stamp, (long)getpid(), n)
+                  : xasprintf("%s-%s-%ld", type, stamp, (long)getpid());
+    }
     j->path = xasprintf("%s/%s.json", dir, j->id);
     free(dir);
     j->root = json_object_new_object();

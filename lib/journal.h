@@ -31,6 +31,15 @@
  */
 char *journal_state_dir(const char *opt);
 
+/*
+ * Seconds between two checkpoints of a copy (each flushes the target):
+ * 5, or $BLOCKCTL_CHECKPOINT_SECS (tests: 0, at every look).
+ */
+double journal_checkpoint_secs(void);
+
+/* Is process @pid alive (not gone, not a zombie)? */
+bool journal_pid_alive(int64_t pid);
+
 /* Replace @path by @root's text atomically (mode @mode for a new file). */
 int json_file_replace(const char *path, json_object *root, int mode, struct error **errp);
 

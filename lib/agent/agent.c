@@ -388,6 +388,7 @@ int agent_run(const struct agent_config *cfg, void (*ready)(void *opaque), void 
         error_free(err);
         goto out;
     }
+    agent_jobs_restore(a);
 
     ncfg.pool = a->pool;
     ncfg.log = log_hook;

@@ -62,6 +62,7 @@ struct agent_config {
     mode_t socket_mode;          /* QMP and NBD UNIX sockets */
     const char *const *nbd_addrs;/* "unix:PATH" or "tcp:HOST:PORT", NULL-ended */
     const char *state_path;      /* NULL: no state file */
+    const char *state_dir;       /* the jobs' journals (NULL: the default) */
     struct agent_disk_spec *disks;
     size_t nr_disks;
     bool use_syslog;
@@ -78,6 +79,7 @@ struct agent {
     struct job_list jobs;        /* qmp-job.c */
     struct agent_node *nodes;    /* blockdev-add's (qmp-node.c) */
     int sigfd;
+    struct journal *restoring;   /* a job being restored from its journal (start-up) */
     bool quitting;
     bool ready;                  /* started: with use_syslog, log there from now on (atomic: pool threads log) */
 };
@@ -136,6 +138,12 @@ struct bdev *agent_nodes_next(struct agent *a, struct bdev *prev);
 
 /* Jobs (qmp-job.c) */
 void agent_jobs_init(struct agent *a);
+/*
+ * At start-up: the live jobs a killed agent with this state file left
+ * (their journals) come back as paused jobs, to go on with job-resume
+ * (or to cancel); those that had pivoted, or whose disk moved, end.
+ */
+void agent_jobs_restore(struct agent *a);
 /* Shutdown: cancel the jobs; true if some are still ending (the main loop
  * then runs until they have, and quits). */
 bool agent_jobs_shutdown(struct agent *a);

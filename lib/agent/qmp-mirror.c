@@ -19,6 +19,12 @@
 #include "lib/agent/agent.h"
 #include "lib/bitmap.h"
 #include "lib/copy.h"
+#include "lib/journal.h"
+#include "lib/wib.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <limits.h>
 
 #include <errno.h>
 #include <inttypes.h>
@@ -65,12 +71,38 @@ struct mirror_job {
     bool commit;
     uint64_t chunk;
     uint8_t *buf;
+    /*
+     * The journal (blockctl-job(1)) and the write-intent bitmap: a guest
+     * write below @wi_mark (the journal's "copied": what a resumed job
+     * does not copy again) has its regions marked durably first.  The
+     * gate is held (shared) by each guest write from before it is marked
+     * until it is in @dirty, and (exclusively) while @wi_mark moves up or
+     * bits are cleared, so that neither misses a write in flight.
+     */
+    struct journal *jn;
+    struct wib *wib;
+    pthread_rwlock_t wi_gate;
+    uint64_t wi_mark;            /* atomic */
+    double wi_cleared_at;
 };
+
+/* Seconds between two lazy clearings of the write-intent bitmap. */
+#define WI_CLEAR_SECS 5.0
 
 /* --- guest writes (their threads) --- */
 
 /* Set by mirror_before when this thread's write reached the target. */
 static __thread bool wb_done;
+/* Set by mirror_before when this thread holds the write-intent gate. */
+static __thread bool wi_held;
+
+static void wi_release(struct mirror_job *m)
+{
+    if (wi_held) {
+        wi_held = false;
+        pthread_rwlock_unlock(&m->wi_gate);
+    }
+}
 
 static void mirror_after(struct bdev_write_notifier *n, uint64_t off, uint64_t len,
                          unsigned flags, int ret)
@@ -79,6 +111,7 @@ static void mirror_after(struct bdev_write_notifier *n, uint64_t off, uint64_t l
 
     if (flags & BDEV_REQ_WRITE_UNCHANGED) {
         wb_done = false;
+        wi_release(m);
         return;
     }
     __atomic_add_fetch(&m->dirtied, len, __ATOMIC_RELAXED);
@@ -86,6 +119,7 @@ static void mirror_after(struct bdev_write_notifier *n, uint64_t off, uint64_t l
         /* write-blocking: the target has it already (a copy of the region
          * waits for this write, in its section, or came before it) */
         wb_done = false;
+        wi_release(m);
         return;
     }
     wb_done = false;
@@ -93,11 +127,13 @@ static void mirror_after(struct bdev_write_notifier *n, uint64_t off, uint64_t l
         /* (the write is complete: a window claimed after this load reads it) */
         uint64_t c = __atomic_load_n(&m->claimed, __ATOMIC_SEQ_CST);
         if (off >= c) {
+            wi_release(m);
             return;
         }
         len = MIN(len, c - off);
     }
     bitmap_set(m->dirty, off, len);
+    wi_release(m);
 }
 
 /*
@@ -114,6 +150,18 @@ static int mirror_before(struct bdev_write_notifier *n, uint64_t off, uint64_t l
     int ret;
 
     wb_done = false;
+    wi_held = false;
+    if (m->wib && !(flags & BDEV_REQ_WRITE_UNCHANGED)) {
+        uint64_t mark;
+        pthread_rwlock_rdlock(&m->wi_gate);
+        mark = __atomic_load_n(&m->wi_mark, __ATOMIC_ACQUIRE);
+        if (off < mark && (ret = wib_mark(m->wib, off, MIN(len, mark - off))) < 0) {
+            /* nothing may reach the source that a resumed job would miss */
+            pthread_rwlock_unlock(&m->wi_gate);
+            return ret;
+        }
+        wi_held = true;
+    }
     if (!__atomic_load_n(&m->write_blocking, __ATOMIC_ACQUIRE) ||
         !__atomic_load_n(&m->bulk_done, __ATOMIC_ACQUIRE) ||
         (flags & (BDEV_REQ_WRITE_UNCHANGED | BDEV_REQ_DISCARD))) {
@@ -157,6 +205,233 @@ static double mono_now(void)
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Is some of [off, off+len) dirty in @bm? */
+static bool any_dirty(struct dirty_bitmap *bm, uint64_t off, uint64_t len)
+{
+    uint64_t o, l;
+
+    return bitmap_next_dirty(bm, off, 0, &o, &l) && o < off + len;
+}
+
+/*
+ * Move the write-intent mark up to @below (everything under it copied):
+ * the target flushed, the regions of [mark, below) the guest dirtied
+ * meanwhile marked (their copies are not sure to be on the target), then
+ * the journal's "copied" recorded.  0, or -errno with *errp set.
+ */
+static int wi_advance(struct mirror_job *m, uint64_t below, struct error **errp)
+{
+    uint64_t old = __atomic_load_n(&m->wi_mark, __ATOMIC_ACQUIRE), pos, off, len;
+    int r;
+
+    if (!m->jn || below <= old) {
+        return 0;
+    }
+    r = bdev_flush(m->target);
+    if (r < 0) {
+        error_setg_errno(errp, -r, "cannot flush '%s'", m->target_name);
+        return r;
+    }
+    pthread_rwlock_wrlock(&m->wi_gate);
+    for (pos = old; r == 0 && bitmap_next_dirty(m->dirty, pos, 0, &off, &len) && off < below;
+         pos = off + len) {
+        r = wib_mark(m->wib, off, MIN(len, below - off));
+        if (r < 0) {
+            error_setg_errno(errp, -r, "cannot write the write-intent bitmap of job '%s'",
+                             m->jn->id);
+        }
+    }
+    if (r == 0) {
+        journal_set_u64(m->jn, "copied", below);
+        r = journal_save(m->jn, errp);
+    }
+    if (r == 0) {
+        __atomic_store_n(&m->wi_mark, below, __ATOMIC_RELEASE);
+    }
+    pthread_rwlock_unlock(&m->wi_gate);
+    return r;
+}
+
+/*
+ * The journal of a live mirror or active commit (@type) and its
+ * write-intent bitmap, written before the job starts: 0, or -errno with
+ * *errp set (nothing is left behind).
+ */
+static int live_journal_begin(struct mirror_job *m, const char *type, const char *job_id,
+                              json_object *args, struct error **errp)
+{
+    struct journal *j = journal_new(m->a->cfg.state_dir, type, 0, NULL, errp);
+    char *wpath;
+    int r;
+
+    if (!j) {
+        return -EIO;
+    }
+    json_object_object_add(j->root, "live", json_object_new_boolean(true));
+    journal_set_str(j, "agent-state", m->a->cfg.state_path);
+    journal_set_str(j, "agent-qmp", m->a->cfg.qmp_path);
+    journal_set_str(j, "disk", m->d->name);
+    journal_set_str(j, "job-id", job_id);
+    json_object_object_add(j->root, "qmp-args", json_object_get(args));
+    journal_set_str(j, "target-format", bdev_format_name(m->target));
+    journal_add_image(j, "source", m->src->filename, JR_WRITE);
+    journal_add_image(j, "target", m->target->filename, JR_WRITE);
+    journal_set_str(j, "authoritative", journal_image_path(j, "source"));
+    journal_set_u64(j, "copied", 0);
+    journal_set_u64(j, "total", m->src->size);
+    wpath = xasprintf("%.*s.wib", (int)(strlen(j->path) - 5), j->path);
+    journal_set_str(j, "write-intent-bitmap", wpath);
+    m->wib = wib_create(wpath, m->src->size, errp);
+    free(wpath);
+    if (!m->wib) {
+        journal_free(j);
+        return -EIO;
+    }
+    r = journal_step(j, "copying", errp);
+    if (r < 0) {
+        wib_close(m->wib, true);
+        m->wib = NULL;
+        journal_free(j);
+        return r;
+    }
+    m->jn = j;
+    pthread_rwlockattr_t at;
+    pthread_rwlockattr_init(&at);
+    /* (a checkpoint is not starved by a stream of guest writes) */
+    pthread_rwlockattr_setkind_np(&at, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&m->wi_gate, &at);
+    pthread_rwlockattr_destroy(&at);
+    /* no bulk copy (sync none, bitmap): every guest write is marked */
+    m->wi_mark = m->claimed == UINT64_MAX ? m->src->size : 0;
+    m->wi_cleared_at = mono_now();
+    return 0;
+}
+
+/*
+ * Restoring (agent_jobs_restore): the job goes on with journal @j and its
+ * write-intent bitmap: the bulk copy from "copied", the marked regions
+ * dirty.  0, or -errno with *errp set (the journal is left alone).
+ */
+static int live_journal_adopt(struct mirror_job *m, struct journal *j, struct error **errp)
+{
+    const char *wpath = journal_get_str(j, "write-intent-bitmap");
+    uint64_t pos = 0, off, len;
+    pthread_rwlockattr_t at;
+
+    m->wib = wpath ? wib_open(wpath, errp) : NULL;
+    if (!m->wib) {
+        if (!wpath) {
+            error_setg(errp, "job '%s' has no write-intent bitmap", j->id);
+        }
+        return -EINVAL;
+    }
+    while (wib_next(m->wib, pos, &off, &len)) {
+        bitmap_set(m->dirty, off, len);
+        pos = off + len;
+    }
+    journal_set_u64(j, "pid", (uint64_t)getpid());
+    if (journal_step(j, "copying", errp) < 0) {
+        wib_close(m->wib, false);
+        m->wib = NULL;
+        return -EIO;
+    }
+    m->jn = j;
+    pthread_rwlockattr_init(&at);
+    pthread_rwlockattr_setkind_np(&at, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&m->wi_gate, &at);
+    pthread_rwlockattr_destroy(&at);
+    m->wi_mark = m->claimed == UINT64_MAX ? m->src->size
+                                          : MIN(journal_get_u64(j, "copied"), m->src->size);
+    if (m->claimed != UINT64_MAX) {
+        /* (the bulk copy starts at the mark: a write below it is marked dirty) */
+        m->claimed = m->wi_mark;
+    }
+    m->wi_cleared_at = mono_now();
+    return 0;
+}
+
+/* Drained, before the job runs: what @dirty holds already (sync=bitmap) marked too. */
+static int live_journal_mark_dirty(struct mirror_job *m, struct error **errp)
+{
+    uint64_t pos = 0, off, len;
+    int r;
+
+    if (!m->wib) {
+        return 0;
+    }
+    while (bitmap_next_dirty(m->dirty, pos, 0, &off, &len)) {
+        wib_set(m->wib, off, len);
+        pos = off + len;
+    }
+    r = wib_save(m->wib);
+    if (r < 0) {
+        error_setg_errno(errp, -r, "cannot write the write-intent bitmap of job '%s'",
+                         m->jn->id);
+    }
+    return r;
+}
+
+/* The job is over (finished, cancelled, failed): its journal goes. */
+static void live_journal_end(struct mirror_job *m)
+{
+    struct error *err = NULL;
+
+    if (m->wib) {
+        wib_close(m->wib, true);
+        m->wib = NULL;
+    }
+    if (m->jn) {
+        if (journal_end(m->jn, &err) < 0) {
+            agent_log(m->a, "%s", err->msg);
+            error_free(err);
+        }
+        m->jn = NULL;
+        pthread_rwlock_destroy(&m->wi_gate);
+    }
+}
+
+/* The bulk copy's checkpoints (copy_run's thread: the job's). */
+static int live_checkpoint(void *opaque, uint64_t below, struct error **errp)
+{
+    return wi_advance(opaque, below, errp);
+}
+
+/*
+ * Now and then, between regions (the job's thread, no copy in progress):
+ * the write-intent bits of regions copied (not dirty) and on the target
+ * (flushed) are cleared, lazily: written out without a wait for them.
+ */
+static void wi_clear(struct mirror_job *m)
+{
+    bool wb = __atomic_load_n(&m->write_blocking, __ATOMIC_ACQUIRE);
+    double now = mono_now();
+    uint64_t pos = 0, off, len;
+    int r = 0;
+
+    if (!m->jn || now - m->wi_cleared_at < WI_CLEAR_SECS) {
+        return;
+    }
+    m->wi_cleared_at = now;
+    if (!wb && bdev_flush(m->target) < 0) {
+        return;
+    }
+    pthread_rwlock_wrlock(&m->wi_gate);
+    /* (write-blocking: guest writes reach the target too; flush those) */
+    if (wb) {
+        r = bdev_flush(m->target);
+    }
+    while (r == 0 && wib_next(m->wib, pos, &off, &len)) {
+        if (!any_dirty(m->dirty, off, len)) {
+            wib_clear_region(m->wib, off);
+        }
+        pos = off + len;
+    }
+    pthread_rwlock_unlock(&m->wi_gate);
+    if (r == 0) {
+        (void)wib_save(m->wib);     /* (not saved: a bit left set costs a copy, no more) */
+    }
 }
 
 /*
@@ -289,6 +564,12 @@ static int mirror_run(struct job *job, struct error **errp)
         cp.no_flush = true;
         cp.job = job;
         cp.claimed = &m->claimed;
+        if (m->jn) {
+            cp.checkpoint = live_checkpoint;
+            cp.checkpoint_opaque = m;
+            cp.checkpoint_secs = journal_checkpoint_secs();
+            cp.start = __atomic_load_n(&m->wi_mark, __ATOMIC_ACQUIRE);  /* (resumed: from there) */
+        }
         /* an error follows the job's policy, as in the dirty loop: a copy
          * stopped (resumed) or ignoring it starts again where it stopped */
         while ((ret = copy_run(&cp, errp)) < 0 && ret != -ECANCELED) {
@@ -312,11 +593,16 @@ static int mirror_run(struct job *job, struct error **errp)
         job_progress_add(job, size);
     }
     __atomic_store_n(&m->bulk_done, true, __ATOMIC_RELEASE);
+    ret = wi_advance(m, size, errp);
+    if (ret < 0) {
+        return ret;
+    }
 
     for (;;) {
         uint64_t left = bitmap_dirty_bytes(m->dirty);
 
         watch_progress(m, job);
+        wi_clear(m);
         if (job_pause_point(job)) {
             /* cancelled: once ready, without force, the copy is finished
              * (no pivot) on the main loop; otherwise it is abandoned */
@@ -457,6 +743,9 @@ static int mirror_prepare(struct job *job, struct error **errp)
     if (m->switched) {
         return 0;
     }
+    if (pivot && m->jn && (ret = journal_step(m->jn, "pivoting", errp)) < 0) {
+        return ret;     /* (a crash during the pivot would leave the journal wrong) */
+    }
     blk_drain_begin(m->d->blk);
     ret = mirror_catch_up(m, errp);
     if (ret == 0) {
@@ -471,6 +760,7 @@ static int mirror_prepare(struct job *job, struct error **errp)
     blk_drain_end(m->d->blk);
     if (ret == 0) {
         log_end(m, pivot);
+        live_journal_end(m);    /* (the state file names the disk's top now) */
     }
     return ret;
 }
@@ -519,6 +809,9 @@ int agent_jobs_complete_group(struct agent *a, struct job **jobs, size_t n, stru
     for (i = 0; i < parked && ret == 0; i++) {
         struct mirror_job *m = jobs[i]->opaque;
         ret = copy_dirty(m, NULL, errp);
+        if (ret == 0 && m->jn) {
+            ret = journal_step(m->jn, "pivoting", errp);
+        }
     }
     if (ret == 0) {
         for (i = 0; i < n; i++) {
@@ -544,6 +837,7 @@ int agent_jobs_complete_group(struct agent *a, struct job **jobs, size_t n, stru
     if (ret == 0) {
         for (i = 0; i < n; i++) {
             log_end(jobs[i]->opaque, true);
+            live_journal_end(jobs[i]->opaque);
         }
     }
     for (i = 0; i < parked; i++) {
@@ -580,6 +874,7 @@ static void mirror_free(struct job *job)
         error_free(err);
     }
     bdev_unref(m->src);
+    live_journal_end(m);
     bitmap_free(m->dirty);
     free(m->bitmap);
     free(m->buf);
@@ -852,6 +1147,18 @@ static struct mirror_job *mirror_new(struct agent *a, json_object *args, struct 
     return m;
 }
 
+/* Start @job; one restored from its journal starts paused (job-resume goes on). */
+static void start_job(struct agent *a, struct job *job)
+{
+    struct error *err = NULL;
+
+    if (a->restoring && job_user_pause(job, &err) < 0) {
+        agent_log(a, "job %s: %s", job->id, err->msg);
+        error_free(err);
+    }
+    job_start(job);
+}
+
 /* The target is there: check its size, create the job, mark from now on, start. */
 static int mirror_launch(struct agent *a, json_object *args, struct mirror_job *m,
                          struct error **errp)
@@ -870,6 +1177,13 @@ static int mirror_launch(struct agent *a, json_object *args, struct mirror_job *
                    " bytes)", m->target_name, m->target->size, m->src->size);
         mirror_free(&(struct job){ .opaque = m });
         return -EINVAL;
+    }
+    if ((a->restoring ? live_journal_adopt(m, a->restoring, errp)
+                      : live_journal_begin(m, "mirror", id ? id : (!strcmp(device, d->name) ? d->name
+                                                                                           : ""),
+                                           args, errp)) < 0) {
+        mirror_free(&(struct job){ .opaque = m });
+        return -EIO;
     }
     job = job_create(&a->jobs, &mirror_driver, id ? id : (!strcmp(device, d->name) ? d->name : ""),
                      d->name, speed, json_object_object_get_ex(args, "auto-finalize", &v)
@@ -896,6 +1210,7 @@ static int mirror_launch(struct agent *a, json_object *args, struct mirror_job *
             agent_log(a, "disk %s: bitmap %s: %s: copying everything", d->name, m->bitmap,
                       err->msg);
             error_free(err);
+            err = NULL;
             u = bitmap_new(m->src->size, 65536);
         }
         while (bitmap_next_dirty(u, pos, UINT64_MAX, &off, &len)) {
@@ -903,13 +1218,20 @@ static int mirror_launch(struct agent *a, json_object *args, struct mirror_job *
             pos = off + len;
         }
         bitmap_free(u);
+        if (live_journal_mark_dirty(m, &err) < 0) {
+            /* (the job is not resumable after a crash: it says so) */
+            agent_log(a, "disk %s: job %s: %s", d->name, job->id, err->msg);
+            error_free(err);
+            err = NULL;
+            live_journal_end(m);
+        }
     }
     bdev_add_write_notifier(m->src, &m->wn);
     m->notifier_on = true;
     blk_drain_end(d->blk);
     agent_log(a, "disk %s: job %s: mirror (sync %s%s) to %s", d->name, job->id,
               str_arg(args, "sync"), m->write_blocking ? ", write-blocking" : "", m->target_name);
-    job_start(job);
+    start_job(a, job);
     return 0;
 }
 
@@ -1141,6 +1463,11 @@ static int qmp_block_commit(json_object *args, json_object **ret, void *opaque,
         m->chunk = 1 << 20;
         m->buf = xmemalign(4096, m->chunk);
         m->dirty = bitmap_new(top->size, 65536);
+        if ((a->restoring ? live_journal_adopt(m, a->restoring, errp)
+                          : live_journal_begin(m, "commit", id, args, errp)) < 0) {
+            mirror_free(&(struct job){ .opaque = m });
+            return -EIO;
+        }
         job = job_create(&a->jobs, &active_commit_driver, id, d->name, speed, auto_fin, auto_dis,
                          m, errp);
         if (!job) {
@@ -1180,8 +1507,126 @@ static int qmp_block_commit(json_object *args, json_object **ret, void *opaque,
         agent_log(a, "disk %s: job %s: commit of %s into %s", d->name, job->id, top->filename,
                   base->filename);
     }
-    job_start(job);
+    start_job(a, job);
     return 0;
+}
+
+/* --- start-up: the jobs a killed agent left --- */
+
+static bool same_file(const char *a, const char *b)
+{
+    char *ra = realpath(a, NULL), *rb = realpath(b, NULL);
+    bool same = ra && rb && !strcmp(ra, rb);
+
+    free(ra);
+    free(rb);
+    return same;
+}
+
+static void restore_one(struct agent *a, struct journal *j)
+{
+    const char *disk = journal_get_str(j, "disk"), *type = journal_get_str(j, "type");
+    const char *src = journal_image_path(j, "source"), *tgt = journal_image_path(j, "target");
+    struct agent_disk *d = NULL;
+    struct error *err = NULL;
+    json_object *qa = NULL, *args;
+    const char *top;
+    int r;
+
+    for (struct agent_disk *x = a->disks; x && disk; x = x->next) {
+        if (!strcmp(x->name, disk)) {
+            d = x;
+        }
+    }
+    json_object_object_get_ex(j->root, "qmp-args", &qa);
+    if (!d || !src || !tgt || !qa || !type) {
+        agent_log(a, "job %s: its disk %s is not served here: left as it is", j->id,
+                  disk ? disk : "?");
+        journal_free(j);
+        return;
+    }
+    top = blk_root(d->blk)->filename;
+    if (same_file(top, tgt)) {
+        agent_log(a, "job %s: disk %s had pivoted onto %s: the job is over", j->id, disk, tgt);
+        goto end;
+    }
+    if (!same_file(top, src)) {
+        agent_log(a, "job %s: disk %s is on %s, no longer on %s: the job is over", j->id, disk,
+                  top, src);
+        goto end;
+    }
+    args = json_tokener_parse(json_object_to_json_string(qa));
+    a->restoring = j;
+    if (!strcmp(type, "commit")) {
+        r = qmp_block_commit(args, NULL, a, &err);
+    } else {
+        /* (into the target it was writing) */
+        json_object_object_add(args, "mode", json_object_new_string("existing"));
+        r = qmp_drive_mirror(args, NULL, a, &err);
+    }
+    a->restoring = NULL;
+    json_object_put(args);
+    if (r < 0) {
+        agent_log(a, "job %s: cannot restore it (%s): 'blockctl job resume %s' with the agent "
+                  "stopped finishes it", j->id, err ? err->msg : strerror(-r), j->id);
+        error_free(err);
+        journal_free(j);
+        return;
+    }
+    agent_log(a, "disk %s: job %s (journal %s) restored, paused: job-resume goes on with it",
+              disk, journal_get_str(j, "job-id") ? journal_get_str(j, "job-id") : "?", j->id);
+    return;     /* (the job holds @j now) */
+end:
+    {
+        const char *w = journal_get_str(j, "write-intent-bitmap");
+        if (w) {
+            unlink(w);
+        }
+        if (journal_end(j, &err) < 0) {
+            agent_log(a, "%s", err->msg);
+            error_free(err);
+        }
+    }
+}
+
+void agent_jobs_restore(struct agent *a)
+{
+    json_object *all = NULL;
+    struct error *err = NULL;
+
+    if (!a->cfg.state_path) {
+        return;         /* (without a state file, its jobs are not its own to know) */
+    }
+    if (journal_list(a->cfg.state_dir, &all, &err) < 0) {
+        agent_log(a, "%s", err->msg);
+        error_free(err);
+        json_object_put(all);
+        return;
+    }
+    for (size_t i = 0; i < json_object_array_length(all); i++) {
+        json_object *o = json_object_array_get_idx(all, i), *v;
+        struct journal *j;
+        int64_t pid;
+        if (!json_object_object_get_ex(o, "live", &v) || !json_object_get_boolean(v) ||
+            !json_object_object_get_ex(o, "agent-state", &v) ||
+            strcmp(json_object_get_string(v), a->cfg.state_path)) {
+            continue;
+        }
+        pid = json_object_object_get_ex(o, "pid", &v) ? json_object_get_int64(v) : 0;
+        if (pid != getpid() && journal_pid_alive(pid)) {
+            continue;   /* (another agent runs it) */
+        }
+        json_object_object_get_ex(o, "id", &v);
+        j = journal_load(a->cfg.state_dir, json_object_get_string(v), &err);
+        if (!j) {
+            agent_log(a, "%s", err->msg);
+            error_free(err);
+            err = NULL;
+            continue;
+        }
+        restore_one(a, j);
+    }
+    json_object_put(all);
 }
 
 static const char *const sync_values[] = { "top", "full", "none", "incremental", "bitmap", NULL };

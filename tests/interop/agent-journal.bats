@@ -1,0 +1,272 @@
+#!/usr/bin/env bats
+# The journals of an agent's live jobs (mirror, active commit): the agent is
+# killed (-9) while a guest writes, mid-copy or once ready; `job list` names
+# the job and the source as authoritative; then, the agent gone, `pivot ID`
+# brings the target in step and names it in the agent's state file (a
+# restarted agent opens it), `job resume ID` brings it in step without the
+# switch, `job abort ID` drops the job.  Every write the guest saw
+# acknowledged is on the image the disk ends on (the guest's model), and
+# the catch-up copies no more than what was left plus the regions the
+# write-intent bitmap marks.
+# SPDX-License-Identifier: GPL-2.0-or-later
+
+load ../helpers
+load ../copy-helpers
+load ../jobs-helpers
+bats_require_minimum_version 1.5.0
+
+setup() {
+    jobs_setup
+    export BLOCKCTL_STATE_DIR=$BATS_TEST_TMPDIR/state
+    export BLOCKCTL_CHECKPOINT_SECS=0.2
+}
+
+teardown() {
+    copy_teardown
+}
+
+# up: the chain served by a blockctl agent with a state file, a guest
+# writing (BG_PID)
+up() {
+    rm -f ./*.qcow2 stop st.json && mkchain || return 1
+    S=$(sock_path qmp)
+    NBD=$(sock_path nbd)
+    start_agent --disk vda=top.qcow2 || return 1
+    bg_start w.out w.err "$PY" "$TOOLS/guest-model.py" write "$URI" model.json \
+        --rate 400 --seconds 60 --stop-file stop --span $((48 << 20)) --log log.txt
+    WPID=$BG_PID
+    sleep 0.5
+}
+
+start_agent() {
+    echo "$BATS_TEST_TMPDIR/server.pid" >>"$BATS_TEST_TMPDIR/.servers"
+    "$PROG" agent --qmp "$S" --nbd "unix:$NBD" --state "$PWD/st.json" "$@" \
+        --daemonize --pidfile "$BATS_TEST_TMPDIR/server.pid" 3>&- ||
+        { fail "the agent did not start"; return 1; }
+    URI="nbd+unix:///vda?socket=$NBD"
+}
+
+# kill_agent: kill -9 the agent; the guest stops (its writes fail), its model kept
+kill_agent() {
+    kill -KILL "$(cat "$BATS_TEST_TMPDIR/server.pid")"
+    sleep 0.3
+    touch stop
+    wait "$WPID" 2>/dev/null || true
+    [ -s model.json ] || fail "no model"
+}
+
+# the one journal's id, and a field of it
+jid() { basename "$(ls "$BLOCKCTL_STATE_DIR"/jobs/*.json)" .json; }
+jfield() { jq -r ".$1" "$BLOCKCTL_STATE_DIR/jobs/$(jid).json"; }
+
+# holds_model IMG: IMG (with its chain) holds every write the guest saw
+# flushed (it flushes every 50 writes): each block it wrote reads as its
+# last write up to the last flush, or as a later write (acknowledged or in
+# flight at the kill), never older
+holds_model() {
+    qemu-img convert -O raw "$1" got.raw
+    "$PY" - got.raw before.raw log.txt <<'EOF' || fail "'$1' lost writes the guest saw flushed"
+import struct, sys
+got, before = open(sys.argv[1], 'rb').read(), open(sys.argv[2], 'rb').read()
+log = [tuple(map(int, l.split())) for l in open(sys.argv[3])]
+top = log[-1][0] if log else 0
+flushed = max(top - 1, 0) // 50 * 50   # (the flush after a 50th write may not have ended)
+durable, later = {}, {}
+for seq, off in log:
+    if seq <= flushed:
+        durable[off] = seq
+    else:
+        later.setdefault(off, set()).add(seq)
+bad = []
+if len(got) != len(before):
+    bad.append('size')
+for off in set(durable) | set(later):
+    g = got[off:off + 4096]
+    magic, seq = struct.unpack_from('<QQ', g)
+    is_write = magic == 0x6d6f64656c000000
+    if is_write and (seq in later.get(off, ()) or seq == top + 1):
+        continue                    # a later write (or the one in flight)
+    if off in durable:
+        ok = is_write and seq == durable[off]
+    else:
+        ok = g == before[off:off + 4096]
+    if not ok:
+        bad.append(off)
+# blocks the guest never wrote read as before
+for off in range(0, len(before), 4096):
+    if off not in durable and off not in later and got[off:off + 4096] != before[off:off + 4096]:
+        magic, seq = struct.unpack_from('<QQ', got[off:off + 4096])
+        if not (magic == 0x6d6f64656c000000 and seq == top + 1):
+            bad.append(off)
+if bad:
+    print('blocks wrong: %s (last write %d, flushed to %d)' % (sorted(bad)[:10], top, flushed))
+    sys.exit(1)
+EOF
+}
+
+# bounded_catch_up: the offline catch-up copied at most what the bulk copy
+# had left plus the regions the write-intent bitmap marks
+bounded_catch_up() {
+    local copied total wib marked bytes
+    copied=$(jfield copied) total=$(jfield total) wib=$(jfield '"write-intent-bitmap"')
+    marked=$("$PY" - "$wib" <<'EOF'
+import struct, sys
+d = open(sys.argv[1], 'rb').read()
+gran = struct.unpack_from('<Q', d, 24)[0]
+print(sum(bin(b).count('1') for b in d[64:]) * gran)
+EOF
+)
+    echo "copied=$copied total=$total marked=$marked" >&3
+    run -0 --separate-stderr "$@"
+    [[ $stderr =~ copied\ ([0-9]+)\ bytes ]] || fail "no count: $stderr"
+    bytes=${BASH_REMATCH[1]}
+    [ "$bytes" -le $((total - copied + marked)) ] ||
+        fail "copied $bytes bytes, more than $((total - copied)) left + $marked marked"
+}
+
+@test "mirror killed mid-copy under guest writes: listed, source authoritative; pivot ID switches the state file to a target that holds every write" {
+    up
+    script >s.out <<EOF || fail "$(cat s.out)"
+drive-mirror {"device": "vda", "job-id": "m", "target": "$PWD/t.qcow2", "format": "qcow2", "sync": "full", "speed": 8388608}
+sleep 2
+EOF
+    kill_agent
+    run -0 "$PROG" job list --output=json
+    [ "$(jq -r '.[0].type' <<<"$output")" = mirror ]
+    [ "$(jq -r '.[0].live' <<<"$output")" = true ]
+    [ "$(jq -r '.[0].running' <<<"$output")" = false ]
+    [ "$(jq -r '.[0].authoritative' <<<"$output")" = "$PWD/top.qcow2" ]
+    holds_model top.qcow2
+    bounded_catch_up "$PROG" pivot "$(jid)"
+    [[ $output == *"Pivoted: '$PWD/t.qcow2' holds disk vda"* ]]
+    [ "$(jq -r '.disks[0].file' st.json)" = "$PWD/t.qcow2" ]
+    [ ! -e "$BLOCKCTL_STATE_DIR/jobs/$(basename "$(ls st.json)")" ]
+    run -0 "$PROG" job list
+    [ "$output" = "No interrupted jobs" ]
+    qemu-img check -q t.qcow2
+    holds_model t.qcow2
+    # a restarted agent serves the target
+    start_agent
+    script >q.out <<EOF
+query-block
+EOF
+    grep -q "t.qcow2" q.out || fail "$(cat q.out)"
+    stop_server
+}
+
+@test "mirror killed once ready (guest writing after): job resume brings the target in step, the source keeps the disk" {
+    up
+    script >s.out <<EOF || fail "$(cat s.out)"
+drive-mirror {"device": "vda", "job-id": "m", "target": "$PWD/t.qcow2", "format": "qcow2", "sync": "top"}
+wait BLOCK_JOB_READY
+sleep 1
+EOF
+    kill_agent
+    [ "$(jfield copied)" = "$(jfield total)" ]
+    holds_model top.qcow2
+    bounded_catch_up "$PROG" job resume "$(jid)"
+    [[ $output == *"holds disk vda"* ]]
+    [ "$(jq -r '.disks[0].file' st.json)" = "$PWD/top.qcow2" ]
+    qemu-img compare top.qcow2 t.qcow2 >/dev/null
+    holds_model t.qcow2
+    [ "$(ls "$BLOCKCTL_STATE_DIR"/jobs | wc -l)" = 0 ]
+}
+
+@test "active commit killed under guest writes: pivot ID makes the base the disk's top, holding every write" {
+    up
+    script >s.out <<EOF || fail "$(cat s.out)"
+block-commit {"device": "vda", "job-id": "c", "base-node": "vda-2", "speed": 4194304}
+sleep 1.5
+EOF
+    kill_agent
+    run -0 "$PROG" job list --output=json
+    [ "$(jq -r '.[0].type' <<<"$output")" = commit ]
+    holds_model top.qcow2
+    bounded_catch_up "$PROG" pivot "$(jid)"
+    [ "$(jq -r '.disks[0].file' st.json)" = "$PWD/base.qcow2" ]
+    qemu-img check -q base.qcow2
+    holds_model base.qcow2
+}
+
+@test "a live job aborted: the target is said incomplete, the journal and its bitmap go; pivot of an offline job is refused" {
+    up
+    script >s.out <<EOF || fail "$(cat s.out)"
+drive-mirror {"device": "vda", "job-id": "m", "target": "$PWD/t.qcow2", "format": "qcow2", "sync": "full", "speed": 4194304}
+sleep 1
+EOF
+    kill_agent
+    local wib
+    wib=$(jfield '"write-intent-bitmap"')
+    [ -e "$wib" ]
+    run -0 "$PROG" job abort "$(jid)"
+    [[ $output == *"t.qcow2' is incomplete"* ]]
+    [[ $output == *"'$PWD/top.qcow2' holds the disk"* ]]
+    [ ! -e "$wib" ]
+    [ "$(ls "$BLOCKCTL_STATE_DIR"/jobs | wc -l)" = 0 ]
+    holds_model top.qcow2
+    run -1 "$PROG" pivot nosuchjob
+    [[ $output == *"no interrupted job 'nosuchjob'"* ]]
+}
+
+@test "a live job that ends (pivot, cancel) leaves no journal; one running is listed as running and cannot be resumed offline" {
+    up
+    script >s.out <<EOF || fail "$(cat s.out)"
+drive-mirror {"device": "vda", "job-id": "m", "target": "$PWD/t.qcow2", "format": "qcow2", "sync": "full", "speed": 1048576}
+sleep 0.5
+EOF
+    run -0 "$PROG" job list
+    [[ $output == *"mirror "*"running"* ]]
+    run -1 "$PROG" job resume "$(jid)"
+    [[ $output == *"is running"* ]]
+    script >s.out <<EOF || fail "$(cat s.out)"
+block-job-set-speed {"device": "m", "speed": 0}
+wait BLOCK_JOB_READY
+block-job-complete {"device": "m"}
+wait BLOCK_JOB_COMPLETED
+EOF
+    [ "$(ls "$BLOCKCTL_STATE_DIR"/jobs | wc -l)" = 0 ]
+    touch stop
+    wait "$WPID" || true
+    stop_server
+    holds_model t.qcow2
+}
+
+@test "a restarted agent brings the killed mirror back paused; job resume goes on live, then the pivot: every write kept" {
+    up
+    script >s.out <<EOF2 || fail "$(cat s.out)"
+drive-mirror {"device": "vda", "job-id": "m", "target": "$PWD/t.qcow2", "format": "qcow2", "sync": "full", "speed": 8388608}
+sleep 2
+EOF2
+    kill_agent
+    local copied
+    copied=$(jfield copied)
+    cp model.json model1.json
+    cp log.txt log1.txt
+    holds_model top.qcow2
+    start_agent
+    grep -q "restored, paused" "$BATS_TEST_TMPDIR"/*.log 2>/dev/null || true
+    run -0 "$PROG" job --agent "$S" list --output=json
+    [ "$(jq -r '.[0].id' <<<"$output")" = m ] || fail "$output"
+    [ "$(jq -r '.[0].status' <<<"$output")" = paused ] || fail "$output"
+    run -0 "$PROG" job list --output=json
+    [ "$(jq -r '.[0].running' <<<"$output")" = true ]
+    # the guest writes again meanwhile
+    rm -f stop
+    bg_start w2.out w2.err "$PY" "$TOOLS/guest-model.py" write "$URI" model2.json \
+        --rate 400 --seconds 60 --stop-file stop --span $((48 << 20)) --log log2.txt --seed 7
+    local w2=$BG_PID
+    run -0 "$PROG" job --agent "$S" set-speed m 0
+    run -0 "$PROG" job --agent "$S" resume m
+    run -0 "$PROG" pivot --agent "$S" --wait --timeout 60 m
+    touch stop
+    wait "$w2" || fail "the guest failed: $(cat w2.err)"
+    stop_server
+    [ "$(ls "$BLOCKCTL_STATE_DIR"/jobs | wc -l)" = 0 ]
+    [ "$(jq -r '.disks[0].file' st.json)" = "$PWD/t.qcow2" ]
+    qemu-img check -q t.qcow2
+    # the first guest's flushed writes, then every write of the second (it ended cleanly)
+    "$PY" "$TOOLS/guest-model.py" expect before.raw model1.json mid.raw
+    qemu-img convert -O raw top.qcow2 top.raw
+    "$PY" "$TOOLS/guest-model.py" expect top.raw model2.json expect.raw
+    qemu-img compare t.qcow2 expect.raw >/dev/null || fail "the target lost writes"
+}
