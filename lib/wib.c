@@ -251,7 +251,6 @@ void wib_set(struct wib *w, uint64_t off, uint64_t len)
     pthread_mutex_lock(&w->lock);
     for (uint64_t i = off / w->gran; i <= (off + len - 1) / w->gran; i++) {
         w->want[i / 8] |= (uint8_t)(1u << (i % 8));
-        w->durable[i / 8] |= (uint8_t)(1u << (i % 8));
     }
     pthread_mutex_unlock(&w->lock);
 }
@@ -280,14 +279,19 @@ int wib_save(struct wib *w)
         pthread_cond_wait(&w->cond, &w->lock);
     }
     w->syncing = true;
-    snap = dup_bits(w, w->durable);
+    snap = dup_bits(w, w->want);
     pthread_mutex_unlock(&w->lock);
     r = write_bits(w, snap);
-    free(snap);
     pthread_mutex_lock(&w->lock);
+    if (r == 0) {
+        for (size_t i = 0; i < w->nbytes; i++) {
+            w->durable[i] |= snap[i];
+        }
+    }
+    free(snap);
     w->syncing = false;
     w->round++;
-    w->err = 0;
+    w->err = r;
     pthread_cond_broadcast(&w->cond);
     pthread_mutex_unlock(&w->lock);
     return r;

@@ -36,14 +36,14 @@ uint64_t wib_granularity(const struct wib *w);
  * 0, or -errno (nothing can be promised: the write must not go ahead).
  */
 int wib_mark(struct wib *w, uint64_t off, uint64_t len);
-/* Mark [off, off+len) in memory only (before the job starts: wib_save
- * makes it durable). */
+/* Mark [off, off+len) in memory only: durable once a wib_save (or a
+ * wib_mark's sync) has written it; a wib_mark meanwhile still waits. */
 void wib_set(struct wib *w, uint64_t off, uint64_t len);
 /* Is [off, off+len) wholly marked (durably)? */
 bool wib_test(struct wib *w, uint64_t off, uint64_t len);
 /* Clear the region containing @off (in memory; wib_save writes it). */
 void wib_clear_region(struct wib *w, uint64_t off);
-/* Write the bits out and sync: 0 or -errno. */
+/* Write the bits out (those asked for, cleared ones gone) and sync: 0 or -errno. */
 int wib_save(struct wib *w);
 /* The next marked region at or after @pos: false when none. */
 bool wib_next(struct wib *w, uint64_t pos, uint64_t *off, uint64_t *len);
