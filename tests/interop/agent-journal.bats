@@ -143,7 +143,7 @@ EOF
     [ ! -e "$BLOCKCTL_STATE_DIR/jobs/$(basename "$(ls st.json)")" ]
     run -0 "$PROG" job list
     [ "$output" = "No interrupted jobs" ]
-    qemu-img check -q t.qcow2
+    qemu-img check -q t.qcow2 || [ $? = 3 ]     # (leaks of the kill at most)
     holds_model t.qcow2
     # a restarted agent serves the target
     start_agent
@@ -184,7 +184,7 @@ EOF
     holds_model top.qcow2
     bounded_catch_up "$PROG" pivot "$(jid)"
     [ "$(jq -r '.disks[0].file' st.json)" = "$PWD/base.qcow2" ]
-    qemu-img check -q base.qcow2
+    qemu-img check -q base.qcow2 || [ $? = 3 ]
     holds_model base.qcow2
 }
 
@@ -263,7 +263,7 @@ EOF2
     stop_server
     [ "$(ls "$BLOCKCTL_STATE_DIR"/jobs | wc -l)" = 0 ]
     [ "$(jq -r '.disks[0].file' st.json)" = "$PWD/t.qcow2" ]
-    qemu-img check -q t.qcow2
+    qemu-img check -q t.qcow2 || [ $? = 3 ]     # (leaks of the kill at most)
     # the first guest's flushed writes, then every write of the second (it ended cleanly)
     "$PY" "$TOOLS/guest-model.py" expect before.raw model1.json mid.raw
     qemu-img convert -O raw top.qcow2 top.raw
