@@ -5,6 +5,7 @@
 #include "lib/compiler.h"
 #include "lib/agent/agent.h"
 #include "lib/io.h"
+#include "formats/format.h"
 
 #include <argp.h>
 #include <errno.h>
@@ -30,11 +31,14 @@ struct agent_args {
     mode_t mode;
     struct agent_disk_spec *disks;
     size_t nr_disks;
+    const char *tls_creds;
+    const char *tls_psk;
+    int tls;                     /* -1: not given */
 };
 
 enum {
     OPT_QMP = 0x100, OPT_NBD, OPT_DISK, OPT_STATE, OPT_DAEMONIZE, OPT_PIDFILE, OPT_SOCKET_MODE,
-    OPT_STATE_DIR,
+    OPT_STATE_DIR, OPT_TLS, OPT_TLS_CREDS, OPT_TLS_PSK,
 };
 
 static const struct argp_option options[] = {
@@ -47,6 +51,9 @@ static const struct argp_option options[] = {
     { "daemonize", OPT_DAEMONIZE, NULL, 0, "Run in the background once ready", 0 },
     { "pidfile", OPT_PIDFILE, "FILE", 0, "Write the agent's process id to FILE", 0 },
     { "socket-mode", OPT_SOCKET_MODE, "MODE", 0, "Mode of the UNIX sockets (0600)", 0 },
+    { "tls-creds", OPT_TLS_CREDS, "DIR", 0, "NBD over TLS: x509 credentials as QEMU's", 0 },
+    { "tls-psk", OPT_TLS_PSK, "FILE", 0, "NBD over TLS: a PSK file as qemu-nbd's", 0 },
+    { "tls", OPT_TLS, "MODE", 0, "require (default with credentials), on (clear too), off", 0 },
     { 0 }
 };
 
@@ -177,10 +184,39 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         }
         a->mode = (mode_t)m;
         break;
+    case OPT_TLS_CREDS:
+        a->tls_creds = absolute(arg);
+        break;
+    case OPT_TLS_PSK:
+        a->tls_psk = absolute(arg);
+        break;
+    case OPT_TLS:
+        if (!strcmp(arg, "off")) {
+            a->tls = NBDSRV_TLS_OFF;
+        } else if (!strcmp(arg, "on")) {
+            a->tls = NBDSRV_TLS_ON;
+        } else if (!strcmp(arg, "require")) {
+            a->tls = NBDSRV_TLS_REQUIRE;
+        } else {
+            argp_error(state, "--tls '%s': expected require, on or off", arg);
+        }
+        break;
     case ARGP_KEY_ARG:
         argp_error(state, "unexpected argument '%s'", arg);
         break;
     case ARGP_KEY_END:
+        if (a->tls_creds && a->tls_psk) {
+            argp_error(state, "--tls-creds and --tls-psk exclude each other");
+        }
+        if (a->tls < 0) {
+            a->tls = a->tls_creds || a->tls_psk ? NBDSRV_TLS_REQUIRE : NBDSRV_TLS_OFF;
+        } else if (a->tls != NBDSRV_TLS_OFF && !a->tls_creds && !a->tls_psk) {
+            argp_error(state, "--tls=%s needs --tls-creds DIR or --tls-psk FILE",
+                       a->tls == NBDSRV_TLS_ON ? "on" : "require");
+        } else if (a->tls == NBDSRV_TLS_OFF && (a->tls_creds || a->tls_psk)) {
+            argp_error(state, "--tls=off and --%s contradict each other",
+                       a->tls_creds ? "tls-creds" : "tls-psk");
+        }
         if (!a->qmp && !a->nr_nbd) {
             argp_error(state, "nothing to serve: give --qmp PATH and/or --nbd ADDR");
         }
@@ -333,7 +369,7 @@ static int daemonize(int *ready_fd)
 
 int cmd_agent(int argc, char **argv)
 {
-    struct agent_args a = { .mode = 0600 };
+    struct agent_args a = { .mode = 0600, .tls = -1 };
     struct agent_config cfg = { 0 };
     struct startup st = { .ready_fd = -1 };
     struct agent_disk_spec *specs = NULL;
@@ -377,6 +413,13 @@ int cmd_agent(int argc, char **argv)
     cfg.disks = specs;
     cfg.use_syslog = a.daemonize;
     cfg.nr_disks = nspecs;
+    cfg.tls.mode = (enum nbdsrv_tls_mode)a.tls;
+    cfg.tls.creds_dir = a.tls_creds;
+    cfg.tls.psk_file = a.tls_psk;
+    /* and nbds:// images the agent opens (disks, mirror targets) use them too */
+    if (a.tls_creds || a.tls_psk) {
+        nbd_tls_configure(a.tls_creds, a.tls_psk);
+    }
     st.pidfile = a.pidfile;
     if (a.daemonize) {
         for (size_t i = 0; i < nspecs; i++) {
@@ -402,5 +445,7 @@ int cmd_agent(int argc, char **argv)
     free((char *)a.qmp);
     free((char *)a.state);
     free((char *)a.pidfile);
+    free((char *)a.tls_creds);
+    free((char *)a.tls_psk);
     return ret;
 }

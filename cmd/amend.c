@@ -62,12 +62,14 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
+static const struct argp_child children[] = { { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
+
 static const struct argp amend_argp = {
     options, parse_opt, "FILE",
     "Change the options of a qcow2 image in place: compat (0.10 or 1.1), "
     "refcount_bits, lazy_refcounts, size.\v"
     "Exit status: 0 on success, 1 on error, 64 for usage errors.",
-    NULL, NULL, NULL,
+    children, NULL, NULL,
 };
 
 static int cmp_desc(const void *x, const void *y)

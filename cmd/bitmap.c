@@ -169,13 +169,15 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
+static const struct argp_child children[] = { { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
+
 static const struct argp bitmap_argp = {
     options, parse_opt, "ACTION... [-g SIZE] [--disabled] IMAGE NAME\n"
     "--list [--output=human|json] IMAGE\n--dump [--output=human|json] IMAGE NAME",
     "Manage the persistent dirty bitmaps stored in a qcow2 image.  Actions apply in the "
     "order given, all or none.\v"
     "Exit status: 0 on success, 1 on error, 64 for usage errors.",
-    NULL, NULL, NULL,
+    children, NULL, NULL,
 };
 
 static int do_list(struct bitmap_args *a)

@@ -87,12 +87,14 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
+static const struct argp_child children[] = { { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
+
 static const struct argp check_argp = {
     options, parse_opt, "FILE",
     "Check a disk image for consistency; with -r, repair it.\v"
     "Exit status: 0 consistent (or repaired), 1 check not completed, 2 corruptions "
     "found, 3 leaked clusters only, 63 format without checks, 64 usage error.",
-    NULL, NULL, NULL,
+    children, NULL, NULL,
 };
 
 static void print_human(const struct check_result *r)

@@ -114,6 +114,14 @@ void copy_opts_finish(const struct copy_opts *o);
 /* Report a copy that had nothing to do as complete (0 of 0 bytes). */
 void copy_opts_nothing(const struct copy_opts *o);
 
+/*
+ * --tls-creds DIR / --tls-psk FILE (cmd/tlsopts.c): credentials for the
+ * nbds:// URIs a command opens (formats/nbd.c: nbd_tls_configure; without
+ * them, BLOCKCTL_TLS_CREDS / BLOCKCTL_TLS_PSK).  An argp child with no
+ * input: list it in the children of every command that opens images.
+ */
+extern const struct argp tls_opts_argp;
+
 /* Does the -o string @opts ask for the option list ("help" or "?")? */
 bool opts_want_help(const char *opts);
 

@@ -113,6 +113,7 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
 
 static const struct argp_child children[] = { { &copy_opts_argp, 0, NULL, 0 },
                                               { &journal_opts_argp, 0, NULL, 0 },
+                                              { &tls_opts_argp, 0, NULL, 0 },
                                               { 0 } };
 
 static const struct argp commit_argp = {

@@ -87,12 +87,14 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
+static const struct argp_child children[] = { { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
+
 static const struct argp compare_argp = {
     options, parse_opt, "FILE1 FILE2",
     "Compare the contents that two disk images show a guest.\v"
     "Exit status: 0 identical, 1 different, 2 error opening an image, 3 error getting "
     "the allocation, 4 read error, 64 usage error.",
-    NULL, NULL, NULL,
+    children, NULL, NULL,
 };
 
 /* A helper thread that reads from one image on request. */

@@ -163,13 +163,15 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
+static const struct argp_child children[] = { { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
+
 static const struct argp convert_argp = {
     options, parse_opt, "FILENAME [FILENAME2 ...] OUTPUT_FILENAME",
     "Copy the images FILENAME... (one after the other) to OUTPUT_FILENAME: a new image "
     "(replacing a file of that name once complete), an existing one (-n) or an NBD URI.\v"
     "qemu-img convert's options and defaults; blockctl-convert(1) lists the differences.\n"
     "Exit status: 0 on success, 1 on error, 64 for usage errors, 130/143 when interrupted.",
-    NULL, NULL, NULL,
+    children, NULL, NULL,
 };
 
 /* progress over all the sources: @base bytes before this one, of @total */

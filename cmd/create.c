@@ -89,11 +89,13 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
+static const struct argp_child children[] = { { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
+
 static const struct argp create_argp = {
     options, parse_opt, "FILE [SIZE]",
     "Create a new disk image of SIZE bytes (suffixes k, M, G, T, P, E).\v"
     "Exit status: 0 on success, 1 on error, 64 for usage errors.",
-    NULL, NULL, NULL,
+    children, NULL, NULL,
 };
 
 /* The "Formatting" line, in qemu-img's option order. */

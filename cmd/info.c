@@ -73,11 +73,13 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
+static const struct argp_child children[] = { { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
+
 static const struct argp info_argp = {
     options, parse_opt, "FILE",
     "Show information about a disk image.\v"
     "Exit status: 0 on success, 1 on error, 64 for usage errors.",
-    NULL, NULL, NULL,
+    children, NULL, NULL,
 };
 
 /* The ImageInfo of each image to print, top first, from the files. */

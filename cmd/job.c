@@ -95,6 +95,8 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
+static const struct argp_child children[] = { { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
+
 static const struct argp job_argp = {
     options, parse_opt, "[list]\nshow|pause|resume|cancel|complete|wait JOB\n"
     "set-speed JOB BYTES-PER-SECOND\nshow|resume|abort ID",
@@ -105,7 +107,7 @@ static const struct argp job_argp = {
     "only what it had not copied; abort rolls it back.\v"
     "Exit status: 0 on success, 1 on error (or, for wait, a failed job), 2 (wait) when the "
     "job was cancelled, 64 for usage errors, 130/143 when interrupted.",
-    NULL, NULL, NULL,
+    children, NULL, NULL,
 };
 
 static const char *jstr(json_object *o, const char *key, const char *dflt)

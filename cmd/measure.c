@@ -76,12 +76,14 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
+static const struct argp_child children[] = { { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
+
 static const struct argp measure_argp = {
     options, parse_opt, "(--size SIZE | FILE)",
     "Show how large a new image of format -O would be: for the guest data of FILE "
     "(through its backing chain), or empty and of SIZE bytes.\v"
     "Exit status: 0 on success, 1 on error, 64 for usage errors.",
-    NULL, NULL, NULL,
+    children, NULL, NULL,
 };
 
 static void print_json(const struct measure_info *m)

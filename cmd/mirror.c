@@ -214,14 +214,14 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
 
 static const struct argp_child children[] = { { &copy_opts_argp, 0, NULL, 0 },
                                               { &journal_opts_argp, 0, NULL, 0 },
+                                              { &tls_opts_argp, 0, NULL, 0 },
                                               { 0 } };
 
 static const struct argp mirror_argp = {
     options, parse_opt, "SOURCE TARGET",
     "Copy the disk SOURCE shows to TARGET: a file, an image (-n) or an NBD URI.\v"
-    "A new TARGET exists only whole (TARGET.part until then). --agent: live.\n"
-    "Exit status: 0 on success, 1 on error, 2 when the live job was cancelled by another, "
-    "64 for usage errors, 130/143 when interrupted.",
+    "A new TARGET exists only whole (TARGET.part until then).  Exit status: 0 done, "
+    "1 error, 2 live job cancelled by another, 64 usage error, 130/143 interrupted.",
     children, NULL, NULL,
 };
 

@@ -131,7 +131,8 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
-static const struct argp_child children[] = { { &copy_opts_argp, 0, NULL, 0 }, { 0 } };
+static const struct argp_child children[] = { { &copy_opts_argp, 0, NULL, 0 },
+                                              { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
 
 static const struct argp rebase_argp = {
     options, parse_opt, "FILE",

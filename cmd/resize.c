@@ -80,12 +80,14 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
+static const struct argp_child children[] = { { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
+
 static const struct argp resize_argp = {
     options, parse_opt, "FILE [+|-]SIZE",
     "Change the virtual size of FILE to SIZE, or by SIZE with + or -.  SIZE is in bytes, "
     "or with a suffix k, M, G, T, P, E (powers of 1024).  Shrinking needs --shrink.\v"
     "Exit status: 0 on success, 1 on error, 64 for usage errors.",
-    NULL, NULL, NULL,
+    children, NULL, NULL,
 };
 
 /*

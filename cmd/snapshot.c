@@ -89,13 +89,15 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
+static const struct argp_child children[] = { { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
+
 static const struct argp snapshot_argp = {
     options, parse_opt, "IMAGE OVERLAY [IMAGE OVERLAY...]\n-l IMAGE",
     "Create external snapshots: each OVERLAY becomes a new qcow2 image backed by its IMAGE, "
     "all of them or none.  With -l, list IMAGE's backing chain and internal snapshots.\v"
     "Exit status: 0 on success, 1 on error (no overlay is left behind), 64 for usage "
     "errors.",
-    NULL, NULL, NULL,
+    children, NULL, NULL,
 };
 
 /* -l: the chain, top first, as ImageInfo objects (from the files or the agent) */

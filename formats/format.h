@@ -18,6 +18,17 @@ extern const struct format_driver nbd_driver;
 /* True if @name is an NBD URI (nbd://, nbd+unix://, nbds://...). */
 bool nbd_is_uri(const char *name);
 /*
+ * Credentials for nbds:// and nbds+unix:// URIs opened from now on: an
+ * x509 directory laid out as QEMU's tls-creds-x509 (ca-cert.pem, and
+ * client-cert.pem + client-key.pem if the server asks for a certificate)
+ * or a PSK file as qemu-nbd's (USERNAME:HEXKEY lines; the URI's user, or
+ * the file's first, is the PSK identity).  At most one of them; both NULL
+ * means the environment's: BLOCKCTL_TLS_CREDS, BLOCKCTL_TLS_PSK (without
+ * either, libnbd's default: the system's CAs, no client certificate).
+ * Call before any NBD image is opened.
+ */
+void nbd_tls_configure(const char *creds_dir, const char *psk_file);
+/*
  * The server's qemu:dirty-bitmap:NAME context (for an image opened with
  * BDEV_O_NBD_BITMAP and bdev_open_opts.nbd_bitmap): *dirty tells whether
  * [off, off + *pnum) is dirty.  -ENOTSUP when the server has no such bitmap.

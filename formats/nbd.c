@@ -24,6 +24,7 @@
  */
 #include "lib/compiler.h"
 #include "formats/format.h"
+#include "lib/tlsfiles.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -47,7 +48,9 @@
     X(nbd_aio_zero) X(nbd_aio_connect_uri) X(nbd_aio_is_connecting)               \
     X(nbd_can_flush) X(nbd_can_fua) X(nbd_can_meta_context)                       \
     X(nbd_can_trim) X(nbd_can_zero) X(nbd_close) X(nbd_aio_is_ready) X(nbd_create) \
-    X(nbd_get_errno) X(nbd_get_error) X(nbd_get_size) X(nbd_is_read_only)
+    X(nbd_get_errno) X(nbd_get_error) X(nbd_get_size) X(nbd_is_read_only)         \
+    X(nbd_set_tls_certificates) X(nbd_set_tls_psk_file) X(nbd_set_tls_username)    \
+    X(nbd_supports_tls)
 
 #define NBD_DECLARE(f) static __typeof__(f) *p_##f;
 NBD_FUNCS(NBD_DECLARE)
@@ -100,6 +103,10 @@ static void libnbd_load(void)
 #define nbd_get_error p_nbd_get_error
 #define nbd_get_size p_nbd_get_size
 #define nbd_is_read_only p_nbd_is_read_only
+#define nbd_set_tls_certificates p_nbd_set_tls_certificates
+#define nbd_set_tls_psk_file p_nbd_set_tls_psk_file
+#define nbd_set_tls_username p_nbd_set_tls_username
+#define nbd_supports_tls p_nbd_supports_tls
 
 #define NBD_MAX_REQ (32u << 20)
 #define NBD_MAX_STATUS (1u << 30)
@@ -155,6 +162,72 @@ bool nbd_is_uri(const char *name)
     return !strncmp(name, "nbd://", 6) || !strncmp(name, "nbd+unix://", 11) ||
            !strncmp(name, "nbds://", 7) || !strncmp(name, "nbds+unix://", 12) ||
            !strncmp(name, "nbd+tcp://", 10);
+}
+
+/* --- TLS (nbds://) --- */
+
+static char *tls_creds, *tls_psk;
+static bool tls_configured;
+
+void nbd_tls_configure(const char *creds_dir, const char *psk_file)
+{
+    free(tls_creds);
+    free(tls_psk);
+    tls_creds = creds_dir ? xstrdup(creds_dir) : NULL;
+    tls_psk = psk_file ? xstrdup(psk_file) : NULL;
+    tls_configured = creds_dir || psk_file;
+}
+
+static bool is_tls_uri(const char *uri)
+{
+    return !strncmp(uri, "nbds://", 7) || !strncmp(uri, "nbds+unix://", 12);
+}
+
+static const char *env_path(const char *name)
+{
+    const char *v = getenv(name);
+
+    return v && *v ? v : NULL;
+}
+
+/* Give handle @h the credentials, for a TLS URI: 0 or -1 (said). */
+static int tls_setup(struct nbdc *c, struct error **errp)
+{
+    const char *uri = c->bd->filename;
+    const char *creds = tls_configured ? tls_creds : env_path("BLOCKCTL_TLS_CREDS");
+    const char *psk = tls_configured ? tls_psk : env_path("BLOCKCTL_TLS_PSK");
+    struct error *err = NULL;
+
+    if (!is_tls_uri(uri)) {
+        return 0;
+    }
+    if (nbd_supports_tls(c->h) <= 0) {
+        error_setg(errp, "'%s': this libnbd was built without TLS", uri);
+        return -1;
+    }
+    if (creds && psk) {
+        error_setg(errp, "'%s': both x509 credentials '%s' and a PSK file '%s' are given "
+                   "(BLOCKCTL_TLS_CREDS, BLOCKCTL_TLS_PSK): use one", uri, creds, psk);
+        return -1;
+    }
+    if (creds) {
+        if (tls_x509_dir_check(creds, false, &err) < 0 ||
+            nbd_set_tls_certificates(c->h, creds) < 0) {
+            error_setg(errp, "'%s': %s", uri, err ? err->msg : nbd_get_error());
+            error_free(err);
+            return -1;
+        }
+    } else if (psk) {
+        CLEANUP_FREE char *user = NULL;
+
+        if (tls_psk_file_check(psk, &user, &err) < 0 || nbd_set_tls_psk_file(c->h, psk) < 0 ||
+            nbd_set_tls_username(c->h, user) < 0) {
+            error_setg(errp, "'%s': %s", uri, err ? err->msg : nbd_get_error());
+            error_free(err);
+            return -1;
+        }
+    }
+    return 0;
 }
 
 static int64_t now_ns(void)
@@ -526,6 +599,22 @@ static int drive(struct nbdc *c, int (*busy)(struct nbd_handle *))
     return 0;
 }
 
+/* What a TLS failure libnbd reports (@why) may mean, said after it. */
+static const char *tls_failure_hint(const char *uri, const char *why)
+{
+    if (!why || !is_tls_uri(uri)) {
+        return strstr(why ? why : "", "requires TLS") ? " (use nbds://)" : "";
+    }
+    if (strstr(why, "certificate verification")) {
+        return " (the server's certificate is not signed by our ca-cert.pem, or not for "
+               "this host)";
+    }
+    if (strstr(why, "gnutls")) {
+        return " (the server refused the TLS session: our certificate, key or PSK?)";
+    }
+    return "";
+}
+
 /*
  * Connect and negotiate, giving up after the timeout or when a signal asks
  * to stop: a server that accepts the connection but never answers
@@ -554,7 +643,8 @@ static int nbdc_connect(struct nbdc *c, struct error **errp)
     }
     if (ret < 0 || nbd_aio_is_ready(c->h) <= 0) {
         why = nbd_get_error();
-        error_setg(errp, "'%s': cannot connect: %s", uri, why && *why ? why : "connection closed");
+        error_setg(errp, "'%s': cannot connect: %s%s", uri, why && *why ? why : "connection closed",
+                   tls_failure_hint(uri, why));
         return -EIO;
     }
     return 0;
@@ -588,7 +678,7 @@ static int nbdc_open(struct bdev *bd, unsigned flags, struct error **errp)
     if (c->bitmap_ctx) {
         nbd_add_meta_context(c->h, c->bitmap_ctx);
     }
-    if (nbdc_connect(c, errp) < 0) {
+    if (tls_setup(c, errp) < 0 || nbdc_connect(c, errp) < 0) {
         goto fail;
     }
     size = nbd_get_size(c->h);

@@ -8,8 +8,8 @@
 set -e
 
 case "$1" in
-build) pkgs="gcc make pkg-config perl zlib1g-dev libzstd-dev libnbd-dev libjson-c-dev" ;;
-test) pkgs="bats jq qemu-utils qemu-system-common libnbd-bin python3 python3-libnbd nbdkit" ;;
+build) pkgs="gcc make pkg-config perl zlib1g-dev libzstd-dev libnbd-dev libjson-c-dev libgnutls28-dev" ;;
+test) pkgs="bats jq qemu-utils qemu-system-common libnbd-bin python3 python3-libnbd nbdkit gnutls-bin iproute2" ;;
 fuzz) pkgs="clang libclang-rt-dev" ;;
 # (without qemu's recommends: no GUI, no UEFI firmware)
 guest) pkgs="qemu-system-x86 linux-image-amd64 busybox-static cpio libc6-dev"

@@ -395,6 +395,11 @@ int agent_run(const struct agent_config *cfg, void (*ready)(void *opaque), void 
     ncfg.export_deleted = export_deleted;
     ncfg.opaque = a;
     a->nbd = nbdsrv_new(&ncfg);
+    if (cfg->tls.mode != NBDSRV_TLS_OFF && nbdsrv_set_tls(a->nbd, &cfg->tls, &err) < 0) {
+        agent_log(a, "%s", err->msg);
+        error_free(err);
+        goto out;
+    }
     for (size_t i = 0; cfg->nbd_addrs && cfg->nbd_addrs[i]; i++) {
         if (nbdsrv_listen(a->nbd, cfg->nbd_addrs[i], cfg->socket_mode, &err) < 0) {
             agent_log(a, "%s", err->msg);

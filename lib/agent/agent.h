@@ -66,6 +66,7 @@ struct agent_config {
     struct agent_disk_spec *disks;
     size_t nr_disks;
     bool use_syslog;
+    struct nbdsrv_tls_opts tls;  /* NBD over TLS (mode NBDSRV_TLS_OFF: none) */
 };
 
 struct agent {

@@ -24,8 +24,7 @@
 
 /* --- input --- */
 
-/* poll() for @events until the handshake deadline; 0 ready, -1 timeout/error */
-static int conn_poll(struct nbd_conn *c, short events)
+int conn_poll(struct nbd_conn *c, short events)
 {
     for (;;) {
         struct pollfd pfd = { .fd = c->fd, .events = events };
@@ -56,6 +55,9 @@ static int conn_poll(struct nbd_conn *c, short events)
 /* recv() at most @len bytes, at least one; 0 at end of file */
 static ssize_t conn_recv(struct nbd_conn *c, void *buf, size_t len, bool all)
 {
+    if (c->tls) {
+        return conn_tls_recv(c, buf, len);
+    }
     for (;;) {
         ssize_t r;
 
@@ -134,6 +136,9 @@ int conn_write(struct nbd_conn *c, const void *buf, size_t len, bool more)
 {
     const uint8_t *p = buf;
 
+    if (c->tls) {
+        return conn_tls_send(c, buf, len);
+    }
     while (len) {
         ssize_t r = send(c->fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT | (more ? MSG_MORE : 0));
         if (r > 0) {
@@ -335,7 +340,8 @@ void conn_send_reply(struct nbd_req *req)
         conn_req_put(req);
         return;
     }
-    if (!c->outq) {
+    /* with TLS, only the writer thread sends (GnuTLS: one sender at a time) */
+    if (!c->outq && !c->tls) {
         if (send_some(c, req) < 0) {
             c->send_dead = true;
             pthread_mutex_unlock(&c->send_lock);
@@ -355,10 +361,94 @@ void conn_send_reply(struct nbd_req *req)
     pthread_mutex_unlock(&c->send_lock);
 }
 
+/*
+ * TLS: send the replies of queue @q (the writer thread, without the send
+ * lock), blocking.  Pieces are gathered into records of NBDSRV_TLS_STAGE
+ * bytes, so that a header and a small payload go as one record; large
+ * payloads go straight from their buffers.
+ */
+static int tls_send_queue(struct nbd_conn *c, struct nbd_req *q)
+{
+    size_t staged = 0;
+
+    if (!c->tls_stage) {
+        c->tls_stage = xmalloc(NBDSRV_TLS_STAGE);
+    }
+    for (; q; q = q->next) {
+        for (unsigned i = q->iov_done; i < q->niov; i++) {
+            const uint8_t *p = q->iov[i].iov_base;
+            size_t n = q->iov[i].iov_len;
+
+            while (n) {
+                size_t k;
+
+                if (!staged && n >= NBDSRV_TLS_STAGE) {
+                    if (conn_tls_send(c, p, n) < 0) {
+                        return -1;
+                    }
+                    break;
+                }
+                k = MIN(n, NBDSRV_TLS_STAGE - staged);
+                memcpy(c->tls_stage + staged, p, k);
+                staged += k;
+                p += k;
+                n -= k;
+                if (staged == NBDSRV_TLS_STAGE) {
+                    if (conn_tls_send(c, c->tls_stage, staged) < 0) {
+                        return -1;
+                    }
+                    staged = 0;
+                }
+            }
+        }
+    }
+    return staged ? conn_tls_send(c, c->tls_stage, staged) : 0;
+}
+
+/* The writer thread of a TLS connection: it sends every reply (workers
+ * only queue them), the queue taken whole each time. */
+static void writer_tls(struct nbd_conn *c)
+{
+    pthread_mutex_lock(&c->send_lock);
+    for (;;) {
+        struct nbd_req *q;
+        bool dead;
+
+        while (!c->outq && !c->writer_stop) {
+            pthread_cond_wait(&c->send_cond, &c->send_lock);
+        }
+        if (!c->outq) {
+            break;
+        }
+        q = c->outq;
+        c->outq = NULL;
+        c->outq_tail = &c->outq;
+        dead = c->send_dead;
+        pthread_mutex_unlock(&c->send_lock);
+        if (!dead && tls_send_queue(c, q) < 0) {
+            pthread_mutex_lock(&c->send_lock);
+            c->send_dead = true;
+            pthread_mutex_unlock(&c->send_lock);
+            shutdown(c->fd, SHUT_RDWR);
+        }
+        while (q) {
+            struct nbd_req *r = q;
+            q = r->next;
+            conn_req_put(r);
+        }
+        pthread_mutex_lock(&c->send_lock);
+    }
+    pthread_mutex_unlock(&c->send_lock);
+}
+
 static void *writer_main(void *opaque)
 {
     struct nbd_conn *c = opaque;
 
+    if (c->tls) {
+        writer_tls(c);
+        return NULL;
+    }
     pthread_mutex_lock(&c->send_lock);
     for (;;) {
         struct nbd_req *done = NULL, **done_tail = &done;
@@ -450,6 +540,7 @@ static void *conn_main(void *opaque)
             pthread_join(c->writer, NULL);
         }
     }
+    conn_tls_end(c, !c->send_dead);
     exp = c->exp;
     meta_ctx_clear(c);
     free(c->meta_export);

@@ -503,8 +503,59 @@ out_q:
     return ret;
 }
 
+static int opt_starttls(struct nbd_conn *c, uint32_t len)
+{
+    if (!c->srv->tls) {
+        return send_err(c, NBD_OPT_STARTTLS, NBD_REP_ERR_POLICY,
+                        "TLS is not enabled on this server");
+    }
+    if (len) {
+        return send_err(c, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID,
+                        "NBD_OPT_STARTTLS takes no data");
+    }
+    if (c->tls) {
+        return send_err(c, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID, "TLS is already negotiated");
+    }
+    if (send_ack(c, NBD_OPT_STARTTLS) == OPT_CLOSE) {
+        return OPT_CLOSE;
+    }
+    if (c->in_pos != c->in_end) {
+        /* bytes sent in clear after STARTTLS, before our reply */
+        nbdsrv_log(c->srv, "client %s: data in clear after NBD_OPT_STARTTLS", c->peer);
+        return OPT_CLOSE;
+    }
+    if (conn_tls_start(c) < 0) {
+        return OPT_CLOSE;
+    }
+    /* what was negotiated in clear does not count (doc/proto.md) */
+    c->structured = false;
+    meta_ctx_clear(c);
+    free(c->meta_export);
+    c->meta_export = NULL;
+    return OPT_NEXT;
+}
+
+/* TLS is required and @c has not started it: refuse option @opt. */
+static int tls_refuse(struct nbd_conn *c, uint32_t opt)
+{
+    if (opt == NBD_OPT_EXPORT_NAME) {
+        /* it has no error reply: the session ends */
+        nbdsrv_log(c->srv, "client %s refused: TLS is required", c->peer);
+        return OPT_CLOSE;
+    }
+    if (opt == NBD_OPT_GO || opt == NBD_OPT_INFO) {
+        nbdsrv_log(c->srv, "client %s refused: TLS is required", c->peer);
+    }
+    return send_err(c, opt, NBD_REP_ERR_TLS_REQD,
+                    "TLS is required on this server (connect with TLS: nbds://)");
+}
+
 static int handle_option(struct nbd_conn *c, uint32_t opt, const uint8_t *data, uint32_t len)
 {
+    if (!c->tls && opt != NBD_OPT_STARTTLS && opt != NBD_OPT_ABORT &&
+        nbdsrv_tls_required(c->srv)) {
+        return tls_refuse(c, opt);
+    }
     switch (opt) {
     case NBD_OPT_EXPORT_NAME:
         return opt_export_name(c, data, len);
@@ -515,7 +566,7 @@ static int handle_option(struct nbd_conn *c, uint32_t opt, const uint8_t *data, 
     case NBD_OPT_LIST:
         return opt_list(c, len);
     case NBD_OPT_STARTTLS:
-        return send_err(c, opt, NBD_REP_ERR_POLICY, "TLS is not enabled on this server");
+        return opt_starttls(c, len);
     case NBD_OPT_INFO:
     case NBD_OPT_GO:
         return opt_info_go(c, opt, data, len);

@@ -66,6 +66,7 @@ enum {
 #define NBD_REP_ERR_UNSUP NBD_REP_ERR(1)
 #define NBD_REP_ERR_POLICY NBD_REP_ERR(2)
 #define NBD_REP_ERR_INVALID NBD_REP_ERR(3)
+#define NBD_REP_ERR_TLS_REQD NBD_REP_ERR(5)
 #define NBD_REP_ERR_UNKNOWN NBD_REP_ERR(6)
 #define NBD_REP_ERR_SHUTDOWN NBD_REP_ERR(7)
 #define NBD_REP_ERR_TOO_BIG NBD_REP_ERR(9)
@@ -242,6 +243,8 @@ struct nbd_conn {
     struct meta_ctx ctx[NBDSRV_MAX_CONTEXTS];
     unsigned nctx;
     char *meta_export;           /* the export the contexts were set for */
+    void *tls;                   /* the GnuTLS session after STARTTLS, or NULL */
+    uint8_t *tls_stage;          /* writer thread: small pieces gathered into a record */
 
     /* input buffer (reader thread) */
     uint8_t in[4096];
@@ -285,6 +288,7 @@ struct nbdsrv {
     bool stopping;
     bool shut_down;
     size_t cached_bytes;         /* request buffers kept by all connections (atomic) */
+    struct nbdsrv_tls *tls;      /* credentials (nbdsrv_set_tls), or NULL: no TLS */
 };
 
 /* server.c */
@@ -319,6 +323,9 @@ int conn_start(struct nbdsrv *srv, int fd, const char *peer);
  * ETIMEDOUT).
  */
 int conn_read(struct nbd_conn *c, void *buf, size_t len);
+/* poll() @c's socket for @events until the handshake deadline: 0 ready,
+ * -1 timed out (errno ETIMEDOUT) or failed. */
+int conn_poll(struct nbd_conn *c, short events);
 /* Skip @len bytes of input. */
 int conn_skip(struct nbd_conn *c, uint64_t len);
 /* Handshake: write @len bytes (blocking, within the deadline); @more:
@@ -337,6 +344,23 @@ void conn_req_put(struct nbd_req *req);
 void conn_wait_slot(struct nbd_conn *c);
 /* Hard-disconnect: stop reading and sending. */
 void conn_abort(struct nbd_conn *c);
+
+/* tls.c (GnuTLS is loaded when nbdsrv_set_tls is first called) */
+void nbdsrv_tls_free(struct nbdsrv_tls *t);
+/* Does the server refuse clients that do not STARTTLS? */
+bool nbdsrv_tls_required(struct nbdsrv *srv);
+/* STARTTLS was acknowledged: the TLS handshake on @c (c->tls set).  0, or
+ * -1 (logged: the client is refused). */
+int conn_tls_start(struct nbd_conn *c);
+/* recv and send through c->tls, as conn_recv and conn_write do in clear:
+ * recv returns at least one byte, 0 at the end (errno 0), or -1 (errno,
+ * ETIMEDOUT past the handshake deadline); send sends all or fails. */
+ssize_t conn_tls_recv(struct nbd_conn *c, void *buf, size_t len);
+int conn_tls_send(struct nbd_conn *c, const void *buf, size_t len);
+/* Close the session (@bye: send close_notify first) and free it. */
+void conn_tls_end(struct nbd_conn *c, bool bye);
+/* Size of c->tls_stage: one TLS record. */
+#define NBDSRV_TLS_STAGE (16u << 10)
 
 /* handshake.c: returns 0 when transmission may start, -1 to close. */
 int nbd_handshake(struct nbd_conn *c);

@@ -59,6 +59,26 @@ struct nbdsrv_config {
 struct nbdsrv *nbdsrv_new(const struct nbdsrv_config *cfg);
 
 /*
+ * NBD over TLS (NBD_OPT_STARTTLS), with GnuTLS: x509 credentials in a
+ * directory laid out as QEMU's tls-creds-x509 (ca-cert.pem,
+ * server-cert.pem, server-key.pem, optionally ca-crl.pem; a client must
+ * show a certificate signed by that CA), or a PSK file as qemu-nbd's
+ * (lines USERNAME:HEXKEY, as psktool writes).  NBDSRV_TLS_ON offers TLS
+ * and lets clients stay in clear, NBDSRV_TLS_REQUIRE answers every option
+ * but STARTTLS and ABORT with NBD_REP_ERR_TLS_REQD.  The same for every
+ * listener and client.
+ */
+enum nbdsrv_tls_mode { NBDSRV_TLS_OFF, NBDSRV_TLS_ON, NBDSRV_TLS_REQUIRE };
+struct nbdsrv_tls_opts {
+    enum nbdsrv_tls_mode mode;
+    const char *creds_dir;        /* x509 credentials, or */
+    const char *psk_file;         /* a PSK file (exactly one of the two) */
+};
+/* Set TLS up (before nbdsrv_start and any client): the credentials are
+ * loaded now, so that a missing or malformed file is an error here. */
+int nbdsrv_set_tls(struct nbdsrv *srv, const struct nbdsrv_tls_opts *o, struct error **errp);
+
+/*
  * Listen on @addr: "unix:PATH" (created with @mode; an existing socket
  * nobody listens on is replaced, a live one is an error) or
  * "tcp:HOST:PORT" (HOST may be empty or a bracketed IPv6 address).

@@ -511,6 +511,7 @@ void nbdsrv_free(struct nbdsrv *srv)
         export_free(e);
     }
     close(srv->wake_fd);
+    nbdsrv_tls_free(srv->tls);
     pthread_mutex_destroy(&srv->lock);
     pthread_cond_destroy(&srv->cond);
     free(srv);
