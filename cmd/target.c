@@ -71,9 +71,11 @@ static int check_unused(const char *path, const char *why, struct error **errp)
 
 /*
  * Resuming into the TARGET.part a killed copy left: its leaks (clusters
- * allocated after the last checkpoint) are repaired quietly.  false when
- * it is not sound (a power failure under its unordered writes): the copy
- * then starts it anew.
+ * allocated after the last checkpoint) are repaired quietly, and so are
+ * the refcounts a power failure under its unordered writes left behind
+ * its mappings (everything below the checkpoint was flushed whole; what is
+ * above it is copied again).  false when it is still not sound after
+ * that: the copy then starts it anew.
  */
 static bool part_usable(const char *part, const char *fmt)
 {
@@ -94,9 +96,27 @@ static bool part_usable(const char *part, const char *fmt)
     if (saved >= 0 && null >= 0) {
         dup2(null, STDERR_FILENO);
     }
-    memset(&r, 0, sizeof(r));
-    ok = !bd->drv->check || (bd->drv->check(bd, &r, CHECK_FIX_LEAKS, &err) == 0 &&
-                             !r.corruptions && !r.check_errors);
+    /* (a repair can leave some for another pass: a mapping past the end
+     * of the file moves the refcount structures there; as in qemu-img) */
+    ok = !bd->drv->check;
+    for (int pass = 0; pass < 3 && !ok; pass++) {
+        memset(&r, 0, sizeof(r));
+        if (bd->drv->check(bd, &r, CHECK_FIX_LEAKS | CHECK_FIX_ERRORS, &err) < 0 ||
+            r.check_errors) {
+            break;
+        }
+        if (!r.corruptions_fixed && !r.corruptions) {
+            ok = true;
+        } else {
+            /* (what the repair left: looked at again) */
+            memset(&r, 0, sizeof(r));
+            ok = bd->drv->check(bd, &r, 0, &err) == 0 && !r.corruptions && !r.check_errors;
+            if (!ok) {
+                error_free(err);
+                err = NULL;
+            }
+        }
+    }
     fflush(stderr);
     if (saved >= 0 && null >= 0) {
         dup2(saved, STDERR_FILENO);
@@ -114,6 +134,23 @@ static bool part_usable(const char *part, const char *fmt)
         ok = false;
     }
     return ok;
+}
+
+/*
+ * How TARGET.part is opened.  A new image: a power failure makes it
+ * garbage anyway, so no ordering syncs while it is built (it is flushed at
+ * the end, and at each checkpoint of the journal), unless a journal is to
+ * resume it and it has a backing file: the copy then writes only some of
+ * it (--sync=bitmap, top), and what a resume does not copy again must be
+ * what the copy left, not a cluster mapped before its data reached the
+ * disk.
+ */
+static unsigned part_flags(const struct copy_target *t)
+{
+    bool ordered = t->jj && t->o && opts_get(t->o, "backing_file");
+
+    return BDEV_O_RDWR | (ordered ? 0 : BDEV_O_UNORDERED) |
+           (t->no_backing ? BDEV_O_NO_BACKING : 0);
 }
 
 /* Resuming a job: go on with the TARGET.part it left (0), or not (1). */
@@ -137,9 +174,7 @@ static int target_resume(struct copy_target *t)
         return 1;
     }
     t->part = xstrdup(part);
-    t->dst = bdev_open(t->part, t->fmt,
-                       BDEV_O_RDWR | BDEV_O_UNORDERED | (t->no_backing ? BDEV_O_NO_BACKING : 0),
-                       &err);
+    t->dst = bdev_open(t->part, t->fmt, part_flags(t), &err);
     if (!t->dst) {
         report(err);
         free(t->part);
@@ -253,6 +288,14 @@ int target_open(struct copy_target *t)
                 error_setg_errno(&err, -r, "cannot rename '%s' to '%s'", tmp, t->part);
             }
         }
+        if (r == 0 && t->jj) {
+            /* the journal is to count on TARGET.part after a power failure */
+            r = io_dirsync(t->part);
+            if (r < 0) {
+                unlink(t->part);
+                error_setg_errno(&err, -r, "cannot sync the folder of '%s'", t->part);
+            }
+        }
         if (r < 0) {
             unlink(tmp);
             free(tmp);
@@ -268,12 +311,7 @@ int target_open(struct copy_target *t)
             return 1;
         }
     }
-    /* a new image: a power failure makes it garbage anyway, so no
-     * ordering syncs while it is built (it is flushed at the end, and at
-     * each checkpoint of the journal) */
-    t->dst = bdev_open(t->part, t->fmt,
-                       BDEV_O_RDWR | BDEV_O_UNORDERED | (t->no_backing ? BDEV_O_NO_BACKING : 0),
-                       &err);
+    t->dst = bdev_open(t->part, t->fmt, part_flags(t), &err);
     if (!t->dst) {
         report(err);
         return 1;

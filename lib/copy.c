@@ -22,6 +22,8 @@ struct engine {
     pthread_cond_t cond;
     uint64_t cursor;        /* next window start */
     uint64_t done;          /* bytes of finished windows */
+    uint64_t windows;       /* windows finished (checkpoint_secs 0: one checkpoint each, */
+    uint64_t windows_ckpt;  /* the worker waiting until a checkpoint saw its window) */
     unsigned running;
     int ret;                /* first error */
     struct bdev *err_bd;    /* image that failed */
@@ -663,6 +665,15 @@ static void *worker(void *opaque)
         pthread_mutex_lock(&e->lock);
         e->done += we - ws;
         *slot = UINT64_MAX;
+        e->windows++;
+        if (e->p->checkpoint && e->p->checkpoint_secs <= 0) {
+            /* (tests: a checkpoint after each window, before the next one) */
+            uint64_t mine = e->windows;
+            pthread_cond_broadcast(&e->cond);
+            while (e->windows_ckpt < mine && !e->ret && !cancelled(e)) {
+                pthread_cond_wait(&e->cond, &e->lock);
+            }
+        }
         pthread_mutex_unlock(&e->lock);
         if (e->p->job && !(e->p->live && e->p->mode != COPY_BITMAP)) {
             job_progress_add(e->p->job, we - ws);
@@ -681,6 +692,7 @@ int copy_run(struct copy_params *p, struct error **errp)
     struct engine e;
     struct error *cp_err = NULL;
     double cp_last = now_s();
+    uint64_t windows_seen = 0;
     unsigned nw = p->workers ? p->workers : 4;
     uint64_t buf = p->buf_size ? p->buf_size : (16u << 20);
     uint64_t cg = p->dst->drv->compress_granularity ? p->dst->drv->compress_granularity(p->dst)
@@ -755,7 +767,11 @@ int copy_run(struct copy_params *p, struct error **errp)
             ts.tv_sec++;
             ts.tv_nsec -= 1000000000;
         }
-        pthread_cond_timedwait(&e.cond, &e.lock, &ts);
+        /* (checkpoint_secs 0, for tests: no wait while a window ended unseen) */
+        if (!(p->checkpoint && p->checkpoint_secs <= 0 && e.windows != windows_seen)) {
+            pthread_cond_timedwait(&e.cond, &e.lock, &ts);
+        }
+        windows_seen = e.windows;
         if (p->progress && e.running) {
             uint64_t done = e.done;
             pthread_mutex_unlock(&e.lock);
@@ -775,6 +791,8 @@ int copy_run(struct copy_params *p, struct error **errp)
             if (r < 0 && !e.ret) {
                 __atomic_store_n(&e.ret, r, __ATOMIC_RELAXED);
             }
+            e.windows_ckpt = windows_seen;
+            pthread_cond_broadcast(&e.cond);
         }
     }
     pthread_mutex_unlock(&e.lock);

@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 enum io_op {
     OP_PREAD, OP_PWRITE, OP_FSYNC, OP_FDATASYNC, OP_FTRUNCATE, OP_FALLOCATE,
@@ -173,14 +175,151 @@ static void write_counts(void)
     close(fd);
 }
 
+/*
+ * Write log (BLOCKCTL_IOLOG): one record per call that changes a file, in
+ * the order they completed (see lib/io.h).  iolog_fd is set once in
+ * io_init; while it is -1 nothing here runs and no lock is taken.
+ */
+enum iolog_type {
+    IOLOG_OPEN = 1, IOLOG_WRITE, IOLOG_FSYNC, IOLOG_FDATASYNC, IOLOG_FTRUNCATE,
+    IOLOG_FALLOCATE, IOLOG_RENAME, IOLOG_DIRSYNC
+};
+
+struct iolog_rec {
+    uint32_t magic;         /* IOLOG_MAGIC */
+    uint32_t type;          /* enum iolog_type */
+    uint64_t seq;           /* 1, 2, ...: the order of the records */
+    uint64_t dev, ino;      /* the file (rename: the file renamed) */
+    uint64_t off, len;      /* write, fallocate: the range; ftruncate: off = the size;
+                             * open: off = 1 when the call created the file */
+    uint64_t aux;           /* sync, dirsync: the seq before the call began (the
+                             * records up to it are covered); open: the flags;
+                             * fallocate: the mode; rename: the inode replaced (0: none) */
+    uint64_t plen;          /* payload that follows: write: the data; open,
+                             * dirsync: the absolute path; rename: FROM NUL TO NUL */
+};
+
+#define IOLOG_MAGIC 0x4c4f4942u     /* "BIOL" */
+
+static int iolog_fd = -1;
+static pthread_mutex_t iolog_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t iolog_seq;
+
+static void iolog_init(const char *path)
+{
+    /* not io_open: the log is not an image, and not counted */
+    iolog_fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (iolog_fd < 0) {
+        fprintf(stderr, "blockctl: BLOCKCTL_IOLOG: '%s': %s\n", path, strerror(errno));
+    }
+}
+
+/* The seq of the last record so far (a sync covers the records up to it). */
+static uint64_t iolog_mark(void)
+{
+    return __atomic_load_n(&iolog_seq, __ATOMIC_SEQ_CST);
+}
+
+/* Append one record (@r without magic, seq and plen) and its payload. */
+static void iolog_put(struct iolog_rec *r, const void *p1, size_t n1, const void *p2, size_t n2)
+{
+    struct iovec iov[3] = {
+        { r, sizeof(*r) }, { (void *)p1, n1 }, { (void *)p2, n2 },
+    };
+    size_t want = sizeof(*r) + n1 + n2, done = 0;
+    int i = 0;
+
+    r->magic = IOLOG_MAGIC;
+    r->plen = n1 + n2;
+    pthread_mutex_lock(&iolog_lock);
+    r->seq = __atomic_add_fetch(&iolog_seq, 1, __ATOMIC_SEQ_CST);
+    while (done < want) {
+        ssize_t w = writev(iolog_fd, iov + i, 3 - i);
+        if (w < 0 && errno == EINTR) {
+            continue;
+        }
+        if (w <= 0) {
+            fprintf(stderr, "blockctl: BLOCKCTL_IOLOG: %s\n", w < 0 ? strerror(errno) : "short write");
+            break;
+        }
+        done += w;
+        /* (a partial writev: go on from where it stopped) */
+        while (i < 3 && (size_t)w >= iov[i].iov_len) {
+            w -= iov[i].iov_len;
+            iov[i++].iov_len = 0;
+        }
+        if (i < 3) {
+            iov[i].iov_base = (char *)iov[i].iov_base + w;
+            iov[i].iov_len -= w;
+        }
+    }
+    pthread_mutex_unlock(&iolog_lock);
+}
+
+static void iolog_fd_rec(int type, int fd, uint64_t off, uint64_t len, uint64_t aux,
+                         const void *data, size_t n)
+{
+    struct iolog_rec r = { .type = type, .off = off, .len = len, .aux = aux };
+    struct stat st;
+
+    if (fstat(fd, &st) == 0) {
+        r.dev = st.st_dev;
+        r.ino = st.st_ino;
+    }
+    iolog_put(&r, data, n, NULL, 0);
+}
+
+/* @path made absolute (allocated) */
+static char *iolog_abs(const char *path)
+{
+    char *cwd, *abs;
+
+    if (path[0] == '/' || !(cwd = getcwd(NULL, 0))) {
+        return xstrdup(path);
+    }
+    abs = xasprintf("%s/%s", cwd, path);
+    free(cwd);
+    return abs;
+}
+
+static void iolog_path_rec(int type, const char *path, uint64_t off, uint64_t aux)
+{
+    struct iolog_rec r = { .type = type, .off = off, .aux = aux };
+    char *abs = iolog_abs(path);
+    struct stat st;
+
+    if (stat(path, &st) == 0) {
+        r.dev = st.st_dev;
+        r.ino = st.st_ino;
+    }
+    iolog_put(&r, abs, strlen(abs) + 1, NULL, 0);
+    free(abs);
+}
+
+static void iolog_rename(const char *from, const char *to, const struct stat *moved,
+                         uint64_t replaced)
+{
+    struct iolog_rec r = { .type = IOLOG_RENAME, .dev = moved->st_dev, .ino = moved->st_ino,
+                           .aux = replaced };
+    char *a = iolog_abs(from), *b = iolog_abs(to);
+
+    iolog_put(&r, a, strlen(a) + 1, b, strlen(b) + 1);
+    free(a);
+    free(b);
+}
+
 static void io_init(void)
 {
     const char *cp = getenv("BLOCKCTL_FAULT_COUNT");
+    const char *lp = getenv("BLOCKCTL_IOLOG");
 
     parse_rules();
     if (cp && *cp) {
         count_path = xstrdup(cp);
         atexit(write_counts);
+    }
+    if (lp && *lp) {
+        iolog_init(lp);
     }
 }
 
@@ -209,9 +348,10 @@ static bool name_matches(const char *glob, const char *path)
 
 /*
  * Decide whether this call fails.  Returns -1 for no fault, otherwise the
- * action to take.
+ * action to take.  The file is @path, or when NULL the one open as @fd
+ * (looked up only when a rule names files: without rules, no lock).
  */
-static int fault_check(enum io_op op, const char *path)
+static int fault_check(enum io_op op, int fd, const char *path)
 {
     int act = -1;
 
@@ -223,6 +363,9 @@ static int fault_check(enum io_op op, const char *path)
         return -1;
     }
     pthread_mutex_lock(&io_lock);
+    if (!path) {
+        path = fd >= 0 && (size_t)fd < nr_fd_names && fd_names[fd] ? fd_names[fd] : "(unnamed)";
+    }
     for (size_t i = 0; i < nr_rules; i++) {
         struct fault_rule *r = &rules[i];
 
@@ -288,19 +431,18 @@ const char *io_name(int fd)
     return n ? n : "(unnamed)";
 }
 
-/* Path for fault matching; the string stays valid while the fd is open. */
-static const char *fd_path(int fd)
-{
-    return io_name(fd);
-}
-
 int io_open(const char *path, int flags, mode_t mode)
 {
-    int act = fault_check(OP_OPEN, path);
+    int act = fault_check(OP_OPEN, -1, path);
+    bool existed = true;
+    struct stat st;
     int fd;
 
     if (act >= 0) {
         return simple_fault(act);
+    }
+    if (iolog_fd >= 0 && (flags & O_CREAT)) {
+        existed = stat(path, &st) == 0;
     }
     do {
         fd = open(path, flags | O_CLOEXEC, mode);
@@ -309,6 +451,9 @@ int io_open(const char *path, int flags, mode_t mode)
         return -errno;
     }
     set_name(fd, path);
+    if (iolog_fd >= 0 && (!existed || (flags & (O_TRUNC | O_ACCMODE)))) {
+        iolog_path_rec(IOLOG_OPEN, path, !existed, (uint64_t)flags);
+    }
     return fd;
 }
 
@@ -323,7 +468,7 @@ int io_close(int fd)
 
 ssize_t io_pread(int fd, void *buf, size_t len, uint64_t off)
 {
-    int act = fault_check(OP_PREAD, fd_path(fd));
+    int act = fault_check(OP_PREAD, fd, NULL);
     size_t done = 0;
 
     if (act == FA_EIO || act == FA_ENOSPC) {
@@ -356,7 +501,7 @@ ssize_t io_pread(int fd, void *buf, size_t len, uint64_t off)
 
 int io_pwrite(int fd, const void *buf, size_t len, uint64_t off)
 {
-    int act = fault_check(OP_PWRITE, fd_path(fd));
+    int act = fault_check(OP_PWRITE, fd, NULL);
     size_t done = 0;
     size_t want = len;
 
@@ -383,6 +528,9 @@ int io_pwrite(int fd, const void *buf, size_t len, uint64_t off)
         }
         done += r;
     }
+    if (iolog_fd >= 0 && done) {
+        iolog_fd_rec(IOLOG_WRITE, fd, off, done, 0, buf, done);
+    }
     if (act == FA_TORN) {
         raise(SIGKILL);
     }
@@ -394,33 +542,47 @@ int io_pwrite(int fd, const void *buf, size_t len, uint64_t off)
 
 int io_fsync(int fd)
 {
-    int act = fault_check(OP_FSYNC, fd_path(fd));
+    int act = fault_check(OP_FSYNC, fd, NULL);
+    uint64_t mark = 0;
 
     if (act >= 0) {
         return simple_fault(act);
     }
+    if (iolog_fd >= 0) {
+        mark = iolog_mark();
+    }
     if (fsync(fd) < 0) {
         return -errno;
+    }
+    if (iolog_fd >= 0) {
+        iolog_fd_rec(IOLOG_FSYNC, fd, 0, 0, mark, NULL, 0);
     }
     return 0;
 }
 
 int io_fdatasync(int fd)
 {
-    int act = fault_check(OP_FDATASYNC, fd_path(fd));
+    int act = fault_check(OP_FDATASYNC, fd, NULL);
+    uint64_t mark = 0;
 
     if (act >= 0) {
         return simple_fault(act);
     }
+    if (iolog_fd >= 0) {
+        mark = iolog_mark();
+    }
     if (fdatasync(fd) < 0) {
         return -errno;
+    }
+    if (iolog_fd >= 0) {
+        iolog_fd_rec(IOLOG_FDATASYNC, fd, 0, 0, mark, NULL, 0);
     }
     return 0;
 }
 
 int io_ftruncate(int fd, uint64_t len)
 {
-    int act = fault_check(OP_FTRUNCATE, fd_path(fd));
+    int act = fault_check(OP_FTRUNCATE, fd, NULL);
 
     if (act >= 0) {
         return simple_fault(act);
@@ -433,12 +595,15 @@ int io_ftruncate(int fd, uint64_t len)
             return -errno;
         }
     }
+    if (iolog_fd >= 0) {
+        iolog_fd_rec(IOLOG_FTRUNCATE, fd, len, 0, 0, NULL, 0);
+    }
     return 0;
 }
 
 int io_fallocate(int fd, int mode, uint64_t off, uint64_t len)
 {
-    int act = fault_check(OP_FALLOCATE, fd_path(fd));
+    int act = fault_check(OP_FALLOCATE, fd, NULL);
 
     if (act >= 0) {
         return simple_fault(act);
@@ -448,54 +613,78 @@ int io_fallocate(int fd, int mode, uint64_t off, uint64_t len)
             return -errno;
         }
     }
+    if (iolog_fd >= 0) {
+        iolog_fd_rec(IOLOG_FALLOCATE, fd, off, len, (uint64_t)mode, NULL, 0);
+    }
     return 0;
 }
 
 int io_rename(const char *from, const char *to)
 {
-    int act = fault_check(OP_RENAME, to);
+    int act = fault_check(OP_RENAME, -1, to);
+    struct stat moved, old;
+    uint64_t replaced = 0;
 
     if (act >= 0) {
         return simple_fault(act);
     }
+    if (iolog_fd >= 0) {
+        if (lstat(from, &moved) < 0) {
+            memset(&moved, 0, sizeof(moved));
+        }
+        replaced = lstat(to, &old) == 0 ? old.st_ino : 0;
+    }
     if (rename(from, to) < 0) {
         return -errno;
+    }
+    if (iolog_fd >= 0) {
+        iolog_rename(from, to, &moved, replaced);
     }
     return 0;
 }
 
 int io_rename_noreplace(const char *from, const char *to)
 {
-    int act = fault_check(OP_RENAME, to);
-    struct stat st;
+    int act = fault_check(OP_RENAME, -1, to);
+    struct stat st, moved;
 
     if (act >= 0) {
         return simple_fault(act);
     }
-    if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0) {
-        return 0;
+    if (iolog_fd >= 0 && lstat(from, &moved) < 0) {
+        memset(&moved, 0, sizeof(moved));
     }
-    if (errno != EINVAL && errno != ENOSYS) {
-        return -errno;
+    if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) < 0) {
+        if (errno != EINVAL && errno != ENOSYS) {
+            return -errno;
+        }
+        /* a filesystem without RENAME_NOREPLACE: check, then rename */
+        if (stat(to, &st) == 0) {
+            return -EEXIST;
+        }
+        if (rename(from, to) < 0) {
+            return -errno;
+        }
     }
-    /* a filesystem without RENAME_NOREPLACE: check, then rename */
-    if (stat(to, &st) == 0) {
-        return -EEXIST;
+    if (iolog_fd >= 0) {
+        iolog_rename(from, to, &moved, 0);
     }
-    return rename(from, to) < 0 ? -errno : 0;
+    return 0;
 }
 
 int io_dirsync(const char *path)
 {
     char *copy = xstrdup(path);
     const char *dir = dirname(copy);
-    int act = fault_check(OP_DIRSYNC, path);
+    int act = fault_check(OP_DIRSYNC, -1, path);
+    uint64_t mark;
     int fd, ret = 0;
 
     if (act >= 0) {
         free(copy);
         return simple_fault(act);
     }
+    mark = iolog_fd >= 0 ? iolog_mark() : 0;
     fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) {
         ret = -errno;
@@ -504,6 +693,9 @@ int io_dirsync(const char *path)
             ret = -errno;
         }
         close(fd);
+    }
+    if (iolog_fd >= 0 && !ret) {
+        iolog_path_rec(IOLOG_DIRSYNC, dir, 0, mark);
     }
     free(copy);
     return ret;

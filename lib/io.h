@@ -28,6 +28,17 @@
  * Calls are counted whether or not a rule fails them; a last line
  * "fired N" says how many calls BLOCKCTL_FAULT failed.  A process killed
  * (or ending in _exit) writes nothing.
+ *
+ * BLOCKCTL_IOLOG=FILE logs every call that changes a file, for power-loss
+ * tests (tests/tools/iolog-replay.py builds the states a power failure
+ * could leave from it): each write with its data, each fsync, fdatasync,
+ * ftruncate, fallocate, rename and folder sync, and each open that creates,
+ * truncates or may write a file, with the file's device and inode.  Records
+ * are appended as the calls complete; a sync records which records it
+ * covers (those before it began).  Binary: a 64-byte header (struct
+ * iolog_rec in lib/io.c: magic "BIOL", type, seq, dev, ino, off, len, aux,
+ * payload length) and the payload.  Unset, it costs one test of a
+ * variable per call; nothing is locked.
  */
 #ifndef BLOCKCTL_LIB_IO_H
 #define BLOCKCTL_LIB_IO_H

@@ -257,7 +257,10 @@ static int write_all(struct qcow2 *s, struct qcow2_cache *c, bool *wrote)
     }
 }
 
-/* Refcount blocks to disk (and synced unless lazy): before any L2 write. */
+/*
+ * Refcount blocks to disk (and synced unless lazy), and the data that L2
+ * entries now point to synced: before any L2 write.
+ */
 int qcow2_flush_refblocks(struct qcow2 *s)
 {
     bool wrote;
@@ -265,7 +268,7 @@ int qcow2_flush_refblocks(struct qcow2 *s)
 
     qcow2_map_lock(s);
     ret = write_all(s, &s->rb_cache, &wrote);
-    if (ret == 0 && s->rb_unsynced && !qcow2_lazy(s)) {
+    if (ret == 0 && ((s->rb_unsynced && !qcow2_lazy(s)) || s->data_unsynced)) {
         ret = qcow2_order_sync(s);
     }
     qcow2_map_unlock(s);
@@ -274,7 +277,7 @@ int qcow2_flush_refblocks(struct qcow2 *s)
 
 int qcow2_order_sync(struct qcow2 *s)
 {
-    bool rb, tables;
+    bool rb, tables, data;
     unsigned depth;
     int ret;
 
@@ -285,8 +288,10 @@ int qcow2_order_sync(struct qcow2 *s)
     qcow2_map_lock(s);
     rb = s->rb_unsynced;
     tables = s->tables_unsynced;
+    data = s->data_unsynced;
     s->rb_unsynced = false;
     s->tables_unsynced = false;
+    s->data_unsynced = false;
     depth = qcow2_map_release(s);
     if (qcow2_test_hook) {
         qcow2_test_hook(s, QCOW2_TEST_SYNC_BEGIN, 0, 0);
@@ -299,6 +304,7 @@ int qcow2_order_sync(struct qcow2 *s)
     if (ret < 0) {
         s->rb_unsynced |= rb;
         s->tables_unsynced |= tables;
+        s->data_unsynced |= data;
     }
     qcow2_map_unlock(s);
     return ret;

@@ -1081,6 +1081,7 @@ static int write_chunk(struct qcow2 *s, const uint8_t *buf, uint64_t off, uint64
     }
     if (changed) {
         qcow2_cache_mark_dirty(&s->l2_cache, l2);
+        s->data_unsynced = true;
     }
     qcow2_cache_put(&s->l2_cache, l2);
     ret = 0;
@@ -1539,6 +1540,7 @@ int qcow2_pwrite_compressed(struct bdev *bd, const void *buf, size_t len, uint64
     }
     old_e = qcow2_l2_get(s, l2, idx, &old_bm);
     nsec = ((coff + clen - 1) >> 9) - (coff >> 9);
+    s->data_unsynced = true;
     qcow2_l2_set(s, l2, idx, QCOW2_OFLAG_COMPRESSED | (uint64_t)coff | (nsec << s->csize_shift),
                  0);
     qcow2_cache_mark_dirty(&s->l2_cache, l2);

@@ -299,6 +299,9 @@ struct qcow2 {
     /* written since the last sync (under map) */
     bool rb_unsynced;          /* refcount blocks */
     bool tables_unsynced;      /* L2 tables, L1 entries */
+    bool data_unsynced;        /* data that a changed L2 entry points to (a
+                                * sync first: an L2 entry on disk before its
+                                * data would show what the cluster held) */
 
     int prealloc_detected;     /* -1 not checked; 1: metadata preallocation seen */
     bool unordered;            /* BDEV_O_UNORDERED */

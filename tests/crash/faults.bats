@@ -3,20 +3,24 @@
 # each operation, the first, the last and every Kth point of each sweep
 # (EIO at reads, writes, syncs, truncations, allocations, renames, folder
 # syncs and opens; ENOSPC, short and torn writes; kill -9 before every
-# call).  After each: every image passes qemu-img check (0 or 3),
-# what a user sees is as before or as after, and the documented recovery
-# ends in the after state.  `make crash` runs every point.
+# call; a power failure before every call).  After each: every image
+# passes qemu-img check (0 or 3), what a user sees is as before or as
+# after, a job journal is left only by a journaled command that did not
+# end, and job list, job resume or job abort do what blockctl-job(1)
+# says, and the documented recovery ends in the after state.  `make
+# crash` runs every point.
 # SPDX-License-Identifier: GPL-2.0-or-later
 
 load ../helpers
 bats_require_minimum_version 1.5.0
 
 # every Kth point (the first and last of each sweep always) of these
-# sweeps (ENOSPC where it is not also a write is EIO's twin: `make crash`
-# has it): about 520 points, 90 s on two idle cores
+# sweeps (ENOSPC where it is not also a write is EIO's twin, and power
+# losses with none or all of the unflushed writes are the random subset's
+# edges: `make crash` has them)
 K=${CRASH_K:-25}
 SAMPLE_SWEEPS='pread:eio pwrite:eio pwrite:enospc pwrite:short sync:eio ftruncate:eio
-    fallocate:eio rename:eio dirsync:eio open:eio any:kill pwrite:torn'
+    fallocate:eio rename:eio dirsync:eio open:eio any:kill pwrite:torn any:pl-r1'
 
 setup_file() {
     requires_cmd qemu-img qemu-io qemu-nbd nbdinfo python3
@@ -60,6 +64,7 @@ sample() {
 
 @test "crash matrix: create -f qcow2 -b" { sample create; }
 @test "crash matrix: create -f qcow2 -b (raw backing file)" { sample create-raw; }
+@test "crash matrix: create -o preallocation=metadata" { sample create-prealloc; }
 @test "crash matrix: snapshot of three disks" { sample snapshot; }
 @test "crash matrix: stream" { sample stream; }
 @test "crash matrix: stream (raw base)" { sample stream-raw; }
@@ -80,6 +85,7 @@ sample() {
 @test "crash matrix: bitmap --enable --merge -b" { sample bitmap-merge; }
 @test "crash matrix: check -r leaks" { sample check-leaks; }
 @test "crash matrix: check -r all" { sample check-all; }
+@test "crash matrix: check -r all (many corruptions)" { sample check-all-big; }
 
 # ---------------------------------------------- the harness catches bad tools
 
@@ -142,24 +148,26 @@ point() {
     . "$BATS_TEST_DIRNAME/lib.bash"
     crash_init
     crash_prepare stream
+    op_def stream
+    export BLOCKCTL_STATE_DIR=$BATS_TEST_TMPDIR/state
     local n c rc
     n=$(crash_count stream pwrite)
     [ "$n" -gt 1 ]
     # the same run again counts the same
     cp -a "$CRASH_ROOT/ref/stream/before" "$BATS_TEST_TMPDIR/w"
     cd "$BATS_TEST_TMPDIR/w"
-    run -0 env BLOCKCTL_FAULT_COUNT="$BATS_TEST_TMPDIR/c1" "$PROG" stream top.qcow2
+    run -0 env BLOCKCTL_FAULT_COUNT="$BATS_TEST_TMPDIR/c1" "$PROG" "${CMD[@]}"
     [ "$(awk '$1 == "pwrite" { print $2 }' "$BATS_TEST_TMPDIR/c1")" = "$n" ]
     [ "$(awk '$1 == "fired" { print $2 }' "$BATS_TEST_TMPDIR/c1")" = 0 ]
     # the last counted write fails; one past it is never reached
     for c in "$n" "$((n + 1))"; do
         cd "$BATS_TEST_TMPDIR"
-        rm -rf w c2
+        rm -rf w c2 "$BLOCKCTL_STATE_DIR"
         cp -a "$CRASH_ROOT/ref/stream/before" w
         cd w
         rc=0
         BLOCKCTL_FAULT="pwrite:$c:eio" BLOCKCTL_FAULT_COUNT="$BATS_TEST_TMPDIR/c2" \
-            "$PROG" stream top.qcow2 2>/dev/null || rc=$?
+            "$PROG" "${CMD[@]}" 2>/dev/null || rc=$?
         if [ "$c" -eq "$n" ]; then
             [ "$rc" -eq 1 ] || fail "pwrite:$c:eio: exit $rc"
             [ "$(awk '$1 == "fired" { print $2 }' "$BATS_TEST_TMPDIR/c2")" = 1 ]
@@ -191,4 +199,73 @@ point() {
 
 @test "snapshot killed before any call: each overlay is absent or complete" {
     K=1 SWEEPS=any:kill matrix snapshot
+}
+
+# ---------------------------------------------- the write log (lib/io.c) and its replay
+
+# iolog_types LOG: the record types of a BLOCKCTL_IOLOG file, counted
+iolog_types() {
+    /usr/bin/python3 - "$1" <<'PY'
+import struct, sys, collections
+H = struct.Struct("=IIQQQQQQQ")
+d = open(sys.argv[1], "rb").read()
+p, c, seq = 0, collections.Counter(), 0
+names = {1: "open", 2: "write", 3: "fsync", 4: "fdatasync", 5: "ftruncate", 6: "fallocate",
+         7: "rename", 8: "dirsync"}
+while p < len(d):
+    m, t, s, dev, ino, off, ln, aux, pl = H.unpack_from(d, p)
+    assert m == 0x4C4F4942 and s == seq + 1, "bad record at %d" % p
+    seq = s
+    p += H.size + pl
+    c[names[t]] += 1
+print(" ".join("%s=%d" % kv for kv in sorted(c.items())))
+PY
+}
+
+@test "BLOCKCTL_IOLOG: every write, sync, truncation and rename of a run, in order" {
+    cd "$BATS_TEST_TMPDIR"
+    run -0 env BLOCKCTL_IOLOG="$PWD/log" "$PROG" create -q -f qcow2 x.qcow2 1M
+    run -0 iolog_types log
+    [[ $output == *open=* && $output == *write=* && $output == *fdatasync=* &&
+        $output == *rename=1* && $output == *dirsync=* ]] || fail "records: $output"
+    # unset, nothing is written anywhere
+    run -0 env -u BLOCKCTL_IOLOG "$PROG" create -q -f qcow2 y.qcow2 1M
+    [ "$(ls)" = "$(printf 'log\nx.qcow2\ny.qcow2')" ]
+}
+
+@test "iolog-replay: 'all' leaves the killed run's files as they are; 'none' drops what was not flushed" {
+    # shellcheck source=tests/crash/lib.bash
+    . "$BATS_TEST_DIRNAME/lib.bash"
+    crash_init
+    crash_prepare mirror
+    op_def mirror
+    local n sub w s1 s2 out
+    n=$(crash_count mirror any)
+    for sub in all none; do
+        w=$BATS_TEST_TMPDIR/w-$sub
+        rm -rf "$w" "$w".*
+        cp -a "$CRASH_ROOT/ref/mirror/before" "$w"
+        cd "$w"
+        stat -c "%i $w/%n" -- * >"$w.inodes"
+        # killed mid-copy, between two checkpoints (writes not yet flushed)
+        run -137 env BLOCKCTL_IOLOG="$w.log" BLOCKCTL_STATE_DIR="$w.state" \
+            BLOCKCTL_FAULT="pwrite:$(crash_count mirror pwrite | awk '{ print int($1 * 2 / 3) }'):kill" \
+            "$PROG" "${CMD[@]}"
+        s1=$(cksum -- * "$w.state"/jobs/*)
+        run -0 /usr/bin/python3 "$CRASH_TESTS_DIR/tools/iolog-replay.py" "$w.log" "$w.inodes" \
+            "$CRASH_ROOT/ref/mirror/before" "$sub"
+        out=$output
+        s2=$(cksum -- * "$w.state"/jobs/*)
+        if [ $sub = all ]; then
+            [ "$s1" = "$s2" ] || fail "'all' changed files: $out"
+            [[ $out == *"rewritten 0"* ]] || fail "$out"
+        else
+            [[ $out =~ unflushed\ ([1-9][0-9]*)\ kept\ 0 ]] || fail "no unflushed writes dropped: $out"
+            [ "$s1" != "$s2" ] || fail "'none' changed nothing: $out"
+            # (what a resume then finishes)
+            run -0 env BLOCKCTL_STATE_DIR="$w.state" "$PROG" job resume mirror
+            qemu-img compare -q top.qcow2 t.qcow2
+        fi
+    done
+    [ "$n" -gt 0 ]
 }

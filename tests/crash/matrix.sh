@@ -31,13 +31,15 @@ main() {
         export CRASH_KEEP=1
         crash_prepare "$2" || exit 1
         line=$(crash_point "$2" "$3" "$4")
-        IFS=$'\t' read -r o s n fired bad dmg view rerun xf det <<<"$line"
+        IFS=$'\t' read -r o s n fired bad dmg view rerun xf det jinfo plinfo <<<"$line"
         op_def "$o"
         w=$CRASH_ROOT/pts/$o/${s%%:*}-${s#*:}-$n
         echo "operation:  $o (fixture $FIX): blockctl ${CMD[*]}"
         echo "fault:      BLOCKCTL_FAULT=${s%%:*}:$n:${s#*:}  (fired: $fired)"
         echo "verdict:    bad exit $bad, damaged $dmg, wrong view $view, failed rerun $rerun, known $xf"
         [ -n "${det// /}" ] && echo "details:    $det"
+        [ "${jinfo:--}" != - ] && echo "journal:    $jinfo (ACTION:STEP:BYTES RESUMED:BYTES LEFT)"
+        [ "${plinfo:--}" != - ] && echo "power loss: $plinfo"
         echo "before:     $CRASH_ROOT/ref/$o/before"
         echo "after:      $CRASH_ROOT/ref/$o/after"
         echo "this point: $w (stdout, stderr: $w.out, $w.err; the rerun's: $w.rerun.out, $w.rerun.err)"
@@ -62,9 +64,24 @@ main() {
         declare -f _qio _fx_chain "fx_$FIX"
         echo 'd=$(mktemp -d /tmp/blockctl-repro.XXXXXX) && cd "$d" && echo "in $d" || exit 1'
         echo "fx_$FIX || exit 1"
-        printf 'BLOCKCTL_FAULT=%q "$PROG"' "${3%%:*}:$4:${3#*:}"
-        printf ' %q' "${CMD[@]}"
-        echo '; echo "exit status $?"'
+        echo 'export BLOCKCTL_STATE_DIR=$d.state BLOCKCTL_CHECKPOINT_SECS=0'
+        case ${3#*:} in
+        pl-*)
+            # a power failure: killed with a write log, then the state built
+            sub=${3#*:pl-}
+            case $sub in r*) sub=random:$2:${3%%:*}:$4:${sub#r} ;; esac
+            echo 'mkdir "$d.before" && cp -a . "$d.before" && stat -c "%i $d/%n" -- * >"$d.inodes"'
+            printf 'BLOCKCTL_IOLOG=$d.log BLOCKCTL_FAULT=%q "$PROG"' "${3%%:*}:$4:kill"
+            printf ' %q' "${CMD[@]}"
+            echo '; echo "exit status $?"'
+            printf '/usr/bin/python3 %q "$d.log" "$d.inodes" "$d.before" %q\n' \
+                "$CRASH_TESTS_DIR/tools/iolog-replay.py" "$sub" ;;
+        *)
+            printf 'BLOCKCTL_FAULT=%q "$PROG"' "${3%%:*}:$4:${3#*:}"
+            printf ' %q' "${CMD[@]}"
+            echo '; echo "exit status $?"' ;;
+        esac
+        echo '"$PROG" job list'
         echo 'for f in *.qcow2 *.qcow2.part; do [ -e "$f" ] && { qemu-img check "$f" >/dev/null 2>&1; echo "qemu-img check $f: $?"; }; done'
         exit 0
     fi
@@ -93,6 +110,8 @@ main() {
     done
     echo
     crash_table "${ops[@]}"
+    echo
+    crash_jtable "${ops[@]}"
     echo
     echo "# $((SECONDS - start)) s"
     fails=$(for op in "${ops[@]}"; do crash_failures "$op"; done)
