@@ -138,7 +138,8 @@ static int target_resume(struct copy_target *t)
     }
     t->part = xstrdup(part);
     t->dst = bdev_open(t->part, t->fmt,
-                       BDEV_O_RDWR | BDEV_O_UNORDERED | (t->no_backing ? BDEV_O_NO_BACKING : 0),
+                       BDEV_O_RDWR | BDEV_O_UNORDERED | t->cache |
+                           (t->no_backing ? BDEV_O_NO_BACKING : 0),
                        &err);
     if (!t->dst) {
         report(err);
@@ -161,7 +162,8 @@ int target_open(struct copy_target *t)
         bool nbd = nbd_is_uri(t->name);
         /* With its chain: whether the target already reads zero depends on it. */
         t->dst = bdev_open(t->name, nbd ? NULL : t->fmt,
-                           BDEV_O_RDWR | (nbd && t->unsafe ? BDEV_O_UNORDERED : 0), &err);
+                           BDEV_O_RDWR | t->cache | (nbd && t->unsafe ? BDEV_O_UNORDERED : 0),
+                           &err);
         if (!t->dst) {
             report(err);
             return 1;
@@ -272,7 +274,8 @@ int target_open(struct copy_target *t)
      * ordering syncs while it is built (it is flushed at the end, and at
      * each checkpoint of the journal) */
     t->dst = bdev_open(t->part, t->fmt,
-                       BDEV_O_RDWR | BDEV_O_UNORDERED | (t->no_backing ? BDEV_O_NO_BACKING : 0),
+                       BDEV_O_RDWR | BDEV_O_UNORDERED | t->cache |
+                           (t->no_backing ? BDEV_O_NO_BACKING : 0),
                        &err);
     if (!t->dst) {
         report(err);
