@@ -199,6 +199,8 @@ static int do_list(struct bitmap_args *a)
     jw_array_begin(&w);
     if (a->img.output == OUTPUT_HUMAN && in.nr_bitmaps) {
         printf("%-24s %12s  %-8s %-12s %s\n", "NAME", "GRANULARITY", "ENABLED", "STATE", "DIRTY");
+    } else if (a->img.output == OUTPUT_HUMAN) {
+        printf("'%s' has no persistent bitmaps\n", a->image);
     }
     for (size_t i = 0; i < in.nr_bitmaps; i++) {
         struct bitmap_info *b = &in.bitmaps[i];
@@ -340,6 +342,8 @@ static int agent_list(struct bitmap_args *a, struct qmp_client *c, struct remote
     jw_array_begin(&w);
     if (a->img.output == OUTPUT_HUMAN && bms && json_object_array_length(bms)) {
         printf("%-24s %12s  %-8s %-12s %s\n", "NAME", "GRANULARITY", "ENABLED", "STATE", "DIRTY");
+    } else if (a->img.output == OUTPUT_HUMAN) {
+        printf("disk '%s' has no bitmaps\n", a->image);
     }
     for (size_t i = 0; bms && i < json_object_array_length(bms); i++) {
         json_object *b = json_object_array_get_idx(bms, i), *fl;

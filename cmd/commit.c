@@ -28,12 +28,12 @@ struct commit_args {
     struct copy_opts copy;
 };
 
-enum { OPT_TOP = 0x100, OPT_BASE, OPT_AGENT, OPT_WAIT, OPT_ASYNC, OPT_ACTIVE, OPT_PIVOT,
+enum { OPT_TOP = 0x100, OPT_AGENT, OPT_WAIT, OPT_ASYNC, OPT_ACTIVE, OPT_PIVOT,
        OPT_KEEP_OVERLAY };
 
 static const struct argp_option options[] = {
     { "top", OPT_TOP, "TOP", 0, "Commit from TOP (an image of the chain; default IMAGE)", 0 },
-    { "base", OPT_BASE, "BASE", 0, "Commit into BASE (default: TOP's backing file)", 0 },
+    { "base", 'b', "BASE", 0, "Commit into BASE (default: TOP's backing file)", 0 },
     { "keep", 'd', NULL, 0, "Keep TOP's data (do not empty it afterwards)", 0 },
     { "agent", OPT_AGENT, "SOCKET", 0, "IMAGE is a disk of that agent (live)", 0 },
     { "active", OPT_ACTIVE, NULL, 0, "Live: TOP is the disk's top (an active commit)", 0 },
@@ -58,7 +58,7 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     case OPT_TOP:
         a->top = arg;
         break;
-    case OPT_BASE:
+    case 'b':
         a->base = arg;
         break;
     case 'd':

@@ -9,9 +9,12 @@
 #include <argp.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cmd/cmd.h"
 
@@ -134,6 +137,23 @@ static void print_formatting(const char *file, const char *fmt, const struct opt
     }
     printf("\n");
     fflush(stdout);
+}
+
+/*
+ * Can FILE be created (its folder written) or, @in_place (a device),
+ * written?  0, or -1 with the reason said as creating it would say it.
+ */
+static int may_write(const char *file, bool in_place)
+{
+    char *copy = xstrdup(file);
+    const char *dir = dirname(copy);
+    int r = access(in_place ? file : dir, in_place ? W_OK : W_OK | X_OK);
+
+    if (r < 0) {
+        error_report("cannot create '%s': %s", file, strerror(errno));
+    }
+    free(copy);
+    return r;
 }
 
 int cmd_create(int argc, char **argv)
@@ -275,9 +295,6 @@ int cmd_create(int argc, char **argv)
         goto out;
     }
     ret = 1;
-    if (!a.img.quiet) {
-        print_formatting(a.file, drv->name, &o, size);
-    }
     {
         struct stat st;
         bool existed = stat(a.file, &st) == 0;
@@ -285,6 +302,18 @@ int cmd_create(int argc, char **argv)
         char *tmp;
         int r;
 
+        /* nothing said about formatting what cannot be written */
+        if (existed && S_ISREG(st.st_mode) && !a.force) {
+            error_report("'%s' already exists", a.file);
+            fprintf(stderr, "Use --force to replace it\n");
+            goto out;
+        }
+        if (may_write(a.file, existed && !S_ISREG(st.st_mode)) < 0) {
+            goto out;
+        }
+        if (!a.img.quiet) {
+            print_formatting(a.file, drv->name, &o, size);
+        }
         if (existed && !S_ISREG(st.st_mode)) {
             /* a block device: written in place (it cannot be replaced) */
             if (bdev_create(drv->name, a.file, &o, a.force ? BDEV_CREATE_FORCE : 0, &err) < 0) {
@@ -292,11 +321,6 @@ int cmd_create(int argc, char **argv)
                 goto out;
             }
             ret = 0;
-            goto out;
-        }
-        if (existed && !a.force) {
-            error_report("'%s' already exists", a.file);
-            fprintf(stderr, "Use --force to replace it\n");
             goto out;
         }
         if (existed) {

@@ -75,7 +75,8 @@ static const struct argp info_argp = {
 /* The ImageInfo of each image to print, top first, from the files. */
 static json_object *local_images(struct info_args *a, struct error **errp)
 {
-    unsigned flags = (a->img.force_share ? BDEV_O_FORCE_SHARE : 0) | (a->chain ? 0 : BDEV_O_NO_BACKING);
+    unsigned flags = (a->img.force_share ? BDEV_O_FORCE_SHARE : 0) | BDEV_O_INFO |
+                     (a->chain ? 0 : BDEV_O_NO_BACKING);
     struct bdev *top = bdev_open(a->file, a->img.format, flags, errp);
     json_object *list;
 

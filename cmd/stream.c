@@ -156,6 +156,12 @@ int cmd_stream(int argc, char **argv)
         report(err);
         return 1;
     }
+    if (!top->backing && !a.base && !a.copy.resume) {
+        /* nothing to stream, whatever the format (raw has no backing file) */
+        copy_opts_nothing(&a.copy);
+        ret = 0;
+        goto out;
+    }
     if (!top->drv->change_backing) {
         error_report("'%s': format '%s' has no backing file to stream from", a.top,
                      top->drv->name);
@@ -188,6 +194,7 @@ int cmd_stream(int argc, char **argv)
     }
     if (!top->backing) {
         /* nothing to pull in */
+        copy_opts_nothing(&a.copy);
         job_journal_end(&jj);
         ret = 0;
         goto out;

@@ -301,7 +301,8 @@ static int open_backing(struct bdev *bd, unsigned flags, struct chain_seen *seen
                         struct error **errp)
 {
     const struct format_driver *bdrv;
-    unsigned bflags = flags & (BDEV_O_FORCE_SHARE | BDEV_O_NO_BITMAPS | BDEV_O_CACHE_MASK);
+    unsigned bflags = flags & (BDEV_O_FORCE_SHARE | BDEV_O_NO_BITMAPS | BDEV_O_INFO |
+                               BDEV_O_CACHE_MASK);
 
     if (seen->backing_cache >= 0) {
         bflags = (bflags & ~BDEV_O_CACHE_MASK) | (unsigned)seen->backing_cache;
@@ -339,8 +340,11 @@ static int open_backing(struct bdev *bd, unsigned flags, struct chain_seen *seen
         return -ENOENT;
     }
     bd->backing = open_chain(bd->full_backing_file, bdrv, bflags, NULL, seen, errp);
-    if (!bd->backing && errp && *errp && !strstr((*errp)->msg, bd->filename)) {
-        /* name the image whose backing file it is */
+    if (!bd->backing && errp && *errp && !strstr((*errp)->msg, bd->filename) &&
+        strncmp((*errp)->msg, "backing file of '", 17) &&
+        strncmp((*errp)->msg, "cannot open backing file '", 26)) {
+        /* name the image whose backing file it is, once: deeper in the
+         * chain, the image below already did */
         error_prefix(errp, "backing file of '%s': ", bd->filename);
     }
     return bd->backing ? 0 : -EIO;

@@ -35,6 +35,8 @@ enum {
                                        still sync) */
     /* cache modes (QEMU's cache=, blockctl's -t/-T): the backing chain
        inherits them unless bdev_open_opts says otherwise */
+    BDEV_O_INFO = 1u << 9,          /* read-only, for info: tables past the end of
+                                       the file read as zeroes, as QEMU reads them */
     BDEV_O_NOCACHE = 1u << 6,       /* O_DIRECT (none, directsync) */
     BDEV_O_WRITETHROUGH = 1u << 7,  /* data synced after each write (writethrough,
                                        directsync) */
