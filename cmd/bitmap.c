@@ -264,8 +264,8 @@ static int do_list(struct bitmap_args *a)
 static int do_dump(struct bitmap_args *a)
 {
     struct error *err = NULL;
-    struct bdev *bd = bdev_open(a->image, a->img.format, a->img.force_share ? BDEV_O_FORCE_SHARE : 0,
-                                &err);
+    struct bdev *bd = bdev_open(a->image, a->img.format,
+                                a->img.force_share ? BDEV_O_FORCE_SHARE : 0, &err);
     struct dirty_bitmap *bm = NULL;
     uint64_t pos = 0, off, len;
     bool first = true;

@@ -190,7 +190,8 @@ int cmd_check(int argc, char **argv)
     unsigned flags;
     int ret;
 
-    children[0].argp = img_opts_argp(IMGOPT_FORMAT | IMGOPT_SHARE | IMGOPT_OUTPUT | IMGOPT_QUIET | IMGOPT_SRC_CACHE);
+    children[0].argp = img_opts_argp(IMGOPT_FORMAT | IMGOPT_SHARE | IMGOPT_OUTPUT | IMGOPT_QUIET |
+                                     IMGOPT_SRC_CACHE);
     argp_parse(&check_argp, argc, argv, 0, NULL, &a);
     /* with its backing chain, as qemu-img: a missing backing file is an error */
     flags = BDEV_O_CHECK | BDEV_O_NO_BITMAPS |
