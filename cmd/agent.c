@@ -34,6 +34,7 @@ struct agent_args {
     const char *tls_creds;
     const char *tls_psk;
     int tls;                     /* -1: not given */
+    struct img_opts img;     /* -q */
 };
 
 enum {
@@ -150,6 +151,9 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     unsigned long m;
 
     switch (key) {
+    case ARGP_KEY_INIT:
+        state->child_inputs[0] = &a->img;
+        break;
     case OPT_QMP:
         a->qmp = absolute(arg);
         break;
@@ -233,6 +237,9 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
+/* [0]: the shared image options (imgopts.c), set by cmd_agent */
+static struct argp_child children[] = { { NULL, 0, NULL, 0 }, { 0 } };
+
 static const struct argp agent_argp = {
     options, parse_opt, NULL,
     "Serve disks over NBD and take QMP commands on a UNIX socket, as "
@@ -242,7 +249,7 @@ static const struct argp agent_argp = {
     "--state, the images each disk uses are kept in FILE and a restart with the "
     "same FILE opens them.  Exit status: 0 after a clean stop, 1 on error, 64 for "
     "usage errors.",
-    NULL, NULL, NULL,
+    children, NULL, NULL,
 };
 
 /* --- start-up around agent_run --- */
@@ -377,6 +384,7 @@ int cmd_agent(int argc, char **argv)
     size_t nspecs = 0;
     int ret;
 
+    children[0].argp = img_opts_argp(IMGOPT_QUIET);
     argp_parse(&agent_argp, argc, argv, 0, NULL, &a);
 
     if (a.state) {

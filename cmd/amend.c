@@ -12,12 +12,11 @@
 #include "cmd/cmd.h"
 
 struct amend_args {
-    const char *format;
+    struct img_opts img;     /* the shared options (imgopts.c) */
     char *opts;            /* joined -o arguments */
     const char *file;
     int nfiles;
     bool progress;
-    bool quiet;
     bool force;
 };
 
@@ -25,9 +24,7 @@ enum { OPT_FORCE = 0x100 };
 
 static const struct argp_option options[] = {
     { "options", 'o', "OPTS", 0, "Options to change, key=val[,...]; '-o help' lists them", 0 },
-    { "format", 'f', "FMT", 0, "Image format (qcow2); probed when omitted", 0 },
     { "progress", 'p', NULL, 0, "Show progress", 0 },
-    { "quiet", 'q', NULL, 0, "Quiet: no progress", 0 },
     { "force", OPT_FORCE, NULL, 0, "Accepted as qemu-img does (changes nothing here)", 0 },
     { 0 }
 };
@@ -37,17 +34,14 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     struct amend_args *a = state->input;
 
     switch (key) {
+    case ARGP_KEY_INIT:
+        state->child_inputs[0] = &a->img;
+        break;
     case 'o':
         append_opts(&a->opts, arg);
         break;
-    case 'f':
-        a->format = arg;
-        break;
     case 'p':
         a->progress = true;
-        break;
-    case 'q':
-        a->quiet = true;
         break;
     case OPT_FORCE:
         a->force = true;
@@ -62,7 +56,8 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
-static const struct argp_child children[] = { { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
+/* [0]: the shared image options (imgopts.c), set by cmd_amend */
+static struct argp_child children[] = { { NULL, 0, NULL, 0 }, { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
 
 static const struct argp amend_argp = {
     options, parse_opt, "FILE",
@@ -122,6 +117,7 @@ int cmd_amend(int argc, char **argv)
     struct bdev *bd = NULL;
     int ret = 1;
 
+    children[0].argp = img_opts_argp(IMGOPT_FORMAT | IMGOPT_QUIET | IMGOPT_CACHE);
     argp_parse(&amend_argp, argc, argv, 0, NULL, &a);
     /* qemu-img's checks, in its order, with its messages (exit 1) */
     if (!a.opts) {
@@ -129,13 +125,13 @@ int cmd_amend(int argc, char **argv)
         fprintf(stderr, "Try 'blockctl amend --help' for more information\n");
         return 1;
     }
-    if (a.quiet) {
+    if (a.img.quiet) {
         a.progress = false;
     }
-    if (a.format && opts_want_help(a.opts)) {
-        const struct format_driver *drv = bdev_find_driver(a.format);
+    if (a.img.format && opts_want_help(a.opts)) {
+        const struct format_driver *drv = bdev_find_driver(a.img.format);
         if (!drv) {
-            error_report("Unknown file format '%s'", a.format);
+            error_report("Unknown file format '%s'", a.img.format);
         } else {
             ret = print_help(drv);
         }
@@ -145,7 +141,7 @@ int cmd_amend(int argc, char **argv)
         error_report("Expecting one image file name");
         goto out;
     }
-    bd = bdev_open(a.file, a.format, BDEV_O_RDWR | BDEV_O_NO_BITMAPS, &err);
+    bd = bdev_open(a.file, a.img.format, BDEV_O_RDWR | BDEV_O_NO_BITMAPS | a.img.cache, &err);
     if (!bd) {
         report(err);
         goto out;

@@ -18,7 +18,7 @@
 #define MAX_ACTIONS 64
 
 struct bitmap_args {
-    const char *format;
+    struct img_opts img;     /* the shared options (imgopts.c) */
     const char *src_image;
     const char *src_format;
     const char *image;
@@ -27,8 +27,6 @@ struct bitmap_args {
     bool disabled;
     bool list;
     bool dump;
-    bool force_share;
-    enum output_format output;
     const char *agent;
     struct bitmap_op ops[MAX_ACTIONS];
     size_t nops;
@@ -51,11 +49,8 @@ static const struct argp_option options[] = {
     { "source-format", 'F', "FMT", 0, "Format of that image", 0 },
     { "granularity", 'g', "SIZE", 0, "Granularity for --add (512 to 2G, power of two)", 0 },
     { "disabled", OPT_DISABLED, NULL, 0, "--add the bitmap disabled", 0 },
-    { "format", 'f', "FMT", 0, "Format of IMAGE (qcow2)", 0 },
     { "list", OPT_LIST, NULL, 0, "List IMAGE's bitmaps", 0 },
     { "dump", OPT_DUMP, NULL, 0, "Print the dirty extents of NAME", 0 },
-    { "output", OPT_OUTPUT, "FMT", 0, "For --list/--dump: human (default) or json", 0 },
-    { "force-share", 'U', NULL, 0, "--list/--dump an image a writer holds", 0 },
     { "agent", OPT_AGENT, "SOCKET", 0, "IMAGE is a disk of the agent at SOCKET (live)", 0 },
     { 0 }
 };
@@ -76,6 +71,9 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     struct bitmap_args *a = state->input;
 
     switch (key) {
+    case ARGP_KEY_INIT:
+        state->child_inputs[0] = &a->img;
+        break;
     case OPT_ADD:
         add_op(a, BITMAP_OP_ADD, NULL, state);
         break;
@@ -113,20 +111,11 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     case OPT_DISABLED:
         a->disabled = true;
         break;
-    case 'f':
-        a->format = parse_format_arg(arg, "-f", state);
-        break;
     case OPT_LIST:
         a->list = true;
         break;
     case OPT_DUMP:
         a->dump = true;
-        break;
-    case OPT_OUTPUT:
-        a->output = parse_output_format(arg, state);
-        break;
-    case 'U':
-        a->force_share = true;
         break;
     case OPT_AGENT:
         a->agent = arg;
@@ -154,7 +143,7 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         if (a->list && a->name) {
             argp_error(state, "--list takes only IMAGE");
         }
-        if (a->force_share && a->nops) {
+        if (a->img.force_share && a->nops) {
             argp_error(state, "-U is only for --list and --dump");
         }
         for (size_t i = 0; remote_path(a->agent) && a->nops > 1 && i < a->nops; i++) {
@@ -169,7 +158,8 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
-static const struct argp_child children[] = { { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
+/* [0]: the shared image options (imgopts.c), set by cmd_bitmap */
+static struct argp_child children[] = { { NULL, 0, NULL, 0 }, { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
 
 static const struct argp bitmap_argp = {
     options, parse_opt, "ACTION... [-g SIZE] [--disabled] IMAGE NAME\n"
@@ -183,8 +173,8 @@ static const struct argp bitmap_argp = {
 static int do_list(struct bitmap_args *a)
 {
     struct error *err = NULL;
-    struct bdev *bd = bdev_open(a->image, a->format,
-                                BDEV_O_NO_BACKING | (a->force_share ? BDEV_O_FORCE_SHARE : 0),
+    struct bdev *bd = bdev_open(a->image, a->img.format,
+                                BDEV_O_NO_BACKING | (a->img.force_share ? BDEV_O_FORCE_SHARE : 0),
                                 &err);
     struct image_info in;
     struct jw w;
@@ -207,8 +197,10 @@ static int do_list(struct bitmap_args *a)
     }
     jw_init(&w, true);
     jw_array_begin(&w);
-    if (a->output == OUTPUT_HUMAN && in.nr_bitmaps) {
+    if (a->img.output == OUTPUT_HUMAN && in.nr_bitmaps) {
         printf("%-24s %12s  %-8s %-12s %s\n", "NAME", "GRANULARITY", "ENABLED", "STATE", "DIRTY");
+    } else if (a->img.output == OUTPUT_HUMAN) {
+        printf("'%s' has no persistent bitmaps\n", a->image);
     }
     for (size_t i = 0; i < in.nr_bitmaps; i++) {
         struct bitmap_info *b = &in.bitmaps[i];
@@ -227,7 +219,7 @@ static int do_list(struct bitmap_args *a)
                 ret = 1;
             }
         }
-        if (a->output == OUTPUT_JSON) {
+        if (a->img.output == OUTPUT_JSON) {
             jw_object_begin(&w);
             jw_kv_string(&w, "name", b->name);
             jw_kv_uint(&w, "granularity", b->granularity);
@@ -260,7 +252,7 @@ static int do_list(struct bitmap_args *a)
         }
     }
     jw_array_end(&w);
-    if (a->output == OUTPUT_JSON) {
+    if (a->img.output == OUTPUT_JSON) {
         printf("%s\n", jw_text(&w));
     }
     jw_free(&w);
@@ -272,8 +264,8 @@ static int do_list(struct bitmap_args *a)
 static int do_dump(struct bitmap_args *a)
 {
     struct error *err = NULL;
-    struct bdev *bd = bdev_open(a->image, a->format, a->force_share ? BDEV_O_FORCE_SHARE : 0,
-                                &err);
+    struct bdev *bd = bdev_open(a->image, a->img.format,
+                                a->img.force_share ? BDEV_O_FORCE_SHARE : 0, &err);
     struct dirty_bitmap *bm = NULL;
     uint64_t pos = 0, off, len;
     bool first = true;
@@ -288,11 +280,11 @@ static int do_dump(struct bitmap_args *a)
         bdev_unref(bd);
         return 1;
     }
-    if (a->output == OUTPUT_HUMAN) {
+    if (a->img.output == OUTPUT_HUMAN) {
         printf("%-16s%-16s\n", "Offset", "Length");
     }
     while (bitmap_next_dirty(bm, pos, 0, &off, &len)) {
-        if (a->output == OUTPUT_JSON) {
+        if (a->img.output == OUTPUT_JSON) {
             printf("%s{ \"start\": %" PRIu64 ", \"length\": %" PRIu64 "}", first ? "[" : ",\n",
                    off, len);
         } else {
@@ -301,7 +293,7 @@ static int do_dump(struct bitmap_args *a)
         first = false;
         pos = off + len;
     }
-    if (a->output == OUTPUT_JSON) {
+    if (a->img.output == OUTPUT_JSON) {
         printf(first ? "[]\n" : "]\n");
     }
     bitmap_free(bm);
@@ -348,8 +340,10 @@ static int agent_list(struct bitmap_args *a, struct qmp_client *c, struct remote
     (void)c;
     jw_init(&w, true);
     jw_array_begin(&w);
-    if (a->output == OUTPUT_HUMAN && bms && json_object_array_length(bms)) {
+    if (a->img.output == OUTPUT_HUMAN && bms && json_object_array_length(bms)) {
         printf("%-24s %12s  %-8s %-12s %s\n", "NAME", "GRANULARITY", "ENABLED", "STATE", "DIRTY");
+    } else if (a->img.output == OUTPUT_HUMAN) {
+        printf("disk '%s' has no bitmaps\n", a->image);
     }
     for (size_t i = 0; bms && i < json_object_array_length(bms); i++) {
         json_object *b = json_object_array_get_idx(bms, i), *fl;
@@ -363,7 +357,7 @@ static int agent_list(struct bitmap_args *a, struct qmp_client *c, struct remote
         if (!name) {
             continue;
         }
-        if (a->output == OUTPUT_JSON) {
+        if (a->img.output == OUTPUT_JSON) {
             jw_object_begin(&w);
             jw_kv_string(&w, "name", name);
             jw_kv_uint(&w, "granularity", (uint64_t)gran);
@@ -391,7 +385,7 @@ static int agent_list(struct bitmap_args *a, struct qmp_client *c, struct remote
         }
     }
     jw_array_end(&w);
-    if (a->output == OUTPUT_JSON) {
+    if (a->img.output == OUTPUT_JSON) {
         printf("%s\n", jw_text(&w));
     }
     jw_free(&w);
@@ -418,21 +412,21 @@ static int agent_dump(struct bitmap_args *a, struct qmp_client *c, struct remote
         report(err);
         return 1;
     }
-    if (a->output == OUTPUT_HUMAN) {
+    if (a->img.output == OUTPUT_HUMAN) {
         printf("%-16s%-16s\n", "Offset", "Length");
     }
     for (size_t i = 0; i < json_object_array_length(ext); i++) {
         json_object *e = json_object_array_get_idx(ext, i);
         uint64_t off = (uint64_t)json_object_get_int64(json_object_object_get(e, "start"));
         uint64_t len = (uint64_t)json_object_get_int64(json_object_object_get(e, "length"));
-        if (a->output == OUTPUT_JSON) {
+        if (a->img.output == OUTPUT_JSON) {
             printf("%s{ \"start\": %" PRIu64 ", \"length\": %" PRIu64 "}", i ? ",\n" : "[",
                    off, len);
         } else {
             printf("%#-16" PRIx64 "%#-16" PRIx64 "\n", off, len);
         }
     }
-    if (a->output == OUTPUT_JSON) {
+    if (a->img.output == OUTPUT_JSON) {
         printf(json_object_array_length(ext) ? "]\n" : "[]\n");
     }
     json_object_put(ext);
@@ -553,6 +547,7 @@ int cmd_bitmap(int argc, char **argv)
     struct bdev *bd = NULL, *src = NULL;
     int ret = 1;
 
+    children[0].argp = img_opts_argp(IMGOPT_FORMAT | IMGOPT_SHARE | IMGOPT_OUTPUT | IMGOPT_QUIET);
     argp_parse(&bitmap_argp, argc, argv, 0, NULL, &a);
     if (remote_path(a.agent)) {
         for (size_t i = 0; i < a.nops; i++) {
@@ -571,7 +566,7 @@ int cmd_bitmap(int argc, char **argv)
      * written): the new directory replaces the old one in one header
      * write, so the actions take effect all together or not at all.
      */
-    bd = bdev_open(a.image, a.format, BDEV_O_RDWR | BDEV_O_NO_BACKING | BDEV_O_NO_BITMAPS,
+    bd = bdev_open(a.image, a.img.format, BDEV_O_RDWR | BDEV_O_NO_BACKING | BDEV_O_NO_BITMAPS,
                    &err);
     if (!bd) {
         report(err);

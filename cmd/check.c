@@ -22,22 +22,15 @@ enum {
 };
 
 struct check_args {
-    const char *format;
+    struct img_opts img;     /* the shared options (imgopts.c) */
     const char *file;
-    bool force_share;
-    bool quiet;
     unsigned fix;
-    enum output_format output;
 };
 
 enum { OPT_OUTPUT = 0x100 };
 
 static const struct argp_option options[] = {
-    { "format", 'f', "FMT", 0, "Image format (raw, qcow2); probed when omitted", 0 },
     { "repair", 'r', "leaks|all", 0, "Repair leaked clusters, or everything that can be", 0 },
-    { "force-share", 'U', NULL, 0, "Open read-only sharing the image with a writer", 0 },
-    { "output", OPT_OUTPUT, "FMT", 0, "Output format: human (default) or json", 0 },
-    { "quiet", 'q', NULL, 0, "Print nothing but errors", 0 },
     { 0 }
 };
 
@@ -46,8 +39,8 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     struct check_args *a = state->input;
 
     switch (key) {
-    case 'f':
-        a->format = parse_format_arg(arg, "-f", state);
+    case ARGP_KEY_INIT:
+        state->child_inputs[0] = &a->img;
         break;
     case 'r':
         if (!strcmp(arg, "leaks")) {
@@ -57,15 +50,6 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         } else {
             argp_error(state, "-r must be 'leaks' or 'all', not '%s'", arg);
         }
-        break;
-    case 'U':
-        a->force_share = true;
-        break;
-    case 'q':
-        a->quiet = true;
-        break;
-    case OPT_OUTPUT:
-        a->output = parse_output_format(arg, state);
         break;
     case ARGP_KEY_ARG:
         if (a->file) {
@@ -77,7 +61,7 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         if (!a->file) {
             argp_error(state, "missing image file name");
         }
-        if (a->fix && a->force_share) {
+        if (a->fix && a->img.force_share) {
             argp_error(state, "-U cannot be combined with -r (repairing needs write access)");
         }
         break;
@@ -87,7 +71,8 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
-static const struct argp_child children[] = { { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
+/* [0]: the shared image options (imgopts.c), set by cmd_check */
+static struct argp_child children[] = { { NULL, 0, NULL, 0 }, { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
 
 static const struct argp check_argp = {
     options, parse_opt, "FILE",
@@ -172,9 +157,9 @@ static void print_json(const struct check_result *r, const char *file, const cha
 static void print_result(const struct check_args *a, const struct check_result *r,
                          const char *fmt)
 {
-    if (a->quiet) {
+    if (a->img.quiet) {
         /* as qemu-img: -q prints nothing, whatever the format */
-    } else if (a->output == OUTPUT_JSON) {
+    } else if (a->img.output == OUTPUT_JSON) {
         print_json(r, a->file, fmt);
     } else {
         print_human(r);
@@ -205,11 +190,13 @@ int cmd_check(int argc, char **argv)
     unsigned flags;
     int ret;
 
+    children[0].argp = img_opts_argp(IMGOPT_FORMAT | IMGOPT_SHARE | IMGOPT_OUTPUT | IMGOPT_QUIET |
+                                     IMGOPT_SRC_CACHE);
     argp_parse(&check_argp, argc, argv, 0, NULL, &a);
     /* with its backing chain, as qemu-img: a missing backing file is an error */
     flags = BDEV_O_CHECK | BDEV_O_NO_BITMAPS |
-            (a.fix ? BDEV_O_RDWR : 0) | (a.force_share ? BDEV_O_FORCE_SHARE : 0);
-    bd = bdev_open(a.file, a.format, flags, &err);
+            (a.fix ? BDEV_O_RDWR : 0) | (a.img.force_share ? BDEV_O_FORCE_SHARE : 0);
+    bd = bdev_open(a.file, a.img.format, flags | a.img.src_cache, &err);
     if (!bd) {
         report(err);
         return CHECK_NOT_COMPLETED;
@@ -228,7 +215,7 @@ int cmd_check(int argc, char **argv)
         return check_failed(&a, &r, fmt, err);
     }
     if (a.fix && (r.leaks_fixed || r.corruptions_fixed)) {
-        if (a.output == OUTPUT_HUMAN && !a.quiet) {
+        if (a.img.output == OUTPUT_HUMAN && !a.img.quiet) {
             printf("The following inconsistencies were found and repaired:\n\n"
                    "    %" PRId64 " leaked clusters\n    %" PRId64 " corruptions\n\n"
                    "Double checking the fixed image now...\n",

@@ -55,15 +55,13 @@ uint64_t parse_size_arg(const char *arg, const char *what, struct argp_state *st
 /*
  * Option values checked where they are parsed, exiting EXIT_USAGE with
  * what is valid: a format for -f/-F (@opt names the option), one that
- * can be created for -O; -S (0: *no_sparse); -m (1..16); a cache mode
- * for -t/-T (true for unsafe; none and directsync are refused).
+ * can be created for -O; -S (0: *no_sparse); -m (1..16).  (-t/-T: imgopts.c)
  */
 const char *parse_format_arg(const char *arg, const char *opt, struct argp_state *state);
 const char *parse_out_format_arg(const char *arg, const char *opt, struct argp_state *state);
 void parse_sparse_arg(const char *arg, uint64_t *size, bool *no_sparse,
                       struct argp_state *state);
 unsigned parse_coroutines_arg(const char *arg, struct argp_state *state);
-bool parse_cache_arg(const char *arg, const char *opt, struct argp_state *state);
 /*
  * -o lists: parse @str (NULL: nothing) against @drv's options into @o, or
  * check a whole list with the driver's check_create; 0, or EXIT_USAGE
@@ -77,6 +75,34 @@ int create_opts_parse(const struct format_driver *drv, const char *str, struct o
 int create_opts_check(const struct format_driver *drv, const struct optlist *o,
                       const char *file);
 int create_opts_validate(const char *fmt, const char *str);
+/*
+ * The options every image command shares (imgopts.c), parsed once: a
+ * command lists img_opts_argp(IMGOPT_...) as an argp child and sets its
+ * input (state->child_inputs[i]) to its struct img_opts.
+ */
+enum {
+    IMGOPT_FORMAT = 1u << 0,     /* -f, --format FMT: the image's (probed when omitted) */
+    IMGOPT_FORMAT_NEW = 1u << 1, /* -f, --format FMT: a new image's (create) */
+    IMGOPT_SHARE = 1u << 2,      /* -U, --force-share */
+    IMGOPT_OUTPUT = 1u << 3,     /* --output human|json */
+    IMGOPT_QUIET = 1u << 4,      /* -q, --quiet: stdout goes nowhere, no progress */
+    IMGOPT_CACHE = 1u << 5,      /* -t, --cache MODE: of the images written */
+    IMGOPT_SRC_CACHE = 1u << 6,  /* -T, --source-cache MODE: of the images only read */
+};
+struct img_opts {
+    const char *format;
+    bool force_share;
+    enum output_format output;
+    bool quiet;
+    unsigned cache;              /* -t's BDEV_O_* cache flags (writeback: 0) */
+    unsigned src_cache;          /* -T's */
+    const char *cache_name;      /* -t as given (NULL: not given) */
+    const char *src_cache_name;
+};
+const struct argp *img_opts_argp(unsigned which);
+/* Set by -q (progress displays check it). */
+extern bool cmd_quiet;
+
 /* Print an error, free it and clear the variable (so it can be reused). */
 #define report(err) \
     do { \
@@ -135,6 +161,7 @@ struct copy_target {
     bool reuse;             /* -n: write an existing image in place */
     bool replace;           /* a new TARGET replaces an existing file (convert) */
     bool unsafe;            /* -t unsafe: an NBD target without ordering flushes */
+    unsigned cache;         /* -t: BDEV_O_* cache flags of a file target */
     bool no_backing;        /* open a new one without its backing file */
     struct job_journal *jj; /* the job's journal (NULL: none) */
     /* out */

@@ -20,7 +20,7 @@ struct commit_args {
     bool wait, async, active;
     enum at_ready at_ready;
     bool at_ready_set;
-    const char *format;
+    struct img_opts img;     /* the shared options (imgopts.c) */
     const char *top;
     const char *base;
     const char *image;
@@ -28,13 +28,12 @@ struct commit_args {
     struct copy_opts copy;
 };
 
-enum { OPT_TOP = 0x100, OPT_BASE, OPT_AGENT, OPT_WAIT, OPT_ASYNC, OPT_ACTIVE, OPT_PIVOT,
+enum { OPT_TOP = 0x100, OPT_AGENT, OPT_WAIT, OPT_ASYNC, OPT_ACTIVE, OPT_PIVOT,
        OPT_KEEP_OVERLAY };
 
 static const struct argp_option options[] = {
-    { "format", 'f', "FMT", 0, "Format of IMAGE; probed when omitted", 0 },
     { "top", OPT_TOP, "TOP", 0, "Commit from TOP (an image of the chain; default IMAGE)", 0 },
-    { "base", OPT_BASE, "BASE", 0, "Commit into BASE (default: TOP's backing file)", 0 },
+    { "base", 'b', "BASE", 0, "Commit into BASE (default: TOP's backing file)", 0 },
     { "keep", 'd', NULL, 0, "Keep TOP's data (do not empty it afterwards)", 0 },
     { "agent", OPT_AGENT, "SOCKET", 0, "IMAGE is a disk of that agent (live)", 0 },
     { "active", OPT_ACTIVE, NULL, 0, "Live: TOP is the disk's top (an active commit)", 0 },
@@ -52,16 +51,14 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
 
     switch (key) {
     case ARGP_KEY_INIT:
+        state->child_inputs[2] = &a->img;
         state->child_inputs[0] = &a->copy;
         state->child_inputs[1] = &a->copy;
-        break;
-    case 'f':
-        a->format = parse_format_arg(arg, "-f", state);
         break;
     case OPT_TOP:
         a->top = arg;
         break;
-    case OPT_BASE:
+    case 'b':
         a->base = arg;
         break;
     case 'd':
@@ -111,10 +108,11 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
-static const struct argp_child children[] = { { &copy_opts_argp, 0, NULL, 0 },
-                                              { &journal_opts_argp, 0, NULL, 0 },
-                                              { &tls_opts_argp, 0, NULL, 0 },
-                                              { 0 } };
+/* [2]: the shared image options (imgopts.c), set by cmd_commit */
+static struct argp_child children[] = { { &copy_opts_argp, 0, NULL, 0 },
+                                        { &journal_opts_argp, 0, NULL, 0 },
+                                        { NULL, 0, NULL, 0 },
+                                        { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
 
 static const struct argp commit_argp = {
     options, parse_opt, "IMAGE",
@@ -147,7 +145,7 @@ static int commit_agent(struct commit_args *a)
     bool top_is_top = true;
     int ret;
 
-    if (a->keep || a->format) {
+    if (a->keep || a->img.format) {
         error_report("-d and -f are for offline commits, not with --agent");
         return 64;
     }
@@ -255,12 +253,13 @@ int cmd_commit(int argc, char **argv)
     char *name = NULL;
     int ret = 1, r;
 
+    children[2].argp = img_opts_argp(IMGOPT_FORMAT | IMGOPT_QUIET | IMGOPT_CACHE);
     argp_parse(&commit_argp, argc, argv, 0, NULL, &a);
     cancel_install();
     if (remote_path(a.agent)) {
         return commit_agent(&a);
     }
-    img = bdev_open(a.image, a.format, 0, &err);
+    img = bdev_open(a.image, a.img.format, a.img.cache, &err);
     if (!img) {
         report(err);
         return 1;

@@ -160,7 +160,7 @@ static void progress_cb(void *opaque, uint64_t done, uint64_t total)
 
 void copy_opts_apply(const struct copy_opts *o, struct copy_params *p)
 {
-    if (o->progress || o->progress_json) {
+    if ((o->progress || o->progress_json) && !cmd_quiet) {
         p->progress = progress_cb;
         p->opaque = (void *)o;
     }
@@ -172,13 +172,16 @@ void copy_opts_apply(const struct copy_opts *o, struct copy_params *p)
 
 void copy_opts_finish(const struct copy_opts *o)
 {
-    if (o->progress) {
+    if (o->progress && !cmd_quiet) {
         fprintf(stderr, "\n");
     }
 }
 
 void copy_opts_nothing(const struct copy_opts *o)
 {
+    if (cmd_quiet) {
+        return;
+    }
     progress_cb((void *)o, 0, 0);
     copy_opts_finish(o);
 }
@@ -331,23 +334,4 @@ unsigned parse_coroutines_arg(const char *arg, struct argp_state *state)
                      "1 to 16", arg);
     }
     return (unsigned)n;
-}
-
-bool parse_cache_arg(const char *arg, const char *opt, struct argp_state *state)
-{
-    static const char *const ok[] = { "writeback", "writethrough", "unsafe" };
-
-    for (size_t i = 0; i < ARRAY_SIZE(ok); i++) {
-        if (!strcmp(arg, ok[i])) {
-            return !strcmp(arg, "unsafe");
-        }
-    }
-    if (!strcmp(arg, "none") || !strcmp(arg, "directsync")) {
-        argp_error(state, "cache mode '%s' for %s is not supported: blockctl "
-                     "does no O_DIRECT I/O (valid: writeback, writethrough, unsafe)", arg, opt);
-    } else {
-        argp_error(state, "invalid cache mode '%s' for %s (valid: writeback, "
-                     "writethrough, unsafe; none and directsync are not supported)", arg, opt);
-    }
-    return false;
 }

@@ -29,18 +29,19 @@ enum {
 #define CMP_CHUNK (4u << 20)
 
 struct compare_args {
-    const char *fmt1, *fmt2;
+    struct img_opts img;     /* -f (FILE1's format), -U, -q, -T */
+    const char *fmt2;
     const char *file1, *file2;
-    bool strict, progress, quiet, force_share;
+    bool strict, progress;
 };
 
+enum { OPT_A_FORMAT = 0x100 };
+
 static const struct argp_option options[] = {
-    { "a-format", 'f', "FMT", 0, "Format of the first image; probed when omitted", 0 },
-    { "b-format", 'F', "FMT", 0, "Format of the second image; probed when omitted", 0 },
+    { "b-format", 'F', "FMT", 0, "Format of FILE2 (-f: of FILE1); probed when omitted", 0 },
+    { "a-format", OPT_A_FORMAT, "FMT", OPTION_HIDDEN, "Same as -f", 0 },
     { "strict", 's', NULL, 0, "Strict: sizes and allocation must match too", 0 },
     { "progress", 'p', NULL, 0, "Show progress", 0 },
-    { "quiet", 'q', NULL, 0, "Print nothing; only the exit status tells", 0 },
-    { "force-share", 'U', NULL, 0, "Open the images sharing them with a writer", 0 },
     { 0 }
 };
 
@@ -49,8 +50,11 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     struct compare_args *a = state->input;
 
     switch (key) {
-    case 'f':
-        a->fmt1 = parse_format_arg(arg, "-f", state);
+    case ARGP_KEY_INIT:
+        state->child_inputs[0] = &a->img;
+        break;
+    case OPT_A_FORMAT:
+        a->img.format = parse_format_arg(arg, "-f", state);
         break;
     case 'F':
         a->fmt2 = parse_format_arg(arg, "-F", state);
@@ -60,12 +64,6 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         break;
     case 'p':
         a->progress = true;
-        break;
-    case 'q':
-        a->quiet = true;
-        break;
-    case 'U':
-        a->force_share = true;
         break;
     case ARGP_KEY_ARG:
         if (!a->file1) {
@@ -87,7 +85,8 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
-static const struct argp_child children[] = { { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
+/* [0]: the shared image options (imgopts.c), set by cmd_compare */
+static struct argp_child children[] = { { NULL, 0, NULL, 0 }, { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
 
 static const struct argp compare_argp = {
     options, parse_opt, "FILE1 FILE2",
@@ -243,9 +242,11 @@ int cmd_compare(int argc, char **argv)
     int ret = CMP_SAME;
     bool thread = false;
 
+    children[0].argp = img_opts_argp(IMGOPT_FORMAT | IMGOPT_SHARE | IMGOPT_QUIET |
+                                     IMGOPT_SRC_CACHE);
     argp_parse(&compare_argp, argc, argv, 0, NULL, &a);
-    flags = a.force_share ? BDEV_O_FORCE_SHARE : 0;
-    b1 = bdev_open(a.file1, a.fmt1, flags, &err);
+    flags = (a.img.force_share ? BDEV_O_FORCE_SHARE : 0) | a.img.src_cache;
+    b1 = bdev_open(a.file1, a.img.format, flags, &err);
     if (!b1) {
         report(err);
         return CMP_OPEN_ERROR;
@@ -258,7 +259,7 @@ int cmd_compare(int argc, char **argv)
     }
     if (b1->size != b2->size) {
         if (a.strict) {
-            if (!a.quiet) {
+            if (!a.img.quiet) {
                 printf("Strict mode: Image size mismatch!\n");
             }
             ret = CMP_DIFFERENT;
@@ -282,7 +283,7 @@ int cmd_compare(int argc, char **argv)
         bool z1, z2;
         int r;
 
-        if (a.progress && !a.quiet) {
+        if (a.progress && !a.img.quiet) {
             progress_print(total ? off * 100.0 / total : 100.0);
         }
         r = bdev_block_status_above(b1, NULL, off, common - off, &m1);
@@ -298,7 +299,7 @@ int cmd_compare(int argc, char **argv)
         }
         n = MIN(MIN(m1.len, m2.len), (uint64_t)CMP_CHUNK);
         if (a.strict && strict_status(&m1) != strict_status(&m2)) {
-            if (!a.quiet) {
+            if (!a.img.quiet) {
                 printf("Strict mode: Offset %" PRIu64 " block status mismatch!\n", off);
             }
             ret = CMP_DIFFERENT;
@@ -319,7 +320,7 @@ int cmd_compare(int argc, char **argv)
                 goto out;
             }
             if (!buffer_is_zero(buf1, n)) {
-                if (!a.quiet) {
+                if (!a.img.quiet) {
                     printf("Content mismatch at offset %" PRIu64 "!\n",
                            first_nonzero(buf1, n, off));
                 }
@@ -355,7 +356,7 @@ int cmd_compare(int argc, char **argv)
             }
         }
         if (memcmp(buf1, buf2, n)) {
-            if (!a.quiet) {
+            if (!a.img.quiet) {
                 printf("Content mismatch at offset %" PRIu64 "!\n",
                        first_diff(buf1, buf2, n, off));
             }
@@ -366,18 +367,18 @@ int cmd_compare(int argc, char **argv)
     }
     if (b1->size != b2->size) {
         /* as qemu-img: warned once the common part matched */
-        if (!a.quiet) {
+        if (!a.img.quiet) {
             printf("Warning: Image size mismatch!\n");
         }
-        ret = check_zero_tail(b1->size > b2->size ? b1 : b2, common, total, buf1, a.quiet);
+        ret = check_zero_tail(b1->size > b2->size ? b1 : b2, common, total, buf1, a.img.quiet);
         if (ret != CMP_SAME) {
             goto out;
         }
     }
-    if (a.progress && !a.quiet) {
+    if (a.progress && !a.img.quiet) {
         progress_done();
     }
-    if (!a.quiet) {
+    if (!a.img.quiet) {
         printf("Images are identical.\n");
     }
 

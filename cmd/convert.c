@@ -18,14 +18,14 @@
 #include "cmd/cmd.h"
 
 struct convert_args {
-    const char *format;
+    struct img_opts img;     /* the shared options (imgopts.c) */
     const char *out_format;
     const char *backing;
     const char *backing_fmt;
     char *opts;
     char **files;           /* SOURCE... OUTPUT */
     int nfiles;
-    bool compress, reuse, progress, quiet, force_share, unsafe;
+    bool compress, reuse, progress;
     bool target_is_zero, bitmaps, skip_broken, salvage;
     uint64_t sparse_size;
     bool no_sparse;
@@ -36,7 +36,6 @@ struct convert_args {
 enum { OPT_TARGET_IS_ZERO = 0x100, OPT_BITMAPS, OPT_SKIP_BROKEN, OPT_SALVAGE };
 
 static const struct argp_option options[] = {
-    { NULL, 'f', "FMT", 0, "Format of the sources; probed when omitted", 0 },
     { NULL, 'O', "FMT", 0, "Format of OUTPUT: raw (default) or qcow2", 0 },
     { NULL, 'o', "OPTS", 0, "Options for creating OUTPUT, as create -o; -o help lists them", 0 },
     { NULL, 'B', "FILE", 0, "Backing file of the new OUTPUT (with -F)", 0 },
@@ -47,11 +46,7 @@ static const struct argp_option options[] = {
     { NULL, 'r', "RATE", 0, "Copy at most RATE bytes per second", 0 },
     { NULL, 'm', "N", 0, "Requests in flight (1-16, default 4)", 0 },
     { NULL, 'W', NULL, 0, "Out-of-order writes (blockctl's are always)", 0 },
-    { NULL, 't', "MODE", 0, "OUTPUT cache: writeback (default), unsafe...", 0 },
-    { NULL, 'T', "MODE", 0, "Sources' cache: writeback, writethrough, unsafe", 0 },
     { NULL, 'p', NULL, 0, "Show progress", 0 },
-    { NULL, 'q', NULL, 0, "Quiet: no progress", 0 },
-    { "force-share", 'U', NULL, 0, "Read the sources even while they are being written", 0 },
     { "target-is-zero", OPT_TARGET_IS_ZERO, NULL, 0, "-n: OUTPUT reads zero already", 0 },
     { "bitmaps", OPT_BITMAPS, NULL, 0, "Copy the source's persistent bitmaps", 0 },
     { "skip-broken-bitmaps", OPT_SKIP_BROKEN, NULL, 0, "--bitmaps: skip inconsistent ones", 0 },
@@ -64,8 +59,8 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     struct convert_args *a = state->input;
 
     switch (key) {
-    case 'f':
-        a->format = parse_format_arg(arg, "-f", state);
+    case ARGP_KEY_INIT:
+        state->child_inputs[0] = &a->img;
         break;
     case 'O':
         a->out_format = parse_out_format_arg(arg, "-O", state);
@@ -96,20 +91,8 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         break;
     case 'W':
         break;
-    case 't':
-        a->unsafe = parse_cache_arg(arg, "-t", state);
-        break;
-    case 'T':
-        (void)parse_cache_arg(arg, "-T", state);
-        break;
     case 'p':
         a->progress = true;
-        break;
-    case 'q':
-        a->quiet = true;
-        break;
-    case 'U':
-        a->force_share = true;
         break;
     case OPT_TARGET_IS_ZERO:
         a->target_is_zero = true;
@@ -153,7 +136,7 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         if (a->backing_fmt && !a->backing && !a->reuse) {
             argp_error(state, "Backing format cannot be used without backing file");
         }
-        if (a->quiet) {
+        if (a->img.quiet) {
             a->progress = false;
         }
         break;
@@ -163,7 +146,8 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
-static const struct argp_child children[] = { { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
+/* [0]: the shared image options (imgopts.c), set by cmd_convert */
+static struct argp_child children[] = { { NULL, 0, NULL, 0 }, { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
 
 static const struct argp convert_argp = {
     options, parse_opt, "FILENAME [FILENAME2 ...] OUTPUT_FILENAME",
@@ -254,6 +238,8 @@ int cmd_convert(int argc, char **argv)
     uint64_t total = 0;
     int nsrc, ret = 1, r;
 
+    children[0].argp = img_opts_argp(IMGOPT_FORMAT | IMGOPT_SHARE | IMGOPT_QUIET | IMGOPT_CACHE |
+                                     IMGOPT_SRC_CACHE);
     argp_parse(&convert_argp, argc, argv, 0, NULL, &a);
     fmt = a.out_format ? a.out_format : "raw";
     drv = bdev_find_driver(fmt);
@@ -267,7 +253,8 @@ int cmd_convert(int argc, char **argv)
     nsrc = a.nfiles - 1;
     src = xcalloc(nsrc, sizeof(*src));
     for (int i = 0; i < nsrc; i++) {
-        src[i] = bdev_open(a.files[i], a.format, a.force_share ? BDEV_O_FORCE_SHARE : 0, &err);
+        src[i] = bdev_open(a.files[i], a.img.format,
+                           (a.img.force_share ? BDEV_O_FORCE_SHARE : 0) | a.img.src_cache, &err);
         if (!src[i]) {
             report(err);
             goto out;
@@ -280,7 +267,8 @@ int cmd_convert(int argc, char **argv)
     t.name = output;
     t.size = total;
     t.reuse = a.reuse;
-    t.unsafe = a.unsafe;
+    t.unsafe = a.img.cache & BDEV_O_NO_FLUSH;
+    t.cache = a.img.cache;
     t.replace = true;
     if (a.reuse || nbd_is_uri(output)) {
         if (nbd_is_uri(output) && strcmp(fmt, "raw")) {
@@ -366,7 +354,7 @@ int cmd_convert(int argc, char **argv)
         cp.salvage = a.salvage;
         cp.salvaged = salvaged;
         /* flushed once, after the last */
-        cp.no_flush = a.unsafe || i + 1 < nsrc;
+        cp.no_flush = (a.img.cache & BDEV_O_NO_FLUSH) || i + 1 < nsrc;
         cp.bandwidth = a.rate;
         cp.workers = a.requests;
         cp.cancel = &cmd_cancel;

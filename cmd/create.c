@@ -9,34 +9,34 @@
 #include <argp.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cmd/cmd.h"
 
 struct create_args {
-    const char *format;
+    struct img_opts img;     /* the shared options (imgopts.c) */
     const char *backing;
     const char *backing_fmt;
     const char *file;
     const char *size;
     char *opts;            /* joined -o arguments */
     bool unsafe;
-    bool quiet;
     bool force;
 };
 
 enum { OPT_FORCE = 0x100 };
 
 static const struct argp_option options[] = {
-    { "format", 'f', "FMT", 0, "Image format: raw (default) or qcow2", 0 },
     { "backing", 'b', "FILE", 0, "Backing file (its size is the default size)", 0 },
     { "backing-format", 'F', "FMT", 0, "Format of the backing file (required with -b)", 0 },
     { NULL, 'B', "FMT", OPTION_HIDDEN, "Same as -F", 0 },
     { "unsafe", 'u', NULL, 0, "Do not open the backing file", 0 },
     { "options", 'o', "OPTS", 0, "Format options key=val[,...]; '-o help' lists them", 0 },
-    { "quiet", 'q', NULL, 0, "Do not print the 'Formatting' line", 0 },
     { "force", OPT_FORCE, NULL, 0, "Replace FILE if it exists", 0 },
     { 0 }
 };
@@ -46,8 +46,8 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     struct create_args *a = state->input;
 
     switch (key) {
-    case 'f':
-        a->format = parse_out_format_arg(arg, "-f", state);
+    case ARGP_KEY_INIT:
+        state->child_inputs[0] = &a->img;
         break;
     case 'b':
         a->backing = arg;
@@ -58,9 +58,6 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         break;
     case 'u':
         a->unsafe = true;
-        break;
-    case 'q':
-        a->quiet = true;
         break;
     case OPT_FORCE:
         a->force = true;
@@ -89,7 +86,8 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
-static const struct argp_child children[] = { { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
+/* [0]: the shared image options (imgopts.c), set by cmd_create */
+static struct argp_child children[] = { { NULL, 0, NULL, 0 }, { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
 
 static const struct argp create_argp = {
     options, parse_opt, "FILE [SIZE]",
@@ -141,6 +139,23 @@ static void print_formatting(const char *file, const char *fmt, const struct opt
     fflush(stdout);
 }
 
+/*
+ * Can FILE be created (its folder written) or, @in_place (a device),
+ * written?  0, or -1 with the reason said as creating it would say it.
+ */
+static int may_write(const char *file, bool in_place)
+{
+    char *copy = xstrdup(file);
+    const char *dir = dirname(copy);
+    int r = access(in_place ? file : dir, in_place ? W_OK : W_OK | X_OK);
+
+    if (r < 0) {
+        error_report("cannot create '%s': %s", file, strerror(errno));
+    }
+    free(copy);
+    return r;
+}
+
 int cmd_create(int argc, char **argv)
 {
     struct create_args a = { 0 };
@@ -152,13 +167,14 @@ int cmd_create(int argc, char **argv)
     char sizebuf[32];
     int ret = 1;
 
+    children[0].argp = img_opts_argp(IMGOPT_FORMAT_NEW | IMGOPT_QUIET);
     argp_parse(&create_argp, argc, argv, 0, NULL, &a);
-    if (!a.format) {
-        a.format = "raw";
+    if (!a.img.format) {
+        a.img.format = "raw";
     }
-    drv = bdev_find_driver(a.format);
+    drv = bdev_find_driver(a.img.format);
     if (!drv || !drv->create) {
-        error_report("unknown image format '%s' (use raw or qcow2)", a.format);
+        error_report("unknown image format '%s' (use raw or qcow2)", a.img.format);
         goto out;
     }
     if (a.opts) {
@@ -179,7 +195,7 @@ int cmd_create(int argc, char **argv)
     }
     if (a.backing) {
         if (!drv->supports_backing) {
-            error_report("'%s': format '%s' does not support backing files", a.file, a.format);
+            error_report("'%s': format '%s' does not support backing files", a.file, a.img.format);
             goto out;
         }
         opts_set(&o, "backing_file", a.backing);
@@ -279,9 +295,6 @@ int cmd_create(int argc, char **argv)
         goto out;
     }
     ret = 1;
-    if (!a.quiet) {
-        print_formatting(a.file, drv->name, &o, size);
-    }
     {
         struct stat st;
         bool existed = stat(a.file, &st) == 0;
@@ -289,6 +302,18 @@ int cmd_create(int argc, char **argv)
         char *tmp;
         int r;
 
+        /* nothing said about formatting what cannot be written */
+        if (existed && S_ISREG(st.st_mode) && !a.force) {
+            error_report("'%s' already exists", a.file);
+            fprintf(stderr, "Use --force to replace it\n");
+            goto out;
+        }
+        if (may_write(a.file, existed && !S_ISREG(st.st_mode)) < 0) {
+            goto out;
+        }
+        if (!a.img.quiet) {
+            print_formatting(a.file, drv->name, &o, size);
+        }
         if (existed && !S_ISREG(st.st_mode)) {
             /* a block device: written in place (it cannot be replaced) */
             if (bdev_create(drv->name, a.file, &o, a.force ? BDEV_CREATE_FORCE : 0, &err) < 0) {
@@ -296,11 +321,6 @@ int cmd_create(int argc, char **argv)
                 goto out;
             }
             ret = 0;
-            goto out;
-        }
-        if (existed && !a.force) {
-            error_report("'%s' already exists", a.file);
-            fprintf(stderr, "Use --force to replace it\n");
             goto out;
         }
         if (existed) {

@@ -17,21 +17,16 @@
 #include "cmd/cmd.h"
 
 struct info_args {
-    const char *format;
+    struct img_opts img;     /* the shared options (imgopts.c) */
     const char *file;
-    bool force_share;
     bool chain;
-    enum output_format output;
     const char *agent;
 };
 
-enum { OPT_OUTPUT = 0x100, OPT_BACKING_CHAIN, OPT_AGENT };
+enum { OPT_BACKING_CHAIN = 0x100, OPT_AGENT };
 
 static const struct argp_option options[] = {
-    { "format", 'f', "FMT", 0, "Image format (raw, qcow2); probed when omitted", 0 },
-    { "force-share", 'U', NULL, 0, "Open read-only sharing the image with a writer", 0 },
     { "backing-chain", OPT_BACKING_CHAIN, NULL, 0, "Show every image of the backing chain", 0 },
-    { "output", OPT_OUTPUT, "FMT", 0, "Output format: human (default) or json", 0 },
     { "agent", OPT_AGENT, "SOCKET", 0, "FILE is a disk of the agent at SOCKET", 0 },
     { 0 }
 };
@@ -41,17 +36,11 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     struct info_args *a = state->input;
 
     switch (key) {
-    case 'f':
-        a->format = parse_format_arg(arg, "-f", state);
-        break;
-    case 'U':
-        a->force_share = true;
+    case ARGP_KEY_INIT:
+        state->child_inputs[0] = &a->img;
         break;
     case OPT_BACKING_CHAIN:
         a->chain = true;
-        break;
-    case OPT_OUTPUT:
-        a->output = parse_output_format(arg, state);
         break;
     case OPT_AGENT:
         a->agent = arg;
@@ -73,7 +62,8 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
-static const struct argp_child children[] = { { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
+/* [0]: the shared image options (imgopts.c), set by cmd_info */
+static struct argp_child children[] = { { NULL, 0, NULL, 0 }, { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
 
 static const struct argp info_argp = {
     options, parse_opt, "FILE",
@@ -85,8 +75,9 @@ static const struct argp info_argp = {
 /* The ImageInfo of each image to print, top first, from the files. */
 static json_object *local_images(struct info_args *a, struct error **errp)
 {
-    unsigned flags = (a->force_share ? BDEV_O_FORCE_SHARE : 0) | (a->chain ? 0 : BDEV_O_NO_BACKING);
-    struct bdev *top = bdev_open(a->file, a->format, flags, errp);
+    unsigned flags = (a->img.force_share ? BDEV_O_FORCE_SHARE : 0) | BDEV_O_INFO |
+                     (a->chain ? 0 : BDEV_O_NO_BACKING);
+    struct bdev *top = bdev_open(a->file, a->img.format, flags, errp);
     json_object *list;
 
     if (!top) {
@@ -160,6 +151,7 @@ int cmd_info(int argc, char **argv)
     json_object *imgs;
     struct jw w;
 
+    children[0].argp = img_opts_argp(IMGOPT_FORMAT | IMGOPT_SHARE | IMGOPT_OUTPUT | IMGOPT_QUIET);
     argp_parse(&info_argp, argc, argv, 0, NULL, &a);
     imgs = remote_path(a.agent) ? agent_images(&a, &err) : local_images(&a, &err);
     if (!imgs) {
@@ -167,13 +159,13 @@ int cmd_info(int argc, char **argv)
         return 1;
     }
     jw_init(&w, true);
-    if (a.chain && a.output == OUTPUT_JSON) {
+    if (a.chain && a.img.output == OUTPUT_JSON) {
         jw_array_begin(&w);
     }
     for (size_t i = 0; i < json_object_array_length(imgs); i++) {
         json_object *img = json_object_array_get_idx(imgs, i);
 
-        if (a.output == OUTPUT_JSON) {
+        if (a.img.output == OUTPUT_JSON) {
             image_info_write_json(&w, img);
         } else {
             if (i) {
@@ -182,10 +174,10 @@ int cmd_info(int argc, char **argv)
             image_info_print_human(stdout, img);
         }
     }
-    if (a.chain && a.output == OUTPUT_JSON) {
+    if (a.chain && a.img.output == OUTPUT_JSON) {
         jw_array_end(&w);
     }
-    if (a.output == OUTPUT_JSON) {
+    if (a.img.output == OUTPUT_JSON) {
         printf("%s\n", jw_text(&w));
     }
     jw_free(&w);

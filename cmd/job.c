@@ -19,7 +19,7 @@
 struct job_args {
     const char *agent;
     const char *state_dir;
-    enum output_format output;
+    struct img_opts img;     /* the shared options (imgopts.c) */
     const char *verb;
     const char *id;
     const char *speed;
@@ -32,7 +32,6 @@ enum { OPT_AGENT = 0x100, OPT_OUTPUT, OPT_STATE_DIR };
 
 static const struct argp_option options[] = {
     { "agent", OPT_AGENT, "SOCKET", 0, "The agent's QMP socket (or $BLOCKCTL_AGENT)", 0 },
-    { "output", OPT_OUTPUT, "FMT", 0, "human (default) or json", 0 },
     { "state-dir", OPT_STATE_DIR, "DIR", 0, "Where job journals are kept", 0 },
     { 0 }
 };
@@ -42,11 +41,11 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     struct job_args *a = state->input;
 
     switch (key) {
+    case ARGP_KEY_INIT:
+        state->child_inputs[0] = &a->img;
+        break;
     case OPT_AGENT:
         a->agent = arg;
-        break;
-    case OPT_OUTPUT:
-        a->output = parse_output_format(arg, state);
         break;
     case OPT_STATE_DIR:
         a->state_dir = arg;
@@ -95,7 +94,8 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
-static const struct argp_child children[] = { { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
+/* [0]: the shared image options (imgopts.c), set by cmd_job */
+static struct argp_child children[] = { { NULL, 0, NULL, 0 }, { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
 
 static const struct argp job_argp = {
     options, parse_opt, "[list]\nshow|pause|resume|cancel|complete|wait JOB\n"
@@ -150,7 +150,7 @@ static int list_agent(struct job_args *a)
         qmp_client_close(c);
         return 1;
     }
-    if (a->output == OUTPUT_JSON) {
+    if (a->img.output == OUTPUT_JSON) {
         jw_init(&w, true);
         jw_array_begin(&w);
         for (size_t i = 0; i < json_object_array_length(jobs); i++) {
@@ -224,7 +224,7 @@ static int list_journals(struct job_args *a)
         json_object *j = json_object_array_get_idx(all, i);
         json_object_object_add(j, "running", json_object_new_boolean(job_journal_running(j)));
     }
-    if (a->output == OUTPUT_JSON) {
+    if (a->img.output == OUTPUT_JSON) {
         printf("%s\n", json_object_to_json_string_ext(all, JSON_C_TO_STRING_PRETTY |
                                                                JSON_C_TO_STRING_SPACED |
                                                                JSON_C_TO_STRING_NOSLASHESCAPE));
@@ -259,7 +259,7 @@ static int show_journal(struct job_args *a)
         return 1;
     }
     json_object_object_add(j->root, "running", json_object_new_boolean(job_journal_running(j->root)));
-    if (a->output == OUTPUT_JSON) {
+    if (a->img.output == OUTPUT_JSON) {
         printf("%s\n", json_object_to_json_string_ext(j->root, JSON_C_TO_STRING_PRETTY |
                                                                    JSON_C_TO_STRING_SPACED |
                                                                    JSON_C_TO_STRING_NOSLASHESCAPE));
@@ -308,7 +308,7 @@ static int job_verb(struct job_args *a)
                 error_report("no job '%s' on the agent", a->id);
             }
             ret = 1;
-        } else if (a->output == OUTPUT_JSON) {
+        } else if (a->img.output == OUTPUT_JSON) {
             printf("%s\n", json_object_to_json_string_ext(j, JSON_C_TO_STRING_PRETTY |
                                                                  JSON_C_TO_STRING_SPACED));
         } else {
@@ -343,6 +343,7 @@ int cmd_job(int argc, char **argv)
 {
     struct job_args a = { 0 };
 
+    children[0].argp = img_opts_argp(IMGOPT_OUTPUT | IMGOPT_QUIET);
     argp_parse(&job_argp, argc, argv, 0, NULL, &a);
     if (!remote_path(a.agent)) {
         if (!strcmp(a.verb, "show")) {

@@ -12,10 +12,8 @@
 #include "cmd/cmd.h"
 
 struct map_args {
-    const char *format;
+    struct img_opts img;     /* the shared options (imgopts.c) */
     const char *file;
-    bool force_share;
-    enum output_format output;
     uint64_t start;
     uint64_t max_len;
     bool has_max_len;
@@ -24,9 +22,6 @@ struct map_args {
 enum { OPT_OUTPUT = 0x100, OPT_START, OPT_MAX_LEN };
 
 static const struct argp_option options[] = {
-    { "format", 'f', "FMT", 0, "Image format (raw, qcow2); probed when omitted", 0 },
-    { "force-share", 'U', NULL, 0, "Open read-only sharing the image with a writer", 0 },
-    { "output", OPT_OUTPUT, "FMT", 0, "Output format: human (default) or json", 0 },
     { "start-offset", OPT_START, "OFFSET", 0, "Start at this guest offset", 0 },
     { "max-length", OPT_MAX_LEN, "LENGTH", 0, "Map at most this many bytes", 0 },
     { 0 }
@@ -37,14 +32,8 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     struct map_args *a = state->input;
 
     switch (key) {
-    case 'f':
-        a->format = parse_format_arg(arg, "-f", state);
-        break;
-    case 'U':
-        a->force_share = true;
-        break;
-    case OPT_OUTPUT:
-        a->output = parse_output_format(arg, state);
+    case ARGP_KEY_INIT:
+        state->child_inputs[0] = &a->img;
         break;
     case OPT_START:
         a->start = parse_size_arg(arg, "start offset", state);
@@ -70,7 +59,8 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
-static const struct argp_child children[] = { { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
+/* [0]: the shared image options (imgopts.c), set by cmd_map */
+static struct argp_child children[] = { { NULL, 0, NULL, 0 }, { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
 
 static const struct argp map_argp = {
     options, parse_opt, "FILE",
@@ -132,8 +122,9 @@ int cmd_map(int argc, char **argv)
     uint64_t off, end;
     int ret = 0;
 
+    children[0].argp = img_opts_argp(IMGOPT_FORMAT | IMGOPT_SHARE | IMGOPT_OUTPUT | IMGOPT_QUIET);
     argp_parse(&map_argp, argc, argv, 0, NULL, &a);
-    bd = bdev_open(a.file, a.format, a.force_share ? BDEV_O_FORCE_SHARE : 0, &err);
+    bd = bdev_open(a.file, a.img.format, a.img.force_share ? BDEV_O_FORCE_SHARE : 0, &err);
     if (!bd) {
         report(err);
         return 1;
@@ -142,7 +133,7 @@ int cmd_map(int argc, char **argv)
     if (a.has_max_len && a.start + a.max_len < end && a.start + a.max_len >= a.start) {
         end = a.start + a.max_len;
     }
-    if (a.output == OUTPUT_HUMAN) {
+    if (a.img.output == OUTPUT_HUMAN) {
         printf("%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File");
     }
     for (off = a.start; off < end;) {
@@ -167,7 +158,7 @@ int cmd_map(int argc, char **argv)
             cur.length += e.length;
         } else {
             if (have) {
-                ret = print_extent(&cur, a.output, first);
+                ret = print_extent(&cur, a.img.output, first);
                 first = false;
                 if (ret < 0) {
                     break;
@@ -178,7 +169,7 @@ int cmd_map(int argc, char **argv)
         }
         off += m.len;
     }
-    if (ret == 0 && !have && a.output == OUTPUT_JSON) {
+    if (ret == 0 && !have && a.img.output == OUTPUT_JSON) {
         /* as qemu-img: an empty range is one extent of length 0 */
         memset(&cur, 0, sizeof(cur));
         cur.start = a.start;
@@ -186,10 +177,10 @@ int cmd_map(int argc, char **argv)
         have = true;
     }
     if (ret == 0 && have) {
-        ret = print_extent(&cur, a.output, first);
+        ret = print_extent(&cur, a.img.output, first);
         first = false;
     }
-    if (a.output == OUTPUT_JSON && !(ret < 0 && first)) {
+    if (a.img.output == OUTPUT_JSON && !(ret < 0 && first)) {
         /* (nothing at all when it failed before the first extent) */
         printf(first ? "[]\n" : "]\n");
     }

@@ -14,27 +14,22 @@
 #include "cmd/cmd.h"
 
 struct measure_args {
-    const char *format;
+    struct img_opts img;     /* the shared options (imgopts.c) */
     const char *out_format;
     char *opts;            /* joined -o arguments */
     const char *snapshot;
     const char *file;
     const char *size;
-    bool force_share;
     bool too_many;
-    enum output_format output;
 };
 
 enum { OPT_OUTPUT = 0x100, OPT_SIZEARG };
 
 static const struct argp_option options[] = {
     { "size", OPT_SIZEARG, "SIZE", 0, "Measure an empty image of SIZE bytes (no FILE)", 0 },
-    { "format", 'f', "FMT", 0, "Format of FILE (raw, qcow2); probed when omitted", 0 },
     { "output-format", 'O', "FMT", 0, "Format of the new image: raw (default) or qcow2", 0 },
     { "options", 'o', "OPTS", 0, "Options of the new image, key=val[,...]", 0 },
     { "snapshot", 'l', "SNAPSHOT", 0, "Measure FILE's internal snapshot (ID or name)", 0 },
-    { "force-share", 'U', NULL, 0, "Open FILE sharing it with a writer", 0 },
-    { "output", OPT_OUTPUT, "FMT", 0, "Output format: human (default) or json", 0 },
     { 0 }
 };
 
@@ -43,8 +38,8 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     struct measure_args *a = state->input;
 
     switch (key) {
-    case 'f':
-        a->format = arg;
+    case ARGP_KEY_INIT:
+        state->child_inputs[0] = &a->img;
         break;
     case 'O':
         a->out_format = arg;
@@ -55,14 +50,8 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     case 'l':
         a->snapshot = arg;
         break;
-    case 'U':
-        a->force_share = true;
-        break;
     case OPT_SIZEARG:
         a->size = arg;
-        break;
-    case OPT_OUTPUT:
-        a->output = parse_output_format(arg, state);
         break;
     case ARGP_KEY_ARG:
         if (a->file) {
@@ -76,7 +65,8 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
-static const struct argp_child children[] = { { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
+/* [0]: the shared image options (imgopts.c), set by cmd_measure */
+static struct argp_child children[] = { { NULL, 0, NULL, 0 }, { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
 
 static const struct argp measure_argp = {
     options, parse_opt, "(--size SIZE | FILE)",
@@ -114,6 +104,7 @@ int cmd_measure(int argc, char **argv)
     uint64_t size = 0;
     int ret = 1;
 
+    children[0].argp = img_opts_argp(IMGOPT_FORMAT | IMGOPT_SHARE | IMGOPT_OUTPUT | IMGOPT_QUIET);
     argp_parse(&measure_argp, argc, argv, 0, NULL, &a);
     /* qemu-img's checks, in its order, with its messages (exit 1) */
     if (a.size) {
@@ -136,7 +127,7 @@ int cmd_measure(int argc, char **argv)
         error_report("At most one filename argument is allowed.");
         goto out;
     }
-    if (!a.file && (a.format || a.snapshot)) {
+    if (!a.file && (a.img.format || a.snapshot)) {
         error_report("--image-opts, -f, and -l require a filename argument.");
         goto out;
     }
@@ -149,7 +140,7 @@ int cmd_measure(int argc, char **argv)
         goto out;
     }
     if (a.file) {
-        in = bdev_open(a.file, a.format, a.force_share ? BDEV_O_FORCE_SHARE : 0, &err);
+        in = bdev_open(a.file, a.img.format, a.img.force_share ? BDEV_O_FORCE_SHARE : 0, &err);
         if (!in) {
             report(err);
             goto out;
@@ -183,7 +174,7 @@ int cmd_measure(int argc, char **argv)
         report(err);
         goto out;
     }
-    if (a.output == OUTPUT_JSON) {
+    if (a.img.output == OUTPUT_JSON) {
         print_json(&m);
     } else {
         printf("required size: %" PRIu64 "\n", m.required);

@@ -28,7 +28,7 @@ struct mirror_args {
     enum at_ready at_ready;
     bool at_ready_set;
     const char *copy_mode;
-    const char *format;
+    struct img_opts img;     /* the shared options (imgopts.c) */
     const char *out_format;
     const char *backing;
     const char *backing_fmt;
@@ -40,8 +40,6 @@ struct mirror_args {
     bool clear_bitmap;
     bool reuse;
     bool compress;
-    bool unsafe;
-    bool force_share;
     uint64_t sparse_size;
     bool no_sparse;
     struct copy_opts copy;
@@ -51,18 +49,15 @@ enum { OPT_SYNC = 0x100, OPT_SHALLOW, OPT_BITMAP, OPT_CLEAR_BITMAP, OPT_AGENT, O
        OPT_PIVOT, OPT_FINISH, OPT_COPY_MODE, OPT_ASYNC };
 
 static const struct argp_option options[] = {
-    { "format", 'f', "FMT", 0, "Format of SOURCE; probed when omitted", 0 },
-    { "force-share", 'U', NULL, 0, "Read SOURCE even while it is being written", 0 },
     { "target-format", 'O', "FMT", 0, "Format of TARGET (default: SOURCE's format)", 0 },
     { "sync", OPT_SYNC, "MODE", 0, "full (default), top, none, or bitmap (--bitmap)", 0 },
     { "bitmap", OPT_BITMAP, "NAME", 0, "The dirty bitmap for --sync=bitmap", 0 },
     { "clear-bitmap", OPT_CLEAR_BITMAP, NULL, 0, "Clear that bitmap once TARGET is safe", 0 },
-    { "shallow", OPT_SHALLOW, NULL, 0, "Same as --sync=top", 0 },
+    { "shallow", OPT_SHALLOW, NULL, OPTION_HIDDEN, "Same as --sync=top", 0 },
     { "reuse-external", 'n', NULL, 0, "Copy into an existing TARGET (at least as large)", 0 },
     { "compress", 'c', NULL, 0, "Write compressed clusters (qcow2 target)", 0 },
     { "options", 'o', "OPTS", 0, "Options for creating TARGET, as create -o", 0 },
     { "backing", 'B', "FILE", 0, "Backing file of the new TARGET", 0 },
-    { "cache", 't', "MODE", 0, "writeback (default), writethrough, unsafe", 0 },
     { NULL, 'S', "SIZE", 0, "Sparse: zero runs of SIZE (4k); 0: none", 0 },
     { NULL, 'r', "RATE", OPTION_HIDDEN, "Same as --bandwidth", 0 },
     { NULL, 'm', "N", OPTION_HIDDEN, "Same as --requests (1-16)", 0 },
@@ -83,11 +78,9 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
 
     switch (key) {
     case ARGP_KEY_INIT:
+        state->child_inputs[2] = &a->img;
         state->child_inputs[0] = &a->copy;
         state->child_inputs[1] = &a->copy;
-        break;
-    case 'f':
-        a->format = parse_format_arg(arg, "-f", state);
         break;
     case 'O':
         a->out_format = parse_out_format_arg(arg, "-O", state);
@@ -102,9 +95,6 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         a->copy.requests = parse_coroutines_arg(arg, state);
         break;
     case 'W':
-        break;
-    case 'U':
-        a->force_share = true;
         break;
     case OPT_SYNC:
         if (!strcmp(arg, "full")) {
@@ -136,9 +126,6 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         break;
     case 'B':
         a->backing = arg;
-        break;
-    case 't':
-        a->unsafe = parse_cache_arg(arg, "-t", state);
         break;
     case 'F':
         a->backing_fmt = parse_format_arg(arg, "-F", state);
@@ -192,7 +179,7 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         if ((a->sync == SYNC_BITMAP) != (a->bitmap != NULL)) {
             argp_error(state, "--sync=bitmap and --bitmap NAME go together");
         }
-        if (a->clear_bitmap && a->force_share) {
+        if (a->clear_bitmap && a->img.force_share) {
             argp_error(state, "--clear-bitmap writes SOURCE: it cannot go with -U");
         }
         if (a->clear_bitmap && a->sync != SYNC_BITMAP) {
@@ -212,10 +199,11 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
-static const struct argp_child children[] = { { &copy_opts_argp, 0, NULL, 0 },
-                                              { &journal_opts_argp, 0, NULL, 0 },
-                                              { &tls_opts_argp, 0, NULL, 0 },
-                                              { 0 } };
+/* [2]: the shared image options (imgopts.c), set by cmd_mirror */
+static struct argp_child children[] = { { &copy_opts_argp, 0, NULL, 0 },
+                                        { &journal_opts_argp, 0, NULL, 0 },
+                                        { NULL, 0, NULL, 0 },
+                                        { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
 
 static const struct argp mirror_argp = {
     options, parse_opt, "SOURCE TARGET",
@@ -340,7 +328,7 @@ static int mirror_agent(struct mirror_args *a)
     char *target;
     int ret;
 
-    if (a->compress || a->backing || a->opts || a->force_share) {
+    if (a->compress || a->backing || a->opts || a->img.force_share) {
         error_report("-c, -B, -o and -U are for offline mirrors, not with --agent");
         return 64;
     }
@@ -415,6 +403,8 @@ int cmd_mirror(int argc, char **argv)
     bool nbd_target;
     int ret = 1, r;
 
+    children[2].argp = img_opts_argp(IMGOPT_FORMAT | IMGOPT_SHARE | IMGOPT_QUIET | IMGOPT_CACHE |
+                                     IMGOPT_SRC_CACHE);
     argp_parse(&mirror_argp, argc, argv, 0, NULL, &a);
     if (remote_path(a.agent)) {
         cancel_install();
@@ -426,7 +416,7 @@ int cmd_mirror(int argc, char **argv)
         if (a.out_format) {
             fmt = a.out_format;
         } else {
-            struct bdev *bd = bdev_open(a.source, a.format,
+            struct bdev *bd = bdev_open(a.source, a.img.format,
                                         BDEV_O_NO_BACKING | BDEV_O_FORCE_SHARE, &err);
             fmt = bd ? bdev_format_name(bd) : "raw";
             error_free(err);
@@ -450,7 +440,8 @@ int cmd_mirror(int argc, char **argv)
     }
     {
         struct bdev_open_opts oo = { .nbd_bitmap = a.sync == SYNC_BITMAP ? a.bitmap : NULL };
-        src = bdev_open_ext(a.source, a.format, a.force_share ? BDEV_O_FORCE_SHARE : 0, &oo,
+        src = bdev_open_ext(a.source, a.img.format,
+                            (a.img.force_share ? BDEV_O_FORCE_SHARE : 0) | a.img.src_cache, &oo,
                             &err);
     }
     if (!src) {
@@ -481,7 +472,8 @@ int cmd_mirror(int argc, char **argv)
     t.fmt = a.out_format;
     t.size = src->size;
     t.reuse = a.reuse;
-    t.unsafe = a.unsafe;
+    t.unsafe = a.img.cache & BDEV_O_NO_FLUSH;
+    t.cache = a.img.cache;
     /* the journal: written before anything changes (see job_journal_begin) */
     if (job_journal_begin(&jj, &a.copy, "mirror", argc, argv)) {
         goto out;
@@ -581,7 +573,7 @@ int cmd_mirror(int argc, char **argv)
         cp.dst_is_zero = t.created && !t.dst->backing_file;
         cp.check_dst_zero = !cp.dst_is_zero;
         cp.compress = a.compress;
-        cp.no_flush = a.unsafe;
+        cp.no_flush = a.img.cache & BDEV_O_NO_FLUSH;
         cp.sparse_size = a.sparse_size;
         cp.no_sparse = a.no_sparse;
         copy_opts_apply(&a.copy, &cp);

@@ -21,6 +21,7 @@ struct pivot_args {
     const char *state_dir;
     char **disks;
     int n;
+    struct img_opts img;     /* -q */
 };
 
 enum { OPT_AGENT = 0x100, OPT_WAIT, OPT_TIMEOUT, OPT_STATE_DIR };
@@ -39,6 +40,9 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     char *end;
 
     switch (key) {
+    case ARGP_KEY_INIT:
+        state->child_inputs[0] = &a->img;
+        break;
     case OPT_AGENT:
         a->agent = arg;
         break;
@@ -77,6 +81,9 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
+/* [0]: the shared image options (imgopts.c), set by cmd_pivot */
+static struct argp_child children[] = { { NULL, 0, NULL, 0 }, { 0 } };
+
 static const struct argp pivot_argp = {
     options, parse_opt, "DISK...\nID",
     "Switch each DISK onto the target of its mirror (or active commit) job (the job named "
@@ -86,7 +93,7 @@ static const struct argp pivot_argp = {
     "Exit status: 0 when every DISK pivoted, 1 on error (a job not ready without --wait, "
     "or failed), 124 when --timeout passed, 64 for usage errors, 130/143 when interrupted "
     "(the jobs go on).",
-    NULL, NULL, NULL,
+    children, NULL, NULL,
 };
 
 /* not --wait: job @id must be ready now.  0, or 1 said. */
@@ -209,6 +216,7 @@ int cmd_pivot(int argc, char **argv)
     double t0 = now_s();
     int ret;
 
+    children[0].argp = img_opts_argp(IMGOPT_QUIET);
     argp_parse(&pivot_argp, argc, argv, 0, NULL, &a);
     if (!remote_path(a.agent)) {
         /* an interrupted live mirror, its agent gone: finish it and switch */

@@ -23,49 +23,26 @@
 
 struct rebase_args {
     const char *agent;
-    const char *format;
+    struct img_opts img;     /* the shared options (imgopts.c) */
     const char *backing;        /* -b: "" flattens; NULL: none given */
     const char *backing_fmt;
     const char *file;
     bool unsafe;
-    bool cache_unsafe;          /* -t unsafe */
-    bool quiet;
-    bool force_share;
     struct copy_opts copy;
 };
 
 enum { OPT_AGENT = 0x100 };
 
 static const struct argp_option options[] = {
-    { "format", 'f', "FMT", 0, "Format of FILE; probed when omitted", 0 },
     { "backing", 'b', "BACKING", 0, "The new backing file ('' for none: FILE becomes "
       "standalone); relative to FILE's folder", 0 },
     { "backing-format", 'F', "FMT", 0, "Format of BACKING (required with a BACKING)", 0 },
     { "unsafe", 'u', NULL, 0, "Only rewrite the backing file name (no data is compared "
       "or copied)", 0 },
-    { "cache", 't', "CACHE", 0, "Cache mode for FILE: writeback (default), unsafe (no "
-      "flush), none, directsync, writethrough", 0 },
-    { "source-cache", 'T', "CACHE", 0, "Cache mode for the backing files (read only)", 0 },
-    { "quiet", 'q', NULL, 0, "No progress", 0 },
-    { "force-share", 'U', NULL, 0, "Open BACKING even if another process writes it", 0 },
     { "agent", OPT_AGENT, "SOCKET", 0, "With -u: FILE is a disk of that agent "
       "(change-backing-file, live)", 0 },
     { 0 }
 };
-
-/* qemu-img's cache mode names (bdrv_parse_cache_mode) */
-static bool cache_mode_ok(const char *m)
-{
-    static const char *const names[] = { "none", "off", "writeback", "unsafe", "directsync",
-                                         "writethrough" };
-
-    for (size_t i = 0; i < ARRAY_SIZE(names); i++) {
-        if (!strcmp(m, names[i])) {
-            return true;
-        }
-    }
-    return false;
-}
 
 static error_t parse_opt(int key, char *arg, struct argp_state *state)
 {
@@ -73,10 +50,8 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
 
     switch (key) {
     case ARGP_KEY_INIT:
+        state->child_inputs[1] = &a->img;
         state->child_inputs[0] = &a->copy;
-        break;
-    case 'f':
-        a->format = arg;
         break;
     case 'b':
         a->backing = arg;
@@ -86,23 +61,6 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         break;
     case 'u':
         a->unsafe = true;
-        break;
-    case 't':
-        if (!cache_mode_ok(arg)) {
-            argp_error(state, "Invalid cache option: %s", arg);
-        }
-        a->cache_unsafe = !strcmp(arg, "unsafe");
-        break;
-    case 'T':
-        if (!cache_mode_ok(arg)) {
-            argp_error(state, "Invalid source cache option: %s", arg);
-        }
-        break;
-    case 'q':
-        a->quiet = true;
-        break;
-    case 'U':
-        a->force_share = true;
         break;
     case OPT_AGENT:
         a->agent = arg;
@@ -131,8 +89,9 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
-static const struct argp_child children[] = { { &copy_opts_argp, 0, NULL, 0 },
-                                              { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
+/* [1]: the shared image options (imgopts.c), set by cmd_rebase */
+static struct argp_child children[] = { { &copy_opts_argp, 0, NULL, 0 },
+                                        { NULL, 0, NULL, 0 }, { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
 
 static const struct argp rebase_argp = {
     options, parse_opt, "FILE",
@@ -193,7 +152,8 @@ static struct bdev *open_new_backing(struct rebase_args *a, struct bdev *top, bo
     *in_chain = nb != NULL;
     if (!nb) {
         nb = bdev_open(path, a->backing_fmt,
-                       BDEV_O_NO_BITMAPS | (a->force_share ? BDEV_O_FORCE_SHARE : 0), &err);
+                       BDEV_O_NO_BITMAPS | (a->img.force_share ? BDEV_O_FORCE_SHARE : 0) |
+                           a->img.src_cache, &err);
         if (!nb) {
             if (!strncmp(err->msg, "cannot open", 11)) {
                 char *m = xasprintf("Could not open%s", err->msg + 11);   /* QEMU's words */
@@ -226,16 +186,16 @@ static int copy_differences(struct rebase_args *a, struct bdev *top, struct bdev
     cp.zero_over_below = true;
     cp.diff_below = true;
     cp.below = nb;
-    if (!a->quiet) {
+    if (!a->img.quiet) {
         copy_opts_apply(&a->copy, &cp);
     } else {
         struct copy_opts q = a->copy;
         q.progress = q.progress_json = false;
         copy_opts_apply(&q, &cp);
     }
-    cp.no_flush = a->cache_unsafe;
+    cp.no_flush = a->img.cache & BDEV_O_NO_FLUSH;
     r = copy_run(&cp, &err);
-    if (!a->quiet) {
+    if (!a->img.quiet) {
         copy_opts_finish(&a->copy);
     }
     if (r == -ECANCELED) {
@@ -256,10 +216,13 @@ int cmd_rebase(int argc, char **argv)
     struct rebase_args a = { 0 };
     struct error *err = NULL;
     struct bdev *top, *nb = NULL;
+    struct bdev_open_opts oo = { 0 };
     bool in_chain = false;
     const char *name;
     int ret = 1, r;
 
+    children[1].argp = img_opts_argp(IMGOPT_FORMAT | IMGOPT_SHARE | IMGOPT_QUIET | IMGOPT_CACHE |
+                                     IMGOPT_SRC_CACHE);
     argp_parse(&rebase_argp, argc, argv, 0, NULL, &a);
     cancel_install();
     if (remote_path(a.agent)) {
@@ -275,9 +238,13 @@ int cmd_rebase(int argc, char **argv)
         error_report("Invalid format name: '%s'", a.backing_fmt);
         return 1;
     }
-    top = bdev_open(a.file, a.format,
-                    BDEV_O_RDWR | (a.unsafe ? BDEV_O_NO_BACKING : 0) |
-                        (a.cache_unsafe ? BDEV_O_UNORDERED : 0), &err);
+    /* -t for FILE, -T for the backing files (old and new) */
+    oo.backing_cache_set = true;
+    oo.backing_cache = a.img.src_cache;
+    top = bdev_open_ext(a.file, a.img.format,
+                        BDEV_O_RDWR | (a.unsafe ? BDEV_O_NO_BACKING : 0) | a.img.cache |
+                            ((a.img.cache & BDEV_O_NO_FLUSH) ? BDEV_O_UNORDERED : 0),
+                        &oo, &err);
     if (!top) {
         report(err);
         return 1;
@@ -301,7 +268,7 @@ int cmd_rebase(int argc, char **argv)
             ret = r;
             goto out;
         }
-    } else if (!a.quiet) {
+    } else if (!a.img.quiet) {
         copy_opts_nothing(&a.copy);
     }
     if (top->drv->change_backing(top, *name ? name : NULL, *name ? a.backing_fmt : NULL,

@@ -16,23 +16,20 @@
 
 struct resize_args {
     const char *agent;
-    const char *format;
+    struct img_opts img;     /* the shared options (imgopts.c) */
     const char *file;
     const char *size;            /* as given, with its sign */
     bool shrink;
-    bool quiet;
     enum bdev_prealloc prealloc;
 };
 
 enum { OPT_SHRINK = 0x100, OPT_PREALLOC, OPT_AGENT };
 
 static const struct argp_option options[] = {
-    { "format", 'f', "FMT", 0, "Format of FILE; probed when omitted", 0 },
     { "shrink", OPT_SHRINK, NULL, 0, "Allow making the image smaller (the data past the new "
       "end is lost)", 0 },
     { "preallocation", OPT_PREALLOC, "MODE", 0, "Allocate the grown area: off (default), "
       "metadata (qcow2), falloc, full", 0 },
-    { "quiet", 'q', NULL, 0, "Do not print 'Image resized.'", 0 },
     { "agent", OPT_AGENT, "SOCKET", 0, "FILE is a disk of that agent (block_resize, live)", 0 },
     { 0 }
 };
@@ -42,8 +39,8 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     struct resize_args *a = state->input;
 
     switch (key) {
-    case 'f':
-        a->format = arg;
+    case ARGP_KEY_INIT:
+        state->child_inputs[0] = &a->img;
         break;
     case OPT_SHRINK:
         a->shrink = true;
@@ -52,9 +49,6 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         if (bdev_prealloc_parse(arg, &a->prealloc) < 0) {
             argp_error(state, "Invalid preallocation mode '%s'", arg);
         }
-        break;
-    case 'q':
-        a->quiet = true;
         break;
     case OPT_AGENT:
         a->agent = arg;
@@ -80,7 +74,8 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
-static const struct argp_child children[] = { { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
+/* [0]: the shared image options (imgopts.c), set by cmd_resize */
+static struct argp_child children[] = { { NULL, 0, NULL, 0 }, { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
 
 static const struct argp resize_argp = {
     options, parse_opt, "FILE [+|-]SIZE",
@@ -177,7 +172,7 @@ static int resize_agent(struct resize_args *a)
         report(err);
         goto out;
     }
-    if (!a->quiet) {
+    if (!a->img.quiet) {
         printf("Image resized.\n");
     }
     ret = 0;
@@ -200,11 +195,12 @@ int cmd_resize(int argc, char **argv)
     if (argc >= 3 && is_size_arg(argv[argc - 1])) {
         a.size = argv[--argc];
     }
+    children[0].argp = img_opts_argp(IMGOPT_FORMAT | IMGOPT_QUIET | IMGOPT_CACHE);
     argp_parse(&resize_argp, argc, argv, 0, NULL, &a);
     if (remote_path(a.agent)) {
         return resize_agent(&a);
     }
-    bd = bdev_open(a.file, a.format, BDEV_O_RDWR, &err);
+    bd = bdev_open(a.file, a.img.format, BDEV_O_RDWR | a.img.cache, &err);
     if (!bd) {
         report(err);
         return 1;
@@ -218,7 +214,7 @@ int cmd_resize(int argc, char **argv)
         report(err);
         ret = ret ? ret : 1;
     }
-    if (ret == 0 && !a.quiet) {
+    if (ret == 0 && !a.img.quiet) {
         printf("Image resized.\n");
     }
     return ret;

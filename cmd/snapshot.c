@@ -21,8 +21,7 @@
 struct snapshot_args {
     const char *format;
     bool list;
-    bool quiet;
-    enum output_format output;
+    struct img_opts img;     /* the shared options (imgopts.c) */
     char *opts;
     char **args;
     int nargs;
@@ -35,9 +34,7 @@ static const struct argp_option options[] = {
     { "format", 'F', "FMT", 0, "Format of the IMAGEs; probed when omitted", 0 },
     { "list", 'l', NULL, 0, "List IMAGE's backing chain and internal snapshots", 0 },
     { "options", 'o', "OPTS", 0, "qcow2 options for the overlays, as create -o", 0 },
-    { "output", OPT_OUTPUT, "FMT", 0, "With -l: human (default) or json", 0 },
     { "agent", OPT_AGENT, "SOCKET", 0, "IMAGEs are disks of the agent at SOCKET (live)", 0 },
-    { "quiet", 'q', NULL, 0, "Print nothing on success", 0 },
     { 0 }
 };
 
@@ -46,17 +43,14 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     struct snapshot_args *a = state->input;
 
     switch (key) {
+    case ARGP_KEY_INIT:
+        state->child_inputs[0] = &a->img;
+        break;
     case 'F':
         a->format = parse_format_arg(arg, "-F", state);
         break;
     case 'l':
         a->list = true;
-        break;
-    case 'q':
-        a->quiet = true;
-        break;
-    case OPT_OUTPUT:
-        a->output = parse_output_format(arg, state);
         break;
     case OPT_AGENT:
         a->agent = arg;
@@ -72,7 +66,7 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         a->nargs = state->argc - state->next;
         break;
     case ARGP_KEY_END:
-        if (!a->list && a->output == OUTPUT_JSON) {
+        if (!a->list && a->img.output == OUTPUT_JSON) {
             argp_error(state, "--output is for -l");
         }
         if (a->list && a->opts) {
@@ -89,7 +83,8 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
-static const struct argp_child children[] = { { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
+/* [0]: the shared image options (imgopts.c), set by cmd_snapshot */
+static struct argp_child children[] = { { NULL, 0, NULL, 0 }, { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
 
 static const struct argp snapshot_argp = {
     options, parse_opt, "IMAGE OVERLAY [IMAGE OVERLAY...]\n-l IMAGE",
@@ -172,7 +167,7 @@ static int do_list(struct snapshot_args *a)
         const char *bf = json_object_get_string(json_object_object_get(img, "backing-filename"));
         int64_t size = json_object_get_int64(json_object_object_get(img, "virtual-size"));
 
-        if (a->output == OUTPUT_JSON) {
+        if (a->img.output == OUTPUT_JSON) {
             jw_object_begin(&w);
             jw_kv_string(&w, "filename", file);
             jw_kv_string(&w, "format", fmt);
@@ -208,7 +203,7 @@ static int do_list(struct snapshot_args *a)
         }
     }
     jw_array_end(&w);
-    if (a->output == OUTPUT_JSON) {
+    if (a->img.output == OUTPUT_JSON) {
         printf("%s\n", jw_text(&w));
     }
     jw_free(&w);
@@ -360,7 +355,7 @@ static int do_agent(struct snapshot_args *a)
         }
     }
     ret = 0;
-    if (!a->quiet) {
+    if (!a->img.quiet) {
         for (int i = 0; i < n; i++) {
             printf("'%s' is now backed by '%s'\n", a->args[2 * i + 1],
                    json_object_get_string(json_object_object_get(d[i].image, "filename")));
@@ -481,6 +476,7 @@ int cmd_snapshot(int argc, char **argv)
     size_t *nfollow = NULL;
     int n, ret = 1;
 
+    children[0].argp = img_opts_argp(IMGOPT_OUTPUT | IMGOPT_QUIET);
     argp_parse(&snapshot_argp, argc, argv, 0, NULL, &a);
     if (a.list) {
         return do_list(&a);
@@ -580,7 +576,7 @@ int cmd_snapshot(int argc, char **argv)
         }
     }
     ret = 0;
-    if (!a.quiet) {
+    if (!a.img.quiet) {
         for (int i = 0; i < n; i++) {
             printf("'%s' is now backed by '%s'\n", a.args[2 * i + 1], a.args[2 * i]);
         }

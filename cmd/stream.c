@@ -18,7 +18,7 @@
 struct stream_args {
     const char *agent;
     bool wait, async;
-    const char *format;
+    struct img_opts img;     /* the shared options (imgopts.c) */
     const char *base;
     const char *top;
     struct copy_opts copy;
@@ -27,7 +27,6 @@ struct stream_args {
 enum { OPT_BASE = 0x100, OPT_AGENT, OPT_WAIT, OPT_ASYNC };
 
 static const struct argp_option options[] = {
-    { "format", 'f', "FMT", 0, "Format of TOP; probed when omitted", 0 },
     { "base", OPT_BASE, "BASE", 0, "Keep BASE (an image of the chain) as the backing file", 0 },
     { "agent", OPT_AGENT, "SOCKET", 0, "TOP is a disk of the agent at SOCKET: a live "
       "block-stream job", 0 },
@@ -42,11 +41,9 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
 
     switch (key) {
     case ARGP_KEY_INIT:
+        state->child_inputs[2] = &a->img;
         state->child_inputs[0] = &a->copy;
         state->child_inputs[1] = &a->copy;
-        break;
-    case 'f':
-        a->format = parse_format_arg(arg, "-f", state);
         break;
     case OPT_BASE:
         a->base = arg;
@@ -77,10 +74,11 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     return 0;
 }
 
-static const struct argp_child children[] = { { &copy_opts_argp, 0, NULL, 0 },
-                                              { &journal_opts_argp, 0, NULL, 0 },
-                                              { &tls_opts_argp, 0, NULL, 0 },
-                                              { 0 } };
+/* [2]: the shared image options (imgopts.c), set by cmd_stream */
+static struct argp_child children[] = { { &copy_opts_argp, 0, NULL, 0 },
+                                        { &journal_opts_argp, 0, NULL, 0 },
+                                        { NULL, 0, NULL, 0 },
+                                        { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
 
 static const struct argp stream_argp = {
     options, parse_opt, "TOP",
@@ -134,10 +132,13 @@ int cmd_stream(int argc, char **argv)
     struct error *err = NULL;
     struct copy_params cp;
     struct bdev *top, *base = NULL;
+    struct bdev_open_opts oo = { 0 };
     struct job_journal jj = { 0 };
     char *new_backing = NULL;
     int ret = 1, r;
 
+    children[2].argp = img_opts_argp(IMGOPT_FORMAT | IMGOPT_QUIET | IMGOPT_CACHE |
+                                     IMGOPT_SRC_CACHE);
     argp_parse(&stream_argp, argc, argv, 0, NULL, &a);
     cancel_install();
     if (remote_path(a.agent)) {
@@ -147,10 +148,19 @@ int cmd_stream(int argc, char **argv)
         error_report("--wait and --async go with --agent");
         return 64;
     }
-    top = bdev_open(a.top, a.format, BDEV_O_RDWR, &err);
+    /* -t for TOP, -T for its backing chain */
+    oo.backing_cache_set = true;
+    oo.backing_cache = a.img.src_cache;
+    top = bdev_open_ext(a.top, a.img.format, BDEV_O_RDWR | a.img.cache, &oo, &err);
     if (!top) {
         report(err);
         return 1;
+    }
+    if (!top->backing && !a.base && !a.copy.resume) {
+        /* nothing to stream, whatever the format (raw has no backing file) */
+        copy_opts_nothing(&a.copy);
+        ret = 0;
+        goto out;
     }
     if (!top->drv->change_backing) {
         error_report("'%s': format '%s' has no backing file to stream from", a.top,
@@ -184,6 +194,7 @@ int cmd_stream(int argc, char **argv)
     }
     if (!top->backing) {
         /* nothing to pull in */
+        copy_opts_nothing(&a.copy);
         job_journal_end(&jj);
         ret = 0;
         goto out;

@@ -174,7 +174,7 @@ static int target_resume(struct copy_target *t)
         return 1;
     }
     t->part = xstrdup(part);
-    t->dst = bdev_open(t->part, t->fmt, part_flags(t), &err);
+    t->dst = bdev_open(t->part, t->fmt, part_flags(t) | t->cache, &err);
     if (!t->dst) {
         report(err);
         free(t->part);
@@ -196,7 +196,8 @@ int target_open(struct copy_target *t)
         bool nbd = nbd_is_uri(t->name);
         /* With its chain: whether the target already reads zero depends on it. */
         t->dst = bdev_open(t->name, nbd ? NULL : t->fmt,
-                           BDEV_O_RDWR | (nbd && t->unsafe ? BDEV_O_UNORDERED : 0), &err);
+                           BDEV_O_RDWR | t->cache | (nbd && t->unsafe ? BDEV_O_UNORDERED : 0),
+                           &err);
         if (!t->dst) {
             report(err);
             return 1;
@@ -311,7 +312,7 @@ int target_open(struct copy_target *t)
             return 1;
         }
     }
-    t->dst = bdev_open(t->part, t->fmt, part_flags(t), &err);
+    t->dst = bdev_open(t->part, t->fmt, part_flags(t) | t->cache, &err);
     if (!t->dst) {
         report(err);
         return 1;

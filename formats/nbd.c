@@ -350,11 +350,70 @@ static void kill_conn(struct nbdc *c, int err, char *why)
     }
 }
 
+/*
+ * libnbd's last error in plain words (allocated): without the names of
+ * its functions and internal steps ("nbd_aio_notify_read: recv: ..."),
+ * which say nothing to the person reading, and with its few stock
+ * phrases said plainly.
+ */
+static char *plain_error(void)
+{
+    static const char *const steps[] = { "connect: ", "recv: ", "send: ", "handshake: ",
+                                         "poll: " };
+    static const struct {
+        const char *libnbd, *plain;
+    } phrases[] = {
+        { "server disconnected unexpectedly", "server closed the connection" },
+        { "could not connect to remote host: ", "" },
+    };
+    const char *e = nbd_get_error();
+    char *out, *p;
+    bool again = true;
+
+    if (!e || !*e) {
+        return xstrdup("server closed the connection");
+    }
+    while (again) {
+        size_t n = strspn(e, "abcdefghijklmnopqrstuvwxyz_");
+        again = false;
+        if (!strncmp(e, "nbd_", 4) && !strncmp(e + n, ": ", 2)) {
+            e += n + 2;
+            again = true;
+        }
+        for (size_t i = 0; i < ARRAY_SIZE(steps); i++) {
+            if (!strncmp(e, steps[i], strlen(steps[i]))) {
+                e += strlen(steps[i]);
+                again = true;
+            }
+        }
+    }
+    out = xstrdup(e);
+    for (size_t i = 0; i < ARRAY_SIZE(phrases); i++) {
+        p = strstr(out, phrases[i].libnbd);
+        if (p) {
+            /* "HOST:PORT: could not connect...": the URI names the host */
+            char *from = phrases[i].plain[0] ? p : out;
+            char *j = xasprintf("%.*s%s%s", (int)(from - out), out, phrases[i].plain,
+                                p + strlen(phrases[i].libnbd));
+            free(out);
+            out = j;
+        }
+    }
+    /* "server has no export named 'x': No such file or directory" */
+    p = strstr(out, "': No such file or directory");
+    if (p && strstr(out, "no export named '")) {
+        p[1] = '\0';
+    }
+    return out;
+}
+
 static char *lost_why(void)
 {
-    const char *e = nbd_get_error();
+    char *e = plain_error();
+    char *why = xasprintf("NBD server connection lost: %s", e);
 
-    return xasprintf("NBD server connection lost: %s", e && *e ? e : "connection closed");
+    free(e);
+    return why;
 }
 
 static void *io_thread(void *opaque)
@@ -589,10 +648,16 @@ static int drive(struct nbdc *c, int (*busy)(struct nbd_handle *))
         if (fds[0].revents & POLLNVAL) {
             return -EIO;
         }
-        if ((fds[0].revents & (POLLIN | POLLHUP | POLLERR)) && nbd_aio_notify_read(c->h) < 0) {
+        /* a hang-up is told to the side libnbd waits on: while it
+         * connects that is writing, and a read there is invalid */
+        if ((fds[0].revents & POLLIN ||
+             ((fds[0].revents & (POLLHUP | POLLERR)) && (dir & LIBNBD_AIO_DIRECTION_READ))) &&
+            nbd_aio_notify_read(c->h) < 0) {
             return -EIO;
         }
-        if ((fds[0].revents & POLLOUT) && nbd_aio_notify_write(c->h) < 0) {
+        if ((fds[0].revents & POLLOUT ||
+             ((fds[0].revents & (POLLHUP | POLLERR)) && !(dir & LIBNBD_AIO_DIRECTION_READ))) &&
+            nbd_aio_notify_write(c->h) < 0) {
             return -EIO;
         }
     }
@@ -623,11 +688,13 @@ static const char *tls_failure_hint(const char *uri, const char *why)
  */
 static int nbdc_connect(struct nbdc *c, struct error **errp)
 {
-    const char *uri = c->bd->filename, *why;
+    const char *uri = c->bd->filename;
     int ret;
 
     if (nbd_aio_connect_uri(c->h, uri) < 0) {
-        error_setg(errp, "'%s': cannot connect: %s", uri, nbd_get_error());
+        char *e = plain_error();
+        error_setg(errp, "cannot reach %s: %s", uri, e);
+        free(e);
         return -EIO;
     }
     ret = drive(c, nbd_aio_is_connecting);
@@ -642,9 +709,10 @@ static int nbdc_connect(struct nbdc *c, struct error **errp)
         return ret;
     }
     if (ret < 0 || nbd_aio_is_ready(c->h) <= 0) {
-        why = nbd_get_error();
-        error_setg(errp, "'%s': cannot connect: %s%s", uri, why && *why ? why : "connection closed",
-                   tls_failure_hint(uri, why));
+        const char *why = nbd_get_error();
+        char *e = plain_error();
+        error_setg(errp, "cannot reach %s: %s%s", uri, e, tls_failure_hint(uri, why));
+        free(e);
         return -EIO;
     }
     return 0;

@@ -146,7 +146,39 @@ struct chain_seen {
     dev_t dev[BDEV_MAX_CHAIN + 1];
     ino_t ino[BDEV_MAX_CHAIN + 1];
     int n;
+    int backing_cache;      /* the backing chain's cache flags; -1: the top's */
 };
+
+int bdev_cache_parse(const char *name, unsigned *flags)
+{
+    static const struct {
+        const char *name;
+        unsigned flags;
+    } modes[] = {
+        { "writeback", 0 },
+        { "off", 0 },
+        { "none", BDEV_O_NOCACHE },
+        { "writethrough", BDEV_O_WRITETHROUGH },
+        { "directsync", BDEV_O_NOCACHE | BDEV_O_WRITETHROUGH },
+        { "unsafe", BDEV_O_NO_FLUSH },
+    };
+
+    for (size_t i = 0; i < ARRAY_SIZE(modes); i++) {
+        if (!strcmp(name, modes[i].name)) {
+            *flags = modes[i].flags;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+/* The io layer's mode for BDEV_O_* cache flags */
+static unsigned io_cache_mode(unsigned flags)
+{
+    return ((flags & BDEV_O_NOCACHE) ? IO_CACHE_DIRECT : 0) |
+           ((flags & BDEV_O_WRITETHROUGH) ? IO_CACHE_WRITETHROUGH : 0) |
+           ((flags & BDEV_O_NO_FLUSH) ? IO_CACHE_NO_FLUSH : 0);
+}
 
 static struct bdev *open_one(const char *filename, const struct format_driver *drv,
                              unsigned flags, const char *nbd_bitmap, struct error **errp)
@@ -178,6 +210,10 @@ static struct bdev *open_one(const char *filename, const struct format_driver *d
     if (!drv->is_protocol) {
         bd->file = bfile_open(filename, bd->perm, bd->shared, errp);
         if (!bd->file) {
+            goto fail;
+        }
+        if (bfile_set_cache(bd->file, io_cache_mode(flags), errp) < 0) {
+            bfile_close(bd->file, bd->perm, bd->shared);
             goto fail;
         }
     }
@@ -265,7 +301,12 @@ static int open_backing(struct bdev *bd, unsigned flags, struct chain_seen *seen
                         struct error **errp)
 {
     const struct format_driver *bdrv;
-    unsigned bflags = flags & (BDEV_O_FORCE_SHARE | BDEV_O_NO_BITMAPS);
+    unsigned bflags = flags & (BDEV_O_FORCE_SHARE | BDEV_O_NO_BITMAPS | BDEV_O_INFO |
+                               BDEV_O_CACHE_MASK);
+
+    if (seen->backing_cache >= 0) {
+        bflags = (bflags & ~BDEV_O_CACHE_MASK) | (unsigned)seen->backing_cache;
+    }
 
     if (check_filename(bd->backing_file, "backing file", errp) < 0) {
         error_prefix(errp, "'%s': ", bd->filename);
@@ -299,8 +340,11 @@ static int open_backing(struct bdev *bd, unsigned flags, struct chain_seen *seen
         return -ENOENT;
     }
     bd->backing = open_chain(bd->full_backing_file, bdrv, bflags, NULL, seen, errp);
-    if (!bd->backing && errp && *errp && !strstr((*errp)->msg, bd->filename)) {
-        /* name the image whose backing file it is */
+    if (!bd->backing && errp && *errp && !strstr((*errp)->msg, bd->filename) &&
+        strncmp((*errp)->msg, "backing file of '", 17) &&
+        strncmp((*errp)->msg, "cannot open backing file '", 26)) {
+        /* name the image whose backing file it is, once: deeper in the
+         * chain, the image below already did */
         error_prefix(errp, "backing file of '%s': ", bd->filename);
     }
     return bd->backing ? 0 : -EIO;
@@ -388,6 +432,8 @@ struct bdev *bdev_open_ext(const char *filename, const char *format, unsigned fl
         drv = bdev_probe(head, n);
     }
     seen = xzalloc(sizeof(*seen));
+    seen->backing_cache = opts && opts->backing_cache_set
+                              ? (int)(opts->backing_cache & BDEV_O_CACHE_MASK) : -1;
     bd = open_chain(filename, drv, flags, opts ? opts->nbd_bitmap : NULL, seen, errp);
     free(seen);
     return bd;

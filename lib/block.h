@@ -33,7 +33,22 @@ enum {
     BDEV_O_UNORDERED = 1u << 5,     /* an image being built: no syncs that only order
                                        metadata for power failures (explicit flushes
                                        still sync) */
+    /* cache modes (QEMU's cache=, blockctl's -t/-T): the backing chain
+       inherits them unless bdev_open_opts says otherwise */
+    BDEV_O_INFO = 1u << 9,          /* read-only, for info: tables past the end of
+                                       the file read as zeroes, as QEMU reads them */
+    BDEV_O_NOCACHE = 1u << 6,       /* O_DIRECT (none, directsync) */
+    BDEV_O_WRITETHROUGH = 1u << 7,  /* data synced after each write (writethrough,
+                                       directsync) */
+    BDEV_O_NO_FLUSH = 1u << 8,      /* no syncs at all (unsafe) */
+    BDEV_O_CACHE_MASK = BDEV_O_NOCACHE | BDEV_O_WRITETHROUGH | BDEV_O_NO_FLUSH,
 };
+/*
+ * The BDEV_O_* cache flags of a cache mode's name (none, writeback,
+ * writethrough, directsync, unsafe; QEMU's "off" is writeback): 0 or
+ * -EINVAL.
+ */
+int bdev_cache_parse(const char *name, unsigned *flags);
 
 /* Request flags (QEMU's BDRV_REQ_* meaning) */
 enum {
@@ -388,6 +403,10 @@ struct bdev *bdev_open(const char *filename, const char *format, unsigned flags,
 struct bdev_open_opts {
     /* An NBD export's qemu:dirty-bitmap:NAME to request (see nbd_bitmap_status). */
     const char *nbd_bitmap;
+    /* The backing chain's cache flags (BDEV_O_CACHE_MASK), instead of
+     * the top's */
+    bool backing_cache_set;
+    unsigned backing_cache;
 };
 struct bdev *bdev_open_ext(const char *filename, const char *format, unsigned flags,
                            const struct bdev_open_opts *opts, struct error **errp);

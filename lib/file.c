@@ -187,7 +187,7 @@ static bool needs_write(unsigned perm)
 /* Reopen @f's descriptor read-write in place (same fd number). */
 static int upgrade_fd(struct bfile *f, struct error **errp)
 {
-    int fd = io_open(f->path, O_RDWR, 0);
+    int fd = io_open(f->path, O_RDWR | ((f->cache & IO_CACHE_DIRECT) ? O_DIRECT : 0), 0);
 
     if (fd < 0) {
         error_setg_errno(errp, -fd, "cannot open '%s' for writing", f->path);
@@ -202,6 +202,33 @@ static int upgrade_fd(struct bfile *f, struct error **errp)
     io_close(fd);
     f->writable = true;
     return 0;
+}
+
+int bfile_set_cache(struct bfile *f, unsigned mode, struct error **errp)
+{
+    unsigned want;
+    int ret;
+
+    if (!f->cache && !mode) {
+        return 0;
+    }
+    pthread_mutex_lock(&files_lock);
+    want = (f->cache | mode) & (IO_CACHE_DIRECT | IO_CACHE_WRITETHROUGH);
+    if (f->users <= 1 || (f->cache & IO_CACHE_NO_FLUSH)) {
+        want |= mode & IO_CACHE_NO_FLUSH;
+    }
+    ret = io_set_cache(f->fd, want);
+    if (ret < 0) {
+        if (ret == -EINVAL && (want & IO_CACHE_DIRECT)) {
+            error_setg(errp, "cannot open '%s': filesystem does not support O_DIRECT", f->path);
+        } else {
+            error_setg_errno(errp, -ret, "cannot open '%s'", f->path);
+        }
+    } else {
+        f->cache = want;
+    }
+    pthread_mutex_unlock(&files_lock);
+    return ret;
 }
 
 struct bfile *bfile_open(const char *path, unsigned perm, unsigned shared,

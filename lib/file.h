@@ -35,6 +35,7 @@ struct bfile {
     ino_t ino;
     bool writable;         /* fd is O_RDWR */
     bool is_blockdev;
+    unsigned cache;        /* IO_CACHE_* (lib/io.h) asked for so far */
     unsigned users;
     unsigned held[4];      /* per permission bit: users holding it */
     unsigned unshared[4];  /* per permission bit: users not sharing it */
@@ -58,6 +59,14 @@ void bfile_close(struct bfile *f, unsigned perm, unsigned shared);
  */
 int bfile_set_perm(struct bfile *f, unsigned old_perm, unsigned old_shared,
                    unsigned perm, unsigned shared, struct error **errp);
+/*
+ * Add the cache mode @mode (IO_CACHE_*, lib/io.h) to @f's descriptor: the
+ * descriptor is shared, so O_DIRECT and writethrough, once asked for, stay
+ * (they are never less safe); IO_CACHE_NO_FLUSH holds while every user
+ * asks for it.  A filesystem that refuses O_DIRECT fails with
+ * "cannot open 'PATH': filesystem does not support O_DIRECT".
+ */
+int bfile_set_cache(struct bfile *f, unsigned mode, struct error **errp);
 /* Size of the file or block device, or -errno. */
 int64_t bfile_size(struct bfile *f);
 /* Bytes allocated on disk (st_blocks * 512), or -errno. */

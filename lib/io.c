@@ -13,6 +13,9 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <linux/fs.h>
+#include <linux/stat.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -49,8 +52,23 @@ static const char *const op_names[OP__MAX] = {
 static char *count_path;
 static unsigned long op_counts[OP__MAX];
 static unsigned long faults_fired;
-static char **fd_names;
-static size_t nr_fd_names;
+static unsigned long bounced;
+
+/* What io_open and io_set_cache registered for each descriptor */
+struct fd_info {
+    char *name;
+    unsigned cache;         /* IO_CACHE_* */
+    size_t align;           /* O_DIRECT: the alignment it needs (else 1) */
+};
+static struct fd_info *fds;
+static size_t nr_fds;
+
+/*
+ * O_DIRECT writes: an aligned one holds this shared, a read-modify-write
+ * of a partial block exclusive, so that no write lands between its read
+ * and its write of the block (QEMU serialises such requests the same way).
+ */
+static pthread_rwlock_t direct_lock = PTHREAD_RWLOCK_INITIALIZER;
 
 static void parse_rules(void)
 {
@@ -168,8 +186,10 @@ static void write_counts(void)
     for (int op = 0; op < OP__MAX; op++) {
         dprintf(fd, "%s %lu\n", op_names[op], n[op]);
     }
-    if (dprintf(fd, "sync %lu\nany %lu\nfired %lu\n", n[OP_FSYNC] + n[OP_FDATASYNC], any,
-                __atomic_load_n(&faults_fired, __ATOMIC_RELAXED)) < 0) {
+    if (dprintf(fd, "sync %lu\nany %lu\nfired %lu\nbounced %lu\n",
+                n[OP_FSYNC] + n[OP_FDATASYNC], any,
+                __atomic_load_n(&faults_fired, __ATOMIC_RELAXED),
+                __atomic_load_n(&bounced, __ATOMIC_RELAXED)) < 0) {
         fprintf(stderr, "blockctl: BLOCKCTL_FAULT_COUNT: '%s': %s\n", count_path, strerror(errno));
     }
     close(fd);
@@ -364,7 +384,8 @@ static int fault_check(enum io_op op, int fd, const char *path)
     }
     pthread_mutex_lock(&io_lock);
     if (!path) {
-        path = fd >= 0 && (size_t)fd < nr_fd_names && fd_names[fd] ? fd_names[fd] : "(unnamed)";
+        /* (io_lock held: not fd_get) */
+        path = fd >= 0 && (size_t)fd < nr_fds && fds[fd].name ? fds[fd].name : "(unnamed)";
     }
     for (size_t i = 0; i < nr_rules; i++) {
         struct fault_rule *r = &rules[i];
@@ -408,27 +429,96 @@ static int simple_fault(int act)
 static void set_name(int fd, const char *path)
 {
     pthread_mutex_lock(&io_lock);
-    if ((size_t)fd >= nr_fd_names) {
-        size_t n = MAX((size_t)fd + 1, nr_fd_names * 2);
-        fd_names = xrealloc(fd_names, n * sizeof(*fd_names));
-        memset(fd_names + nr_fd_names, 0, (n - nr_fd_names) * sizeof(*fd_names));
-        nr_fd_names = n;
+    if ((size_t)fd >= nr_fds) {
+        size_t n = MAX((size_t)fd + 1, nr_fds * 2);
+        fds = xrealloc(fds, n * sizeof(*fds));
+        memset(fds + nr_fds, 0, (n - nr_fds) * sizeof(*fds));
+        nr_fds = n;
     }
-    free(fd_names[fd]);
-    fd_names[fd] = path ? xstrdup(path) : NULL;
+    free(fds[fd].name);
+    fds[fd].name = path ? xstrdup(path) : NULL;
+    fds[fd].cache = 0;
+    fds[fd].align = 1;
     pthread_mutex_unlock(&io_lock);
+}
+
+/* @fd's registration (name never NULL; cache 0 and align 1 if unknown) */
+static struct fd_info fd_get(int fd)
+{
+    struct fd_info i = { NULL, 0, 1 };
+
+    pthread_mutex_lock(&io_lock);
+    if (fd >= 0 && (size_t)fd < nr_fds) {
+        i = fds[fd];
+    }
+    pthread_mutex_unlock(&io_lock);
+    if (!i.name) {
+        i.name = "(unnamed)";
+    }
+    if (!i.align) {
+        i.align = 1;
+    }
+    return i;
 }
 
 const char *io_name(int fd)
 {
-    const char *n = NULL;
+    return fd_get(fd).name;
+}
 
+/* The alignment O_DIRECT needs on @fd: the device's logical block size,
+ * what statx says the filesystem needs, or 4096 when it says nothing. */
+static size_t direct_align(int fd)
+{
+    struct stat st;
+    struct statx stx;
+    size_t a = 0;
+
+    if (fstat(fd, &st) == 0 && S_ISBLK(st.st_mode)) {
+        int ss;
+        if (ioctl(fd, BLKSSZGET, &ss) == 0 && ss > 0) {
+            a = (size_t)ss;
+        }
+    } else if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 &&
+               (stx.stx_mask & STATX_DIOALIGN) && stx.stx_dio_offset_align) {
+        a = MAX(stx.stx_dio_offset_align, stx.stx_dio_mem_align);
+    }
+    if (!a || (a & (a - 1)) || a > 65536) {
+        a = 4096;
+    }
+    return MAX(a, (size_t)512);
+}
+
+int io_set_cache(int fd, unsigned mode)
+{
+    int fl = fcntl(fd, F_GETFL);
+    size_t align = 1;
+
+    if (fl < 0) {
+        return -errno;
+    }
+    if (fl & O_DIRECT) {
+        mode |= IO_CACHE_DIRECT;
+    } else if (mode & IO_CACHE_DIRECT) {
+        if (fcntl(fd, F_SETFL, fl | O_DIRECT) < 0) {
+            return -errno;
+        }
+    }
+    if (mode & IO_CACHE_DIRECT) {
+        align = direct_align(fd);
+    }
     pthread_mutex_lock(&io_lock);
-    if (fd >= 0 && (size_t)fd < nr_fd_names) {
-        n = fd_names[fd];
+    if (fd >= 0 && (size_t)fd < nr_fds && fds[fd].name) {
+        fds[fd].cache = mode;
+        fds[fd].align = align;
     }
     pthread_mutex_unlock(&io_lock);
-    return n ? n : "(unnamed)";
+    return 0;
+}
+
+size_t io_align(int fd)
+{
+    return fd_get(fd).align;
 }
 
 int io_open(const char *path, int flags, mode_t mode)
@@ -466,17 +556,15 @@ int io_close(int fd)
     return 0;
 }
 
-ssize_t io_pread(int fd, void *buf, size_t len, uint64_t off)
+/*
+ * pread(2) until @len bytes, the end of the file or an error.  With
+ * O_DIRECT (@align > 1) a read that stops at an unaligned position has
+ * met the end of the file (a further one would fail with EINVAL).
+ */
+static ssize_t read_full(int fd, void *buf, size_t len, uint64_t off, size_t align)
 {
-    int act = fault_check(OP_PREAD, fd, NULL);
     size_t done = 0;
 
-    if (act == FA_EIO || act == FA_ENOSPC) {
-        return -action_errno(act);
-    }
-    if (act == FA_SHORT || act == FA_TORN) {
-        len /= 2;
-    }
     while (done < len) {
         ssize_t r = pread(fd, (char *)buf + done, len - done, off + done);
         if (r < 0) {
@@ -489,34 +577,19 @@ ssize_t io_pread(int fd, void *buf, size_t len, uint64_t off)
             break;
         }
         done += r;
-    }
-    if (act == FA_TORN) {
-        raise(SIGKILL);
-    }
-    if (act == FA_SHORT) {
-        return -EIO;
+        if (align > 1 && !IS_ALIGNED(off + done, align)) {
+            break;
+        }
     }
     return (ssize_t)done;
 }
 
-int io_pwrite(int fd, const void *buf, size_t len, uint64_t off)
+static int write_full(int fd, const void *buf, size_t len, uint64_t off)
 {
-    int act = fault_check(OP_PWRITE, fd, NULL);
     size_t done = 0;
-    size_t want = len;
 
-    if (act == FA_EIO || act == FA_ENOSPC) {
-        return -action_errno(act);
-    }
-    if (act == FA_SHORT || act == FA_TORN) {
-        /* Tear at a sector boundary when the write spans several. */
-        want = len / 2;
-        if (want >= 512) {
-            want &= ~(size_t)511;
-        }
-    }
-    while (done < want) {
-        ssize_t r = pwrite(fd, (const char *)buf + done, want - done, off + done);
+    while (done < len) {
+        ssize_t r = pwrite(fd, (const char *)buf + done, len - done, off + done);
         if (r < 0) {
             if (errno == EINTR) {
                 continue;
@@ -528,8 +601,165 @@ int io_pwrite(int fd, const void *buf, size_t len, uint64_t off)
         }
         done += r;
     }
-    if (iolog_fd >= 0 && done) {
-        iolog_fd_rec(IOLOG_WRITE, fd, off, done, 0, buf, done);
+    return 0;
+}
+
+static bool direct_ok(const void *buf, size_t len, uint64_t off, size_t align)
+{
+    return IS_ALIGNED((uintptr_t)buf, align) && IS_ALIGNED(len, align) &&
+           IS_ALIGNED(off, align);
+}
+
+/* Largest aligned window a bounced request goes through at once */
+#define BOUNCE_MAX ((size_t)1 << 20)
+
+/* A bounce buffer for @len bytes at some offset (freed by the caller). */
+static uint8_t *bounce_alloc(size_t len, size_t align)
+{
+    __atomic_add_fetch(&bounced, 1, __ATOMIC_RELAXED);
+    return xmemalign(MAX(align, (size_t)4096), MIN(ALIGN_UP(len, align) + align, BOUNCE_MAX));
+}
+
+/*
+ * An O_DIRECT request that is not aligned goes through an aligned buffer
+ * covering the aligned window around it, at most BOUNCE_MAX at a time.
+ * Reads: bytes read (fewer at the end of the file) or -errno.
+ */
+static ssize_t bounce_read(int fd, void *buf, size_t len, uint64_t off, size_t align)
+{
+    uint8_t *b = bounce_alloc(len, align);
+    size_t done = 0;
+
+    while (done < len) {
+        uint64_t pos = off + done, ws = ALIGN_DOWN(pos, (uint64_t)align);
+        size_t piece = MIN(len - done, BOUNCE_MAX - (size_t)(pos - ws));
+        uint64_t we = ALIGN_UP(pos + piece, (uint64_t)align);
+        ssize_t r = read_full(fd, b, we - ws, ws, align);
+        size_t got;
+
+        if (r < 0) {
+            free(b);
+            return r;
+        }
+        got = (uint64_t)r > pos - ws ? MIN((size_t)r - (size_t)(pos - ws), piece) : 0;
+        memcpy((char *)buf + done, b + (pos - ws), got);
+        done += got;
+        if (got < piece) {
+            break;
+        }
+    }
+    free(b);
+    return (ssize_t)done;
+}
+
+/*
+ * Writes: a partial first or last block is read, changed and written
+ * whole (callers hold direct_lock exclusively).  A window that ran past
+ * the end of the file is cut back, so the file ends where it would have.
+ */
+static int bounce_write(int fd, const void *buf, size_t len, uint64_t off, size_t align)
+{
+    uint8_t *b = bounce_alloc(len, align);
+    size_t done = 0;
+    int ret = 0;
+
+    while (done < len && ret == 0) {
+        uint64_t pos = off + done, ws = ALIGN_DOWN(pos, (uint64_t)align);
+        size_t piece = MIN(len - done, BOUNCE_MAX - (size_t)(pos - ws));
+        uint64_t we = ALIGN_UP(pos + piece, (uint64_t)align);
+        size_t win = (size_t)(we - ws);
+        bool partial = pos != ws || pos + piece != we;
+        ssize_t r = (ssize_t)win;
+
+        if (partial) {
+            r = read_full(fd, b, win, ws, align);
+            if (r < 0) {
+                ret = (int)r;
+                break;
+            }
+            memset(b + r, 0, win - (size_t)r);
+        }
+        memcpy(b + (pos - ws), (const char *)buf + done, piece);
+        ret = write_full(fd, b, win, ws);
+        if (ret == 0 && (size_t)r < win && we > pos + piece) {
+            /* the file ended inside the window: end it where it would */
+            uint64_t end = MAX(ws + (uint64_t)r, pos + piece);
+            while (ftruncate(fd, (off_t)end) < 0) {
+                if (errno != EINTR) {
+                    ret = -errno;
+                    break;
+                }
+            }
+        }
+        done += piece;
+    }
+    free(b);
+    return ret;
+}
+
+ssize_t io_pread(int fd, void *buf, size_t len, uint64_t off)
+{
+    struct fd_info fi = fd_get(fd);
+    int act = fault_check(OP_PREAD, fd, fi.name);
+    ssize_t r;
+
+    if (act == FA_EIO || act == FA_ENOSPC) {
+        return -action_errno(act);
+    }
+    if (act == FA_SHORT || act == FA_TORN) {
+        len /= 2;
+    }
+    if (fi.align > 1 && !direct_ok(buf, len, off, fi.align)) {
+        r = bounce_read(fd, buf, len, off, fi.align);
+    } else {
+        r = read_full(fd, buf, len, off, fi.align);
+    }
+    if (r < 0) {
+        return r;
+    }
+    if (act == FA_TORN) {
+        raise(SIGKILL);
+    }
+    if (act == FA_SHORT) {
+        return -EIO;
+    }
+    return r;
+}
+
+int io_pwrite(int fd, const void *buf, size_t len, uint64_t off)
+{
+    struct fd_info fi = fd_get(fd);
+    int act = fault_check(OP_PWRITE, fd, fi.name);
+    size_t want = len;
+    int ret;
+
+    if (act == FA_EIO || act == FA_ENOSPC) {
+        return -action_errno(act);
+    }
+    if (act == FA_SHORT || act == FA_TORN) {
+        /* Tear at a sector boundary when the write spans several. */
+        want = len / 2;
+        if (want >= 512) {
+            want &= ~(size_t)511;
+        }
+    }
+    if (fi.align > 1) {
+        bool ok = direct_ok(buf, want, off, fi.align);
+        if (ok) {
+            pthread_rwlock_rdlock(&direct_lock);
+        } else {
+            pthread_rwlock_wrlock(&direct_lock);
+        }
+        ret = ok ? write_full(fd, buf, want, off) : bounce_write(fd, buf, want, off, fi.align);
+        pthread_rwlock_unlock(&direct_lock);
+    } else {
+        ret = write_full(fd, buf, want, off);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    if (iolog_fd >= 0 && want) {
+        iolog_fd_rec(IOLOG_WRITE, fd, off, want, 0, buf, want);
     }
     if (act == FA_TORN) {
         raise(SIGKILL);
@@ -537,13 +767,21 @@ int io_pwrite(int fd, const void *buf, size_t len, uint64_t off)
     if (act == FA_SHORT) {
         return -ENOSPC;
     }
+    if (fi.cache & IO_CACHE_WRITETHROUGH) {
+        return io_fdatasync(fd);
+    }
     return 0;
 }
 
 int io_fsync(int fd)
 {
-    int act = fault_check(OP_FSYNC, fd, NULL);
+    int act;
     uint64_t mark = 0;
+
+    if (fd_get(fd).cache & IO_CACHE_NO_FLUSH) {
+        return 0;
+    }
+    act = fault_check(OP_FSYNC, fd, NULL);
 
     if (act >= 0) {
         return simple_fault(act);
@@ -562,8 +800,13 @@ int io_fsync(int fd)
 
 int io_fdatasync(int fd)
 {
-    int act = fault_check(OP_FDATASYNC, fd, NULL);
+    int act;
     uint64_t mark = 0;
+
+    if (fd_get(fd).cache & IO_CACHE_NO_FLUSH) {
+        return 0;
+    }
+    act = fault_check(OP_FDATASYNC, fd, NULL);
 
     if (act >= 0) {
         return simple_fault(act);
@@ -615,6 +858,9 @@ int io_fallocate(int fd, int mode, uint64_t off, uint64_t len)
     }
     if (iolog_fd >= 0) {
         iolog_fd_rec(IOLOG_FALLOCATE, fd, off, len, (uint64_t)mode, NULL, 0);
+    }
+    if (fd_get(fd).cache & IO_CACHE_WRITETHROUGH) {
+        return io_fdatasync(fd);
     }
     return 0;
 }

@@ -67,6 +67,21 @@ int io_rename(const char *from, const char *to);
 int io_rename_noreplace(const char *from, const char *to);
 /* fsync the directory that contains @path; returns 0 or -errno. */
 int io_dirsync(const char *path);
+/*
+ * Cache modes of a descriptor (QEMU's cache=): IO_CACHE_DIRECT is O_DIRECT
+ * (none, directsync): every request is aligned to what the file needs
+ * (io_align), through an aligned bounce buffer when the caller's is not;
+ * IO_CACHE_WRITETHROUGH syncs the data after each write (writethrough,
+ * directsync); IO_CACHE_NO_FLUSH makes fsync and fdatasync do nothing
+ * (unsafe).  BLOCKCTL_FAULT_COUNT's "bounced N" counts the requests that
+ * went through a bounce buffer.
+ */
+enum { IO_CACHE_DIRECT = 1u << 0, IO_CACHE_WRITETHROUGH = 1u << 1, IO_CACHE_NO_FLUSH = 1u << 2 };
+/* Set @fd's mode (O_DIRECT, once on, stays on): 0 or -errno (-EINVAL:
+ * the filesystem refuses O_DIRECT). */
+int io_set_cache(int fd, unsigned mode);
+/* The alignment O_DIRECT requests on @fd need (1: buffered). */
+size_t io_align(int fd);
 /* Name registered for @fd by io_open (never NULL). */
 const char *io_name(int fd);
 

@@ -193,6 +193,9 @@ void opts_print_help(const char *format, const struct opt_desc *desc)
 
     printf("Supported options for '%s':\n", format);
     for (; desc && desc->name; desc++) {
+        if (desc->unsupported) {
+            continue;
+        }
         printf("  %-22s <%s>\n", desc->name, types[desc->type]);
         if (desc->help) {
             printf("      %s\n", desc->help);

@@ -15,6 +15,7 @@ struct opt_desc {
     const char *name;
     enum opt_type type;
     const char *help;
+    bool unsupported;   /* known (its use is refused with a reason), not listed by -o help */
 };
 
 struct opt {

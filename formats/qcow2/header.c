@@ -35,9 +35,9 @@ const struct opt_desc qcow2_create_opts[] = {
     { "cluster_size", OPT_SIZE, "qcow2 cluster size" },
     { "compat", OPT_STRING, "Compatibility level (v2 [0.10] or v3 [1.1])" },
     { "compression_type", OPT_STRING, "Compression method used for image cluster compression" },
-    { "data_file", OPT_STRING, "File name of an external data file (not supported)" },
-    { "encryption", OPT_BOOL, "Encrypt the image (not supported)" },
-    { "encrypt.format", OPT_STRING, "Encrypt the image (not supported)" },
+    { "data_file", OPT_STRING, "File name of an external data file", true },
+    { "encryption", OPT_BOOL, "Encrypt the image", true },
+    { "encrypt.format", OPT_STRING, "Encrypt the image", true },
     { "extended_l2", OPT_BOOL, "Extended L2 tables" },
     { "lazy_refcounts", OPT_BOOL, "Postpone refcount updates" },
     { "preallocation", OPT_STRING,
@@ -571,7 +571,7 @@ static int read_table(struct qcow2 *s, uint64_t off, uint64_t entries, uint64_t 
         return (int)n;
     }
     if ((size_t)n < bytes) {
-        if (s->check_mode) {
+        if (s->eof_zero) {
             /* check reports it; the missing part reads as zeroes */
             memset((uint8_t *)t + n, 0, bytes - n);
         } else {
@@ -661,6 +661,7 @@ static int qcow2_open(struct bdev *bd, unsigned flags, struct error **errp)
     s->unordered = flags & BDEV_O_UNORDERED;
     s->read_only = bd->read_only;
     s->check_mode = flags & BDEV_O_CHECK;
+    s->eof_zero = s->check_mode || ((flags & BDEV_O_INFO) && !(flags & BDEV_O_RDWR));
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->range_cond, NULL);
 
@@ -676,8 +677,12 @@ static int qcow2_open(struct bdev *bd, unsigned flags, struct error **errp)
         error_setg_errno(errp, -n, "'%s': cannot read the header", fn);
         return (int)n;
     }
-    if (n < QCOW2_V2_HEADER_SIZE || get_be32(head) != QCOW2_MAGIC) {
-        error_setg(errp, "'%s': not a qcow2 image (bad magic or truncated header)", fn);
+    if (n < 4 || get_be32(head) != QCOW2_MAGIC) {
+        error_setg(errp, "'%s': not a qcow2 image (bad magic)", fn);
+        return -EINVAL;
+    }
+    if (n < QCOW2_V2_HEADER_SIZE) {
+        error_setg(errp, "'%s': qcow2 header too short", fn);     /* QEMU's words */
         return -EINVAL;
     }
     s->version = get_be32(head + 4);
@@ -708,8 +713,8 @@ static int qcow2_open(struct bdev *bd, unsigned flags, struct error **errp)
         s->refcount_order = 4;
         s->header_length = QCOW2_V2_HEADER_SIZE;
     } else {
-        if (n < QCOW2_V3_HEADER_SIZE) {
-            error_setg(errp, "'%s': truncated qcow2 v3 header", fn);
+        if (n < QCOW2_V3_HEADER_SIZE) {     /* QEMU's words */
+            error_setg(errp, "'%s': qcow2 header too short", fn);
             return -EINVAL;
         }
         s->incompat = get_be64(head + 72);
@@ -867,7 +872,7 @@ static int qcow2_open(struct bdev *bd, unsigned flags, struct error **errp)
                    s->l1_offset);
         goto fail;
     }
-    if (s->l1_size && !s->check_mode &&
+    if (s->l1_size && !s->eof_zero &&
         (s->l1_offset > (uint64_t)fsize ||
          (uint64_t)s->l1_size * 8 > (uint64_t)fsize - s->l1_offset)) {
         error_setg(errp, "'%s': L1 table (offset 0x%" PRIx64 ", %" PRIu32 " entries) lies "
@@ -889,7 +894,7 @@ static int qcow2_open(struct bdev *bd, unsigned flags, struct error **errp)
     if (s->reftable_offset > (uint64_t)fsize ||
         (uint64_t)s->reftable_clusters * s->cluster_size > (uint64_t)fsize - s->reftable_offset) {
         /* QEMU tolerates a table whose tail is past EOF (reads zeroes). */
-        if (s->reftable_offset >= (uint64_t)fsize && !s->check_mode) {
+        if (s->reftable_offset >= (uint64_t)fsize && !s->eof_zero) {
             error_setg(errp, "'%s': refcount table (offset 0x%" PRIx64 ") lies past the end of "
                        "the file", fn, s->reftable_offset);
             goto fail;

@@ -311,6 +311,8 @@ struct qcow2 {
     bool unsure;               /* a header update may or may not be on disk: no
                                 * further writes (corrupt is set too) */
     bool check_mode;
+    bool eof_zero;             /* check, or BDEV_O_INFO: tables past the end of the file
+                                  read as zeroes (as QEMU reads them) */
 };
 
 static inline uint64_t qcow2_offset_into_cluster(struct qcow2 *s, uint64_t off)

@@ -111,9 +111,20 @@ FMTS="valid: raw, qcow2"
     usage "1 to 16" convert -m 17 "$A" t.raw
     usage "1 to 16" convert -m x "$A" t.raw
     usage "1 to 16" mirror -m 0 "$A" t.qcow2
-    usage "writeback, writethrough, unsafe" convert -t bogus "$A" t.raw
-    usage "writeback, writethrough, unsafe" convert -T bogus "$A" t.raw
-    usage "writeback, writethrough, unsafe" mirror -t bogus "$A" t.qcow2
-    usage "O_DIRECT" mirror -t none "$A" t.qcow2
-    usage "O_DIRECT" convert -t directsync "$A" t.raw
+    local modes="valid: none, writeback, writethrough, directsync, unsafe" c
+    usage "Invalid cache option: bogus ($modes)" convert -t bogus "$A" t.raw
+    usage "Invalid source cache option: bogus ($modes)" convert -T bogus "$A" t.raw
+    usage "Invalid cache option: bogus ($modes)" mirror -t bogus "$A" t.qcow2
+    # the same words in every command that takes them (one parser)
+    for c in amend resize commit stream rebase; do
+        usage "Invalid cache option: nope ($modes)" $c -t nope "$A"
+    done
+    for c in check stream rebase; do
+        usage "Invalid source cache option: nope ($modes)" $c -T nope "$A"
+    done
+    usage "Invalid source cache option: nope ($modes)" compare -T nope "$A" "$A"
+    usage "Invalid source cache option: nope ($modes)" mirror -T nope "$A" t.qcow2
+    # -t/-T where the command neither writes nor reads data is no option
+    usage "invalid option" info -t none "$A"
+    usage "invalid option" map -T none "$A"
 }
