@@ -5,6 +5,7 @@
 #include "lib/compiler.h"
 
 #include <argp.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,15 +116,15 @@ int cmd_amend(int argc, char **argv)
     struct error *err = NULL;
     struct amend_ctl ctl = { 0 };
     struct bdev *bd = NULL;
-    int ret = 1;
+    int ret = 1, r;
 
     children[0].argp = img_opts_argp(IMGOPT_FORMAT | IMGOPT_QUIET | IMGOPT_CACHE);
     argp_parse(&amend_argp, argc, argv, 0, NULL, &a);
-    /* qemu-img's checks, in its order, with its messages (exit 1) */
+    /* qemu-img's checks, in its order, with its messages (usage errors: 64, not 1) */
     if (!a.opts) {
         error_report("Must specify options (-o)");
         fprintf(stderr, "Try 'blockctl amend --help' for more information\n");
-        return 1;
+        return EXIT_USAGE;
     }
     if (a.img.quiet) {
         a.progress = false;
@@ -139,6 +140,7 @@ int cmd_amend(int argc, char **argv)
     }
     if (a.nfiles != 1) {
         error_report("Expecting one image file name");
+        ret = EXIT_USAGE;
         goto out;
     }
     bd = bdev_open(a.file, a.img.format, BDEV_O_RDWR | BDEV_O_NO_BITMAPS | a.img.cache, &err);
@@ -150,8 +152,11 @@ int cmd_amend(int argc, char **argv)
         ret = print_help(bd->drv);
         goto out;
     }
-    if (bdev_amend_opts(bd->drv, a.opts, &o, &err) < 0) {
+    r = bdev_amend_opts(bd->drv, a.opts, &o, &err);
+    if (r < 0) {
+        /* an unknown option or a value of the wrong type: a usage error */
         report(err);
+        ret = r == -EINVAL ? EXIT_USAGE : 1;
         goto out;
     }
     ctl.force = a.force;
@@ -159,7 +164,9 @@ int cmd_amend(int argc, char **argv)
         ctl.progress = on_progress;
         progress_print(0);
     }
-    ret = bdev_amend(bd, &o, &ctl, &err) < 0 ? 1 : 0;
+    r = bdev_amend(bd, &o, &ctl, &err);
+    /* (-EDOM: a value that is not valid, refused before any change) */
+    ret = r == -EDOM ? EXIT_USAGE : r < 0 ? 1 : 0;
     if (a.progress) {
         progress_print(100);
     }

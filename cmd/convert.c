@@ -23,12 +23,13 @@ struct convert_args {
     const char *backing;
     const char *backing_fmt;
     char *opts;
+    const char *snapshot;   /* -l */
     char **files;           /* SOURCE... OUTPUT */
     int nfiles;
     bool compress, reuse, progress;
-    bool target_is_zero, bitmaps, skip_broken, salvage;
+    bool target_is_zero, bitmaps, skip_broken, salvage, copy_range;
     uint64_t sparse_size;
-    bool no_sparse;
+    bool no_sparse, sparse_given;
     uint64_t rate;
     unsigned requests;
 };
@@ -45,7 +46,10 @@ static const struct argp_option options[] = {
     { NULL, 'S', "SIZE", 0, "Sparse: zero runs of SIZE (4k); 0: none", 0 },
     { NULL, 'r', "RATE", 0, "Copy at most RATE bytes per second", 0 },
     { NULL, 'm', "N", 0, "Requests in flight (1-16, default 4)", 0 },
-    { NULL, 'W', NULL, 0, "Out-of-order writes (blockctl's are always)", 0 },
+    /* (no-ops, in the page: blockctl's writes are always out of order) */
+    { NULL, 'W', NULL, OPTION_HIDDEN, "Out-of-order writes (blockctl's are always)", 0 },
+    { NULL, 'C', NULL, 0, "Copy offloading (accepted; the result is the same)", 0 },
+    { NULL, 'l', "SNAPSHOT", 0, "Copy that internal snapshot of FILENAME (ID or name)", 0 },
     { NULL, 'p', NULL, 0, "Show progress", 0 },
     { "target-is-zero", OPT_TARGET_IS_ZERO, NULL, 0, "-n: OUTPUT reads zero already", 0 },
     { "bitmaps", OPT_BITMAPS, NULL, 0, "Copy the source's persistent bitmaps", 0 },
@@ -82,6 +86,13 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         break;
     case 'S':
         parse_sparse_arg(arg, &a->sparse_size, &a->no_sparse, state);
+        a->sparse_given = true;
+        break;
+    case 'C':
+        a->copy_range = true;
+        break;
+    case 'l':
+        a->snapshot = arg;
         break;
     case 'r':
         a->rate = parse_size_arg(arg, "rate limit", state);
@@ -113,6 +124,19 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     case ARGP_KEY_END:
         if (a->nfiles < 2 && !(a->opts && opts_want_help(a->opts))) {
             argp_error(state, "Must specify image file name");
+        }
+        /* qemu-img's refusals of -C */
+        if (a->copy_range && a->compress) {
+            argp_error(state, "Cannot enable copy offloading when -c is used");
+        }
+        if (a->copy_range && a->sparse_given) {
+            argp_error(state, "Cannot enable copy offloading when -S is used");
+        }
+        if (a->copy_range && a->salvage) {
+            argp_error(state, "Cannot use copy offloading in salvaging mode");
+        }
+        if (a->snapshot && a->nfiles > 2) {
+            argp_error(state, "No support for concatenating multiple snapshot");
         }
         if (a->target_is_zero && !a->reuse) {
             argp_error(state, "--target-is-zero requires use of -n flag");
@@ -151,10 +175,10 @@ static struct argp_child children[] = { { NULL, 0, NULL, 0 }, { &tls_opts_argp, 
 
 static const struct argp convert_argp = {
     options, parse_opt, "FILENAME [FILENAME2 ...] OUTPUT_FILENAME",
-    "Copy the images FILENAME... (one after the other) to OUTPUT_FILENAME: a new image "
-    "(replacing a file of that name once complete), an existing one (-n) or an NBD URI.\v"
-    "qemu-img convert's options and defaults; blockctl-convert(1) lists the differences.\n"
-    "Exit status: 0 on success, 1 on error, 64 for usage errors, 130/143 when interrupted.",
+    "Copy FILENAME... (one after the other) to OUTPUT_FILENAME: a new image (in place "
+    "once complete), an existing one (-n) or an NBD URI.\v"
+    "qemu-img convert's options; blockctl-convert(1) says what differs.\n"
+    "Exit status: 0 done, 1 error, 64 usage error, 130/143 interrupted.",
     children, NULL, NULL,
 };
 
@@ -256,6 +280,11 @@ int cmd_convert(int argc, char **argv)
         src[i] = bdev_open(a.files[i], a.img.format,
                            (a.img.force_share ? BDEV_O_FORCE_SHARE : 0) | a.img.src_cache, &err);
         if (!src[i]) {
+            report(err);
+            goto out;
+        }
+        if (a.snapshot && bdev_snapshot_load_tmp(src[i], a.snapshot, &err) < 0) {
+            error_prefix(&err, "Failed to load snapshot: ");
             report(err);
             goto out;
         }

@@ -35,7 +35,7 @@ static const struct {
     { IMGOPT_CACHE,
       { "cache", 't', "MODE", 0, "Written images' cache: writeback, none, unsafe...", 0 } },
     { IMGOPT_SRC_CACHE,
-      { "source-cache", 'T', "MODE", 0, "Read-only images' cache (as -t; default writeback)", 0 } },
+      { "source-cache", 'T', "MODE", 0, "Read-only images' cache (as -t, writeback)", 0 } },
 };
 
 static unsigned taken;

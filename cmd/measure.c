@@ -42,7 +42,7 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         state->child_inputs[0] = &a->img;
         break;
     case 'O':
-        a->out_format = arg;
+        a->out_format = parse_out_format_arg(arg, "-O", state);
         break;
     case 'o':
         append_opts(&a->opts, arg);
@@ -102,26 +102,20 @@ int cmd_measure(int argc, char **argv)
     struct bdev *in = NULL;
     struct error *err = NULL;
     uint64_t size = 0;
-    int ret = 1;
+    int ret = 1, r;
 
     children[0].argp = img_opts_argp(IMGOPT_FORMAT | IMGOPT_SHARE | IMGOPT_OUTPUT | IMGOPT_QUIET);
     argp_parse(&measure_argp, argc, argv, 0, NULL, &a);
-    /* qemu-img's checks, in its order, with its messages (exit 1) */
-    if (a.size) {
-        int r = size_parse(a.size, &size, 0);
-        if (r == 0 && size > INT64_MAX) {
-            r = -ERANGE;
-        }
-        if (r == -ERANGE) {
-            error_report("Invalid image size specified. Must be between 0 and %" PRId64 ".",
-                         INT64_MAX);
-            goto out;
-        } else if (r < 0) {
-            error_report("Invalid image size specified. You may use k, M, G, T, P or E "
-                         "suffixes for");
-            error_report("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
-            goto out;
-        }
+    /*
+     * qemu-img's checks, in its order, with its messages; all of them are
+     * usage errors (64, where qemu-img exits 1), a bad size said as
+     * create says it
+     */
+    ret = EXIT_USAGE;
+    if (a.size && (size_parse(a.size, &size, 0) < 0 || size > INT64_MAX)) {
+        error_report("invalid image size '%s': use a number of bytes with an optional "
+                     "suffix k, M, G, T, P or E (at most 8E-1)", a.size);
+        goto out;
     }
     if (a.too_many) {
         error_report("At most one filename argument is allowed.");
@@ -139,6 +133,16 @@ int cmd_measure(int argc, char **argv)
         error_report("Either --size N or one filename must be specified.");
         goto out;
     }
+    drv = bdev_find_driver(a.out_format);
+    if (a.opts) {
+        /* an unknown key or a value of the wrong type (the format's checks: below) */
+        if (bdev_measure_opts(drv, a.opts, &o, &err) < 0) {
+            report(err);
+            error_report("Invalid options for file format '%s'", drv->name);
+            goto out;
+        }
+    }
+    ret = 1;
     if (a.file) {
         in = bdev_open(a.file, a.img.format, a.img.force_share ? BDEV_O_FORCE_SHARE : 0, &err);
         if (!in) {
@@ -151,27 +155,16 @@ int cmd_measure(int argc, char **argv)
             goto out;
         }
     }
-    drv = bdev_find_driver(a.out_format);
-    if (!drv || drv->is_protocol) {
-        if (drv) {
-            error_report("Block driver '%s' does not support size measurement", drv->name);
-        } else {
-            error_report("Unknown file format '%s'", a.out_format);
-        }
-        goto out;
-    }
-    if (a.opts && bdev_measure_opts(drv, a.opts, &o, &err) < 0) {
-        report(err);
-        error_report("Invalid options for file format '%s'", drv->name);
-        goto out;
-    }
     if (a.size) {
         char buf[32];
         snprintf(buf, sizeof(buf), "%" PRIu64, size);
         opts_set(&o, "size", buf);
     }
-    if (bdev_measure(drv, &o, in, &m, &err) < 0) {
+    r = bdev_measure(drv, &o, in, &m, &err);
+    if (r < 0) {
         report(err);
+        /* a value the format refuses (checked before anything is read) */
+        ret = r == -EINVAL ? EXIT_USAGE : 1;
         goto out;
     }
     if (a.img.output == OUTPUT_JSON) {

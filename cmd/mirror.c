@@ -208,8 +208,7 @@ static struct argp_child children[] = { { &copy_opts_argp, 0, NULL, 0 },
 static const struct argp mirror_argp = {
     options, parse_opt, "SOURCE TARGET",
     "Copy the disk SOURCE shows to TARGET: a file, an image (-n) or an NBD URI.\v"
-    "A new TARGET exists only whole (TARGET.part until then).  Exit status: 0 done, "
-    "1 error, 2 live job cancelled by another, 64 usage error, 130/143 interrupted.",
+    "Exit status: 0 done, 1 error, 2 cancelled by another, 64 usage, 130/143 signal",
     children, NULL, NULL,
 };
 

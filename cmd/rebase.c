@@ -57,7 +57,7 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
         a->backing = arg;
         break;
     case 'F':
-        a->backing_fmt = arg;
+        a->backing_fmt = parse_format_arg(arg, "-F", state);
         break;
     case 'u':
         a->unsafe = true;
@@ -234,10 +234,6 @@ int cmd_rebase(int argc, char **argv)
         return rebase_agent(&a);
     }
     name = a.backing ? a.backing : "";
-    if (a.backing_fmt && !bdev_find_driver(a.backing_fmt)) {
-        error_report("Invalid format name: '%s'", a.backing_fmt);
-        return 1;
-    }
     /* -t for FILE, -T for the backing files (old and new) */
     oo.backing_cache_set = true;
     oo.backing_cache = a.img.src_cache;

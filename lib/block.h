@@ -519,7 +519,8 @@ int bdev_get_info(struct bdev *bd, struct image_info *out, struct error **errp);
 
 /*
  * lib/measure.c: -o lists checked as QemuOpts checks them (its messages:
- * "Invalid parameter 'x'", "Parameter 'x' expects ..."), against the
+ * "Invalid parameter 'x'" with the valid names, "Parameter 'x' expects
+ * ..."), -EINVAL, against the
  * descriptions @a and @b (either may be NULL); parsed into @out.
  */
 int bdev_opts_check(const char *str, const struct opt_desc *a, const struct opt_desc *b,
@@ -539,7 +540,10 @@ int bdev_snapshot_load_tmp(struct bdev *bd, const char *spec, struct error **err
 /* The options qemu-img amend takes for @drv, parsed into @out (with its messages). */
 int bdev_amend_opts(const struct format_driver *drv, const char *str, struct optlist *out,
                     struct error **errp);
-/* Change @bd's options in place (read-write, its chain opened): qemu-img amend. */
+/*
+ * Change @bd's options in place (read-write, its chain opened): qemu-img
+ * amend.  -EDOM: a value that is not valid (nothing was changed).
+ */
 int bdev_amend(struct bdev *bd, const struct optlist *o, const struct amend_ctl *ctl,
                struct error **errp);
 

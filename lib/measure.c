@@ -67,6 +67,30 @@ static int check_value(const struct opt_desc *d, const char *v, struct error **e
     return 0;
 }
 
+/* "a, b, c": the names -o help lists (all of them if it lists none) */
+static char *valid_names(const struct opt_desc *a, const struct opt_desc *b, bool all)
+{
+    const struct opt_desc *set[2] = { a, b };
+    char *list = xstrdup("");
+
+    for (int k = 0; k < 2; k++) {
+        for (const struct opt_desc *d = set[k]; d && d->name; d++) {
+            char *j;
+            if ((!all && (!d->help || d->unsupported)) || (k == 1 && find_in(a, d->name))) {
+                continue;
+            }
+            j = xasprintf("%s%s%s", list, *list ? ", " : "", d->name);
+            free(list);
+            list = j;
+        }
+    }
+    if (!*list && !all) {
+        free(list);
+        return valid_names(a, b, true);
+    }
+    return list;
+}
+
 int bdev_opts_check(const char *str, const struct opt_desc *a, const struct opt_desc *b,
                     struct optlist *out, struct error **errp)
 {
@@ -79,7 +103,9 @@ int bdev_opts_check(const char *str, const struct opt_desc *a, const struct opt_
             d = find_in(b, out->v[i].key);
         }
         if (!d) {
-            error_setg(errp, "Invalid parameter '%s'", out->v[i].key);
+            char *valid = valid_names(a, b, false);
+            error_setg(errp, "Invalid parameter '%s' (valid: %s)", out->v[i].key, valid);
+            free(valid);
             return -EINVAL;
         }
         if (check_value(d, out->v[i].value, errp) < 0) {

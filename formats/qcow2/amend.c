@@ -663,8 +663,9 @@ int qcow2_amend(struct bdev *bd, const struct optlist *o, const struct amend_ctl
             } else if (!strcmp(v, "1.1") || !strcmp(v, "v3")) {
                 new_version = 3;
             } else {
-                error_setg(errp, "Unknown compatibility level %s", v);
-                return -EINVAL;
+                error_setg(errp, "Unknown compatibility level %s (valid: 0.10 or v2, 1.1 or v3)",
+                           v);
+                return -EDOM;
             }
         } else if (!strcmp(d->name, "backing_file")) {
             backing_file = v;
@@ -688,7 +689,7 @@ int qcow2_amend(struct bdev *bd, const struct optlist *o, const struct amend_ctl
             if (refcount_bits == 0 || refcount_bits > 64 || !IS_POWER_OF_2(refcount_bits)) {
                 error_setg(errp, "Refcount width must be a power of two and may not exceed 64 "
                            "bits");
-                return -EINVAL;
+                return -EDOM;
             }
         }
     }

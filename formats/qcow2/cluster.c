@@ -1664,9 +1664,37 @@ static int record_size(struct qcow2 *s, uint64_t size)
 }
 
 /*
+ * After a shrink, as QEMU does: the file ends after its last cluster in
+ * use (refcounts written and synced first, so that a crash leaves no
+ * refcount past the end).  Best effort: a file left longer is still a
+ * good image.  Locks held.
+ */
+static void trim_file_end(struct qcow2 *s)
+{
+    uint64_t cs = s->cluster_size, c = DIV_ROUND_UP(s->file_size, cs), rc = 0;
+
+    if (qcow2_flush_metadata(s) < 0 || qcow2_order_sync(s) < 0) {
+        return;
+    }
+    while (c > 0) {
+        if (qcow2_get_refcount(s, c - 1, &rc) < 0) {
+            return;
+        }
+        if (rc) {
+            break;
+        }
+        c--;
+    }
+    if (c > 0 && c * cs < s->file_size && io_ftruncate(s->fd, c * cs) == 0) {
+        s->file_size = c * cs;
+    }
+}
+
+/*
  * Shrink to @size, as QEMU does: the clusters past the new end are
  * dropped, the L2 tables wholly past it freed (the L1 table keeps its
- * size), then the header records the size.  The tail of the last cluster
+ * size), then the header records the size, and the file is cut after
+ * its last cluster in use.  The tail of the last cluster
  * is zeroed first, so that growing the image again shows none of it.  A
  * crash part-way leaves the old size with the area past the new end
  * partly dropped (reading zero or the backing file's data): running the
@@ -1712,6 +1740,9 @@ static int shrink(struct bdev *bd, uint64_t size, struct error **errp)
     }
     if (ret == 0) {
         ret = record_size(s, size);
+    }
+    if (ret == 0) {
+        trim_file_end(s);
     }
     qcow2_map_unlock(s);
     qcow2_meta_unlock(s);

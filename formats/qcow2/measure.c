@@ -97,7 +97,7 @@ int qcow2_measure(const struct optlist *o, struct bdev *in, struct measure_info 
     if (v && !strcmp(v, "0.10")) {
         version = 2;
     } else if (v && strcmp(v, "1.1")) {
-        error_setg(errp, "Invalid compatibility level: '%s'", v);
+        error_setg(errp, "Invalid compatibility level: '%s' (valid: 0.10, 1.1)", v);
         return -EINVAL;
     }
     if (refcount_bits > 64 || !IS_POWER_OF_2(refcount_bits)) {
@@ -113,7 +113,7 @@ int qcow2_measure(const struct optlist *o, struct bdev *in, struct measure_info 
     v = opts_get(o, "preallocation");
     if (v && strcmp(v, "off") && strcmp(v, "metadata") && strcmp(v, "falloc") &&
         strcmp(v, "full")) {
-        error_setg(errp, "invalid parameter value: %s", v);
+        error_setg(errp, "invalid parameter value: %s (valid: off, metadata, falloc, full)", v);
         return -EINVAL;
     }
     /* as QEMU: an empty backing_file= counts as one */

@@ -57,6 +57,12 @@ FMTS="valid: raw, qcow2"
     usage "$FMTS" mirror -O qcow2 -B "$A" -F vmdk "$A" t.qcow2
     usage "$FMTS" convert -O qcow2 -B "$A" -F vmdk "$A" t.qcow2
     usage "$FMTS" agent --qmp q.sock --nbd unix:n.sock --disk vda="$A",format=vmdk
+    usage "$FMTS" measure -f vmdk "$A"
+    usage "$FMTS" amend -f vmdk -o compat=1.1 "$A"
+    usage "$FMTS" resize -f vmdk "$A" +1M
+    usage "$FMTS" rebase -f vmdk -b "$A" -F qcow2 "$A"
+    usage "$FMTS" rebase -b "$A" -F vmdk "$A"
+    usage "$FMTS" rebase -u -b "$A" -F vmdk "$A"
     # a protocol is not a format
     usage "$FMTS" info -f nbd "$A"
 }
@@ -66,6 +72,8 @@ FMTS="valid: raw, qcow2"
     usage "$FMTS" mirror -O qcow "$A" t.img
     usage "$FMTS" convert -O qcow "$A" t.img
     usage "$FMTS" convert -O vmdk "$A" t.img
+    usage "$FMTS" measure -O qcow --size 1M
+    usage "$FMTS" measure -O qcow "$A"
 }
 
 @test "-o with an unknown key: 64, listing the format's keys" {
@@ -74,6 +82,9 @@ FMTS="valid: raw, qcow2"
     usage "cluster_size" mirror -O qcow2 -o cluster_szie=4k "$A" t.qcow2
     usage "cluster_size" convert -O qcow2 -o cluster_szie=4k "$A" t.qcow2
     usage "cluster_size" snapshot -o cluster_szie=4k "$A" s.qcow2
+    usage "cluster_size" measure -O qcow2 -o cluster_szie=4k --size 1M
+    usage "preallocation" measure -O raw -o cluster_size=4k --size 1M
+    usage "compat" amend -o cluster_szie=4k "$A"
 }
 
 @test "-o with a bad value: 64, saying what is valid" {
@@ -87,6 +98,14 @@ FMTS="valid: raw, qcow2"
     usage "expects a size" convert -O qcow2 -o cluster_size=10Q "$A" t.qcow2
     usage "power of two" snapshot -o cluster_size=3k "$A" s.qcow2
     usage "zlib or zstd" snapshot -o compression_type=lz4 "$A" s.qcow2
+    usage "power of two" measure -O qcow2 -o cluster_size=3k --size 1M
+    usage "valid: 0.10, 1.1" measure -O qcow2 -o compat=2 --size 1M
+    usage "valid: off, metadata, falloc, full" measure -O qcow2 -o preallocation=x --size 1M
+    usage "'on' or 'off'" measure -O qcow2 -o lazy_refcounts=maybe --size 1M
+    usage "valid: 0.10 or v2, 1.1 or v3" amend -o compat=2 "$A"
+    usage "power of two" amend -o refcount_bits=3 "$A"
+    usage "'on' or 'off'" amend -o lazy_refcounts=maybe "$A"
+    usage "k, M, G, T, P or E" amend -o size=10Q "$A"
 }
 
 @test "sizes such as 10Q: 64 in every command that takes one" {
@@ -105,6 +124,9 @@ FMTS="valid: raw, qcow2"
     usage "multiples of 512" convert -S 10Q "$A" t.raw
     usage "multiples of 512" mirror -S 10Q "$A" t.qcow2
     usage "multiples of 512" convert -S 1000 "$A" t.raw
+    usage "$suffixes" measure --size 10Q
+    usage "k, M, G, T, P or E" resize "$A" 10Q
+    usage "k, M, G, T, P or E" resize "$A" +10Q
 }
 
 @test "-m, -t and -T values: 64, saying what is valid" {
@@ -127,4 +149,16 @@ FMTS="valid: raw, qcow2"
     # -t/-T where the command neither writes nor reads data is no option
     usage "invalid option" info -t none "$A"
     usage "invalid option" map -T none "$A"
+}
+
+@test "--output with an unknown form: 64 in every command that takes it, naming both" {
+    local want="--output must be 'human' or 'json', not 'xml'"
+    usage "$want" info --output=xml "$A"
+    usage "$want" check --output=xml "$A"
+    usage "$want" map --output=xml "$A"
+    usage "$want" measure --output=xml --size 1M
+    usage "$want" measure --output=xml "$A"
+    usage "$want" bitmap --list --output=xml "$A"
+    usage "$want" snapshot --output=xml "$A" s.qcow2
+    usage "$want" job list --output=xml
 }

@@ -29,17 +29,24 @@ info_of() {
 # amend_like_qemu SRC OPTS [ARGS...]: qemu-img amend and blockctl amend on
 # copies of SRC: same exit status and stderr (program names aside), then
 # (whatever the status) qemu-img check clean for ours, the same info, the
-# same guest data and snapshots' data
+# same guest data and snapshots' data.  With USAGE=1: a usage error, exit
+# 64 where qemu-img exits 1, its message with "(valid: ...)" added where
+# qemu-img does not say what is valid
 amend_like_qemu() {
-    local src=$1 opts=$2 qrc=0 brc=0 qe be
+    local src=$1 opts=$2 qrc=0 brc=0 qe be want
     shift 2
     cp "$src" q.qcow2
     cp "$src" b.qcow2
     qemu-img amend "$@" ${opts:+-o "$opts"} q.qcow2 >q.out 2>q.err || qrc=$?
     "$PROG" amend "$@" ${opts:+-o "$opts"} b.qcow2 >b.out 2>b.err || brc=$?
     qe=$(sed "s/^qemu-img: //; s/qemu-img rebase/blockctl rebase/; s/'qemu-img --help'/'blockctl amend --help'/" q.err)
-    be=$(sed 's/^blockctl: //' b.err)
-    [ "$brc" -eq "$qrc" ] || { fail "amend -o '$opts' $src: blockctl exited $brc, qemu-img $qrc ($be / $qe)"; return 1; }
+    be=$(sed 's/^blockctl: //; s/ (valid: [^)]*)$//' b.err)
+    want=$qrc
+    if [ -n "${USAGE:-}" ]; then
+        [ "$qrc" -eq 1 ] || { fail "qemu-img amend -o '$opts' $src exited $qrc"; return 1; }
+        want=64
+    fi
+    [ "$brc" -eq "$want" ] || { fail "amend -o '$opts' $src: blockctl exited $brc, qemu-img $qrc ($be / $qe)"; return 1; }
     text_diff "$be" "$qe" "amend -o '$opts' $src (stderr)" || return 1
     qemu_clean b.qcow2 || return 1
     text_diff "$(info_of b.qcow2)" "$(info_of q.qcow2)" "amend -o '$opts' $src: qemu-img info" || return 1
@@ -171,21 +178,33 @@ make_images() {
         backing_file=base.raw,backing_fmt=raw,lazy_refcounts=on; do
         amend_like_qemu over.qcow2 "$opts" || bad=1
     done
-    for opts in backing_fmt=qcow2 cluster_size=4k foo=1 compat=2 compat=2,refcount_bits=3 \
-        refcount_bits=3 refcount_bits=0 refcount_bits=x data_file=x data_file_raw=on \
-        data_file_raw=off encrypt.state=x encrypt.keyslot=x size=5000 size=x \
-        lazy_refcounts=maybe preallocation=full; do
+    for opts in backing_fmt=qcow2 data_file=x data_file_raw=on data_file_raw=off \
+        encrypt.state=x size=5000; do
         amend_like_qemu plain.qcow2 "$opts" || bad=1
     done
+    # values that are not valid, unknown options: usage errors
+    for opts in cluster_size=4k foo=1 compat=2 compat=2,refcount_bits=3 refcount_bits=3 \
+        refcount_bits=0 refcount_bits=x encrypt.keyslot=x size=x lazy_refcounts=maybe \
+        preallocation=full; do
+        USAGE=1 amend_like_qemu plain.qcow2 "$opts" || bad=1
+    done
     [ "$bad" -eq 0 ]
+    # and what is valid is said
+    cp plain.qcow2 b.qcow2
+    run -64 --separate-stderr "$PROG" amend -o cluster_szie=4k b.qcow2
+    [ "${stderr_lines[0]}" = "blockctl: Invalid parameter 'cluster_szie' (valid: size, compat, backing_file, backing_fmt, lazy_refcounts, refcount_bits)" ] ||
+        fail "$stderr"
+    run -64 --separate-stderr "$PROG" amend -o compat=2 b.qcow2
+    [ "$stderr" = "blockctl: Unknown compatibility level 2 (valid: 0.10 or v2, 1.1 or v3)" ] || fail "$stderr"
+    cmp -s b.qcow2 plain.qcow2 || fail "a refused amend changed the image"
 }
 
 @test "amend: no -o, no file, a raw image, -o help (what blockctl supports of qemu-img's list)" {
     make_images
-    amend_like_qemu plain.qcow2 ""
-    run -1 --separate-stderr "$PROG" amend -o compat=1.1
+    USAGE=1 amend_like_qemu plain.qcow2 ""
+    run -64 --separate-stderr "$PROG" amend -o compat=1.1
     [ "$stderr" = "blockctl: Expecting one image file name" ] || fail "$stderr"
-    run -1 --separate-stderr "$PROG" amend -o compat=1.1 a b
+    run -64 --separate-stderr "$PROG" amend -o compat=1.1 a b
     [ "$stderr" = "blockctl: Expecting one image file name" ] || fail "$stderr"
     run -1 --separate-stderr "$PROG" amend -f raw -o size=1M base.raw
     [ "$stderr" = "blockctl: Format driver 'raw' does not support option amendment" ] || fail "$stderr"

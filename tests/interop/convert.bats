@@ -451,3 +451,37 @@ both_fail() {
     run -0 "$PROG" convert -o help
     [[ $output == *preallocation* ]] && [[ $output != *cluster_size* ]]
 }
+
+@test "convert -l: an internal snapshot of the source, by name, ID or snapshot.name=, as qemu-img; its errors" {
+    use_chain qcow2
+    qemu-img convert -O qcow2 c/top.qcow2 sn.qcow2
+    qemu-img snapshot -c s1 sn.qcow2
+    qio sn.qcow2 'write -P 0x77 0 1M' 'write -z 4M 1M'
+    # (s1 is snapshot 1; it reads as top.raw, the image now does not)
+    run -1 qemu-img compare -q sn.qcow2 "$V/top.raw"
+    local l
+    for l in s1 1 snapshot.name=s1 snapshot.id=1; do
+        same_as_qemu -r "$V/top.raw" -l "$l" sn.qcow2
+        same_as_qemu -r "$V/top.raw" -l "$l" -O qcow2 sn.qcow2
+    done
+    both_fail 1 -l nosuch sn.qcow2 o.raw
+    [ "$stderr" = "blockctl: Failed to load snapshot: Can't find snapshot" ] || fail "$stderr"
+    both_fail 1 -f raw -l s1 sn.qcow2 o.raw
+    [[ $stderr == *"does not support temporarily loading internal snapshots"* ]] || fail "$stderr"
+    both_fail 1 -l snapshot.foo=1 sn.qcow2 o.raw
+    [[ $stderr == *"Failed in parsing snapshot param 'snapshot.foo=1'"* ]] || fail "$stderr"
+    both_fail 64 -l s1 sn.qcow2 sn.qcow2 o.raw
+    [[ $stderr == *"No support for concatenating multiple snapshot"* ]] || fail "$stderr"
+}
+
+@test "convert -C: accepted, the same output; refused with -c, -S and --salvage as qemu-img refuses it" {
+    use_chain qcow2
+    same_as_qemu -r "$V/top.raw" -C c/top.qcow2
+    same_as_qemu -r "$V/top.raw" -C -O qcow2 c/top.qcow2
+    both_fail 64 -C -c -O qcow2 c/top.qcow2 o.qcow2
+    [[ $stderr == *"Cannot enable copy offloading when -c is used"* ]] || fail "$stderr"
+    both_fail 64 -C -S 4k c/top.qcow2 o.raw
+    [[ $stderr == *"Cannot enable copy offloading when -S is used"* ]] || fail "$stderr"
+    both_fail 64 -C --salvage c/top.qcow2 o.raw
+    [[ $stderr == *"Cannot use copy offloading in salvaging mode"* ]] || fail "$stderr"
+}

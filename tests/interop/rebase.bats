@@ -163,11 +163,17 @@ both() {
     backing_is b/top.qcow2 mid.qcow2 qcow2
 }
 
-@test "-F with an unknown format and a format the file is not: refused as qemu-img" {
+@test "-F with an unknown format (a usage error) and a format the file is not: refused" {
     chain 64k
     copies b
-    run -1 --separate-stderr "$PROG" rebase -b other.qcow2 -F foo b/top.qcow2
-    [[ $stderr == *"Invalid format name: 'foo'"* ]] || fail "$stderr"
+    local f
+    # foo: qemu-img refuses it too (exit 1); vmdk: qemu-img reads it, blockctl does not
+    for f in foo vmdk; do
+        run -64 --separate-stderr "$PROG" rebase -b other.qcow2 -F $f b/top.qcow2
+        [[ $stderr == *"invalid format '$f' for -F (valid: raw, qcow2)"* ]] || fail "$stderr"
+        run -64 --separate-stderr "$PROG" rebase -u -b other.qcow2 -F $f b/top.qcow2
+        backing_is b/top.qcow2 mid.qcow2 qcow2
+    done
     run -1 qemu-img rebase -b other.qcow2 -F foo b/top.qcow2
     [[ $output == *"Invalid format name: 'foo'"* ]]
     run -1 --separate-stderr "$PROG" rebase -b other.raw -F qcow2 b/top.qcow2

@@ -103,6 +103,26 @@ same() {
     done
 }
 
+@test "--shrink of a qcow2 cuts the file after its last cluster in use, as qemu-img" {
+    local opts
+    # (64k clusters, plain, version 2, preallocated: qemu-img ends the file
+    # where the data it keeps ends)
+    for opts in "" compat=0.10 preallocation=full lazy_refcounts=on; do
+        rm -f b.qcow2 q.qcow2
+        qemu-img create -q -f qcow2 ${opts:+-o "$opts"} b.qcow2 8M
+        qio b.qcow2 'write -P 5 0 8M'
+        cp b.qcow2 q.qcow2
+        same qcow2 --shrink 3M
+        [ "$(stat -c %s b.qcow2)" = "$(stat -c %s q.qcow2)" ] ||
+            fail "$opts: file of $(stat -c %s b.qcow2) bytes, qemu-img's $(stat -c %s q.qcow2)"
+        [ "$(stat -c %s b.qcow2)" -lt $((4 << 20)) ] || fail "$opts: the file was not cut"
+        # and it grows again from there
+        "$PROG" resize -q b.qcow2 8M
+        qio b.qcow2 'write -P 6 7M 1M'
+        check_ok b.qcow2
+    done
+}
+
 @test "sizes qemu-img refuses: not a multiple of 512 (qcow2), zero, negative, malformed" {
     img b.qcow2 qcow2
     run -1 --separate-stderr "$PROG" resize --shrink b.qcow2 1000
