@@ -54,7 +54,7 @@ struct copy_params {
     bool unchanged;              /* copy-on-read: the target's guest view does not change */
     bool no_flush;               /* do not flush the target at the end (-t unsafe) */
     uint64_t buf_size;           /* total buffer for all workers (default 16 MiB) */
-    unsigned workers;            /* default 4 */
+    unsigned workers;            /* default 4; for a job, one fewer than the CPUs (1-4) */
     uint64_t bandwidth;          /* bytes per second, 0: unlimited */
     /* Called from the calling thread about 5 times a second and at the end. */
     void (*progress)(void *opaque, uint64_t done, uint64_t total);

@@ -243,7 +243,9 @@ int main(int argc, char **argv)
     while (!stop && next < start + secs) {
         double t = now();
         struct pollfd pfd;
-        int dir, timeout_ms;
+        struct timespec timeout;
+        double wait;
+        int dir;
 
         while (t >= next && !stop && next < start + secs) {
             struct req *r = free_req();
@@ -319,8 +321,13 @@ int main(int argc, char **argv)
         pfd.events = ((dir & LIBNBD_AIO_DIRECTION_READ) ? POLLIN : 0) |
                      ((dir & LIBNBD_AIO_DIRECTION_WRITE) ? POLLOUT : 0);
         t = now();
-        timeout_ms = next > t ? (int)((next - t) * 1000) : 0;
-        if (poll(&pfd, 1, timeout_ms) > 0) {
+        /* sleep until the next write is due, to the microsecond: a
+         * millisecond timeout would be 0 for the last one before it, and
+         * the writer would spin, taking the CPU from the server it measures */
+        wait = next > t ? next - t : 0;
+        timeout.tv_sec = (time_t)wait;
+        timeout.tv_nsec = (long)((wait - (double)timeout.tv_sec) * 1e9);
+        if (ppoll(&pfd, 1, &timeout, NULL) > 0) {
             if (pfd.revents & (POLLIN | POLLHUP | POLLERR)) {
                 nbd_aio_notify_read(h);
             } else if (pfd.revents & POLLOUT) {
