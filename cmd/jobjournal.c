@@ -222,6 +222,30 @@ static char *state_top(const char *state, const char *disk)
     return file;
 }
 
+void job_journal_live_view(json_object *j)
+{
+    json_object *v, *images, *tgt_o, *path;
+    const char *state, *disk, *tgt;
+    char *top;
+
+    if (!jbool_member(j, "live") || !json_object_object_get_ex(j, "agent-state", &v)) {
+        return;
+    }
+    state = json_object_get_string(v);
+    disk = json_object_object_get_ex(j, "disk", &v) ? json_object_get_string(v) : NULL;
+    tgt = json_object_object_get_ex(j, "images", &images) &&
+                  json_object_object_get_ex(images, "target", &tgt_o) &&
+                  json_object_object_get_ex(tgt_o, "path", &path)
+              ? json_object_get_string(path)
+              : NULL;
+    top = disk ? state_top(state, disk) : NULL;
+    if (top && tgt && !strcmp(top, tgt)) {
+        json_object_object_add(j, "authoritative", json_object_new_string(tgt));
+        json_object_object_add(j, "state", json_object_new_string("pivoted"));
+    }
+    free(top);
+}
+
 /* Name @file (format @fmt) as disk @disk's top in the agent's state file. */
 static int state_set_top(const char *state, const char *disk, const char *file, const char *fmt)
 {

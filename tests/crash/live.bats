@@ -106,6 +106,29 @@ holds() {
             durable.txt got.raw || fail "$1 lost durable writes"
 }
 
+@test "pivot killed once the state file names the target, its journal not yet removed: job list names the target authoritative" {
+    up
+    qmp_script >s.out <<EOF || true
+drive-mirror {"device": "vda", "job-id": "j", "target": "$PWD/t.qcow2", "format": "qcow2", "sync": "full"}
+wait BLOCK_JOB_READY
+x-blockctl-fault {"rules": "dirsync:1:kill:*st.json"}
+block-job-complete {"device": "j"}
+EOF
+    killed
+    [ "$(jq -r '.disks[0].file' st.json)" = "$PWD/t.qcow2" ] || fail "st.json: $(cat st.json)"
+    [ "$(ls state/jobs/*.json | wc -l)" = 1 ]
+    run -0 "$PROG" job list --output=json
+    [ "$(jq -r '.[0].authoritative' <<<"$output")" = "$PWD/t.qcow2" ] || fail "$output"
+    [ "$(jq -r '.[0].state' <<<"$output")" = pivoted ] || fail "$output"
+    run -0 "$PROG" job list
+    [[ $output == *"pivoted"*"$PWD/t.qcow2"* ]] || fail "$output"
+    holds t.qcow2
+    run -0 "$PROG" job abort "$(jq -r '.[0].id' <<<"$("$PROG" job list --output=json)")"
+    [[ $output == *"had pivoted: '$PWD/t.qcow2' holds disk vda"* ]] || fail "$output"
+    run -0 "$PROG" job list
+    [ "$output" = "No interrupted jobs" ]
+}
+
 @test "x-blockctl-fault is there only with BLOCKCTL_FAULT set, and counts the calls from where it was armed" {
     cd "$BATS_TEST_TMPDIR"
     qemu-img create -q -f qcow2 a.qcow2 1M
