@@ -129,6 +129,27 @@ EOF
     [ "$output" = "No interrupted jobs" ]
 }
 
+@test "live snapshot killed while its overlay is written: no half-made overlay under its name; the restarted agent makes it again" {
+    up
+    qmp_script >s.out <<EOF || true
+x-blockctl-fault {"rules": "pwrite:2:kill:*s.qcow2"}
+blockdev-snapshot-sync {"device": "vda", "snapshot-file": "$PWD/s.qcow2", "format": "qcow2"}
+EOF
+    killed
+    [ ! -e s.qcow2 ] || fail "s.qcow2 left: $(qemu-img check s.qcow2 2>&1)"
+    [ "$(jq -r '.disks[0].file' st.json)" = "$PWD/top.qcow2" ]
+    holds top.qcow2
+    "$PROG" agent --qmp "$Q" --state "$PWD/st.json" --daemonize --pidfile a.pid 2>a.log 3>&-
+    APID=$(cat a.pid)
+    run -0 qmp_script <<EOF
+blockdev-snapshot-sync {"device": "vda", "snapshot-file": "$PWD/s.qcow2", "format": "qcow2"}
+EOF
+    [[ $output == *'{"return": {}}'* ]] || fail "$output"
+    kill -TERM "$APID"
+    [ "$(jq -r '.disks[0].file' st.json)" = "$PWD/s.qcow2" ]
+    qemu-img check -q s.qcow2
+}
+
 @test "x-blockctl-fault is there only with BLOCKCTL_FAULT set, and counts the calls from where it was armed" {
     cd "$BATS_TEST_TMPDIR"
     qemu-img create -q -f qcow2 a.qcow2 1M
