@@ -48,6 +48,8 @@ int job_journal_begin(struct job_journal *jj, const struct copy_opts *o, const c
         }
         jj->state = journal_get_str(jj->j, "state");
         jj->copied = journal_get_u64(jj->j, "copied");
+        /* (ours while it runs: saved with the next step) */
+        journal_set_owner(jj->j);
         return 0;
     }
     jj->j = journal_new(o->state_dir, type, argc, argv, &err);
@@ -156,7 +158,7 @@ bool job_journal_running(json_object *j)
     FILE *f;
     size_t n;
 
-    if (pid == getpid() || !journal_pid_alive(pid)) {
+    if (pid == getpid() || !journal_owner_alive(j)) {
         return false;
     }
     snprintf(path, sizeof(path), "/proc/%lld/cmdline", (long long)pid);

@@ -355,7 +355,7 @@ static int live_journal_adopt(struct mirror_job *m, struct journal *j, struct er
         bitmap_set(m->dirty, off, len);
         pos = off + len;
     }
-    journal_set_u64(j, "pid", (uint64_t)getpid());
+    journal_set_owner(j);
     if (journal_step(j, "copying", errp) < 0) {
         wib_close(m->wib, false);
         m->wib = NULL;
@@ -1648,7 +1648,7 @@ void agent_jobs_restore(struct agent *a)
             continue;
         }
         pid = json_object_object_get_ex(o, "pid", &v) ? json_object_get_int64(v) : 0;
-        if (pid != getpid() && journal_pid_alive(pid)) {
+        if (pid != getpid() && journal_owner_alive(o)) {
             continue;   /* (another agent runs it) */
         }
         json_object_object_get_ex(o, "id", &v);
