@@ -1053,7 +1053,8 @@ static enum job_on_error on_error(json_object *args, const char *name)
 static int create_target(struct mirror_job *m, const char *fmt, struct error **errp)
 {
     struct optlist o = { 0 };
-    char size[32];
+    char size[32], *tmp = NULL;
+    bool renamed = false;
     int ret;
 
     if (!bdev_find_driver(fmt)) {
@@ -1081,8 +1082,17 @@ static int create_target(struct mirror_job *m, const char *fmt, struct error **e
             return -ENOTSUP;
         }
     }
-    ret = bdev_create(fmt, m->target_name, &o, BDEV_CREATE_FORCE, errp);
+    /* made under a hidden name, then renamed over TARGET (as QEMU
+     * replaces it): a crash never leaves a half-made TARGET */
+    ret = bdev_create_hidden(fmt, m->target_name, &o, &tmp, errp);
     opts_free(&o);
+    if (ret == 0) {
+        ret = bdev_create_install(tmp, m->target_name, BDEV_CREATE_FORCE, &renamed, errp);
+    }
+    if (ret < 0 && !renamed) {
+        unlink(tmp);
+    }
+    free(tmp);
     return ret;
 }
 

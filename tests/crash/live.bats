@@ -150,6 +150,19 @@ EOF
     qemu-img check -q s.qcow2
 }
 
+@test "drive-mirror killed while its target is made: no half-made target under its name" {
+    up
+    qmp_script >s.out <<EOF || true
+x-blockctl-fault {"rules": "pwrite:2:kill:*t.qcow2"}
+drive-mirror {"device": "vda", "job-id": "j", "target": "$PWD/t.qcow2", "format": "qcow2", "sync": "full"}
+EOF
+    killed
+    [ ! -e t.qcow2 ] || fail "t.qcow2 left: $(qemu-img check t.qcow2 2>&1)"
+    run -0 "$PROG" job list
+    [ "$output" = "No interrupted jobs" ]
+    holds top.qcow2
+}
+
 @test "x-blockctl-fault is there only with BLOCKCTL_FAULT set, and counts the calls from where it was armed" {
     cd "$BATS_TEST_TMPDIR"
     qemu-img create -q -f qcow2 a.qcow2 1M
