@@ -1122,8 +1122,8 @@ crash_repro() {
 crash_table() {
     local op prog='
         { pts++; fired += $4; b += $5; d += $6; v += $7; r += $8; x += $9 }
-        END { printf "%-16s %7d %8d %9d %8d %11d %13d %6d\n", name, pts, fired, b, d, v, r, x }'
-    printf '%-16s %7s %8s %9s %8s %11s %13s %6s\n' operation points injected "bad exit" damaged \
+        END { printf "%-17s %7d %8d %9d %8d %11d %13d %6d\n", name, pts, fired, b, d, v, r, x }'
+    printf '%-17s %7s %8s %9s %8s %11s %13s %6s\n' operation points injected "bad exit" damaged \
         "wrong view" "failed rerun" known
     for op in "$@"; do
         [ -f "$CRASH_ROOT/res/$op" ] || continue
@@ -1150,9 +1150,9 @@ crash_jtable() {
                       if (j[4] > 0 && j[3] / j[4] > mx[key]) mx[key] = j[3] / j[4] } }
               else ab[key]++ } }
         END { for (i = 1; i <= n; i++) { key = order[i]; split(key, o, " ")
-              printf "%-16s %-7s %7d %7d %8d %7d %7d %8d %12d %12d %6.2f\n", o[1], o[2], pts[key],
+              printf "%-17s %-7s %7d %7d %8d %7d %7d %8d %12d %12d %6.2f\n", o[1], o[2], pts[key],
                   fail[key], jr[key], res[key], ab[key], nb[key], b[key], l[key], mx[key] } }'
-    printf '%-16s %-7s %7s %7s %8s %7s %7s %8s %12s %12s %6s\n' operation sweeps points failed \
+    printf '%-17s %-7s %7s %7s %8s %7s %7s %8s %12s %12s %6s\n' operation sweeps points failed \
         journal resumed aborted counted "bytes copied" "bytes left" "max"
     cat "${@/#/$CRASH_ROOT/res/}" 2>/dev/null | awk -F'\t' "$prog"
 }
