@@ -170,8 +170,9 @@ guest-test: deps test-deps
 	@PROG=$(CURDIR)/$(if $(filter build,$(BUILD)),blockctl,$(BIN)) BUILD=$(BUILD) \
 	    ONLY='interop/guest\.bats' tests/run.sh
 
-# The whole fault matrix (tests/crash/lib.bash): every point, every
-# operation; prints a table per operation and every failure
+# The whole fault matrix (tests/crash/lib.bash, and live.bash for the
+# agent killed under a guest's writes): every point, every operation;
+# prints a table per operation and every failure
 .PHONY: crash
 crash: deps test-deps
 	@$(MAKE) --no-print-directory all

@@ -262,6 +262,13 @@ void job_journal_end(struct job_journal *jj);
 void job_journal_keep(struct job_journal *jj);
 /* Is the process that wrote journal object @j still running it? */
 bool job_journal_running(json_object *j);
+/*
+ * A live job's journal @j (job list, job show) as it stands now: when the
+ * agent's state file already names the target as the disk (killed after
+ * the pivot was saved, before the journal was removed), the target is
+ * authoritative and the step "pivoted".
+ */
+void job_journal_live_view(json_object *j);
 /* Resume or abort interrupted job @id (cmd/job.c): the exit status. */
 int job_journal_resume(const char *state_dir, const char *id);
 /* An interrupted job of an agent (the agent gone): bring its target in

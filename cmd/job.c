@@ -223,6 +223,7 @@ static int list_journals(struct job_args *a)
     for (size_t i = 0; i < n; i++) {
         json_object *j = json_object_array_get_idx(all, i);
         json_object_object_add(j, "running", json_object_new_boolean(job_journal_running(j)));
+        job_journal_live_view(j);
     }
     if (a->img.output == OUTPUT_JSON) {
         printf("%s\n", json_object_to_json_string_ext(all, JSON_C_TO_STRING_PRETTY |
@@ -259,6 +260,7 @@ static int show_journal(struct job_args *a)
         return 1;
     }
     json_object_object_add(j->root, "running", json_object_new_boolean(job_journal_running(j->root)));
+    job_journal_live_view(j->root);
     if (a->img.output == OUTPUT_JSON) {
         printf("%s\n", json_object_to_json_string_ext(j->root, JSON_C_TO_STRING_PRETTY |
                                                                    JSON_C_TO_STRING_SPACED |

@@ -48,6 +48,8 @@ int job_journal_begin(struct job_journal *jj, const struct copy_opts *o, const c
         }
         jj->state = journal_get_str(jj->j, "state");
         jj->copied = journal_get_u64(jj->j, "copied");
+        /* (ours while it runs: saved with the next step) */
+        journal_set_owner(jj->j);
         return 0;
     }
     jj->j = journal_new(o->state_dir, type, argc, argv, &err);
@@ -156,7 +158,7 @@ bool job_journal_running(json_object *j)
     FILE *f;
     size_t n;
 
-    if (pid == getpid() || !journal_pid_alive(pid)) {
+    if (pid == getpid() || !journal_owner_alive(j)) {
         return false;
     }
     snprintf(path, sizeof(path), "/proc/%lld/cmdline", (long long)pid);
@@ -220,6 +222,30 @@ static char *state_top(const char *state, const char *disk)
     }
     json_object_put(root);
     return file;
+}
+
+void job_journal_live_view(json_object *j)
+{
+    json_object *v, *images, *tgt_o, *path;
+    const char *state, *disk, *tgt;
+    char *top;
+
+    if (!jbool_member(j, "live") || !json_object_object_get_ex(j, "agent-state", &v)) {
+        return;
+    }
+    state = json_object_get_string(v);
+    disk = json_object_object_get_ex(j, "disk", &v) ? json_object_get_string(v) : NULL;
+    tgt = json_object_object_get_ex(j, "images", &images) &&
+                  json_object_object_get_ex(images, "target", &tgt_o) &&
+                  json_object_object_get_ex(tgt_o, "path", &path)
+              ? json_object_get_string(path)
+              : NULL;
+    top = disk ? state_top(state, disk) : NULL;
+    if (top && tgt && !strcmp(top, tgt)) {
+        json_object_object_add(j, "authoritative", json_object_new_string(tgt));
+        json_object_object_add(j, "state", json_object_new_string("pivoted"));
+    }
+    free(top);
 }
 
 /* Name @file (format @fmt) as disk @disk's top in the agent's state file. */

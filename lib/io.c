@@ -70,9 +70,8 @@ static size_t nr_fds;
  */
 static pthread_rwlock_t direct_lock = PTHREAD_RWLOCK_INITIALIZER;
 
-static void parse_rules(void)
+static void parse_rules(const char *env)
 {
-    const char *env = getenv("BLOCKCTL_FAULT");
     char *copy, *save = NULL, *tok;
 
     for (size_t i = 0; i < nr_rules; i++) {
@@ -333,7 +332,7 @@ static void io_init(void)
     const char *cp = getenv("BLOCKCTL_FAULT_COUNT");
     const char *lp = getenv("BLOCKCTL_IOLOG");
 
-    parse_rules();
+    parse_rules(getenv("BLOCKCTL_FAULT"));
     if (cp && *cp) {
         count_path = xstrdup(cp);
         atexit(write_counts);
@@ -347,8 +346,23 @@ void io_fault_reload(void)
 {
     pthread_once(&io_once, io_init);
     pthread_mutex_lock(&io_lock);
-    parse_rules();
+    parse_rules(getenv("BLOCKCTL_FAULT"));
     pthread_mutex_unlock(&io_lock);
+}
+
+size_t io_fault_set(const char *spec, unsigned long *counts, size_t max)
+{
+    size_t n;
+
+    pthread_once(&io_once, io_init);
+    pthread_mutex_lock(&io_lock);
+    n = nr_rules;
+    for (size_t i = 0; i < n && i < max; i++) {
+        counts[i] = rules[i].count;
+    }
+    parse_rules(spec);
+    pthread_mutex_unlock(&io_lock);
+    return n;
 }
 
 static bool name_matches(const char *glob, const char *path)

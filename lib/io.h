@@ -87,5 +87,12 @@ const char *io_name(int fd);
 
 /* Re-read BLOCKCTL_FAULT (tests and the unit harness call this). */
 void io_fault_reload(void);
+/*
+ * Replace the rules by @spec (BLOCKCTL_FAULT's syntax; NULL or "": none),
+ * their counts starting from 0: a test arms faults at the moment it wants
+ * (the agent's x-blockctl-fault).  Returns how many rules there were and
+ * stores up to @max of their counts (matching calls so far) in @counts.
+ */
+size_t io_fault_set(const char *spec, unsigned long *counts, size_t max);
 
 #endif

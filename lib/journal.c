@@ -62,6 +62,56 @@ bool journal_pid_alive(int64_t pid)
     return !(p && p[1] == ' ' && p[2] == 'Z');
 }
 
+uint64_t journal_pid_start(int64_t pid)
+{
+    char path[64], buf[1024];
+    unsigned long long start = 0;
+    const char *p;
+    FILE *f;
+    size_t n;
+    int field;
+
+    snprintf(path, sizeof(path), "/proc/%lld/stat", (long long)pid);
+    f = fopen(path, "r");
+    if (!f) {
+        return 0;
+    }
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* "PID (COMM) STATE PPID ...": starttime is field 22, the 20th after COMM */
+    p = strrchr(buf, ')');
+    for (field = 2; p && field < 22; field++) {
+        p = strchr(p + 1, ' ');
+    }
+    if (!p || sscanf(p + 1, "%llu", &start) != 1) {
+        return 0;
+    }
+    return start;
+}
+
+bool journal_owner_alive(json_object *root)
+{
+    json_object *v;
+    int64_t pid = json_object_object_get_ex(root, "pid", &v) ? json_object_get_int64(v) : 0;
+    uint64_t want, now;
+
+    if (!journal_pid_alive(pid)) {
+        return false;
+    }
+    /* (a journal of an older blockctl has no start time: the pid alone) */
+    want = json_object_object_get_ex(root, "pid-start", &v) ? (uint64_t)json_object_get_int64(v)
+                                                              : 0;
+    now = journal_pid_start(pid);
+    return !want || !now || want == now;
+}
+
+void journal_set_owner(struct journal *j)
+{
+    journal_set_u64(j, "pid", (uint64_t)getpid());
+    journal_set_u64(j, "pid-start", journal_pid_start(getpid()));
+}
+
 double journal_checkpoint_secs(void)
 {
     const char *e = getenv("BLOCKCTL_CHECKPOINT_SECS");
@@ -191,6 +241,8 @@ struct journal *journal_new(const char *state_dir, const char *type, int argc, c
     strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S%z", &tm);
     json_object_object_add(j->root, "started", json_object_new_string(stamp));
     json_object_object_add(j->root, "pid", json_object_new_int64(getpid()));
+    json_object_object_add(j->root, "pid-start",
+                           json_object_new_int64((int64_t)journal_pid_start(getpid())));
     cwd = getcwd(NULL, 0);
     json_object_object_add(j->root, "cwd", json_object_new_string(cwd ? cwd : "/"));
     free(cwd);

@@ -39,6 +39,14 @@ double journal_checkpoint_secs(void);
 
 /* Is process @pid alive (not gone, not a zombie)? */
 bool journal_pid_alive(int64_t pid);
+/* When process @pid started (/proc/PID/stat's starttime), 0 if unknown. */
+uint64_t journal_pid_start(int64_t pid);
+/*
+ * Is the process that wrote journal object @root alive: its "pid" alive
+ * and, where the journal recorded it, started when "pid-start" says (not
+ * another process that reuses the number)?
+ */
+bool journal_owner_alive(json_object *root);
 
 /* Replace @path by @root's text atomically (mode @mode for a new file). */
 int json_file_replace(const char *path, json_object *root, int mode, struct error **errp);
@@ -70,6 +78,8 @@ void journal_set_str(struct journal *j, const char *key, const char *val);
 void journal_set_u64(struct journal *j, const char *key, uint64_t val);
 const char *journal_get_str(struct journal *j, const char *key);
 uint64_t journal_get_u64(struct journal *j, const char *key);
+/* This process owns @j now ("pid", "pid-start"; saved with the next save). */
+void journal_set_owner(struct journal *j);
 /* Write it (atomically).  0 or -errno with *errp set. */
 int journal_save(struct journal *j, struct error **errp);
 /* The state @state, then saved. */

@@ -4,6 +4,7 @@
  */
 #include "lib/compiler.h"
 #include "lib/agent/agent.h"
+#include "lib/io.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -290,6 +291,42 @@ static const struct qmp_command agent_commands[] = {
     { NULL, NULL, NULL },
 };
 
+/*
+ * x-blockctl-fault {"rules": "OP:WHEN:ACTION[:GLOB],..."}: for tests, the
+ * fault rules of lib/io.h from now on (counted from here), so that a
+ * fault finds a live operation and not the agent's start; returns the
+ * counts of the rules it replaces ({"counts": [N...]}).  Only there when
+ * BLOCKCTL_FAULT is in the agent's environment (empty is enough).
+ */
+static int qmp_x_fault(json_object *args, json_object **ret, void *opaque, struct error **errp)
+{
+    json_object *v, *list = json_object_new_array();
+    unsigned long counts[16];
+    size_t n;
+
+    (void)opaque;
+    (void)errp;
+    n = io_fault_set(json_object_object_get_ex(args, "rules", &v) ? json_object_get_string(v)
+                                                                   : NULL,
+                     counts, ARRAY_SIZE(counts));
+    for (size_t i = 0; i < n && i < ARRAY_SIZE(counts); i++) {
+        json_object_array_add(list, json_object_new_int64((int64_t)counts[i]));
+    }
+    *ret = json_object_new_object();
+    json_object_object_add(*ret, "counts", list);
+    return 0;
+}
+
+static const struct qmp_arg x_fault_args[] = {
+    { "rules", QMP_STR, true, NULL },
+    { NULL, 0, false, NULL },
+};
+
+static const struct qmp_command agent_test_commands[] = {
+    { "x-blockctl-fault", qmp_x_fault, x_fault_args },
+    { NULL, NULL, NULL },
+};
+
 static struct qmp_command *all_commands(void)
 {
     const struct qmp_command *parts[] = {
@@ -297,6 +334,8 @@ static struct qmp_command *all_commands(void)
         agent_transaction_commands, agent_export_commands, agent_job_commands,
         agent_mirror_commands, agent_node_commands,
         agent_resize_commands,
+        /* (the terminator alone: an empty table) */
+        getenv("BLOCKCTL_FAULT") ? agent_test_commands : &agent_test_commands[1],
     };
     struct qmp_command *all;
     size_t n = 0, k = 0;

@@ -355,7 +355,7 @@ static int live_journal_adopt(struct mirror_job *m, struct journal *j, struct er
         bitmap_set(m->dirty, off, len);
         pos = off + len;
     }
-    journal_set_u64(j, "pid", (uint64_t)getpid());
+    journal_set_owner(j);
     if (journal_step(j, "copying", errp) < 0) {
         wib_close(m->wib, false);
         m->wib = NULL;
@@ -1053,7 +1053,8 @@ static enum job_on_error on_error(json_object *args, const char *name)
 static int create_target(struct mirror_job *m, const char *fmt, struct error **errp)
 {
     struct optlist o = { 0 };
-    char size[32];
+    char size[32], *tmp = NULL;
+    bool renamed = false;
     int ret;
 
     if (!bdev_find_driver(fmt)) {
@@ -1081,8 +1082,17 @@ static int create_target(struct mirror_job *m, const char *fmt, struct error **e
             return -ENOTSUP;
         }
     }
-    ret = bdev_create(fmt, m->target_name, &o, BDEV_CREATE_FORCE, errp);
+    /* made under a hidden name, then renamed over TARGET (as QEMU
+     * replaces it): a crash never leaves a half-made TARGET */
+    ret = bdev_create_hidden(fmt, m->target_name, &o, &tmp, errp);
     opts_free(&o);
+    if (ret == 0) {
+        ret = bdev_create_install(tmp, m->target_name, BDEV_CREATE_FORCE, &renamed, errp);
+    }
+    if (ret < 0 && !renamed) {
+        unlink(tmp);
+    }
+    free(tmp);
     return ret;
 }
 
@@ -1648,7 +1658,7 @@ void agent_jobs_restore(struct agent *a)
             continue;
         }
         pid = json_object_object_get_ex(o, "pid", &v) ? json_object_get_int64(v) : 0;
-        if (pid != getpid() && journal_pid_alive(pid)) {
+        if (pid != getpid() && journal_owner_alive(o)) {
             continue;   /* (another agent runs it) */
         }
         json_object_object_get_ex(o, "id", &v);

@@ -174,8 +174,9 @@ static int snap_prepare(struct agent *a, struct txn_action *act, struct error **
     s->file = xstrdup(file);
     if (!existing) {
         struct optlist o = { 0 };
-        char *dir = bdev_dirname(file), *bname;
+        char *dir = bdev_dirname(file), *bname, *tmp = NULL;
         char sz[32];
+        bool renamed = false;
         int r;
 
         bname = top->drv->is_protocol ? xstrdup(top->filename)
@@ -197,11 +198,21 @@ static int snap_prepare(struct agent *a, struct txn_action *act, struct error **
             error_setg(errp, "Could not create '%s': %s", file, strerror(-r));
             return r;
         }
-        r = bdev_create(fmt, file, &o, 0, errp);
+        /* made under a hidden name, then renamed: a crash never leaves a
+         * half-made overlay under the name asked for */
+        r = bdev_create_hidden(fmt, file, &o, &tmp, errp);
         opts_free(&o);
+        if (r == 0) {
+            r = bdev_create_install(tmp, file, 0, &renamed, errp);
+        }
         if (r < 0) {
+            if (!renamed) {
+                unlink(tmp);
+            }
+            free(tmp);
             return r;
         }
+        free(tmp);
         s->created = true;
     }
     s->overlay = bdev_open(file, fmt, BDEV_O_RDWR | BDEV_O_NO_BACKING, errp);

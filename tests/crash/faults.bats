@@ -12,6 +12,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 
 load ../helpers
+load bats-helpers
 bats_require_minimum_version 1.5.0
 
 # every Kth point (the first and last of each sweep always) of these
@@ -24,21 +25,11 @@ SAMPLE_SWEEPS='pread:eio pwrite:eio pwrite:enospc pwrite:short sync:eio ftruncat
 
 setup_file() {
     requires_cmd qemu-img qemu-io qemu-nbd nbdinfo python3
-    local base=/dev/shm
-    [ -d "$base" ] && [ -w "$base" ] || base=$BATS_FILE_TMPDIR
-    CRASH_ROOT=$(mktemp -d "$base/blockctl-crash-bats.XXXXXX")
-    export CRASH_ROOT
+    crash_root_make blockctl-crash-bats
 }
 
 teardown_file() {
-    # the folders of failed points are kept for a look at them
-    if [ -n "${CRASH_ROOT:-}" ] && [ -d "$CRASH_ROOT" ]; then
-        if find "$CRASH_ROOT/pts" -mindepth 2 -maxdepth 2 -type d 2>/dev/null | grep -q .; then
-            echo "# failed points kept in $CRASH_ROOT/pts" >&3
-        else
-            rm -rf "$CRASH_ROOT"
-        fi
-    fi
+    crash_root_done
 }
 
 setup() {

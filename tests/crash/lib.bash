@@ -235,6 +235,9 @@ op_def() {
     check-all)
         FIX=leaks CMD=(check -r all lk.qcow2) GUEST=(lk.qcow2) CLEAN=(lk.qcow2)
         RC_OK='0 1 2 3' SAME=(lk.qcow2) ;;
+    live-*)
+        # (tests/crash/live.bash: an agent's operation, driven over QMP)
+        FIX=live CMD=(agent "${1#live-}") ;;
     check-all-big)
         # (512-byte clusters, a refcount too high or zero every few dozen
         # clusters: a few hundred calls)
@@ -577,6 +580,10 @@ _check_ok() {
 # before.files after.files (names)
 crash_prepare() {
     local op=$1 r f rc=0 a b all
+    if _is_live "$op"; then
+        live_prepare "$op"
+        return
+    fi
     op_def "$op" || return 1
     r=$CRASH_ROOT/ref/$op
     [ -e "$r/.ok" ] && return 0
@@ -930,6 +937,10 @@ _verify() {
 # CRASH_KEEP=1).  It changes
 # directory: run it in a subshell ($(...), or in the background).
 crash_point() {
+    if _is_live "$1"; then
+        live_point "$@"
+        return
+    fi
     local op=$1 sweep=$2 n=$3
     local kind=${sweep%%:*} act=${sweep#*:}
     local r=$CRASH_ROOT/ref/$1 w rc=0 fired=0 bad=0 dmg=0 view=0 rerun=0 xf=0 det='' vdet
@@ -1047,6 +1058,10 @@ crash_point() {
 # them for K=1, else the first, every Kth and the last of each sweep
 crash_points() {
     local op=$1 k=$2 s c n
+    if _is_live "$op"; then
+        live_points "$op" "$k"
+        return
+    fi
     for s in "${CRASH_SWEEPS[@]}"; do
         c=$(crash_count "$op" "${s%%:*}")
         for ((n = 1; n <= c; n++)); do
@@ -1107,8 +1122,8 @@ crash_repro() {
 crash_table() {
     local op prog='
         { pts++; fired += $4; b += $5; d += $6; v += $7; r += $8; x += $9 }
-        END { printf "%-16s %7d %8d %9d %8d %11d %13d %6d\n", name, pts, fired, b, d, v, r, x }'
-    printf '%-16s %7s %8s %9s %8s %11s %13s %6s\n' operation points injected "bad exit" damaged \
+        END { printf "%-17s %7d %8d %9d %8d %11d %13d %6d\n", name, pts, fired, b, d, v, r, x }'
+    printf '%-17s %7s %8s %9s %8s %11s %13s %6s\n' operation points injected "bad exit" damaged \
         "wrong view" "failed rerun" known
     for op in "$@"; do
         [ -f "$CRASH_ROOT/res/$op" ] || continue
@@ -1120,7 +1135,8 @@ crash_table() {
 # crash_jtable OP...: per operation and kind of sweep (kill: any:kill and
 # pwrite:torn; power: the power-loss sweeps; faults: the others), the
 # points run, how many left a journal, and of those how many were resumed
-# and aborted; for the resumes, the bytes they copied against the bytes
+# and aborted (a live job finished by a restarted agent counts as resumed);
+# for the offline resumes, the bytes they copied against the bytes
 # the journal said were left (sums), and the largest share of one
 crash_jtable() {
     local prog='
@@ -1129,14 +1145,14 @@ crash_jtable() {
           pts[key]++; fail[key] += ($5 + $6 + $7 + $8 > 0 && $9 == 0)
           if ($11 != "" && $11 != "-") {
               split($11, j, ":"); jr[key]++
-              if (j[1] == "resume") { res[key]++
+              if (j[1] == "resume" || j[1] == "live") { res[key]++
                   if (j[3] != "-") { nb[key]++; b[key] += j[3]; l[key] += j[4]
                       if (j[4] > 0 && j[3] / j[4] > mx[key]) mx[key] = j[3] / j[4] } }
               else ab[key]++ } }
         END { for (i = 1; i <= n; i++) { key = order[i]; split(key, o, " ")
-              printf "%-16s %-7s %7d %7d %8d %7d %7d %8d %12d %12d %6.2f\n", o[1], o[2], pts[key],
+              printf "%-17s %-7s %7d %7d %8d %7d %7d %8d %12d %12d %6.2f\n", o[1], o[2], pts[key],
                   fail[key], jr[key], res[key], ab[key], nb[key], b[key], l[key], mx[key] } }'
-    printf '%-16s %-7s %7s %7s %8s %7s %7s %8s %12s %12s %6s\n' operation sweeps points failed \
+    printf '%-17s %-7s %7s %7s %8s %7s %7s %8s %12s %12s %6s\n' operation sweeps points failed \
         journal resumed aborted counted "bytes copied" "bytes left" "max"
     cat "${@/#/$CRASH_ROOT/res/}" 2>/dev/null | awk -F'\t' "$prog"
 }
@@ -1166,3 +1182,6 @@ crash_init() {
     fi
     mkdir -p "$CRASH_ROOT/res"
 }
+
+# the live operations (an agent killed under a guest's writes)
+. "$CRASH_LIB_DIR/live.bash"

@@ -40,9 +40,14 @@ main() {
         [ -n "${det// /}" ] && echo "details:    $det"
         [ "${jinfo:--}" != - ] && echo "journal:    $jinfo (ACTION:STEP:BYTES RESUMED:BYTES LEFT)"
         [ "${plinfo:--}" != - ] && echo "power loss: $plinfo"
-        echo "before:     $CRASH_ROOT/ref/$o/before"
-        echo "after:      $CRASH_ROOT/ref/$o/after"
-        echo "this point: $w (stdout, stderr: $w.out, $w.err; the rerun's: $w.rerun.out, $w.rerun.err)"
+        if _is_live "$o"; then
+            echo "this point: $w (the agent's log $w.alog, the guest's $w.log, $w.durable," \
+                "$w.werr; the recovery's $w.rerun.out)"
+        else
+            echo "before:     $CRASH_ROOT/ref/$o/before"
+            echo "after:      $CRASH_ROOT/ref/$o/after"
+            echo "this point: $w (stdout, stderr: $w.out, $w.err; the rerun's: $w.rerun.out, $w.rerun.err)"
+        fi
         for f in "$w.err" "$w.rerun.err"; do
             [ -s "$f" ] && { echo "--- $f"; head -n 20 "$f"; }
         done
@@ -56,6 +61,16 @@ main() {
         [ $# -eq 4 ] || { echo "usage: $0 --repro OP SWEEP N" >&2; exit 64; }
         op_def "$2" || exit 64
         [ "$own_root" = 1 ] && rm -rf "$CRASH_ROOT"
+        if _is_live "$2"; then
+            # (the point runs as the matrix runs it, in a work folder of its own)
+            echo "#!/bin/bash"
+            echo "# $2 (an agent killed at its call $4: tests/crash/matrix.sh --point $2 $3 $4)"
+            echo "# usage: bash THIS /path/to/blockctl  (in a new folder under /dev/shm or /tmp)"
+            echo 'PROG=$(realpath "${1:-$(command -v blockctl)}") CRASH_KEEP=1 CRASH_OWN_ROOT=0 \'
+            echo '    CRASH_ROOT=$(mktemp -d "${TMPDIR:-/tmp}/blockctl-repro.XXXXXX") \'
+            printf '    exec bash %q --point %q %q %q\n' "$CRASH_LIB_DIR/matrix.sh" "$2" "$3" "$4"
+            exit 0
+        fi
         echo "#!/bin/bash"
         echo "# $2, BLOCKCTL_FAULT=${3%%:*}:$4:${3#*:} (tests/crash/matrix.sh --point $2 $3 $4)"
         echo "# usage: bash THIS /path/to/blockctl  (runs in a new folder under /tmp)"

@@ -270,3 +270,27 @@ EOF2
     "$PY" "$TOOLS/guest-model.py" expect top.raw model2.json expect.raw
     qemu-img compare t.qcow2 expect.raw >/dev/null || fail "the target lost writes"
 }
+
+@test "a clean stop (SIGTERM) cancels a live mirror as QEMU does: the disk stays on its source, no journal or bitmap is left, a restart brings back no job" {
+    up
+    script >s.out <<EOF2 || fail "$(cat s.out)"
+drive-mirror {"device": "vda", "job-id": "m", "target": "$PWD/t.qcow2", "format": "qcow2", "sync": "full", "speed": 4194304}
+sleep 0.5
+EOF2
+    local wib
+    wib=$(jfield '"write-intent-bitmap"')
+    [ -e "$wib" ]
+    touch stop
+    wait "$WPID" || fail "the guest failed: $(cat w.err)"
+    stop_server
+    [ "$(ls "$BLOCKCTL_STATE_DIR"/jobs | wc -l)" = 0 ]
+    [ ! -e "$wib" ]
+    [ "$(jq -r '.disks[0].file' st.json)" = "$PWD/top.qcow2" ]
+    [ -e t.qcow2 ]
+    "$PY" "$TOOLS/guest-model.py" expect before.raw model.json expect.raw
+    qemu-img compare top.qcow2 expect.raw >/dev/null || fail "the source lost writes"
+    start_agent
+    run -0 "$PROG" job --agent "$S" list
+    [ "$output" = "No block jobs" ]
+    stop_server
+}

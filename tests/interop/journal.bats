@@ -312,6 +312,30 @@ resume_checked() {
     [ ! -e t.qcow2.part ]
 }
 
+@test "a journal whose process number now belongs to another process (started later) is interrupted, not running" {
+    make_chain
+    killed_at 20 "$PROG" mirror top.qcow2 t.qcow2
+    local f pid start
+    f=$(ls "$BLOCKCTL_STATE_DIR"/jobs/*.json)
+    [ "$(jq '."pid-start" > 0' "$f")" = true ] || fail "no start time: $(cat "$f")"
+    # a live process that looks like blockctl, under the journal's number
+    bash -c 'exec -a blockctl-other sleep 60' &
+    pid=$!
+    start=$(awk '{ sub(/.*\) /, ""); print $20 }' "/proc/$pid/stat")
+    jq --argjson p "$pid" --argjson s "$start" '.pid = $p | ."pid-start" = $s' "$f" >j.tmp && mv j.tmp "$f"
+    run -0 "$PROG" job list --output=json
+    [ "$(jq -r '.[0].running' <<<"$output")" = true ] || fail "$output"
+    # the same number, started at another time: the journal's process is gone
+    jq --argjson s "$((start + 1))" '."pid-start" = $s' "$f" >j.tmp && mv j.tmp "$f"
+    run -0 "$PROG" job list --output=json
+    [ "$(jq -r '.[0].running' <<<"$output")" = false ] || fail "$output"
+    kill "$pid"
+    wait "$pid" || true
+    # then job resume finishes it
+    resume_checked
+    qemu-img compare top.qcow2 t.qcow2 >/dev/null
+}
+
 @test "job list and show: no jobs; an ambiguous or unknown ID; --output=json" {
     run -0 "$PROG" job list
     [ "$output" = "No interrupted jobs" ]
