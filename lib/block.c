@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -1070,6 +1071,43 @@ static void write_after(struct bdev *bd, uint64_t off, uint64_t len, unsigned fl
     }
 }
 
+/* --- foreground and background requests --- */
+
+static __thread bool background_thread;
+static uint64_t foreground_ms;          /* CLOCK_MONOTONIC_COARSE, ms */
+
+static uint64_t coarse_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+void bdev_thread_background(void)
+{
+    background_thread = true;
+}
+
+/* A data request begins (stored only when the stamp moves: no cache line
+ * bouncing between the guest's threads) */
+static void note_request(void)
+{
+    if (!background_thread) {
+        uint64_t now = coarse_ms();
+        if (__atomic_load_n(&foreground_ms, __ATOMIC_RELAXED) != now) {
+            __atomic_store_n(&foreground_ms, now, __ATOMIC_RELAXED);
+        }
+    }
+}
+
+bool bdev_foreground_within(unsigned ms)
+{
+    uint64_t last = __atomic_load_n(&foreground_ms, __ATOMIC_RELAXED);
+
+    return last && coarse_ms() - last < ms;
+}
+
 /* --- data path --- */
 
 /* Requests are passed down (and drains wait for them) in pieces this big. */
@@ -1095,6 +1133,7 @@ int bdev_pread(struct bdev *bd, void *buf, size_t len, uint64_t off)
 {
     int ret = check_range(bd, off, len);
 
+    note_request();
     while (ret == 0 && len) {
         size_t n = MIN(len, GATE_CHUNK);
 
@@ -1116,6 +1155,7 @@ int bdev_pwrite(struct bdev *bd, const void *buf, size_t len, uint64_t off, unsi
 {
     int ret = check_write(bd, off, len);
 
+    note_request();
     while (ret == 0 && len) {
         size_t n = MIN(len, GATE_CHUNK);
         struct bdev_req req;
@@ -1162,6 +1202,7 @@ int bdev_pwrite_zeroes(struct bdev *bd, uint64_t off, uint64_t len, unsigned fla
     int ret = check_write(bd, off, len);
     struct bdev_req req;
 
+    note_request();
     if (ret < 0) {
         return ret;
     }
@@ -1189,6 +1230,7 @@ int bdev_discard(struct bdev *bd, uint64_t off, uint64_t len)
     int ret = check_write(bd, off, len);
     struct bdev_req req;
 
+    note_request();
     if (ret < 0) {
         return ret;
     }
@@ -1215,6 +1257,7 @@ int bdev_flush(struct bdev *bd)
 {
     int ret = 0;
 
+    note_request();
     if (bd->read_only || !bd->drv->flush) {
         return 0;
     }

@@ -485,6 +485,17 @@ struct bdev_map {
 int bdev_block_status_above(struct bdev *bd, struct bdev *base, uint64_t off, uint64_t len,
                             struct bdev_map *out);
 
+
+/*
+ * Foreground and background I/O.  A thread that calls
+ * bdev_thread_background() (a job's threads: lib/job.c) is background;
+ * the data requests of every other thread (a guest's, through the agent)
+ * stamp the time, process-wide.  bdev_foreground_within(MS): did one
+ * begin in the last MS milliseconds?  (A job copies with fewer threads
+ * while a guest is busy.)
+ */
+void bdev_thread_background(void);
+bool bdev_foreground_within(unsigned ms);
 /*
  * Quiesce: close the gate and wait until no request is in flight.  Drains
  * nest: the thread that drains may drain again and may issue requests to

@@ -16,6 +16,8 @@ struct engine {
     struct copy_params *p;
     uint64_t start, end;
     uint64_t window;        /* bytes per window */
+    unsigned steady;        /* workers that copy whatever the guest does (job: the
+                             * others copy only while it is idle) */
     uint64_t gran;          /* zero detection / compression granularity */
     uint64_t d;             /* the target's offset of source offset 0 */
     uint8_t *zerobuf;       /* no_sparse: zeroes written as data, e->window bytes */
@@ -666,20 +668,50 @@ static bool next_window(struct engine *e, uint64_t *slot, uint64_t *ws, uint64_t
     return got;
 }
 
+/* A job's guest went quiet (GUEST_IDLE_MS)? */
+#define GUEST_IDLE_MS 200
+
+/*
+ * An extra worker (past e->steady): wait while the guest is busy, then
+ * true; false once there is nothing left to copy or the copy stops.
+ */
+static bool idle_guest(struct engine *e)
+{
+    bool go = true;
+
+    pthread_mutex_lock(&e->lock);
+    while (bdev_foreground_within(GUEST_IDLE_MS) && e->cursor < e->end && !cancelled(e) &&
+           !e->ret) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 50 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&e->cond, &e->lock, &ts);
+    }
+    go = e->cursor < e->end && !cancelled(e) && !e->ret;
+    pthread_mutex_unlock(&e->lock);
+    return go;
+}
+
 static void *worker(void *opaque)
 {
     struct engine *e = opaque;
     /* (diff_below: a second window for what the new backing reads) */
     uint8_t *buf = xmemalign(4096, e->window * (e->p->diff_below ? 2 : 1));
     uint64_t ws, we, *slot;
+    bool extra;
 
     if (e->p->job) {
         job_thread_background();
     }
     pthread_mutex_lock(&e->lock);
+    extra = e->nactive >= e->steady;
     slot = &e->active[e->nactive++];
     pthread_mutex_unlock(&e->lock);
-    while (next_window(e, slot, &ws, &we)) {
+    while ((!extra || idle_guest(e)) && next_window(e, slot, &ws, &we)) {
         int ret;
 
         ret = e->p->mode == COPY_BITMAP ? do_window_bitmap(e, buf, ws, we)
@@ -718,7 +750,7 @@ int copy_run(struct copy_params *p, struct error **errp)
     struct error *cp_err = NULL;
     double cp_last = now_s();
     uint64_t windows_seen = 0;
-    unsigned nw = p->workers ? p->workers : p->job ? job_workers() : 4, split;
+    unsigned nw = p->workers ? p->workers : 4, split;
     uint64_t buf = p->buf_size ? p->buf_size : (16u << 20);
     uint64_t cg = p->dst->drv->compress_granularity ? p->dst->drv->compress_granularity(p->dst)
                                                      : 0;
@@ -750,7 +782,8 @@ int copy_run(struct copy_params *p, struct error **errp)
      * (a job's fewer workers keep the windows of four: its progress and
      * speed limit go by them) */
     split = (unsigned)MAX((uint64_t)1, MIN((uint64_t)(p->workers ? p->workers : 4), buf >> 20));
-    nw = MIN(nw, split);
+    nw = p->workers ? MIN(nw, split) : split;
+    e.steady = p->workers || !p->job ? nw : MIN(job_workers(), nw);
     e.window = MAX(ALIGN_DOWN(buf / split, e.gran), e.gran);
     if (p->no_sparse) {
         e.zerobuf = xmemalign(4096, e.window);

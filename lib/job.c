@@ -3,6 +3,7 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #include "lib/compiler.h"
+#include "lib/block.h"
 #include "lib/job.h"
 #include "lib/loop.h"
 
@@ -340,6 +341,7 @@ void job_thread_background(void)
     id_t tid = (id_t)syscall(SYS_gettid);
     int prio;
 
+    bdev_thread_background();
     errno = 0;
     prio = getpriority(PRIO_PROCESS, tid);
     if (errno == 0 && prio < 19) {

@@ -192,7 +192,8 @@ bool job_should_yield(struct job *job);
 /*
  * Make the calling thread a background one (nice 10 above the process):
  * a job's copy threads then give way to the guest's requests, which wake
- * up and run first when both want a CPU.  Best effort.
+ * up and run first when both want a CPU (best effort); and its requests
+ * do not count as the guest's (bdev_foreground_within).
  */
 void job_thread_background(void);
 /* Worker: sleep up to @ns nanoseconds (shorter if cancelled or paused). */

@@ -4,11 +4,13 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #include "lib/compiler.h"
+#include "lib/block.h"
 #include "lib/job.h"
 #include "lib/loop.h"
 #include "tests/unit/tap.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -350,6 +352,51 @@ static void *loop_thread(void *arg)
     return NULL;
 }
 
+/* A job thread's reads (job_thread_background) are not the guest's */
+static void *bg_reader(void *opaque)
+{
+    char buf[512];
+
+    job_thread_background();
+    for (int i = 0; i < 3; i++) {
+        (void)bdev_pread(opaque, buf, sizeof(buf), 0);
+    }
+    return NULL;
+}
+
+static void test_foreground(void)
+{
+    char path[] = "/tmp/blockctl-test-job-XXXXXX", buf[512];
+    struct error *err = NULL;
+    struct bdev *bd;
+    pthread_t t;
+    int fd = mkstemp(path);
+
+    if (fd < 0 || ftruncate(fd, 1 << 20) < 0) {
+        ok(0, "a scratch file: %s", strerror(errno));
+        return;
+    }
+    close(fd);
+    bd = bdev_open(path, "raw", BDEV_O_RDWR, &err);
+    ok(bd != NULL, "a raw scratch image opens");
+    if (!bd) {
+        error_free(err);
+        unlink(path);
+        return;
+    }
+    ok(bdev_pread(bd, buf, sizeof(buf), 0) == 0 && bdev_foreground_within(1000),
+       "a read of this thread is foreground");
+    usleep(120 * 1000);
+    ok(!bdev_foreground_within(60), "60 ms later, nothing in the last 60 ms");
+    pthread_create(&t, NULL, bg_reader, bd);
+    pthread_join(t, NULL);
+    ok(!bdev_foreground_within(60), "a background thread's reads do not count");
+    ok(bdev_pwrite(bd, buf, sizeof(buf), 4096, 0) == 0 && bdev_foreground_within(60),
+       "a write of this thread does");
+    ok(bdev_close(bd, NULL) == 0, "the scratch image closes");
+    unlink(path);
+}
+
 int main(void)
 {
     pthread_t lt;
@@ -360,6 +407,8 @@ int main(void)
     job_list_init(&JL, L, on_emit, NULL);
     JL.changed = on_changed;
     pthread_create(&lt, NULL, loop_thread, NULL);
+
+    test_foreground();
 
     /* the tables */
     ok(job_transition_allowed(JOB_STATUS_RUNNING, JOB_STATUS_READY) &&
