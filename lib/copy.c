@@ -668,6 +668,20 @@ static bool next_window(struct engine *e, uint64_t *slot, uint64_t *ws, uint64_t
     return got;
 }
 
+/* CLOCK_REALTIME @ms milliseconds from now (for pthread_cond_timedwait) */
+static struct timespec deadline_ms(long ms)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += ms * 1000 * 1000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    return ts;
+}
+
 /* A job's guest went quiet (GUEST_IDLE_MS)? */
 #define GUEST_IDLE_MS 200
 
@@ -682,13 +696,7 @@ static bool idle_guest(struct engine *e)
     pthread_mutex_lock(&e->lock);
     while (bdev_foreground_within(GUEST_IDLE_MS) && e->cursor < e->end && !cancelled(e) &&
            !e->ret) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 50 * 1000 * 1000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
+        struct timespec ts = deadline_ms(50);
         pthread_cond_timedwait(&e->cond, &e->lock, &ts);
     }
     go = e->cursor < e->end && !cancelled(e) && !e->ret;
@@ -821,13 +829,7 @@ int copy_run(struct copy_params *p, struct error **errp)
         return -EAGAIN;
     }
     while (e.running) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 200 * 1000 * 1000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
+        struct timespec ts = deadline_ms(200);
         /* (checkpoint_secs 0, for tests: no wait while a window ended unseen) */
         if (!(p->checkpoint && p->checkpoint_secs <= 0 && e.windows != windows_seen)) {
             pthread_cond_timedwait(&e.cond, &e.lock, &ts);
