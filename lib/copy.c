@@ -668,6 +668,32 @@ static bool next_window(struct engine *e, uint64_t *slot, uint64_t *ws, uint64_t
     return got;
 }
 
+/* Everything under what this returns is written: no window in a worker's
+ * hands, none left to claim (e->lock held) */
+static uint64_t written_below(const struct engine *e)
+{
+    uint64_t below = e->cursor;
+
+    for (unsigned i = 0; i < e->nactive; i++) {
+        below = MIN(below, e->active[i]);
+    }
+    return below;
+}
+
+/* (e->lock held) */
+static void publish_done_below(struct engine *e)
+{
+    uint64_t b;
+
+    if (!e->p->done_below) {
+        return;
+    }
+    b = written_below(e);
+    if (b > __atomic_load_n(e->p->done_below, __ATOMIC_RELAXED)) {
+        __atomic_store_n(e->p->done_below, b, __ATOMIC_RELEASE);
+    }
+}
+
 /* CLOCK_REALTIME @ms milliseconds from now (for pthread_cond_timedwait) */
 static struct timespec deadline_ms(long ms)
 {
@@ -731,6 +757,7 @@ static void *worker(void *opaque)
         e->done += we - ws;
         *slot = UINT64_MAX;
         e->windows++;
+        publish_done_below(e);
         if (e->p->checkpoint && e->p->checkpoint_secs <= 0) {
             /* (tests: a checkpoint after each window, before the next one) */
             uint64_t mine = e->windows;
@@ -798,6 +825,9 @@ int copy_run(struct copy_params *p, struct error **errp)
         memset(e.zerobuf, 0, e.window);
     }
     e.cursor = e.start;
+    if (p->done_below && e.start > __atomic_load_n(p->done_below, __ATOMIC_RELAXED)) {
+        __atomic_store_n(p->done_below, e.start, __ATOMIC_RELEASE);
+    }
     if (p->job) {
         /* (a copy started again past 0 adds its part to what was done) */
         job_progress_set_total(p->job, (e.start ? __atomic_load_n(&p->job->progress_current,
@@ -842,11 +872,8 @@ int copy_run(struct copy_params *p, struct error **errp)
             pthread_mutex_lock(&e.lock);
         }
         if (p->checkpoint && e.running && !e.ret && now_s() - cp_last >= p->checkpoint_secs) {
-            uint64_t below = e.cursor;
+            uint64_t below = written_below(&e);
             int r;
-            for (unsigned i = 0; i < e.nactive; i++) {
-                below = MIN(below, e.active[i]);
-            }
             pthread_mutex_unlock(&e.lock);
             r = p->checkpoint(p->checkpoint_opaque, below, &cp_err);
             cp_last = now_s();

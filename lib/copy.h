@@ -85,6 +85,13 @@ struct copy_params {
      */
     uint64_t *claimed;
     /*
+     * If set: raised (never lowered, release store) to an offset below
+     * which every window is written to the target and no worker writes
+     * the target any more.  A live mirror writes guest writes under it
+     * through to the target during the bulk copy (write-blocking).
+     */
+    uint64_t *done_below;
+    /*
      * If set: called from copy_run's thread every @checkpoint_secs (and
      * not at the end) with @below, an offset everything under which is
      * written to the target (not flushed: the callback flushes it before

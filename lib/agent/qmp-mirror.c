@@ -13,7 +13,9 @@
  * main loop with the disk drained, the little that is still dirty is
  * copied, the target flushed and, for a pivot, the disk's top replaced by
  * the target.  In write-blocking mode a guest write reaches the target
- * before it completes, once the bulk copy is done.
+ * before it completes wherever the copy is done (during the bulk copy:
+ * under the windows all written; a write past them is read by the copy
+ * yet, or marked dirty).
  */
 #include "lib/compiler.h"
 #include "lib/agent/agent.h"
@@ -59,6 +61,9 @@ struct mirror_job {
     /* the bulk copy's claimed windows end here (atomic): a guest write at
      * or past it is read by the bulk copy yet, and not marked */
     uint64_t claimed;
+    /* ... and under this one everything is copied (atomic): write-blocking
+     * applies there already during the bulk copy */
+    uint64_t done_below;
     bool complete;               /* block-job-complete asked for the pivot */
     bool switched;               /* the disk uses the target (a grouped pivot did it) */
     char *bitmap;                /* sync bitmap: copy what it marks (blockctl's) */
@@ -173,7 +178,8 @@ static int mirror_before(struct bdev_write_notifier *n, uint64_t off, uint64_t l
         wi_held = true;
     }
     if (!__atomic_load_n(&m->write_blocking, __ATOMIC_ACQUIRE) ||
-        !__atomic_load_n(&m->bulk_done, __ATOMIC_ACQUIRE) ||
+        (!__atomic_load_n(&m->bulk_done, __ATOMIC_ACQUIRE) &&
+         off + len > __atomic_load_n(&m->done_below, __ATOMIC_ACQUIRE)) ||
         (flags & (BDEV_REQ_WRITE_UNCHANGED | BDEV_REQ_DISCARD))) {
         return 0;   /* (a discard: the copy loop carries over what the source reads) */
     }
@@ -599,6 +605,7 @@ static int mirror_run(struct job *job, struct error **errp)
         cp.no_flush = true;
         cp.job = job;
         cp.claimed = &m->claimed;
+        cp.done_below = &m->done_below;
         if (m->jn) {
             cp.checkpoint = live_checkpoint;
             cp.checkpoint_opaque = m;

@@ -509,3 +509,33 @@ EOF2
         check_ok mid.qcow2
     done
 }
+
+@test "write-blocking from the start: a guest write where the copy is done reaches the target before READY, on both servers" {
+    local f
+    # the guest's 64 KiB of byte 90 ('Z'), read from the raw target with
+    # cmp: QEMU keeps others' consistent reads off its unfinished target
+    head -c 65536 /dev/zero | tr '\0' Z >pattern
+    for f in blockctl qsd; do
+        rm -f ./*.qcow2 t.raw marks && mkchain && serve $f || return 1
+        cat >s.qmp <<EOF2
+drive-mirror {"device": "vda", "job-id": "m", "target": "$PWD/t.raw", "format": "raw", "sync": "full", "copy-mode": "write-blocking", "speed": 8388608}
+sleep 3
+run qemu-io -f raw '$URI' -c 'write -P 90 0 64k' >/dev/null && echo written >>marks
+run cmp -s -n 65536 pattern t.raw && echo target >>marks
+query-block-jobs
+block-job-set-speed {"device": "m", "speed": 0}
+wait BLOCK_JOB_READY device=m
+block-job-complete {"device": "m"}
+wait JOB_STATUS_CHANGE id=m status=null
+EOF2
+        script --keep-progress <s.qmp >"out.$f" || { fail "$f: $(cat "out.$f")"; return 1; }
+        stop_server
+        grep -q '"ready": false' "out.$f" || fail "$f: the copy was done before the write: $(cat "out.$f")"
+        grep -qx written marks || fail "$f: the guest write failed"
+        grep -qx target marks || fail "$f: the guest write was not on the target before READY"
+        QIO_FMT=raw qio before.raw 'write -P 90 0 64k' >/dev/null
+        qemu-img compare -q -f raw -F raw before.raw t.raw ||
+            fail "$f: the target does not read as the disk"
+        qemu-img convert -O raw top.qcow2 before.raw
+    done
+}
