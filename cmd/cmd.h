@@ -238,6 +238,7 @@ struct job_journal {
     struct bdev *dst;       /* flushed before each checkpoint */
     const char *state;      /* the resumed journal's state (NULL: a new job) */
     uint64_t copied;        /* the resumed journal's "copied" */
+    char state_buf[64];     /* (state's copy: a step replaces the journal's string) */
 };
 /*
  * A new journal for a @type job run as @argv, or (--resume) the journal

@@ -46,7 +46,11 @@ int job_journal_begin(struct job_journal *jj, const struct copy_opts *o, const c
             jj->j = NULL;
             return 1;
         }
-        jj->state = journal_get_str(jj->j, "state");
+        t = journal_get_str(jj->j, "state");
+        if (t) {
+            snprintf(jj->state_buf, sizeof(jj->state_buf), "%s", t);
+            jj->state = jj->state_buf;
+        }
         jj->copied = journal_get_u64(jj->j, "copied");
         /* (ours while it runs: saved with the next step) */
         journal_set_owner(jj->j);

@@ -545,7 +545,7 @@ void bdev_bitmap_undo(struct bitmap_undo *u)
     }
     count_enabled(bd);
     pthread_mutex_unlock(&bd->bitmap_lock);
-    u->n = 0;
+    /* (what went back into place is no longer the steps': NULL there) */
     bdev_bitmap_undo_free(u);
 }
 
