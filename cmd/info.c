@@ -137,9 +137,11 @@ static void note_interrupted_jobs(const char *path)
         if (job_journal_running(j)) {
             continue;
         }
-        fprintf(stderr, "blockctl: note: '%s' is part of interrupted %s job %s; '%s' holds the "
-                "disk; 'blockctl job resume %s' finishes the job, 'blockctl job abort %s' "
-                "rolls it back\n", path, type, id, auth, id, id);
+        /* (a snapshot of several disks names each disk's image) */
+        fprintf(stderr, "blockctl: note: '%s' is part of interrupted %s job %s; '%s' %s; "
+                "'blockctl job resume %s' finishes the job, 'blockctl job abort %s' rolls it "
+                "back\n", path, type, id, auth,
+                strcmp(type, "snapshot") ? "holds the disk" : "hold the disks", id, id);
     }
     json_object_put(jobs);
 }

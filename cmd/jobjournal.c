@@ -475,7 +475,8 @@ int job_journal_resume(const char *state_dir, const char *id)
     }
     if (!json_object_object_get_ex(j->root, "argv", &argv_o) ||
         !json_object_is_type(argv_o, json_type_array) || !type ||
-        (strcmp(type, "mirror") && strcmp(type, "stream") && strcmp(type, "commit"))) {
+        (strcmp(type, "mirror") && strcmp(type, "stream") && strcmp(type, "commit") &&
+         strcmp(type, "snapshot") && strcmp(type, "bitmap"))) {
         error_report("'%s': not a job blockctl can resume", j->path);
         journal_free(j);
         return 1;
@@ -487,22 +488,32 @@ int job_journal_resume(const char *state_dir, const char *id)
     }
     n = json_object_array_length(argv_o);
     argv = xcalloc(n + 6, sizeof(*argv));
-    for (size_t i = 0; i < n; i++) {
-        argv[argc++] = xstrdup(json_object_get_string(json_object_array_get_idx(argv_o, i)));
-    }
+    /* the command's name, the options of the resume, then its own arguments
+     * (options before operands: argp takes them so whatever the command) */
+    argv[argc++] = xstrdup(n ? json_object_get_string(json_object_array_get_idx(argv_o, 0)) : type);
     sd = journal_state_dir(state_dir);
     argv[argc++] = xstrdup("--state-dir");
     argv[argc++] = sd;
     argv[argc++] = xstrdup("--resume");
     argv[argc++] = xstrdup(j->id);
+    for (size_t i = 1; i < n; i++) {
+        argv[argc++] = xstrdup(json_object_get_string(json_object_array_get_idx(argv_o, i)));
+    }
     argv[argc] = NULL;
-    fprintf(stderr, "blockctl: resuming %s job %s (%s, %llu of %llu bytes copied)\n", type,
-            j->id, journal_get_str(j, "state") ?: "?",
-            (unsigned long long)journal_get_u64(j, "copied"),
-            (unsigned long long)journal_get_u64(j, "total"));
-    ret = !strcmp(type, "mirror")   ? cmd_mirror(argc, argv)
-          : !strcmp(type, "stream") ? cmd_stream(argc, argv)
-                                    : cmd_commit(argc, argv);
+    if (!strcmp(type, "snapshot") || !strcmp(type, "bitmap")) {
+        fprintf(stderr, "blockctl: resuming %s job %s (%s)\n", type, j->id,
+                journal_get_str(j, "state") ?: "?");
+    } else {
+        fprintf(stderr, "blockctl: resuming %s job %s (%s, %llu of %llu bytes copied)\n", type,
+                j->id, journal_get_str(j, "state") ?: "?",
+                (unsigned long long)journal_get_u64(j, "copied"),
+                (unsigned long long)journal_get_u64(j, "total"));
+    }
+    ret = !strcmp(type, "mirror")     ? cmd_mirror(argc, argv)
+          : !strcmp(type, "stream")   ? cmd_stream(argc, argv)
+          : !strcmp(type, "snapshot") ? cmd_snapshot(argc, argv)
+          : !strcmp(type, "bitmap")   ? cmd_bitmap(argc, argv)
+                                      : cmd_commit(argc, argv);
     for (int i = 0; i < argc; i++) {
         free(argv[i]);
     }
@@ -563,8 +574,26 @@ int job_journal_abort(const char *state_dir, const char *id)
             printf("'%s' is a complete copy\n", target);
         }
     }
+    if (!strcmp(type, "snapshot")) {
+        /* the overlays it made go: the IMAGEs hold the disks, as before */
+        if (snapshot_journal_abort(j) != 0) {
+            error_report("job %s is left to abort again", j->id);
+            journal_free(j);
+            return 1;
+        }
+        printf("The disks are on their images as before the snapshot\n");
+    }
+    if (!strcmp(type, "bitmap")) {
+        /* one header write switched to the new bitmaps, or did not */
+        int r = bitmap_journal_applied(j);
+        printf("%s\n", r > 0    ? "The actions had taken effect, all of them: they stay"
+                       : r == 0 ? "None of the actions had taken effect"
+                                : "Whether the actions took effect is not known");
+    }
     auth = journal_get_str(j, "authoritative");
-    if (auth) {
+    if (auth && !strcmp(type, "snapshot")) {
+        printf("'%s' hold the disks\n", auth);
+    } else if (auth) {
         printf("'%s' holds the disk\n", auth);
     }
     full_id = xstrdup(j->id);
