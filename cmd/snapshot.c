@@ -688,7 +688,12 @@ int cmd_snapshot(int argc, char **argv)
         error_report("interrupted%s", jj.state ? "" : ": no overlay was kept");
         goto out;
     }
-    /* all of them made: the snapshot is taken, the overlays hold the disks */
+    /* all of them made: the snapshot is taken, the overlays hold the disks
+     * (an agent's, resumed: once its state file names them) */
+    if (jj.state && journal_get_str(jj.j, "agent-state") &&
+        job_journal_snapshot_switch(jj.j) != 0) {
+        goto out;
+    }
     job_journal_end(&jj);
     ret = 0;
     if (!a.img.quiet) {
