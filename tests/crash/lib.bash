@@ -31,8 +31,8 @@
 #             files, each layer alone reading as the fault-free run's,
 #             the same metadata, qemu-img check 0 or 3 (0 for check -r)
 #   journal   a command that keeps a job journal (stream, commit, mirror,
-#             snapshot, bitmap:
-#             JOB in op_def) and did not end leaves at most one, and no
+#             snapshot, bitmap: JOB in op_def) and did not end leaves at
+#             most one, and no
 #             other command leaves any (each run has a state folder of its
 #             own, $w.state); when one is left, `job list --output=json`
 #             names the job, not running, with AUTH authoritative and
