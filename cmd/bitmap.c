@@ -4,6 +4,7 @@
  */
 #include "lib/compiler.h"
 #include "lib/bitmap.h"
+#include "lib/journal.h"
 #include "lib/jw.h"
 #include "lib/remote.h"
 #include "lib/size.h"
@@ -30,6 +31,7 @@ struct bitmap_args {
     const char *agent;
     struct bitmap_op ops[MAX_ACTIONS];
     size_t nops;
+    struct copy_opts jopts;  /* --state-dir, --resume ID (job resume) */
 };
 
 enum {
@@ -73,6 +75,7 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     switch (key) {
     case ARGP_KEY_INIT:
         state->child_inputs[0] = &a->img;
+        state->child_inputs[2] = &a->jopts;
         break;
     case OPT_ADD:
         add_op(a, BITMAP_OP_ADD, NULL, state);
@@ -159,13 +162,15 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
 }
 
 /* [0]: the shared image options (imgopts.c), set by cmd_bitmap */
-static struct argp_child children[] = { { NULL, 0, NULL, 0 }, { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
+static struct argp_child children[] = { { NULL, 0, NULL, 0 }, { &tls_opts_argp, 0, NULL, 0 },
+                                        { &journal_opts_argp, 0, NULL, 0 }, { 0 } };
 
 static const struct argp bitmap_argp = {
     options, parse_opt, "ACTION... [-g SIZE] [--disabled] IMAGE NAME\n"
     "--list [--output=human|json] IMAGE\n--dump [--output=human|json] IMAGE NAME",
     "Manage the persistent dirty bitmaps stored in a qcow2 image.  Actions apply in the "
-    "order given, all or none.\v"
+    "order given, all or none (a job journal in the state directory while they are "
+    "written).\v"
     "Exit status: 0 on success, 1 on error, 64 for usage errors.",
     children, NULL, NULL,
 };
@@ -540,6 +545,123 @@ static int do_agent(struct bitmap_args *a)
     return ret;
 }
 
+/* Where @bd's bitmap directory is on disk now (0: none): 0, or -errno (said). */
+static int dir_offset(struct bdev *bd, uint64_t *off)
+{
+    struct error *err = NULL;
+    struct image_info in;
+    int r = bdev_get_info(bd, &in, &err);
+
+    if (r < 0) {
+        report(err);
+        return r;
+    }
+    *off = in.bitmap_dir_offset;
+    image_info_free(&in);
+    return 0;
+}
+
+/* The directory of image @path (format @fmt) as a new open finds it. */
+static int dir_offset_of(const char *path, const char *fmt, uint64_t *off)
+{
+    struct error *err = NULL;
+    struct bdev *bd = bdev_open(path, fmt, BDEV_O_NO_BACKING | BDEV_O_NO_BITMAPS |
+                                               BDEV_O_FORCE_SHARE, &err);
+    int r;
+
+    if (!bd) {
+        report(err);
+        return -EIO;
+    }
+    r = dir_offset(bd, off);
+    bdev_unref(bd);
+    return r;
+}
+
+int bitmap_journal_applied(struct journal *j)
+{
+    struct error *err = NULL;
+    const char *path = journal_image_path(j, "image");
+    uint64_t off;
+
+    if (journal_check_image(j, "image", &err) < 0) {
+        report(err);
+        return -1;
+    }
+    if (dir_offset_of(path, journal_get_str(j, "format"), &off) < 0) {
+        return -1;
+    }
+    return off != journal_get_u64(j, "bitmap-dir-before");
+}
+
+/*
+ * The offline actions, journaled: the journal names the image and where
+ * its bitmap directory was before.  The actions write new tables and a
+ * new directory, then switch the header to it in one write: a directory
+ * elsewhere than before means the transaction took effect, all of it.
+ */
+static int apply_journaled(struct bitmap_args *a, struct bdev *bd, int argc, char **argv)
+{
+    struct job_journal jj = { 0 };
+    struct error *err = NULL;
+    uint64_t before = 0, now;
+
+    if (!bd->drv->bitmap_store) {
+        /* (refused below: nothing to journal) */
+        if (bdev_bitmap_apply(bd, a->ops, a->nops, &err) < 0) {
+            report(err);
+            return 1;
+        }
+        return 0;
+    }
+    if (job_journal_begin(&jj, &a->jopts, "bitmap", argc, argv) ||
+        job_journal_check(&jj, "image", "source-file", NULL)) {
+        return 1;
+    }
+    if (jj.state) {
+        if (dir_offset(bd, &now) < 0) {
+            job_journal_keep(&jj);
+            return 1;
+        }
+        if (now != journal_get_u64(jj.j, "bitmap-dir-before")) {
+            fprintf(stderr, "blockctl: job %s: the actions had taken effect, all of them\n",
+                    jj.j->id);
+            job_journal_end(&jj);
+            return 0;
+        }
+    } else {
+        if (dir_offset(bd, &before) < 0) {
+            journal_free(jj.j);
+            return 1;
+        }
+        journal_add_image(jj.j, "image", a->image, JR_WRITE);
+        journal_set_str(jj.j, "format", bdev_format_name(bd));
+        if (a->src_image) {
+            journal_add_image(jj.j, "source-file", a->src_image, JR_READ);
+        }
+        journal_set_str(jj.j, "authoritative", journal_image_path(jj.j, "image"));
+        journal_set_u64(jj.j, "bitmap-dir-before", before);
+        journal_set_str(jj.j, "bitmap", a->name);
+    }
+    if (job_journal_step(&jj, "applying")) {
+        job_journal_end(&jj);       /* (nothing was changed) */
+        return 1;
+    }
+    if (bdev_bitmap_apply(bd, a->ops, a->nops, &err) == 0) {
+        job_journal_end(&jj);
+        return 0;
+    }
+    report(err);
+    /* what is on disk decides: the old directory (nothing applied) or not known */
+    if (dir_offset_of(a->image, bdev_format_name(bd), &now) == 0 &&
+        now == journal_get_u64(jj.j, "bitmap-dir-before")) {
+        job_journal_end(&jj);
+    } else {
+        job_journal_keep(&jj);
+    }
+    return 1;
+}
+
 int cmd_bitmap(int argc, char **argv)
 {
     struct bitmap_args a = { 0 };
@@ -593,11 +715,7 @@ int cmd_bitmap(int argc, char **argv)
             }
         }
     }
-    if (bdev_bitmap_apply(bd, a.ops, a.nops, &err) < 0) {
-        report(err);
-        goto out;
-    }
-    ret = 0;
+    ret = apply_journaled(&a, bd, argc, argv);
 out:
     for (size_t i = 0; i < a.nops; i++) {
         bitmap_free(a.ops[i].src);

@@ -277,5 +277,20 @@ int job_journal_resume(const char *state_dir, const char *id);
  * state file: the exit status. */
 int job_journal_finish_live(const char *state_dir, const char *id, bool pivot);
 int job_journal_abort(const char *state_dir, const char *id);
+/*
+ * An agent's snapshot (journal object @j) whose overlays its state file
+ * names (all of them: one write), or, without a state file, that may
+ * have switched: the overlays hold the disks.
+ */
+bool job_journal_snapshot_switched(json_object *j);
+/* Name every overlay of snapshot journal @j in its agent's state file: 0, or 1 (said). */
+int job_journal_snapshot_switch(struct journal *j);
+/* job abort of an offline snapshot (snapshot.c): the overlays it made go. 0, or 1 (said). */
+int snapshot_journal_abort(struct journal *j);
+/*
+ * Has the offline bitmap transaction of journal @j taken effect (bitmap.c)?
+ * 1 yes, 0 no, -1 unknown (said).
+ */
+int bitmap_journal_applied(struct journal *j);
 
 #endif

@@ -131,15 +131,18 @@ static void note_interrupted_jobs(const char *path)
         const char *id = json_object_object_get_ex(j, "id", &v) ? json_object_get_string(v) : "?";
         const char *type = json_object_object_get_ex(j, "type", &v) ? json_object_get_string(v)
                                                                       : "?";
-        const char *auth = json_object_object_get_ex(j, "authoritative", &v)
-                               ? json_object_get_string(v)
-                               : "?";
+        const char *auth;
         if (job_journal_running(j)) {
             continue;
         }
-        fprintf(stderr, "blockctl: note: '%s' is part of interrupted %s job %s; '%s' holds the "
-                "disk; 'blockctl job resume %s' finishes the job, 'blockctl job abort %s' "
-                "rolls it back\n", path, type, id, auth, id, id);
+        job_journal_live_view(j);
+        auth = json_object_object_get_ex(j, "authoritative", &v) ? json_object_get_string(v)
+                                                                  : "?";
+        /* (a snapshot of several disks names each disk's image) */
+        fprintf(stderr, "blockctl: note: '%s' is part of interrupted %s job %s; '%s' %s; "
+                "'blockctl job resume %s' finishes the job, 'blockctl job abort %s' rolls it "
+                "back\n", path, type, id, auth,
+                strcmp(type, "snapshot") ? "holds the disk" : "hold the disks", id, id);
     }
     json_object_put(jobs);
 }

@@ -232,13 +232,13 @@ static int list_journals(struct job_args *a)
     } else if (!n) {
         printf("No interrupted jobs\n");
     } else {
-        printf("%-32s %-7s %-12s %-16s %-7s %s\n", "ID", "TYPE", "STATUS", "STEP", "COPIED",
+        printf("%-32s %-8s %-12s %-16s %-7s %s\n", "ID", "TYPE", "STATUS", "STEP", "COPIED",
                "AUTHORITATIVE");
         for (size_t i = 0; i < n; i++) {
             json_object *j = json_object_array_get_idx(all, i);
             char prog[32];
             job_progress_str(j, prog, sizeof(prog));
-            printf("%-32s %-7s %-12s %-16s %-7s %s\n", jstr(j, "id", "?"), jstr(j, "type", "?"),
+            printf("%-32s %-8s %-12s %-16s %-7s %s\n", jstr(j, "id", "?"), jstr(j, "type", "?"),
                    jbool(j, "running") ? "running" : "interrupted", jstr(j, "state", "?"), prog,
                    jstr(j, "authoritative", "?"));
         }
@@ -274,8 +274,10 @@ static int show_journal(struct job_args *a)
     printf("status:        %s\n", jbool(j->root, "running") ? "running" : "interrupted");
     printf("step:          %s\n", jstr(j->root, "state", "?"));
     printf("started:       %s\n", jstr(j->root, "started", "?"));
-    printf("copied:        %" PRId64 " of %" PRId64 " bytes (%s)\n", jint(j->root, "copied"),
-           jint(j->root, "total"), prog);
+    if (json_object_object_get_ex(j->root, "total", NULL)) {
+        printf("copied:        %" PRId64 " of %" PRId64 " bytes (%s)\n", jint(j->root, "copied"),
+               jint(j->root, "total"), prog);
+    }
     printf("authoritative: %s\n", jstr(j->root, "authoritative", "?"));
     if (json_object_object_get_ex(j->root, "images", &images)) {
         json_object_object_foreach(images, k, v) {

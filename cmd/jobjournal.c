@@ -228,12 +228,172 @@ static char *state_top(const char *state, const char *disk)
     return file;
 }
 
+/* Do @a and @b name the same file (or, either gone, the same path)? */
+static bool same_path(const char *a, const char *b)
+{
+    char *ra = realpath(a, NULL), *rb = realpath(b, NULL);
+    bool same = ra && rb ? !strcmp(ra, rb) : !strcmp(a, b);
+
+    free(ra);
+    free(rb);
+    return same;
+}
+
+/* The string member @key of journal object @j (NULL when none). */
+static const char *jo_str(json_object *j, const char *key)
+{
+    json_object *v;
+
+    return json_object_object_get_ex(j, key, &v) && json_object_is_type(v, json_type_string)
+               ? json_object_get_string(v)
+               : NULL;
+}
+
+/* The path of image @key of journal object @j (NULL when none). */
+static const char *jo_image(json_object *j, const char *key)
+{
+    json_object *images, *img;
+
+    return json_object_object_get_ex(j, "images", &images) &&
+                   json_object_object_get_ex(images, key, &img)
+               ? jo_str(img, "path")
+               : NULL;
+}
+
+bool job_journal_snapshot_switched(json_object *j)
+{
+    const char *state = jo_str(j, "agent-state"), *step = jo_str(j, "state");
+    json_object *v;
+    int n = json_object_object_get_ex(j, "disks", &v) ? json_object_get_int(v) : 0;
+    bool all = n > 0;
+
+    if (!jbool_member(j, "live")) {
+        return false;
+    }
+    if (!state) {
+        /* (no state file: the overlays, each over its disk's old top, hold
+         * every write once the switch may have been made) */
+        return step && !strcmp(step, "switching");
+    }
+    for (int i = 1; i <= n && all; i++) {
+        char key[32], *top;
+        const char *ov;
+        snprintf(key, sizeof(key), "disk-%d", i);
+        top = jo_str(j, key) ? state_top(state, jo_str(j, key)) : NULL;
+        snprintf(key, sizeof(key), "overlay-%d", i);
+        ov = jo_image(j, key);
+        all = top && ov && same_path(top, ov);
+        free(top);
+    }
+    return all;
+}
+
+/*
+ * Name each @files[k] (format @fmts[k]) as disk @disks[k]'s top in the
+ * agent's state file @state, all in one write.  0, or 1 (said).
+ */
+static int state_set_tops(const char *state, int n, const char *const *disks,
+                          const char *const *files, const char *const *fmts)
+{
+    json_object *root = json_object_from_file(state), *list, *v;
+    struct error *err = NULL;
+    int r;
+
+    if (!root || !json_object_object_get_ex(root, "disks", &list) ||
+        !json_object_is_type(list, json_type_array)) {
+        error_report("'%s': not an agent's state file", state);
+        json_object_put(root);
+        return 1;
+    }
+    for (int i = 0; i < n; i++) {
+        bool found = false;
+        for (size_t k = 0; disks[i] && files[i] && k < json_object_array_length(list); k++) {
+            json_object *d = json_object_array_get_idx(list, k);
+            if (json_object_object_get_ex(d, "name", &v) &&
+                !strcmp(json_object_get_string(v), disks[i])) {
+                json_object_object_add(d, "file", json_object_new_string(files[i]));
+                json_object_object_add(d, "format", json_object_new_string(fmts[i]));
+                /* (the restarted agent names the new chain's images) */
+                json_object_object_add(d, "node-names", json_object_new_array());
+                found = true;
+            }
+        }
+        if (!found) {
+            error_report("'%s' has no disk '%s'", state, disks[i] ? disks[i] : "?");
+            json_object_put(root);
+            return 1;
+        }
+    }
+    r = json_file_replace(state, root, 0600, &err);
+    json_object_put(root);
+    if (r < 0) {
+        report(err);
+        return 1;
+    }
+    return 0;
+}
+
+/* Name @file (format @fmt) as disk @disk's top in the agent's state file. */
+static int state_set_top(const char *state, const char *disk, const char *file, const char *fmt)
+{
+    return state_set_tops(state, 1, &disk, &file, &fmt);
+}
+
+int job_journal_snapshot_switch(struct journal *j)
+{
+    const char *state = journal_get_str(j, "agent-state");
+    int n = (int)journal_get_u64(j, "disks"), r;
+    const char **disks, **files, **fmts;
+
+    if (!state) {
+        return 0;
+    }
+    disks = xcalloc((size_t)n + 1, sizeof(*disks));
+    files = xcalloc((size_t)n + 1, sizeof(*files));
+    fmts = xcalloc((size_t)n + 1, sizeof(*fmts));
+    /* every disk in one write: all on their overlays, or (a crash) none */
+    for (int i = 0; i < n; i++) {
+        char key[32];
+        snprintf(key, sizeof(key), "disk-%d", i + 1);
+        disks[i] = journal_get_str(j, key);
+        snprintf(key, sizeof(key), "overlay-%d", i + 1);
+        files[i] = journal_image_path(j, key);
+        fmts[i] = "qcow2";
+    }
+    r = state_set_tops(state, n, disks, files, fmts);
+    free(disks);
+    free(files);
+    free(fmts);
+    return r;
+}
+
 void job_journal_live_view(json_object *j)
 {
     json_object *v, *images, *tgt_o, *path;
-    const char *state, *disk, *tgt;
+    const char *state, *disk, *tgt, *type = jo_str(j, "type");
     char *top;
 
+    if (jbool_member(j, "live") && type && !strcmp(type, "snapshot")) {
+        /* the overlays, once the agent's state file names them */
+        json_object *dv;
+        int n = json_object_object_get_ex(j, "disks", &dv) ? json_object_get_int(dv) : 0;
+        char *auth = xstrdup("");
+        if (!job_journal_snapshot_switched(j)) {
+            free(auth);
+            return;
+        }
+        for (int i = 1; i <= n; i++) {
+            char key[32], *t;
+            snprintf(key, sizeof(key), "overlay-%d", i);
+            t = xasprintf("%s%s%s", auth, i > 1 ? ", " : "", jo_image(j, key) ?: "?");
+            free(auth);
+            auth = t;
+        }
+        json_object_object_add(j, "authoritative", json_object_new_string(auth));
+        json_object_object_add(j, "state", json_object_new_string("switched"));
+        free(auth);
+        return;
+    }
     if (!jbool_member(j, "live") || !json_object_object_get_ex(j, "agent-state", &v)) {
         return;
     }
@@ -252,43 +412,6 @@ void job_journal_live_view(json_object *j)
     free(top);
 }
 
-/* Name @file (format @fmt) as disk @disk's top in the agent's state file. */
-static int state_set_top(const char *state, const char *disk, const char *file, const char *fmt)
-{
-    json_object *root = json_object_from_file(state), *disks, *v;
-    struct error *err = NULL;
-    bool found = false;
-    int r;
-
-    if (!root || !json_object_object_get_ex(root, "disks", &disks) ||
-        !json_object_is_type(disks, json_type_array)) {
-        error_report("'%s': not an agent's state file", state);
-        json_object_put(root);
-        return 1;
-    }
-    for (size_t i = 0; i < json_object_array_length(disks); i++) {
-        json_object *d = json_object_array_get_idx(disks, i);
-        if (json_object_object_get_ex(d, "name", &v) && !strcmp(json_object_get_string(v), disk)) {
-            json_object_object_add(d, "file", json_object_new_string(file));
-            json_object_object_add(d, "format", json_object_new_string(fmt));
-            /* (the restarted agent names the new chain's images) */
-            json_object_object_add(d, "node-names", json_object_new_array());
-            found = true;
-        }
-    }
-    if (!found) {
-        error_report("'%s' has no disk '%s'", state, disk);
-        json_object_put(root);
-        return 1;
-    }
-    r = json_file_replace(state, root, 0600, &err);
-    json_object_put(root);
-    if (r < 0) {
-        report(err);
-        return 1;
-    }
-    return 0;
-}
 
 /*
  * Bring a live mirror's (or active commit's) target in step with its
@@ -391,6 +514,15 @@ out:
     return ret;
 }
 
+/*
+ * An agent's job that an offline command finishes (its journal holds the
+ * command's arguments): a stream, a snapshot.
+ */
+static bool live_offline_kind(const char *type)
+{
+    return type && (!strcmp(type, "stream") || !strcmp(type, "snapshot"));
+}
+
 /* Drop the journal of a live job (and its write-intent bitmap): 0, or 1. */
 static int live_end(struct journal *j)
 {
@@ -415,6 +547,12 @@ int job_journal_finish_live(const char *state_dir, const char *id, bool pivot)
     int ret = 1;
 
     if (!j) {
+        return 1;
+    }
+    if (live_offline_kind(journal_get_str(j, "type"))) {
+        error_report("job %s is an agent's %s: 'blockctl job resume %s' finishes it (only a "
+                     "mirror of an agent pivots)", j->id, journal_get_str(j, "type"), j->id);
+        journal_free(j);
         return 1;
     }
     if (!jbool_member(j->root, "live")) {
@@ -473,13 +611,14 @@ int job_journal_resume(const char *state_dir, const char *id)
     }
     type = journal_get_str(j, "type");
     cwd = journal_get_str(j, "cwd");
-    if (jbool_member(j->root, "live")) {
+    if (jbool_member(j->root, "live") && !live_offline_kind(type)) {
         journal_free(j);
         return job_journal_finish_live(state_dir, id, false);
     }
     if (!json_object_object_get_ex(j->root, "argv", &argv_o) ||
         !json_object_is_type(argv_o, json_type_array) || !type ||
-        (strcmp(type, "mirror") && strcmp(type, "stream") && strcmp(type, "commit"))) {
+        (strcmp(type, "mirror") && strcmp(type, "stream") && strcmp(type, "commit") &&
+         strcmp(type, "snapshot") && strcmp(type, "bitmap"))) {
         error_report("'%s': not a job blockctl can resume", j->path);
         journal_free(j);
         return 1;
@@ -491,22 +630,32 @@ int job_journal_resume(const char *state_dir, const char *id)
     }
     n = json_object_array_length(argv_o);
     argv = xcalloc(n + 6, sizeof(*argv));
-    for (size_t i = 0; i < n; i++) {
-        argv[argc++] = xstrdup(json_object_get_string(json_object_array_get_idx(argv_o, i)));
-    }
+    /* the command's name, the options of the resume, then its own arguments
+     * (options before operands: argp takes them so whatever the command) */
+    argv[argc++] = xstrdup(n ? json_object_get_string(json_object_array_get_idx(argv_o, 0)) : type);
     sd = journal_state_dir(state_dir);
     argv[argc++] = xstrdup("--state-dir");
     argv[argc++] = sd;
     argv[argc++] = xstrdup("--resume");
     argv[argc++] = xstrdup(j->id);
+    for (size_t i = 1; i < n; i++) {
+        argv[argc++] = xstrdup(json_object_get_string(json_object_array_get_idx(argv_o, i)));
+    }
     argv[argc] = NULL;
-    fprintf(stderr, "blockctl: resuming %s job %s (%s, %llu of %llu bytes copied)\n", type,
-            j->id, journal_get_str(j, "state") ?: "?",
-            (unsigned long long)journal_get_u64(j, "copied"),
-            (unsigned long long)journal_get_u64(j, "total"));
-    ret = !strcmp(type, "mirror")   ? cmd_mirror(argc, argv)
-          : !strcmp(type, "stream") ? cmd_stream(argc, argv)
-                                    : cmd_commit(argc, argv);
+    if (!strcmp(type, "snapshot") || !strcmp(type, "bitmap")) {
+        fprintf(stderr, "blockctl: resuming %s job %s (%s)\n", type, j->id,
+                journal_get_str(j, "state") ?: "?");
+    } else {
+        fprintf(stderr, "blockctl: resuming %s job %s (%s, %llu of %llu bytes copied)\n", type,
+                j->id, journal_get_str(j, "state") ?: "?",
+                (unsigned long long)journal_get_u64(j, "copied"),
+                (unsigned long long)journal_get_u64(j, "total"));
+    }
+    ret = !strcmp(type, "mirror")     ? cmd_mirror(argc, argv)
+          : !strcmp(type, "stream")   ? cmd_stream(argc, argv)
+          : !strcmp(type, "snapshot") ? cmd_snapshot(argc, argv)
+          : !strcmp(type, "bitmap")   ? cmd_bitmap(argc, argv)
+                                      : cmd_commit(argc, argv);
     for (int i = 0; i < argc; i++) {
         free(argv[i]);
     }
@@ -520,6 +669,7 @@ int job_journal_abort(const char *state_dir, const char *id)
     struct journal *j = load_interrupted(state_dir, id);
     struct error *err = NULL;
     const char *type, *state, *auth;
+    bool taken = false;
     char *full_id;
 
     if (!j) {
@@ -527,7 +677,21 @@ int job_journal_abort(const char *state_dir, const char *id)
     }
     type = journal_get_str(j, "type") ?: "?";
     state = journal_get_str(j, "state") ?: "?";
-    if (jbool_member(j->root, "live")) {
+    if (jbool_member(j->root, "live") && !strcmp(type, "stream")) {
+        /* (what it copied is what the chain read: the top reads the same) */
+        printf("'%s' reads as before the stream (its backing file is left as %s)\n",
+               journal_image_path(j, "top") ?: "?",
+               strcmp(state, "relinking") ? "it was" : "it is on disk, old or new");
+    } else if (jbool_member(j->root, "live") && !strcmp(type, "snapshot") &&
+               job_journal_snapshot_switched(j->root)) {
+        /* the guest may have written the overlays: they stay */
+        job_journal_live_view(j->root);
+        printf("The snapshot had been taken (the agent's state file names the overlays, "
+               "which the guest may have written): it stays\n");
+        taken = true;
+    } else if (jbool_member(j->root, "live") && !strcmp(type, "snapshot")) {
+        /* not switched: as an offline snapshot's, below */
+    } else if (jbool_member(j->root, "live")) {
         const char *st = journal_get_str(j, "agent-state"), *disk = journal_get_str(j, "disk");
         const char *tgt = journal_image_path(j, "target");
         char *top = st && disk ? state_top(st, disk) : NULL;
@@ -567,8 +731,26 @@ int job_journal_abort(const char *state_dir, const char *id)
             printf("'%s' is a complete copy\n", target);
         }
     }
+    if (!strcmp(type, "snapshot") && !taken) {
+        /* the overlays it made go: the IMAGEs hold the disks, as before */
+        if (snapshot_journal_abort(j) != 0) {
+            error_report("job %s is left to abort again", j->id);
+            journal_free(j);
+            return 1;
+        }
+        printf("The disks are on their images as before the snapshot\n");
+    }
+    if (!strcmp(type, "bitmap")) {
+        /* one header write switched to the new bitmaps, or did not */
+        int r = bitmap_journal_applied(j);
+        printf("%s\n", r > 0    ? "The actions had taken effect, all of them: they stay"
+                       : r == 0 ? "None of the actions had taken effect"
+                                : "Whether the actions took effect is not known");
+    }
     auth = journal_get_str(j, "authoritative");
-    if (auth) {
+    if (auth && !strcmp(type, "snapshot")) {
+        printf("'%s' hold the disks\n", auth);
+    } else if (auth) {
         printf("'%s' holds the disk\n", auth);
     }
     full_id = xstrdup(j->id);

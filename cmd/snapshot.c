@@ -5,6 +5,7 @@
 #include "lib/compiler.h"
 #include "lib/io.h"
 #include "lib/imageinfo.h"
+#include "lib/journal.h"
 #include "lib/jw.h"
 #include "lib/remote.h"
 #include "lib/size.h"
@@ -26,6 +27,7 @@ struct snapshot_args {
     char **args;
     int nargs;
     const char *agent;
+    struct copy_opts jopts;  /* --state-dir, --resume ID (job resume) */
 };
 
 enum { OPT_OUTPUT = 0x100, OPT_AGENT };
@@ -45,6 +47,7 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
     switch (key) {
     case ARGP_KEY_INIT:
         state->child_inputs[0] = &a->img;
+        state->child_inputs[2] = &a->jopts;
         break;
     case 'F':
         a->format = parse_format_arg(arg, "-F", state);
@@ -84,12 +87,15 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
 }
 
 /* [0]: the shared image options (imgopts.c), set by cmd_snapshot */
-static struct argp_child children[] = { { NULL, 0, NULL, 0 }, { &tls_opts_argp, 0, NULL, 0 }, { 0 } };
+static struct argp_child children[] = { { NULL, 0, NULL, 0 }, { &tls_opts_argp, 0, NULL, 0 },
+                                        { &journal_opts_argp, 0, NULL, 0 }, { 0 } };
 
 static const struct argp snapshot_argp = {
     options, parse_opt, "IMAGE OVERLAY [IMAGE OVERLAY...]\n-l IMAGE",
     "Create external snapshots: each OVERLAY becomes a new qcow2 image backed by its IMAGE, "
-    "all of them or none.  With -l, list IMAGE's backing chain and internal snapshots.\v"
+    "all of them or none (a job journal in the state directory until all are made: "
+    "'blockctl job resume' or 'job abort' after a crash).  With -l, list IMAGE's backing "
+    "chain and internal snapshots.\v"
     "Exit status: 0 on success, 1 on error (no overlay is left behind), 64 for usage "
     "errors.",
     children, NULL, NULL,
@@ -434,7 +440,8 @@ static int add_bitmaps(const char *file, const struct bitmap_op *ops, size_t n,
  * is).  Returns 0 or -errno.
  */
 static int create_overlay(const char *ov, const struct optlist *o, const struct bitmap_op *bm,
-                          size_t nbm, bool *made, struct stat *id, struct error **errp)
+                          size_t nbm, bool *made, struct stat *id, struct journal *j,
+                          const char *key, struct error **errp)
 {
     char *tmp;
     int r = bdev_create_hidden("qcow2", ov, o, &tmp, errp);
@@ -444,6 +451,13 @@ static int create_overlay(const char *ov, const struct optlist *o, const struct 
         if (r < 0 && *errp) {
             error_replace_name(*errp, tmp, ov);
         }
+    }
+    if (r == 0) {
+        /* the journal knows the complete file (inode, size, header: the
+         * rename keeps them) before it takes its name, so that job abort
+         * removes only what was made here */
+        journal_add_image_as(j, key, ov, tmp, JR_READ);
+        r = journal_save(j, errp);
     }
     if (r == 0) {
         r = io_rename_noreplace(tmp, ov);
@@ -465,6 +479,50 @@ static int create_overlay(const char *ov, const struct optlist *o, const struct 
     return r;
 }
 
+int snapshot_journal_abort(struct journal *j)
+{
+    struct error *err = NULL;
+    int n = (int)journal_get_u64(j, "disks"), ret = 0;
+
+    for (int i = 1; i <= n; i++) {
+        char key[32];
+        const char *ov;
+        char *tmp;
+        snprintf(key, sizeof(key), "overlay-%d", i);
+        ov = journal_image_path(j, key);
+        if (!ov) {
+            continue;
+        }
+        /* a half-made file under blockctl's hidden name: never in use */
+        tmp = bdev_hidden_name(ov);
+        if (unlink(tmp) == 0) {
+            (void)io_dirsync(tmp);
+        }
+        free(tmp);
+        if (!journal_image_known(j, key)) {
+            continue;       /* (not made: nothing of ours under that name) */
+        }
+        if (journal_check_image(j, key, &err) < 0) {
+            /* gone, or another file now: not ours to remove */
+            error_free(err);
+            err = NULL;
+            continue;
+        }
+        if (unlink(ov) < 0 && errno != ENOENT) {
+            error_report("cannot remove '%s': %s", ov, strerror(errno));
+            ret = 1;
+            continue;
+        }
+        if (io_dirsync(ov) < 0) {
+            error_report("'%s': cannot sync its folder", ov);
+            ret = 1;
+            continue;
+        }
+        printf("Removed the new overlay '%s'\n", ov);
+    }
+    return ret;
+}
+
 int cmd_snapshot(int argc, char **argv)
 {
     struct snapshot_args a = { 0 };
@@ -474,6 +532,8 @@ int cmd_snapshot(int argc, char **argv)
     struct stat *ids = NULL;
     struct bitmap_op **follow = NULL;
     size_t *nfollow = NULL;
+    struct job_journal jj = { 0 };
+    bool clean = true;
     int n, ret = 1;
 
     children[0].argp = img_opts_argp(IMGOPT_OUTPUT | IMGOPT_QUIET);
@@ -499,20 +559,39 @@ int cmd_snapshot(int argc, char **argv)
     ids = xcalloc(n, sizeof(*ids));
     follow = xcalloc(n, sizeof(*follow));
     nfollow = xcalloc(n, sizeof(*nfollow));
+    if (a.jopts.resume && job_journal_begin(&jj, &a.jopts, "snapshot", argc, argv)) {
+        goto out;
+    }
 
     /*
      * Check everything first: every IMAGE opens (with its chain, and read
-     * locks that keep a writer out until we are done), no OVERLAY exists,
-     * no OVERLAY is named twice.
+     * locks that keep a writer out until we are done), no OVERLAY exists
+     * (resumed: but those the job made), no OVERLAY is named twice.
      */
     for (int i = 0; i < n; i++) {
         const char *img = a.args[2 * i], *ov = a.args[2 * i + 1];
         struct stat st;
+        char key[32];
 
         imgs[i] = bdev_open(img, a.format, 0, &err);
         if (!imgs[i]) {
             report(err);
             goto out;
+        }
+        if (jj.j) {
+            snprintf(key, sizeof(key), "image-%d", i + 1);
+            if (job_journal_check(&jj, key, NULL)) {
+                goto out;
+            }
+            snprintf(key, sizeof(key), "overlay-%d", i + 1);
+            if (journal_image_known(jj.j, key) && stat(ov, &st) == 0) {
+                if (job_journal_check(&jj, key, NULL)) {
+                    goto out;
+                }
+                made[i] = true;     /* (made before the crash: kept) */
+                ids[i] = st;
+                continue;
+            }
         }
         if (stat(ov, &st) == 0) {
             error_report("'%s' already exists", ov);
@@ -525,13 +604,41 @@ int cmd_snapshot(int argc, char **argv)
             }
         }
     }
+    if (!jj.j) {
+        /* the journal, before anything changes: the IMAGEs hold the disks */
+        char *auth = xstrdup("");
+        if (job_journal_begin(&jj, &a.jopts, "snapshot", argc, argv)) {
+            free(auth);
+            goto out;
+        }
+        journal_set_u64(jj.j, "disks", (uint64_t)n);
+        for (int i = 0; i < n; i++) {
+            char key[32], *t;
+            snprintf(key, sizeof(key), "image-%d", i + 1);
+            journal_add_image(jj.j, key, imgs[i]->filename, JR_READ);
+            t = xasprintf("%s%s%s", auth, i ? ", " : "", journal_image_path(jj.j, key));
+            free(auth);
+            auth = t;
+            snprintf(key, sizeof(key), "overlay-%d", i + 1);
+            journal_add_image(jj.j, key, a.args[2 * i + 1], JR_WRITE);
+        }
+        journal_set_str(jj.j, "authoritative", auth);
+        free(auth);
+    }
+    if (job_journal_step(&jj, "creating")) {
+        goto out;
+    }
     for (int i = 0; i < n; i++) {
         const char *ov = a.args[2 * i + 1];
         struct optlist o = { 0 };
         char *dir = bdev_dirname(ov), *bname;
-        char sz[32];
+        char sz[32], key[32];
         int r;
 
+        if (made[i]) {
+            free(dir);
+            continue;
+        }
         if (a.opts && opts_parse(&o, a.opts, bdev_find_driver("qcow2")->create_opts, &err) < 0) {
             report(err);
             free(dir);
@@ -547,14 +654,15 @@ int cmd_snapshot(int argc, char **argv)
         opts_set(&o, "backing_fmt", bdev_format_name(imgs[i]));
         free(bname);
         nfollow[i] = follow_ops(imgs[i], &follow[i]);
-        r = create_overlay(ov, &o, follow[i], nfollow[i], &made[i], &ids[i], &err);
+        snprintf(key, sizeof(key), "overlay-%d", i + 1);
+        r = create_overlay(ov, &o, follow[i], nfollow[i], &made[i], &ids[i], jj.j, key, &err);
         opts_free(&o);
         if (r < 0) {
             report(err);
             goto out;
         }
         if (cmd_cancel) {
-            error_report("interrupted: no overlay was kept");
+            error_report("interrupted%s", jj.state ? "" : ": no overlay was kept");
             ret = cancel_exit_status();
             goto out;
         }
@@ -569,12 +677,24 @@ int cmd_snapshot(int argc, char **argv)
         int r = io_dirsync(ov);
         if (r < 0) {
             char *dir = bdev_dirname(ov);
-            error_report("'%s': cannot sync folder '%s': %s; no overlay was kept", ov, dir,
-                         strerror(-r));
+            error_report("'%s': cannot sync folder '%s': %s%s", ov, dir, strerror(-r),
+                         jj.state ? "" : "; no overlay was kept");
             free(dir);
             goto out;
         }
     }
+    if (cmd_cancel) {
+        ret = cancel_exit_status();
+        error_report("interrupted%s", jj.state ? "" : ": no overlay was kept");
+        goto out;
+    }
+    /* all of them made: the snapshot is taken, the overlays hold the disks
+     * (an agent's, resumed: once its state file names them) */
+    if (jj.state && journal_get_str(jj.j, "agent-state") &&
+        job_journal_snapshot_switch(jj.j) != 0) {
+        goto out;
+    }
+    job_journal_end(&jj);
     ret = 0;
     if (!a.img.quiet) {
         for (int i = 0; i < n; i++) {
@@ -582,20 +702,27 @@ int cmd_snapshot(int argc, char **argv)
         }
     }
 out:
-    if (ret == 0 && cmd_cancel) {
-        ret = cancel_exit_status();
-        error_report("interrupted: no overlay was kept");
-    }
-    if (ret) {
+    if (ret && jj.j && !jj.state) {
         /* All or nothing: remove the overlays made so far (if still ours). */
         for (int i = 0; i < n; i++) {
             const char *ov = a.args[2 * i + 1];
             struct stat st;
             if (made[i] && lstat(ov, &st) == 0 && st.st_dev == ids[i].st_dev &&
-                st.st_ino == ids[i].st_ino && unlink(ov) == 0) {
-                (void)io_dirsync(ov);
+                st.st_ino == ids[i].st_ino) {
+                if (unlink(ov) < 0) {
+                    clean = false;      /* (still there: job abort removes it) */
+                } else {
+                    (void)io_dirsync(ov);
+                }
             }
         }
+        if (clean) {
+            job_journal_end(&jj);
+        } else {
+            job_journal_keep(&jj);
+        }
+    } else if (ret && jj.j) {
+        job_journal_keep(&jj);      /* (a resume that failed: still to resume or abort) */
     }
     for (int i = 0; i < n; i++) {
         if (imgs[i]) {

@@ -1636,15 +1636,21 @@ int bdev_create(const char *fmt, const char *filename, const struct optlist *o,
     return ret;
 }
 
+char *bdev_hidden_name(const char *name)
+{
+    const char *slash = strrchr(name, '/');
+
+    return slash ? xasprintf("%.*s.blockctl-new.%s", (int)(slash - name + 1), name, slash + 1)
+                 : xasprintf(".blockctl-new.%s", name);
+}
+
 int bdev_create_hidden(const char *fmt, const char *name, const struct optlist *o,
                        char **tmp, struct error **errp)
 {
-    const char *slash = strrchr(name, '/');
     struct error *err = NULL;
     int r;
 
-    *tmp = slash ? xasprintf("%.*s.blockctl-new.%s", (int)(slash - name + 1), name, slash + 1)
-                 : xasprintf(".blockctl-new.%s", name);
+    *tmp = bdev_hidden_name(name);
     r = bdev_create(fmt, *tmp, o, BDEV_CREATE_FORCE, &err);
     /* the user knows the file by its own name */
     error_replace_name(err, *tmp, name);

@@ -187,6 +187,9 @@ struct image_info {
     bool corrupt;
     bool extended_l2;
     bool has_bitmaps;        /* the extension is present */
+    /* where the bitmap directory is (0: none); a bitmap transaction
+     * writes a new one and switches the header to it in one write */
+    uint64_t bitmap_dir_offset;
     struct bitmap_info *bitmaps;
     size_t nr_bitmaps;
 };
@@ -581,6 +584,8 @@ int bdev_create(const char *fmt, const char *filename, const struct optlist *o,
  */
 struct bfile *bdev_create_file(const char *filename, unsigned flags, struct error **errp);
 #define BDEV_CREATE_PERM (PERM_CONSISTENT_READ | PERM_WRITE | PERM_RESIZE)
+/* The hidden name ".blockctl-new.BASENAME" in @name's folder (allocated). */
+char *bdev_hidden_name(const char *name);
 /*
  * Create a new image that will be put in place as @name: made under a
  * hidden name in @name's folder (".blockctl-new.BASENAME"), returned in

@@ -284,6 +284,12 @@ static json_object *identity(const char *path, enum journal_role role)
 void journal_add_image(struct journal *j, const char *key, const char *path,
                        enum journal_role role)
 {
+    journal_add_image_as(j, key, path, NULL, role);
+}
+
+void journal_add_image_as(struct journal *j, const char *key, const char *path,
+                          const char *id_of, enum journal_role role)
+{
     json_object *images, *img = json_object_new_object(), *id;
     char *abs = strstr(path, "://") ? NULL : realpath(path, NULL);
 
@@ -296,7 +302,7 @@ void journal_add_image(struct journal *j, const char *key, const char *path,
     json_object_object_add(img, "path", json_object_new_string(abs ? abs : path));
     json_object_object_add(img, "role",
                            json_object_new_string(role == JR_READ ? "read" : "write"));
-    id = identity(abs ? abs : path, role);
+    id = identity(id_of ? id_of : abs ? abs : path, role);
     if (id) {
         json_object_object_add(img, "identity", id);
     }
@@ -505,6 +511,13 @@ static json_object *image_obj(struct journal *j, const char *key)
         return NULL;
     }
     return img;
+}
+
+bool journal_image_known(struct journal *j, const char *key)
+{
+    json_object *img = image_obj(j, key), *v;
+
+    return img && json_object_object_get_ex(img, "identity", &v);
 }
 
 const char *journal_image_path(struct journal *j, const char *key)

@@ -73,6 +73,12 @@ struct journal *journal_new(const char *state_dir, const char *type, int argc, c
 /* Record image @path in @role under @key ("source", "target", ...). */
 void journal_add_image(struct journal *j, const char *key, const char *path,
                        enum journal_role role);
+/*
+ * The same with the identity of the file @id_of (NULL: @path), e.g. a
+ * file made under a hidden name and renamed to @path once complete.
+ */
+void journal_add_image_as(struct journal *j, const char *key, const char *path,
+                          const char *id_of, enum journal_role role);
 /* Set a string member ("state", "authoritative", ...); NULL removes it. */
 void journal_set_str(struct journal *j, const char *key, const char *val);
 void journal_set_u64(struct journal *j, const char *key, uint64_t val);
@@ -98,6 +104,8 @@ int journal_list(const char *state_dir, json_object **out, struct error **errp);
  * saying what changed (-ENOENT when it is gone).
  */
 int journal_check_image(struct journal *j, const char *key, struct error **errp);
+/* Does the journal record the identity of image @key (it existed then)? */
+bool journal_image_known(struct journal *j, const char *key);
 /* The path of image @key (NULL when none). */
 const char *journal_image_path(struct journal *j, const char *key);
 /*

@@ -1151,6 +1151,7 @@ static int qcow2_get_info(struct bdev *bd, struct image_info *out, struct error 
         }
     }
     out->has_bitmaps = s->has_bitmaps_ext && s->nb_bitmaps;
+    out->bitmap_dir_offset = s->has_bitmaps_ext ? s->bitmap_dir_offset : 0;
     out->nr_bitmaps = s->has_bitmaps_ext ? s->nb_bitmaps : 0;
     out->bitmaps = xcalloc(out->nr_bitmaps ? out->nr_bitmaps : 1, sizeof(*out->bitmaps));
     for (size_t i = 0; i < out->nr_bitmaps; i++) {

@@ -81,6 +81,8 @@ struct agent {
     struct agent_node *nodes;    /* blockdev-add's (qmp-node.c) */
     int sigfd;
     struct journal *restoring;   /* a job being restored from its journal (start-up) */
+    struct journal *snap_jn;     /* a transaction's snapshots' journal (transaction.c) */
+    int snap_n;                  /* how many disks it names so far */
     bool quitting;
     bool ready;                  /* started: with use_syslog, log there from now on (atomic: pool threads log) */
 };

@@ -12,6 +12,7 @@
 #include "lib/compiler.h"
 #include "lib/agent/agent.h"
 #include "lib/copy.h"
+#include "lib/journal.h"
 
 #include <errno.h>
 #include <string.h>
@@ -92,7 +93,84 @@ struct stream_job {
     struct bdev *base;           /* NULL: everything below the top is pulled in */
     char *backing_file;          /* the name recorded in the top in the end */
     bool reopened;               /* an image below the disk's top, read-write for the job */
+    struct journal *jn;          /* the job's journal (NULL: none) */
 };
+
+/*
+ * The journal of a live stream, written before the job starts: what an
+ * offline `blockctl stream` of the same image needs to finish it (its
+ * arguments, absolute), and "copied": below it everything is in the top
+ * and flushed.  Stream only copies what the chain already reads, so the
+ * top reads the same at every step: its journal is only there to finish
+ * the job (`blockctl job resume`, the agent stopped).  0, or -errno.
+ */
+static int stream_journal_begin(struct stream_job *s, const char *job_id, struct error **errp)
+{
+    struct agent *a = s->a;
+    char *top = realpath(s->top->filename, NULL), *base = NULL;
+    char *argv[4];
+    int argc = 0, r;
+    struct journal *j;
+
+    if (getenv("BLOCKCTL_NO_JOURNAL")) {
+        free(top);
+        return 0;
+    }
+    if (s->base) {
+        base = realpath(s->base->filename, NULL);
+    }
+    argv[argc++] = "stream";
+    if (s->base) {
+        argv[argc++] = "--base";
+        argv[argc++] = base ? base : s->base->filename;
+    }
+    argv[argc++] = top ? top : s->top->filename;
+    j = journal_new(a->cfg.state_dir, "stream", argc, argv, errp);
+    free(top);
+    free(base);
+    if (!j) {
+        return -EIO;
+    }
+    json_object_object_add(j->root, "live", json_object_new_boolean(true));
+    journal_set_str(j, "agent-state", a->cfg.state_path);
+    journal_set_str(j, "agent-qmp", a->cfg.qmp_path);
+    journal_set_str(j, "disk", s->d->name);
+    journal_set_str(j, "job-id", job_id);
+    journal_add_image(j, "top", s->top->filename, JR_WRITE);
+    if (s->base) {
+        journal_add_image(j, "base", s->base->filename, JR_READ);
+    }
+    journal_set_str(j, "authoritative", journal_image_path(j, "top"));
+    journal_set_str(j, "new-backing", s->backing_file);
+    journal_set_str(j, "new-backing-format", s->base ? bdev_format_name(s->base) : NULL);
+    journal_set_u64(j, "copied", 0);
+    journal_set_u64(j, "total", s->top->size);
+    r = journal_step(j, "copying", errp);
+    if (r < 0) {
+        journal_end(j, NULL);
+        return r;
+    }
+    s->jn = j;
+    return 0;
+}
+
+/* A checkpoint of the copy: the top flushed, then "copied" recorded. */
+static int stream_checkpoint(void *opaque, uint64_t below, struct error **errp)
+{
+    struct stream_job *s = opaque;
+    int r;
+
+    if (below <= journal_get_u64(s->jn, "copied")) {
+        return 0;
+    }
+    r = bdev_flush(s->top);
+    if (r < 0) {
+        error_setg_errno(errp, -r, "cannot flush '%s'", s->top->filename);
+        return r;
+    }
+    journal_set_u64(s->jn, "copied", below);
+    return journal_save(s->jn, errp);
+}
 
 static int stream_run(struct job *job, struct error **errp)
 {
@@ -115,6 +193,11 @@ static int stream_run(struct job *job, struct error **errp)
     cp.below = s->base;
     cp.job = job;
     cp.live = true;
+    if (s->jn) {
+        cp.checkpoint = stream_checkpoint;
+        cp.checkpoint_opaque = s;
+        cp.checkpoint_secs = journal_checkpoint_secs();
+    }
     return copy_run(&cp, errp);
 }
 
@@ -126,6 +209,9 @@ static int stream_prepare(struct job *job, struct error **errp)
 
     if (s->top->backing == s->base) {
         return 0;
+    }
+    if (s->jn && (ret = journal_step(s->jn, "relinking", errp)) < 0) {
+        return ret;
     }
     blk_drain_begin(s->d->blk);
     ret = s->top->drv->change_backing(s->top, s->backing_file,
@@ -156,6 +242,14 @@ static void stream_free(struct job *job)
         /* a backing image again */
         if (bdev_reopen(s->top, 0, &err) < 0) {
             agent_log(s->a, "stream into %s: %s", s->top->filename, err->msg);
+            error_free(err);
+        }
+    }
+    if (s->jn) {
+        /* the job is over (done, failed or cancelled: the top reads the same) */
+        struct error *err = NULL;
+        if (journal_end(s->jn, &err) < 0) {
+            agent_log(s->a, "%s", err->msg);
             error_free(err);
         }
     }
@@ -269,6 +363,11 @@ static int qmp_block_stream(json_object *args, json_object **ret, void *opaque,
     if (base) {
         bdev_ref(base);
         s->backing_file = bfile ? xstrdup(bfile) : bdev_backing_name_for(top, top, base);
+    }
+    /* (a job id already taken fails job_create, which ends the journal) */
+    if (stream_journal_begin(s, job_id_for(arg_str(args, "job-id"), device, d), errp) < 0) {
+        stream_free(&(struct job){ .opaque = s });
+        return -EIO;
     }
     job = job_create(&a->jobs, &stream_driver, job_id_for(arg_str(args, "job-id"), device, d),
                      d->name, speed, arg_bool(args, "auto-finalize", true),

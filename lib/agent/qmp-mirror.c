@@ -1668,6 +1668,18 @@ void agent_jobs_restore(struct agent *a)
         if (pid != getpid() && journal_owner_alive(o)) {
             continue;   /* (another agent runs it) */
         }
+        if (json_object_object_get_ex(o, "type", &v) &&
+            strcmp(json_object_get_string(v), "mirror") &&
+            strcmp(json_object_get_string(v), "commit")) {
+            /* a stream or a snapshot: finished offline, from its journal */
+            const char *t = json_object_get_string(v);
+            json_object_object_get_ex(o, "id", &v);
+            agent_log(a, "%s job %s was interrupted: 'blockctl job resume %s' (this agent "
+                      "stopped) finishes it, 'blockctl job abort %s' rolls it back", t,
+                      json_object_get_string(v), json_object_get_string(v),
+                      json_object_get_string(v));
+            continue;
+        }
         json_object_object_get_ex(o, "id", &v);
         j = journal_load(a->cfg.state_dir, json_object_get_string(v), &err);
         if (!j) {

@@ -9,10 +9,21 @@
  * on a correct chain); under the drain only the disk's top pointer
  * changes and bitmaps are handed over; the old top is made read-only
  * after the drain (the guest no longer writes it).
+ *
+ * A transaction with snapshots keeps a job journal (type "snapshot", as
+ * an offline `blockctl snapshot` does, with the same image-N/overlay-N
+ * names and arguments): written before the first overlay is made, each
+ * overlay's identity recorded before it takes its name, step "switching"
+ * before the state file names the overlays, removed when the transaction
+ * ends.  After a crash `blockctl job resume` (the agent stopped) makes
+ * the missing overlays and names them all in the state file; `job abort`
+ * removes those made, unless the state file names them already (then
+ * the guest may have written them: the snapshot stays taken).
  */
 #include "lib/compiler.h"
 #include "lib/agent/txn.h"
 #include "lib/file.h"
+#include "lib/journal.h"
 #include "lib/opts.h"
 
 #include <errno.h>
@@ -87,6 +98,68 @@ struct snap {
     struct bitmap_undo *bm_old;  /* bitmaps disabled in the old top */
     struct bitmap_undo *bm_new;  /* namesakes added to the overlay */
 };
+
+/*
+ * The journal names disk @d's snapshot: its top @top (IMAGE) and the
+ * overlay @file (OVERLAY; one given, @existing, is not the job's to
+ * remove: no identity recorded), as arguments of an offline snapshot too.
+ */
+static int snap_journal_add(struct agent *a, struct agent_disk *d, struct bdev *top,
+                            const char *file, bool existing, struct error **errp)
+{
+    struct journal *j = a->snap_jn;
+    const char *auth = journal_get_str(j, "authoritative");
+    char key[32], *t;
+    json_object *argv;
+    int i = ++a->snap_n;
+
+    snprintf(key, sizeof(key), "image-%d", i);
+    journal_add_image(j, key, top->filename, JR_WRITE);
+    t = xasprintf("%s%s%s", auth ? auth : "", auth ? ", " : "", journal_image_path(j, key));
+    journal_set_str(j, "authoritative", t);
+    free(t);
+    json_object_object_get_ex(j->root, "argv", &argv);
+    json_object_array_add(argv, json_object_new_string(journal_image_path(j, key)));
+    snprintf(key, sizeof(key), "overlay-%d", i);
+    /* (an identity of "": none, the file not being ours) */
+    journal_add_image_as(j, key, file, existing ? "" : NULL, JR_WRITE);
+    json_object_array_add(argv, json_object_new_string(journal_image_path(j, key)));
+    snprintf(key, sizeof(key), "disk-%d", i);
+    journal_set_str(j, key, d->name);
+    journal_set_u64(j, "disks", (uint64_t)i);
+    return journal_step(j, "creating", errp);
+}
+
+/* A transaction with snapshots: its journal (nothing written yet). */
+static int snap_journal_begin(struct agent *a, struct error **errp)
+{
+    char *argv[] = { "snapshot", NULL };
+
+    a->snap_n = 0;
+    if (getenv("BLOCKCTL_NO_JOURNAL")) {
+        return 0;
+    }
+    a->snap_jn = journal_new(a->cfg.state_dir, "snapshot", 1, argv, errp);
+    if (!a->snap_jn) {
+        return -EIO;
+    }
+    json_object_object_add(a->snap_jn->root, "live", json_object_new_boolean(true));
+    journal_set_str(a->snap_jn, "agent-state", a->cfg.state_path);
+    journal_set_str(a->snap_jn, "agent-qmp", a->cfg.qmp_path);
+    return 0;
+}
+
+/* The transaction is over (committed or rolled back): its journal goes. */
+static void snap_journal_end(struct agent *a)
+{
+    struct error *err = NULL;
+
+    if (a->snap_jn && journal_end(a->snap_jn, &err) < 0) {
+        agent_log(a, "%s", err->msg);
+        error_free(err);
+    }
+    a->snap_jn = NULL;
+}
 
 static int snap_prepare(struct agent *a, struct txn_action *act, struct error **errp)
 {
@@ -172,6 +245,9 @@ static int snap_prepare(struct agent *a, struct txn_action *act, struct error **
     act->disk = disk;
     s->old_top = top;
     s->file = xstrdup(file);
+    if (a->snap_jn && snap_journal_add(a, disk, top, file, existing, errp) < 0) {
+        return -EIO;
+    }
     if (!existing) {
         struct optlist o = { 0 };
         char *dir = bdev_dirname(file), *bname, *tmp = NULL;
@@ -202,6 +278,13 @@ static int snap_prepare(struct agent *a, struct txn_action *act, struct error **
          * half-made overlay under the name asked for */
         r = bdev_create_hidden(fmt, file, &o, &tmp, errp);
         opts_free(&o);
+        if (r == 0 && a->snap_jn) {
+            /* the journal knows the file before it takes its name */
+            char key[32];
+            snprintf(key, sizeof(key), "overlay-%d", a->snap_n);
+            journal_add_image_as(a->snap_jn, key, file, tmp, JR_WRITE);
+            r = journal_save(a->snap_jn, errp);
+        }
         if (r == 0) {
             r = bdev_create_install(tmp, file, 0, &renamed, errp);
         }
@@ -404,6 +487,9 @@ int txn_run(struct agent *a, struct txn_action *acts, size_t n, struct error **e
     size_t nd = 0, i;
     int ret = 0;
 
+    if (has_snapshot(acts, n)) {
+        ret = snap_journal_begin(a, errp);
+    }
     for (i = 0; i < n && ret == 0; i++) {
         if (acts[i].ops->locate) {
             acts[i].disk = acts[i].ops->locate(a, &acts[i]);
@@ -411,6 +497,10 @@ int txn_run(struct agent *a, struct txn_action *acts, size_t n, struct error **e
         }
         ret = acts[i].ops->prepare(a, &acts[i], errp);
         acts[i].prepared = true;
+    }
+    if (ret == 0 && a->snap_jn) {
+        /* from here on the overlays may hold the disks */
+        ret = journal_step(a->snap_jn, "switching", errp);
     }
     if (ret == 0 && has_snapshot(acts, n) && a->cfg.state_path) {
         /*
@@ -481,6 +571,7 @@ int txn_run(struct agent *a, struct txn_action *acts, size_t n, struct error **e
             }
         }
     }
+    snap_journal_end(a);
     free(disks);
     free(tops);
     return ret;

@@ -30,8 +30,9 @@
 #             its rename) exits 0 and leaves exactly the after state: the same
 #             files, each layer alone reading as the fault-free run's,
 #             the same metadata, qemu-img check 0 or 3 (0 for check -r)
-#   journal   a command that keeps a job journal (stream, commit, mirror:
-#             JOB in op_def) and did not end leaves at most one, and no
+#   journal   a command that keeps a job journal (stream, commit, mirror,
+#             snapshot, bitmap: JOB in op_def) and did not end leaves at
+#             most one, and no
 #             other command leaves any (each run has a state folder of its
 #             own, $w.state); when one is left, `job list --output=json`
 #             names the job, not running, with AUTH authoritative and
@@ -126,8 +127,10 @@ fi
 #               repaired, qemu-img check may exit 2, with no more
 #               corruptions than before
 #   JOB         the type of the job journal the command keeps (stream,
-#               commit, mirror; empty: none, and none may be left)
-#   AUTH        the image a journal must name as authoritative
+#               commit, mirror, snapshot, bitmap; empty: none, and none
+#               may be left)
+#   AUTH        the image a journal must name as authoritative (several,
+#               space-separated: a snapshot's disks, named ", "-joined)
 # The journaled commands copy in small windows (a 512k buffer for two
 # requests), with a checkpoint of their journal after each window (BLOCKCTL_CHECKPOINT_SECS=0):
 # a kill finds them at every step of the copy, and a resume has something
@@ -152,6 +155,7 @@ op_def() {
         FIX=disks CMD=(snapshot top.qcow2 s1.qcow2 base.raw s2.qcow2 d3.qcow2 s3.qcow2)
         GUEST=(s1.qcow2 s2.qcow2 s3.qcow2) RO=("${rchain[@]}" d3.qcow2)
         PRE='rm -f s1.qcow2 s2.qcow2 s3.qcow2' FAIL_BEFORE=1
+        JOB=snapshot AUTH='top.qcow2 base.raw d3.qcow2'
         EQ=(s1.qcow2=top.qcow2 s2.qcow2=base.raw s3.qcow2=d3.qcow2) ;;
     stream)
         FIX=chain CMD=(stream "${w[@]}" top.qcow2) GUEST=(top.qcow2) RO=(mid.qcow2 base.qcow2)
@@ -215,18 +219,22 @@ op_def() {
             exec "$PROG" "${CMD[@]}"' ;;
     bitmap-add)
         FIX=bitmaps CMD=(bitmap --add --disabled --merge=a --merge=c -g 16k d.qcow2 n)
+        JOB=bitmap AUTH=d.qcow2
         GUEST=(d.qcow2) RO=(other.qcow2) SAME=(d.qcow2)
         BMCHECK=(d.qcow2:n d.qcow2:a d.qcow2:b d.qcow2:c d.qcow2:r) ;;
     bitmap-remove)
         FIX=bitmaps CMD=(bitmap --remove d.qcow2 r)
+        JOB=bitmap AUTH=d.qcow2
         GUEST=(d.qcow2) RO=(other.qcow2) SAME=(d.qcow2)
         BMCHECK=(d.qcow2:a d.qcow2:b d.qcow2:c d.qcow2:r) ;;
     bitmap-clear)
         FIX=bitmaps CMD=(bitmap --clear --disable d.qcow2 a)
+        JOB=bitmap AUTH=d.qcow2
         GUEST=(d.qcow2) RO=(other.qcow2) SAME=(d.qcow2)
         BMCHECK=(d.qcow2:a d.qcow2:b d.qcow2:c d.qcow2:r) ;;
     bitmap-merge)
         FIX=bitmaps CMD=(bitmap --enable --merge=x -b other.qcow2 -F qcow2 d.qcow2 b)
+        JOB=bitmap AUTH=d.qcow2
         GUEST=(d.qcow2) RO=(other.qcow2) SAME=(d.qcow2)
         BMCHECK=(d.qcow2:a d.qcow2:b d.qcow2:c d.qcow2:r) ;;
     check-leaks)
@@ -784,12 +792,19 @@ _job_end() {
         view=1 vdet+="job list: $n jobs, type $typ, running $running (want 1 $JOB job, not running); "
         return
     fi
-    if [ "$auth" != "$PWD/$AUTH" ]; then
-        view=1 vdet+="job list names '$auth' authoritative, not '$PWD/$AUTH'; "
-    elif ! _same_view "$AUTH" "$r/v/B.$AUTH" && ! _same_view "$AUTH" "$r/v/A.$AUTH"; then
-        view=1 vdet+="the authoritative $AUTH reads neither as before nor as after; "
+    local want='' a
+    for a in $AUTH; do want+=${want:+, }$PWD/$a; done
+    if [ "$auth" != "$want" ]; then
+        view=1 vdet+="job list names '$auth' authoritative, not '$want'; "
+    else
+        for a in $AUTH; do
+            # (an image the operation only reads is unchanged: _verify saw it)
+            _in "$a" "${RO[@]}" && continue
+            _same_view "$a" "$r/v/B.$a" || _same_view "$a" "$r/v/A.$a" ||
+                { view=1 vdet+="the authoritative $a reads neither as before nor as after; "; }
+        done
     fi
-    if [ "$total" = 0 ]; then
+    if [ "$total" = 0 ] && [ "$JOB" != snapshot ] && [ "$JOB" != bitmap ]; then
         # (killed before the copy began: all of it is left)
         total=$(qemu-img info -U --output=json "$AUTH" | jq '."virtual-size"') || total=0
     fi

@@ -21,10 +21,14 @@
 #   damaged   every qcow2 image passes qemu-img check with 0 or 3
 #   view      the image the agent's state file names holds every write the
 #             guest was told is durable (flushed or FUA: guest-model.py
-#             durable); a journaled job (mirror, commit) left at most one
-#             journal, which `job list` shows as a live job, not running,
-#             naming that same image authoritative; other operations none
-#   rerun     the journal's job is ended one of three ways (N mod 3):
+#             durable); a journaled job (every operation here) left at
+#             most one journal, which `job list` shows as a live job, not
+#             running, naming that same image authoritative
+#   rerun     a stream's or snapshot's journal: the agent stopped,
+#             `blockctl job resume ID` at even N (a stream copies from the
+#             journal's offset, at most the rest) or `job abort ID` at odd
+#             N, then the agent restarted finishes what is left (below);
+#             a mirror's or commit's is ended one of three ways (N mod 3):
 #             0  offline: `blockctl pivot ID` (mirror-ready: `job resume
 #                ID`), copying at most what the journal had not copied plus
 #                the regions its write-intent bitmap marks; the target then
@@ -70,6 +74,8 @@ _live_journaled() {
     case $1 in
     live-commit) JTYPE=commit ;;
     live-mirror | live-mirror-ready | live-pivot) JTYPE=mirror ;;
+    live-stream) JTYPE=stream ;;
+    live-snapshot) JTYPE=snapshot ;;
     *) JTYPE='' ;;
     esac
     [ -n "$JTYPE" ]
@@ -184,7 +190,38 @@ _live_final() {
 _live_recover() {
     local op=$1 n=$2 id state copied total wib marked left out rc2=0 act bytes='-' want
     _jfiles
-    if [ ${#JF[@]} -eq 1 ] && _live_journaled "$op"; then
+    if [ ${#JF[@]} -eq 1 ] && _live_journaled "$op" && { [ "$JTYPE" = stream ] || [ "$JTYPE" = snapshot ]; }; then
+        # (finished offline from its journal, or rolled back, the agent stopped)
+        id=$(basename "${JF[0]}" .json)
+        state=$(jq -r '.state // "?"' "${JF[0]}")
+        copied=$(jq -r '.copied // 0' "${JF[0]}")
+        total=$(jq -r '.total // 0' "${JF[0]}")
+        left=$((total - copied))
+        act=abort
+        [ $((n % 2)) = 0 ] && act=resume
+        out=$(BLOCKCTL_STATE_DIR=$w.state timeout 60 "$PROG" job "$act" "$id" 2>&1) || rc2=$?
+        [ "$rc2" -eq 0 ] || { rerun=1 vdet+="job $act ($state) exited $rc2: ${out:0:300}; "; }
+        if [[ $out =~ copied\ ([0-9]+)\ bytes\ from\ offset\ ([0-9]+) ]]; then
+            bytes=${BASH_REMATCH[1]}
+            [ "${BASH_REMATCH[2]}" = "$copied" ] ||
+                rerun=1 vdet+="job resume began at ${BASH_REMATCH[2]}, the journal said $copied; "
+            [ "$bytes" -le "$left" ] ||
+                rerun=1 vdet+="job resume copied $bytes bytes, more than the $left left; "
+        fi
+        JINFO=$act:$state:$bytes:$left
+        [ -n "$out" ] && printf '%s\n' "$out" >"$w.rerun.out"
+        _jfiles
+        [ ${#JF[@]} -eq 0 ] || rerun=1 vdet+="a journal is left after job $act; "
+        if _live_agent "$w"; then
+            out=$(timeout 90 /usr/bin/python3 "$CRASH_LIB_DIR/live-drive.py" "$w.q" finish "${op#live-}")
+            [[ $out == finished* ]] || rerun=1 vdet+="the restarted agent: $out; "
+            [ "$act" = resume ] && [ "$out" != "finished nothing" ] &&
+                rerun=1 vdet+="after job resume, the restarted agent had to finish: $out; "
+            _live_stop "$w"
+        else
+            rerun=1 vdet+="the agent did not start again: $(tail -n 3 "$w.alog"); "
+        fi
+    elif [ ${#JF[@]} -eq 1 ] && _live_journaled "$op"; then
         id=$(basename "${JF[0]}" .json)
         state=$(jq -r '.state // "?"' "${JF[0]}")
         copied=$(jq -r '.copied // 0' "${JF[0]}")

@@ -55,6 +55,16 @@ kill_agent() {
     [ -s model.json ] || fail "no model"
 }
 
+# restarted_serves FILE: the agent restarted with its state file serves FILE
+restarted_serves() {
+    start_agent
+    script >q.out <<EOF
+query-block
+EOF
+    grep -q "$1" q.out || fail "$(cat q.out)"
+    stop_server
+}
+
 # the one journal's id, and a field of it
 jid() { basename "$(ls "$BLOCKCTL_STATE_DIR"/jobs/*.json)" .json; }
 jfield() { jq -r ".$1" "$BLOCKCTL_STATE_DIR/jobs/$(jid).json"; }
@@ -146,12 +156,7 @@ EOF
     qemu-img check -q t.qcow2 || [ $? = 3 ]     # (leaks of the kill at most)
     holds_model t.qcow2
     # a restarted agent serves the target
-    start_agent
-    script >q.out <<EOF
-query-block
-EOF
-    grep -q "t.qcow2" q.out || fail "$(cat q.out)"
-    stop_server
+    restarted_serves t.qcow2
 }
 
 @test "mirror killed once ready (guest writing after): job resume brings the target in step, the source keeps the disk" {
@@ -293,4 +298,158 @@ EOF2
     run -0 "$PROG" job --agent "$S" list
     [ "$output" = "No block jobs" ]
     stop_server
+}
+
+# stream_checked ID: job resume of a live stream, the agent gone: it copies
+# from where the journal says, at most the rest
+stream_checked() {
+    local copied total from bytes
+    copied=$(jfield copied) total=$(jfield total)
+    run -0 --separate-stderr "$PROG" job resume "$1"
+    [[ $stderr =~ copied\ ([0-9]+)\ bytes\ from\ offset\ ([0-9]+) ]] || fail "resume said: $stderr"
+    bytes=${BASH_REMATCH[1]} from=${BASH_REMATCH[2]}
+    echo "copied=$copied total=$total resumed from $from: $bytes bytes" >&3
+    [ "$from" = "$copied" ] || fail "resumed at $from, the journal said $copied"
+    [ "$bytes" -le $((total - copied)) ] || fail "copied $bytes bytes, more than $((total - copied)) left"
+}
+
+@test "live stream killed under guest writes: listed, top authoritative; job resume finishes it offline from the journal's offset, abort leaves the chain" {
+    local what base
+    for what in resume resume-base abort; do
+        up
+        base=''
+        [ $what = resume-base ] && base=', "base-node": "vda-2"'
+        script >s.out <<EOF || fail "$(cat s.out)"
+block-stream {"device": "vda", "job-id": "s", "speed": 2097152$base}
+sleep 1.5
+EOF
+        kill_agent
+        run -0 "$PROG" job list --output=json
+        [ "$(jq -r '.[0].type' <<<"$output")" = stream ] || fail "$output"
+        [ "$(jq -r '.[0].live' <<<"$output")" = true ]
+        [ "$(jq -r '.[0].running' <<<"$output")" = false ]
+        [ "$(jq -r '.[0].authoritative' <<<"$output")" = "$PWD/top.qcow2" ]
+        [ "$(jq -r '.[0].copied > 0' <<<"$output")" = true ] || fail "no checkpoint: $output"
+        run -0 --separate-stderr "$PROG" info top.qcow2
+        [[ $stderr == *"interrupted stream job $(jid)"* ]] || fail "info said: $stderr"
+        holds_model top.qcow2
+        run -1 "$PROG" pivot "$(jid)"
+        [[ $output == *"only a mirror of an agent pivots"* ]]
+        case $what in
+        resume)
+            stream_checked "$(jid)"
+            [ "$(qemu-img info --output=json top.qcow2 | jq -r '."backing-filename"')" = null ] ;;
+        resume-base)
+            stream_checked "$(jid)"
+            [ "$(qemu-img info --output=json top.qcow2 | jq -r '."backing-filename"')" = base.qcow2 ] ;;
+        abort)
+            run -0 "$PROG" job abort "$(jid)"
+            [[ $output == *"reads as before the stream"* ]]
+            [ "$(qemu-img info --output=json top.qcow2 | jq -r '."backing-filename"')" = mid.qcow2 ] ;;
+        esac
+        [ "$(ls "$BLOCKCTL_STATE_DIR"/jobs | wc -l)" = 0 ]
+        qemu-img check -q top.qcow2 || [ $? = 3 ]
+        holds_model top.qcow2
+    done
+}
+
+@test "a live stream that ends leaves no journal; a restarted agent leaves an interrupted one to job resume" {
+    up
+    script >s.out <<EOF || fail "$(cat s.out)"
+block-stream {"device": "vda", "job-id": "s"}
+wait BLOCK_JOB_COMPLETED
+EOF
+    [ "$(ls "$BLOCKCTL_STATE_DIR"/jobs | wc -l)" = 0 ]
+    kill_agent
+    rm -f ./*.qcow2 st.json && mkchain
+    start_agent --disk vda=top.qcow2
+    script >s.out <<EOF || fail "$(cat s.out)"
+block-stream {"device": "vda", "job-id": "s", "speed": 2097152}
+sleep 0.5
+EOF
+    kill -KILL "$(cat "$BATS_TEST_TMPDIR/server.pid")"
+    sleep 0.3
+    [ "$(ls "$BLOCKCTL_STATE_DIR"/jobs | wc -l)" = 1 ]
+    start_agent
+    run -0 "$PROG" job --agent "$S" list
+    [ "$output" = "No block jobs" ]
+    stop_server
+    [ "$(ls "$BLOCKCTL_STATE_DIR"/jobs | wc -l)" = 1 ]
+    run -0 "$PROG" job resume "$(jid)"
+    [ "$(qemu-img info --output=json top.qcow2 | jq -r '."backing-filename"')" = null ]
+    qemu-img compare top.qcow2 before.raw >/dev/null
+}
+
+# two disks: vda (the chain) and vdb
+up2() {
+    rm -f ./*.qcow2 .blockctl-new.* stop st.json && mkchain || return 1
+    qemu-img create -q -f qcow2 d2.qcow2 16M && qio d2.qcow2 'write -P 9 0 1M' || return 1
+    S=$(sock_path qmp)
+    NBD=$(sock_path nbd)
+}
+
+@test "live snapshot of 2 disks, the agent killed between the overlays: job list names the old tops; resume makes the second and switches the state file, abort removes the first" {
+    local what
+    for what in resume abort; do
+        up2
+        BLOCKCTL_FAULT='rename:1:kill:s2.qcow2' start_agent --disk vda=top.qcow2 --disk vdb=d2.qcow2
+        run "$PROG" snapshot --agent "$S" vda "$PWD/s1.qcow2" vdb "$PWD/s2.qcow2"
+        [ "$status" -ne 0 ] || fail "the snapshot did not fail: $output"
+        sleep 0.3
+        [ -e s1.qcow2 ] && [ ! -e s2.qcow2 ] || fail "files: $(ls -A)"
+        run -0 "$PROG" job list --output=json
+        [ "$(jq -r '.[0].type' <<<"$output")" = snapshot ] || fail "$output"
+        [ "$(jq -r '.[0].live' <<<"$output")" = true ]
+        [ "$(jq -r '.[0].state' <<<"$output")" = creating ]
+        [ "$(jq -r '.[0].authoritative' <<<"$output")" = "$PWD/top.qcow2, $PWD/d2.qcow2" ] || fail "$output"
+        run -0 --separate-stderr "$PROG" info d2.qcow2
+        [[ $stderr == *"interrupted snapshot job"*"hold the disks"* ]] || fail "info said: $stderr"
+        [ "$(jq -r '.disks[0].file' st.json)" = "$PWD/top.qcow2" ]
+        if [ $what = resume ]; then
+            run -0 "$PROG" job resume "$(jid)"
+            [ "$(jq -r '.disks[0].file' st.json)" = "$PWD/s1.qcow2" ]
+            [ "$(jq -r '.disks[1].file' st.json)" = "$PWD/s2.qcow2" ]
+            # (the agent names the old top absolutely, as it was given; the resume relatively)
+            [[ $(qemu-img info --output=json s1.qcow2 | jq -r '."backing-filename"') == *top.qcow2 ]]
+            [[ $(qemu-img info --output=json s2.qcow2 | jq -r '."backing-filename"') == *d2.qcow2 ]]
+            qemu-img check -q s1.qcow2
+            qemu-img check -q s2.qcow2
+            qemu-img compare s1.qcow2 before.raw >/dev/null
+            # a restarted agent serves the overlays
+            restarted_serves s2.qcow2
+        else
+            run -0 "$PROG" job abort "$(jid)"
+            [[ $output == *"Removed the new overlay '$PWD/s1.qcow2'"* ]] || fail "$output"
+            [ ! -e s1.qcow2 ] && [ ! -e s2.qcow2 ]
+            [ "$(jq -r '.disks[0].file' st.json)" = "$PWD/top.qcow2" ]
+            [ "$(jq -r '.disks[1].file' st.json)" = "$PWD/d2.qcow2" ]
+        fi
+        [ -z "$(ls -A | grep '^\.blockctl-new')" ] || fail "left: $(ls -A)"
+        [ "$(ls "$BLOCKCTL_STATE_DIR"/jobs | wc -l)" = 0 ]
+    done
+}
+
+@test "live snapshot killed once the state file names the overlays: they hold the disks and abort keeps them; a snapshot that ends leaves no journal" {
+    up2
+    start_agent --disk vda=top.qcow2 --disk vdb=d2.qcow2
+    run -0 "$PROG" snapshot --agent "$S" vda "$PWD/s1.qcow2" vdb "$PWD/s2.qcow2"
+    [ "$(ls "$BLOCKCTL_STATE_DIR"/jobs | wc -l)" = 0 ]
+    stop_server
+    up2
+    # (killed at its third state file write: one at the start, one naming
+    # the overlays before the switch, then the one after it)
+    BLOCKCTL_FAULT="rename:3:kill:st.json" \
+        start_agent --disk vda=top.qcow2 --disk vdb=d2.qcow2
+    run "$PROG" snapshot --agent "$S" vda "$PWD/s1.qcow2" vdb "$PWD/s2.qcow2"
+    sleep 0.3
+    [ "$(ls "$BLOCKCTL_STATE_DIR"/jobs | wc -l)" = 1 ] || fail "no journal left; state: $(cat st.json)"
+    [ "$(jq -r '.disks[1].file' st.json)" = "$PWD/s2.qcow2" ]
+    run -0 "$PROG" job list --output=json
+    [ "$(jq -r '.[0].state' <<<"$output")" = switched ] || fail "$output"
+    [ "$(jq -r '.[0].authoritative' <<<"$output")" = "$PWD/s1.qcow2, $PWD/s2.qcow2" ] || fail "$output"
+    run -0 "$PROG" job abort "$(jid)"
+    [[ $output == *"The snapshot had been taken"* ]] || fail "$output"
+    [ -e s1.qcow2 ] && [ -e s2.qcow2 ]
+    [ "$(jq -r '.disks[1].file' st.json)" = "$PWD/s2.qcow2" ]
+    [ "$(ls "$BLOCKCTL_STATE_DIR"/jobs | wc -l)" = 0 ]
 }

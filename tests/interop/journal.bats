@@ -1,7 +1,7 @@
 #!/usr/bin/env bats
-# Job journals of the offline jobs (stream, commit, mirror): a job killed at
-# points spread over its run (the Nth write through the fault layer) is
-# listed by `job list` with its authoritative image, named by `info`,
+# Job journals of the offline jobs (stream, commit, mirror, snapshot, bitmap
+# transactions): a job killed at points spread over its run (the Nth write
+# through the fault layer) is listed by `job list` with its authoritative image, named by `info`,
 # finished by `job resume` (the result as qemu-img says it should be, the
 # copy started where the journal says it got, at most the rest copied) or
 # rolled back by `job abort` (the chain as before).
@@ -53,6 +53,14 @@ writes() {
     BLOCKCTL_FAULT_COUNT=$cnt "$@" >/dev/null 2>&1 || return 1
     # (counted for every file: the kill points spread over all of them)
     awk '$1 == "pwrite" { print $2 }' "$cnt"
+}
+
+# calls CMD...: how many I/O calls of any kind CMD makes
+calls() {
+    local cnt=$BATS_TEST_TMPDIR/count
+    rm -f "$cnt"
+    BLOCKCTL_FAULT_COUNT=$cnt "$@" >/dev/null 2>&1 || return 1
+    awk '$1 == "any" { print $2 }' "$cnt"
 }
 
 # killed_at N CMD...: run CMD killed at its Nth pwrite; true when it was killed
@@ -355,4 +363,187 @@ resume_checked() {
     [ "$(jq -r '[.[].images.part.path] | sort | join(" ")' <<<"$output")" = "$PWD/a.qcow2.part $PWD/b.qcow2.part" ]
     run -64 "$PROG" job abort
     run -64 "$PROG" job --agent /nonexistent.sock abort x
+}
+
+# three disks for snapshot: a qcow2 chain's top, a raw image, a qcow2 with a bitmap
+make_disks() {
+    qemu-img create -q -f qcow2 b1.qcow2 16M
+    qemu-io -f qcow2 -c "write -P 0x41 0 2M" b1.qcow2 >/dev/null
+    qemu-img create -q -f qcow2 -b b1.qcow2 -F qcow2 d1.qcow2
+    qemu-io -f qcow2 -c "write -P 0x42 1M 1M" d1.qcow2 >/dev/null
+    qemu-img create -q -f raw d2.raw 16M
+    qemu-io -f raw -c "write -P 0x43 4M 1M" d2.raw >/dev/null
+    qemu-img create -q -f qcow2 d3.qcow2 16M
+    qemu-img bitmap --add d3.qcow2 db
+    qemu-io -f qcow2 -c "write -P 0x44 8M 64k" d3.qcow2 >/dev/null
+    for f in d1.qcow2 d2.raw d3.qcow2; do cp "$f" "$f.orig"; done
+}
+
+SNAP3=(snapshot d1.qcow2 s1.qcow2 d2.raw s2.raw.qcow2 d3.qcow2 s3.qcow2)
+
+@test "snapshot of 3 disks killed at points over its run: job list names it and the images; resume makes every overlay, abort none" {
+    make_disks
+    local n k p tried=0 what id f
+    n=$(writes '*' "$PROG" "${SNAP3[@]}")
+    rm -f s1.qcow2 s2.raw.qcow2 s3.qcow2
+    [ "$n" -gt 6 ]
+    for k in 1 2 3 4 5 6 7 8 9; do
+        p=$((n * k / 10))
+        [ "$p" -gt 0 ] || continue
+        rm -f s1.qcow2 s2.raw.qcow2 s3.qcow2 .blockctl-new.*
+        killed_at "$p" "$PROG" "${SNAP3[@]}"
+        [ "$(journals)" = 1 ] || continue
+        tried=$((tried + 1))
+        id=$(jid)
+        run -0 "$PROG" job list --output=json
+        [ "$(jq -r '.[0].type' <<<"$output")" = snapshot ]
+        [ "$(jq -r '.[0].running' <<<"$output")" = false ]
+        [ "$(jq -r '.[0].authoritative' <<<"$output")" = "$PWD/d1.qcow2, $PWD/d2.raw, $PWD/d3.qcow2" ]
+        [ "$(jq -r '.[0].images["overlay-3"].path' <<<"$output")" = "$PWD/s3.qcow2" ]
+        run -0 --separate-stderr "$PROG" info d2.raw
+        [[ $stderr == *"interrupted snapshot job $id"*"hold the disks"* ]] || fail "info said: $stderr"
+        for f in d1.qcow2 d2.raw d3.qcow2; do cmp "$f" "$f.orig"; done
+        if [ $((k % 2)) = 1 ]; then
+            what=resume
+            run -0 "$PROG" job resume "$id"
+            for f in s1.qcow2 s2.raw.qcow2 s3.qcow2; do qemu-img check -q "$f"; done
+            [ "$(qemu-img info --output=json s1.qcow2 | jq -r '."backing-filename"')" = d1.qcow2 ]
+            [ "$(qemu-img info --output=json --backing-chain s1.qcow2 | jq -r '.[2].filename')" = b1.qcow2 ]
+            [ "$(qemu-img info --output=json s2.raw.qcow2 | jq -r '."backing-filename-format"')" = raw ]
+            qemu-img compare s1.qcow2 d1.qcow2 >/dev/null
+            qemu-img compare s2.raw.qcow2 d2.raw >/dev/null
+            qemu-img compare s3.qcow2 d3.qcow2 >/dev/null
+            # (the enabled bitmap follows to the overlay, as without a crash)
+            [ "$(qemu-img info --output=json s3.qcow2 | jq -r '."format-specific".data.bitmaps[0].name')" = db ]
+        else
+            what=abort
+            run -0 "$PROG" job abort "$id"
+            [[ $output == *"'$PWD/d1.qcow2, $PWD/d2.raw, $PWD/d3.qcow2' hold the disks"* ]]
+            [ ! -e s1.qcow2 ] && [ ! -e s2.raw.qcow2 ] && [ ! -e s3.qcow2 ] ||
+                fail "abort at $p left an overlay: $(ls)"
+        fi
+        [ -z "$(ls -A | grep '^\.blockctl-new')" ] || fail "$what at $p left a hidden file: $(ls -A)"
+        [ "$(journals)" = 0 ] || fail "$what at $p left a journal"
+        for f in d1.qcow2 d2.raw d3.qcow2; do cmp "$f" "$f.orig"; done
+    done
+    [ "$tried" -ge 5 ]
+}
+
+@test "snapshot: job resume killed in turn is resumed again; abort removes only the overlays it made" {
+    make_disks
+    local n m id
+    n=$(writes '*' "$PROG" "${SNAP3[@]}")
+    rm -f s1.qcow2 s2.raw.qcow2 s3.qcow2
+    killed_at $((n / 3)) "$PROG" "${SNAP3[@]}"
+    [ "$(journals)" = 1 ]
+    id=$(jid)
+    # the resume killed at its first write: the same job, still to finish
+    killed_at 1 "$PROG" job resume "$id"
+    [ "$(journals)" = 1 ] && [ "$(jid)" = "$id" ]
+    run -0 "$PROG" job resume "$id"
+    qemu-img compare s3.qcow2 d3.qcow2 >/dev/null
+    rm -f s1.qcow2 s2.raw.qcow2 s3.qcow2
+    # an overlay replaced after the crash is not the job's: abort leaves it
+    m=$(writes '*' "$PROG" "${SNAP3[@]}")
+    rm -f s1.qcow2 s2.raw.qcow2 s3.qcow2
+    killed_at $((m * 9 / 10)) "$PROG" "${SNAP3[@]}"
+    [ -e s1.qcow2 ] || skip "killed before the first overlay was made"
+    id=$(jid)
+    qemu-img create -q -f qcow2 s1.new 16M && mv s1.new s1.qcow2
+    run -1 "$PROG" job resume "$id"
+    [[ $output == *"is not the image job"* ]]
+    run -0 "$PROG" job abort "$id"
+    [ -e s1.qcow2 ]
+    [ "$(qemu-img info --output=json s1.qcow2 | jq -r '."backing-filename"')" = null ]
+}
+
+# d.qcow2 with bitmaps a (enabled), b (disabled), c; o.qcow2 with bitmap x
+make_bitmaps() {
+    qemu-img create -q -f qcow2 d.qcow2 64M
+    qemu-img bitmap --add d.qcow2 a
+    qemu-img bitmap --add d.qcow2 b
+    qemu-img bitmap --add -g 16k d.qcow2 c
+    qemu-io -f qcow2 -c "write -P 0x51 0 3M" -c "write -P 0x52 20M 1M" d.qcow2 >/dev/null
+    qemu-img bitmap --disable d.qcow2 b
+    qemu-io -f qcow2 -c "write -P 0x53 40M 64k" d.qcow2 >/dev/null
+    qemu-img create -q -f qcow2 o.qcow2 64M
+    qemu-img bitmap --add o.qcow2 x
+    qemu-io -f qcow2 -c "write -P 0x54 50M 2M" o.qcow2 >/dev/null
+}
+
+# bmstate IMG: its bitmaps (name, granularity, flags) and their dirty ranges, as QEMU sees them
+bmstate() {
+    local names
+    qemu-img info --output=json "$1" | jq -c '[."format-specific".data.bitmaps[]? | [.name, .granularity, .flags]]'
+    names=$(qemu-img info --output=json "$1" | jq -r '."format-specific".data.bitmaps[]?.name')
+    # shellcheck disable=SC2086
+    /usr/bin/python3 "$BATS_TEST_DIRNAME/../crash/bitmaps.py" "$1" $names
+}
+
+BMTX=(bitmap --add --disabled --merge=a --merge=b -g 64k d.qcow2 n)
+
+@test "bitmap transaction killed before each I/O call: listed, and after resume or abort all of it applied or none (qemu-img, qemu-nbd)" {
+    make_bitmaps
+    local n p id before after now tried=0 applied=0
+    cp d.qcow2 d.orig
+    before=$(bmstate d.qcow2)
+    n=$(calls "$PROG" "${BMTX[@]}")
+    after=$(bmstate d.qcow2)
+    [ "$before" != "$after" ]
+    for ((p = 1; p <= n; p++)); do
+        cp d.orig d.qcow2
+        run -137 env BLOCKCTL_FAULT="any:$p:kill" "$PROG" "${BMTX[@]}"
+        now=$(bmstate d.qcow2)
+        [ "$now" = "$before" ] || [ "$now" = "$after" ] || fail "killed at $p: neither before nor after: $now"
+        [ "$(journals)" = 1 ] || continue
+        tried=$((tried + 1))
+        id=$(jid)
+        run -0 "$PROG" job show --output=json "$id"
+        [ "$(jq -r .type <<<"$output")" = bitmap ]
+        [ "$(jq -r .authoritative <<<"$output")" = "$PWD/d.qcow2" ]
+        run -0 --separate-stderr "$PROG" info d.qcow2
+        [[ $stderr == *"interrupted bitmap job $id"* ]] || fail "info said: $stderr"
+        [ "$now" = "$after" ] && applied=$((applied + 1))
+        if [ $((p % 2)) = 1 ]; then
+            run -0 "$PROG" job resume "$id"
+            [ "$(bmstate d.qcow2)" = "$after" ] || fail "resume at $p: $(bmstate d.qcow2)"
+        else
+            run -0 "$PROG" job abort "$id"
+            if [ "$now" = "$after" ]; then
+                [[ $output == *"had taken effect, all of them"* ]] || fail "abort said: $output"
+            else
+                [[ $output == *"None of the actions had taken effect"* ]] || fail "abort said: $output"
+            fi
+            [ "$(bmstate d.qcow2)" = "$now" ]
+        fi
+        [ "$(journals)" = 0 ]
+        qemu-img check -q d.qcow2 || [ $? = 3 ] || fail "qemu-img check after $p"
+    done
+    [ "$tried" -ge 3 ] && [ "$applied" -ge 1 ] || fail "tried $tried, applied $applied"
+}
+
+@test "bitmap transaction with a source image: resume applies it when nothing had taken effect" {
+    make_bitmaps
+    local n after id
+    cp d.qcow2 d.orig
+    n=$(writes '*' "$PROG" bitmap --clear --disable --merge=x -b o.qcow2 -F qcow2 d.qcow2 a)
+    after=$(bmstate d.qcow2)
+    cp d.orig d.qcow2
+    killed_at $((n / 2)) "$PROG" bitmap --clear --disable --merge=x -b o.qcow2 -F qcow2 d.qcow2 a
+    [ "$(bmstate d.qcow2)" != "$after" ] || skip "killed after the switch"
+    id=$(jid)
+    run -0 "$PROG" job show "$id"
+    [[ $output == *"source-file"*"$PWD/o.qcow2"* ]]
+    run -0 "$PROG" job resume "$id"
+    [ "$(bmstate d.qcow2)" = "$after" ]
+    [ "$(journals)" = 0 ]
+    # an image replaced meanwhile is refused, and abort still ends the job
+    cp d.orig d.qcow2
+    killed_at $((n / 2)) "$PROG" bitmap --clear --disable --merge=x -b o.qcow2 -F qcow2 d.qcow2 a
+    cp d.qcow2 d.new && mv d.new d.qcow2
+    run -1 "$PROG" job resume "$(jid)"
+    [[ $output == *"is not the image job"* ]]
+    run -0 "$PROG" job abort "$(jid)"
+    [[ $output == *"not known"* ]]
+    [ "$(journals)" = 0 ]
 }
