@@ -245,6 +245,17 @@ static int wi_advance(struct mirror_job *m, uint64_t below, struct error **errp)
     if (!m->jn || below <= old) {
         return 0;
     }
+    /*
+     * The source first: what the copy read of it may hang on metadata not
+     * yet written (a guest write not flushed: a new cluster's L2 entry),
+     * which a crash would lose, leaving the target holding data the source
+     * no longer reads, in a region the journal calls copied.
+     */
+    r = bdev_flush(m->src);
+    if (r < 0) {
+        error_setg_errno(errp, -r, "cannot flush '%s'", m->src->filename);
+        return r;
+    }
     r = bdev_flush(m->target);
     if (r < 0) {
         error_setg_errno(errp, -r, "cannot flush '%s'", m->target_name);
@@ -450,7 +461,8 @@ static void wi_clear(struct mirror_job *m)
         return;
     }
     m->wi_cleared_at = now;
-    if (!wb && bdev_flush(m->target) < 0) {
+    /* (the source first, as in wi_advance) */
+    if (bdev_flush(m->src) < 0 || (!wb && bdev_flush(m->target) < 0)) {
         return;
     }
     pthread_rwlock_wrlock(&m->wi_gate);

@@ -250,7 +250,13 @@ EOF2
     holds_model top.qcow2
     start_agent
     grep -q "restored, paused" "$BATS_TEST_TMPDIR"/*.log 2>/dev/null || true
-    run -0 "$PROG" job --agent "$S" list --output=json
+    # (paused once its thread reaches a pause point: give it a moment)
+    local i
+    for i in $(seq 50); do
+        run -0 "$PROG" job --agent "$S" list --output=json
+        [ "$(jq -r '.[0].status' <<<"$output")" = paused ] && break
+        sleep 0.1
+    done
     [ "$(jq -r '.[0].id' <<<"$output")" = m ] || fail "$output"
     [ "$(jq -r '.[0].status' <<<"$output")" = paused ] || fail "$output"
     run -0 "$PROG" job list --output=json
