@@ -28,7 +28,7 @@ ALL_LDFLAGS = -pthread -Wl,--as-needed $(LDFLAGS)
 LIBS = $(PKG_LIBS)
 
 LIB_SRCS = $(wildcard lib/*.c lib/*/*.c) $(wildcard formats/*.c) $(wildcard formats/qcow2/*.c)
-CMD_SRCS = $(wildcard cmd/*.c)
+CMD_SRCS = $(wildcard cmd/*.c cmd/shared/*.c)
 LIB_OBJS = $(LIB_SRCS:%.c=$(BUILD)/%.o)
 CMD_OBJS = $(CMD_SRCS:%.c=$(BUILD)/%.o)
 UNIT_SRCS = $(wildcard tests/unit/test-*.c)

@@ -374,6 +374,12 @@ static int daemonize(int *ready_fd)
     return -1;
 }
 
+/* agent_log's lines until syslog takes over */
+static void print_log_line(const char *line)
+{
+    fprintf(stderr, "%s\n", line);
+}
+
 int cmd_agent(int argc, char **argv)
 {
     struct agent_args a = { .mode = 0600, .tls = -1 };
@@ -384,6 +390,7 @@ int cmd_agent(int argc, char **argv)
     size_t nspecs = 0;
     int ret;
 
+    agent_set_log_sink(print_log_line);
     children[0].argp = img_opts_argp(IMGOPT_QUIET);
     argp_parse(&agent_argp, argc, argv, 0, NULL, &a);
 

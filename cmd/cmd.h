@@ -6,12 +6,15 @@
  *  1. write cmd/<name>.c with one struct argp and int cmd_<name>(int, char **);
  *  2. declare it below;
  *  3. add a row to the table in cmd/main.c (keep it sorted);
- *  4. add cmd/<name>.o to the Makefile;
+ *  4. nothing in the Makefile: it builds every .c of cmd/ and cmd/shared/;
  *  5. write man/blockctl-<name>.1.pod and tests/cli/<name>*.bats (the help
  *     test checks the usage line against the page's synopsis).
  *
  * A subcommand parses, calls lib/, prints, and returns the exit status.
- * It holds no block logic.
+ * It holds no block logic.  What several subcommands share (option
+ * parsers, the copy target, job journals, the agent client) is in
+ * cmd/shared/, one file per piece, declared below; cmd/common.c holds
+ * the small helpers.
  */
 #ifndef BLOCKCTL_CMD_CMD_H
 #define BLOCKCTL_CMD_CMD_H

@@ -3,6 +3,7 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #include "lib/compiler.h"
+#include "lib/io.h"
 #include "lib/error.h"
 #include "lib/file.h"
 
@@ -157,6 +158,12 @@ static int run(const struct command *c, int argc, char **argv)
     return ret;
 }
 
+/* lib/io.c's warnings (a malformed BLOCKCTL_FAULT, BLOCKCTL_IOLOG) */
+static void print_io_warning(const char *msg)
+{
+    fprintf(stderr, "blockctl: %s\n", msg);
+}
+
 int main(int argc, char **argv)
 {
     const char *base = strrchr(argv[0], '/');
@@ -166,6 +173,7 @@ int main(int argc, char **argv)
     char *doc;
 
     base = base ? base + 1 : argv[0];
+    io_set_warn_sink(print_io_warning);
     signal(SIGPIPE, SIG_IGN);
     /* past a file-size limit, a write fails with EFBIG and is reported */
     signal(SIGXFSZ, SIG_IGN);

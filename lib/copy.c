@@ -785,7 +785,7 @@ int copy_run(struct copy_params *p, struct error **errp)
     struct error *cp_err = NULL;
     double cp_last = now_s();
     uint64_t windows_seen = 0;
-    unsigned nw = p->workers ? p->workers : 4, split;
+    unsigned nw = p->workers ? p->workers : 4;
     uint64_t buf = p->buf_size ? p->buf_size : (16u << 20);
     uint64_t cg = p->dst->drv->compress_granularity ? p->dst->drv->compress_granularity(p->dst)
                                                      : 0;
@@ -814,12 +814,10 @@ int copy_run(struct copy_params *p, struct error **errp)
         e.gran = MAX(e.gran, MIN(bitmap_granularity(p->bitmap), cg ? cg : 4096));
     }
     /* windows of at least 1 MiB where the buffer allows, one per worker
-     * (a job's fewer workers keep the windows of four: its progress and
-     * speed limit go by them) */
-    split = (unsigned)MAX((uint64_t)1, MIN((uint64_t)(p->workers ? p->workers : 4), buf >> 20));
-    nw = p->workers ? MIN(nw, split) : split;
+     * (a job runs fewer while its guest is busy: e.steady) */
+    nw = (unsigned)MAX((uint64_t)1, MIN((uint64_t)nw, buf >> 20));
     e.steady = p->workers || !p->job ? nw : MIN(job_workers(), nw);
-    e.window = MAX(ALIGN_DOWN(buf / split, e.gran), e.gran);
+    e.window = MAX(ALIGN_DOWN(buf / nw, e.gran), e.gran);
     if (p->no_sparse) {
         e.zerobuf = xmemalign(4096, e.window);
         memset(e.zerobuf, 0, e.window);

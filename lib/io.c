@@ -6,6 +6,7 @@
 #include "lib/io.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <fnmatch.h>
 #include <libgen.h>
@@ -52,6 +53,31 @@ static const char *const op_names[OP__MAX] = {
 static char *count_path;
 static unsigned long op_counts[OP__MAX];
 static unsigned long faults_fired;
+/* Where warnings about the environment go (io_set_warn_sink; none: dropped) */
+static void (*warn_sink)(const char *msg);
+
+void io_set_warn_sink(void (*sink)(const char *msg))
+{
+    warn_sink = sink;
+}
+
+static void io_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void io_warn(const char *fmt, ...)
+{
+    va_list ap;
+    char *msg;
+
+    if (!warn_sink) {
+        return;
+    }
+    va_start(ap, fmt);
+    if (vasprintf(&msg, fmt, ap) >= 0) {
+        warn_sink(msg);
+        free(msg);
+    }
+    va_end(ap);
+}
+
 static unsigned long bounced;
 
 /* What io_open and io_set_cache registered for each descriptor */
@@ -98,7 +124,7 @@ static void parse_rules(const char *env)
             }
         }
         if (n < 3) {
-            fprintf(stderr, "blockctl: BLOCKCTL_FAULT: ignoring malformed rule '%s'\n", tok);
+            io_warn("BLOCKCTL_FAULT: ignoring malformed rule '%s'", tok);
             continue;
         }
         if (!strcmp(f[0], "pread")) {
@@ -124,7 +150,7 @@ static void parse_rules(const char *env)
         } else if (!strcmp(f[0], "any")) {
             r.ops = (1u << OP__MAX) - 1;
         } else {
-            fprintf(stderr, "blockctl: BLOCKCTL_FAULT: unknown operation '%s'\n", f[0]);
+            io_warn("BLOCKCTL_FAULT: unknown operation '%s'", f[0]);
             continue;
         }
         if (!strcmp(f[1], "*")) {
@@ -137,7 +163,7 @@ static void parse_rules(const char *env)
                 end++;
             }
             if (*end || r.nth == 0) {
-                fprintf(stderr, "blockctl: BLOCKCTL_FAULT: bad count '%s'\n", f[1]);
+                io_warn("BLOCKCTL_FAULT: bad count '%s'", f[1]);
                 continue;
             }
         }
@@ -152,7 +178,7 @@ static void parse_rules(const char *env)
         } else if (!strcmp(f[2], "kill")) {
             r.action = FA_KILL;
         } else {
-            fprintf(stderr, "blockctl: BLOCKCTL_FAULT: unknown action '%s'\n", f[2]);
+            io_warn("BLOCKCTL_FAULT: unknown action '%s'", f[2]);
             continue;
         }
         r.glob = (n == 4 && *f[3]) ? xstrdup(f[3]) : NULL;
@@ -179,7 +205,7 @@ static void write_counts(void)
     /* not io_open: the count file is not an image, and not counted */
     fd = open(count_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (fd < 0) {
-        fprintf(stderr, "blockctl: BLOCKCTL_FAULT_COUNT: '%s': %s\n", count_path, strerror(errno));
+        io_warn("BLOCKCTL_FAULT_COUNT: '%s': %s", count_path, strerror(errno));
         return;
     }
     for (int op = 0; op < OP__MAX; op++) {
@@ -189,7 +215,7 @@ static void write_counts(void)
                 n[OP_FSYNC] + n[OP_FDATASYNC], any,
                 __atomic_load_n(&faults_fired, __ATOMIC_RELAXED),
                 __atomic_load_n(&bounced, __ATOMIC_RELAXED)) < 0) {
-        fprintf(stderr, "blockctl: BLOCKCTL_FAULT_COUNT: '%s': %s\n", count_path, strerror(errno));
+        io_warn("BLOCKCTL_FAULT_COUNT: '%s': %s", count_path, strerror(errno));
     }
     close(fd);
 }
@@ -229,7 +255,7 @@ static void iolog_init(const char *path)
     /* not io_open: the log is not an image, and not counted */
     iolog_fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (iolog_fd < 0) {
-        fprintf(stderr, "blockctl: BLOCKCTL_IOLOG: '%s': %s\n", path, strerror(errno));
+        io_warn("BLOCKCTL_IOLOG: '%s': %s", path, strerror(errno));
     }
 }
 
@@ -258,7 +284,7 @@ static void iolog_put(struct iolog_rec *r, const void *p1, size_t n1, const void
             continue;
         }
         if (w <= 0) {
-            fprintf(stderr, "blockctl: BLOCKCTL_IOLOG: %s\n", w < 0 ? strerror(errno) : "short write");
+            io_warn("BLOCKCTL_IOLOG: %s", w < 0 ? strerror(errno) : "short write");
             break;
         }
         done += w;

@@ -84,6 +84,10 @@ int io_set_cache(int fd, unsigned mode);
 size_t io_align(int fd);
 /* Name registered for @fd by io_open (never NULL). */
 const char *io_name(int fd);
+/* Where this layer's warnings (a malformed BLOCKCTL_FAULT rule, a write
+ * log that cannot be written) go, one line without its newline; unset,
+ * they are dropped (lib/ never prints). */
+void io_set_warn_sink(void (*sink)(const char *msg));
 
 /* Re-read BLOCKCTL_FAULT (tests and the unit harness call this). */
 void io_fault_reload(void);

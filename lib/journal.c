@@ -4,6 +4,7 @@
  */
 #include "lib/compiler.h"
 #include "lib/journal.h"
+#include "lib/block.h"
 #include "lib/io.h"
 
 #include <dirent.h>
@@ -614,4 +615,21 @@ json_object *journal_find_image(const char *state_dir, const char *path)
     json_object_put(all);
     free(abs);
     return out;
+}
+
+int journal_checkpoint_copied(struct journal *j, struct bdev *dst, uint64_t below,
+                              struct error **errp)
+{
+    int r;
+
+    if (below <= journal_get_u64(j, "copied")) {
+        return 0;
+    }
+    r = bdev_flush(dst);
+    if (r < 0) {
+        error_setg_errno(errp, -r, "cannot flush '%s'", dst->filename);
+        return r;
+    }
+    journal_set_u64(j, "copied", below);
+    return journal_save(j, errp);
 }

@@ -88,6 +88,14 @@ uint64_t journal_get_u64(struct journal *j, const char *key);
 void journal_set_owner(struct journal *j);
 /* Write it (atomically).  0 or -errno with *errp set. */
 int journal_save(struct journal *j, struct error **errp);
+/*
+ * A copy's checkpoint: once everything under @below is on @dst (flushed),
+ * "copied" says so (saved).  Nothing when it says as much already.
+ * 0, or -errno with *errp set.
+ */
+struct bdev;
+int journal_checkpoint_copied(struct journal *j, struct bdev *dst, uint64_t below,
+                              struct error **errp);
 /* The state @state, then saved. */
 int journal_step(struct journal *j, const char *state, struct error **errp);
 /* The job ended: remove the journal (and free @j).  0 or -errno. */

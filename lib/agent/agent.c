@@ -24,6 +24,13 @@
  * in flight on two cores. */
 #define AGENT_WORKERS 32
 
+static void (*log_sink)(const char *line);
+
+void agent_set_log_sink(void (*sink)(const char *line))
+{
+    log_sink = sink;
+}
+
 void agent_log(struct agent *a, const char *fmt, ...)
 {
     va_list ap;
@@ -45,7 +52,11 @@ void agent_log(struct agent *a, const char *fmt, ...)
         clock_gettime(CLOCK_REALTIME, &ts);
         localtime_r(&ts.tv_sec, &tm);
         strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", &tm);
-        fprintf(stderr, "%s.%03ld blockctl agent: %s\n", when, ts.tv_nsec / 1000000, msg);
+        if (log_sink) {
+            char *line = xasprintf("%s.%03ld blockctl agent: %s", when, ts.tv_nsec / 1000000, msg);
+            log_sink(line);
+            free(line);
+        }
     }
     free(msg);
 }

@@ -92,6 +92,9 @@ int agent_run(const struct agent_config *cfg, void (*ready)(void *opaque), void 
 
 /* Log one line (stderr, or syslog once daemonized). */
 void agent_log(struct agent *a, const char *fmt, ...) ATTRIBUTE_PRINTF(2, 3);
+/* Where agent_log's lines go until syslog takes over (one timestamped
+ * line, no newline; the caller prints it); unset, they are dropped. */
+void agent_set_log_sink(void (*sink)(const char *line));
 
 /* Disks and nodes */
 struct agent_disk *agent_find_disk(struct agent *a, const char *name);

@@ -158,18 +158,8 @@ static int stream_journal_begin(struct stream_job *s, const char *job_id, struct
 static int stream_checkpoint(void *opaque, uint64_t below, struct error **errp)
 {
     struct stream_job *s = opaque;
-    int r;
 
-    if (below <= journal_get_u64(s->jn, "copied")) {
-        return 0;
-    }
-    r = bdev_flush(s->top);
-    if (r < 0) {
-        error_setg_errno(errp, -r, "cannot flush '%s'", s->top->filename);
-        return r;
-    }
-    journal_set_u64(s->jn, "copied", below);
-    return journal_save(s->jn, errp);
+    return journal_checkpoint_copied(s->jn, s->top, below, errp);
 }
 
 static int stream_run(struct job *job, struct error **errp)

@@ -103,18 +103,8 @@ int job_journal_step(struct job_journal *jj, const char *state)
 static int checkpoint(void *opaque, uint64_t below, struct error **errp)
 {
     struct job_journal *jj = opaque;
-    int r;
 
-    if (below <= journal_get_u64(jj->j, "copied")) {
-        return 0;
-    }
-    r = bdev_flush(jj->dst);
-    if (r < 0) {
-        error_setg_errno(errp, -r, "cannot flush '%s'", jj->dst->filename);
-        return r;
-    }
-    journal_set_u64(jj->j, "copied", below);
-    return journal_save(jj->j, errp);
+    return journal_checkpoint_copied(jj->j, jj->dst, below, errp);
 }
 
 int job_journal_checkpoints(struct job_journal *jj, struct copy_params *cp, struct bdev *dst)
