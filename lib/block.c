@@ -303,7 +303,7 @@ static int open_backing(struct bdev *bd, unsigned flags, struct chain_seen *seen
 {
     const struct format_driver *bdrv;
     unsigned bflags = flags & (BDEV_O_FORCE_SHARE | BDEV_O_NO_BITMAPS | BDEV_O_INFO |
-                               BDEV_O_CACHE_MASK);
+                               BDEV_O_CACHE_MASK | BDEV_O_KILL_SAFE);
 
     if (seen->backing_cache >= 0) {
         bflags = (bflags & ~BDEV_O_CACHE_MASK) | (unsigned)seen->backing_cache;
@@ -1087,6 +1087,11 @@ static uint64_t coarse_ms(void)
 void bdev_thread_background(void)
 {
     background_thread = true;
+}
+
+bool bdev_thread_is_background(void)
+{
+    return background_thread;
 }
 
 /* A data request begins (stored only when the stamp moves: no cache line

@@ -41,6 +41,11 @@ enum {
     BDEV_O_WRITETHROUGH = 1u << 7,  /* data synced after each write (writethrough,
                                        directsync) */
     BDEV_O_NO_FLUSH = 1u << 8,      /* no syncs at all (unsafe) */
+    BDEV_O_KILL_SAFE = 1u << 10,    /* a write survives a kill -9 once acknowledged:
+                                       metadata it changed reaches the file (in the
+                                       power-failure order) before it completes;
+                                       not for background threads (a job's copy,
+                                       which its journal redoes) */
     BDEV_O_CACHE_MASK = BDEV_O_NOCACHE | BDEV_O_WRITETHROUGH | BDEV_O_NO_FLUSH,
 };
 /*
@@ -498,6 +503,7 @@ int bdev_block_status_above(struct bdev *bd, struct bdev *base, uint64_t off, ui
  * while a guest is busy.)
  */
 void bdev_thread_background(void);
+bool bdev_thread_is_background(void);
 bool bdev_foreground_within(unsigned ms);
 /*
  * Quiesce: close the gate and wait until no request is in flight.  Drains

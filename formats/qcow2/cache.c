@@ -195,7 +195,8 @@ static int find_entry(struct qcow2_cache *c, const uint8_t *table)
     BUG("table not in the %s cache", c->name);
 }
 
-static int write_entry(struct qcow2 *s, struct qcow2_cache *c, int i)
+/* Write bytes [from, to) of dirty entry @i and call it clean. */
+static int write_part(struct qcow2 *s, struct qcow2_cache *c, int i, size_t from, size_t to)
 {
     struct qcow2_cache_entry *e = &c->e[i];
     int ret;
@@ -206,11 +207,11 @@ static int write_entry(struct qcow2 *s, struct qcow2_cache *c, int i)
     if (s->corrupt && !s->check_mode) {
         return -EIO;
     }
-    ret = io_pwrite(s->fd, e->data, s->cluster_size, e->offset);
+    ret = io_pwrite(s->fd, e->data + from, to - from, e->offset + from);
     if (ret < 0) {
         return ret;
     }
-    qcow2_note_file_end(s, e->offset + s->cluster_size);
+    qcow2_note_file_end(s, e->offset + to);
     if (c == &s->rb_cache) {
         s->rb_unsynced = true;
     } else {
@@ -221,12 +222,39 @@ static int write_entry(struct qcow2 *s, struct qcow2_cache *c, int i)
     return 0;
 }
 
+static int write_entry(struct qcow2 *s, struct qcow2_cache *c, int i)
+{
+    return write_part(s, c, i, 0, s->cluster_size);
+}
+
 int qcow2_cache_write_entry(struct qcow2 *s, struct qcow2_cache *c, uint8_t *table)
 {
     int ret;
 
     qcow2_map_lock(s);
     ret = write_entry(s, c, find_entry(c, table));
+    qcow2_map_unlock(s);
+    return ret;
+}
+
+bool qcow2_cache_is_dirty(struct qcow2_cache *c, const uint8_t *table)
+{
+    return c->e[find_entry(c, table)].dirty;
+}
+
+int qcow2_cache_write_range(struct qcow2 *s, struct qcow2_cache *c, uint8_t *table, size_t from,
+                            size_t to, bool whole)
+{
+    size_t align = MIN(c->table_size, (uint64_t)4096);
+    int ret;
+
+    if (whole) {
+        from = 0;
+        to = c->table_size;
+    }
+    qcow2_map_lock(s);
+    ret = write_part(s, c, find_entry(c, table), ALIGN_DOWN(from, align),
+                     MIN(ALIGN_UP(to, align), c->table_size));
     qcow2_map_unlock(s);
     return ret;
 }

@@ -331,6 +331,23 @@ fail:
     return ret;
 }
 
+/*
+ * BDEV_O_KILL_SAFE: L2 entries [i0, i0+n) that a request changed reach the
+ * file before it completes, in the power-failure order (the refcounts and
+ * the data they point to synced first), so that a kill -9 after the reply
+ * loses none of it.  @was_dirty: the table held other unwritten changes.
+ */
+static int write_through(struct qcow2 *s, uint8_t *l2, unsigned i0, uint64_t n, bool was_dirty)
+{
+    int ret = qcow2_flush_refblocks(s);
+
+    if (ret == 0) {
+        ret = qcow2_cache_write_range(s, &s->l2_cache, l2, (size_t)i0 * s->l2_entry_size,
+                                      (size_t)(i0 + n) * s->l2_entry_size, was_dirty);
+    }
+    return ret;
+}
+
 /* --- mapping --- */
 
 struct qmap {
@@ -1079,12 +1096,16 @@ static int write_chunk(struct qcow2 *s, const uint8_t *buf, uint64_t off, uint64
             drop_old(s, plan[i].old_e);
         }
     }
+    ret = 0;
     if (changed) {
+        bool was_dirty = qcow2_cache_is_dirty(&s->l2_cache, l2);
         qcow2_cache_mark_dirty(&s->l2_cache, l2);
         s->data_unsynced = true;
+        if (s->kill_safe && !bdev_thread_is_background()) {
+            ret = write_through(s, l2, idx0, n, was_dirty);
+        }
     }
     qcow2_cache_put(&s->l2_cache, l2);
-    ret = 0;
     goto out_locked;
 
 out_free:
@@ -1258,7 +1279,14 @@ static int modify_chunk(struct qcow2 *s, uint64_t off, uint64_t len, enum zop op
         *done += cs;
     }
     if (dirty) {
+        bool was_dirty = qcow2_cache_is_dirty(&s->l2_cache, l2);
         qcow2_cache_mark_dirty(&s->l2_cache, l2);
+        if (s->kill_safe && !bdev_thread_is_background()) {
+            int r = write_through(s, l2, idx0, last - first + 1, was_dirty);
+            if (r < 0) {
+                ret = r;
+            }
+        }
     }
     qcow2_cache_put(&s->l2_cache, l2);
 out:

@@ -659,6 +659,7 @@ static int qcow2_open(struct bdev *bd, unsigned flags, struct error **errp)
     s->fd = bd->file->fd;
     s->prealloc_detected = -1;
     s->unordered = flags & BDEV_O_UNORDERED;
+    s->kill_safe = flags & BDEV_O_KILL_SAFE;
     s->read_only = bd->read_only;
     s->check_mode = flags & BDEV_O_CHECK;
     s->eof_zero = s->check_mode || ((flags & BDEV_O_INFO) && !(flags & BDEV_O_RDWR));

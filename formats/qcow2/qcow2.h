@@ -305,6 +305,7 @@ struct qcow2 {
 
     int prealloc_detected;     /* -1 not checked; 1: metadata preallocation seen */
     bool unordered;            /* BDEV_O_UNORDERED */
+    bool kill_safe;            /* BDEV_O_KILL_SAFE */
     bool read_only;
     bool dirty_on_disk;        /* we set the dirty bit */
     bool corrupt;              /* corruption seen: no further writes */
@@ -401,6 +402,13 @@ int qcow2_flush_refblocks(struct qcow2 *s);
 void qcow2_cache_discard(struct qcow2_cache *c, uint64_t offset);
 /* Write one dirty table now. */
 int qcow2_cache_write_entry(struct qcow2 *s, struct qcow2_cache *c, uint8_t *table);
+bool qcow2_cache_is_dirty(struct qcow2_cache *c, const uint8_t *table);
+/*
+ * Write bytes [@from, @to) of a dirty table now (aligned out to 4 KiB), and
+ * call it clean; the whole table if @whole (it held other unwritten changes).
+ */
+int qcow2_cache_write_range(struct qcow2 *s, struct qcow2_cache *c, uint8_t *table, size_t from,
+                            size_t to, bool whole);
 
 /* refcount.c */
 int qcow2_refcount_init(struct qcow2 *s, struct error **errp);

@@ -194,7 +194,8 @@ static int open_disk(struct agent *a, const struct agent_disk_spec *s, struct er
         error_setg(errp, "disk '%s' is given twice", s->name);
         return -EINVAL;
     }
-    bd = bdev_open(s->file, s->format, s->read_only ? 0 : BDEV_O_RDWR, errp);
+    bd = bdev_open(s->file, s->format,
+                   BDEV_O_KILL_SAFE | (s->read_only ? 0 : BDEV_O_RDWR), errp);
     if (!bd) {
         error_prefix(errp, "disk '%s': ", s->name);
         return -EIO;

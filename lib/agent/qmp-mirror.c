@@ -1329,7 +1329,8 @@ static int qmp_drive_mirror(json_object *args, json_object **ret, void *opaque,
     }
     if (r == 0) {
         struct error *err = NULL;
-        m->target = bdev_open(target, format, BDEV_O_RDWR | BDEV_O_NO_BACKING, &err);
+        m->target = bdev_open(target, format, BDEV_O_RDWR | BDEV_O_NO_BACKING | BDEV_O_KILL_SAFE,
+                              &err);
         r = m->target ? 0 : -EIO;
         if (err && !strncmp(err->msg, "cannot open", 11)) {
             /* QEMU's words */

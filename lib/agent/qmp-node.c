@@ -60,7 +60,8 @@ static int open_node(struct agent_node *n, const char *path, const char *fmt, un
 {
     struct error *err = NULL;
 
-    n->bd = bdev_open(path, fmt, flags | (n->read_only ? 0 : BDEV_O_RDWR), &err);
+    n->bd = bdev_open(path, fmt, flags | BDEV_O_KILL_SAFE | (n->read_only ? 0 : BDEV_O_RDWR),
+                      &err);
     if (!n->bd) {
         if (!strncmp(err->msg, "cannot open", 11)) {
             char *m = xasprintf("Could not open%s", err->msg + 11);   /* QEMU's words */

@@ -298,7 +298,7 @@ static int snap_prepare(struct agent *a, struct txn_action *act, struct error **
         free(tmp);
         s->created = true;
     }
-    s->overlay = bdev_open(file, fmt, BDEV_O_RDWR | BDEV_O_NO_BACKING, errp);
+    s->overlay = bdev_open(file, fmt, BDEV_O_RDWR | BDEV_O_NO_BACKING | BDEV_O_KILL_SAFE, errp);
     if (!s->overlay) {
         return -EIO;
     }
