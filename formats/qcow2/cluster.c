@@ -348,6 +348,32 @@ static int write_through(struct qcow2 *s, uint8_t *l2, unsigned i0, uint64_t n, 
     return ret;
 }
 
+/*
+ * A request changed L2 entries [i0, i0+n) of @l2 (the table of guest
+ * offset @off): on a BDEV_O_KILL_SAFE image, make the change outlive a
+ * kill of the process before the request completes: in the kill log if
+ * there is one (wal.c), else written through (a guest's requests only).
+ */
+static int keep_changes(struct qcow2 *s, uint64_t off, uint8_t *l2, unsigned i0, uint64_t n,
+                        bool was_dirty)
+{
+    if (s->wal) {
+        qcow2_wal_log_l2(s, off >> (s->cluster_bits + s->l2_bits), l2, i0, n);
+    }
+    if (s->wal_lost) {
+        /* the log failed: what it held goes to the file */
+        int ret = qcow2_flush_metadata(s);
+        if (ret == 0) {
+            s->wal_lost = false;
+        }
+        return ret;
+    }
+    if (s->wal || !s->kill_safe || bdev_thread_is_background()) {
+        return 0;
+    }
+    return write_through(s, l2, i0, n, was_dirty);
+}
+
 /* --- mapping --- */
 
 struct qmap {
@@ -1101,9 +1127,7 @@ static int write_chunk(struct qcow2 *s, const uint8_t *buf, uint64_t off, uint64
         bool was_dirty = qcow2_cache_is_dirty(&s->l2_cache, l2);
         qcow2_cache_mark_dirty(&s->l2_cache, l2);
         s->data_unsynced = true;
-        if (s->kill_safe && !bdev_thread_is_background()) {
-            ret = write_through(s, l2, idx0, n, was_dirty);
-        }
+        ret = keep_changes(s, off, l2, idx0, n, was_dirty);
     }
     qcow2_cache_put(&s->l2_cache, l2);
     goto out_locked;
@@ -1281,11 +1305,9 @@ static int modify_chunk(struct qcow2 *s, uint64_t off, uint64_t len, enum zop op
     if (dirty) {
         bool was_dirty = qcow2_cache_is_dirty(&s->l2_cache, l2);
         qcow2_cache_mark_dirty(&s->l2_cache, l2);
-        if (s->kill_safe && !bdev_thread_is_background()) {
-            int r = write_through(s, l2, idx0, last - first + 1, was_dirty);
-            if (r < 0) {
-                ret = r;
-            }
+        int r = keep_changes(s, off, l2, idx0, last - first + 1, was_dirty);
+        if (r < 0) {
+            ret = r;
         }
     }
     qcow2_cache_put(&s->l2_cache, l2);

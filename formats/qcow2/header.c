@@ -535,6 +535,8 @@ static int read_extensions(struct qcow2 *s, const uint8_t *hdr, size_t start, si
 
 static void free_state(struct qcow2 *s)
 {
+    /* (a log still there is the next writer's to replay) */
+    qcow2_wal_close(s, false);
     free(s->l1);
     s->l1 = NULL;
     free(s->reftable);
@@ -596,6 +598,7 @@ static int writer_setup(struct qcow2 *s, struct error **errp)
 {
     struct bdev *bd = s->bd;
     const char *fn = bd->filename;
+    unsigned replayed;
     int ret = 0;
 
     bool rewrite = false;
@@ -608,11 +611,18 @@ static int writer_setup(struct qcow2 *s, struct error **errp)
     if (!(s->autoclear & QCOW2_AUTOCLEAR_BITMAPS) && s->version >= 3) {
         /* Stale bitmap extension (see read_extensions): dropped. */
     }
+    /* A kill log a killed writer of this boot left (wal.c): applied if the
+     * image has the dirty bit still, else stale and removed. */
+    ret = qcow2_wal_replay(s, &replayed);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "'%s': cannot apply the log of the killed writer", fn);
+        return ret;
+    }
     if (s->incompat & QCOW2_INCOMPAT_DIRTY) {
         struct check_result res;
         struct error *err = NULL;
 
-        /* Left dirty by a crash with lazy refcounts: rebuild them. */
+        /* Left dirty by a crash with lazy refcounts (or a kill): rebuild them. */
         memset(&res, 0, sizeof(res));
         s->check_mode = true;
         ret = qcow2_check(bd, &res, CHECK_FIX_LEAKS | CHECK_FIX_ERRORS, &err);
@@ -639,6 +649,7 @@ static int writer_setup(struct qcow2 *s, struct error **errp)
             return ret < 0 ? ret : -EIO;
         }
     }
+    qcow2_wal_open(s);
     return 0;
 }
 
@@ -949,6 +960,15 @@ static int qcow2_open(struct bdev *bd, unsigned flags, struct error **errp)
         goto fail;
     }
 
+    if (!s->read_only && s->check_mode && (s->incompat & QCOW2_INCOMPAT_DIRTY)) {
+        /* check -r: the image as a killed writer left it, its kill log applied */
+        unsigned replayed;
+        ret = qcow2_wal_replay(s, &replayed);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "'%s': cannot apply the log of the killed writer", fn);
+            goto fail;
+        }
+    }
     if (!s->read_only && !s->check_mode) {
         ret = writer_setup(s, errp);
         if (ret < 0) {
@@ -987,6 +1007,14 @@ static int qcow2_flush(struct bdev *bd)
     }
     if (ret == 0) {
         ret = io_fdatasync(s->fd);
+    }
+    if (ret == 0 && (s->wal || s->wal_lost)) {
+        pthread_mutex_lock(&s->lock);
+        qcow2_wal_flushed(s);
+        if (!s->l2_cache.nr_dirty && !s->rb_cache.nr_dirty) {
+            s->wal_lost = false;
+        }
+        pthread_mutex_unlock(&s->lock);
     }
     if (ret < 0) {
         bdev_set_error(bd, "'%s': flush failed: %s", bd->filename, strerror(-ret));
@@ -1044,6 +1072,7 @@ static int write_back(struct bdev *bd, bool closing, struct error **errp)
         }
         if (ret == 0) {
             s->dirty_on_disk = false;
+            qcow2_wal_close(s, true);
         }
     }
     if (ret < 0 && errp && !*errp) {

@@ -306,6 +306,8 @@ struct qcow2 {
     int prealloc_detected;     /* -1 not checked; 1: metadata preallocation seen */
     bool unordered;            /* BDEV_O_UNORDERED */
     bool kill_safe;            /* BDEV_O_KILL_SAFE */
+    struct qcow2_wal *wal;     /* its kill log (wal.c), or NULL */
+    bool wal_lost;             /* the log failed: write the caches back */
     bool read_only;
     bool dirty_on_disk;        /* we set the dirty bit */
     bool corrupt;              /* corruption seen: no further writes */
@@ -409,6 +411,22 @@ bool qcow2_cache_is_dirty(struct qcow2_cache *c, const uint8_t *table);
  */
 int qcow2_cache_write_range(struct qcow2 *s, struct qcow2_cache *c, uint8_t *table, size_t from,
                             size_t to, bool whole);
+
+/* wal.c: the kill log of a BDEV_O_KILL_SAFE image (see there) */
+/* Start one (a writer of a v3 image without lazy refcounts; the dirty bit set). */
+void qcow2_wal_open(struct qcow2 *s);
+/* Stop it; @remove the file (the image written back, the dirty bit clear). */
+void qcow2_wal_close(struct qcow2 *s, bool remove);
+/* Record refcount @index of the refblock at @rb_off (refcount table entry @rt_index). */
+int qcow2_wal_log_ref(struct qcow2 *s, uint64_t rb_off, uint64_t rt_index, uint64_t index,
+                      uint64_t value);
+/* Record entries [i0, i0+n) of @l2, the table of L1 entry @l1_index. */
+int qcow2_wal_log_l2(struct qcow2 *s, uint64_t l1_index, const uint8_t *l2, unsigned i0,
+                     uint64_t n);
+/* After a flush (s->lock held): a new epoch if the caches are clean. */
+void qcow2_wal_flushed(struct qcow2 *s);
+/* At an open for writing of an image with the dirty bit: apply a log left by a kill. */
+int qcow2_wal_replay(struct qcow2 *s, unsigned *applied);
 
 /* refcount.c */
 int qcow2_refcount_init(struct qcow2 *s, struct error **errp);

@@ -362,6 +362,7 @@ static int update_refcount(struct qcow2 *s, uint64_t offset, uint64_t length, in
             }
             val = old + addend;
             qcow2_refblock_set(s, rb, c & mask, val);
+            qcow2_wal_log_ref(s, (uint64_t)rb_off, rt_index, c & mask, val);
             if (val == 0) {
                 if (c < s->free_cluster_index) {
                     s->free_cluster_index = c;

@@ -56,4 +56,39 @@ static inline int tap_done(void)
     return tap_failed ? 1 : 0;
 }
 
+/* Run a shell command (printf-style); its exit status, or -1. */
+static inline int tap_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2), unused));
+static inline int tap_sh(const char *fmt, ...)
+{
+    char cmd[4096];
+    va_list ap;
+    int st;
+
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    va_end(ap);
+    st = system(cmd);
+    return st != -1 && (st & 0x7f) == 0 ? (st >> 8) & 0xff : -1;
+}
+
+/*
+ * For tests that use qemu-img: a new folder under $TMPDIR (or /tmp) in
+ * @buf; 1 after printing the plan of a skip when qemu-img is missing, -1
+ * on an error, else 0.
+ */
+static inline int tap_qemu_tmpdir(char *buf, size_t n) __attribute__((unused));
+static inline int tap_qemu_tmpdir(char *buf, size_t n)
+{
+    if (system("qemu-img --version >/dev/null 2>&1") != 0) {
+        printf("1..0 # SKIP qemu-img not installed\n");
+        return 1;
+    }
+    snprintf(buf, n, "%s/blockctl-unit-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    if (!mkdtemp(buf)) {
+        perror("mkdtemp");
+        return -1;
+    }
+    return 0;
+}
+
 #endif

@@ -39,20 +39,6 @@
 
 static char tmpdir[256];
 
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...)
-{
-    char cmd[2048];
-    va_list ap;
-    int st;
-
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof(cmd), fmt, ap);
-    va_end(ap);
-    st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static double now(void)
 {
     struct timespec ts;
@@ -238,7 +224,7 @@ static void test_sync(const char *name, const char *opts, uint64_t cs, uint64_t 
     int ret;
 
     snprintf(img, sizeof(img), "%s/%s.qcow2", tmpdir, name);
-    if (sh("qemu-img create -q -f qcow2 -o %s %s %" PRIu64, opts, img, size)) {
+    if (tap_sh("qemu-img create -q -f qcow2 -o %s %s %" PRIu64, opts, img, size)) {
         ok(0, "%s: create", name);
         return;
     }
@@ -297,7 +283,7 @@ static void test_sync(const char *name, const char *opts, uint64_t cs, uint64_t 
     ret = bdev_pread(bd, rb, cs, 2 * cs);
     ok(ret == 0 && all_bytes(rb, cs, 0), "%s: the discarded cluster reads zero", name);
     ok(close_ok(bd), "%s: close", name);
-    ok(sh("qemu-img check -q %s", img) == 0, "%s: qemu-img check is clean", name);
+    ok(tap_sh("qemu-img check -q %s", img) == 0, "%s: qemu-img check is clean", name);
     free(a);
     free(b);
     free(w);
@@ -317,7 +303,7 @@ static void test_reuse(const char *name, const char *opts, uint64_t cs, bool com
     int ret;
 
     snprintf(img, sizeof(img), "%s/%s.qcow2", tmpdir, name);
-    if (sh("qemu-img create -q -f qcow2 -o %s %s %" PRIu64, opts, img, 16 * cs)) {
+    if (tap_sh("qemu-img create -q -f qcow2 -o %s %s %" PRIu64, opts, img, 16 * cs)) {
         ok(0, "%s: create", name);
         return;
     }
@@ -366,7 +352,7 @@ static void test_reuse(const char *name, const char *opts, uint64_t cs, bool com
     ret = bdev_pread(bd, rb, cs, B);
     ok(ret == 0 && all_bytes(rb, cs, 0xb2), "%s: B reads back", name);
     ok(close_ok(bd), "%s: close", name);
-    ok(sh("qemu-img check -q %s", img) == 0, "%s: qemu-img check is clean (no leak)", name);
+    ok(tap_sh("qemu-img check -q %s", img) == 0, "%s: qemu-img check is clean (no leak)", name);
     free(a);
     free(b);
     free(rb);
@@ -384,7 +370,7 @@ static void test_zero_partial(const char *name, const char *opts, uint64_t cs)
     int ret;
 
     snprintf(img, sizeof(img), "%s/%s.qcow2", tmpdir, name);
-    if (sh("qemu-img create -q -f qcow2 -o %s %s %" PRIu64, opts, img, 8 * cs)) {
+    if (tap_sh("qemu-img create -q -f qcow2 -o %s %s %" PRIu64, opts, img, 8 * cs)) {
         ok(0, "%s: create", name);
         return;
     }
@@ -413,7 +399,7 @@ static void test_zero_partial(const char *name, const char *opts, uint64_t cs)
     ok(ret == 0 && all_bytes(rb, 512, 0xd4), "%s: the write to the head survives", name);
     ok(ret == 0 && all_bytes(rb + 512, 512, 0), "%s: the zeroed part reads zero", name);
     ok(close_ok(bd), "%s: close", name);
-    ok(sh("qemu-img check -q %s", img) == 0, "%s: qemu-img check is clean", name);
+    ok(tap_sh("qemu-img check -q %s", img) == 0, "%s: qemu-img check is clean", name);
     free(d);
     free(rb);
 }
@@ -638,7 +624,7 @@ static void test_stress(const char *name, const char *opts, uint64_t cs, uint64_
     uint64_t bad = 0;
 
     snprintf(img, sizeof(img), "%s/%s.qcow2", tmpdir, name);
-    if (sh("qemu-img create -q -f qcow2 -o %s %s %" PRIu64, opts, img, size)) {
+    if (tap_sh("qemu-img create -q -f qcow2 -o %s %s %" PRIu64, opts, img, size)) {
         ok(0, "%s: create", name);
         return;
     }
@@ -675,7 +661,7 @@ static void test_stress(const char *name, const char *opts, uint64_t cs, uint64_
     ok(m.failures == 0, "%s: every read saw what the model allows (%d failures)", name,
        m.failures);
     ok(close_ok(m.bd), "%s: close", name);
-    ok(sh("qemu-img check -q %s", img) == 0, "%s: qemu-img check is clean", name);
+    ok(tap_sh("qemu-img check -q %s", img) == 0, "%s: qemu-img check is clean", name);
 
     /* The final contents: the last version of every block. */
     m.bd = open_rw(img);
@@ -716,14 +702,10 @@ int main(void)
     double secs = getenv("STRESS_SECONDS") ? atof(getenv("STRESS_SECONDS")) : 3;
     const char *only = getenv("ONLY_TEST");
 
-    if (system("qemu-img --version >/dev/null 2>&1") != 0) {
-        printf("1..0 # SKIP qemu-img not installed\n");
+    switch (tap_qemu_tmpdir(tmpdir, sizeof(tmpdir))) {
+    case 1:
         return 0;
-    }
-    snprintf(tmpdir, sizeof(tmpdir), "%s/blockctl-unit-XXXXXX",
-             getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
+    case -1:
         return 1;
     }
     if (!only || !strcmp(only, "sync")) {
@@ -753,7 +735,7 @@ int main(void)
                     64 << 20, 4096, false, 3, 3, secs);
     }
     if (!getenv("KEEP")) {
-        sh("rm -rf %s", tmpdir);
+        tap_sh("rm -rf %s", tmpdir);
     } else {
         tap_diag("kept %s", tmpdir);
     }

@@ -30,20 +30,6 @@ static uint64_t rnd(void)
     return rng;
 }
 
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...)
-{
-    char cmd[2048];
-    va_list ap;
-    int st;
-
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof(cmd), fmt, ap);
-    va_end(ap);
-    st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static void write_ref(const char *path, const uint8_t *ref, uint64_t size)
 {
     FILE *f = fopen(path, "w");
@@ -85,19 +71,19 @@ static int run_variant(const struct variant *v)
     snprintf(base, sizeof(base), "%s/%s-base.qcow2", tmpdir, v->name);
     snprintf(refp, sizeof(refp), "%s/%s.raw", tmpdir, v->name);
     if (v->backing) {
-        sh("qemu-img create -q -f qcow2 %s %" PRIu64 " && qemu-io -c 'write -P 0x5a 0 %"
+        tap_sh("qemu-img create -q -f qcow2 %s %" PRIu64 " && qemu-io -c 'write -P 0x5a 0 %"
            PRIu64 "' -c 'write -z 1M 1M' %s >/dev/null", base, v->size, v->size / 2, base);
         memset(ref, 0x5a, v->size / 2);
         memset(ref + (1 << 20), 0, 1 << 20);
-        ret = sh("qemu-img create -q -f qcow2 -o %s -b %s -F qcow2 %s", v->opts, base, img);
+        ret = tap_sh("qemu-img create -q -f qcow2 -o %s -b %s -F qcow2 %s", v->opts, base, img);
     } else {
-        ret = sh("qemu-img create -q -f qcow2 -o %s %s %" PRIu64, v->opts, img, v->size);
+        ret = tap_sh("qemu-img create -q -f qcow2 -o %s %s %" PRIu64, v->opts, img, v->size);
     }
     if (ret) {
         return ok(0, "%s: create", v->name);
     }
     if (v->snapshot) {
-        sh("qemu-io -c 'write -P 0x33 0 3M' %s >/dev/null && qemu-img snapshot -c s1 %s", img,
+        tap_sh("qemu-io -c 'write -P 0x33 0 3M' %s >/dev/null && qemu-img snapshot -c s1 %s", img,
            img);
         memset(ref, 0x33, 3 << 20);
     }
@@ -175,8 +161,8 @@ static int run_variant(const struct variant *v)
         }
     }
     write_ref(refp, ref, v->size);
-    ok(sh("qemu-img check -q %s", img) == 0, "%s: qemu-img check is clean", v->name);
-    ok(sh("qemu-img compare -q -f raw -F qcow2 %s %s", refp, img) == 0,
+    ok(tap_sh("qemu-img check -q %s", img) == 0, "%s: qemu-img check is clean", v->name);
+    ok(tap_sh("qemu-img compare -q -f raw -F qcow2 %s %s", refp, img) == 0,
        "%s: qemu-img compare equals the reference", v->name);
     free(ref);
     free(buf);
@@ -238,7 +224,7 @@ static void run_threads(const char *name, const char *opts, uint64_t cs)
 
     snprintf(img, sizeof(img), "%s/%s.qcow2", tmpdir, name);
     snprintf(refp, sizeof(refp), "%s/%s.raw", tmpdir, name);
-    if (sh("qemu-img create -q -f qcow2 -o %s %s %" PRIu64, opts, img, size)) {
+    if (tap_sh("qemu-img create -q -f qcow2 -o %s %s %" PRIu64, opts, img, size)) {
         ok(0, "%s: create", name);
         return;
     }
@@ -260,8 +246,8 @@ static void run_threads(const char *name, const char *opts, uint64_t cs)
     ok(good, "%s: four threads wrote without errors", name);
     ok(bdev_close(bd, &err) == 0, "%s: close", name);
     write_ref(refp, ref, size);
-    ok(sh("qemu-img check -q %s", img) == 0, "%s: qemu-img check is clean", name);
-    ok(sh("qemu-img compare -q -f raw -F qcow2 %s %s", refp, img) == 0,
+    ok(tap_sh("qemu-img check -q %s", img) == 0, "%s: qemu-img check is clean", name);
+    ok(tap_sh("qemu-img compare -q -f raw -F qcow2 %s %s", refp, img) == 0,
        "%s: qemu-img compare equals the reference", name);
     free(ref);
 }
@@ -288,14 +274,10 @@ int main(void)
 
     uint64_t seed = getenv("SEED") ? strtoull(getenv("SEED"), NULL, 0) : 0;
 
-    if (system("qemu-img --version >/dev/null 2>&1") != 0) {
-        printf("1..0 # SKIP qemu-img not installed\n");
+    switch (tap_qemu_tmpdir(tmpdir, sizeof(tmpdir))) {
+    case 1:
         return 0;
-    }
-    snprintf(tmpdir, sizeof(tmpdir), "%s/blockctl-unit-XXXXXX",
-             getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
+    case -1:
         return 1;
     }
     for (size_t i = 0; i < ARRAY_SIZE(variants); i++) {
@@ -312,7 +294,7 @@ int main(void)
         run_threads("threads-512-rc64", "cluster_size=512,refcount_bits=64", 512);
     }
     if (!getenv("KEEP")) {
-        sh("rm -rf %s", tmpdir);
+        tap_sh("rm -rf %s", tmpdir);
     } else {
         tap_diag("kept %s", tmpdir);
     }
