@@ -150,8 +150,10 @@ struct bdev *agent_nodes_next(struct agent *a, struct bdev *prev);
 void agent_jobs_init(struct agent *a);
 /*
  * At start-up: the live jobs a killed agent with this state file left
- * (their journals) come back as paused jobs, to go on with job-resume
- * (or to cancel); those that had pivoted, or whose disk moved, end.
+ * (their journals): mirrors, active commits and streams come back as
+ * paused jobs, to go on with job-resume (or to cancel); those that had
+ * pivoted (relinked), or whose disk moved, end; snapshot transactions
+ * are ended (agent_snapshot_restore).
  */
 void agent_jobs_restore(struct agent *a);
 /*
