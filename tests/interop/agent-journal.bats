@@ -530,6 +530,31 @@ EOF
     done
 }
 
+@test "a stream killed once its relink was on disk (its journal not yet gone): the restarted agent ends the journal, the top standing alone" {
+    rm -f ./*.qcow2 st.json && mkchain
+    S=$(sock_path qmp)
+    NBD=$(sock_path nbd)
+    # (killed at the second state file write: the one after the relink)
+    BLOCKCTL_FAULT='rename:2:kill:st.json' start_agent --disk vda=top.qcow2
+    script >s.out <<EOF || true
+block-stream {"device": "vda", "job-id": "s"}
+wait BLOCK_JOB_COMPLETED
+EOF
+    sleep 0.3
+    [ "$(jfield state)" = relinking ] || fail "journal: $(cat "$BLOCKCTL_STATE_DIR"/jobs/*)"
+    [ "$(chain_of top.qcow2)" = top.qcow2 ] || fail "chain: $(chain_of top.qcow2)"
+    local id
+    id=$(jid)
+    start_agent_log
+    grep -q "stream job $id had finished" agent.log || fail "$(cat agent.log)"
+    [ "$(ls "$BLOCKCTL_STATE_DIR"/jobs | wc -l)" = 0 ]
+    run -0 "$PROG" job --agent "$S" list
+    [ "$output" = "No block jobs" ]
+    guest_on_vda top.qcow2
+    qemu-img check -q top.qcow2 || [ $? = 3 ]
+    [ "$(chain_of top.qcow2)" = top.qcow2 ]
+}
+
 # two disks: vda (the chain) and vdb
 up2() {
     rm -f ./*.qcow2 .blockctl-new.* stop st.json && mkchain || return 1
