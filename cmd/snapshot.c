@@ -479,48 +479,21 @@ static int create_overlay(const char *ov, const struct optlist *o, const struct 
     return r;
 }
 
+static void said_removed(void *opaque, const char *path)
+{
+    (void)opaque;
+    printf("Removed the new overlay '%s'\n", path);
+}
+
 int snapshot_journal_abort(struct journal *j)
 {
     struct error *err = NULL;
-    int n = (int)journal_get_u64(j, "disks"), ret = 0;
 
-    for (int i = 1; i <= n; i++) {
-        char key[32];
-        const char *ov;
-        char *tmp;
-        snprintf(key, sizeof(key), "overlay-%d", i);
-        ov = journal_image_path(j, key);
-        if (!ov) {
-            continue;
-        }
-        /* a half-made file under blockctl's hidden name: never in use */
-        tmp = bdev_hidden_name(ov);
-        if (unlink(tmp) == 0) {
-            (void)io_dirsync(tmp);
-        }
-        free(tmp);
-        if (!journal_image_known(j, key)) {
-            continue;       /* (not made: nothing of ours under that name) */
-        }
-        if (journal_check_image(j, key, &err) < 0) {
-            /* gone, or another file now: not ours to remove */
-            error_free(err);
-            err = NULL;
-            continue;
-        }
-        if (unlink(ov) < 0 && errno != ENOENT) {
-            error_report("cannot remove '%s': %s", ov, strerror(errno));
-            ret = 1;
-            continue;
-        }
-        if (io_dirsync(ov) < 0) {
-            error_report("'%s': cannot sync its folder", ov);
-            ret = 1;
-            continue;
-        }
-        printf("Removed the new overlay '%s'\n", ov);
+    if (journal_remove_overlays(j, said_removed, NULL, &err) < 0) {
+        report(err);
+        return 1;
     }
-    return ret;
+    return 0;
 }
 
 int cmd_snapshot(int argc, char **argv)

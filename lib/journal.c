@@ -633,3 +633,57 @@ int journal_checkpoint_copied(struct journal *j, struct bdev *dst, uint64_t belo
     journal_set_u64(j, "copied", below);
     return journal_save(j, errp);
 }
+
+int journal_remove_overlays(struct journal *j, void (*removed)(void *opaque, const char *path),
+                            void *opaque, struct error **errp)
+{
+    struct error *err = NULL;
+    int n = (int)journal_get_u64(j, "disks"), ret = 0;
+
+    for (int i = 1; i <= n; i++) {
+        char key[32];
+        const char *ov;
+        char *tmp;
+        int r = 0;
+
+        snprintf(key, sizeof(key), "overlay-%d", i);
+        ov = journal_image_path(j, key);
+        if (!ov) {
+            continue;
+        }
+        /* a half-made file under blockctl's hidden name: never in use */
+        tmp = bdev_hidden_name(ov);
+        if (unlink(tmp) == 0) {
+            (void)io_dirsync(tmp);
+        }
+        free(tmp);
+        if (!journal_image_known(j, key)) {
+            continue;       /* (not made: nothing of ours under that name) */
+        }
+        if (journal_check_image(j, key, &err) < 0) {
+            /* gone, or another file now: not ours to remove */
+            error_free(err);
+            err = NULL;
+            continue;
+        }
+        if (unlink(ov) < 0 && errno != ENOENT) {
+            r = -errno;
+            error_setg_errno(&err, -r, "cannot remove '%s'", ov);
+        } else if ((r = io_dirsync(ov)) < 0) {
+            error_setg_errno(&err, -r, "'%s': cannot sync its folder", ov);
+        } else if (removed) {
+            removed(opaque, ov);
+        }
+        if (r < 0) {
+            /* (the first failure is said; the other overlays are tried) */
+            if (ret == 0) {
+                error_propagate(errp, err);
+                ret = r;
+            } else {
+                error_free(err);
+            }
+            err = NULL;
+        }
+    }
+    return ret;
+}

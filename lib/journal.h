@@ -121,5 +121,15 @@ const char *journal_image_path(struct journal *j, const char *key);
  * does not exist): a new array of their objects (empty when none).
  */
 json_object *journal_find_image(const char *state_dir, const char *path);
+/*
+ * A snapshot's rollback: remove the overlays (images overlay-1 ...
+ * overlay-N) the job made, those whose identity the journal recorded and
+ * which are still those files, and any half-made one under blockctl's
+ * hidden name; @removed (if set) is told of each overlay removed.  0, or
+ * -errno with *errp set by the first failure (the other overlays are
+ * still tried).
+ */
+int journal_remove_overlays(struct journal *j, void (*removed)(void *opaque, const char *path),
+                            void *opaque, struct error **errp);
 
 #endif

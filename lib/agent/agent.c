@@ -98,6 +98,26 @@ struct agent_disk *agent_find_disk(struct agent *a, const char *name)
     return NULL;
 }
 
+bool agent_same_file(const char *a, const char *b)
+{
+    char *ra = realpath(a, NULL), *rb = realpath(b, NULL);
+    bool same = ra && rb && !strcmp(ra, rb);
+
+    free(ra);
+    free(rb);
+    return same;
+}
+
+struct bdev *agent_chain_find_file(struct bdev *top, const char *path)
+{
+    for (struct bdev *b = top; b; b = b->backing) {
+        if (agent_same_file(b->filename, path)) {
+            return b;
+        }
+    }
+    return NULL;
+}
+
 struct agent_disk *agent_disk_of(struct agent *a, struct bdev *bd)
 {
     for (struct agent_disk *d = a->disks; d; d = d->next) {

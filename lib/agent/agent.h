@@ -106,6 +106,10 @@ struct agent_disk *agent_find_disk(struct agent *a, const char *name);
  */
 struct bdev *agent_find_node(struct agent *a, const char *name, struct agent_disk **disk,
                              struct error **errp);
+/* Do paths @a and @b name the same existing file? */
+bool agent_same_file(const char *a, const char *b);
+/* The image of @top's chain (@top included) that is the file @path, or NULL. */
+struct bdev *agent_chain_find_file(struct bdev *top, const char *path);
 /* The disk whose chain contains @bd, or NULL. */
 struct agent_disk *agent_disk_of(struct agent *a, struct bdev *bd);
 /* A new node name for an image of @d ("NAME-N"). */
@@ -146,10 +150,25 @@ struct bdev *agent_nodes_next(struct agent *a, struct bdev *prev);
 void agent_jobs_init(struct agent *a);
 /*
  * At start-up: the live jobs a killed agent with this state file left
- * (their journals) come back as paused jobs, to go on with job-resume
- * (or to cancel); those that had pivoted, or whose disk moved, end.
+ * (their journals): mirrors, active commits and streams come back as
+ * paused jobs, to go on with job-resume (or to cancel); those that had
+ * pivoted (relinked), or whose disk moved, end; snapshot transactions
+ * are ended (agent_snapshot_restore).
  */
 void agent_jobs_restore(struct agent *a);
+/*
+ * The same for one interrupted live stream (qmp-job.c): back as a paused
+ * job that goes on from the journal's checkpoint, or, the relink done
+ * before the kill, ended.  Takes @j.
+ */
+void agent_stream_restore(struct agent *a, struct journal *j);
+/*
+ * An interrupted transaction's snapshots (transaction.c), at start-up:
+ * taken if the state file (the tops just opened) names every overlay,
+ * else rolled back (the overlays it made removed): the journal ends.
+ * Left as it is, and said, when neither holds.  Takes @j.
+ */
+void agent_snapshot_restore(struct agent *a, struct journal *j);
 /* Shutdown: cancel the jobs; true if some are still ending (the main loop
  * then runs until they have, and quits). */
 bool agent_jobs_shutdown(struct agent *a);

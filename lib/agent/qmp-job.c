@@ -94,6 +94,8 @@ struct stream_job {
     char *backing_file;          /* the name recorded in the top in the end */
     bool reopened;               /* an image below the disk's top, read-write for the job */
     struct journal *jn;          /* the job's journal (NULL: none) */
+    uint64_t start;              /* restored: the copy goes on from here (the journal's) */
+    uint64_t bytes;              /* what the copy wrote (the job's thread, then read on prepare) */
 };
 
 /*
@@ -102,9 +104,11 @@ struct stream_job {
  * arguments, absolute), and "copied": below it everything is in the top
  * and flushed.  Stream only copies what the chain already reads, so the
  * top reads the same at every step: its journal is only there to finish
- * the job (`blockctl job resume`, the agent stopped).  0, or -errno.
+ * the job (a restarted agent goes on from "copied", or `blockctl job
+ * resume` with the agent stopped).  0, or -errno.
  */
-static int stream_journal_begin(struct stream_job *s, const char *job_id, struct error **errp)
+static int stream_journal_begin(struct stream_job *s, const char *job_id, int64_t speed,
+                                struct error **errp)
 {
     struct agent *a = s->a;
     char *top = realpath(s->top->filename, NULL), *base = NULL;
@@ -145,12 +149,28 @@ static int stream_journal_begin(struct stream_job *s, const char *job_id, struct
     journal_set_str(j, "new-backing-format", s->base ? bdev_format_name(s->base) : NULL);
     journal_set_u64(j, "copied", 0);
     journal_set_u64(j, "total", s->top->size);
+    journal_set_u64(j, "speed", speed);
     r = journal_step(j, "copying", errp);
     if (r < 0) {
         journal_end(j, NULL);
         return r;
     }
     s->jn = j;
+    return 0;
+}
+
+/*
+ * Restored (agent_stream_restore): the job goes on with journal @j, its
+ * copy from "copied" (everything below it is in the top, flushed).
+ */
+static int stream_journal_adopt(struct stream_job *s, struct journal *j, struct error **errp)
+{
+    journal_set_owner(j);
+    if (journal_step(j, "copying", errp) < 0) {
+        return -EIO;
+    }
+    s->jn = j;
+    s->start = MIN(journal_get_u64(j, "copied"), s->top->size);
     return 0;
 }
 
@@ -166,6 +186,7 @@ static int stream_run(struct job *job, struct error **errp)
 {
     struct stream_job *s = job->opaque;
     struct copy_params cp;
+    int r;
 
     if (!s->top->backing || s->top->backing == s->base) {
         job_progress_set_total(job, s->top->size);
@@ -188,7 +209,15 @@ static int stream_run(struct job *job, struct error **errp)
         cp.checkpoint_opaque = s;
         cp.checkpoint_secs = journal_checkpoint_secs();
     }
-    return copy_run(&cp, errp);
+    if (s->start) {
+        /* restored: what the journal says is copied counts as done */
+        cp.start = s->start;
+        job_progress_set_total(job, s->start);
+        job_progress_add(job, s->start);
+    }
+    r = copy_run(&cp, errp);
+    s->bytes = cp.bytes_written + cp.bytes_zeroed;
+    return r;
 }
 
 /* The top now holds everything above the base: relink it, under drain. */
@@ -197,6 +226,8 @@ static int stream_prepare(struct job *job, struct error **errp)
     struct stream_job *s = job->opaque;
     int ret = 0;
 
+    agent_log(s->a, "disk %s: job %s: copied %" PRIu64 " bytes from offset %" PRIu64, s->d->name,
+              job->id, s->bytes, s->start);
     if (s->top->backing == s->base) {
         return 0;
     }
@@ -275,6 +306,11 @@ static const char *job_id_for(const char *id, const char *device, struct agent_d
     return d && !strcmp(device, d->name) ? d->name : "";
 }
 
+static int stream_start(struct agent *a, struct agent_disk *d, const char *device,
+                        struct bdev *top, struct bdev *base, const char *bfile,
+                        const char *job_id, int64_t speed, bool auto_finalize,
+                        bool auto_dismiss, struct journal *restoring, struct error **errp);
+
 static int qmp_block_stream(json_object *args, json_object **ret, void *opaque,
                             struct error **errp)
 {
@@ -285,10 +321,6 @@ static int qmp_block_stream(json_object *args, json_object **ret, void *opaque,
     const char *bfile = arg_str(args, "backing-file");
     struct agent_disk *d = NULL;
     struct bdev *top, *base = NULL;
-    struct stream_job *s;
-    struct job *job;
-    int64_t speed = arg_int(args, "speed", 0);
-    bool reopen;
 
     (void)ret;
     top = agent_find_node(a, device, &d, NULL);
@@ -322,6 +354,26 @@ static int qmp_block_stream(json_object *args, json_object **ret, void *opaque,
             return -EINVAL;
         }
     }
+    return stream_start(a, d, device, top, base, bfile, job_id_for(arg_str(args, "job-id"), device, d),
+                        arg_int(args, "speed", 0), arg_bool(args, "auto-finalize", true),
+                        arg_bool(args, "auto-dismiss", true), NULL, errp);
+}
+
+/*
+ * A stream of disk @d's image @top (named @device in errors) above @base
+ * (NULL: everything below), the top then naming @bfile (NULL: the base's
+ * name relative to it): started, or, @restoring (a journal), restored,
+ * paused.  0, or -errno with *errp set (@restoring is then left alone).
+ */
+static int stream_start(struct agent *a, struct agent_disk *d, const char *device,
+                        struct bdev *top, struct bdev *base, const char *bfile,
+                        const char *job_id, int64_t speed, bool auto_finalize,
+                        bool auto_dismiss, struct journal *restoring, struct error **errp)
+{
+    struct stream_job *s;
+    struct job *job;
+    bool reopen;
+
     if (agent_disk_check_busy(a, d, device, errp) < 0) {
         return -EBUSY;
     }
@@ -355,21 +407,107 @@ static int qmp_block_stream(json_object *args, json_object **ret, void *opaque,
         s->backing_file = bfile ? xstrdup(bfile) : bdev_backing_name_for(top, top, base);
     }
     /* (a job id already taken fails job_create, which ends the journal) */
-    if (stream_journal_begin(s, job_id_for(arg_str(args, "job-id"), device, d), errp) < 0) {
+    if ((restoring ? stream_journal_adopt(s, restoring, errp)
+                   : stream_journal_begin(s, job_id, speed, errp)) < 0) {
         stream_free(&(struct job){ .opaque = s });
         return -EIO;
     }
-    job = job_create(&a->jobs, &stream_driver, job_id_for(arg_str(args, "job-id"), device, d),
-                     d->name, speed, arg_bool(args, "auto-finalize", true),
-                     arg_bool(args, "auto-dismiss", true), s, errp);
+    job = job_create(&a->jobs, &stream_driver, job_id, d->name, speed, auto_finalize,
+                     auto_dismiss, s, errp);
     if (!job) {
+        if (restoring) {
+            s->jn = NULL;       /* (left as it is: the caller's) */
+        }
         stream_free(&(struct job){ .opaque = s });
         return -EINVAL;
     }
-    agent_log(a, "disk %s: job %s: stream into %s%s%s", d->name, job->id, top->filename,
-              base ? " above " : "", base ? base->filename : "");
+    agent_log(a, "disk %s: job %s: stream into %s%s%s%s", d->name, job->id, top->filename,
+              base ? " above " : "", base ? base->filename : "",
+              restoring ? " (restored, paused)" : "");
+    if (restoring) {
+        struct error *err = NULL;
+        if (job_user_pause(job, &err) < 0) {
+            agent_log(a, "job %s: %s", job->id, err->msg);
+            error_free(err);
+        }
+    }
     job_start(job);
     return 0;
+}
+
+/* The restore failed: @j is no longer this agent's (the offline tools may take it). */
+static void stream_restore_failed(struct agent *a, struct journal *j, const char *why)
+{
+    struct error *err = NULL;
+
+    agent_log(a, "stream job %s (disk %s) cannot go on here: %s; 'blockctl job resume %s' "
+              "(this agent stopped) finishes it, 'blockctl job abort %s' drops it", j->id,
+              journal_get_str(j, "disk") ?: "?", why, j->id, j->id);
+    if (json_object_object_get_ex(j->root, "pid", NULL) &&
+        journal_get_u64(j, "pid") == (uint64_t)getpid()) {
+        json_object_object_del(j->root, "pid");
+        json_object_object_del(j->root, "pid-start");
+        if (journal_save(j, &err) < 0) {
+            agent_log(a, "%s", err->msg);
+            error_free(err);
+        }
+    }
+    journal_free(j);
+}
+
+void agent_stream_restore(struct agent *a, struct journal *j)
+{
+    const char *disk = journal_get_str(j, "disk"), *jid = journal_get_str(j, "job-id");
+    const char *top_path = journal_image_path(j, "top"), *base_path = journal_image_path(j, "base");
+    struct agent_disk *d = disk ? agent_find_disk(a, disk) : NULL;
+    struct bdev *top, *base = NULL;
+    struct error *err = NULL;
+    int r;
+
+    if (!d || !top_path) {
+        stream_restore_failed(a, j, "its disk is not served here");
+        return;
+    }
+    top = agent_chain_find_file(blk_root(d->blk), top_path);
+    if (!top || journal_check_image(j, "top", &err) < 0 ||
+        (base_path && journal_check_image(j, "base", &err) < 0)) {
+        char *why = top ? xstrdup(err->msg)
+                        : xasprintf("'%s' is not in the chain of disk %s", top_path, d->name);
+        error_free(err);
+        stream_restore_failed(a, j, why);
+        free(why);
+        return;
+    }
+    if (base_path) {
+        base = top->backing ? agent_chain_find_file(top->backing, base_path) : NULL;
+        if (!base) {
+            char *why = xasprintf("'%s' is not below '%s'", base_path, top_path);
+            stream_restore_failed(a, j, why);
+            free(why);
+            return;
+        }
+    }
+    if (top->backing == base) {
+        /* the relink was on disk before the kill: the stream is over */
+        agent_log(a, "disk %s: stream job %s had finished (%s's backing file: %s)", d->name,
+                  j->id, top->filename, base ? base->filename : "none");
+        if (journal_end(j, &err) < 0) {
+            agent_log(a, "%s", err->msg);
+            error_free(err);
+        }
+        return;
+    }
+    r = stream_start(a, d, d->name, top, base, journal_get_str(j, "new-backing"),
+                     jid && *jid ? jid : d->name, (int64_t)journal_get_u64(j, "speed"), true, true,
+                     j, &err);
+    if (r < 0) {
+        stream_restore_failed(a, j, err->msg);
+        error_free(err);
+        return;
+    }
+    agent_log(a, "disk %s: stream job %s (journal %s) restored, paused from offset %" PRIu64
+              ": job-resume goes on with it", d->name, jid && *jid ? jid : d->name, j->id,
+              journal_get_u64(j, "copied"));
 }
 
 /* --- queries --- */

@@ -1578,16 +1578,6 @@ static int qmp_block_commit(json_object *args, json_object **ret, void *opaque,
 
 /* --- start-up: the jobs a killed agent left --- */
 
-static bool same_file(const char *a, const char *b)
-{
-    char *ra = realpath(a, NULL), *rb = realpath(b, NULL);
-    bool same = ra && rb && !strcmp(ra, rb);
-
-    free(ra);
-    free(rb);
-    return same;
-}
-
 static void restore_one(struct agent *a, struct journal *j)
 {
     const char *disk = journal_get_str(j, "disk"), *type = journal_get_str(j, "type");
@@ -1611,11 +1601,11 @@ static void restore_one(struct agent *a, struct journal *j)
         return;
     }
     top = blk_root(d->blk)->filename;
-    if (same_file(top, tgt)) {
+    if (agent_same_file(top, tgt)) {
         agent_log(a, "job %s: disk %s had pivoted onto %s: the job is over", j->id, disk, tgt);
         goto end;
     }
-    if (!same_file(top, src)) {
+    if (!agent_same_file(top, src)) {
         agent_log(a, "job %s: disk %s is on %s, no longer on %s: the job is over", j->id, disk,
                   top, src);
         goto end;
@@ -1671,6 +1661,7 @@ void agent_jobs_restore(struct agent *a)
     for (size_t i = 0; i < json_object_array_length(all); i++) {
         json_object *o = json_object_array_get_idx(all, i), *v;
         struct journal *j;
+        const char *type;
         int64_t pid;
         if (!json_object_object_get_ex(o, "live", &v) || !json_object_get_boolean(v) ||
             !json_object_object_get_ex(o, "agent-state", &v) ||
@@ -1681,18 +1672,6 @@ void agent_jobs_restore(struct agent *a)
         if (pid != getpid() && journal_owner_alive(o)) {
             continue;   /* (another agent runs it) */
         }
-        if (json_object_object_get_ex(o, "type", &v) &&
-            strcmp(json_object_get_string(v), "mirror") &&
-            strcmp(json_object_get_string(v), "commit")) {
-            /* a stream or a snapshot: finished offline, from its journal */
-            const char *t = json_object_get_string(v);
-            json_object_object_get_ex(o, "id", &v);
-            agent_log(a, "%s job %s was interrupted: 'blockctl job resume %s' (this agent "
-                      "stopped) finishes it, 'blockctl job abort %s' rolls it back", t,
-                      json_object_get_string(v), json_object_get_string(v),
-                      json_object_get_string(v));
-            continue;
-        }
         json_object_object_get_ex(o, "id", &v);
         j = journal_load(a->cfg.state_dir, json_object_get_string(v), &err);
         if (!j) {
@@ -1701,7 +1680,14 @@ void agent_jobs_restore(struct agent *a)
             err = NULL;
             continue;
         }
-        restore_one(a, j);
+        type = journal_get_str(j, "type");
+        if (type && !strcmp(type, "stream")) {
+            agent_stream_restore(a, j);
+        } else if (type && !strcmp(type, "snapshot")) {
+            agent_snapshot_restore(a, j);
+        } else {
+            restore_one(a, j);
+        }
     }
     json_object_put(all);
 }

@@ -15,10 +15,13 @@
  * names and arguments): written before the first overlay is made, each
  * overlay's identity recorded before it takes its name, step "switching"
  * before the state file names the overlays, removed when the transaction
- * ends.  After a crash `blockctl job resume` (the agent stopped) makes
- * the missing overlays and names them all in the state file; `job abort`
- * removes those made, unless the state file names them already (then
- * the guest may have written them: the snapshot stays taken).
+ * ends.  After a crash the agent restarted with its state file ends it
+ * as `job abort` would (agent_snapshot_restore): the snapshot is taken if
+ * the state file names every overlay (the guest may have written them),
+ * else none is (those made are removed: the guest never wrote them, and
+ * the client never saw the transaction succeed).  With the agent stopped,
+ * `blockctl job resume` makes the missing overlays and names them all in
+ * the state file instead, and `job abort` rolls back the same way.
  */
 #include "lib/compiler.h"
 #include "lib/agent/txn.h"
@@ -447,6 +450,71 @@ const struct txn_ops txn_snapshot_ops = {
     .undo = snap_undo,
     .finish = snap_finish,
 };
+
+/* --- start-up: a transaction a killed agent left --- */
+
+static void restore_removed(void *opaque, const char *path)
+{
+    agent_log(opaque, "snapshot: removed the new overlay '%s' (never used)", path);
+}
+
+void agent_snapshot_restore(struct agent *a, struct journal *j)
+{
+    int n = (int)journal_get_u64(j, "disks"), on_overlay = 0, on_image = 0;
+    struct error *err = NULL;
+    char *disks = xstrdup("");
+
+    for (int i = 1; i <= n; i++) {
+        char key[32], *t;
+        const char *name, *ov, *img;
+        struct agent_disk *d;
+        snprintf(key, sizeof(key), "disk-%d", i);
+        name = journal_get_str(j, key);
+        d = name ? agent_find_disk(a, name) : NULL;
+        snprintf(key, sizeof(key), "overlay-%d", i);
+        ov = journal_image_path(j, key);
+        snprintf(key, sizeof(key), "image-%d", i);
+        img = journal_image_path(j, key);
+        if (d && ov && agent_same_file(blk_root(d->blk)->filename, ov)) {
+            on_overlay++;
+        } else if (d && img && agent_same_file(blk_root(d->blk)->filename, img)) {
+            on_image++;
+        }
+        t = xasprintf("%s%s%s", disks, i > 1 ? ", " : "", name ? name : "?");
+        free(disks);
+        disks = t;
+    }
+    if (on_overlay + on_image < n || (on_overlay && on_image)) {
+        /* (disks not served here, or on other images: not ours to decide) */
+        agent_log(a, "snapshot job %s (disks %s) was interrupted and its disks are not all on "
+                  "their images or all on their overlays here: 'blockctl job resume %s' (this "
+                  "agent stopped) finishes it, 'blockctl job abort %s' rolls it back", j->id,
+                  disks, j->id, j->id);
+        journal_free(j);
+        free(disks);
+        return;
+    }
+    if (on_overlay) {
+        /* the state file named the overlays: the guest may have written them */
+        agent_log(a, "snapshot job %s was interrupted once the state file named the overlays: "
+                  "the snapshot of %s is taken", j->id, disks);
+    } else if (journal_remove_overlays(j, restore_removed, a, &err) < 0) {
+        agent_log(a, "snapshot job %s: %s: 'blockctl job abort %s' (this agent stopped) rolls "
+                  "it back", j->id, err->msg, j->id);
+        error_free(err);
+        journal_free(j);
+        free(disks);
+        return;
+    } else {
+        agent_log(a, "snapshot job %s was interrupted before the switch: rolled back, %s on "
+                  "their images as before", j->id, disks);
+    }
+    free(disks);
+    if (journal_end(j, &err) < 0) {
+        agent_log(a, "%s", err->msg);
+        error_free(err);
+    }
+}
 
 /* --- the transaction itself --- */
 

@@ -7,7 +7,9 @@
 # switch, `job abort ID` drops the job.  Every write the guest saw
 # acknowledged is on the image the disk ends on (the guest's model), and
 # the catch-up copies no more than what was left plus the regions the
-# write-intent bitmap marks.
+# write-intent bitmap marks.  A restarted agent brings a killed mirror or
+# stream back paused (job resume goes on live, from the journal's
+# checkpoint) and ends a killed snapshot transaction as job abort would.
 # SPDX-License-Identifier: GPL-2.0-or-later
 
 load ../helpers
@@ -63,6 +65,59 @@ query-block
 EOF
     grep -q "$1" q.out || fail "$(cat q.out)"
     stop_server
+}
+
+# start_agent_log: the agent restarted with its state file, in the
+# foreground (its log in agent.log), once it says it is ready
+start_agent_log() {
+    local n=200
+    echo "$BATS_TEST_TMPDIR/server.pid" >>"$BATS_TEST_TMPDIR/.servers"
+    : >agent.log
+    bg_start agent.out agent.log "$PROG" agent --qmp "$S" --nbd "unix:$NBD" \
+        --state "$PWD/st.json" --pidfile "$BATS_TEST_TMPDIR/server.pid"
+    until grep -q 'blockctl agent: ready' agent.log; do
+        [ $n -gt 0 ] && kill -0 "$BG_PID" 2>/dev/null ||
+            { fail "the agent did not start: $(cat agent.log)"; return 1; }
+        sleep 0.05
+        n=$((n - 1))
+    done
+    URI="nbd+unix:///vda?socket=$NBD"
+}
+
+# agent_job_paused ID: the agent lists job ID paused (polled: it pauses
+# once its thread reaches a pause point); its line of `job list
+# --output=json` in JOB
+agent_job_paused() {
+    local i
+    for i in $(seq 50); do
+        run -0 "$PROG" job --agent "$S" list --output=json
+        JOB=$(jq -c ".[] | select(.id == \"$1\")" <<<"$output")
+        [ "$(jq -r .status <<<"$JOB")" = paused ] && return 0
+        sleep 0.1
+    done
+    fail "job $1 is not paused: $output"
+}
+
+# guest2: a second guest writing through the export (model2.json); W2
+guest2() {
+    rm -f stop
+    bg_start w2.out w2.err "$PY" "$TOOLS/guest-model.py" write "$URI" model2.json \
+        --rate 400 --seconds 60 --stop-file stop --span $((48 << 20)) --log log2.txt --seed 7
+    W2=$BG_PID
+    sleep 0.3
+}
+
+# guest2_end: it stops, having written without an error
+guest2_end() {
+    touch stop
+    wait "$W2" || fail "the guest failed: $(cat w2.err)"
+    [ "$(jq length model2.json)" -gt 0 ] || fail "the guest wrote nothing"
+}
+
+# chain_of IMG: the file names of its backing chain, top first
+chain_of() {
+    qemu-img info -U --backing-chain --output=json "$1" |
+        jq -r '[.[].filename | split("/")[-1]] | join(" ")'
 }
 
 # the one journal's id, and a field of it
@@ -319,17 +374,23 @@ stream_checked() {
     [ "$bytes" -le $((total - copied)) ] || fail "copied $bytes bytes, more than $((total - copied)) left"
 }
 
-@test "live stream killed under guest writes: listed, top authoritative; job resume finishes it offline from the journal's offset, abort leaves the chain" {
-    local what base
-    for what in resume resume-base abort; do
-        up
-        base=''
-        [ $what = resume-base ] && base=', "base-node": "vda-2"'
-        script >s.out <<EOF || fail "$(cat s.out)"
+# stream_killed [BASE-NODE]: the chain served, a guest writing, a live
+# stream into the top (above BASE-NODE) at 2 MiB/s, the agent killed 1.5 s in
+stream_killed() {
+    local base=''
+    [ -n "${1:-}" ] && base=", \"base-node\": \"$1\""
+    up
+    script >s.out <<EOF || { fail "$(cat s.out)"; return 1; }
 block-stream {"device": "vda", "job-id": "s", "speed": 2097152$base}
 sleep 1.5
 EOF
-        kill_agent
+    kill_agent
+}
+
+@test "live stream killed under guest writes: listed, top authoritative; job resume finishes it offline from the journal's offset, abort leaves the chain" {
+    local what
+    for what in resume resume-base abort; do
+        stream_killed "$([ $what = resume-base ] && echo vda-2)"
         run -0 "$PROG" job list --output=json
         [ "$(jq -r '.[0].type' <<<"$output")" = stream ] || fail "$output"
         [ "$(jq -r '.[0].live' <<<"$output")" = true ]
@@ -359,31 +420,139 @@ EOF
     done
 }
 
-@test "a live stream that ends leaves no journal; a restarted agent leaves an interrupted one to job resume" {
+@test "a restarted agent brings an interrupted live stream back paused, from the journal's offset; job resume goes on live, the guest writing; the top then stands alone with every write" {
+    local what copied total bytes from
+    for what in resume resume-base; do
+        stream_killed "$([ $what = resume-base ] && echo vda-2)"
+        copied=$(jfield copied) total=$(jfield total)
+        [ "$copied" -gt 0 ] || fail "no checkpoint"
+        holds_model top.qcow2
+        # what the disk reads when the agent comes back
+        qemu-img convert -O raw top.qcow2 mid.raw
+        start_agent_log
+        grep -q "stream job s (journal $(jid)) restored, paused from offset $copied" agent.log ||
+            fail "$(cat agent.log)"
+        agent_job_paused s
+        [ "$(jq -r .type <<<"$JOB")" = stream ] || fail "$JOB"
+        [ "$(jq -r .offset <<<"$JOB")" = "$copied" ] || fail "restored at $JOB, the journal said $copied"
+        [ "$(jq -r .len <<<"$JOB")" = "$total" ] || fail "$JOB"
+        # the journal is the restarted agent's: running, not to resume offline
+        run -0 "$PROG" job list --output=json
+        [ "$(jq -r '.[0].running' <<<"$output")" = true ] || fail "$output"
+        run -1 "$PROG" job resume "$(jid)"
+        [[ $output == *"is running"* ]] || fail "$output"
+        # the guest writes meanwhile, the job paused, then going on
+        guest2
+        run -0 "$PROG" job --agent "$S" set-speed s 0
+        if [ $what = resume ]; then
+            # over QMP
+            script >s.out <<EOF || fail "$(cat s.out)"
+job-resume {"id": "s"}
+wait BLOCK_JOB_COMPLETED
+EOF
+        else
+            # with the command line (the job may be over before a wait could start)
+            run -0 "$PROG" job --agent "$S" resume s
+            local i
+            for i in $(seq 300); do
+                run -0 "$PROG" job --agent "$S" list
+                [ "$output" = "No block jobs" ] && break
+                sleep 0.1
+            done
+        fi
+        grep -q "disk vda: streamed into $PWD/top.qcow2" agent.log || fail "$(cat agent.log)"
+        guest2_end
+        stop_server
+        [[ $(cat agent.log) =~ job\ s:\ copied\ ([0-9]+)\ bytes\ from\ offset\ ([0-9]+) ]] ||
+            fail "no count: $(cat agent.log)"
+        bytes=${BASH_REMATCH[1]} from=${BASH_REMATCH[2]}
+        echo "$what: copied=$copied total=$total resumed from $from: $bytes bytes" >&3
+        [ "$from" = "$copied" ] || fail "resumed at $from, the journal said $copied"
+        [ "$bytes" -le $((total - copied)) ] || fail "copied $bytes bytes, more than $((total - copied)) left"
+        [ "$(ls "$BLOCKCTL_STATE_DIR"/jobs | wc -l)" = 0 ]
+        run -0 "$PROG" job list
+        [ "$output" = "No interrupted jobs" ]
+        if [ $what = resume ]; then
+            [ "$(chain_of top.qcow2)" = top.qcow2 ] || fail "chain: $(chain_of top.qcow2)"
+        else
+            [ "$(chain_of top.qcow2)" = "top.qcow2 base.qcow2" ] || fail "chain: $(chain_of top.qcow2)"
+        fi
+        qemu-img check -q top.qcow2 || [ $? = 3 ]     # (leaks of the kill at most)
+        # the disk as at the restart, with every write of the second guest
+        "$PY" "$TOOLS/guest-model.py" expect mid.raw model2.json expect.raw
+        qemu-img compare top.qcow2 expect.raw >/dev/null || fail "$what: the top lost writes"
+    done
+}
+
+@test "a restored live stream cancelled, or the agent stopped, ends its journal and leaves a valid chain with the guest's writes; a stream that ends leaves no journal" {
     up
     script >s.out <<EOF || fail "$(cat s.out)"
 block-stream {"device": "vda", "job-id": "s"}
 wait BLOCK_JOB_COMPLETED
 EOF
     [ "$(ls "$BLOCKCTL_STATE_DIR"/jobs | wc -l)" = 0 ]
-    kill_agent
-    rm -f ./*.qcow2 st.json && mkchain
-    start_agent --disk vda=top.qcow2
-    script >s.out <<EOF || fail "$(cat s.out)"
-block-stream {"device": "vda", "job-id": "s", "speed": 2097152}
-sleep 0.5
+    touch stop
+    wait "$WPID" || true
+    local how
+    stop_server
+    for how in job-cancel sigterm; do
+        stream_killed
+        [ "$(ls "$BLOCKCTL_STATE_DIR"/jobs | wc -l)" = 1 ]
+        [ "$(jfield copied)" -gt 0 ] || fail "no checkpoint"
+        qemu-img convert -O raw top.qcow2 mid.raw
+        start_agent_log
+        agent_job_paused s
+        guest2
+        if [ $how = job-cancel ]; then
+            # (a paused job: job-cancel, as QEMU's; block-job-cancel wants force)
+            script >s.out <<EOF || fail "$(cat s.out)"
+job-cancel {"id": "s"}
+wait BLOCK_JOB_CANCELLED
 EOF
-    kill -KILL "$(cat "$BATS_TEST_TMPDIR/server.pid")"
+            run -0 "$PROG" job --agent "$S" list
+            [ "$output" = "No block jobs" ] || fail "$output"
+            [ "$(ls "$BLOCKCTL_STATE_DIR"/jobs | wc -l)" = 0 ]
+        fi
+        guest2_end
+        stop_server
+        [ "$(ls "$BLOCKCTL_STATE_DIR"/jobs | wc -l)" = 0 ]
+        # the chain as it was (a stream cancelled midway), the guest's writes on its top
+        [ "$(chain_of top.qcow2)" = "top.qcow2 mid.qcow2 base.qcow2" ] ||
+            fail "$how: chain: $(chain_of top.qcow2)"
+        qemu-img check -q top.qcow2 || [ $? = 3 ]
+        "$PY" "$TOOLS/guest-model.py" expect mid.raw model2.json expect.raw
+        qemu-img compare top.qcow2 expect.raw >/dev/null || fail "$how: the top lost writes"
+        # restarted again: nothing to bring back
+        start_agent
+        run -0 "$PROG" job --agent "$S" list
+        [ "$output" = "No block jobs" ] || fail "$output"
+        stop_server
+    done
+}
+
+@test "a stream killed once its relink was on disk (its journal not yet gone): the restarted agent ends the journal, the top standing alone" {
+    rm -f ./*.qcow2 st.json && mkchain
+    S=$(sock_path qmp)
+    NBD=$(sock_path nbd)
+    # (killed at the second state file write: the one after the relink)
+    BLOCKCTL_FAULT='rename:2:kill:st.json' start_agent --disk vda=top.qcow2
+    script >s.out <<EOF || true
+block-stream {"device": "vda", "job-id": "s"}
+wait BLOCK_JOB_COMPLETED
+EOF
     sleep 0.3
-    [ "$(ls "$BLOCKCTL_STATE_DIR"/jobs | wc -l)" = 1 ]
-    start_agent
+    [ "$(jfield state)" = relinking ] || fail "journal: $(cat "$BLOCKCTL_STATE_DIR"/jobs/*)"
+    [ "$(chain_of top.qcow2)" = top.qcow2 ] || fail "chain: $(chain_of top.qcow2)"
+    local id
+    id=$(jid)
+    start_agent_log
+    grep -q "stream job $id had finished" agent.log || fail "$(cat agent.log)"
+    [ "$(ls "$BLOCKCTL_STATE_DIR"/jobs | wc -l)" = 0 ]
     run -0 "$PROG" job --agent "$S" list
     [ "$output" = "No block jobs" ]
-    stop_server
-    [ "$(ls "$BLOCKCTL_STATE_DIR"/jobs | wc -l)" = 1 ]
-    run -0 "$PROG" job resume "$(jid)"
-    [ "$(qemu-img info --output=json top.qcow2 | jq -r '."backing-filename"')" = null ]
-    qemu-img compare top.qcow2 before.raw >/dev/null
+    guest_on_vda top.qcow2
+    qemu-img check -q top.qcow2 || [ $? = 3 ]
+    [ "$(chain_of top.qcow2)" = top.qcow2 ]
 }
 
 # two disks: vda (the chain) and vdb
@@ -458,4 +627,71 @@ up2() {
     [ -e s1.qcow2 ] && [ -e s2.qcow2 ]
     [ "$(jq -r '.disks[1].file' st.json)" = "$PWD/s2.qcow2" ]
     [ "$(ls "$BLOCKCTL_STATE_DIR"/jobs | wc -l)" = 0 ]
+}
+
+# guest_on_vda IMG: a guest writes to vda (served by the restarted agent)
+# without an error, and IMG then reads as before.raw with its writes
+guest_on_vda() {
+    guest2
+    sleep 1
+    guest2_end
+    stop_server
+    "$PY" "$TOOLS/guest-model.py" expect before.raw model2.json expect.raw
+    qemu-img compare "$1" expect.raw >/dev/null || fail "'$1' lost the guest's writes"
+}
+
+@test "a restarted agent ends an interrupted live snapshot as job abort would: rolled back before the state file names the overlays, taken once it does; no journal is left" {
+    local fault
+    for fault in 'rename:1:kill:s2.qcow2' 'rename:2:kill:st.json' 'rename:3:kill:st.json'; do
+        up2
+        # killed between the overlays; once both are made, at the state file
+        # write naming them; at the one after the switch
+        BLOCKCTL_FAULT=$fault start_agent --disk vda=top.qcow2 --disk vdb=d2.qcow2
+        run "$PROG" snapshot --agent "$S" vda "$PWD/s1.qcow2" vdb "$PWD/s2.qcow2"
+        [ "$status" -ne 0 ] || fail "$fault: the snapshot did not fail: $output"
+        sleep 0.3
+        [ "$(ls "$BLOCKCTL_STATE_DIR"/jobs | wc -l)" = 1 ] || fail "$fault: no journal"
+        [ -e s1.qcow2 ] || fail "$fault: files: $(ls -A)"
+        if [ "$fault" = 'rename:1:kill:s2.qcow2' ]; then
+            [ ! -e s2.qcow2 ] || fail "$fault: files: $(ls -A)"
+        else
+            [ -e s2.qcow2 ] || fail "$fault: files: $(ls -A)"
+        fi
+        start_agent_log
+        [ "$(ls "$BLOCKCTL_STATE_DIR"/jobs | wc -l)" = 0 ] || fail "$fault: a journal is left: $(cat agent.log)"
+        run -0 "$PROG" job list
+        [ "$output" = "No interrupted jobs" ]
+        run -0 "$PROG" job --agent "$S" list
+        [ "$output" = "No block jobs" ]
+        script >q.out <<EOF
+query-block
+EOF
+        if [ "$fault" = 'rename:3:kill:st.json' ]; then
+            grep -q "snapshot of vda, vdb is taken" agent.log || fail "$(cat agent.log)"
+            grep -q "s1.qcow2" q.out && grep -q "s2.qcow2" q.out || fail "$(cat q.out)"
+            [ "$(jq -r '.disks[0].file' st.json)" = "$PWD/s1.qcow2" ]
+            [ "$(jq -r '.disks[1].file' st.json)" = "$PWD/s2.qcow2" ]
+            [ "$(chain_of s1.qcow2)" = "s1.qcow2 top.qcow2 mid.qcow2 base.qcow2" ] ||
+                fail "chain: $(chain_of s1.qcow2)"
+            [ "$(chain_of s2.qcow2)" = "s2.qcow2 d2.qcow2" ] || fail "chain: $(chain_of s2.qcow2)"
+            guest_on_vda s1.qcow2
+            # (the old top holds the disk as at the snapshot)
+            qemu-img compare top.qcow2 before.raw >/dev/null || fail "top.qcow2 changed"
+            qemu-img check -q s1.qcow2
+            qemu-img check -q s2.qcow2
+        else
+            grep -q "rolled back, vda, vdb on their images as before" agent.log || fail "$(cat agent.log)"
+            grep -q "removed the new overlay '$PWD/s1.qcow2'" agent.log || fail "$(cat agent.log)"
+            [ ! -e s1.qcow2 ] && [ ! -e s2.qcow2 ] || fail "$fault: files: $(ls -A)"
+            [ -z "$(ls -A | grep '^\.blockctl-new')" ] || fail "$fault: left: $(ls -A)"
+            grep -q "top.qcow2" q.out && grep -q "d2.qcow2" q.out || fail "$(cat q.out)"
+            [ "$(jq -r '.disks[0].file' st.json)" = "$PWD/top.qcow2" ]
+            [ "$(jq -r '.disks[1].file' st.json)" = "$PWD/d2.qcow2" ]
+            [ "$(chain_of top.qcow2)" = "top.qcow2 mid.qcow2 base.qcow2" ]
+            guest_on_vda top.qcow2
+        fi
+        qemu-img check -q top.qcow2
+        qemu-img check -q d2.qcow2
+        [ "$(ls "$BLOCKCTL_STATE_DIR"/jobs | wc -l)" = 0 ]
+    done
 }
