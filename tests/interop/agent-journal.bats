@@ -427,12 +427,13 @@ EOF
         copied=$(jfield copied) total=$(jfield total)
         [ "$copied" -gt 0 ] || fail "no checkpoint"
         holds_model top.qcow2
-        # what the disk reads when the agent comes back
-        qemu-img convert -O raw top.qcow2 mid.raw
         start_agent_log
         grep -q "stream job s (journal $(jid)) restored, paused from offset $copied" agent.log ||
             fail "$(cat agent.log)"
         agent_job_paused s
+        # what the disk reads when the agent comes back (the killed agent's
+        # kill log applied: writes acknowledged, never flushed, are there)
+        qemu-img convert -f raw -O raw "$URI" mid.raw
         [ "$(jq -r .type <<<"$JOB")" = stream ] || fail "$JOB"
         [ "$(jq -r .offset <<<"$JOB")" = "$copied" ] || fail "restored at $JOB, the journal said $copied"
         [ "$(jq -r .len <<<"$JOB")" = "$total" ] || fail "$JOB"
@@ -499,9 +500,9 @@ EOF
         stream_killed
         [ "$(ls "$BLOCKCTL_STATE_DIR"/jobs | wc -l)" = 1 ]
         [ "$(jfield copied)" -gt 0 ] || fail "no checkpoint"
-        qemu-img convert -O raw top.qcow2 mid.raw
         start_agent_log
         agent_job_paused s
+        qemu-img convert -f raw -O raw "$URI" mid.raw
         guest2
         if [ $how = job-cancel ]; then
             # (a paused job: job-cancel, as QEMU's; block-job-cancel wants force)
