@@ -99,14 +99,14 @@ static void boot_id(char out[40])
     }
 }
 
-/* The log's folder (made 0700, ours, not a link), or NULL. */
-static char *run_dir(void)
+/* The logs' folder (ours, not a link; @make: made 0700 if missing), or NULL. */
+static char *run_dir(bool make)
 {
     const char *e = getenv("BLOCKCTL_RUN_DIR");
     char *d = e && *e ? xstrdup(e) : xasprintf("/dev/shm/blockctl-%u", (unsigned)getuid());
     struct stat st;
 
-    if (mkdir(d, 0700) < 0 && errno != EEXIST) {
+    if (make && mkdir(d, 0700) < 0 && errno != EEXIST) {
         free(d);
         return NULL;
     }
@@ -138,9 +138,9 @@ static bool identity(struct qcow2 *s, struct wal_hdr *h)
     return true;
 }
 
-static char *wal_path(const struct wal_hdr *h)
+static char *wal_path(const struct wal_hdr *h, bool make)
 {
-    char *d = run_dir();
+    char *d = run_dir(make);
     char *p;
 
     if (!d) {
@@ -167,7 +167,7 @@ void qcow2_wal_open(struct qcow2 *s)
     int fd;
 
     if (s->wal || !s->kill_safe || s->read_only || s->unordered || s->check_mode ||
-        s->version < 3 || qcow2_lazy(s) || !identity(s, &h) || !(path = wal_path(&h))) {
+        s->version < 3 || qcow2_lazy(s) || !identity(s, &h) || !(path = wal_path(&h, true))) {
         return;
     }
     fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
@@ -327,7 +327,7 @@ int qcow2_wal_replay(struct qcow2 *s, unsigned *applied)
     int fd, ret = 0;
 
     *applied = 0;
-    if (!identity(s, &want) || !(path = wal_path(&want))) {
+    if (!identity(s, &want) || !(path = wal_path(&want, false))) {
         return 0;
     }
     fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
