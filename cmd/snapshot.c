@@ -370,7 +370,7 @@ static int do_agent(struct snapshot_args *a)
 out:
     for (int i = 0; i < n; i++) {
         if (ret && made[i]) {
-            unlink(files[i]);
+            (void)io_unlink(files[i]);
         }
         remote_disk_free(&d[i]);
         free(files[i]);
@@ -473,7 +473,7 @@ static int create_overlay(const char *ov, const struct optlist *o, const struct 
         }
     }
     if (r < 0 && !*made) {
-        unlink(tmp);
+        (void)io_unlink(tmp);
     }
     free(tmp);
     return r;
@@ -488,6 +488,7 @@ int snapshot_journal_abort(struct journal *j)
         char key[32];
         const char *ov;
         char *tmp;
+        int r;
         snprintf(key, sizeof(key), "overlay-%d", i);
         ov = journal_image_path(j, key);
         if (!ov) {
@@ -495,7 +496,7 @@ int snapshot_journal_abort(struct journal *j)
         }
         /* a half-made file under blockctl's hidden name: never in use */
         tmp = bdev_hidden_name(ov);
-        if (unlink(tmp) == 0) {
+        if (access(tmp, F_OK) == 0 && io_unlink(tmp) == 0) {
             (void)io_dirsync(tmp);
         }
         free(tmp);
@@ -508,8 +509,9 @@ int snapshot_journal_abort(struct journal *j)
             err = NULL;
             continue;
         }
-        if (unlink(ov) < 0 && errno != ENOENT) {
-            error_report("cannot remove '%s': %s", ov, strerror(errno));
+        r = io_unlink(ov);
+        if (r < 0 && r != -ENOENT) {
+            error_report("cannot remove '%s': %s", ov, strerror(-r));
             ret = 1;
             continue;
         }
@@ -709,7 +711,7 @@ out:
             struct stat st;
             if (made[i] && lstat(ov, &st) == 0 && st.st_dev == ids[i].st_dev &&
                 st.st_ino == ids[i].st_ino) {
-                if (unlink(ov) < 0) {
+                if (io_unlink(ov) < 0) {
                     clean = false;      /* (still there: job abort removes it) */
                 } else {
                     (void)io_dirsync(ov);

@@ -144,13 +144,13 @@ int json_file_replace(const char *path, json_object *root, int mode, struct erro
     io_close(fd);
     if (ret < 0) {
         error_setg_errno(errp, -ret, "cannot write '%s'", tmp);
-        unlink(tmp);
+        (void)io_unlink(tmp);
         goto out;
     }
     ret = io_rename(tmp, path);
     if (ret < 0) {
         error_setg_errno(errp, -ret, "cannot replace '%s'", path);
-        unlink(tmp);
+        (void)io_unlink(tmp);
         goto out;
     }
     ret = io_dirsync(path);
@@ -373,11 +373,13 @@ int journal_end(struct journal *j, struct error **errp)
         return 0;
     }
     tmp = xasprintf("%s.tmp", j->path);     /* (left by a kill during a save) */
-    unlink(tmp);
+    if (access(tmp, F_OK) == 0) {
+        (void)io_unlink(tmp);
+    }
     free(tmp);
-    if (unlink(j->path) < 0 && errno != ENOENT) {
-        r = -errno;
-        error_setg_errno(errp, errno, "cannot remove job journal '%s'", j->path);
+    r = io_unlink(j->path);
+    if (r < 0 && r != -ENOENT) {
+        error_setg_errno(errp, -r, "cannot remove job journal '%s'", j->path);
     } else {
         r = io_dirsync(j->path);
         if (r < 0) {
