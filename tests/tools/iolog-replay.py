@@ -28,8 +28,9 @@
 # in this state), an unlink that is lost is undone (the file comes back
 # at its path, with its permissions and the contents it has in this
 # state), and each file written is rewritten with its contents in this
-# state.  (A file that comes back is a new inode: later steps of the
-# replay know it as the one it stands for.)
+# state.  (A file is its inode number and which file of that number it
+# is: a number an unlink freed may be given to a file created later.  A
+# file that comes back has a new number; the replay follows it.)
 #
 # Prints one line on stdout: "unflushed W kept K; namespace N undone U;
 # files F rewritten R".
