@@ -338,7 +338,7 @@ int cmd_create(int argc, char **argv)
          */
         r = bdev_create_hidden(drv->name, a.file, &o, &tmp, &err);
         if (r < 0) {
-            unlink(tmp);
+            (void)io_unlink(tmp);
         } else {
             /*
              * A failed folder sync takes a new FILE back (a rerun creates
@@ -348,7 +348,7 @@ int cmd_create(int argc, char **argv)
             r = bdev_create_install(tmp, a.file, existed ? BDEV_CREATE_FORCE : 0, &renamed,
                                     &err);
             if (r < 0 && !renamed) {
-                unlink(tmp);
+                (void)io_unlink(tmp);
             }
         }
         if (r < 0) {

@@ -370,7 +370,7 @@ static int do_agent(struct snapshot_args *a)
 out:
     for (int i = 0; i < n; i++) {
         if (ret && made[i]) {
-            unlink(files[i]);
+            (void)io_unlink(files[i]);
         }
         remote_disk_free(&d[i]);
         free(files[i]);
@@ -473,7 +473,7 @@ static int create_overlay(const char *ov, const struct optlist *o, const struct 
         }
     }
     if (r < 0 && !*made) {
-        unlink(tmp);
+        (void)io_unlink(tmp);
     }
     free(tmp);
     return r;
@@ -682,7 +682,7 @@ out:
             struct stat st;
             if (made[i] && lstat(ov, &st) == 0 && st.st_dev == ids[i].st_dev &&
                 st.st_ino == ids[i].st_ino) {
-                if (unlink(ov) < 0) {
+                if (io_unlink(ov) < 0) {
                     clean = false;      /* (still there: job abort removes it) */
                 } else {
                     (void)io_dirsync(ov);

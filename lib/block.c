@@ -1634,7 +1634,7 @@ int bdev_create(const char *fmt, const char *filename, const struct optlist *o,
         struct stat st;
         if (stat(filename, &st) == 0 && st.st_dev == created_file.dev &&
             st.st_ino == created_file.ino) {
-            unlink(filename);
+            (void)io_unlink(filename);
         }
     }
     created_file.set = false;
@@ -1696,7 +1696,7 @@ int bdev_create_install(const char *tmp, const char *name, unsigned flags, bool 
         outcome = "the new image replaced the old one, but a crash may bring the old one back";
     } else if (lstat(name, &st) < 0 || st.st_dev != made.st_dev || st.st_ino != made.st_ino) {
         outcome = "it was replaced meanwhile and is left as it is";
-    } else if (unlink(name) < 0) {
+    } else if (io_unlink(name) < 0) {
         outcome = "the new image is in place, but may not survive a crash";
     } else {
         (void)io_dirsync(name);

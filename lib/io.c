@@ -23,7 +23,7 @@
 
 enum io_op {
     OP_PREAD, OP_PWRITE, OP_FSYNC, OP_FDATASYNC, OP_FTRUNCATE, OP_FALLOCATE,
-    OP_RENAME, OP_DIRSYNC, OP_OPEN, OP__MAX
+    OP_RENAME, OP_DIRSYNC, OP_OPEN, OP_UNLINK, OP__MAX
 };
 
 enum fault_action { FA_EIO, FA_ENOSPC, FA_SHORT, FA_TORN, FA_KILL };
@@ -48,7 +48,7 @@ static const char *const op_names[OP__MAX] = {
     [OP_PREAD] = "pread", [OP_PWRITE] = "pwrite", [OP_FSYNC] = "fsync",
     [OP_FDATASYNC] = "fdatasync", [OP_FTRUNCATE] = "ftruncate",
     [OP_FALLOCATE] = "fallocate", [OP_RENAME] = "rename",
-    [OP_DIRSYNC] = "dirsync", [OP_OPEN] = "open",
+    [OP_DIRSYNC] = "dirsync", [OP_OPEN] = "open", [OP_UNLINK] = "unlink",
 };
 static char *count_path;
 static unsigned long op_counts[OP__MAX];
@@ -147,6 +147,8 @@ static void parse_rules(const char *env)
             r.ops = 1u << OP_DIRSYNC;
         } else if (!strcmp(f[0], "open")) {
             r.ops = 1u << OP_OPEN;
+        } else if (!strcmp(f[0], "unlink")) {
+            r.ops = 1u << OP_UNLINK;
         } else if (!strcmp(f[0], "any")) {
             r.ops = (1u << OP__MAX) - 1;
         } else {
@@ -227,21 +229,22 @@ static void write_counts(void)
  */
 enum iolog_type {
     IOLOG_OPEN = 1, IOLOG_WRITE, IOLOG_FSYNC, IOLOG_FDATASYNC, IOLOG_FTRUNCATE,
-    IOLOG_FALLOCATE, IOLOG_RENAME, IOLOG_DIRSYNC
+    IOLOG_FALLOCATE, IOLOG_RENAME, IOLOG_DIRSYNC, IOLOG_UNLINK
 };
 
 struct iolog_rec {
     uint32_t magic;         /* IOLOG_MAGIC */
     uint32_t type;          /* enum iolog_type */
     uint64_t seq;           /* 1, 2, ...: the order of the records */
-    uint64_t dev, ino;      /* the file (rename: the file renamed) */
+    uint64_t dev, ino;      /* the file (rename: the file renamed; unlink: the one removed) */
     uint64_t off, len;      /* write, fallocate: the range; ftruncate: off = the size;
                              * open: off = 1 when the call created the file */
     uint64_t aux;           /* sync, dirsync: the seq before the call began (the
                              * records up to it are covered); open: the flags;
-                             * fallocate: the mode; rename: the inode replaced (0: none) */
-    uint64_t plen;          /* payload that follows: write: the data; open,
-                             * dirsync: the absolute path; rename: FROM NUL TO NUL */
+                             * fallocate: the mode; rename: the inode replaced (0: none);
+                             * unlink: the file's permission bits */
+    uint64_t plen;          /* payload that follows: write: the data; open, dirsync,
+                             * unlink: the absolute path; rename: FROM NUL TO NUL */
 };
 
 #define IOLOG_MAGIC 0x4c4f4942u     /* "BIOL" */
@@ -337,6 +340,17 @@ static void iolog_path_rec(int type, const char *path, uint64_t off, uint64_t au
         r.dev = st.st_dev;
         r.ino = st.st_ino;
     }
+    iolog_put(&r, abs, strlen(abs) + 1, NULL, 0);
+    free(abs);
+}
+
+/* An unlink of @path, which was the file @gone (lstat before the call). */
+static void iolog_unlink(const char *path, const struct stat *gone)
+{
+    struct iolog_rec r = { .type = IOLOG_UNLINK, .dev = gone->st_dev, .ino = gone->st_ino,
+                           .aux = gone->st_mode & 07777 };
+    char *abs = iolog_abs(path);
+
     iolog_put(&r, abs, strlen(abs) + 1, NULL, 0);
     free(abs);
 }
@@ -954,6 +968,26 @@ int io_rename_noreplace(const char *from, const char *to)
     }
     if (iolog_fd >= 0) {
         iolog_rename(from, to, &moved, 0);
+    }
+    return 0;
+}
+
+int io_unlink(const char *path)
+{
+    int act = fault_check(OP_UNLINK, -1, path);
+    struct stat gone;
+
+    if (act >= 0) {
+        return simple_fault(act);
+    }
+    if (iolog_fd >= 0 && lstat(path, &gone) < 0) {
+        memset(&gone, 0, sizeof(gone));
+    }
+    if (unlink(path) < 0) {
+        return -errno;
+    }
+    if (iolog_fd >= 0) {
+        iolog_unlink(path, &gone);
     }
     return 0;
 }

@@ -8,7 +8,7 @@
  *     OP:WHEN:ACTION[:GLOB]
  *
  * OP      pread pwrite fsync fdatasync sync (either) ftruncate fallocate
- *         rename dirsync open any
+ *         rename dirsync open unlink any
  * WHEN    N (the Nth matching call, counted from 1), N+ (the Nth and every
  *         later one) or * (every matching call)
  * ACTION  eio, enospc (fail with that errno); short (transfer half, then
@@ -16,7 +16,8 @@
  *         nothing fail with ENOSPC); torn (transfer half, then SIGKILL;
  *         calls that transfer nothing: SIGKILL); kill (SIGKILL before the call)
  * GLOB    only calls on files whose path or base name matches (fnmatch);
- *         for rename the new name, for dirsync the file whose folder is synced
+ *         for rename the new name, for dirsync the file whose folder is
+ *         synced, for unlink the file removed
  *
  * Each rule counts the matching calls that no earlier rule failed.
  *
@@ -32,13 +33,14 @@
  * BLOCKCTL_IOLOG=FILE logs every call that changes a file, for power-loss
  * tests (tests/tools/iolog-replay.py builds the states a power failure
  * could leave from it): each write with its data, each fsync, fdatasync,
- * ftruncate, fallocate, rename and folder sync, and each open that creates,
- * truncates or may write a file, with the file's device and inode.  Records
- * are appended as the calls complete; a sync records which records it
- * covers (those before it began).  Binary: a 64-byte header (struct
- * iolog_rec in lib/io.c: magic "BIOL", type, seq, dev, ino, off, len, aux,
- * payload length) and the payload.  Unset, it costs one test of a
- * variable per call; nothing is locked.
+ * ftruncate, fallocate, rename, unlink and folder sync, and each open that
+ * creates, truncates or may write a file, with the file's device and inode
+ * (unlink: the inode it removed).  Records are appended as the calls
+ * complete; a sync records which records it covers (those before it
+ * began).  Binary: a 64-byte header (struct iolog_rec in lib/io.c: magic
+ * "BIOL", type, seq, dev, ino, off, len, aux, payload length) and the
+ * payload.  Unset, it costs one test of a variable per call; nothing is
+ * locked.
  */
 #ifndef BLOCKCTL_LIB_IO_H
 #define BLOCKCTL_LIB_IO_H
@@ -65,6 +67,10 @@ int io_fallocate(int fd, int mode, uint64_t off, uint64_t len);
 int io_rename(const char *from, const char *to);
 /* rename(2) that fails with -EEXIST instead of replacing @to (fault op "rename"). */
 int io_rename_noreplace(const char *from, const char *to);
+/* unlink(2) of @path; returns 0 or -errno.  The removals that matter
+ * after a crash (journals, half-made images) go through here, so that
+ * faults reach them and the write log has them. */
+int io_unlink(const char *path);
 /* fsync the directory that contains @path; returns 0 or -errno. */
 int io_dirsync(const char *path);
 /*

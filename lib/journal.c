@@ -144,13 +144,13 @@ int json_file_replace(const char *path, json_object *root, int mode, struct erro
     io_close(fd);
     if (ret < 0) {
         error_setg_errno(errp, -ret, "cannot write '%s'", tmp);
-        unlink(tmp);
+        (void)io_unlink(tmp);
         goto out;
     }
     ret = io_rename(tmp, path);
     if (ret < 0) {
         error_setg_errno(errp, -ret, "cannot replace '%s'", path);
-        unlink(tmp);
+        (void)io_unlink(tmp);
         goto out;
     }
     ret = io_dirsync(path);
@@ -373,11 +373,13 @@ int journal_end(struct journal *j, struct error **errp)
         return 0;
     }
     tmp = xasprintf("%s.tmp", j->path);     /* (left by a kill during a save) */
-    unlink(tmp);
+    if (access(tmp, F_OK) == 0) {
+        (void)io_unlink(tmp);
+    }
     free(tmp);
-    if (unlink(j->path) < 0 && errno != ENOENT) {
-        r = -errno;
-        error_setg_errno(errp, errno, "cannot remove job journal '%s'", j->path);
+    r = io_unlink(j->path);
+    if (r < 0 && r != -ENOENT) {
+        error_setg_errno(errp, -r, "cannot remove job journal '%s'", j->path);
     } else {
         r = io_dirsync(j->path);
         if (r < 0) {
@@ -653,7 +655,7 @@ int journal_remove_overlays(struct journal *j, void (*removed)(void *opaque, con
         }
         /* a half-made file under blockctl's hidden name: never in use */
         tmp = bdev_hidden_name(ov);
-        if (unlink(tmp) == 0) {
+        if (access(tmp, F_OK) == 0 && io_unlink(tmp) == 0) {
             (void)io_dirsync(tmp);
         }
         free(tmp);
@@ -666,8 +668,7 @@ int journal_remove_overlays(struct journal *j, void (*removed)(void *opaque, con
             err = NULL;
             continue;
         }
-        if (unlink(ov) < 0 && errno != ENOENT) {
-            r = -errno;
+        if ((r = io_unlink(ov)) < 0 && r != -ENOENT) {
             error_setg_errno(&err, -r, "cannot remove '%s'", ov);
         } else if ((r = io_dirsync(ov)) < 0) {
             error_setg_errno(&err, -r, "'%s': cannot sync its folder", ov);

@@ -321,7 +321,7 @@ void wib_close(struct wib *w, bool remove)
     }
     io_close(w->fd);
     if (remove) {
-        unlink(w->path);
+        (void)io_unlink(w->path);
     }
     pthread_mutex_destroy(&w->lock);
     pthread_cond_destroy(&w->cond);

@@ -12,6 +12,7 @@
  */
 #include "lib/compiler.h"
 #include "lib/copy.h"
+#include "lib/io.h"
 #include "lib/journal.h"
 #include "lib/bitmap.h"
 #include "lib/wib.h"
@@ -520,7 +521,7 @@ static int live_end(struct journal *j)
     const char *wpath = journal_get_str(j, "write-intent-bitmap");
 
     if (wpath) {
-        unlink(wpath);
+        (void)io_unlink(wpath);
     }
     if (journal_end(j, &err) < 0) {
         report(err);
@@ -704,8 +705,9 @@ int job_journal_abort(const char *state_dir, const char *id)
     if (!strcmp(type, "mirror")) {
         const char *part = journal_image_path(j, "part"), *target = journal_image_path(j, "target");
         if (part && journal_check_image(j, "part", &err) == 0) {
-            if (unlink(part) < 0 && errno != ENOENT) {
-                error_report("cannot remove '%s': %s", part, strerror(errno));
+            int r = io_unlink(part);
+            if (r < 0 && r != -ENOENT) {
+                error_report("cannot remove '%s': %s", part, strerror(-r));
                 journal_free(j);
                 return 1;
             }

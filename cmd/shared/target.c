@@ -293,12 +293,12 @@ int target_open(struct copy_target *t)
             /* the journal is to count on TARGET.part after a power failure */
             r = io_dirsync(t->part);
             if (r < 0) {
-                unlink(t->part);
+                (void)io_unlink(t->part);
                 error_setg_errno(&err, -r, "cannot sync the folder of '%s'", t->part);
             }
         }
         if (r < 0) {
-            unlink(tmp);
+            (void)io_unlink(tmp);
             free(tmp);
             report(err);
             return 1;
@@ -395,7 +395,7 @@ void target_cleanup(struct copy_target *t)
         t->dst = NULL;
     }
     if (t->created && t->part) {
-        unlink(t->part);
+        (void)io_unlink(t->part);
     }
     free(t->part);
     free(t->path);

@@ -21,6 +21,7 @@
 #include "lib/agent/agent.h"
 #include "lib/bitmap.h"
 #include "lib/copy.h"
+#include "lib/io.h"
 #include "lib/journal.h"
 #include "lib/wib.h"
 
@@ -1109,7 +1110,7 @@ static int create_target(struct mirror_job *m, const char *fmt, struct error **e
         ret = bdev_create_install(tmp, m->target_name, BDEV_CREATE_FORCE, &renamed, errp);
     }
     if (ret < 0 && !renamed) {
-        unlink(tmp);
+        (void)io_unlink(tmp);
     }
     free(tmp);
     return ret;
@@ -1635,7 +1636,7 @@ end:
     {
         const char *w = journal_get_str(j, "write-intent-bitmap");
         if (w) {
-            unlink(w);
+            (void)io_unlink(w);
         }
         if (journal_end(j, &err) < 0) {
             agent_log(a, "%s", err->msg);

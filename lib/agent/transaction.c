@@ -26,6 +26,7 @@
 #include "lib/compiler.h"
 #include "lib/agent/txn.h"
 #include "lib/file.h"
+#include "lib/io.h"
 #include "lib/journal.h"
 #include "lib/opts.h"
 
@@ -293,7 +294,7 @@ static int snap_prepare(struct agent *a, struct txn_action *act, struct error **
         }
         if (r < 0) {
             if (!renamed) {
-                unlink(tmp);
+                (void)io_unlink(tmp);
             }
             free(tmp);
             return r;
@@ -422,7 +423,7 @@ static void snap_finish(struct agent *a, struct txn_action *act, bool committed)
             bdev_unref(s->overlay);
         }
         if (s->created) {
-            unlink(s->file);
+            (void)io_unlink(s->file);
         }
     }
     free(s->file);

@@ -174,7 +174,7 @@ point() {
     run -0 env BLOCKCTL_FAULT_COUNT="$PWD/c" "$PROG" create -q -f qcow2 x.qcow2 1M
     awk '{ v[$1] = $2 } END {
         any = v["pread"] + v["pwrite"] + v["fsync"] + v["fdatasync"] + v["ftruncate"]
-        any += v["fallocate"] + v["rename"] + v["dirsync"] + v["open"]
+        any += v["fallocate"] + v["rename"] + v["dirsync"] + v["open"] + v["unlink"]
         if (v["sync"] != v["fsync"] + v["fdatasync"] || v["any"] != any || v["any"] == 0) exit 1
     }' c || fail "inconsistent counts: $(cat c)"
     # every read fails: each one counts as fired
@@ -202,7 +202,7 @@ H = struct.Struct("=IIQQQQQQQ")
 d = open(sys.argv[1], "rb").read()
 p, c, seq = 0, collections.Counter(), 0
 names = {1: "open", 2: "write", 3: "fsync", 4: "fdatasync", 5: "ftruncate", 6: "fallocate",
-         7: "rename", 8: "dirsync"}
+         7: "rename", 8: "dirsync", 9: "unlink"}
 while p < len(d):
     m, t, s, dev, ino, off, ln, aux, pl = H.unpack_from(d, p)
     assert m == 0x4C4F4942 and s == seq + 1, "bad record at %d" % p
@@ -224,6 +224,20 @@ PY
     [ "$(ls)" = "$(printf 'log\nx.qcow2\ny.qcow2')" ]
 }
 
+# killed_mirror W FAULT: the matrix's mirror (crash_prepare and op_def
+# mirror done) run from its before state in a new folder W (then the
+# current one), its files' inodes in W.inodes, with a write log W.log and
+# a state folder W.state, killed by the BLOCKCTL_FAULT rule FAULT
+killed_mirror() {
+    local w=$1
+    rm -rf "$w" "$w".*
+    cp -a "$CRASH_ROOT/ref/mirror/before" "$w"
+    cd "$w" || return 1
+    stat -c "%i $w/%n" -- * >"$w.inodes"
+    run -137 env BLOCKCTL_IOLOG="$w.log" BLOCKCTL_STATE_DIR="$w.state" BLOCKCTL_FAULT="$2" \
+        "$PROG" "${CMD[@]}"
+}
+
 @test "iolog-replay: 'all' leaves the killed run's files as they are; 'none' drops what was not flushed" {
     # shellcheck source=tests/crash/lib.bash
     . "$BATS_TEST_DIRNAME/lib.bash"
@@ -234,14 +248,8 @@ PY
     n=$(crash_count mirror any)
     for sub in all none; do
         w=$BATS_TEST_TMPDIR/w-$sub
-        rm -rf "$w" "$w".*
-        cp -a "$CRASH_ROOT/ref/mirror/before" "$w"
-        cd "$w"
-        stat -c "%i $w/%n" -- * >"$w.inodes"
         # killed mid-copy, between two checkpoints (writes not yet flushed)
-        run -137 env BLOCKCTL_IOLOG="$w.log" BLOCKCTL_STATE_DIR="$w.state" \
-            BLOCKCTL_FAULT="pwrite:$(crash_count mirror pwrite | awk '{ print int($1 * 2 / 3) }'):kill" \
-            "$PROG" "${CMD[@]}"
+        killed_mirror "$w" "pwrite:$(crash_count mirror pwrite | awk '{ print int($1 * 2 / 3) }'):kill"
         s1=$(cksum -- * "$w.state"/jobs/*)
         run -0 /usr/bin/python3 "$CRASH_TESTS_DIR/tools/iolog-replay.py" "$w.log" "$w.inodes" \
             "$CRASH_ROOT/ref/mirror/before" "$sub"
@@ -259,4 +267,46 @@ PY
         fi
     done
     [ "$n" -gt 0 ]
+}
+
+@test "BLOCKCTL_IOLOG and iolog-replay: an unlink is a namespace operation, undone until its folder is synced" {
+    # shellcheck source=tests/crash/lib.bash
+    . "$BATS_TEST_DIRNAME/lib.bash"
+    crash_init
+    crash_prepare mirror
+    op_def mirror
+    local n sub w out j
+    # the last folder sync of a mirror is the one of its journal's folder,
+    # after the journal was removed
+    n=$(crash_count mirror dirsync)
+    [ "$(crash_count mirror unlink)" -ge 1 ]
+    for sub in all none; do
+        w=$BATS_TEST_TMPDIR/u-$sub
+        # killed before that sync: the journal is gone, but not for sure
+        killed_mirror "$w" "dirsync:$n:kill"
+        run -0 iolog_types "$w.log"
+        [[ $output == *unlink=1* ]] || fail "records: $output"
+        [ -z "$(ls "$w.state/jobs")" ] || fail "the run left $(ls "$w.state/jobs")"
+        run -0 /usr/bin/python3 "$CRASH_TESTS_DIR/tools/iolog-replay.py" "$w.log" "$w.inodes" \
+            "$CRASH_ROOT/ref/mirror/before" "$sub"
+        out=$output
+        if [ $sub = all ]; then
+            [[ $out == *"undone 0"* ]] || fail "$out"
+            [ -z "$(ls "$w.state/jobs")" ] || fail "'all' brought back $(ls "$w.state/jobs")"
+        else
+            # the removal is undone: the journal is back, as it was last
+            # saved (the target installed), with its permissions
+            [[ $out =~ namespace\ ([0-9]+)\ undone\ ([1-9][0-9]*) ]] || fail "$out"
+            j=("$w.state/jobs/"*.json)
+            [ ${#j[@]} -eq 1 ] && [ -f "${j[0]}" ] || fail "no journal back: $(ls "$w.state/jobs"); $out"
+            [ "$(stat -c %a "${j[0]}")" = 600 ] || fail "mode $(stat -c %a "${j[0]}")"
+            [ "$(jq -r .type "${j[0]}")" = mirror ] || fail "$(cat "${j[0]}")"
+            run -0 env BLOCKCTL_STATE_DIR="$w.state" "$PROG" job list
+            [[ $output == *mirror* ]] || fail "job list: $output"
+            # (and the job ends: the target is in place already)
+            run -0 env BLOCKCTL_STATE_DIR="$w.state" "$PROG" job resume mirror
+            [ -z "$(ls "$w.state/jobs")" ] || fail "job resume left $(ls "$w.state/jobs")"
+            qemu-img compare -q top.qcow2 t.qcow2
+        fi
+    done
 }

@@ -17,16 +17,20 @@
 #  - a write survives when an fsync or fdatasync of its file began after
 #    it completed; otherwise it is in SUBSET (fallocate counts as a write)
 #  - ftruncate and an open with O_TRUNC are metadata: they always survive
-#  - a file created, or a rename, survives when a sync of its folder began
-#    after it; of those that are not durable, a prefix survives (namespace
-#    operations reach the disk in order): none of them for "none", all for
-#    "all", a random number for random:SEED
-#  - an unlink is not logged: it is taken as done
+#  - a file created, a rename or an unlink survives when a sync of its
+#    folder began after it (for a rename, of both folders); of those that
+#    are not durable, a prefix survives (namespace operations reach the
+#    disk in order): none of them for "none", all for "all", a random
+#    number for random:SEED
 # The files are changed in place (their inodes are those the job's journal
 # recorded): a file whose creation is lost is removed, a rename that is
 # lost is undone (a file it replaced comes back with the contents it has
-# in this state), and each file written is rewritten with its contents in
-# this state.
+# in this state), an unlink that is lost is undone (the file comes back
+# at its path, with its permissions and the contents it has in this
+# state), and each file written is rewritten with its contents in this
+# state.  (A file is its inode number and which file of that number it
+# is: a number an unlink freed may be given to a file created later.  A
+# file that comes back has a new number; the replay follows it.)
 #
 # Prints one line on stdout: "unflushed W kept K; namespace N undone U;
 # files F rewritten R".
@@ -37,7 +41,7 @@ import sys
 
 HDR = struct.Struct("=IIQQQQQQQ")
 MAGIC = 0x4C4F4942
-OPEN, WRITE, FSYNC, FDATASYNC, FTRUNCATE, FALLOCATE, RENAME, DIRSYNC = range(1, 9)
+OPEN, WRITE, FSYNC, FDATASYNC, FTRUNCATE, FALLOCATE, RENAME, DIRSYNC, UNLINK = range(1, 10)
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10
 
 
@@ -101,24 +105,37 @@ def main():
     def coin():
         return subset == "all" or (rng is not None and rng.random() < 0.5)
 
-    base = {}           # ino -> path of its contents before the run
+    base = {}           # file -> path of its contents before the run
     with open(inodes) as f:
         for line in f:
             ino, name = line.rstrip("\n").split(" ", 1)
-            base[int(ino)] = os.path.join(before, os.path.basename(name))
+            base[(int(ino), 0)] = os.path.join(before, os.path.basename(name))
     recs = read_log(log)
 
+    # A file is (INO, GEN): an inode number freed by an unlink may be
+    # given to a file created later, a new GEN of it.
+    gen = {}            # ino -> the GEN of the last file with that number
+    seen = set(ino for ino, _ in base)
+    for r in recs:
+        ino = r["ino"]
+        if r["type"] == OPEN and r["off"] == 1 and ino in seen:
+            gen[ino] = gen.get(ino, 0) + 1
+        seen.add(ino)
+        r["file"] = (ino, gen.get(ino, 0))
+        if r["type"] == RENAME and r["aux"]:
+            r["replaced"] = (r["aux"], gen.get(r["aux"], 0))
+
     # what each sync covers
-    durable = {}        # ino -> the last seq a sync of it covers
+    durable = {}        # file -> the last seq a sync of it covers
     dirdurable = {}     # folder -> the last seq a sync of it covers
     for r in recs:
         if r["type"] in (FSYNC, FDATASYNC):
-            durable[r["ino"]] = max(durable.get(r["ino"], 0), r["aux"])
+            durable[r["file"]] = max(durable.get(r["file"], 0), r["aux"])
         elif r["type"] == DIRSYNC:
             d = os.path.normpath(r["payload"].rstrip(b"\0").decode())
             dirdurable[d] = max(dirdurable.get(d, 0), r["aux"])
 
-    # the data operations that survive, per inode
+    # the data operations that survive, per file
     ops = {}
     unflushed = kept = 0
     for r in recs:
@@ -126,28 +143,28 @@ def main():
         if t == OPEN and not (r["aux"] & os.O_TRUNC):
             continue
         if t in (WRITE, FALLOCATE):
-            if r["seq"] > durable.get(r["ino"], 0):
+            if r["seq"] > durable.get(r["file"], 0):
                 unflushed += 1
                 if not coin():
                     continue
                 kept += 1
         elif t not in (FTRUNCATE, OPEN):
             continue
-        ops.setdefault(r["ino"], []).append(r)
+        ops.setdefault(r["file"], []).append(r)
 
-    def contents(ino):
+    def contents(fi):
         buf = bytearray()
-        if ino in base:
-            with open(base[ino], "rb") as f:
+        if fi in base:
+            with open(base[fi], "rb") as f:
                 buf = bytearray(f.read())
-        for r in ops.get(ino, []):
+        for r in ops.get(fi, []):
             apply(buf, r)
         return bytes(buf)
 
     # the namespace operations that are not durable: a prefix survives
     ns = []
     for r in recs:
-        if r["type"] == OPEN and r["off"] == 1:
+        if (r["type"] == OPEN and r["off"] == 1) or r["type"] == UNLINK:
             paths = [r["payload"].rstrip(b"\0").decode()]
         elif r["type"] == RENAME:
             paths = [p.decode() for p in r["payload"].split(b"\0")[:2]]
@@ -162,36 +179,55 @@ def main():
         keep_ns = 0
     else:
         keep_ns = rng.randint(0, len(ns))
+    # a file that came back is a new inode: now[FILE] is its number
+    now = {}
+
+    def inode(fi):
+        # the inode number FILE has now (None: an older file of that number)
+        if fi in now:
+            return now[fi]
+        return fi[0] if fi[1] == gen.get(fi[0], 0) else None
+
+    def is_at(p, fi):
+        try:
+            return os.lstat(p).st_ino == inode(fi)
+        except FileNotFoundError:
+            return False
+
+    def bring_back(p, fi, mode=0o644):
+        # (its contents in this state; a journal or an image, read by name)
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(contents(fi))
+        os.chmod(p, mode)
+        now[fi] = os.lstat(p).st_ino
+
     undone = 0
     for r, paths in reversed(ns[keep_ns:]):
         if r["type"] == OPEN:
             p = paths[0]
-            try:
-                if os.lstat(p).st_ino == r["ino"]:
-                    os.unlink(p)
-                    undone += 1
-            except FileNotFoundError:
-                pass
+            if is_at(p, r["file"]):
+                os.unlink(p)
+                undone += 1
+        elif r["type"] == UNLINK:
+            p = paths[0]
+            if not os.path.lexists(p):
+                bring_back(p, r["file"], r["aux"] & 0o7777 or 0o644)
+                undone += 1
         else:
             src, dst = paths
-            try:
-                here = os.lstat(dst).st_ino == r["ino"]
-            except FileNotFoundError:
-                here = False
-            if here:
+            if is_at(dst, r["file"]):
                 os.rename(dst, src)
                 undone += 1
                 if r["aux"]:
-                    # the file it replaced comes back (a new inode: only
-                    # journals are replaced so, and they are read by name)
-                    with open(dst, "wb") as f:
-                        f.write(contents(r["aux"]))
+                    # the file it replaced comes back
+                    bring_back(dst, r["replaced"])
 
     # each file written: its contents in this state, in place
     where = {}
     folders = set()
     for r in recs:
-        if r["type"] in (OPEN, DIRSYNC):
+        if r["type"] in (OPEN, DIRSYNC, UNLINK):
             p = r["payload"].rstrip(b"\0").decode()
             folders.add(p if r["type"] == DIRSYNC else os.path.dirname(p))
         elif r["type"] == RENAME:
@@ -205,11 +241,11 @@ def main():
         except FileNotFoundError:
             pass
     rewritten = 0
-    for ino in ops:
-        p = where.get(ino)
+    for fi in ops:
+        p = where.get(inode(fi))
         if p is None:
             continue
-        want = contents(ino)
+        want = contents(fi)
         with open(p, "rb") as f:
             have = f.read()
         if have != want:
