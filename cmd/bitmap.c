@@ -626,8 +626,7 @@ static int apply_journaled(struct bitmap_args *a, struct bdev *bd, int argc, cha
         if (now != journal_get_u64(jj.j, "bitmap-dir-before")) {
             fprintf(stderr, "blockctl: job %s: the actions had taken effect, all of them\n",
                     jj.j->id);
-            job_journal_end(&jj);
-            return 0;
+            return job_journal_end(&jj);
         }
     } else {
         if (dir_offset(bd, &before) < 0) {
@@ -648,8 +647,7 @@ static int apply_journaled(struct bitmap_args *a, struct bdev *bd, int argc, cha
         return 1;
     }
     if (bdev_bitmap_apply(bd, a->ops, a->nops, &err) == 0) {
-        job_journal_end(&jj);
-        return 0;
+        return job_journal_end(&jj);
     }
     report(err);
     /* what is on disk decides: the old directory (nothing applied) or not known */

@@ -260,8 +260,9 @@ int job_journal_step(struct job_journal *jj, const char *state);
 /* Checkpoints of the copy into @dst: a flush, then "copied" saved.  The
  * journal is saved (with the total): 0, or 1 (said). */
 int job_journal_checkpoints(struct job_journal *jj, struct copy_params *cp, struct bdev *dst);
-/* The job ended (done, or rolled back): the journal goes. */
-void job_journal_end(struct job_journal *jj);
+/* The job ended (done, or rolled back): the journal goes.  0, or 1 (said:
+ * it could not be removed; job resume removes it). */
+int job_journal_end(struct job_journal *jj);
 /* The job stopped and can be resumed: the journal stays (says how). */
 void job_journal_keep(struct job_journal *jj);
 /* Is the process that wrote journal object @j still running it? */

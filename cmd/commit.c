@@ -239,8 +239,7 @@ static int commit_resume_empty(struct job_journal *jj, bool keep)
             return 1;
         }
     }
-    job_journal_end(jj);
-    return 0;
+    return job_journal_end(jj);
 }
 
 int cmd_commit(int argc, char **argv)
@@ -395,8 +394,7 @@ int cmd_commit(int argc, char **argv)
             goto out;
         }
     }
-    job_journal_end(&jj);
-    ret = 0;
+    ret = job_journal_end(&jj);
 out:
     if (jj.j) {
         /* stopped while copying: the chain reads as before (nothing to

@@ -605,7 +605,9 @@ out:
         if (ret != 0 && t.keep_journal) {
             job_journal_keep(&jj);
         } else {
-            job_journal_end(&jj);   /* done, or rolled back */
+            if (job_journal_end(&jj) && ret == 0) {     /* done, or rolled back */
+                ret = 1;
+            }
         }
     }
     bdev_unref(src);

@@ -667,8 +667,7 @@ int cmd_snapshot(int argc, char **argv)
         job_journal_snapshot_switch(jj.j) != 0) {
         goto out;
     }
-    job_journal_end(&jj);
-    ret = 0;
+    ret = job_journal_end(&jj);
     if (!a.img.quiet) {
         for (int i = 0; i < n; i++) {
             printf("'%s' is now backed by '%s'\n", a.args[2 * i + 1], a.args[2 * i]);

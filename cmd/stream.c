@@ -181,8 +181,7 @@ int cmd_stream(int argc, char **argv)
             report(err);
             goto out;
         }
-        job_journal_end(&jj);
-        ret = 0;
+        ret = job_journal_end(&jj);
         goto out;
     }
     if (a.base) {
@@ -195,8 +194,7 @@ int cmd_stream(int argc, char **argv)
     if (!top->backing) {
         /* nothing to pull in */
         copy_opts_nothing(&a.copy);
-        job_journal_end(&jj);
-        ret = 0;
+        ret = job_journal_end(&jj);
         goto out;
     }
     if (base) {
@@ -254,8 +252,7 @@ int cmd_stream(int argc, char **argv)
         job_journal_keep(&jj);      /* (the header write may have happened: resume says) */
         goto out;
     }
-    job_journal_end(&jj);
-    ret = 0;
+    ret = job_journal_end(&jj);
 out:
     if (jj.j) {
         job_journal_end(&jj);       /* (stopped: the chain reads as before) */

@@ -124,14 +124,31 @@ int job_journal_checkpoints(struct job_journal *jj, struct copy_params *cp, stru
     return job_journal_step(jj, journal_get_str(jj->j, "state"));
 }
 
-void job_journal_end(struct job_journal *jj)
+int job_journal_end(struct job_journal *jj)
 {
     struct error *err = NULL;
+    char *id, *path;
+    int ret = 0;
 
-    if (jj->j && journal_end(jj->j, &err) < 0) {
-        report(err);
+    if (!jj->j) {
+        return 0;
     }
+    id = xstrdup(jj->j->id);
+    path = xstrdup(jj->j->path);
+    if (journal_end(jj->j, &err) < 0) {
+        report(err);
+        if (access(path, F_OK) == 0) {
+            error_report("job %s is over, but its journal is left: 'blockctl job resume %s' "
+                         "removes it", id, id);
+            ret = 1;
+        }
+        /* (else removed, the removal maybe not on disk: a journal that comes
+         * back after a power failure is ended by job resume) */
+    }
+    free(path);
+    free(id);
     jj->j = NULL;
+    return ret;
 }
 
 void job_journal_keep(struct job_journal *jj)

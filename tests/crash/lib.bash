@@ -93,7 +93,7 @@ CRASH_OPS=(create create-raw create-prealloc snapshot stream stream-raw
 # random subset (r1, r2: two seeds)
 CRASH_SWEEPS=(pread:eio pread:enospc pwrite:eio pwrite:enospc pwrite:short
     sync:eio sync:enospc ftruncate:eio ftruncate:enospc fallocate:eio
-    fallocate:enospc rename:eio dirsync:eio open:eio any:kill pwrite:torn
+    fallocate:enospc rename:eio dirsync:eio open:eio unlink:eio any:kill pwrite:torn
     any:pl-none any:pl-all any:pl-r1 any:pl-r2)
 # SWEEPS (environment): only these
 if [ -n "${SWEEPS:-}" ]; then
@@ -889,6 +889,14 @@ _verify() {
             fi
         fi
     done
+    # a command that failed leaves everything as before (FAIL_BEFORE) unless
+    # it left its journal, which job resume or abort then ends (_job_end)
+    local strict=0
+    _jfiles
+    if [ "$FAIL_BEFORE" = 1 ] && [ "$rc" -ne 0 ] && [ "$rc" -ne 137 ] &&
+        { [ ${#JF[@]} -ne 1 ] || [ -z "$JOB" ]; }; then
+        strict=1
+    fi
     # each image a user sees is as before or as after
     for f in "${GUEST[@]}" "${TRACK[@]}"; do
         [ -n "${seen[$f]:-}" ] && continue
@@ -911,11 +919,11 @@ _verify() {
         [[ $s == *A* ]] || not_after=1
         if [ -z "$s" ]; then
             view=1 vdet+="$f is neither as before nor as after; "
-        elif [ "$FAIL_BEFORE" = 1 ] && [ "$rc" -ne 0 ] && [ "$rc" -ne 137 ] && [[ $s != *B* ]]; then
+        elif [ "$strict" = 1 ] && [[ $s != *B* ]]; then
             view=1 vdet+="$f is not as before after a failure (exit $rc); "
         fi
     done
-    if [ "$FAIL_BEFORE" = 1 ] && [ "$rc" -ne 0 ] && [ "$rc" -ne 137 ]; then
+    if [ "$strict" = 1 ]; then
         _ls all
         _slurp ref "$r/before.files"
         [ "${LS[*]}" = "$ref" ] || { view=1 vdet+="files left after a failure: ${LS[*]}; "; }
