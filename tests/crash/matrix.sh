@@ -31,7 +31,8 @@ main() {
         export CRASH_KEEP=1
         crash_prepare "$2" || exit 1
         line=$(crash_point "$2" "$3" "$4")
-        IFS=$'\t' read -r o s n fired bad dmg view rerun xf det jinfo plinfo <<<"$line"
+        # (not split at tabs: IFS whitespace would merge empty fields)
+        IFS=$'\x1f' read -r o s n fired bad dmg view rerun xf det jinfo plinfo <<<"${line//$'\t'/$'\x1f'}"
         op_def "$o"
         w=$CRASH_ROOT/pts/$o/${s%%:*}-${s#*:}-$n
         echo "operation:  $o (fixture $FIX): blockctl ${CMD[*]}"
@@ -43,6 +44,8 @@ main() {
         if _is_live "$o"; then
             echo "this point: $w (the agent's log $w.alog, the guest's $w.log, $w.durable," \
                 "$w.werr; the recovery's $w.rerun.out)"
+            [[ $s == *:pl-* ]] && echo "            the agent's write log $w.iolog, the files" \
+                "before it started $w.before (inodes: $w.inodes)"
         else
             echo "before:     $CRASH_ROOT/ref/$o/before"
             echo "after:      $CRASH_ROOT/ref/$o/after"
