@@ -37,7 +37,9 @@
 #             1  `blockctl job abort ID`: the source holds the disk
 #             2  live: the agent restarted with its state file brings the
 #                job back paused; resumed and pivoted (mirror-ready:
-#                cancelled once ready), the target holds the disk
+#                cancelled once ready), the target holds the disk; the
+#                job went over at most what the journal had not copied
+#                plus the marked regions
 #             without a journal, the agent restarted with its state file
 #             finishes the operation (a snapshot or a stream made again);
 #             then no journal, every image passes qemu-img check, the disk
@@ -45,9 +47,25 @@
 #             operation makes (s.qcow2 over top.qcow2; a top without a
 #             backing file; the base or t.qcow2 as the disk after a pivot,
 #             reading as the source)
-# The result lines are those of crash_point (lib.bash), sweep "any:kill";
-# JOB INFO is ACTION:STATE:BYTES:LEFT as for the offline journals (LEFT:
-# total - copied + the marked regions).
+# Power loss (sweeps any:pl-none, any:pl-all, any:pl-r1, any:pl-r2, at
+# the same points): the agent runs with a write log (BLOCKCTL_IOLOG,
+# lib/io.h) and is killed at point N as above; then
+# tests/tools/iolog-replay.py makes every file it wrote (the images, the
+# state file st.json, the journals and write-intent bitmaps in its state
+# folder) a state a power failure there could leave: what was synced,
+# and none, all or a random subset (seeded with OP and N) of the writes
+# that were not, built from the files as they were just before the agent
+# started ($W.before, their inodes in $W.inodes).  The guest flushes
+# every 32 writes and writes every 13th with FUA (a kill: 8 and 5), so
+# that more of its writes are not durable; the oracle is the same, on the
+# state so made (writes acknowledged but neither flushed nor FUA may be
+# lost; a durable one may not).
+# The result lines are those of crash_point (lib.bash); POWER is what
+# iolog-replay.py changed.  JOB INFO is ACTION:STATE:BYTES:LEFT as for the
+# offline journals (LEFT: total - copied + the marked regions; BYTES: what
+# the offline catch-up says it copied, or for the live way (2) the
+# restarted job's progress at its end, the bytes it went over: its bulk
+# copy from the journal's offset and the dirty regions; at most LEFT).
 # SPDX-License-Identifier: GPL-2.0-or-later
 
 CRASH_LIVE_OPS=(live-snapshot live-stream live-commit live-mirror live-mirror-ready live-pivot)

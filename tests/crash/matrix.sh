@@ -10,6 +10,16 @@
 #   matrix.sh --repro OP SWEEP N      a stand-alone script for the point
 #   SWEEPS='any:kill pwrite:torn' matrix.sh ...   only these sweeps
 #
+# Sweeps (lib.bash): KIND:ACTION, an I/O call kind and what happens at its
+# Nth call (eio, enospc, short, torn, kill), and the power-loss sweeps
+# any:pl-none, any:pl-all, any:pl-r1, any:pl-r2: killed at the Nth call
+# with a write log, then the files made a state a power failure there
+# could leave (what was synced, and none, all or a random subset of the
+# rest).  The live operations (live-*: an agent killed under a guest's
+# writes, live.bash) have the sweeps any:kill and the four power-loss ones,
+# at CRASH_LIVE_POINTS points each (150); e.g.
+#   SWEEPS='any:pl-none any:pl-r1' K=3 matrix.sh live-mirror live-commit
+#
 # Exit status: 0 when no point failed (known failures aside), 1 otherwise.
 # The work folder (CRASH_ROOT, /dev/shm by default) is removed at the end
 # unless a point failed (its folder then stays for inspection) or
