@@ -49,7 +49,8 @@
 # (tests/tools/iolog-replay.py: what was flushed, and none, all or a random
 # subset of the rest) before the same checks.  (A TARGET.part may fail
 # qemu-img check there: it is written without ordering syncs between
-# checkpoints, and job resume repairs it.)
+# checkpoints, and job resume repairs it.)  The live operations
+# (live.bash) have the same power-loss sweeps, on the agent's files.
 #
 # The before and after states come from the fixture (built with qemu-img
 # and qemu-io only) and from one fault-free run, which also counts the
@@ -1160,7 +1161,9 @@ crash_table() {
 # points run, how many left a journal, and of those how many were resumed
 # and aborted (a live job finished by a restarted agent counts as resumed);
 # for the offline resumes, the bytes they copied against the bytes
-# the journal said were left (sums), and the largest share of one
+# the journal said were left (sums), and the largest share of one; then
+# the same for the live jobs that a restarted agent finished (JOB INFO
+# "live:...": the bytes the restored job went over), if any
 crash_jtable() {
     local prog='
         { k = ($2 ~ /:pl-/) ? "power" : ($2 == "any:kill" || $2 == "pwrite:torn") ? "kill" : "faults"
@@ -1169,12 +1172,20 @@ crash_jtable() {
           if ($11 != "" && $11 != "-") {
               split($11, j, ":"); jr[key]++
               if (j[1] == "resume" || j[1] == "live") { res[key]++
-                  if (j[3] != "-") { nb[key]++; b[key] += j[3]; l[key] += j[4]
+                  if (j[3] != "-" && j[1] == "live") { lnb[key]++; lb[key] += j[3]; ll[key] += j[4]; anylive = 1
+                      if (j[4] > 0 && j[3] / j[4] > lmx[key]) lmx[key] = j[3] / j[4] }
+                  else if (j[3] != "-") { nb[key]++; b[key] += j[3]; l[key] += j[4]
                       if (j[4] > 0 && j[3] / j[4] > mx[key]) mx[key] = j[3] / j[4] } }
               else ab[key]++ } }
         END { for (i = 1; i <= n; i++) { key = order[i]; split(key, o, " ")
               printf "%-17s %-7s %7d %7d %8d %7d %7d %8d %12d %12d %6.2f\n", o[1], o[2], pts[key],
-                  fail[key], jr[key], res[key], ab[key], nb[key], b[key], l[key], mx[key] } }'
+                  fail[key], jr[key], res[key], ab[key], nb[key], b[key], l[key], mx[key] }
+              if (!anylive) exit
+              printf "\n%-17s %-7s %8s %12s %12s %6s   (live: a restarted agent resumed the job)\n",
+                  "operation", "sweeps", "live", "bytes gone", "bytes left", "max"
+              for (i = 1; i <= n; i++) { key = order[i]; split(key, o, " ")
+                  if (lnb[key]) printf "%-17s %-7s %8d %12d %12d %6.2f\n", o[1], o[2], lnb[key],
+                      lb[key], ll[key], lmx[key] } }'
     printf '%-17s %-7s %7s %7s %8s %7s %7s %8s %12s %12s %6s\n' operation sweeps points failed \
         journal resumed aborted counted "bytes copied" "bytes left" "max"
     cat "${@/#/$CRASH_ROOT/res/}" 2>/dev/null | awk -F'\t' "$prog"

@@ -9,6 +9,10 @@
 #   live-drive.py SOCKET finish OP     after a restart: what is left of OP
 #                                      (a restored job resumed and pivoted,
 #                                      a snapshot or stream made again)
+#                                      prints "finished job BYTES" (BYTES:
+#                                      the restored job's progress at its
+#                                      end, the bytes it went over),
+#                                      "finished again" or "finished nothing"
 #
 # OP: snapshot, stream, commit (active, with its pivot), mirror (until
 # READY), mirror-ready (armed once READY, the guest writing meanwhile),
@@ -153,8 +157,10 @@ def finish(q, op):
             q.cmd("block-job-cancel", {"device": "j"})
         else:
             q.cmd("block-job-complete", {"device": "j"})
-        q.wait("BLOCK_JOB_COMPLETED")
-        return "job"
+        # (its progress: the bytes the restored job went over, the bulk
+        # copy from the journal's offset and the dirty regions)
+        e = q.wait("BLOCK_JOB_COMPLETED")
+        return "job %d" % e["data"]["offset"]
     top = [b for b in q.cmd("query-block")["return"] if b["device"] == "vda"][0]["inserted"]
     if op == "snapshot" and os.path.basename(top["file"]) != "s.qcow2":
         if os.path.exists(os.path.join(d, "s.qcow2")):

@@ -37,7 +37,9 @@
 #             1  `blockctl job abort ID`: the source holds the disk
 #             2  live: the agent restarted with its state file brings the
 #                job back paused; resumed and pivoted (mirror-ready:
-#                cancelled once ready), the target holds the disk
+#                cancelled once ready), the target holds the disk; the
+#                job went over at most what the journal had not copied
+#                plus the marked regions
 #             without a journal, the agent restarted with its state file
 #             finishes the operation (a snapshot or a stream made again);
 #             then no journal, every image passes qemu-img check, the disk
@@ -45,13 +47,31 @@
 #             operation makes (s.qcow2 over top.qcow2; a top without a
 #             backing file; the base or t.qcow2 as the disk after a pivot,
 #             reading as the source)
-# The result lines are those of crash_point (lib.bash), sweep "any:kill";
-# JOB INFO is ACTION:STATE:BYTES:LEFT as for the offline journals (LEFT:
-# total - copied + the marked regions).
+# Power loss (sweeps any:pl-none, any:pl-all, any:pl-r1, any:pl-r2, at
+# the same points): the agent runs with a write log (BLOCKCTL_IOLOG,
+# lib/io.h) and is killed at point N as above; then
+# tests/tools/iolog-replay.py makes every file it wrote (the images, the
+# state file st.json, the journals and write-intent bitmaps in its state
+# folder) a state a power failure there could leave: what was synced,
+# and none, all or a random subset (seeded with OP and N) of the writes
+# that were not, built from the files as they were just before the agent
+# started ($W.before, their inodes in $W.inodes).  The guest flushes
+# every 32 writes and writes every 13th with FUA (a kill: 8 and 5), so
+# that more of its writes are not durable; the oracle is the same, on the
+# state so made (writes acknowledged but neither flushed nor FUA may be
+# lost; a durable one may not).
+# The result lines are those of crash_point (lib.bash); POWER is what
+# iolog-replay.py changed.  JOB INFO is ACTION:STATE:BYTES:LEFT as for the
+# offline journals (LEFT: total - copied + the marked regions; BYTES: what
+# the offline catch-up says it copied, or for the live way (2) the
+# restarted job's progress at its end, the bytes it went over: its bulk
+# copy from the journal's offset and the dirty regions; at most LEFT).
 # SPDX-License-Identifier: GPL-2.0-or-later
 
 CRASH_LIVE_OPS=(live-snapshot live-stream live-commit live-mirror live-mirror-ready live-pivot)
 CRASH_OPS+=("${CRASH_LIVE_OPS[@]}")
+# the sweeps of a live operation (those of them CRASH_SWEEPS names run)
+CRASH_LIVE_SWEEPS=(any:kill any:pl-none any:pl-all any:pl-r1 any:pl-r2)
 # points per live operation at most (evenly spread over the counted calls)
 CRASH_LIVE_POINTS=${CRASH_LIVE_POINTS:-150}
 
@@ -81,13 +101,14 @@ _live_journaled() {
     [ -n "$JTYPE" ]
 }
 
-# _live_agent W: start the agent for the point folder W (cwd), the state
-# file st.json naming the disk (a restart: no --disk); LPID its pid
+# _live_agent W [IOLOG]: start the agent for the point folder W (cwd), the
+# state file st.json naming the disk (a restart: no --disk), with the
+# write log IOLOG (BLOCKCTL_IOLOG) if given; LPID its pid
 _live_agent() {
     local args=(--disk vda=top.qcow2)
     [ -e st.json ] && args=()
     rm -f "$1.pid" "$1.q" "$1.n"
-    BLOCKCTL_FAULT='' BLOCKCTL_STATE_DIR=$1.state timeout 20 "$PROG" agent --qmp "$1.q" \
+    BLOCKCTL_IOLOG=${2:-} BLOCKCTL_FAULT='' BLOCKCTL_STATE_DIR=$1.state timeout 20 "$PROG" agent --qmp "$1.q" \
         --nbd "unix:$1.n" "${args[@]}" --state "$PWD/st.json" --daemonize \
         --pidfile "$1.pid" >>"$1.alog" 2>&1 3>&- || return 1
     LPID=$(cat "$1.pid")
@@ -110,11 +131,13 @@ _live_stop() {
     LPID=''
 }
 
-# _live_writer W: the guest, writing until $W.stop exists; GPID
+# _live_writer W [SEED [FLUSH FUA]]: the guest, writing until $W.stop
+# exists, a flush every FLUSH writes (8) and every FUAth write with FUA
+# (5); GPID
 _live_writer() {
     /usr/bin/python3 "$CRASH_TESTS_DIR/tools/guest-model.py" write "nbd+unix:///vda?socket=$1.n" \
         "$1.model" --rate 250 --seconds 40 --stop-file "$1.stop" --log "$1.log" \
-        --durable "$1.durable" --flush-every 8 --fua-every 5 --seed "${2:-1}" \
+        --durable "$1.durable" --flush-every "${3:-8}" --fua-every "${4:-5}" --seed "${2:-1}" \
         >"$1.wout" 2>"$1.werr" &
     GPID=$!
 }
@@ -268,8 +291,15 @@ _live_recover() {
                 rerun=1 vdet+="the agent did not start again: $(tail -n 3 "$w.alog"); "
             else
                 out=$(timeout 90 /usr/bin/python3 "$CRASH_LIB_DIR/live-drive.py" "$w.q" finish "${op#live-}")
-                [[ $out == "finished job" ]] ||
+                if [[ $out =~ ^finished\ job\ ([0-9]+)$ ]]; then
+                    # (the restored job's progress: its bulk copy from the
+                    # journal's offset, then the regions its bitmap marked)
+                    bytes=${BASH_REMATCH[1]}
+                    [ "$bytes" -le "$left" ] ||
+                        rerun=1 vdet+="the restarted agent's job went over $bytes bytes, more than the $left left or marked; "
+                else
                     rerun=1 vdet+="the restarted agent did not finish the job ($state): $out; "
+                fi
                 _live_stop "$w"
             fi ;;
         esac
@@ -314,35 +344,60 @@ live_prepare() {
     touch "$r/.ok"
 }
 
-# live_points OP K: the points, "any:kill N" a line: at most
+# live_points OP K: the points, "SWEEP N" a line, for each of the live
+# sweeps (CRASH_LIVE_SWEEPS) that CRASH_SWEEPS names: at most
 # CRASH_LIVE_POINTS spread evenly (K > 1: every Kth of those, and the last)
 live_points() {
-    local c n i m=$CRASH_LIVE_POINTS k=$2 last=0
+    local c n i m=$CRASH_LIVE_POINTS k=$2 last s
     c=$(crash_count "$1" any)
     [ "$c" -lt "$m" ] && m=$c
-    for ((i = 0; i < m; i++)); do
-        n=$((1 + i * c / m))
-        [ "$n" = "$last" ] && continue
-        last=$n
-        if [ "$k" -le 1 ] || [ $((i % k)) -eq 0 ] || [ "$i" -eq $((m - 1)) ]; then
-            echo "any:kill $n"
-        fi
+    for s in "${CRASH_LIVE_SWEEPS[@]}"; do
+        _in "$s" "${CRASH_SWEEPS[@]}" || continue
+        last=0
+        for ((i = 0; i < m; i++)); do
+            n=$((1 + i * c / m))
+            [ "$n" = "$last" ] && continue
+            last=$n
+            if [ "$k" -le 1 ] || [ $((i % k)) -eq 0 ] || [ "$i" -eq $((m - 1)) ]; then
+                echo "$s $n"
+            fi
+        done
     done
 }
 
 # live_point OP SWEEP N: one point (see the top); prints crash_point's line
 live_point() {
     local op=$1 sweep=$2 n=$3 w out fired=0 bad=0 dmg=0 view=0 rerun=0 xf=0 vdet='' JINFO=-
-    local LPID='' GPID='' TOP JF id typ auth running live
-    w=$CRASH_ROOT/pts/$op/any-kill-$n
+    local LPID='' GPID='' TOP JF id typ auth running live act=${sweep#*:} sub='' log='' plinfo=-
+    w=$CRASH_ROOT/pts/$op/${sweep%%:*}-$act-$n
     rm -rf "$w" "$w".*
     mkdir -p "${w%/*}" && cp -a "$CRASH_ROOT/fix/live" "$w" && rm -f "$w/.ok" && cd "$w" || return 1
-    if ! _live_agent "$w"; then
+    # power loss (pl-SUBSET): the agent keeps a write log; the files as
+    # they are before it starts (their inodes and a copy) are where the
+    # state a power failure leaves is built from
+    case $act in
+    kill) ;;
+    pl-none) sub=none ;;
+    pl-all) sub=all ;;
+    pl-r*) sub=random:$op:${sweep%%:*}:$n:${act#pl-r} ;;
+    *) echo "crash: $op: no live sweep '$sweep'" >&2; return 1 ;;
+    esac
+    if [ -n "$sub" ]; then
+        log=$w.iolog
+        stat -c "%i $w/%n" -- * >"$w.inodes" && cp -a "$w" "$w.before" || return 1
+    fi
+    if ! _live_agent "$w" "$log"; then
         printf '%s\t%s\t%s\t0\t1\t0\t0\t0\t0\tthe agent did not start: %s\t-\t-\n' "$op" "$sweep" \
             "$n" "$(tail -n 2 "$w.alog" | tr '\n\t' '  ')"
         return 0
     fi
-    _live_writer "$w" "$n"
+    # (power loss: fewer flushes and FUA writes, more writes a power
+    # failure may lose)
+    if [ -n "$sub" ]; then
+        _live_writer "$w" "$n" 32 13
+    else
+        _live_writer "$w" "$n"
+    fi
     sleep 0.3
     out=$(timeout 120 /usr/bin/python3 "$CRASH_LIB_DIR/live-drive.py" "$w.q" "${op#live-}" \
         "any:$n:kill")
@@ -366,7 +421,14 @@ live_point() {
     fi
     LPID=''
     wait "$GPID"
-    # the state the kill left
+    if [ -n "$sub" ] && [ "$fired" = 1 ]; then
+        # the state a power failure at the kill could leave
+        plinfo=$(/usr/bin/python3 "$CRASH_TESTS_DIR/tools/iolog-replay.py" "$log" "$w.inodes" \
+            "$w.before" "$sub" 2>&1) || { bad=1 vdet+="iolog-replay failed: ${plinfo:0:300}; "; }
+        plinfo=${plinfo//[$'\n\t']/ }
+        [ "${CRASH_KEEP:-0}" = 1 ] || rm -rf "$log" "$w.before"
+    fi
+    # the state the kill (or the power failure) left
     _live_checkall dmg
     _live_top
     if [ -z "$TOP" ]; then
@@ -401,6 +463,6 @@ live_point() {
         rm -rf "$w" "$w".*
     fi
     vdet=${vdet//[$'\n\t']/ }
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t-\n' "$op" "$sweep" "$n" "$fired" \
-        "$bad" "$dmg" "$view" "$rerun" "$xf" "$vdet" "$JINFO"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$op" "$sweep" "$n" "$fired" \
+        "$bad" "$dmg" "$view" "$rerun" "$xf" "$vdet" "$JINFO" "$plinfo"
 }

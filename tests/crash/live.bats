@@ -6,6 +6,8 @@
 # every image passes qemu-img check, the disk holds every write the guest
 # was told is durable, `job list` names the job and that image, and job
 # resume, job abort or a restarted agent end it as blockctl-job(1) says.
+# The same with a power failure at a few points of each (the agent's
+# write log replayed: what it synced and a random part of the rest).
 # `make crash` runs every point.  Then the bugs the matrix found, each at
 # its point, and the oracle's own check.
 # SPDX-License-Identifier: GPL-2.0-or-later
@@ -40,10 +42,14 @@ teardown() {
     copy_teardown
 }
 
-# sample OP: the matrix at three of OP's points; fails with its table and
-# failures
+# sample OP [SWEEP [POINTS]]: the matrix at three of OP's points of the
+# sweep SWEEP (any:kill), or at POINTS points spread over the operation;
+# fails with its table and failures
 sample() {
-    run env CRASH_OWN_ROOT=0 PROG="$PROG" K=$K bash "$BATS_TEST_DIRNAME/matrix.sh" "$1" 3>&-
+    local k=$K
+    [ -n "${3:-}" ] && k=1
+    run env CRASH_OWN_ROOT=0 PROG="$PROG" K=$k SWEEPS="${2:-any:kill}" \
+        CRASH_LIVE_POINTS="${3:-${CRASH_LIVE_POINTS:-150}}" bash "$BATS_TEST_DIRNAME/matrix.sh" "$1" 3>&-
     [ "$status" -eq 0 ] || { fail "$output"; return 1; }
     awk '$1 != "operation" && $1 != "total" && NF == 8 && $3 == 0 { bad = 1 } END { exit bad }' \
         <<<"$output" || { fail "no kill fired: $output"; return 1; }
@@ -55,6 +61,16 @@ sample() {
 @test "crash matrix: live mirror (before READY)" { sample live-mirror; }
 @test "crash matrix: live mirror (after READY)" { sample live-mirror-ready; }
 @test "crash matrix: live pivot" { sample live-pivot; }
+
+# power loss: four points of each (1, and a quarter, half and three
+# quarters of the way), the unsynced writes kept or lost at random
+PL=${CRASH_LIVE_PL:-4}
+@test "crash matrix, power loss: live snapshot" { sample live-snapshot any:pl-r1 "$PL"; }
+@test "crash matrix, power loss: live stream" { sample live-stream any:pl-r1 "$PL"; }
+@test "crash matrix, power loss: live active commit" { sample live-commit any:pl-r1 "$PL"; }
+@test "crash matrix, power loss: live mirror (before READY)" { sample live-mirror any:pl-r1 "$PL"; }
+@test "crash matrix, power loss: live mirror (after READY)" { sample live-mirror-ready any:pl-r1 "$PL"; }
+@test "crash matrix, power loss: live pivot" { sample live-pivot any:pl-r1 "$PL"; }
 
 # ------------------------------------------------------------ single points
 

@@ -10,6 +10,16 @@
 #   matrix.sh --repro OP SWEEP N      a stand-alone script for the point
 #   SWEEPS='any:kill pwrite:torn' matrix.sh ...   only these sweeps
 #
+# Sweeps (lib.bash): KIND:ACTION, an I/O call kind and what happens at its
+# Nth call (eio, enospc, short, torn, kill), and the power-loss sweeps
+# any:pl-none, any:pl-all, any:pl-r1, any:pl-r2: killed at the Nth call
+# with a write log, then the files made a state a power failure there
+# could leave (what was synced, and none, all or a random subset of the
+# rest).  The live operations (live-*: an agent killed under a guest's
+# writes, live.bash) have the sweeps any:kill and the four power-loss ones,
+# at CRASH_LIVE_POINTS points each (150); e.g.
+#   SWEEPS='any:pl-none any:pl-r1' K=3 matrix.sh live-mirror live-commit
+#
 # Exit status: 0 when no point failed (known failures aside), 1 otherwise.
 # The work folder (CRASH_ROOT, /dev/shm by default) is removed at the end
 # unless a point failed (its folder then stays for inspection) or
@@ -31,7 +41,8 @@ main() {
         export CRASH_KEEP=1
         crash_prepare "$2" || exit 1
         line=$(crash_point "$2" "$3" "$4")
-        IFS=$'\t' read -r o s n fired bad dmg view rerun xf det jinfo plinfo <<<"$line"
+        # (not split at tabs: IFS whitespace would merge empty fields)
+        IFS=$'\x1f' read -r o s n fired bad dmg view rerun xf det jinfo plinfo <<<"${line//$'\t'/$'\x1f'}"
         op_def "$o"
         w=$CRASH_ROOT/pts/$o/${s%%:*}-${s#*:}-$n
         echo "operation:  $o (fixture $FIX): blockctl ${CMD[*]}"
@@ -43,6 +54,8 @@ main() {
         if _is_live "$o"; then
             echo "this point: $w (the agent's log $w.alog, the guest's $w.log, $w.durable," \
                 "$w.werr; the recovery's $w.rerun.out)"
+            [[ $s == *:pl-* ]] && echo "            the agent's write log $w.iolog, the files" \
+                "before it started $w.before (inodes: $w.inodes)"
         else
             echo "before:     $CRASH_ROOT/ref/$o/before"
             echo "after:      $CRASH_ROOT/ref/$o/after"
