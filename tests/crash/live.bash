@@ -59,7 +59,10 @@
 # every 32 writes and writes every 13th with FUA (a kill: 8 and 5), so
 # that more of its writes are not durable; the oracle is the same, on the
 # state so made (writes acknowledged but neither flushed nor FUA may be
-# lost; a durable one may not).
+# lost; a durable one may not).  The agent's kill logs (formats/qcow2/
+# wal.c: the table changes of writes not yet flushed, in tmpfs) are the
+# point's own ($W.run, BLOCKCTL_RUN_DIR): kept after a kill, which the
+# next writer applies; removed with a power failure, as tmpfs goes.
 # The result lines are those of crash_point (lib.bash); POWER is what
 # iolog-replay.py changed.  JOB INFO is ACTION:STATE:BYTES:LEFT as for the
 # offline journals (LEFT: total - copied + the marked regions; BYTES: what
@@ -297,6 +300,13 @@ _live_recover() {
                     bytes=${BASH_REMATCH[1]}
                     [ "$bytes" -le "$left" ] ||
                         rerun=1 vdet+="the restarted agent's job went over $bytes bytes, more than the $left left or marked; "
+                elif [ "$out" = "finished nothing" ] && [ "$state" = pivoting ] &&
+                    [ "$TOP" = "$PWD/$([ "$op" = live-commit ] && echo base || echo t).qcow2" ]; then
+                    # killed once the state file named the target, before
+                    # the journal went: the restarted agent ends the journal
+                    bytes=0
+                    grep -q "had pivoted onto $TOP: the job is over" "$w.alog" ||
+                        rerun=1 vdet+="the restarted agent did not say the pivot was over; "
                 else
                     rerun=1 vdet+="the restarted agent did not finish the job ($state): $out; "
                 fi
@@ -328,6 +338,7 @@ live_prepare() {
     w=$r/run
     cp -a "$CRASH_ROOT/fix/live" "$w" && rm -f "$w/.ok" || return 1
     (
+        export BLOCKCTL_RUN_DIR=$w.run
         cd "$w" || exit 1
         _live_agent "$w" || { echo "crash: $op: the agent did not start: $(cat "$w.alog")" >&2; exit 1; }
         _live_writer "$w"
@@ -372,6 +383,9 @@ live_point() {
     w=$CRASH_ROOT/pts/$op/${sweep%%:*}-$act-$n
     rm -rf "$w" "$w".*
     mkdir -p "${w%/*}" && cp -a "$CRASH_ROOT/fix/live" "$w" && rm -f "$w/.ok" && cd "$w" || return 1
+    # the agent's kill logs (tmpfs in real life): the point's own, for the
+    # agent and every command after it
+    export BLOCKCTL_RUN_DIR=$w.run
     # power loss (pl-SUBSET): the agent keeps a write log; the files as
     # they are before it starts (their inodes and a copy) are where the
     # state a power failure leaves is built from
@@ -426,6 +440,8 @@ live_point() {
         plinfo=$(/usr/bin/python3 "$CRASH_TESTS_DIR/tools/iolog-replay.py" "$log" "$w.inodes" \
             "$w.before" "$sub" 2>&1) || { bad=1 vdet+="iolog-replay failed: ${plinfo:0:300}; "; }
         plinfo=${plinfo//[$'\n\t']/ }
+        # a power failure takes the kill logs with the page cache
+        rm -rf "$w.run"
         [ "${CRASH_KEEP:-0}" = 1 ] || rm -rf "$log" "$w.before"
     fi
     # the state the kill (or the power failure) left
