@@ -216,7 +216,11 @@ struct check_result {
     bool has_cluster_stats;
 };
 
-enum { CHECK_FIX_LEAKS = 1u << 0, CHECK_FIX_ERRORS = 1u << 1 };
+enum {
+    CHECK_FIX_LEAKS = 1u << 0,
+    CHECK_FIX_ERRORS = 1u << 1,
+    CHECK_QUIET = 1u << 2,      /* nothing on stderr (the repair of an open) */
+};
 
 /* qemu-img measure's figures (QEMU's BlockMeasureInfo) */
 struct measure_info {

@@ -50,6 +50,22 @@ struct badbm {
     uint8_t *table;          /* the table as read */
 };
 
+/* What qemu-img check prints on stderr: not for the repair of an open. */
+static __thread bool quiet;
+
+static void say(const char *fmt, ...) ATTRIBUTE_PRINTF(1, 2);
+static void say(const char *fmt, ...)
+{
+    va_list ap;
+
+    if (quiet) {
+        return;
+    }
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+}
+
 struct chk {
     struct qcow2 *s;
     struct check_result *res;
@@ -102,7 +118,7 @@ static void add_ref(struct chk *c, uint64_t off, uint64_t len)
         return;
     }
     if (off + len < off || off + len >= c->file_size + cs) {
-        fprintf(stderr, "ERROR: counting reference for region exceeding the end of the file by "
+        say("ERROR: counting reference for region exceeding the end of the file by "
                 "one cluster or more: offset 0x%" PRIx64 " size 0x%" PRIx64 "\n", off, len);
         c->res->corruptions++;
         return;
@@ -153,12 +169,12 @@ static void check_l2(struct chk *c, uint8_t *l2, uint64_t l2off, bool active)
         if (e & QCOW2_OFLAG_COMPRESSED) {
             uint64_t coff, cbytes;
             if (e & QCOW2_OFLAG_COPIED) {
-                fprintf(stderr, "ERROR: coffset=0x%" PRIx64 ": Compressed cluster has "
+                say("ERROR: coffset=0x%" PRIx64 ": Compressed cluster has "
                         "OFLAG_COPIED set\n", e & s->coffset_mask);
                 c->res->corruptions++;
             }
             if (s->ext_l2 && bm) {
-                fprintf(stderr, "ERROR compressed cluster %u with non-zero subcluster "
+                say("ERROR compressed cluster %u with non-zero subcluster "
                         "allocation bitmap, entry=0x%" PRIx64 "\n", j, bm);
                 c->res->corruptions++;
             }
@@ -172,7 +188,7 @@ static void check_l2(struct chk *c, uint8_t *l2, uint64_t l2off, bool active)
             continue;
         }
         if (e & (QCOW2_L2E_STD_RESERVED | (s->ext_l2 ? QCOW2_OFLAG_ZERO : 0))) {
-            fprintf(stderr, "ERROR found l2 entry with reserved bits set: %" PRIx64 "\n", e);
+            say("ERROR found l2 entry with reserved bits set: %" PRIx64 "\n", e);
             c->res->corruptions++;
         }
         if (s->ext_l2) {
@@ -183,7 +199,7 @@ static void check_l2(struct chk *c, uint8_t *l2, uint64_t l2off, bool active)
                 }
             }
             if (bad) {
-                fprintf(stderr, "ERROR invalid subcluster bitmap 0x%016" PRIx64 " for l2 entry "
+                say("ERROR invalid subcluster bitmap 0x%016" PRIx64 " for l2 entry "
                         "%" PRIx64 "\n", bm, e);
                 c->res->corruptions++;
             }
@@ -196,7 +212,7 @@ static void check_l2(struct chk *c, uint8_t *l2, uint64_t l2off, bool active)
                                   : !(e & QCOW2_OFLAG_ZERO);
             c->res->corruptions++;
             if (!data) {
-                fprintf(stderr, "%s offset=%" PRIx64 ": Preallocated cluster is not properly "
+                say("%s offset=%" PRIx64 ": Preallocated cluster is not properly "
                         "aligned; L2 entry corrupted.\n",
                         (c->fix & CHECK_FIX_ERRORS) ? "Repairing" : "ERROR", host);
                 if (can_fix) {
@@ -214,7 +230,7 @@ static void check_l2(struct chk *c, uint8_t *l2, uint64_t l2off, bool active)
                     continue;
                 }
             } else {
-                fprintf(stderr, "ERROR offset=%" PRIx64 ": Data cluster is not properly aligned; "
+                say("ERROR offset=%" PRIx64 ": Data cluster is not properly aligned; "
                         "L2 entry corrupted.\n", host);
             }
         }
@@ -260,7 +276,7 @@ static int check_l1(struct chk *c, uint64_t l1_off, uint32_t l1_size, bool activ
         uint64_t l2off = e & QCOW2_L1E_OFFSET_MASK;
 
         if (e & QCOW2_L1E_RESERVED) {
-            fprintf(stderr, "ERROR found L1 entry with reserved bits set: %" PRIx64 "\n", e);
+            say("ERROR found L1 entry with reserved bits set: %" PRIx64 "\n", e);
             c->res->corruptions++;
         }
         if (!l2off) {
@@ -269,7 +285,7 @@ static int check_l1(struct chk *c, uint64_t l1_off, uint32_t l1_size, bool activ
         /* as qemu-img: counted, then checked, then read even if misaligned */
         add_ref(c, l2off, cs);
         if (!IS_ALIGNED(l2off, cs)) {
-            fprintf(stderr, "ERROR l2_offset=%" PRIx64 ": Table is not cluster aligned; L1 entry "
+            say("ERROR l2_offset=%" PRIx64 ": Table is not cluster aligned; L1 entry "
                     "corrupted\n", l2off);
             c->res->corruptions++;
         }
@@ -338,7 +354,7 @@ static int check_bitmaps(struct chk *c)
         int ret;
 
         if (b->flags & BITMAP_FLAG_IN_USE) {
-            fprintf(stderr, "Warning: bitmap '%s' is inconsistent: it was in use when the image "
+            say("Warning: bitmap '%s' is inconsistent: it was in use when the image "
                     "was last closed\n", b->name);
         }
         add_ref(c, b->table_offset, tbytes);
@@ -352,7 +368,7 @@ static int check_bitmaps(struct chk *c)
             uint64_t e = get_be64(t + (size_t)j * 8);
             uint64_t off = e & 0x00fffffffffffe00ULL;
             if (bitmap_entry_bad(c, e)) {
-                fprintf(stderr, "ERROR bitmap '%s': invalid bitmap table entry %" PRIu32
+                say("ERROR bitmap '%s': invalid bitmap table entry %" PRIu32
                         ": %" PRIx64 "\n", b->name, j, e);
                 c->res->corruptions++;
                 bad = true;
@@ -385,7 +401,7 @@ static void check_refblocks(struct chk *c)
         uint64_t off = s->reftable[i] & QCOW2_REFT_OFFSET_MASK;
 
         if (s->reftable[i] & ~QCOW2_REFT_OFFSET_MASK) {
-            fprintf(stderr, "ERROR refcount table entry %" PRIu64 " has reserved bits set\n", i);
+            say("ERROR refcount table entry %" PRIu64 " has reserved bits set\n", i);
             c->res->corruptions++;
             c->rc_corruptions++;
             c->rebuild = true;
@@ -394,7 +410,7 @@ static void check_refblocks(struct chk *c)
             continue;
         }
         if (!IS_ALIGNED(off, cs)) {
-            fprintf(stderr, "ERROR refcount block %" PRIu64 " is not cluster aligned; refcount "
+            say("ERROR refcount block %" PRIu64 " is not cluster aligned; refcount "
                     "table entry corrupted\n", i);
             c->res->corruptions++;
             c->rc_corruptions++;
@@ -402,7 +418,7 @@ static void check_refblocks(struct chk *c)
             continue;
         }
         if (off >= c->file_size) {
-            fprintf(stderr, "ERROR refcount block %" PRIu64 " is outside image\n", i);
+            say("ERROR refcount block %" PRIu64 " is outside image\n", i);
             c->res->corruptions++;
             c->rc_corruptions++;
             c->rebuild = true;
@@ -410,7 +426,7 @@ static void check_refblocks(struct chk *c)
         }
         add_ref(c, off, cs);
         if (c->refs[off >> s->cluster_bits] > 1) {
-            fprintf(stderr, "ERROR refcount block %" PRIu64 " refcount=%" PRIu32 "\n", i,
+            say("ERROR refcount block %" PRIu64 " refcount=%" PRIu32 "\n", i,
                     c->refs[off >> s->cluster_bits]);
             c->res->corruptions++;
             c->rc_corruptions++;
@@ -544,10 +560,10 @@ static int compare_refcounts(struct chk *c)
             return ret;
         }
         if (rc > ref) {
-            fprintf(stderr, "Leaked cluster %" PRIu64 " refcount=%" PRIu64 " reference=%" PRIu64
+            say("Leaked cluster %" PRIu64 " refcount=%" PRIu64 " reference=%" PRIu64
                     "\n", i, rc, ref);
             if ((c->fix & CHECK_FIX_LEAKS) && !c->rebuild) {
-                fprintf(stderr, "Repairing cluster %" PRIu64 " refcount=%" PRIu64 " reference=%"
+                say("Repairing cluster %" PRIu64 " refcount=%" PRIu64 " reference=%"
                         PRIu64 "\n", i, rc, ref);
                 fixed = true;
                 res->leaks_fixed++;
@@ -555,14 +571,14 @@ static int compare_refcounts(struct chk *c)
                 res->leaks++;
             }
         } else if (rc < ref) {
-            fprintf(stderr, "ERROR cluster %" PRIu64 " refcount=%" PRIu64 " reference=%" PRIu64
+            say("ERROR cluster %" PRIu64 " refcount=%" PRIu64 " reference=%" PRIu64
                     "\n", i, rc, ref);
             res->corruptions++;
             c->rc_corruptions++;
             if (rc == 0 || ref > s->refcount_max) {
                 c->rebuild = true;
             } else if ((c->fix & CHECK_FIX_ERRORS) && !c->rebuild) {
-                fprintf(stderr, "Repairing cluster %" PRIu64 " refcount=%" PRIu64 " reference=%"
+                say("Repairing cluster %" PRIu64 " refcount=%" PRIu64 " reference=%"
                         PRIu64 "\n", i, rc, ref);
                 fixed = true;
                 res->corruptions--;
@@ -788,7 +804,7 @@ static int check_copied(struct chk *c, bool repair)
             break;
         }
         if ((rc == 1) != !!(e & QCOW2_OFLAG_COPIED)) {
-            fprintf(stderr, "%s OFLAG_COPIED L2 cluster: l1_index=%" PRIu32 " l1_entry=%" PRIx64
+            say("%s OFLAG_COPIED L2 cluster: l1_index=%" PRIu32 " l1_entry=%" PRIx64
                     " refcount=%" PRIu64 "\n", repair ? "Repairing" : "ERROR", i, e, rc);
             if (repair) {
                 c->l1_fixes = xrealloc(c->l1_fixes, (c->nr_l1_fixes + 1) * sizeof(*c->l1_fixes));
@@ -825,7 +841,7 @@ static int check_copied(struct chk *c, bool repair)
                 goto out;
             }
             if ((rc == 1) != !!(le & QCOW2_OFLAG_COPIED)) {
-                fprintf(stderr, "%s OFLAG_COPIED data cluster: l2_entry=%" PRIx64 " refcount=%"
+                say("%s OFLAG_COPIED data cluster: l2_entry=%" PRIx64 " refcount=%"
                         PRIu64 "\n", repair ? "Repairing" : "ERROR", le, rc);
                 if (repair) {
                     struct l2fix f = {
@@ -1021,6 +1037,8 @@ int qcow2_check(struct bdev *bd, struct check_result *res, unsigned fix, struct 
     int64_t fsize;
     int ret;
 
+    quiet = fix & CHECK_QUIET;
+    fix &= ~CHECK_QUIET;
     if (s->read_only) {
         fix = 0;
     }
@@ -1055,7 +1073,7 @@ int qcow2_check(struct bdev *bd, struct check_result *res, unsigned fix, struct 
         goto fail;
     }
     for (size_t k = 0; k < c.nr_bad_bitmaps; k++) {
-        fprintf(stderr, "Repairing bitmap '%s': broken table entries dropped, bitmap marked "
+        say("Repairing bitmap '%s': broken table entries dropped, bitmap marked "
                 "inconsistent\n", s->bitmaps[c.bad_bitmaps[k].index].name);
         res->corruptions_fixed++;
         res->corruptions--;
@@ -1065,7 +1083,7 @@ int qcow2_check(struct bdev *bd, struct check_result *res, unsigned fix, struct 
         goto fail;
     }
     if (c.rebuild && (fix & CHECK_FIX_ERRORS)) {
-        fprintf(stderr, "Rebuilding refcount structure\n");
+        say("Rebuilding refcount structure\n");
         c.rebuilding = true;
         drop_old_structure(&c);
         /* Everything the old structure got wrong is right once rebuilt. */
@@ -1075,7 +1093,7 @@ int qcow2_check(struct bdev *bd, struct check_result *res, unsigned fix, struct 
         res->leaks_fixed += res->leaks;
         res->leaks = 0;
     } else if (c.rebuild && (fix & CHECK_FIX_LEAKS)) {
-        fprintf(stderr, "ERROR need to rebuild refcount structures\n");
+        say("ERROR need to rebuild refcount structures\n");
         chk_free(&c);
         pthread_mutex_unlock(&s->lock);
         error_setg(errp, "'%s': check failed: the refcount structure must be rebuilt (use "

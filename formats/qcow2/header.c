@@ -625,7 +625,7 @@ static int writer_setup(struct qcow2 *s, struct error **errp)
         /* Left dirty by a crash with lazy refcounts (or a kill): rebuild them. */
         memset(&res, 0, sizeof(res));
         s->check_mode = true;
-        ret = qcow2_check(bd, &res, CHECK_FIX_LEAKS | CHECK_FIX_ERRORS, &err);
+        ret = qcow2_check(bd, &res, CHECK_FIX_LEAKS | CHECK_FIX_ERRORS | CHECK_QUIET, &err);
         s->check_mode = false;
         if (ret < 0 || res.corruptions || res.check_errors) {
             if (!err) {
