@@ -1000,6 +1000,10 @@ static int qcow2_flush(struct bdev *bd)
 
     pthread_mutex_lock(&s->lock);
     ret = qcow2_flush_metadata(s);
+    if (ret == 0) {
+        /* the tables are in the file: the kill log starts again */
+        qcow2_wal_flushed(s);
+    }
     pthread_mutex_unlock(&s->lock);
     if (ret == 0 && !s->read_only && !s->corrupt && bd->bitmaps_changed) {
         /* bitmaps added or removed: the directory follows at a flush */
@@ -1007,14 +1011,6 @@ static int qcow2_flush(struct bdev *bd)
     }
     if (ret == 0) {
         ret = io_fdatasync(s->fd);
-    }
-    if (ret == 0 && (s->wal || s->wal_lost)) {
-        pthread_mutex_lock(&s->lock);
-        qcow2_wal_flushed(s);
-        if (!s->l2_cache.nr_dirty && !s->rb_cache.nr_dirty) {
-            s->wal_lost = false;
-        }
-        pthread_mutex_unlock(&s->lock);
     }
     if (ret < 0) {
         bdev_set_error(bd, "'%s': flush failed: %s", bd->filename, strerror(-ret));

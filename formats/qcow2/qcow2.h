@@ -423,7 +423,7 @@ int qcow2_wal_log_ref(struct qcow2 *s, uint64_t rb_off, uint64_t rt_index, uint6
 /* Record entries [i0, i0+n) of @l2, the table of L1 entry @l1_index. */
 int qcow2_wal_log_l2(struct qcow2 *s, uint64_t l1_index, const uint8_t *l2, unsigned i0,
                      uint64_t n);
-/* After a flush (s->lock held): a new epoch if the caches are clean. */
+/* The caches written back (s->lock held): a new epoch if they are clean. */
 void qcow2_wal_flushed(struct qcow2 *s);
 /* At an open for writing of an image with the dirty bit: apply a log left by a kill. */
 int qcow2_wal_replay(struct qcow2 *s, unsigned *applied);

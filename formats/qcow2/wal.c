@@ -14,9 +14,10 @@
  * small log in memory that outlives the process but not the machine: a
  * file in a tmpfs folder (BLOCKCTL_RUN_DIR, else /dev/shm/blockctl-UID),
  * named after the image's device and inode.  A record is 64 bytes written
- * in one call inside one page, so a kill never tears it.  A flush that
- * leaves the caches clean starts a new epoch (the records before it are in
- * the file).  Records are absolute values, so replaying them in order
+ * in one call inside one page, so a kill never tears it.  A flush, once it
+ * has written the caches back (s->lock held: they are clean), starts a new
+ * epoch: the records before it are in the file, synced or not, which is
+ * all a kill needs.  Records are absolute values, so replaying them in order
  * gives the caches as they were at the kill.
  *
  * Power failure: the log (tmpfs) is gone, or belongs to another boot (its
@@ -49,7 +50,7 @@
 #define WAL_HDR 4096                  /* records start here */
 #define WAL_REC 64
 #define WAL_BATCH 64                  /* records per write */
-#define WAL_RESET_SIZE (4u << 20)     /* a flush writes back and starts over past this */
+#define WAL_TRIM (1u << 20)           /* a new epoch gives back a bigger file's memory */
 
 enum { WAL_L2 = 1, WAL_REF = 2 };
 
@@ -275,15 +276,12 @@ void qcow2_wal_flushed(struct qcow2 *s)
     struct qcow2_wal *w = s->wal;
     uint64_t used;
 
+    if (s->l2_cache.nr_dirty || s->rb_cache.nr_dirty) {
+        return;         /* (a write-back that failed: its records stay) */
+    }
+    s->wal_lost = false;
     if (!w) {
         return;
-    }
-    if (s->l2_cache.nr_dirty || s->rb_cache.nr_dirty) {
-        /* records not yet in the file: they stay, unless the log grew big */
-        if (w->pos < WAL_RESET_SIZE || qcow2_flush_metadata(s) < 0 ||
-            s->l2_cache.nr_dirty || s->rb_cache.nr_dirty) {
-            return;
-        }
     }
     used = w->pos;
     w->epoch++;
@@ -293,7 +291,7 @@ void qcow2_wal_flushed(struct qcow2 *s)
         s->wal_lost = true;
         return;
     }
-    if (used > WAL_RESET_SIZE && ftruncate(w->fd, WAL_HDR) < 0) {
+    if (used > WAL_TRIM && ftruncate(w->fd, WAL_HDR) < 0) {
         /* (harmless: records of an older epoch are never read) */
     }
 }
