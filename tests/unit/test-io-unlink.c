@@ -94,6 +94,8 @@ static void test_counts(void)
         unsetenv("BLOCKCTL_FAULT");
         setenv("BLOCKCTL_FAULT_COUNT", cnt, 1);
         int first = io_unlink(a), second = io_unlink(a);
+        free(a);
+        free(cnt);
         exit(first == 0 && second == -ENOENT ? 0 : 3);     /* (exit: the counts are written) */
     }
     waitpid(pid, &status, 0);
