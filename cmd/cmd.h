@@ -297,4 +297,7 @@ int snapshot_journal_abort(struct journal *j);
  */
 int bitmap_journal_applied(struct journal *j);
 
+/* Print a format's creation options as "-o help" does (cmd/shared/imgopts.c). */
+void opts_print_help(const char *format, const struct opt_desc *desc);
+
 #endif

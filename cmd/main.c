@@ -164,6 +164,12 @@ static void print_io_warning(const char *msg)
     fprintf(stderr, "blockctl: %s\n", msg);
 }
 
+/* what check finds, in qemu-img check's words */
+static void print_check_line(const char *text)
+{
+    fputs(text, stderr);
+}
+
 int main(int argc, char **argv)
 {
     const char *base = strrchr(argv[0], '/');
@@ -174,6 +180,7 @@ int main(int argc, char **argv)
 
     base = base ? base + 1 : argv[0];
     io_set_warn_sink(print_io_warning);
+    bdev_set_check_sink(print_check_line);
     signal(SIGPIPE, SIG_IGN);
     /* past a file-size limit, a write fails with EFBIG and is reported */
     signal(SIGXFSZ, SIG_IGN);

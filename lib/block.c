@@ -1084,6 +1084,20 @@ static uint64_t coarse_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+static void (*check_sink)(const char *text);
+
+void bdev_set_check_sink(void (*sink)(const char *text))
+{
+    check_sink = sink;
+}
+
+void bdev_check_report(const char *text)
+{
+    if (check_sink) {
+        check_sink(text);
+    }
+}
+
 void bdev_thread_background(void)
 {
     background_thread = true;

@@ -219,8 +219,14 @@ struct check_result {
 enum {
     CHECK_FIX_LEAKS = 1u << 0,
     CHECK_FIX_ERRORS = 1u << 1,
-    CHECK_QUIET = 1u << 2,      /* nothing on stderr (the repair of an open) */
+    CHECK_QUIET = 1u << 2,      /* no report lines (the repair of an open) */
 };
+/*
+ * Where a check's report lines go (qemu-img check's own words, each
+ * ending in a newline): the sink the program set, else nowhere.
+ */
+void bdev_set_check_sink(void (*sink)(const char *text));
+void bdev_check_report(const char *text);
 
 /* qemu-img measure's figures (QEMU's BlockMeasureInfo) */
 struct measure_info {

@@ -186,19 +186,3 @@ void opts_free(struct optlist *l)
     l->v = NULL;
     l->n = 0;
 }
-
-void opts_print_help(const char *format, const struct opt_desc *desc)
-{
-    static const char *const types[] = { "str", "bool (on/off)", "size", "num" };
-
-    printf("Supported options for '%s':\n", format);
-    for (; desc && desc->name; desc++) {
-        if (desc->unsupported) {
-            continue;
-        }
-        printf("  %-22s <%s>\n", desc->name, types[desc->type]);
-        if (desc->help) {
-            printf("      %s\n", desc->help);
-        }
-    }
-}

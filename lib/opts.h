@@ -45,7 +45,5 @@ int opts_get_size(const struct optlist *l, const char *key, uint64_t *out, struc
 int opts_get_number(const struct optlist *l, const char *key, uint64_t *out,
                     struct error **errp);
 void opts_free(struct optlist *l);
-/* Print the option table as "-o help" does. */
-void opts_print_help(const char *format, const struct opt_desc *desc);
 
 #endif

@@ -106,3 +106,20 @@ const struct argp *img_opts_argp(unsigned which)
     memset(&opts[n], 0, sizeof(opts[n]));
     return &a;
 }
+
+/* Print the option table as "-o help" does. */
+void opts_print_help(const char *format, const struct opt_desc *desc)
+{
+    static const char *const types[] = { "str", "bool (on/off)", "size", "num" };
+
+    printf("Supported options for '%s':\n", format);
+    for (; desc && desc->name; desc++) {
+        if (desc->unsupported) {
+            continue;
+        }
+        printf("  %-22s <%s>\n", desc->name, types[desc->type]);
+        if (desc->help) {
+            printf("      %s\n", desc->help);
+        }
+    }
+}

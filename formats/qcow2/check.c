@@ -50,19 +50,24 @@ struct badbm {
     uint8_t *table;          /* the table as read */
 };
 
-/* What qemu-img check prints on stderr: not for the repair of an open. */
+/* A line of what qemu-img check reports, to the check sink (lib/block.h):
+ * none for the repair of an open. */
 static __thread bool quiet;
 
 static void say(const char *fmt, ...) ATTRIBUTE_PRINTF(1, 2);
 static void say(const char *fmt, ...)
 {
     va_list ap;
+    char *text;
 
     if (quiet) {
         return;
     }
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    if (vasprintf(&text, fmt, ap) >= 0) {
+        bdev_check_report(text);
+        free(text);
+    }
     va_end(ap);
 }
 

@@ -418,11 +418,11 @@ void qcow2_wal_open(struct qcow2 *s);
 /* Stop it; @remove the file (the image written back, the dirty bit clear). */
 void qcow2_wal_close(struct qcow2 *s, bool remove);
 /* Record refcount @index of the refblock at @rb_off (refcount table entry @rt_index). */
-int qcow2_wal_log_ref(struct qcow2 *s, uint64_t rb_off, uint64_t rt_index, uint64_t index,
-                      uint64_t value);
+void qcow2_wal_log_ref(struct qcow2 *s, uint64_t rb_off, uint64_t rt_index, uint64_t index,
+                       uint64_t value);
 /* Record entries [i0, i0+n) of @l2, the table of L1 entry @l1_index. */
-int qcow2_wal_log_l2(struct qcow2 *s, uint64_t l1_index, const uint8_t *l2, unsigned i0,
-                     uint64_t n);
+void qcow2_wal_log_l2(struct qcow2 *s, uint64_t l1_index, const uint8_t *l2, unsigned i0,
+                      uint64_t n);
 /* The caches written back (s->lock held): a new epoch if they are clean. */
 void qcow2_wal_flushed(struct qcow2 *s);
 /* At an open for writing of an image with the dirty bit: apply a log left by a kill. */

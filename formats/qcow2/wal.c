@@ -230,33 +230,34 @@ static int append(struct qcow2 *s, const struct wal_rec *r, size_t n)
 }
 
 /* The log failed: no more log; what it held goes to the file (s->wal_lost). */
-static int give_up(struct qcow2 *s)
+static void give_up(struct qcow2 *s)
 {
     qcow2_wal_close(s, true);
     s->wal_lost = true;
-    return 0;
 }
 
-int qcow2_wal_log_ref(struct qcow2 *s, uint64_t rb_off, uint64_t rt_index, uint64_t index,
-                      uint64_t value)
+void qcow2_wal_log_ref(struct qcow2 *s, uint64_t rb_off, uint64_t rt_index, uint64_t index,
+                       uint64_t value)
 {
     struct wal_rec r;
 
     if (!s->wal) {
-        return 0;
+        return;
     }
     fill(s, &r, WAL_REF, rb_off, rt_index, index, value, 0);
-    return append(s, &r, 1) < 0 ? give_up(s) : 0;
+    if (append(s, &r, 1) < 0) {
+        give_up(s);
+    }
 }
 
-int qcow2_wal_log_l2(struct qcow2 *s, uint64_t l1_index, const uint8_t *l2, unsigned i0,
-                     uint64_t n)
+void qcow2_wal_log_l2(struct qcow2 *s, uint64_t l1_index, const uint8_t *l2, unsigned i0,
+                      uint64_t n)
 {
     struct wal_rec r[WAL_BATCH];
     uint64_t table = s->l1[l1_index] & QCOW2_L1E_OFFSET_MASK;
 
     if (!s->wal) {
-        return 0;
+        return;
     }
     for (uint64_t done = 0; done < n;) {
         size_t k = 0;
@@ -265,10 +266,10 @@ int qcow2_wal_log_l2(struct qcow2 *s, uint64_t l1_index, const uint8_t *l2, unsi
             fill(s, &r[k], WAL_L2, table, l1_index, i0 + done, e, bm);
         }
         if (append(s, r, k) < 0) {
-            return give_up(s);
+            give_up(s);
+            return;
         }
     }
-    return 0;
 }
 
 void qcow2_wal_flushed(struct qcow2 *s)
