@@ -222,6 +222,12 @@ int agent_jobs_wait_end(struct qmp_client *c, char *const *ids, int n);
 /* Run @cmd (@args taken over) that starts job @w->id, then wait if asked. */
 int agent_job_start(struct qmp_client *c, const char *cmd, json_object *args,
                     const struct job_wait *w);
+/*
+ * After a cancel: wait until job @id has ended (gone from the agent's
+ * jobs, or concluded or pending, left for a dismiss or a finalize): 0, 1
+ * (said), 130/143 interrupted.
+ */
+int agent_job_wait_gone(struct qmp_client *c, const char *id);
 /* block-job-VERB on @id (@extra: more arguments, taken over): 0, or 1 said. */
 int agent_job_verb(struct qmp_client *c, const char *verb, const char *id, json_object *extra);
 /* The query-block-jobs entry of @id (a new reference), or NULL. */

@@ -253,6 +253,35 @@ int agent_job_start(struct qmp_client *c, const char *cmd, json_object *args,
     return agent_job_wait(c, w);
 }
 
+int agent_job_wait_gone(struct qmp_client *c, const char *id)
+{
+    struct error *err = NULL;
+
+    for (;;) {
+        json_object *j = agent_job_find(c, id, &err), *ev;
+        const char *st;
+        bool ended;
+
+        if (err) {
+            report(err);
+            return 1;
+        }
+        st = jstr(j, "status");
+        ended = !j || (st && (!strcmp(st, "concluded") || !strcmp(st, "pending")));
+        json_object_put(j);
+        if (ended) {
+            return 0;
+        }
+        if (cmd_cancel) {
+            error_report("interrupted: job '%s' is being cancelled", id);
+            return cancel_exit_status();
+        }
+        /* the events are not needed: they only pace the polls */
+        ev = qmp_client_event(c, 50);
+        json_object_put(ev);
+    }
+}
+
 int agent_jobs_wait_end(struct qmp_client *c, char *const *ids, int n)
 {
     int *res = xcalloc((size_t)n, sizeof(*res)), left = n, ret = 0;

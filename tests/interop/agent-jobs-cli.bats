@@ -93,7 +93,7 @@ teardown() {
     check_ok t.qcow2
 }
 
-@test "mirror --agent --wait --finish: no pivot; job cancel of a running stream; Ctrl-C cancels a --wait" {
+@test "mirror --agent --wait --finish: no pivot; job cancel of a running stream waits for its end (--async: not); Ctrl-C cancels a --wait" {
     mkchain && serve blockctl
     run --separate-stderr "$PROG" mirror --agent "$S" --wait --finish vda t.qcow2
     [ "$status" -eq 0 ] || fail "--finish: exit $status: $stderr"
@@ -104,6 +104,15 @@ teardown() {
     [ "$status" -eq 0 ] || fail "stream: $stderr"
     run --separate-stderr "$PROG" job --agent "$S" cancel vda
     [ "$status" -eq 0 ] || fail "cancel: $stderr"
+    # cancel returned once the job had ended: a new one may start at once
+    run --separate-stderr "$PROG" job --agent "$S" show vda
+    [ "$status" -eq 1 ] && [[ $stderr == *"no job 'vda'"* ]] || fail "after cancel: $status $output $stderr"
+    run --separate-stderr "$PROG" stream --agent "$S" --bandwidth 64k vda
+    [ "$status" -eq 0 ] || fail "stream again: $stderr"
+    run --separate-stderr "$PROG" job --agent "$S" --async cancel vda
+    [ "$status" -eq 0 ] || fail "cancel --async: $stderr"
+    run --separate-stderr "$PROG" job --agent "$S" wait vda
+    [ "$status" -eq 2 ] || [[ $stderr == *"no job 'vda'"* ]] || fail "wait after cancel --async: $status $stderr"
     bg_start s.out s.err "$PROG" stream --agent "$S" --wait --bandwidth 64k vda
     local pid=$BG_PID
     sleep 1
