@@ -223,11 +223,12 @@ int agent_jobs_wait_end(struct qmp_client *c, char *const *ids, int n);
 int agent_job_start(struct qmp_client *c, const char *cmd, json_object *args,
                     const struct job_wait *w);
 /*
- * After a cancel: wait until job @id has ended (gone from the agent's
- * jobs, or concluded or pending, left for a dismiss or a finalize): 0, 1
- * (said), 130/143 interrupted.
+ * After a cancel (or, @completing, a complete): wait until job @id has
+ * ended (gone from the agent's jobs, or concluded or pending, left for a
+ * dismiss or a finalize): 0; 1 when the completion failed, 2 when the
+ * job was cancelled instead (said); 130/143 interrupted.
  */
-int agent_job_wait_gone(struct qmp_client *c, const char *id);
+int agent_job_wait_gone(struct qmp_client *c, const char *id, bool completing);
 /* block-job-VERB on @id (@extra: more arguments, taken over): 0, or 1 said. */
 int agent_job_verb(struct qmp_client *c, const char *verb, const char *id, json_object *extra);
 /* The query-block-jobs entry of @id (a new reference), or NULL. */

@@ -34,8 +34,8 @@ enum { OPT_AGENT = 0x100, OPT_OUTPUT, OPT_STATE_DIR, OPT_ASYNC };
 static const struct argp_option options[] = {
     { "agent", OPT_AGENT, "SOCKET", 0, "The agent's QMP socket (or $BLOCKCTL_AGENT)", 0 },
     { "state-dir", OPT_STATE_DIR, "DIR", 0, "Where job journals are kept", 0 },
-    { "async", OPT_ASYNC, NULL, 0, "cancel: return once the agent took the cancel, not once "
-      "the job has ended", 0 },
+    { "async", OPT_ASYNC, NULL, 0, "cancel, complete: return once the agent took it, not "
+      "once the job has ended", 0 },
     { 0 }
 };
 
@@ -108,11 +108,13 @@ static const struct argp job_argp = {
     "set-speed JOB BYTES-PER-SECOND\nshow|resume|abort ID",
     "List the block jobs of an agent (with --agent), or the jobs that were interrupted "
     "(their journals in the state directory); show or control one job of an agent.  "
-    "cancel waits until the job has ended (--async: not); cancel of a ready mirror ends it "
-    "without pivot; complete pivots; wait waits until the job ends or is ready.  Without --agent: resume finishes an interrupted job, copying "
-    "only what it had not copied; abort rolls it back.\v"
-    "Exit status: 0 on success, 1 on error (or, for wait, a failed job), 2 (wait) when the "
-    "job was cancelled, 64 for usage errors, 130/143 when interrupted.",
+    "cancel of a ready mirror ends it without pivot; complete pivots; both wait until the "
+    "job has ended (--async: not); wait waits until the job ends or is ready.  Without "
+    "--agent: resume finishes an interrupted job, copying only what it had not copied; "
+    "abort rolls it back.\v"
+    "Exit status: 0 on success, 1 on error (or, for wait and complete, a failed job), 2 "
+    "(wait, complete) when the job was cancelled, 64 for usage errors, 130/143 when "
+    "interrupted.",
     children, NULL, NULL,
 };
 
@@ -344,9 +346,9 @@ static int job_verb(struct job_args *a)
         }
     } else {
         ret = agent_job_verb(c, a->verb, a->id, NULL);
-        if (!ret && !strcmp(a->verb, "cancel") && !a->async) {
+        if (!ret && (!strcmp(a->verb, "cancel") || !strcmp(a->verb, "complete")) && !a->async) {
             cancel_install();
-            ret = agent_job_wait_gone(c, a->id);
+            ret = agent_job_wait_gone(c, a->id, !strcmp(a->verb, "complete"));
         }
     }
     qmp_client_close(c);

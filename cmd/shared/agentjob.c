@@ -253,13 +253,14 @@ int agent_job_start(struct qmp_client *c, const char *cmd, json_object *args,
     return agent_job_wait(c, w);
 }
 
-int agent_job_wait_gone(struct qmp_client *c, const char *id)
+int agent_job_wait_gone(struct qmp_client *c, const char *id, bool completing)
 {
     struct error *err = NULL;
+    int ret = 0;
 
     for (;;) {
-        json_object *j = agent_job_find(c, id, &err), *ev;
-        const char *st;
+        json_object *j = agent_job_find(c, id, &err), *ev, *d = NULL;
+        const char *st, *name, *dev;
         bool ended;
 
         if (err) {
@@ -268,16 +269,35 @@ int agent_job_wait_gone(struct qmp_client *c, const char *id)
         }
         st = jstr(j, "status");
         ended = !j || (st && (!strcmp(st, "concluded") || !strcmp(st, "pending")));
+        if (j && st && !strcmp(st, "concluded") && jstr(j, "error") && completing && !ret) {
+            error_report("job '%s' failed: %s", id, jstr(j, "error"));
+            ret = 1;
+        }
         json_object_put(j);
         if (ended) {
-            return 0;
+            return ret;
         }
         if (cmd_cancel) {
-            error_report("interrupted: job '%s' is being cancelled", id);
+            error_report("interrupted: job '%s' is being %s", id,
+                         completing ? "completed" : "cancelled");
             return cancel_exit_status();
         }
-        /* the events are not needed: they only pace the polls */
+        /* the events pace the polls; a completion's error is only in its event */
         ev = qmp_client_event(c, 50);
+        name = jstr(ev, "event");
+        if (ev) {
+            json_object_object_get_ex(ev, "data", &d);
+        }
+        dev = jstr(d, "device");
+        if (completing && name && dev && !strcmp(dev, id) && !ret) {
+            if (!strcmp(name, "BLOCK_JOB_COMPLETED") && jstr(d, "error")) {
+                error_report("job '%s' failed: %s", id, jstr(d, "error"));
+                ret = 1;
+            } else if (!strcmp(name, "BLOCK_JOB_CANCELLED")) {
+                error_report("job '%s' was cancelled", id);
+                ret = 2;
+            }
+        }
         json_object_put(ev);
     }
 }

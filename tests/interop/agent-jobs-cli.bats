@@ -126,6 +126,31 @@ teardown() {
     check_ok top.qcow2 t.qcow2
 }
 
+@test "job complete: refused before READY; waits for the pivot, so the disk is on the target when it returns, on both servers" {
+    local f
+    for f in blockctl qsd; do
+        rm -f ./*.qcow2 && mkchain && serve $f || return 1
+        run --separate-stderr "$PROG" mirror --agent "$S" --bandwidth 1M vda t.qcow2
+        [ "$status" -eq 0 ] || fail "$f: mirror: exit $status: $stderr"
+        run --separate-stderr "$PROG" job --agent "$S" complete vda
+        [ "$status" -eq 1 ] && [[ $stderr == *"in state 'running' cannot accept command verb 'complete'"* ]] || fail "$f: not ready: $status $stderr"
+        run --separate-stderr "$PROG" job --agent "$S" set-speed vda 0
+        [ "$status" -eq 0 ] || fail "$f: set-speed: $stderr"
+        run --separate-stderr "$PROG" job --agent "$S" wait vda
+        [ "$status" -eq 0 ] || fail "$f: wait: exit $status: $stderr"
+        run --separate-stderr "$PROG" job --agent "$S" complete vda
+        [ "$status" -eq 0 ] || fail "$f: complete: exit $status: $stderr"
+        run --separate-stderr "$PROG" job --agent "$S" show vda
+        [ "$status" -eq 1 ] && [[ $stderr == *"no job 'vda'"* ]] || fail "$f: after complete: $status $output $stderr"
+        # the disk is on t.qcow2: a write through it lands there
+        qemu-io -f raw -c 'write -P 0x55 0 4k' "$URI" >/dev/null
+        stop_server
+        qemu-io -f qcow2 -c 'read -P 0x55 0 4k' t.qcow2 >/dev/null || fail "$f: the write is not on the target"
+        qemu-io -f qcow2 -c 'read -P 3 0 4k' top.qcow2 >/dev/null || fail "$f: the write reached the source"
+        check_ok t.qcow2 top.qcow2
+    done
+}
+
 @test "commit --agent: --top below the top, then --active --wait --pivot, on both servers; the top needs --active" {
     local f
     for f in blockctl qsd; do
