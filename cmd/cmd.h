@@ -213,22 +213,22 @@ struct job_wait {
  * interrupted (the job cancelled unless !cancel_on_signal).
  */
 int agent_job_wait(struct qmp_client *c, const struct job_wait *w);
+/* What was asked of the jobs whose end agent_jobs_wait_end waits for */
+enum jobs_end {
+    JOBS_END_PIVOT,     /* a pivot: "'ID' pivoted" printed for each */
+    JOBS_END_COMPLETE,  /* block-job-complete: nothing printed */
+    JOBS_END_CANCEL,    /* block-job-cancel: being cancelled is the end asked for */
+};
 /*
- * Wait for the end of jobs @ids (completed already: a grouped pivot),
- * printing "'ID' pivoted" for each that completed: 0, 1 failed, 2
- * cancelled, 130/143 interrupted (the jobs go on).
+ * Wait for the end of jobs @ids, asked to end (@how): gone from the
+ * agent's jobs, or concluded or pending (left for a dismiss or a
+ * finalize).  0, 1 failed, 2 cancelled (not JOBS_END_CANCEL), said;
+ * 130/143 interrupted (what was asked goes on).
  */
-int agent_jobs_wait_end(struct qmp_client *c, char *const *ids, int n);
+int agent_jobs_wait_end(struct qmp_client *c, char *const *ids, int n, enum jobs_end how);
 /* Run @cmd (@args taken over) that starts job @w->id, then wait if asked. */
 int agent_job_start(struct qmp_client *c, const char *cmd, json_object *args,
                     const struct job_wait *w);
-/*
- * After a cancel (or, @completing, a complete): wait until job @id has
- * ended (gone from the agent's jobs, or concluded or pending, left for a
- * dismiss or a finalize): 0; 1 when the completion failed, 2 when the
- * job was cancelled instead (said); 130/143 interrupted.
- */
-int agent_job_wait_gone(struct qmp_client *c, const char *id, bool completing);
 /* block-job-VERB on @id (@extra: more arguments, taken over): 0, or 1 said. */
 int agent_job_verb(struct qmp_client *c, const char *verb, const char *id, json_object *extra);
 /* The query-block-jobs entry of @id (a new reference), or NULL. */

@@ -21,9 +21,9 @@ struct job_args {
     const char *state_dir;
     struct img_opts img;     /* the shared options (imgopts.c) */
     const char *verb;
-    const char *id;
+    char *id;
     const char *speed;
-    bool async;              /* cancel: return once asked, not once ended */
+    bool async;              /* cancel, complete: return once asked, not once ended */
 };
 
 static const char *const verbs[] = { "list", "show", "pause", "resume", "cancel", "complete",
@@ -348,7 +348,8 @@ static int job_verb(struct job_args *a)
         ret = agent_job_verb(c, a->verb, a->id, NULL);
         if (!ret && (!strcmp(a->verb, "cancel") || !strcmp(a->verb, "complete")) && !a->async) {
             cancel_install();
-            ret = agent_job_wait_gone(c, a->id, !strcmp(a->verb, "complete"));
+            ret = agent_jobs_wait_end(c, &a->id, 1, !strcmp(a->verb, "cancel") ? JOBS_END_CANCEL
+                                                                                 : JOBS_END_COMPLETE);
         }
     }
     qmp_client_close(c);

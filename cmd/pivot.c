@@ -205,7 +205,7 @@ static int pivot_grouped(struct qmp_client *c, const struct pivot_args *a, doubl
             return 124;
         }
     }
-    return agent_jobs_wait_end(c, a->disks, a->n);
+    return agent_jobs_wait_end(c, a->disks, a->n, JOBS_END_PIVOT);
 }
 
 int cmd_pivot(int argc, char **argv)

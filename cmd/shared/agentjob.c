@@ -253,92 +253,80 @@ int agent_job_start(struct qmp_client *c, const char *cmd, json_object *args,
     return agent_job_wait(c, w);
 }
 
-int agent_job_wait_gone(struct qmp_client *c, const char *id, bool completing)
+/* agent_jobs_wait_end: what became of one job (failed, cancelled: the exit status) */
+enum { END_WAITING = -1, END_DONE = 0, END_FAILED = 1, END_CANCELLED = 2, END_LEFT };
+
+/* Job @id's end from its BLOCK_JOB_* event @name (data @d), or END_WAITING. */
+static int end_of_event(const char *id, const char *name, json_object *d, enum jobs_end how)
 {
-    struct error *err = NULL;
-    int ret = 0;
+    const char *e = jstr(d, "error");
 
-    for (;;) {
-        json_object *j = agent_job_find(c, id, &err), *ev, *d = NULL;
-        const char *st, *name, *dev;
-        bool ended;
-
-        if (err) {
-            report(err);
-            return 1;
+    if (!strcmp(name, "BLOCK_JOB_COMPLETED")) {
+        if (e) {
+            error_report("job '%s' failed: %s", id, e);
         }
-        st = jstr(j, "status");
-        ended = !j || (st && (!strcmp(st, "concluded") || !strcmp(st, "pending")));
-        if (j && st && !strcmp(st, "concluded") && jstr(j, "error") && completing && !ret) {
-            error_report("job '%s' failed: %s", id, jstr(j, "error"));
-            ret = 1;
-        }
-        json_object_put(j);
-        if (ended) {
-            return ret;
-        }
-        if (cmd_cancel) {
-            error_report("interrupted: job '%s' is being %s", id,
-                         completing ? "completed" : "cancelled");
-            return cancel_exit_status();
-        }
-        /* the events pace the polls; a completion's error is only in its event */
-        ev = qmp_client_event(c, 50);
-        name = jstr(ev, "event");
-        if (ev) {
-            json_object_object_get_ex(ev, "data", &d);
-        }
-        dev = jstr(d, "device");
-        if (completing && name && dev && !strcmp(dev, id) && !ret) {
-            if (!strcmp(name, "BLOCK_JOB_COMPLETED") && jstr(d, "error")) {
-                error_report("job '%s' failed: %s", id, jstr(d, "error"));
-                ret = 1;
-            } else if (!strcmp(name, "BLOCK_JOB_CANCELLED")) {
-                error_report("job '%s' was cancelled", id);
-                ret = 2;
-            }
-        }
-        json_object_put(ev);
+        return e ? END_FAILED : END_DONE;
     }
+    if (!strcmp(name, "BLOCK_JOB_CANCELLED")) {
+        if (how == JOBS_END_CANCEL) {
+            return END_DONE;
+        }
+        error_report("job '%s' was cancelled", id);
+        return END_CANCELLED;
+    }
+    return END_WAITING;
 }
 
-int agent_jobs_wait_end(struct qmp_client *c, char *const *ids, int n)
+/* Job @id's end from a query (no event for a while), or END_WAITING. */
+static int end_of_query(struct qmp_client *c, const char *id, double *gone)
+{
+    struct error *err = NULL;
+    json_object *j = agent_job_find(c, id, &err);
+    const char *st = jstr(j, "status");
+    int r = END_WAITING;
+
+    if (err) {
+        report(err);
+        return END_FAILED;
+    }
+    if (j) {
+        *gone = 0;
+        if (st && !strcmp(st, "concluded") && jstr(j, "error")) {
+            error_report("job '%s' failed: %s", id, jstr(j, "error"));
+            r = END_FAILED;
+        } else if (st && (!strcmp(st, "concluded") || !strcmp(st, "pending"))) {
+            r = END_LEFT;       /* for job-dismiss or job-finalize */
+        }
+        json_object_put(j);
+    } else if (*gone == 0) {
+        *gone = now_s();
+    } else if (now_s() - *gone > 1.0) {
+        /* gone with no event: it was never ours */
+        error_report("no job '%s' on the agent", id);
+        r = END_FAILED;
+    }
+    return r;
+}
+
+int agent_jobs_wait_end(struct qmp_client *c, char *const *ids, int n, enum jobs_end how)
 {
     int *res = xcalloc((size_t)n, sizeof(*res)), left = n, ret = 0;
     double *gone = xcalloc((size_t)n, sizeof(*gone)), last_poll = now_s();
-    struct error *err = NULL;
 
     for (int i = 0; i < n; i++) {
-        res[i] = -1;
+        res[i] = END_WAITING;
     }
-    while (left > 0) {
+    while (left > 0 && !cmd_cancel) {
         json_object *ev = qmp_client_event(c, 200), *d = NULL;
-        const char *name, *dev;
+        const char *name = jstr(ev, "event"), *dev;
 
-        if (cmd_cancel) {
-            error_report("interrupted: the jobs go on");
-            ret = cancel_exit_status();
-            break;
-        }
         if (ev) {
-            name = jstr(ev, "event");
             json_object_object_get_ex(ev, "data", &d);
             dev = jstr(d, "device");
             for (int i = 0; i < n && name && dev; i++) {
-                if (res[i] >= 0 || strcmp(dev, ids[i])) {
-                    continue;
-                }
-                if (!strcmp(name, "BLOCK_JOB_COMPLETED")) {
-                    const char *e = jstr(d, "error");
-                    if (e) {
-                        error_report("job '%s' failed: %s", ids[i], e);
-                    }
-                    res[i] = e ? 1 : 0;
-                    left--;
-                } else if (!strcmp(name, "BLOCK_JOB_CANCELLED")) {
-                    error_report("job '%s' was cancelled", ids[i]);
-                    res[i] = 2;
-                    left--;
+                if (res[i] == END_WAITING && !strcmp(dev, ids[i])) {
+                    res[i] = end_of_event(ids[i], name, d, how);
+                    left -= res[i] != END_WAITING;
                 }
             }
             json_object_put(ev);
@@ -347,38 +335,26 @@ int agent_jobs_wait_end(struct qmp_client *c, char *const *ids, int n)
         if (now_s() - last_poll < 0.5) {
             continue;
         }
-        /* no event for a while: a job gone without one was never ours */
         last_poll = now_s();
         for (int i = 0; i < n; i++) {
-            json_object *j;
-            if (res[i] >= 0) {
-                continue;
-            }
-            j = agent_job_find(c, ids[i], &err);
-            if (err) {
-                report(err);
-                err = NULL;
-                res[i] = 1;
-                left--;
-            } else if (j) {
-                gone[i] = 0;
-                json_object_put(j);
-            } else if (gone[i] == 0) {
-                gone[i] = now_s();
-            } else if (now_s() - gone[i] > 1.0) {
-                error_report("no job '%s' on the agent", ids[i]);
-                res[i] = 1;
-                left--;
+            if (res[i] == END_WAITING) {
+                res[i] = end_of_query(c, ids[i], &gone[i]);
+                left -= res[i] != END_WAITING;
             }
         }
     }
+    if (left > 0) {
+        error_report(how == JOBS_END_CANCEL ? "interrupted: the cancel goes on"
+                                            : "interrupted: the jobs go on");
+        ret = cancel_exit_status();
+    }
     for (int i = 0; i < n && !ret; i++) {
-        if (res[i] > 0) {
+        if (res[i] == END_FAILED || res[i] == END_CANCELLED) {
             ret = res[i];
         }
     }
-    for (int i = 0; i < n; i++) {
-        if (res[i] == 0) {
+    for (int i = 0; i < n && how == JOBS_END_PIVOT; i++) {
+        if (res[i] == END_DONE) {
             printf("'%s' pivoted\n", ids[i]);
         }
     }

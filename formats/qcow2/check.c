@@ -50,31 +50,11 @@ struct badbm {
     uint8_t *table;          /* the table as read */
 };
 
-/* A line of what qemu-img check reports, to the check sink (lib/block.h):
- * none for the repair of an open. */
-static __thread bool quiet;
-
-static void say(const char *fmt, ...) ATTRIBUTE_PRINTF(1, 2);
-static void say(const char *fmt, ...)
-{
-    va_list ap;
-    char *text;
-
-    if (quiet) {
-        return;
-    }
-    va_start(ap, fmt);
-    if (vasprintf(&text, fmt, ap) >= 0) {
-        bdev_check_report(text);
-        free(text);
-    }
-    va_end(ap);
-}
-
 struct chk {
     struct qcow2 *s;
     struct check_result *res;
     unsigned fix;
+    bool quiet;              /* CHECK_QUIET: nothing said (the repair of an open) */
     uint64_t nb;             /* clusters tracked in refs[] */
     uint64_t file_size;
     uint64_t file_clusters;
@@ -98,6 +78,24 @@ struct chk {
     bool read_failed;        /* ... because some metadata could not be read */
     char what[192];          /* ... and what failed */
 };
+
+/* A line of what qemu-img check reports, to the check sink (lib/block.h). */
+static void say(const struct chk *c, const char *fmt, ...) ATTRIBUTE_PRINTF(2, 3);
+static void say(const struct chk *c, const char *fmt, ...)
+{
+    va_list ap;
+    char *text;
+
+    if (c->quiet) {
+        return;
+    }
+    va_start(ap, fmt);
+    if (vasprintf(&text, fmt, ap) >= 0) {
+        bdev_check_report(text);
+        free(text);
+    }
+    va_end(ap);
+}
 
 /* Record why the check stops (the first reason only); returns @ret. */
 static int ATTRIBUTE_PRINTF(4, 5) stop(struct chk *c, int ret, bool read, const char *fmt, ...)
@@ -123,8 +121,8 @@ static void add_ref(struct chk *c, uint64_t off, uint64_t len)
         return;
     }
     if (off + len < off || off + len >= c->file_size + cs) {
-        say("ERROR: counting reference for region exceeding the end of the file by "
-                "one cluster or more: offset 0x%" PRIx64 " size 0x%" PRIx64 "\n", off, len);
+        say(c, "ERROR: counting reference for region exceeding the end of the file by "
+            "one cluster or more: offset 0x%" PRIx64 " size 0x%" PRIx64 "\n", off, len);
         c->res->corruptions++;
         return;
     }
@@ -174,13 +172,13 @@ static void check_l2(struct chk *c, uint8_t *l2, uint64_t l2off, bool active)
         if (e & QCOW2_OFLAG_COMPRESSED) {
             uint64_t coff, cbytes;
             if (e & QCOW2_OFLAG_COPIED) {
-                say("ERROR: coffset=0x%" PRIx64 ": Compressed cluster has "
-                        "OFLAG_COPIED set\n", e & s->coffset_mask);
+                say(c, "ERROR: coffset=0x%" PRIx64 ": Compressed cluster has "
+                    "OFLAG_COPIED set\n", e & s->coffset_mask);
                 c->res->corruptions++;
             }
             if (s->ext_l2 && bm) {
-                say("ERROR compressed cluster %u with non-zero subcluster "
-                        "allocation bitmap, entry=0x%" PRIx64 "\n", j, bm);
+                say(c, "ERROR compressed cluster %u with non-zero subcluster "
+                    "allocation bitmap, entry=0x%" PRIx64 "\n", j, bm);
                 c->res->corruptions++;
             }
             qcow2_compressed_range(s, e, &coff, &cbytes);
@@ -193,7 +191,7 @@ static void check_l2(struct chk *c, uint8_t *l2, uint64_t l2off, bool active)
             continue;
         }
         if (e & (QCOW2_L2E_STD_RESERVED | (s->ext_l2 ? QCOW2_OFLAG_ZERO : 0))) {
-            say("ERROR found l2 entry with reserved bits set: %" PRIx64 "\n", e);
+            say(c, "ERROR found l2 entry with reserved bits set: %" PRIx64 "\n", e);
             c->res->corruptions++;
         }
         if (s->ext_l2) {
@@ -204,8 +202,8 @@ static void check_l2(struct chk *c, uint8_t *l2, uint64_t l2off, bool active)
                 }
             }
             if (bad) {
-                say("ERROR invalid subcluster bitmap 0x%016" PRIx64 " for l2 entry "
-                        "%" PRIx64 "\n", bm, e);
+                say(c, "ERROR invalid subcluster bitmap 0x%016" PRIx64 " for l2 entry "
+                    "%" PRIx64 "\n", bm, e);
                 c->res->corruptions++;
             }
         }
@@ -217,9 +215,9 @@ static void check_l2(struct chk *c, uint8_t *l2, uint64_t l2off, bool active)
                                   : !(e & QCOW2_OFLAG_ZERO);
             c->res->corruptions++;
             if (!data) {
-                say("%s offset=%" PRIx64 ": Preallocated cluster is not properly "
-                        "aligned; L2 entry corrupted.\n",
-                        (c->fix & CHECK_FIX_ERRORS) ? "Repairing" : "ERROR", host);
+                say(c, "%s offset=%" PRIx64 ": Preallocated cluster is not properly "
+                    "aligned; L2 entry corrupted.\n",
+                    (c->fix & CHECK_FIX_ERRORS) ? "Repairing" : "ERROR", host);
                 if (can_fix) {
                     /* a zero cluster needs no host cluster: drop the bad one */
                     struct l2fix f = {
@@ -235,8 +233,8 @@ static void check_l2(struct chk *c, uint8_t *l2, uint64_t l2off, bool active)
                     continue;
                 }
             } else {
-                say("ERROR offset=%" PRIx64 ": Data cluster is not properly aligned; "
-                        "L2 entry corrupted.\n", host);
+                say(c, "ERROR offset=%" PRIx64 ": Data cluster is not properly aligned; "
+                    "L2 entry corrupted.\n", host);
             }
         }
         /* as qemu-img: the reference counts even where the entry is bad */
@@ -281,7 +279,7 @@ static int check_l1(struct chk *c, uint64_t l1_off, uint32_t l1_size, bool activ
         uint64_t l2off = e & QCOW2_L1E_OFFSET_MASK;
 
         if (e & QCOW2_L1E_RESERVED) {
-            say("ERROR found L1 entry with reserved bits set: %" PRIx64 "\n", e);
+            say(c, "ERROR found L1 entry with reserved bits set: %" PRIx64 "\n", e);
             c->res->corruptions++;
         }
         if (!l2off) {
@@ -290,8 +288,8 @@ static int check_l1(struct chk *c, uint64_t l1_off, uint32_t l1_size, bool activ
         /* as qemu-img: counted, then checked, then read even if misaligned */
         add_ref(c, l2off, cs);
         if (!IS_ALIGNED(l2off, cs)) {
-            say("ERROR l2_offset=%" PRIx64 ": Table is not cluster aligned; L1 entry "
-                    "corrupted\n", l2off);
+            say(c, "ERROR l2_offset=%" PRIx64 ": Table is not cluster aligned; L1 entry "
+                "corrupted\n", l2off);
             c->res->corruptions++;
         }
         if (l2off >= c->file_size) {
@@ -359,8 +357,8 @@ static int check_bitmaps(struct chk *c)
         int ret;
 
         if (b->flags & BITMAP_FLAG_IN_USE) {
-            say("Warning: bitmap '%s' is inconsistent: it was in use when the image "
-                    "was last closed\n", b->name);
+            say(c, "Warning: bitmap '%s' is inconsistent: it was in use when the image "
+                "was last closed\n", b->name);
         }
         add_ref(c, b->table_offset, tbytes);
         ret = read_table(c, t, tbytes, b->table_offset);
@@ -373,8 +371,8 @@ static int check_bitmaps(struct chk *c)
             uint64_t e = get_be64(t + (size_t)j * 8);
             uint64_t off = e & 0x00fffffffffffe00ULL;
             if (bitmap_entry_bad(c, e)) {
-                say("ERROR bitmap '%s': invalid bitmap table entry %" PRIu32
-                        ": %" PRIx64 "\n", b->name, j, e);
+                say(c, "ERROR bitmap '%s': invalid bitmap table entry %" PRIu32
+                    ": %" PRIx64 "\n", b->name, j, e);
                 c->res->corruptions++;
                 bad = true;
                 continue;
@@ -406,7 +404,7 @@ static void check_refblocks(struct chk *c)
         uint64_t off = s->reftable[i] & QCOW2_REFT_OFFSET_MASK;
 
         if (s->reftable[i] & ~QCOW2_REFT_OFFSET_MASK) {
-            say("ERROR refcount table entry %" PRIu64 " has reserved bits set\n", i);
+            say(c, "ERROR refcount table entry %" PRIu64 " has reserved bits set\n", i);
             c->res->corruptions++;
             c->rc_corruptions++;
             c->rebuild = true;
@@ -415,15 +413,15 @@ static void check_refblocks(struct chk *c)
             continue;
         }
         if (!IS_ALIGNED(off, cs)) {
-            say("ERROR refcount block %" PRIu64 " is not cluster aligned; refcount "
-                    "table entry corrupted\n", i);
+            say(c, "ERROR refcount block %" PRIu64 " is not cluster aligned; refcount "
+                "table entry corrupted\n", i);
             c->res->corruptions++;
             c->rc_corruptions++;
             c->rebuild = true;
             continue;
         }
         if (off >= c->file_size) {
-            say("ERROR refcount block %" PRIu64 " is outside image\n", i);
+            say(c, "ERROR refcount block %" PRIu64 " is outside image\n", i);
             c->res->corruptions++;
             c->rc_corruptions++;
             c->rebuild = true;
@@ -431,8 +429,8 @@ static void check_refblocks(struct chk *c)
         }
         add_ref(c, off, cs);
         if (c->refs[off >> s->cluster_bits] > 1) {
-            say("ERROR refcount block %" PRIu64 " refcount=%" PRIu32 "\n", i,
-                    c->refs[off >> s->cluster_bits]);
+            say(c, "ERROR refcount block %" PRIu64 " refcount=%" PRIu32 "\n", i,
+                c->refs[off >> s->cluster_bits]);
             c->res->corruptions++;
             c->rc_corruptions++;
             c->rebuild = true;
@@ -565,26 +563,26 @@ static int compare_refcounts(struct chk *c)
             return ret;
         }
         if (rc > ref) {
-            say("Leaked cluster %" PRIu64 " refcount=%" PRIu64 " reference=%" PRIu64
-                    "\n", i, rc, ref);
+            say(c, "Leaked cluster %" PRIu64 " refcount=%" PRIu64 " reference=%" PRIu64
+                "\n", i, rc, ref);
             if ((c->fix & CHECK_FIX_LEAKS) && !c->rebuild) {
-                say("Repairing cluster %" PRIu64 " refcount=%" PRIu64 " reference=%"
-                        PRIu64 "\n", i, rc, ref);
+                say(c, "Repairing cluster %" PRIu64 " refcount=%" PRIu64 " reference=%"
+                    PRIu64 "\n", i, rc, ref);
                 fixed = true;
                 res->leaks_fixed++;
             } else {
                 res->leaks++;
             }
         } else if (rc < ref) {
-            say("ERROR cluster %" PRIu64 " refcount=%" PRIu64 " reference=%" PRIu64
-                    "\n", i, rc, ref);
+            say(c, "ERROR cluster %" PRIu64 " refcount=%" PRIu64 " reference=%" PRIu64
+                "\n", i, rc, ref);
             res->corruptions++;
             c->rc_corruptions++;
             if (rc == 0 || ref > s->refcount_max) {
                 c->rebuild = true;
             } else if ((c->fix & CHECK_FIX_ERRORS) && !c->rebuild) {
-                say("Repairing cluster %" PRIu64 " refcount=%" PRIu64 " reference=%"
-                        PRIu64 "\n", i, rc, ref);
+                say(c, "Repairing cluster %" PRIu64 " refcount=%" PRIu64 " reference=%"
+                    PRIu64 "\n", i, rc, ref);
                 fixed = true;
                 res->corruptions--;
                 c->rc_corruptions--;
@@ -809,8 +807,8 @@ static int check_copied(struct chk *c, bool repair)
             break;
         }
         if ((rc == 1) != !!(e & QCOW2_OFLAG_COPIED)) {
-            say("%s OFLAG_COPIED L2 cluster: l1_index=%" PRIu32 " l1_entry=%" PRIx64
-                    " refcount=%" PRIu64 "\n", repair ? "Repairing" : "ERROR", i, e, rc);
+            say(c, "%s OFLAG_COPIED L2 cluster: l1_index=%" PRIu32 " l1_entry=%" PRIx64
+                " refcount=%" PRIu64 "\n", repair ? "Repairing" : "ERROR", i, e, rc);
             if (repair) {
                 c->l1_fixes = xrealloc(c->l1_fixes, (c->nr_l1_fixes + 1) * sizeof(*c->l1_fixes));
                 c->l1_fixes[c->nr_l1_fixes].index = i;
@@ -846,8 +844,8 @@ static int check_copied(struct chk *c, bool repair)
                 goto out;
             }
             if ((rc == 1) != !!(le & QCOW2_OFLAG_COPIED)) {
-                say("%s OFLAG_COPIED data cluster: l2_entry=%" PRIx64 " refcount=%"
-                        PRIu64 "\n", repair ? "Repairing" : "ERROR", le, rc);
+                say(c, "%s OFLAG_COPIED data cluster: l2_entry=%" PRIx64 " refcount=%"
+                    PRIu64 "\n", repair ? "Repairing" : "ERROR", le, rc);
                 if (repair) {
                     struct l2fix f = {
                         .l2off = l2off, .index = j,
@@ -1042,12 +1040,12 @@ int qcow2_check(struct bdev *bd, struct check_result *res, unsigned fix, struct 
     int64_t fsize;
     int ret;
 
-    quiet = fix & CHECK_QUIET;
+    memset(&c, 0, sizeof(c));
+    c.quiet = fix & CHECK_QUIET;
     fix &= ~CHECK_QUIET;
     if (s->read_only) {
         fix = 0;
     }
-    memset(&c, 0, sizeof(c));
     c.s = s;
     c.res = res;
     c.fix = fix;
@@ -1078,8 +1076,8 @@ int qcow2_check(struct bdev *bd, struct check_result *res, unsigned fix, struct 
         goto fail;
     }
     for (size_t k = 0; k < c.nr_bad_bitmaps; k++) {
-        say("Repairing bitmap '%s': broken table entries dropped, bitmap marked "
-                "inconsistent\n", s->bitmaps[c.bad_bitmaps[k].index].name);
+        say(&c, "Repairing bitmap '%s': broken table entries dropped, bitmap marked "
+            "inconsistent\n", s->bitmaps[c.bad_bitmaps[k].index].name);
         res->corruptions_fixed++;
         res->corruptions--;
     }
@@ -1088,7 +1086,7 @@ int qcow2_check(struct bdev *bd, struct check_result *res, unsigned fix, struct 
         goto fail;
     }
     if (c.rebuild && (fix & CHECK_FIX_ERRORS)) {
-        say("Rebuilding refcount structure\n");
+        say(&c, "Rebuilding refcount structure\n");
         c.rebuilding = true;
         drop_old_structure(&c);
         /* Everything the old structure got wrong is right once rebuilt. */
@@ -1098,7 +1096,7 @@ int qcow2_check(struct bdev *bd, struct check_result *res, unsigned fix, struct 
         res->leaks_fixed += res->leaks;
         res->leaks = 0;
     } else if (c.rebuild && (fix & CHECK_FIX_LEAKS)) {
-        say("ERROR need to rebuild refcount structures\n");
+        say(&c, "ERROR need to rebuild refcount structures\n");
         chk_free(&c);
         pthread_mutex_unlock(&s->lock);
         error_setg(errp, "'%s': check failed: the refcount structure must be rebuilt (use "
